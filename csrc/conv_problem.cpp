@@ -1,0 +1,77 @@
+#include "conv_problem.h"
+
+#include <limits>
+#include <sstream>
+
+namespace resnet_ext {
+
+const char* scalar_kind_name(ScalarKind k) {
+  switch (k) {
+    case ScalarKind::Float32: return "float32";
+    case ScalarKind::Float16: return "float16";
+    case ScalarKind::BFloat16: return "bfloat16";
+    case ScalarKind::Float64: return "float64";
+    default: return "other";
+  }
+}
+
+bool ConvProblem::compute_output_size() {
+  P = (H + 2 * pad_h - dil_h * (R - 1) - 1) / stride_h + 1;
+  Q = (W + 2 * pad_w - dil_w * (S - 1) - 1) / stride_w + 1;
+  return P > 0 && Q > 0;
+}
+
+std::string ConvProblem::to_string() const {
+  std::ostringstream s;
+  s << "N=" << N << " H=" << H << " W=" << W << " C=" << C << " K=" << K << " R=" << R << " S=" << S
+    << " stride=" << stride_h << "x" << stride_w << " pad=" << pad_h << "x" << pad_w << " dil=" << dil_h << "x"
+    << dil_w << " groups=" << groups << " dtype=" << scalar_kind_name(dtype)
+    << (has_residual ? " +residual" : "") << (relu ? " +relu" : "");
+  return s.str();
+}
+
+std::string common_fallback_reason(const ConvProblem& p) {
+  if (p.dtype == ScalarKind::Float64 || p.dtype == ScalarKind::Other)
+    return std::string("dtype ") + scalar_kind_name(p.dtype) + " has no fused kernel";
+  if (p.dtype == ScalarKind::Float32 && !p.allow_tf32)
+    return "float32 with torch.backends.cudnn.allow_tf32=False needs full fp32 precision (stock path)";
+  if (p.groups != 1) return "grouped convolution (groups=" + std::to_string(p.groups) + ") runs the stock path";
+  if (p.N == 0) return "empty batch";
+  if (!p.x_channels_last) return "x is not channels_last (NHWC) contiguous";
+  if (p.has_residual && !p.residual_channels_last) return "residual is not channels_last (NHWC) contiguous";
+  // CUTLASS 2.x conv iterators index with 32-bit offsets.
+  if (p.max_tensor_bytes >= (int64_t(1) << 31)) return "a tensor is 2 GiB or larger (32-bit indexing)";
+  return "";
+}
+
+KernelChoice select_conv_kernel(const ConvProblem& p, const std::vector<FusedKernelInfo>& registry) {
+  if (registry.empty()) return {"", "no fused CUDA kernels are compiled into this build"};
+  std::string common = common_fallback_reason(p);
+  if (!common.empty()) return {"", common};
+  const FusedKernelInfo* best = nullptr;
+  int best_score = std::numeric_limits<int>::min();
+  std::string rejections;
+  for (const auto& k : registry) {
+    if (k.dtype != p.dtype) continue;
+    if (p.sm != 0 && (p.sm < k.min_sm || p.sm > k.max_sm)) continue;
+    std::string why = k.can_implement(p);
+    if (!why.empty()) {
+      if (rejections.size() < 400) rejections += (rejections.empty() ? "" : "; ") + k.name + ": " + why;
+      continue;
+    }
+    int s = k.score(p);
+    if (s > best_score) {
+      best = &k;
+      best_score = s;
+    }
+  }
+  if (best) return {best->name, "heuristic choice among kernels that can implement the problem"};
+  if (rejections.empty())
+    return {"", std::string("no fused kernel for dtype ") + scalar_kind_name(p.dtype) + " on sm_" +
+                    std::to_string(p.sm)};
+  return {"", "no fused kernel accepts the problem (" + rejections + ")"};
+}
+
+KernelChoice select_conv_kernel(const ConvProblem& p) { return select_conv_kernel(p, fused_kernel_registry()); }
+
+}  // namespace resnet_ext

@@ -1,0 +1,197 @@
+// Implicit-GEMM conv2d fprop kernels (CUTLASS 2.x, sm80 tensor cores; they also run on Hopper) with the
+// conv_bn_act epilogue computed in fp32 registers and stored once:
+//   BiasAct:      y = max(threshold, acc + bias[k])            threshold 0 = ReLU, -FLT_MAX = none
+//   ResidualRelu: y = relu(acc + bias[k] + residual)           the bottleneck tail
+// Activations and output NHWC, filter KRSC, all of one dtype. Included by one .cu file per dtype, so the
+// instantiations compile in parallel; this header needs no ATen.
+#pragma once
+
+#include <cfloat>
+#include <string>
+#include <vector>
+
+#include "conv_problem.h"
+#include "cutlass/conv/conv2d_problem_size.h"
+#include "cutlass/conv/device/implicit_gemm_convolution.h"
+#include "cutlass/conv/kernel/default_conv2d_fprop.h"
+#include "cutlass/conv/kernel/default_conv2d_fprop_with_broadcast.h"
+#include "cutlass/cutlass.h"
+#include "cutlass/epilogue/thread/activation.h"
+#include "cutlass/epilogue/thread/linear_combination_relu.h"
+#include "cutlass/epilogue/thread/linear_combination_residual_block.h"
+#include "cutlass/functional.h"
+
+namespace resnet_ext {
+namespace sm80 {
+
+using LayoutNHWC = cutlass::layout::TensorNHWC;
+
+// Tile configuration: threadblock (M = N*P*Q rows, N = K output channels, K = reduction) and warp tiles.
+template <int TbM, int TbN, int TbK, int WM, int WN, int WK, int Stages_>
+struct Tile {
+  using Threadblock = cutlass::gemm::GemmShape<TbM, TbN, TbK>;
+  using Warp = cutlass::gemm::GemmShape<WM, WN, WK>;
+  static constexpr int kStages = Stages_;
+  static constexpr int kN = TbN;
+};
+
+template <typename Element>
+struct Mma {  // 16-bit inputs: m16n8k16
+  using Instruction = cutlass::gemm::GemmShape<16, 8, 16>;
+  static constexpr int kAlignment = 8;
+};
+template <>
+struct Mma<float> {  // fp32 inputs run as TF32: m16n8k8
+  using Instruction = cutlass::gemm::GemmShape<16, 8, 8>;
+  static constexpr int kAlignment = 4;
+};
+
+inline cutlass::conv::Conv2dProblemSize to_cutlass(const ConvProblem& p) {
+  return cutlass::conv::Conv2dProblemSize(int(p.N), int(p.H), int(p.W), int(p.C), int(p.K), int(p.R), int(p.S),
+                                          int(p.P), int(p.Q), int(p.pad_h), int(p.pad_w), int(p.stride_h),
+                                          int(p.stride_w), int(p.dil_h), int(p.dil_w),
+                                          cutlass::conv::Mode::kCrossCorrelation, 1, 1);
+}
+
+inline std::string status_string(cutlass::Status s) { return cutlass::cutlassGetStatusString(s); }
+
+// Common requirements of our kernels beyond CUTLASS's own can_implement.
+inline std::string our_requirements(const ConvProblem& p, int alignment, bool residual_kernel) {
+  if (p.groups != 1) return "groups != 1";
+  if (p.C % alignment != 0) return "C=" + std::to_string(p.C) + " is not a multiple of " + std::to_string(alignment);
+  if (p.K % alignment != 0) return "K=" + std::to_string(p.K) + " is not a multiple of " + std::to_string(alignment);
+  if (!p.pointers_aligned) return "a tensor's data pointer is not 16-byte aligned";
+  if (residual_kernel && !p.has_residual) return "no residual";
+  if (!residual_kernel && p.has_residual) return "has a residual";
+  if (residual_kernel && !p.relu) return "residual without ReLU";
+  return "";
+}
+
+template <typename Element, typename TileT>
+struct BiasActConv {
+  using Accumulator = float;
+  using EpilogueOp = cutlass::epilogue::thread::LinearCombinationRelu<
+      Element, 128 / cutlass::sizeof_bits<Element>::value, Accumulator, float,
+      cutlass::epilogue::thread::ScaleType::NoBetaScaling>;  // alpha * acc + C, C = bias broadcast (stride 0)
+  using Kernel = typename cutlass::conv::kernel::DefaultConv2dFprop<
+      Element, LayoutNHWC, Element, LayoutNHWC, Element, LayoutNHWC, Accumulator, cutlass::arch::OpClassTensorOp,
+      cutlass::arch::Sm80, typename TileT::Threadblock, typename TileT::Warp, typename Mma<Element>::Instruction,
+      EpilogueOp, cutlass::gemm::threadblock::GemmIdentityThreadblockSwizzle<4>, TileT::kStages,
+      cutlass::arch::OpMultiplyAdd, cutlass::conv::IteratorAlgorithm::kOptimized>::Kernel;
+  using Op = cutlass::conv::device::ImplicitGemmConvolution<Kernel>;
+
+  static typename Op::Arguments arguments(const ConvLaunchArgs& a) {
+    const auto ps = to_cutlass(a.problem);
+    auto* x = static_cast<Element*>(const_cast<void*>(a.x));
+    auto* w = static_cast<Element*>(const_cast<void*>(a.w));
+    auto* b = static_cast<Element*>(const_cast<void*>(a.bias));
+    auto* y = static_cast<Element*>(a.y);
+    const float threshold = a.problem.relu ? 0.f : -FLT_MAX;
+    return typename Op::Arguments(
+        ps, {x, LayoutNHWC::packed(cutlass::conv::implicit_gemm_tensor_a_extent(cutlass::conv::Operator::kFprop, ps))},
+        {w, LayoutNHWC::packed(cutlass::conv::implicit_gemm_tensor_b_extent(cutlass::conv::Operator::kFprop, ps))},
+        {b, LayoutNHWC::Stride(0)},
+        {y, LayoutNHWC::packed(cutlass::conv::implicit_gemm_tensor_c_extent(cutlass::conv::Operator::kFprop, ps))},
+        {1.f, 0.f, threshold});
+  }
+
+  static std::string can_implement(const ConvProblem& p) {
+    std::string why = our_requirements(p, Mma<Element>::kAlignment, false);
+    if (!why.empty()) return why;
+    ConvLaunchArgs a;
+    a.problem = p;
+    auto s = Op::can_implement(arguments(a));
+    return s == cutlass::Status::kSuccess ? "" : "CUTLASS: " + status_string(s);
+  }
+
+  static std::string launch(const ConvLaunchArgs& a) {
+    Op op;
+    auto args = arguments(a);
+    auto stream = static_cast<cudaStream_t>(a.stream);
+    cutlass::Status s = op.initialize(args, nullptr, stream);
+    if (s == cutlass::Status::kSuccess) s = op(stream);
+    if (s != cutlass::Status::kSuccess) return "CUTLASS: " + status_string(s);
+    cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? "" : std::string("CUDA: ") + cudaGetErrorString(e);
+  }
+};
+
+template <typename Element, typename TileT>
+struct ResidualReluConv {
+  using Accumulator = float;
+  // relu(identity(acc + bias) + residual): ActivationOp = Identity, BinaryOp = plus, UnaryOp = ReLu.
+  using EpilogueOp = cutlass::epilogue::thread::LinearCombinationResidualBlock<
+      Element, Accumulator, float, Element, 128 / cutlass::sizeof_bits<Element>::value,
+      cutlass::epilogue::thread::Identity, cutlass::plus, cutlass::epilogue::thread::ReLu>;
+  using Kernel = typename cutlass::conv::kernel::DefaultConv2dFpropWithBroadcast<
+      Element, LayoutNHWC, Element, LayoutNHWC, Element, LayoutNHWC, Accumulator, cutlass::arch::OpClassTensorOp,
+      cutlass::arch::Sm80, typename TileT::Threadblock, typename TileT::Warp, typename Mma<Element>::Instruction,
+      EpilogueOp, cutlass::gemm::threadblock::GemmIdentityThreadblockSwizzle<4>, TileT::kStages,
+      cutlass::arch::OpMultiplyAdd, cutlass::conv::IteratorAlgorithm::kOptimized>::Kernel;
+  using Op = cutlass::conv::device::ImplicitGemmConvolution<Kernel>;
+
+  static typename Op::Arguments arguments(const ConvLaunchArgs& a) {
+    const auto ps = to_cutlass(a.problem);
+    auto* x = static_cast<Element*>(const_cast<void*>(a.x));
+    auto* w = static_cast<Element*>(const_cast<void*>(a.w));
+    auto* r = static_cast<Element*>(const_cast<void*>(a.residual));
+    auto* y = static_cast<Element*>(a.y);
+    auto out_layout =
+        LayoutNHWC::packed(cutlass::conv::implicit_gemm_tensor_c_extent(cutlass::conv::Operator::kFprop, ps));
+    return typename Op::Arguments(
+        ps, {x, LayoutNHWC::packed(cutlass::conv::implicit_gemm_tensor_a_extent(cutlass::conv::Operator::kFprop, ps))},
+        {w, LayoutNHWC::packed(cutlass::conv::implicit_gemm_tensor_b_extent(cutlass::conv::Operator::kFprop, ps))},
+        {r, out_layout}, {y, out_layout}, {1.f, 1.f}, cutlass::conv::SplitKMode::kSerial,
+        const_cast<void*>(a.bias), nullptr, 0, 0);
+  }
+
+  static std::string can_implement(const ConvProblem& p) {
+    std::string why = our_requirements(p, Mma<Element>::kAlignment, true);
+    if (!why.empty()) return why;
+    ConvLaunchArgs a;
+    a.problem = p;
+    auto s = Op::can_implement(arguments(a));
+    return s == cutlass::Status::kSuccess ? "" : "CUTLASS: " + status_string(s);
+  }
+
+  static std::string launch(const ConvLaunchArgs& a) {
+    Op op;
+    auto args = arguments(a);
+    auto stream = static_cast<cudaStream_t>(a.stream);
+    cutlass::Status s = op.initialize(args, nullptr, stream);
+    if (s == cutlass::Status::kSuccess) s = op(stream);
+    if (s != cutlass::Status::kSuccess) return "CUTLASS: " + status_string(s);
+    cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? "" : std::string("CUDA: ") + cudaGetErrorString(e);
+  }
+};
+
+// Heuristic: a 64-wide N tile for narrow layers (K <= 64) or when the 128x128 grid would leave SMs idle.
+template <int TileN>
+int tile_score(const ConvProblem& p) {
+  const int64_t m = p.N * p.P * p.Q;
+  const int64_t ctas_128 = ((m + 127) / 128) * ((p.K + 127) / 128);
+  const bool narrow = p.K <= 64 || ctas_128 < 2 * 132;
+  return (TileN == 64) == narrow ? 1 : 0;
+}
+
+template <typename Conv, int TileN>
+FusedKernelInfo make_info(const std::string& name, ScalarKind dtype) {
+  return FusedKernelInfo{name, 80, 1000, dtype, &Conv::can_implement, &tile_score<TileN>, &Conv::launch};
+}
+
+// Registers the four kernels of one dtype: {bias+act, bias+residual+relu} x {128x128, 128x64 tiles}.
+template <typename Element, typename TileWide, typename TileNarrow>
+void append_kernels(std::vector<FusedKernelInfo>& out, const std::string& dtype_name, ScalarKind dtype) {
+  out.push_back(make_info<BiasActConv<Element, TileWide>, TileWide::kN>(
+      "sm80_" + dtype_name + "_bias_act_" + std::to_string(TileWide::kN), dtype));
+  out.push_back(make_info<BiasActConv<Element, TileNarrow>, TileNarrow::kN>(
+      "sm80_" + dtype_name + "_bias_act_" + std::to_string(TileNarrow::kN), dtype));
+  out.push_back(make_info<ResidualReluConv<Element, TileWide>, TileWide::kN>(
+      "sm80_" + dtype_name + "_residual_relu_" + std::to_string(TileWide::kN), dtype));
+  out.push_back(make_info<ResidualReluConv<Element, TileNarrow>, TileNarrow::kN>(
+      "sm80_" + dtype_name + "_residual_relu_" + std::to_string(TileNarrow::kN), dtype));
+}
+
+}  // namespace sm80
+}  // namespace resnet_ext

@@ -1,0 +1,138 @@
+"""Builds resnet_ext._C: the op registrations (C++) and, when a CUDA toolkit and a CUDA build of torch are
+present, the fused CUDA kernels (CUTLASS). A GPU is not needed to build the CUDA code.
+
+Environment:
+  RESNET_EXT_CUDA=0|1     force the CUDA kernels off / on (default: on when nvcc and a CUDA torch are found)
+  TORCH_CUDA_ARCH_LIST    archs to build for (default "8.0;9.0a")
+  CUDA_HOME               the CUDA toolkit (default: found from /usr/local/cuda or nvcc's real location)
+  CUTLASS_PATH            a CUTLASS checkout (default: the headers of the nvidia-cutlass wheel)
+  RESNET_EXT_PTXAS_VERBOSE=1  print ptxas register/spill reports for every kernel
+  MAX_JOBS                parallel compile jobs (torch's ninja build reads it)
+"""
+import glob
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_ARCHS = "8.0;9.0a"
+
+
+def _is_toolkit(path):
+    return path and (Path(path) / "bin" / "nvcc").exists() and (Path(path) / "include" / "cuda_runtime.h").exists()
+
+
+def find_cuda_home():
+    """torch guesses CUDA_HOME from the first nvcc on PATH; a wrapper script in /usr/local/bin makes that guess
+    /usr/local, which holds no toolkit. Look where a toolkit really is before torch is imported."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        real = Path(os.path.realpath(nvcc))
+        candidates.append(str(real.parent.parent))
+        # A wrapper script (`exec /usr/local/cuda-X/bin/nvcc "$@"`) names the real compiler inside.
+        try:
+            for word in real.read_text(errors="ignore").split():
+                word = word.strip("'\"")
+                if word.endswith("/bin/nvcc"):
+                    candidates.append(str(Path(word).parent.parent))
+        except OSError:
+            pass
+    candidates += sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for c in candidates:
+        if _is_toolkit(c):
+            return str(Path(c).resolve())
+    return None
+
+
+cuda_home = find_cuda_home()
+if cuda_home:
+    os.environ["CUDA_HOME"] = cuda_home
+
+import torch  # noqa: E402  (after CUDA_HOME is set: cpp_extension reads it at import)
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def want_cuda():
+    forced = os.environ.get("RESNET_EXT_CUDA")
+    have = cuda_home is not None and torch.version.cuda is not None
+    if forced == "0":
+        return False
+    if forced == "1":
+        if not have:
+            sys.exit(f"RESNET_EXT_CUDA=1 but no usable CUDA build: CUDA_HOME={cuda_home}, "
+                     f"torch.version.cuda={torch.version.cuda}")
+        return True
+    return have
+
+
+def torch_cuda_include_dirs():
+    """ATen's CUDA headers include cusparse.h / cublas_v2.h, which the pip CUDA wheels put under
+    site-packages/nvidia/cu13/include rather than in the toolkit."""
+    dirs = []
+    try:
+        import nvidia  # namespace package of the nvidia-* wheels torch depends on
+        for base in nvidia.__path__:
+            dirs += sorted(glob.glob(os.path.join(base, "cu*", "include")))
+            dirs += sorted(glob.glob(os.path.join(base, "*", "include")))
+    except ImportError:
+        pass
+    return [d for d in dict.fromkeys(dirs) if os.path.isdir(d)]
+
+
+def cutlass_include_dirs():
+    roots = []
+    if os.environ.get("CUTLASS_PATH"):
+        roots.append(Path(os.environ["CUTLASS_PATH"]))
+    try:
+        import importlib.util
+        spec = importlib.util.find_spec("cutlass_library")
+        if spec and spec.submodule_search_locations:
+            roots.append(Path(list(spec.submodule_search_locations)[0]) / "source")
+    except (ImportError, ValueError):
+        pass
+    for root in roots:
+        if (root / "include" / "cutlass" / "cutlass.h").exists():
+            return [str(root / "include"), str(root / "tools" / "util" / "include")]
+    sys.exit("CUTLASS headers not found: pip install nvidia-cutlass, or set CUTLASS_PATH to a CUTLASS checkout "
+             "(or build without CUDA kernels: RESNET_EXT_CUDA=0)")
+
+
+def build_extension():
+    with_cuda = want_cuda()
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS) if with_cuda else ""
+    if with_cuda:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+    cpp_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cpp"))
+    cu_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cu"))
+    macros = [
+        ("RESNET_EXT_TORCH_VERSION", f'"{torch.__version__}"'),
+        ("RESNET_EXT_CUDA_ARCHS", f'"{archs}"'),
+    ]
+    cxx_flags = ["-O3"]  # torch picks the C++ standard it needs (C++20 for 2.14, C++17 before)
+    if not with_cuda:
+        return CppExtension("resnet_ext._C", cpp_sources, define_macros=macros,
+                            extra_compile_args={"cxx": cxx_flags})
+    macros.append(("RESNET_EXT_WITH_CUDA", "1"))
+    nvcc_flags = [
+        "-O3", "--expt-relaxed-constexpr", "--expt-extended-lambda", "-lineinfo",
+        "-DNDEBUG", "--threads", os.environ.get("NVCC_THREADS", "1"),
+        # torch adds -D__CUDA_NO_HALF_OPERATORS__ etc.; CUTLASS brings its own half types, so undo them.
+        "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
+        "-U__CUDA_NO_HALF2_OPERATORS__",
+    ]
+    if os.environ.get("RESNET_EXT_PTXAS_VERBOSE") == "1":
+        nvcc_flags.append("-Xptxas=-v")
+    include_dirs = [str(ROOT / "csrc")] + cutlass_include_dirs() + torch_cuda_include_dirs()
+    return CUDAExtension("resnet_ext._C", cpp_sources + cu_sources, define_macros=macros,
+                         include_dirs=include_dirs,
+                         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags})
+
+
+setup(
+    ext_modules=[build_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
