@@ -6,12 +6,11 @@ import sys
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resnet_ext", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    from . import bench
+    from . import bench, report
     bench.add_arguments(sub.add_parser("bench", help="model throughput: torchvision vs resnet_ext"))
+    report.add_arguments(sub.add_parser("report", help="benchmark JSON -> markdown table + PNG chart"))
     args = parser.parse_args(argv)
-    if args.command == "bench":
-        return bench.main(args)
-    return 2
+    return {"bench": bench.main, "report": report.main}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,196 @@
+"""GPU proofs of the fused inference kernels (skipped without a CUDA device; run by benchmarks/gpu_check.sh).
+
+Every distinct conv shape of resnet50/101 (and the dilated variant) x {fp16, bf16} x {no residual, residual}
+x batch {1, 7, 64} against a float32 reference of stock ops, with outputs poisoned with NaN before each launch;
+TF32 for fp32; whole models against torchvision; CUDA graphs; fallbacks; the autotuner."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import resnet_ext
+from conftest import randomize_bn, rel_err, requires_cuda
+from resnet_ext._C_loader import _C
+from resnet_ext.shapes import conv_shapes
+
+pytestmark = requires_cuda
+
+TOL = {torch.float16: 3e-3, torch.bfloat16: 1e-2, torch.float32: 3e-3}
+SHAPES = list(dict.fromkeys(
+    [s.with_batch(1) for s in conv_shapes("resnet50") + conv_shapes("resnet101")
+     + conv_shapes("resnet50", replace_stride_with_dilation=[False, True, True])]))
+CL = torch.channels_last
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs():
+    _C.set_poison_outputs(True)
+    yield
+    _C.set_poison_outputs(False)
+
+
+def make_inputs(s, dtype, residual, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(s.N, s.C, s.H, s.W, device="cuda", generator=g).to(dtype).contiguous(memory_format=CL)
+    w = (torch.randn(s.K, s.C, s.R, s.S, device="cuda", generator=g) / math.sqrt(s.C * s.R * s.S)).to(dtype)
+    w = w.contiguous(memory_format=CL)
+    b = (0.1 * torch.randn(s.K, device="cuda", generator=g)).to(dtype)
+    r = (torch.randn(s.N, s.K, s.P, s.Q, device="cuda", generator=g).to(dtype).contiguous(memory_format=CL)
+         if residual else None)
+    return x, w, b, r
+
+
+def reference_fp32(x, w, b, r, s, relu):
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # a true fp32 reference
+    try:
+        y = F.conv2d(x.float(), w.float(), b.float(), s.stride, s.padding, s.dilation, s.groups)
+    finally:
+        torch.backends.cudnn.allow_tf32 = old
+    if r is not None:
+        y = y + r.float()
+    return F.relu(y) if relu else y
+
+
+def check(s, dtype, residual, batch):
+    s = s.with_batch(batch)
+    relu = True if residual else s.relu
+    x, w, b, r = make_inputs(s, dtype, residual, seed=batch)
+    path, reason = resnet_ext.explain(x, w, b, r, s.stride, s.padding, s.dilation, relu)
+    y = resnet_ext.conv_bn_act(x, w, b, r, s.stride, s.padding, s.dilation, relu)
+    torch.cuda.synchronize()
+    err = rel_err(y, reference_fp32(x, w, b, r, s, relu))
+    assert err <= TOL[dtype], f"{s.name} {dtype} residual={residual}: rel err {err:.2e} via {path} ({reason})"
+    if s.C % 8 == 0:
+        assert path.startswith("fused:"), f"{s.name}: expected a fused kernel, got {path} ({reason})"
+    assert y.is_contiguous(memory_format=CL) or s.N * s.P * s.Q == 1
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("s", SHAPES, ids=lambda s: s.name)
+def test_conv_bn_act_16bit_matches_fp32_reference(s, dtype, residual, batch):
+    check(s, dtype, residual, batch)
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("s", SHAPES, ids=lambda s: s.name)
+def test_conv_bn_act_tf32_matches_fp32_reference(s, residual):
+    assert torch.backends.cudnn.allow_tf32
+    check(s, torch.float32, residual, 7)
+
+
+def test_fp32_without_tf32_takes_the_stock_path():
+    s = SHAPES[2].with_batch(2)
+    x, w, b, r = make_inputs(s, torch.float32, False)
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        path, reason = resnet_ext.explain(x, w, b, r, s.stride, s.padding, s.dilation, True)
+    finally:
+        torch.backends.cudnn.allow_tf32 = old
+    assert path == "stock" and "allow_tf32" in reason
+
+
+def test_fallbacks_are_correct_and_explained():
+    s = SHAPES[2].with_batch(3)
+    x, w, b, r = make_inputs(s, torch.bfloat16, True)
+    ref = reference_fp32(x, w, b, r, s, True)
+    # NCHW input
+    xn = x.contiguous()
+    path, reason = resnet_ext.explain(xn, w, b, r, s.stride, s.padding, s.dilation, True)
+    assert path == "stock" and "channels_last" in reason
+    assert rel_err(resnet_ext.conv_bn_act(xn, w, b, r, s.stride, s.padding, s.dilation, True), ref) <= 1e-2
+    # A misaligned data pointer (a channels_last view one element into its storage)
+    base = torch.empty(x.numel() + 1, dtype=x.dtype, device="cuda")[1:]
+    xm = base.as_strided(x.shape, x.stride()).copy_(x)
+    path, reason = resnet_ext.explain(xm, w, b, r, s.stride, s.padding, s.dilation, True)
+    assert path == "stock" and "aligned" in reason
+    assert rel_err(resnet_ext.conv_bn_act(xm, w, b, r, s.stride, s.padding, s.dilation, True), ref) <= 1e-2
+    # An NCHW weight is converted to KRSC and still runs fused
+    path, _ = resnet_ext.explain(x, w.contiguous(), b, r, s.stride, s.padding, s.dilation, True)
+    assert path.startswith("fused:")
+    assert rel_err(resnet_ext.conv_bn_act(x, w.contiguous(), b, r, s.stride, s.padding, s.dilation, True),
+                   ref) <= 1e-2
+    # No bias
+    y = resnet_ext.conv_bn_act(x, w, None, r, s.stride, s.padding, s.dilation, True)
+    assert rel_err(y, reference_fp32(x, w, torch.zeros_like(b), r, s, True)) <= 1e-2
+
+
+def test_autotuner_checks_and_caches():
+    s = SHAPES[5].with_batch(16)
+    x, w, b, r = make_inputs(s, torch.float16, s.residual)
+    _C.clear_autotune_cache()
+    resnet_ext.autotune(True)
+    try:
+        y = resnet_ext.conv_bn_act(x, w, b, r, s.stride, s.padding, s.dilation, s.relu)
+        path, reason = resnet_ext.explain(x, w, b, r, s.stride, s.padding, s.dilation, s.relu)
+    finally:
+        resnet_ext.autotune(False)
+    assert "autotuned" in reason, reason
+    assert rel_err(y, reference_fp32(x, w, b, r, s, s.relu)) <= 3e-3
+
+
+def _model_pair(arch, dtype):
+    import torchvision
+
+    torch.manual_seed(0)
+    tv = randomize_bn(getattr(torchvision.models, arch)())
+    ours = getattr(resnet_ext, arch)()
+    ours.load_state_dict(tv.state_dict())
+    tv = tv.cuda().to(dtype).to(memory_format=CL).eval()
+    ours = ours.cuda().to(dtype).to(memory_format=CL).eval()
+    return ours, tv
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("arch", ["resnet50", "resnet101"])
+def test_model_eval_matches_torchvision(arch, dtype):
+    ours, tv = _model_pair(arch, dtype)
+    x = torch.randn(256, 3, 224, 224, device="cuda").to(dtype).contiguous(memory_format=CL)
+    resnet_ext.reset_path_counts()
+    with torch.inference_mode():
+        y, ref = ours(x).float(), tv(x).float()
+        ref32 = tv.float()(x.float()).float()
+    counts = resnet_ext.path_counts()
+    err = rel_err(y, ref)
+    agree = (y.argmax(1) == ref.argmax(1)).float().mean().item()
+    print(f"\n{arch} {dtype}: rel err vs torchvision {err:.2e} (torchvision {dtype} vs its fp32: "
+          f"{rel_err(ref, ref32):.2e}, ours vs fp32: {rel_err(y, ref32):.2e}); top-1 agreement {agree:.4f}; "
+          f"paths {counts}")
+    assert counts.get("stock:cuda", 0) == 1  # only the 3-channel stem conv takes the stock path
+    assert err <= 1e-2
+    assert agree >= 0.99
+
+
+def test_cuda_graph_capture_of_a_model_forward():
+    ours, _ = _model_pair("resnet50", torch.bfloat16)
+    x = torch.randn(8, 3, 224, 224, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=CL)
+    with torch.inference_mode():
+        eager = ours(x).clone()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(2):
+                ours(x)
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = ours(x)
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        fresh = ours(x)
+        torch.cuda.synchronize()
+    assert rel_err(out, fresh) <= 1e-3  # the replay computed the new input
+    assert rel_err(out, eager) > 1e-2
+
+
+def test_compile_of_cuda_model_matches_eager():
+    ours, _ = _model_pair("resnet50", torch.bfloat16)
+    x = torch.randn(4, 3, 224, 224, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=CL)
+    with torch.no_grad():
+        ref = ours(x)
+        out = torch.compile(ours, fullgraph=True)(x)
+    assert rel_err(out, ref) <= 1e-2
