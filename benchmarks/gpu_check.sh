@@ -29,7 +29,11 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run with a time limit, log everythin
   local name="$1" limit="$2"; shift 2
   echo "=== [$(( $(date +%s) - START ))s] $name: $*" | tee -a "$LOG"
   if [ "$DRY" = 1 ]; then SUMMARY+=("$name: (dry run)"); return 0; fi
-  timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
+  if declare -F "$1" > /dev/null; then  # a function of this script: timeout needs a program, so run it via bash
+    timeout "$limit" bash -c "$*" 2>&1 | tee -a "$LOG"
+  else
+    timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
+  fi
   local rc=${PIPESTATUS[0]}
   SUMMARY+=("$name: rc=$rc ($(( $(date +%s) - START ))s)")
   return "$rc"
@@ -70,9 +74,13 @@ build() {
   return $rc
 }
 
+export -f info cutlass build
+export PY OUT
 [ -d /tmp/cutlass/cutlass_library/source ] && export CUTLASS_PATH="${CUTLASS_PATH:-/tmp/cutlass/cutlass_library/source}"
 step info 30 info
-step cutlass 60 cutlass && [ -d /tmp/cutlass/cutlass_library/source ] && export CUTLASS_PATH=/tmp/cutlass/cutlass_library/source
+step cutlass 60 cutlass && export -f info cutlass build
+export PY OUT
+[ -d /tmp/cutlass/cutlass_library/source ] && export CUTLASS_PATH=/tmp/cutlass/cutlass_library/source
 step build 300 build
 export PYTHONUNBUFFERED=1
 if [ "$QUICK" = 1 ]; then
