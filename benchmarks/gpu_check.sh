@@ -43,7 +43,7 @@ info() {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
   nvcc --version | tail -n 2
-  git log -1 --format='commit %H %cd' 2>/dev/null || true
+  git log -1 --format='commit %H %cd' 2>/dev/null || echo "commit ${RESNET_EXT_COMMIT:-unknown (no .git here)}"
   date -u
 }
 
@@ -87,6 +87,11 @@ if [ "$QUICK" = 1 ]; then
   step cuda_tests 200 "$PY" -m pytest tests/test_cuda.py tests/test_kernel_selection.py -q -rfE -p no:cacheprovider -k "not compile"
 else
   step cuda_tests 240 "$PY" -m pytest tests/test_cuda.py tests/test_kernel_selection.py -q -rfE -p no:cacheprovider -s
+  rc=$?
+  if [ "$rc" -ge 128 ] && [ "$rc" != 137 ] && command -v cuda-gdb > /dev/null; then  # a crash: get the C++ stack
+    step crash_backtrace 150 cuda-gdb -q -batch -ex run -ex bt --args "$PY" -m pytest tests/test_cuda.py -q -x \
+      -p no:cacheprovider -k "autotuner or graph or model_eval"
+  fi
   step memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" benchmarks/sanitize_forward.py
 fi
 BENCH_ARGS=(benchmarks -q -p no:cacheprovider --benchmark-only --benchmark-json="$OUT/bench.json" --benchmark-columns=min,median,rounds)

@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <atomic>
+#include <limits>
 
 #include "conv_bn_act.h"
 #include "autotune.h"
@@ -17,10 +18,16 @@ namespace resnet_ext {
 
 std::atomic<bool> g_poison_outputs{false};
 
+namespace {
+int device_sm(const at::Tensor& x) {
+  const auto* props = at::cuda::getDeviceProperties(x.get_device());
+  return props->major * 10 + props->minor;
+}
+}  // namespace
+
 KernelChoice choose_cuda_path(const ConvProblem& problem, const at::Tensor& x) {
   ConvProblem p = problem;
-  const auto* props = at::cuda::getDeviceProperties(x.get_device());
-  p.sm = props->major * 10 + props->minor;
+  p.sm = device_sm(x);
   KernelChoice tuned = autotuned_choice(p, x.get_device());
   if (tuned.fused() || !tuned.reason.empty()) return tuned;
   return select_conv_kernel(p);
@@ -57,6 +64,7 @@ at::Tensor conv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight, const
   auto out_size = check_conv_bn_act_args(x, weight, bias, residual, stride, padding, dilation, groups);
   c10::cuda::CUDAGuard guard(x.device());
   ConvProblem p = make_conv_problem(x, weight, bias, residual, stride, padding, dilation, relu, groups);
+  p.sm = device_sm(x);  // part of the autotuner's cache key
   KernelChoice choice = choose_cuda_path(p, x);
   const FusedKernelInfo* kernel = choice.fused() ? find_kernel(choice.kernel) : nullptr;
   if (!kernel) {
@@ -70,8 +78,6 @@ at::Tensor conv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight, const
   // where synchronising is not allowed: the heuristic choice stands then).
   if (autotune_enabled() && autotuned_choice(p, x.get_device()).reason.empty() &&
       c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None) {
-    p.sm = at::cuda::getDeviceProperties(x.get_device())->major * 10 +
-           at::cuda::getDeviceProperties(x.get_device())->minor;
     choice = autotune_problem(p, x, w, b, residual, stride, padding, dilation, relu, groups);
     kernel = choice.fused() ? find_kernel(choice.kernel) : nullptr;
     if (!kernel) {
