@@ -84,15 +84,17 @@ export PY OUT
 step build 300 build
 export PYTHONUNBUFFERED=1
 if [ "$QUICK" = 1 ]; then
-  step cuda_tests 200 "$PY" -m pytest tests/test_cuda.py tests/test_kernel_selection.py -q -rfE -p no:cacheprovider -k "not compile"
+  step cuda_tests 200 "$PY" -m pytest tests/test_cuda_bn_act.py tests/test_kernel_selection.py tests/test_cuda.py -q -rfE \
+    -p no:cacheprovider -k "not compile"
 else
-  step cuda_tests 240 "$PY" -m pytest tests/test_cuda.py tests/test_kernel_selection.py -q -rfE -p no:cacheprovider -s
+  step cuda_tests 270 "$PY" -m pytest tests/test_cuda_bn_act.py tests/test_kernel_selection.py tests/test_cuda.py -q -rfE \
+    -p no:cacheprovider -s
   rc=$?
   if [ "$rc" -ge 128 ] && [ "$rc" != 137 ] && command -v cuda-gdb > /dev/null; then  # a crash: get the C++ stack
-    step crash_backtrace 150 cuda-gdb -q -batch -ex run -ex bt --args "$PY" -m pytest tests/test_cuda.py -q -x \
-      -p no:cacheprovider -k "autotuner or graph or model_eval"
+    step crash_backtrace 100 cuda-gdb -q -batch -ex run -ex bt --args "$PY" -m pytest tests/test_cuda.py -q -x \
+      -p no:cacheprovider -k "autotuner"
   fi
-  step memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" benchmarks/sanitize_forward.py
+  step memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" benchmarks/sanitize_forward.py
 fi
 BENCH_ARGS=(benchmarks -q -p no:cacheprovider --benchmark-only --benchmark-json="$OUT/bench.json" --benchmark-columns=min,median,rounds)
 [ "$QUICK" = 1 ] && BENCH_ARGS=(benchmarks/test_conv_bn_act.py "${BENCH_ARGS[@]:1}")

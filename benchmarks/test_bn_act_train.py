@@ -27,7 +27,7 @@ def test_bn_act_train_fwd_bwd(benchmark, cfg, ceilings, shape, impl):
 
     def make():
         x = torch.randn(n, c, h, w, device=cfg.device, dtype=cfg.dtype).contiguous(memory_format=torch.channels_last)
-        r = torch.randn_like(x) if residual else None
+        r = torch.randn_like(x).requires_grad_() if residual else None
         g = torch.randn_like(x)
         return x.requires_grad_(), r, g
 
@@ -41,7 +41,7 @@ def test_bn_act_train_fwd_bwd(benchmark, cfg, ceilings, shape, impl):
             y = F.batch_norm(x, rm, rv, weight.to(x.dtype), bias.to(x.dtype), True, 0.1, 1e-5)
             y = F.relu(y + r if r is not None else y)
         else:
-            y = resnet_ext.bn_act(x, r, weight, bias, rm, rv, 0.1, 1e-5, True)
+            y = torch.ops.resnet_ext.bn_act_train(x, r, weight, bias, rm, 1e-5, True)[0]
         y.backward(g)
 
     nbytes = n * c * h * w * elem * (7 if residual else 5)  # fwd: x, [r], y; bwd: g, x|y, dx, [dr]

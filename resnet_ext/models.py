@@ -14,6 +14,7 @@ from typing import Any, Callable, List, Optional, Type, Union
 import torch
 from torch import Tensor, nn
 
+from .bn_act import bn_act
 from .ops import conv_bn_act, fold_bn_weights
 
 __all__ = [
@@ -66,10 +67,16 @@ def _folded(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm, channels_last:
     return w, b
 
 
+def _fused_train_bn(bn: nn.Module) -> bool:
+    return type(bn) in (nn.BatchNorm2d, nn.SyncBatchNorm) and bn.training
+
+
 def conv_bn(conv: nn.Conv2d, bn: nn.Module, x: Tensor, relu: bool, residual: Optional[Tensor] = None,
             relu_module: Optional[nn.Module] = None) -> Tensor:
-    """relu?(bn(conv(x)) + residual): one fused op with BN folded when `bn` is an eval-mode BatchNorm, else the
-    stock modules in torchvision's order."""
+    """relu?(bn(conv(x)) + residual): in eval one fused op with BN folded into the conv; in training the stock conv
+    then one fused BN(+add)+ReLU op; other norm layers run the stock modules in torchvision's order."""
+    if _fused_train_bn(bn):
+        return bn_act(conv(x), bn, residual, relu)
     if not _foldable(conv, bn):
         out = bn(conv(x))
         if residual is not None:
@@ -99,7 +106,8 @@ def _shortcut(block: nn.Module, x: Tensor) -> Tensor:
     ds = block.downsample
     if ds is None:
         return x
-    if isinstance(ds, nn.Sequential) and len(ds) == 2 and _foldable(ds[0], ds[1]):
+    if (isinstance(ds, nn.Sequential) and len(ds) == 2 and type(ds[0]) is nn.Conv2d
+            and (_foldable(ds[0], ds[1]) or _fused_train_bn(ds[1]))):
         return conv_bn(ds[0], ds[1], x, relu=False)
     return ds(x)
 

@@ -1,0 +1,180 @@
+"""Training-mode BatchNorm(+residual add)+ReLU as one fused op (one pass to normalise, add and clamp; one fused
+pass back), with running statistics kept exactly as nn.BatchNorm2d keeps them, and a cross-process variant that
+all-reduces the per-channel sums like nn.SyncBatchNorm (also on CPU tensors with gloo).
+
+    y = bn_act(x, bn, residual=None, relu=True)   # bn: a train-mode BatchNorm2d; updates its running stats
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ._C_loader import _C  # noqa: F401  (registers the ops)
+
+ops = torch.ops.resnet_ext
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fake kernels
+# ---------------------------------------------------------------------------------------------------------------
+
+def _fmt(x: Tensor) -> torch.memory_format:
+    return torch._prims_common.suggest_memory_format(x)
+
+
+def _stat_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("resnet_ext::bn_act_train")
+def _(x, residual, weight, bias, running_mean, eps, relu):
+    torch._check(x.dim() in (2, 4), lambda: "bn_act_train: x must be 4-D or 2-D")
+    c = x.shape[1]
+    stat = x.new_empty((c,), dtype=_stat_dtype(x))
+    return torch.empty_like(x, memory_format=_fmt(x)), stat, torch.empty_like(stat), torch.empty_like(stat)
+
+
+@torch.library.register_fake("resnet_ext::bn_act_train_backward")
+def _(grad_y, y, x, weight, mean, invstd, relu, residual_grad):
+    dres = torch.empty_like(x, memory_format=_fmt(x)) if residual_grad else x.new_empty((0,))
+    return torch.empty_like(x, memory_format=_fmt(x)), torch.empty_like(weight), torch.empty_like(weight), dres
+
+
+@torch.library.register_fake("resnet_ext::bn_stats")
+def _(x, shift):
+    return x.new_empty((2, x.shape[1]), dtype=_stat_dtype(x))
+
+
+@torch.library.register_fake("resnet_ext::bn_act_apply")
+def _(x, residual, weight, bias, mean, invstd, relu):
+    return torch.empty_like(x, memory_format=_fmt(x))
+
+
+@torch.library.register_fake("resnet_ext::bn_act_backward_reduce")
+def _(grad_y, y, x, mean, invstd, relu):
+    return x.new_empty((2, x.shape[1]), dtype=_stat_dtype(x))
+
+
+@torch.library.register_fake("resnet_ext::bn_act_backward_apply")
+def _(grad_y, y, x, weight, mean, invstd, sums, count, relu, residual_grad):
+    dres = torch.empty_like(x, memory_format=_fmt(x)) if residual_grad else x.new_empty((0,))
+    return torch.empty_like(x, memory_format=_fmt(x)), dres
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Autograd of the one-process op: the backward is itself an op, so the whole step stays traceable
+# ---------------------------------------------------------------------------------------------------------------
+
+def _setup_context(ctx, inputs, output):
+    x, residual, weight, bias, running_mean, eps, relu = inputs
+    y, mean, invstd, _ = output
+    ctx.relu = relu
+    ctx.has_residual = residual is not None
+    # The output doubles as the ReLU mask, and is what the next conv saves anyway: no extra activation is kept.
+    ctx.save_for_backward(x, weight, y, mean, invstd)
+
+
+def _backward(ctx, grad_y, _gm, _gi, _gv):
+    x, weight, y, mean, invstd = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    dx, dw, db, dres = ops.bn_act_train_backward(grad_y.contiguous(memory_format=_fmt(x)), y, x, weight, mean,
+                                                 invstd, ctx.relu, ctx.has_residual and need[1])
+    return (dx, dres if ctx.has_residual and need[1] else None, dw if need[2] else None, db if need[3] else None,
+            None, None, None)
+
+
+torch.library.register_autograd("resnet_ext::bn_act_train", _backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cross-process variant (SyncBN): the same kernels in pieces, with the per-channel sums all-reduced in between
+# ---------------------------------------------------------------------------------------------------------------
+
+def _all_reduce(t: Tensor, group) -> Tensor:
+    dist.all_reduce(t, group=group)
+    return t
+
+
+class _SyncBnAct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, residual, weight, bias, shift, eps, relu, group):
+        c = x.shape[1]
+        sums = ops.bn_stats(x, shift)
+        count = sums.new_tensor([x.numel() // c])
+        packed = _all_reduce(torch.cat([sums.reshape(-1), count]), group)
+        sums, n = packed[:-1].reshape(2, c), packed[-1]
+        mu = sums[0] / n
+        var = (sums[1] / n - mu * mu).clamp_min(0)
+        mean = (shift.to(sums.dtype) if shift is not None else 0) + mu
+        invstd = torch.rsqrt(var + eps)
+        y = ops.bn_act_apply(x, residual, weight, bias, mean, invstd, relu)
+        ctx.relu, ctx.has_residual, ctx.group = relu, residual is not None, group
+        ctx.count = float(n.item())
+        ctx.save_for_backward(x, weight, y, mean, invstd)
+        var_unbiased = var * (n / (n - 1))
+        ctx.mark_non_differentiable(mean, var_unbiased)
+        return y, mean, var_unbiased
+
+    @staticmethod
+    def backward(ctx, grad_y, _gm, _gv):
+        x, weight, y, mean, invstd = ctx.saved_tensors
+        grad_y = grad_y.contiguous(memory_format=_fmt(x))
+        local = ops.bn_act_backward_reduce(grad_y, y, x, mean, invstd, ctx.relu)
+        total = _all_reduce(local.clone(), ctx.group)
+        need_res = ctx.has_residual and ctx.needs_input_grad[1]
+        dx, dres = ops.bn_act_backward_apply(grad_y, y, x, weight, mean, invstd, total, ctx.count, ctx.relu, need_res)
+        # weight/bias gradients stay local sums: DDP averages them, as it does nn.SyncBatchNorm's.
+        dw, db = local[1].to(weight.dtype), local[0].to(weight.dtype)
+        return dx, dres if need_res else None, dw, db, None, None, None, None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The module-facing function
+# ---------------------------------------------------------------------------------------------------------------
+
+def _group_of(bn: nn.Module):
+    group = getattr(bn, "process_group", None)
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    if not getattr(bn, "_resnet_ext_sync", False) and not isinstance(bn, nn.SyncBatchNorm):
+        return None
+    group = group or dist.group.WORLD
+    return group if dist.get_world_size(group) > 1 else None
+
+
+def bn_act(x: Tensor, bn: nn.modules.batchnorm._BatchNorm, residual: Optional[Tensor] = None,
+           relu: bool = True) -> Tensor:
+    """relu?(bn(x) + residual) for a train-mode BatchNorm `bn`, in one fused op; updates bn's running statistics
+    and num_batches_tracked exactly as bn(x) would. Cross-process statistics when bn was converted with
+    `convert_sync_batchnorm` (or is an nn.SyncBatchNorm) and torch.distributed is initialised."""
+    factor = 0.0
+    if bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    weight = bn.weight if bn.weight is not None else torch.ones(x.shape[1], device=x.device, dtype=x.dtype)
+    bias = bn.bias if bn.bias is not None else torch.zeros(x.shape[1], device=x.device, dtype=x.dtype)
+    shift = bn.running_mean if bn.track_running_stats else None
+    group = _group_of(bn)
+    if group is not None:
+        y, mean, var_unbiased = _SyncBnAct.apply(x, residual, weight, bias, shift, bn.eps, relu, group)
+    else:
+        y, mean, _invstd, var_unbiased = ops.bn_act_train(x, residual, weight, bias, shift, bn.eps, relu)
+    if bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.running_mean.mul_(1 - factor).add_(mean.detach().to(bn.running_mean.dtype), alpha=factor)
+            bn.running_var.mul_(1 - factor).add_(var_unbiased.detach().to(bn.running_var.dtype), alpha=factor)
+    return y
+
+
+def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
+    """Mark every BatchNorm of `module` to compute its training statistics across `process_group` (default: the
+    world) in resnet_ext's fused BN+ReLU, like torch.nn.SyncBatchNorm.convert_sync_batchnorm but in place, with
+    the same modules and state_dict, and on CPU tensors (gloo) as well as CUDA (NCCL)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m._resnet_ext_sync = True
+            m.process_group = process_group
+    return module

@@ -1,0 +1,252 @@
+"""The training BN(+add)+ReLU ops on the CPU: numbers and running statistics against nn.BatchNorm2d, gradcheck,
+opcheck, errors, autocast, and cross-process statistics with two gloo processes."""
+import os
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import resnet_ext
+from conftest import rel_err
+from resnet_ext.bn_act import bn_act
+
+ops = torch.ops.resnet_ext
+
+# (N, C, H, W): odd sizes, batch 1 with H*W > 1, 1x1 maps, a ResNet-like shape.
+SHAPES = [(3, 5, 7, 6), (1, 8, 3, 5), (6, 16, 1, 1), (2, 64, 14, 14)]
+
+
+def reference(x, bn, residual, relu):
+    y = bn(x)
+    if residual is not None:
+        y = y + residual
+    return F.relu(y) if relu else y
+
+
+def make_bn(c, dtype, momentum=0.1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    bn = torch.nn.BatchNorm2d(c, momentum=momentum).to(dtype).train()
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(c, generator=g) + 0.5)
+        bn.bias.copy_(torch.rand(c, generator=g) - 0.5)
+        bn.running_mean.copy_(torch.rand(c, generator=g))
+        bn.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+    return bn
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_matches_batchnorm_forward_backward_and_running_stats(shape, residual, relu, channels_last, momentum):
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = (torch.randn(shape, dtype=torch.float64) * 2 + 1).contiguous(memory_format=fmt)
+    r = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=fmt) if residual else None
+    ours, ref = make_bn(shape[1], torch.float64, momentum), make_bn(shape[1], torch.float64, momentum)
+    gy = torch.randn(shape, dtype=torch.float64)
+    outs, grads = [], []
+    for bn, fn in ((ours, lambda a, b: bn_act(a, ours, b, relu)), (ref, lambda a, b: reference(a, ref, b, relu))):
+        xa = x.clone().requires_grad_()
+        ra = r.clone().requires_grad_() if residual else None
+        for _ in range(2):  # two steps: the running statistics compound
+            y = fn(xa, ra)
+        y.backward(gy)
+        outs.append(y)
+        grads.append([xa.grad, bn.weight.grad, bn.bias.grad] + ([ra.grad] if residual else []))
+    assert rel_err(outs[0], outs[1]) < 1e-12
+    for a, b in zip(*grads):
+        assert rel_err(a, b) < 1e-10
+    assert rel_err(ours.running_mean, ref.running_mean) < 1e-12
+    assert rel_err(ours.running_var, ref.running_var) < 1e-12
+    assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked) == 2
+
+
+@pytest.mark.parametrize("shape", SHAPES[:3], ids=str)
+def test_gradcheck_float64(shape):
+    torch.manual_seed(1)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    r = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    w = (torch.rand(shape[1], dtype=torch.float64) + 0.5).requires_grad_()
+    b = torch.randn(shape[1], dtype=torch.float64, requires_grad=True)
+
+    def f(x, r, w, b):
+        return ops.bn_act_train(x, r, w, b, None, 1e-5, True)[0]
+
+    # Keep pre-activations off the ReLU kink, where finite differences are meaningless.
+    with torch.no_grad():
+        pre = F.batch_norm(x, None, None, w, b, True, 0.0, 1e-5) + r
+        r.add_(torch.where(pre.abs() < 1e-2, 0.1, 0.0))
+    assert torch.autograd.gradcheck(f, (x, r, w, b))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_opcheck_every_op(channels_last):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    n, c, h, w = 3, 8, 5, 4
+    x = torch.randn(n, c, h, w).contiguous(memory_format=fmt)
+    r = torch.randn(n, c, h, w).contiguous(memory_format=fmt)
+    wt, b, rm = torch.rand(c) + 0.5, torch.randn(c), torch.randn(c)
+    for residual in (None, r):
+        for relu in (True, False):
+            args = (x.clone().requires_grad_(), None if residual is None else residual.clone().requires_grad_(),
+                    wt.clone().requires_grad_(), b.clone().requires_grad_(), rm, 1e-5, relu)
+            torch.library.opcheck(ops.bn_act_train.default, args)
+    y, mean, invstd, _ = ops.bn_act_train(x, r, wt, b, rm, 1e-5, True)
+    gy = torch.randn_like(y)
+    torch.library.opcheck(ops.bn_act_train_backward.default, (gy, y, x, wt, mean, invstd, True, True))
+    torch.library.opcheck(ops.bn_act_train_backward.default, (gy, y, x, wt, mean, invstd, False, False))
+    torch.library.opcheck(ops.bn_stats.default, (x, rm))
+    torch.library.opcheck(ops.bn_stats.default, (x, None))
+    torch.library.opcheck(ops.bn_act_apply.default, (x, r, wt, b, mean, invstd, True))
+    torch.library.opcheck(ops.bn_act_backward_reduce.default, (gy, y, x, mean, invstd, True))
+    sums = ops.bn_act_backward_reduce(gy, y, x, mean, invstd, True)
+    torch.library.opcheck(ops.bn_act_backward_apply.default, (gy, y, x, wt, mean, invstd, sums, float(n * h * w),
+                                                              True, True))
+
+
+def test_pieces_compose_to_the_fused_op():
+    torch.manual_seed(2)
+    x, r = torch.randn(4, 6, 5, 5, dtype=torch.float64), torch.randn(4, 6, 5, 5, dtype=torch.float64)
+    w, b, rm = torch.rand(6, dtype=torch.float64) + 0.5, torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    y, mean, invstd, var_unb = ops.bn_act_train(x, r, w, b, rm, 1e-5, True)
+    sums = ops.bn_stats(x, rm)
+    n = 4 * 25
+    mu = sums[0] / n
+    assert rel_err(rm + mu, mean) < 1e-12
+    var = sums[1] / n - mu * mu
+    assert rel_err(torch.rsqrt(var + 1e-5), invstd) < 1e-12
+    assert rel_err(var * n / (n - 1), var_unb) < 1e-10
+    assert rel_err(ops.bn_act_apply(x, r, w, b, mean, invstd, True), y) < 1e-12
+    gy = torch.randn_like(y)
+    dx, dw, db, dres = ops.bn_act_train_backward(gy, y, x, w, mean, invstd, True, True)
+    s = ops.bn_act_backward_reduce(gy, y, x, mean, invstd, True)
+    assert rel_err(s[0], db) < 1e-12 and rel_err(s[1], dw) < 1e-12
+    dx2, dres2 = ops.bn_act_backward_apply(gy, y, x, w, mean, invstd, s, float(n), True, True)
+    assert rel_err(dx2, dx) < 1e-10 and rel_err(dres2, dres) < 1e-12
+
+
+def test_one_value_per_channel_is_the_same_error_as_torch():
+    bn = make_bn(4, torch.float32)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        bn(torch.randn(1, 4, 1, 1))
+    with pytest.raises(RuntimeError, match="Expected more than 1 value per channel when training"):
+        bn_act(torch.randn(1, 4, 1, 1), bn)
+
+
+@pytest.mark.parametrize("over,match", [
+    (dict(weight=torch.ones(3)), r"weight must have shape \[4\]"),
+    (dict(residual=torch.randn(2, 4, 3, 2)), r"residual must have x's shape"),
+    (dict(residual=torch.randn(2, 4, 3, 3, dtype=torch.float64)), r"residual must have x's dtype"),
+    (dict(x=torch.randint(0, 3, (2, 4, 3, 3))), r"x must be a floating-point tensor"),
+    (dict(x=torch.randn(2, 4, 3)), r"x must be a 4-D"),
+])
+def test_bad_input_names_the_argument(over, match):
+    a = dict(x=torch.randn(2, 4, 3, 3), residual=None, weight=torch.ones(4), bias=torch.zeros(4), running_mean=None,
+             eps=1e-5, relu=True)
+    a.update(over)
+    with pytest.raises(RuntimeError, match=match):
+        ops.bn_act_train(*a.values())
+
+
+def test_model_train_mode_uses_the_fused_op(monkeypatch):
+    calls = []
+    real = resnet_ext.models.bn_act
+    monkeypatch.setattr(resnet_ext.models, "bn_act", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = resnet_ext.resnet50(num_classes=10).train()
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    assert len(calls) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_autocast_bf16_train_step_matches_torchvision():
+    import torchvision
+
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet50(num_classes=10)
+    ours = resnet_ext.resnet50(num_classes=10)
+    ours.load_state_dict(tv.state_dict())
+    x = torch.randn(4, 3, 64, 64)
+    outs = []
+    for m in (ours, tv):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m(x)
+        out.float().sum().backward()
+        outs.append(out.float())
+    assert rel_err(outs[0], outs[1]) < 3e-2
+    assert rel_err(ours.fc.weight.grad, tv.fc.weight.grad) < 3e-2
+    assert rel_err(ours.layer1[0].bn1.running_mean, tv.layer1[0].bn1.running_mean) < 1e-2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Two gloo processes, each with half the batch, against one process with all of it (float64)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _small_model():
+    torch.manual_seed(0)
+    return resnet_ext.ResNet(resnet_ext.Bottleneck, [1, 1, 1, 1], num_classes=10).double().train()
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(4, 3, 32, 32, generator=g, dtype=torch.float64), torch.randint(0, 10, (4,), generator=g)
+
+
+def _step(model, x, target, steps=2):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(steps):
+        opt.zero_grad()
+        out = model(x)
+        F.cross_entropy(out, target).backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+        opt.step()
+    return out.detach(), grads
+
+
+def _worker(rank, world, store_path, out_dir):
+    import datetime
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        model = resnet_ext.convert_sync_batchnorm(_small_model())
+        ddp = DDP(model)
+        x, target = _batch()
+        half = slice(2 * rank, 2 * rank + 2)
+        out, grads = _step(ddp, x[half], target[half])
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        torch.save({"out": out, "grads": {k.removeprefix("module."): v for k, v in grads.items()}, "state": state},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=False,
+                             start_method="spawn")
+    deadline = time.time() + 240
+    while not ctx.join(timeout=5):
+        if time.time() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the two gloo processes did not finish within 240 s")
+    x, target = _batch()
+    model = _small_model()
+    out, grads = _step(model, x, target)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert rel_err(torch.cat([r["out"] for r in ranks]), out) < 1e-10
+    for r in ranks:
+        for k, g in grads.items():
+            assert rel_err(r["grads"][k], g) < 1e-8, k
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                assert rel_err(r["state"][k], v) < 1e-10, k
+            else:
+                assert torch.equal(r["state"][k], v), k

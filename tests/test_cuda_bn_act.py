@@ -1,0 +1,113 @@
+"""GPU proofs of the fused training BN(+add)+ReLU kernels (skipped without a CUDA device): every distinct
+ResNet-50 activation shape x batch {1, 7, 64} x {fp32, fp16, bf16}, forward and backward against a float64
+reference of stock ops, on memory poisoned with NaN; NCHW and unaligned-channel paths; a whole AMP step."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import resnet_ext
+from conftest import rel_err, requires_cuda
+from resnet_ext.bn_act import bn_act
+from resnet_ext.shapes import activation_shapes
+
+pytestmark = requires_cuda
+
+TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
+SHAPES = list(dict.fromkeys((1,) + s[1:] for s in activation_shapes("resnet50", 1)))
+
+
+def poison_free_memory():
+    """Fill what the caching allocator holds free with 0xFF bytes (NaN in fp32, fp16 and bf16), so outputs that a
+    kernel fails to write show up as NaN."""
+    free = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+    if free > 0:
+        torch.empty(free, dtype=torch.uint8, device="cuda").fill_(255)
+    big = torch.empty(256 << 20, dtype=torch.uint8, device="cuda").fill_(255)
+    del big
+
+
+def run_case(n, c, h, w, residual, dtype, channels_last=True, relu=True):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    g = torch.Generator(device="cuda").manual_seed(n * 1000 + c)
+    x = (torch.randn(n, c, h, w, device="cuda", generator=g) * 3 + 2).to(dtype).contiguous(memory_format=fmt)
+    r = torch.randn(n, c, h, w, device="cuda", generator=g).to(dtype).contiguous(memory_format=fmt) if residual else None
+    gy = torch.randn(n, c, h, w, device="cuda", generator=g).to(dtype).contiguous(memory_format=fmt)
+    bn = torch.nn.BatchNorm2d(c).cuda().train()
+    ref_bn = torch.nn.BatchNorm2d(c).cuda().double().train()
+    with torch.no_grad():
+        for m in (bn, ref_bn):
+            m.weight.copy_(torch.linspace(0.5, 1.5, c))
+            m.bias.copy_(torch.linspace(-0.2, 0.2, c))
+            m.running_mean.fill_(1.0)
+            m.running_var.fill_(2.0)
+    xa = x.clone().requires_grad_()
+    ra = r.clone().requires_grad_() if residual else None
+    poison_free_memory()
+    y = bn_act(xa, bn, ra, relu)
+    y.backward(gy)
+    xr = x.double().requires_grad_()
+    rr = r.double().requires_grad_() if residual else None
+    yr = ref_bn(xr)
+    if residual:
+        yr = yr + rr
+    yr = F.relu(yr) if relu else yr
+    yr.backward(gy.double())
+    tol = TOL[dtype]
+    assert rel_err(y, yr) <= tol, "forward"
+    assert y.is_contiguous(memory_format=fmt)
+    assert rel_err(xa.grad, xr.grad) <= tol, "dx"
+    if residual:
+        assert rel_err(ra.grad, rr.grad) <= tol, "dresidual"
+    # Reductions accumulate in fp32 whatever the dtype.
+    assert rel_err(bn.weight.grad, ref_bn.weight.grad) <= max(tol, 1e-4), "dweight"
+    assert rel_err(bn.bias.grad, ref_bn.bias.grad) <= max(tol, 1e-4), "dbias"
+    assert rel_err(bn.running_mean, ref_bn.running_mean) <= 1e-5, "running_mean"
+    assert rel_err(bn.running_var, ref_bn.running_var) <= 1e-5, "running_var"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("batch", [1, 7, 64])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"c{s[1]}_{s[2]}x{s[3]}{'+res' if s[4] else ''}")
+def test_bn_act_matches_float64_reference(shape, batch, dtype):
+    _, c, h, w, residual = shape
+    run_case(batch, c, h, w, residual, dtype)
+
+
+@pytest.mark.parametrize("case", [
+    dict(n=5, c=64, h=9, w=7, residual=True, channels_last=False),     # NCHW
+    dict(n=3, c=12, h=5, w=5, residual=True, channels_last=True),      # channels not a multiple of the vector
+    dict(n=1, c=256, h=3, w=3, residual=False, channels_last=True),    # batch 1
+    dict(n=9, c=2048, h=1, w=1, residual=True, channels_last=True),    # 1x1 maps
+    dict(n=4, c=64, h=8, w=8, residual=False, channels_last=True, relu=False),
+], ids=["nchw", "c12", "batch1", "1x1", "norelu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_bn_act_other_layouts(case, dtype):
+    run_case(dtype=dtype, **case)
+
+
+def test_large_map_statistics_stay_accurate():
+    # 2^23 values per channel with a large mean: the shifted fp32 sums must not lose the variance.
+    run_case(128, 16, 256, 256, False, torch.float32)
+
+
+def test_amp_training_step_matches_torchvision():
+    import torchvision
+
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet50(num_classes=100)
+    ours = resnet_ext.resnet50(num_classes=100)
+    ours.load_state_dict(tv.state_dict())
+    x = torch.randn(16, 3, 128, 128, device="cuda").contiguous(memory_format=torch.channels_last)
+    target = torch.randint(0, 100, (16,), device="cuda")
+    outs = []
+    for m in (ours, tv):
+        m.cuda().to(memory_format=torch.channels_last).train()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = m(x)
+            loss = F.cross_entropy(out, target)
+        loss.backward()
+        outs.append(out.float())
+    assert rel_err(outs[0], outs[1]) <= 2e-2
+    assert rel_err(ours.fc.weight.grad, tv.fc.weight.grad) <= 3e-2
+    assert rel_err(ours.conv1.weight.grad, tv.conv1.weight.grad) <= 5e-2
+    assert rel_err(ours.layer2[0].bn2.running_var, tv.layer2[0].bn2.running_var) <= 1e-3
