@@ -88,7 +88,7 @@ if [ "$QUICK" = 1 ]; then
     -p no:cacheprovider -k "not compile"
 else
   step cuda_tests 270 "$PY" -m pytest tests/test_cuda_bn_act.py tests/test_kernel_selection.py tests/test_cuda.py -q -rfE \
-    -p no:cacheprovider -s
+    --tb=short -p no:cacheprovider -s
   rc=$?
   if [ "$rc" -ge 128 ] && [ "$rc" != 137 ] && command -v cuda-gdb > /dev/null; then  # a crash: get the C++ stack
     step crash_backtrace 100 cuda-gdb -q -batch -ex run -ex bt --args "$PY" -m pytest tests/test_cuda.py -q -x \

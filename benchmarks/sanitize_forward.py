@@ -10,10 +10,10 @@ torch.manual_seed(0)
 model = resnet_ext.resnet50().cuda().to(memory_format=torch.channels_last)
 x = torch.randn(2, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
 
-model.eval()
+model.eval().to(torch.bfloat16)
 resnet_ext.reset_path_counts()
 with torch.inference_mode():
-    y = model.to(torch.bfloat16)(x.to(torch.bfloat16))
+    y = model(x.to(torch.bfloat16))
 torch.cuda.synchronize()
 assert torch.isfinite(y.float()).all()
 print("eval paths:", resnet_ext.path_counts())

@@ -1,7 +1,6 @@
 #include "conv_problem.h"
 
 #include <limits>
-#include <sstream>
 
 namespace resnet_ext {
 
@@ -21,13 +20,15 @@ bool ConvProblem::compute_output_size() {
   return P > 0 && Q > 0;
 }
 
+// Built without iostreams: on the H100 image, std::ostringstream inside this library crashed (a libstdc++
+// locale facet mismatch), and this string is the autotuner's cache key, built on every tuned call.
 std::string ConvProblem::to_string() const {
-  std::ostringstream s;
-  s << "N=" << N << " H=" << H << " W=" << W << " C=" << C << " K=" << K << " R=" << R << " S=" << S
-    << " stride=" << stride_h << "x" << stride_w << " pad=" << pad_h << "x" << pad_w << " dil=" << dil_h << "x"
-    << dil_w << " groups=" << groups << " dtype=" << scalar_kind_name(dtype)
-    << (has_residual ? " +residual" : "") << (relu ? " +relu" : "");
-  return s.str();
+  using std::to_string;
+  return "N=" + to_string(N) + " H=" + to_string(H) + " W=" + to_string(W) + " C=" + to_string(C) +
+         " K=" + to_string(K) + " R=" + to_string(R) + " S=" + to_string(S) + " stride=" + to_string(stride_h) +
+         "x" + to_string(stride_w) + " pad=" + to_string(pad_h) + "x" + to_string(pad_w) +
+         " dil=" + to_string(dil_h) + "x" + to_string(dil_w) + " groups=" + to_string(groups) +
+         " dtype=" + scalar_kind_name(dtype) + (has_residual ? " +residual" : "") + (relu ? " +relu" : "");
 }
 
 std::string common_fallback_reason(const ConvProblem& p) {

@@ -47,11 +47,12 @@ def _folded(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm, channels_last:
         w, b = fold_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
         return (w.contiguous(memory_format=torch.channels_last) if channels_last else w), b
 
-    if not use_cache:
+    src = _sources(conv, bn)
+    # Inference tensors (a model converted inside torch.inference_mode) have no version counter to watch.
+    if not use_cache or any(t is not None and t.is_inference() for t in src):
         return fold()
     # The cache keeps detached aliases of its sources: they share each source's version counter (so any in-place
     # update shows) and keep its storage alive (so a data_ptr can't be reused by a new tensor after .to()/.half()).
-    src = _sources(conv, bn)
     cache = conv.__dict__.get("_resnet_ext_fold")
     if cache is not None:
         key, aliases, w, b = cache

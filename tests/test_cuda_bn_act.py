@@ -17,13 +17,13 @@ SHAPES = list(dict.fromkeys((1,) + s[1:] for s in activation_shapes("resnet50", 
 
 
 def poison_free_memory():
-    """Fill what the caching allocator holds free with 0xFF bytes (NaN in fp32, fp16 and bf16), so outputs that a
-    kernel fails to write show up as NaN."""
-    free = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
-    if free > 0:
-        torch.empty(free, dtype=torch.uint8, device="cuda").fill_(255)
-    big = torch.empty(256 << 20, dtype=torch.uint8, device="cuda").fill_(255)
-    del big
+    """Refill the caching allocator with blocks of 0xFF bytes (NaN in fp32, fp16 and bf16), so outputs and scratch
+    that a kernel fails to write show up as NaN. A bounded amount after empty_cache(): asking for "all free memory"
+    each time made the allocator's reservation grow until it ran out."""
+    torch.cuda.empty_cache()
+    large = torch.empty(1 << 30, dtype=torch.uint8, device="cuda").fill_(255)  # large-pool segment (> 1 MB blocks)
+    small = [torch.empty(512 << 10, dtype=torch.uint8, device="cuda").fill_(255) for _ in range(16)]  # small pool
+    del large, small
 
 
 def run_case(n, c, h, w, residual, dtype, channels_last=True, relu=True):

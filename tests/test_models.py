@@ -120,6 +120,19 @@ def test_folded_weights_are_never_stale():
     assert rel_err(_eval_out(ours, x), _eval_out(tv, x)) < 1e-4
 
 
+def test_model_converted_inside_inference_mode():
+    # Its parameters are inference tensors, which have no version counter: the fold cache must not rely on one.
+    ours, tv = pair("resnet50")
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    with torch.inference_mode():
+        ours, tv = ours.eval().to(torch.float64), tv.eval().to(torch.float64)
+        y1, ref = ours(x), tv(x)
+        for m in (ours, tv):
+            m.layer1[0].bn1.running_mean.add_(1.0)  # in-place, untracked: still never stale
+        y2, ref2 = ours(x), tv(x)
+    assert rel_err(y1, ref) < 1e-10 and rel_err(y2, ref2) < 1e-10
+
+
 def test_eval_gradients_flow_through_folded_bn():
     ours, tv = pair("resnet50")
     ours.eval(), tv.eval()
