@@ -243,6 +243,12 @@ class ResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self._forward_impl(x)
 
+    def to_torchvision(self) -> nn.Module:
+        """The torchvision ResNet with this model's parameters and buffers (shared, not copied)."""
+        from .convert import to_torchvision
+
+        return to_torchvision(self)
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Constructors and weights
