@@ -250,3 +250,35 @@ def test_two_gloo_processes_match_one_process(tmp_path):
                 assert rel_err(r["state"][k], v) < 1e-10, k
             else:
                 assert torch.equal(r["state"][k], v), k
+
+
+def test_three_sgd_steps_of_resnet50_match_torchvision_float64():
+    import torchvision
+
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet50(num_classes=10).double().train()
+    ours = resnet_ext.resnet50(num_classes=10).double().train()
+    ours.load_state_dict(tv.state_dict())
+    opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4) for m in (ours, tv)]
+    g = torch.Generator().manual_seed(3)
+    for step in range(3):
+        x = torch.randn(4, 3, 64, 64, generator=g, dtype=torch.float64)
+        target = torch.randint(0, 10, (4,), generator=g)
+        outs = []
+        for m, opt in zip((ours, tv), opts):
+            opt.zero_grad()
+            out = m(x)
+            F.cross_entropy(out, target).backward()
+            outs.append(out.detach())
+        assert rel_err(outs[0], outs[1]) < 1e-7, f"step {step}: outputs"
+        tv_params = dict(tv.named_parameters())
+        for name, p in ours.named_parameters():
+            assert rel_err(p.grad, tv_params[name].grad) < 1e-7, f"step {step}: grad of {name}"
+        for opt in opts:
+            opt.step()
+    tv_state = tv.state_dict()
+    for k, v in ours.state_dict().items():
+        if v.is_floating_point():
+            assert rel_err(v, tv_state[k]) < 1e-7, k
+        else:
+            assert torch.equal(v, tv_state[k]), k
