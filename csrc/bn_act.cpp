@@ -226,34 +226,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bn_act_train_cuda(const Tensor& x, co
   return {y, mean, invstd, var_unbiased};
 }
 
+Tensor bn_act_backward_reduce_cuda(const Tensor& grad_y, const Tensor& y, const Tensor& x, const Tensor& mean,
+                                   const Tensor& invstd, bool relu);
+std::tuple<Tensor, Tensor> bn_act_backward_apply_cuda(const Tensor& grad_y, const Tensor& y, const Tensor& x,
+                                                      const Tensor& weight, const Tensor& mean,
+                                                      const Tensor& invstd, const Tensor& sums, double count,
+                                                      bool relu, bool residual_grad);
+
+// The one-process backward is the two pieces back to back: per-channel sums, then the elementwise pass.
 std::tuple<Tensor, Tensor, Tensor, Tensor> bn_act_train_backward_cuda(const Tensor& grad_y, const Tensor& y,
                                                                       const Tensor& x, const Tensor& weight,
                                                                       const Tensor& mean, const Tensor& invstd,
                                                                       bool relu, bool residual_grad) {
   check_backward_args(grad_y, y, x, mean, invstd, "bn_act_train_backward");
-  bn_act::DType t;
-  bn_act::Layout l;
-  if (!kernel_dtype(x, &t) || !kernel_layout(x, {&grad_y, &y}, &l))
-    return bn_act_train_backward_stock(grad_y.contiguous(x.suggest_memory_format()), y, x, weight, mean, invstd,
-                                       relu, residual_grad);
-  c10::cuda::CUDAGuard guard(x.device());
-  Tensor mean32 = f32(mean), invstd32 = f32(invstd);
-  Tensor partials = at::empty({bn_act::partials_floats(l, x.element_size())}, x.options().dtype(at::kFloat));
-  Tensor sums = at::empty({2, l.C}, x.options().dtype(at::kFloat));
-  RESNET_EXT_CHECK_LAUNCH(bn_act::backward_sums(t, l, grad_y.data_ptr(), y.data_ptr(), x.data_ptr(),
-                                                mean32.data_ptr<float>(), invstd32.data_ptr<float>(), relu,
-                                                partials.data_ptr<float>(), sums.data_ptr<float>(), stream_of(x)),
-                          "bn_act_train_backward");
-  Tensor dx = at::empty_like(x);
-  Tensor dres = residual_grad ? at::empty_like(x) : at::empty({0}, x.options());
-  RESNET_EXT_CHECK_LAUNCH(bn_act::backward_apply(t, l, grad_y.data_ptr(), y.data_ptr(), x.data_ptr(),
-                                                 f32(weight).data_ptr<float>(), mean32.data_ptr<float>(),
-                                                 invstd32.data_ptr<float>(), sums.data_ptr<float>(), double(l.M()),
-                                                 relu, dx.data_ptr(), residual_grad ? dres.data_ptr() : nullptr,
-                                                 stream_of(x)),
-                          "bn_act_train_backward");
-  return {dx, sums[1].to(weight.scalar_type(), false, /*copy=*/true), sums[0].to(weight.scalar_type(), false, /*copy=*/true),
-          dres};
+  Tensor sums = bn_act_backward_reduce_cuda(grad_y, y, x, mean, invstd, relu);
+  auto [dx, dres] = bn_act_backward_apply_cuda(grad_y, y, x, weight, mean, invstd, sums,
+                                               double(x.numel() / x.size(1)), relu, residual_grad);
+  return {dx, sums[1].to(weight.scalar_type(), false, /*copy=*/true),
+          sums[0].to(weight.scalar_type(), false, /*copy=*/true), dres};
 }
 
 Tensor bn_stats_cuda(const Tensor& x, const OptTensor& shift) {

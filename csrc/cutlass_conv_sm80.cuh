@@ -67,6 +67,30 @@ inline std::string our_requirements(const ConvProblem& p, int alignment, bool re
   return "";
 }
 
+// can_implement / launch shared by both kernel families (Conv provides Op, arguments() and kResidual).
+template <typename Conv>
+struct ConvRunner {
+  static std::string can_implement(const ConvProblem& p) {
+    std::string why = our_requirements(p, Conv::kAlignment, Conv::kResidual);
+    if (!why.empty()) return why;
+    ConvLaunchArgs a;
+    a.problem = p;
+    auto s = Conv::Op::can_implement(Conv::arguments(a));
+    return s == cutlass::Status::kSuccess ? "" : "CUTLASS: " + status_string(s);
+  }
+
+  static std::string launch(const ConvLaunchArgs& a) {
+    typename Conv::Op op;
+    auto args = Conv::arguments(a);
+    auto stream = static_cast<cudaStream_t>(a.stream);
+    cutlass::Status s = op.initialize(args, nullptr, stream);
+    if (s == cutlass::Status::kSuccess) s = op(stream);
+    if (s != cutlass::Status::kSuccess) return "CUTLASS: " + status_string(s);
+    cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? "" : std::string("CUDA: ") + cudaGetErrorString(e);
+  }
+};
+
 template <typename Element, typename TileT>
 struct BiasActConv {
   using Accumulator = float;
@@ -79,6 +103,8 @@ struct BiasActConv {
       EpilogueOp, cutlass::gemm::threadblock::GemmIdentityThreadblockSwizzle<4>, TileT::kStages,
       cutlass::arch::OpMultiplyAdd, cutlass::conv::IteratorAlgorithm::kOptimized>::Kernel;
   using Op = cutlass::conv::device::ImplicitGemmConvolution<Kernel>;
+  static constexpr int kAlignment = Mma<Element>::kAlignment;
+  static constexpr bool kResidual = false;
 
   static typename Op::Arguments arguments(const ConvLaunchArgs& a) {
     const auto ps = to_cutlass(a.problem);
@@ -95,25 +121,6 @@ struct BiasActConv {
         {1.f, 0.f, threshold});
   }
 
-  static std::string can_implement(const ConvProblem& p) {
-    std::string why = our_requirements(p, Mma<Element>::kAlignment, false);
-    if (!why.empty()) return why;
-    ConvLaunchArgs a;
-    a.problem = p;
-    auto s = Op::can_implement(arguments(a));
-    return s == cutlass::Status::kSuccess ? "" : "CUTLASS: " + status_string(s);
-  }
-
-  static std::string launch(const ConvLaunchArgs& a) {
-    Op op;
-    auto args = arguments(a);
-    auto stream = static_cast<cudaStream_t>(a.stream);
-    cutlass::Status s = op.initialize(args, nullptr, stream);
-    if (s == cutlass::Status::kSuccess) s = op(stream);
-    if (s != cutlass::Status::kSuccess) return "CUTLASS: " + status_string(s);
-    cudaError_t e = cudaGetLastError();
-    return e == cudaSuccess ? "" : std::string("CUDA: ") + cudaGetErrorString(e);
-  }
 };
 
 template <typename Element, typename TileT>
@@ -129,6 +136,8 @@ struct ResidualReluConv {
       EpilogueOp, cutlass::gemm::threadblock::GemmIdentityThreadblockSwizzle<4>, TileT::kStages,
       cutlass::arch::OpMultiplyAdd, cutlass::conv::IteratorAlgorithm::kOptimized>::Kernel;
   using Op = cutlass::conv::device::ImplicitGemmConvolution<Kernel>;
+  static constexpr int kAlignment = Mma<Element>::kAlignment;
+  static constexpr bool kResidual = true;
 
   static typename Op::Arguments arguments(const ConvLaunchArgs& a) {
     const auto ps = to_cutlass(a.problem);
@@ -145,25 +154,6 @@ struct ResidualReluConv {
         const_cast<void*>(a.bias), nullptr, 0, 0);
   }
 
-  static std::string can_implement(const ConvProblem& p) {
-    std::string why = our_requirements(p, Mma<Element>::kAlignment, true);
-    if (!why.empty()) return why;
-    ConvLaunchArgs a;
-    a.problem = p;
-    auto s = Op::can_implement(arguments(a));
-    return s == cutlass::Status::kSuccess ? "" : "CUTLASS: " + status_string(s);
-  }
-
-  static std::string launch(const ConvLaunchArgs& a) {
-    Op op;
-    auto args = arguments(a);
-    auto stream = static_cast<cudaStream_t>(a.stream);
-    cutlass::Status s = op.initialize(args, nullptr, stream);
-    if (s == cutlass::Status::kSuccess) s = op(stream);
-    if (s != cutlass::Status::kSuccess) return "CUTLASS: " + status_string(s);
-    cudaError_t e = cudaGetLastError();
-    return e == cudaSuccess ? "" : std::string("CUDA: ") + cudaGetErrorString(e);
-  }
 };
 
 // Heuristic: a 64-wide N tile for narrow layers (K <= 64) or when the 128x128 grid would leave SMs idle.
@@ -177,7 +167,8 @@ int tile_score(const ConvProblem& p) {
 
 template <typename Conv, int TileN>
 FusedKernelInfo make_info(const std::string& name, ScalarKind dtype) {
-  return FusedKernelInfo{name, 80, 1000, dtype, &Conv::can_implement, &tile_score<TileN>, &Conv::launch};
+  return FusedKernelInfo{name, 80, 1000, dtype, &ConvRunner<Conv>::can_implement, &tile_score<TileN>,
+                         &ConvRunner<Conv>::launch};
 }
 
 // Registers the four kernels of one dtype: {bias+act, bias+residual+relu} x {128x128, 128x64 tiles}.
