@@ -25,7 +25,7 @@ def _shapes():
 
 
 SHAPES = _shapes()
-IMPLS = ["stock", "cudnn_fused", "resnet_ext"]
+IMPLS = ["stock", "cudnn_fused", "resnet_ext", "resnet_ext_cutlass"]  # _cutlass: prefer_cudnn(False)
 
 
 def make_set(s, cfg):
@@ -43,7 +43,7 @@ def make_set(s, cfg):
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("s", SHAPES, ids=lambda s: s.name)
-def test_conv_bn_act(benchmark, cfg, ceilings, s, impl):
+def test_conv_bn_act(benchmark, request, cfg, ceilings, s, impl):
     benchmark.group = s.name
     elem = torch.finfo(cfg.dtype).bits // 8
     per_set = s.min_bytes(elem)
@@ -77,8 +77,10 @@ def test_conv_bn_act(benchmark, cfg, ceilings, s, impl):
         def fn(x, w, r, bn, wf, bf):
             return resnet_ext.conv_bn_act(x, wf, bf, r, st, pd, dl, s.relu)
 
+    resnet_ext.prefer_cudnn(impl != "resnet_ext_cutlass")
+    request.addfinalizer(lambda: resnet_ext.prefer_cudnn(True))
     x, w, r, bn, wf, bf = sets[0]
-    path = resnet_ext.explain(x, wf, bf, r, st, pd, dl, s.relu)[0] if impl == "resnet_ext" else impl
+    path = resnet_ext.explain(x, wf, bf, r, st, pd, dl, s.relu)[0] if impl.startswith("resnet_ext") else impl
     flops, nbytes = s.flops(), per_set
     roofline_s = max(flops / ceilings["peak_flops"], nbytes / ceilings["peak_bytes_per_s"])
     run_benchmark(benchmark, cfg, fn, sets, dict(

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <mutex>
 #include <unordered_map>
 
@@ -118,6 +119,10 @@ ConvProblem make_conv_problem(const at::Tensor& x, const at::Tensor& weight, con
   p.x_channels_last = x.is_contiguous(at::MemoryFormat::ChannelsLast);
   p.residual_channels_last = !residual.has_value() || residual->is_contiguous(at::MemoryFormat::ChannelsLast);
   p.allow_tf32 = at::globalContext().allowTF32CuDNN();
+  p.prefer_cudnn = prefer_cudnn();
+  p.cudnn_fused_ok = x.is_cuda() && relu && at::globalContext().userEnabledCuDNN() &&
+                     (x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf ||
+                      x.scalar_type() == at::kBFloat16);
   const int64_t elem = x.element_size();
   int64_t biggest = std::max({x.numel(), weight.numel(), p.N * p.K * p.P * p.Q}) * elem;
   p.max_tensor_bytes = biggest;
@@ -127,6 +132,12 @@ ConvProblem make_conv_problem(const at::Tensor& x, const at::Tensor& weight, con
                        (!bias.has_value() || aligned(*bias)) && (!residual.has_value() || aligned(*residual));
   return p;
 }
+
+namespace {
+std::atomic<bool> g_prefer_cudnn{true};
+}
+bool prefer_cudnn() { return g_prefer_cudnn.load(std::memory_order_relaxed); }
+void set_prefer_cudnn(bool on) { g_prefer_cudnn = on; }
 
 void count_path(const std::string& path) {
   std::lock_guard<std::mutex> lock(counts_mutex);

@@ -31,6 +31,10 @@ KernelChoice choose_path(const at::Tensor& x, const at::Tensor& weight, const st
                          const std::optional<at::Tensor>& residual, at::IntArrayRef stride, at::IntArrayRef padding,
                          at::IntArrayRef dilation, bool relu, int64_t groups);
 
+// resnet_ext.prefer_cudnn(on): whether cuDNN's fused ops may take the layers they win (default on).
+bool prefer_cudnn();
+void set_prefer_cudnn(bool on);
+
 // Counts how often each path ran, for `resnet_ext.path_counts()`.
 void count_path(const std::string& path);
 

@@ -58,6 +58,33 @@ void launch_fused(const FusedKernelInfo& kernel, const ConvProblem& p, const at:
   TORCH_CHECK(err.empty(), "conv_bn_act: fused kernel ", kernel.name, " failed for ", p.to_string(), ": ", err);
 }
 
+// cuDNN's own fused conv+bias+ReLU (+ residual add): the fallback for ReLU layers without a fused kernel of ours,
+// and the choice on Hopper where it beats them.
+at::Tensor conv_bn_act_cudnn_fused(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                   const std::optional<at::Tensor>& residual, at::IntArrayRef stride,
+                                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  at::Tensor y = residual.has_value()
+                     ? at::cudnn_convolution_add_relu(x, weight, *residual, 1.0, bias, stride, padding, dilation, groups)
+                     : at::cudnn_convolution_relu(x, weight, bias, stride, padding, dilation, groups);
+  return y.contiguous(x.suggest_memory_format());
+}
+
+at::Tensor conv_bn_act_fallback(const ConvProblem& p, const at::Tensor& x, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+                                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool relu,
+                                int64_t groups) {
+  if (p.cudnn_fused_ok) {
+    count_path("cudnn_fused:cuda");
+    // cuDNN's fused ops want the input's memory format on the residual too.
+    std::optional<at::Tensor> r = residual;
+    if (r.has_value()) r = r->contiguous(x.suggest_memory_format());
+    return conv_bn_act_cudnn_fused(x, weight.contiguous(x.suggest_memory_format()), bias, r, stride, padding,
+                                   dilation, groups);
+  }
+  count_path("stock:cuda");
+  return conv_bn_act_stock(x, weight, bias, residual, stride, padding, dilation, relu, groups);
+}
+
 at::Tensor conv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                             const std::optional<at::Tensor>& residual, at::IntArrayRef stride,
                             at::IntArrayRef padding, at::IntArrayRef dilation, bool relu, int64_t groups) {
@@ -67,10 +94,7 @@ at::Tensor conv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight, const
   p.sm = device_sm(x);  // part of the autotuner's cache key
   KernelChoice choice = choose_cuda_path(p, x);
   const FusedKernelInfo* kernel = choice.fused() ? find_kernel(choice.kernel) : nullptr;
-  if (!kernel) {
-    count_path("stock:cuda");
-    return conv_bn_act_stock(x, weight, bias, residual, stride, padding, dilation, relu, groups);
-  }
+  if (!kernel) return conv_bn_act_fallback(p, x, weight, bias, residual, stride, padding, dilation, relu, groups);
   // The kernels read KRSC filters: a channels_last weight is that layout already (the models cache it so).
   at::Tensor w = weight.contiguous(at::MemoryFormat::ChannelsLast);
   at::Tensor b = bias.has_value() ? *bias : at::zeros({p.K}, x.options());
@@ -80,10 +104,7 @@ at::Tensor conv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight, const
       c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None) {
     choice = autotune_problem(p, x, w, b, residual, stride, padding, dilation, relu, groups);
     kernel = choice.fused() ? find_kernel(choice.kernel) : nullptr;
-    if (!kernel) {
-      count_path("stock:cuda");
-      return conv_bn_act_stock(x, weight, bias, residual, stride, padding, dilation, relu, groups);
-    }
+    if (!kernel) return conv_bn_act_fallback(p, x, weight, bias, residual, stride, padding, dilation, relu, groups);
   }
   at::Tensor y = at::empty(out_size, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (g_poison_outputs.load(std::memory_order_relaxed)) y.fill_(std::numeric_limits<float>::quiet_NaN());

@@ -28,6 +28,8 @@ struct ConvProblem {
   bool allow_tf32 = true;              // torch.backends.cudnn.allow_tf32
   int64_t max_tensor_bytes = 0;        // largest of x, weight, output, residual in bytes
   bool pointers_aligned = true;        // x, weight, bias, residual data pointers are 16-byte aligned
+  bool cudnn_fused_ok = false;         // cuDNN's fused conv+bias+ReLU(+add) can run it (CUDA, cuDNN on, ReLU)
+  bool prefer_cudnn = true;            // resnet_ext.prefer_cudnn(): let cuDNN's fused ops take layers they win
   int sm = 0;                          // compute capability of the device, e.g. 80, 90 (0: unknown)
 
   // Output spatial size from the other fields (returns false if it would be empty).
@@ -37,10 +39,14 @@ struct ConvProblem {
 
 // Which implementation a conv_bn_act call takes, and why.
 struct KernelChoice {
-  std::string kernel;  // name of the fused kernel, empty when the stock path runs
-  std::string reason;  // why this kernel, or why the stock path
+  std::string kernel;  // name of the fused kernel, empty when a fallback runs
+  std::string reason;  // why this kernel, or why the fallback
   bool fused() const { return !kernel.empty(); }
 };
+
+// The fallback a problem without a fused kernel takes: cuDNN's fused conv+bias+ReLU(+add) where it applies, else
+// the stock composition (conv, add, relu).
+inline const char* fallback_path(const ConvProblem& p) { return p.cudnn_fused_ok ? "cudnn_fused" : "stock"; }
 
 // Everything a fused kernel needs to run one problem. Pointers are device pointers: x, residual and y NHWC,
 // w KRSC (a channels_last [K, C, R, S] tensor), bias [K]; all of the problem's dtype.

@@ -38,7 +38,10 @@ std::pair<std::string, std::string> explain(const at::Tensor& x, const at::Tenso
                                             std::vector<int64_t> padding, std::vector<int64_t> dilation, bool relu,
                                             int64_t groups) {
   auto c = resnet_ext::choose_path(x, weight, bias, residual, stride, padding, dilation, relu, groups);
-  return {c.fused() ? "fused:" + c.kernel : "stock", c.reason};
+  if (c.fused()) return {"fused:" + c.kernel, c.reason};
+  if (!x.is_cuda()) return {"stock", c.reason};
+  auto p = resnet_ext::make_conv_problem(x, weight, bias, residual, stride, padding, dilation, relu, groups);
+  return {resnet_ext::fallback_path(p), c.reason};
 }
 
 // A ConvProblem from a dict of shape facts, so kernel selection can be exercised without tensors or a GPU.
@@ -63,6 +66,8 @@ resnet_ext::ConvProblem problem_from_dict(const pybind11::dict& d) {
   p.relu = !d.contains("relu") || d["relu"].cast<bool>();
   p.allow_tf32 = !d.contains("allow_tf32") || d["allow_tf32"].cast<bool>();
   p.x_channels_last = !d.contains("channels_last") || d["channels_last"].cast<bool>();
+  p.cudnn_fused_ok = p.relu && (!d.contains("cudnn") || d["cudnn"].cast<bool>());
+  p.prefer_cudnn = resnet_ext::prefer_cudnn();
   TORCH_CHECK(p.compute_output_size(), "select_kernel: empty output for ", p.to_string());
   const int64_t elem = p.dtype == ScalarKind::Float32 ? 4 : 2;
   p.max_tensor_bytes = elem * std::max({p.N * p.C * p.H * p.W, p.N * p.K * p.P * p.Q, p.K * p.C * p.R * p.S});
@@ -88,6 +93,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("explain", &explain, "Which path conv_bn_act takes for these arguments, and why");
   m.def("select_kernel", &select_kernel, "Heuristic kernel choice for a problem given as a dict (no GPU needed)");
   m.def("kernel_can_implement", &kernel_can_implement, "'' if the named kernel accepts the problem, else why not");
+  m.def("set_prefer_cudnn", &resnet_ext::set_prefer_cudnn);
+  m.def("prefer_cudnn", &resnet_ext::prefer_cudnn);
   m.def("path_counts", &resnet_ext::path_counts, "How often each conv_bn_act path ran");
   m.def("reset_path_counts", &resnet_ext::reset_path_counts);
 #ifdef RESNET_EXT_WITH_CUDA

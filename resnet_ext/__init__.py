@@ -1,6 +1,6 @@
 """resnet_ext: torchvision-compatible ResNets with fused CUDA kernels (conv + BN + [add] + ReLU)."""
 from .ops import (autotune, build_info, conv_bn_act, explain, fold_bn, fold_bn_weights, path_counts,
-                  reset_path_counts)
+                  prefer_cudnn, reset_path_counts)
 from .bn_act import bn_act, convert_sync_batchnorm
 from .convert import from_torchvision, to_torchvision
 from .models import (BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50, resnet101, resnet152,

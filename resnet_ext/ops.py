@@ -132,6 +132,12 @@ def build_info() -> dict:
     return info
 
 
+def prefer_cudnn(enabled: bool = True) -> None:
+    """Let cuDNN's fused conv+bias+ReLU(+add) take the layers it runs faster than resnet_ext's kernels (default: on;
+    today that is every ReLU layer on Hopper, see explain()). Off: resnet_ext's own kernels wherever they apply."""
+    _C.set_prefer_cudnn(bool(enabled))
+
+
 def autotune(enabled: bool = True) -> None:
     """Turn the per-shape autotuner of the fused conv kernels on or off (env RESNET_EXT_AUTOTUNE=1 also turns it
     on). Each new shape is then timed once against every candidate and the stock path; candidates whose output

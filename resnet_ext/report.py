@@ -42,7 +42,7 @@ def _fmt_t(s):
 def tables(rep: dict) -> tuple[str, dict]:
     lines, speedups = [], {}
     for kind, groups in rep["results"].items():
-        impls = sorted({i for g in groups.values() for i in g}, key=lambda i: (i == OURS, i))
+        impls = sorted({i for g in groups.values() for i in g}, key=lambda i: (i.startswith(OURS), i))
         base = BASELINES.get(kind, impls[0])
         lines.append(f"\n### {kind}\n")
         head = ["shape"] + [f"{i} (ms)" for i in impls] + [f"{OURS} vs {i}" for i in impls if i != OURS]

@@ -30,6 +30,14 @@ def poison_outputs():
     _C.set_poison_outputs(False)
 
 
+@pytest.fixture
+def cutlass_only():
+    """resnet_ext's own kernels on every layer they can run (no hand-over to cuDNN's fused ops)."""
+    resnet_ext.prefer_cudnn(False)
+    yield
+    resnet_ext.prefer_cudnn(True)
+
+
 def make_inputs(s, dtype, residual, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
     x = torch.randn(s.N, s.C, s.H, s.W, device="cuda", generator=g).to(dtype).contiguous(memory_format=CL)
@@ -71,18 +79,36 @@ def check(s, dtype, residual, batch):
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("s", SHAPES, ids=lambda s: s.name)
-def test_conv_bn_act_16bit_matches_fp32_reference(s, dtype, residual, batch):
+def test_conv_bn_act_16bit_matches_fp32_reference(s, dtype, residual, batch, cutlass_only):
     check(s, dtype, residual, batch)
 
 
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
 @pytest.mark.parametrize("s", SHAPES, ids=lambda s: s.name)
-def test_conv_bn_act_tf32_matches_fp32_reference(s, residual):
+def test_conv_bn_act_tf32_matches_fp32_reference(s, residual, cutlass_only):
     assert torch.backends.cudnn.allow_tf32
     check(s, torch.float32, residual, 7)
 
 
-def test_fp32_without_tf32_takes_the_stock_path():
+@pytest.mark.parametrize("s", SHAPES, ids=lambda s: s.name)
+def test_default_dispatch_matches_fp32_reference(s):
+    """The default choice per layer (on Hopper: cuDNN's fused ops for ReLU layers, ours for the rest)."""
+    sm = torch.cuda.get_device_capability()[0] * 10 + torch.cuda.get_device_capability()[1]
+    s7 = s.with_batch(7)
+    for residual in (False, True):
+        relu = True if residual else s.relu
+        x, w, b, r = make_inputs(s7, torch.bfloat16, residual)
+        path, reason = resnet_ext.explain(x, w, b, r, s.stride, s.padding, s.dilation, relu)
+        y = resnet_ext.conv_bn_act(x, w, b, r, s.stride, s.padding, s.dilation, relu)
+        assert rel_err(y, reference_fp32(x, w, b, r, s7, relu)) <= 1e-2, (s.name, path)
+        assert path != "stock", (s.name, reason)  # ours or cuDNN's fused op, never the unfused composition
+        if sm >= 90 and relu and s.C % 8 == 0:
+            assert path == "cudnn_fused", (s.name, path)
+        elif s.C % 8 == 0:
+            assert path.startswith("fused:"), (s.name, path)
+
+
+def test_fp32_without_tf32_takes_a_fallback():
     s = SHAPES[2].with_batch(2)
     x, w, b, r = make_inputs(s, torch.float32, False)
     old = torch.backends.cudnn.allow_tf32
@@ -91,23 +117,23 @@ def test_fp32_without_tf32_takes_the_stock_path():
         path, reason = resnet_ext.explain(x, w, b, r, s.stride, s.padding, s.dilation, True)
     finally:
         torch.backends.cudnn.allow_tf32 = old
-    assert path == "stock" and "allow_tf32" in reason
+    assert path in ("stock", "cudnn_fused") and "allow_tf32" in reason
 
 
-def test_fallbacks_are_correct_and_explained():
+def test_fallbacks_are_correct_and_explained(cutlass_only):
     s = SHAPES[2].with_batch(3)
     x, w, b, r = make_inputs(s, torch.bfloat16, True)
     ref = reference_fp32(x, w, b, r, s, True)
     # NCHW input
     xn = x.contiguous()
     path, reason = resnet_ext.explain(xn, w, b, r, s.stride, s.padding, s.dilation, True)
-    assert path == "stock" and "channels_last" in reason
+    assert path == "cudnn_fused" and "channels_last" in reason
     assert rel_err(resnet_ext.conv_bn_act(xn, w, b, r, s.stride, s.padding, s.dilation, True), ref) <= 1e-2
     # A misaligned data pointer (a channels_last view one element into its storage)
     base = torch.empty(x.numel() + 1, dtype=x.dtype, device="cuda")[1:]
     xm = base.as_strided(x.shape, x.stride()).copy_(x)
     path, reason = resnet_ext.explain(xm, w, b, r, s.stride, s.padding, s.dilation, True)
-    assert path == "stock" and "aligned" in reason
+    assert path == "cudnn_fused" and "aligned" in reason
     assert rel_err(resnet_ext.conv_bn_act(xm, w, b, r, s.stride, s.padding, s.dilation, True), ref) <= 1e-2
     # An NCHW weight is converted to KRSC and still runs fused
     path, _ = resnet_ext.explain(x, w.contiguous(), b, r, s.stride, s.padding, s.dilation, True)
@@ -146,7 +172,9 @@ def test_model_eval_matches_torchvision(arch, dtype):
     print(f"\n{arch} {dtype}: rel err vs torchvision {err:.2e} (torchvision {dtype} vs its fp32: "
           f"{rel_err(ref, ref32):.2e}, ours vs fp32: {rel_err(y, ref32):.2e}); top-1 agreement {agree:.4f}; "
           f"paths {counts}")
-    assert counts.get("stock:cuda", 0) == 1  # only the 3-channel stem conv takes the stock path
+    # Every conv ran one fused kernel: ours or cuDNN's fused conv+bias+ReLU(+add); never the unfused composition.
+    assert "stock:cuda" not in counts and sum(counts.values()) == sum(
+        isinstance(m, torch.nn.Conv2d) for m in ours.modules())
     assert err <= 1e-2
     assert agree >= 0.99
 
@@ -195,7 +223,7 @@ def test_compile_reduce_overhead_cuda_graphs_match_eager():
 
 
 # Last: the one test that synchronises inside the op (timing runs).
-def test_autotuner_checks_and_caches():
+def test_autotuner_checks_and_caches(cutlass_only):
     s = SHAPES[5].with_batch(16)
     x, w, b, r = make_inputs(s, torch.float16, s.residual)
     _C.clear_autotune_cache()

@@ -14,8 +14,9 @@ TAG = {"bfloat16": "bf16", "float16": "f16", "float32": "tf32"}
 
 
 def problem(s, dtype, sm, **over):
+    # cudnn=False: cuDNN's fused ops out of the picture, so every kernel of ours is looked at.
     d = dict(N=s.N, C=s.C, H=s.H, W=s.W, K=s.K, R=s.R, S=s.S, stride=s.stride, padding=s.padding,
-             dilation=s.dilation, groups=s.groups, residual=s.residual, relu=s.relu, dtype=dtype, sm=sm)
+             dilation=s.dilation, groups=s.groups, residual=s.residual, relu=s.relu, dtype=dtype, sm=sm, cudnn=False)
     d.update(over)
     return d
 
@@ -50,6 +51,22 @@ def test_fallback_reasons():
     assert not kernel and "residual without ReLU" in reason
     kernel, reason = _C.select_kernel(problem(s, "bfloat16", 90, C=60))
     assert not kernel and "not a multiple of 8" in reason
+
+
+def test_hopper_relu_layers_go_to_cudnn_unless_told_otherwise():
+    shapes = conv_shapes("resnet50", 64)
+    for s in shapes[1:]:
+        kernel, reason = _C.select_kernel(problem(s, "bfloat16", 90, cudnn=True))
+        if s.relu:
+            assert not kernel and "cuDNN" in reason, s.name
+        else:  # the downsample convs, where ours won on the H100
+            assert kernel, s.name
+        assert _C.select_kernel(problem(s, "bfloat16", 80, cudnn=True))[0], s.name  # sm80: ours
+    resnet_ext.prefer_cudnn(False)
+    try:
+        assert all(_C.select_kernel(problem(s, "bfloat16", 90, cudnn=True))[0] for s in shapes[1:])
+    finally:
+        resnet_ext.prefer_cudnn(True)
 
 
 def test_unknown_kernel_name_is_an_error():
