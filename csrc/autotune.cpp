@@ -91,7 +91,7 @@ KernelChoice autotune_problem(const ConvProblem& p, const at::Tensor& x, const a
   std::string rejected;
   at::Tensor y = at::empty({p.N, p.K, p.P, p.Q}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   for (const auto& k : fused_kernel_registry()) {
-    if (k.dtype != p.dtype || p.sm < k.min_sm || !k.can_implement(p).empty()) continue;
+    if (k.dtype != p.dtype || p.sm < k.min_sm || p.sm > k.max_sm || !k.can_implement(p).empty()) continue;
     y.fill_(std::numeric_limits<float>::quiet_NaN());
     launch_fused(k, p, x, w_krsc, bias, residual, y);
     const double err = (y.to(at::kFloat) - ref32).abs().max().item<double>() / scale;

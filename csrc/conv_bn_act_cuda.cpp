@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <atomic>
+#include <mutex>
 #include <limits>
 
 #include "conv_bn_act.h"
@@ -25,9 +26,27 @@ int device_sm(const at::Tensor& x) {
 }
 }  // namespace
 
+// Tests pin one kernel by name (resnet_ext._C.force_kernel) to check it on every shape it accepts.
+std::mutex g_forced_mutex;
+std::string g_forced_kernel;
+
+void force_kernel(const std::string& name) {
+  std::lock_guard<std::mutex> lock(g_forced_mutex);
+  g_forced_kernel = name;
+}
+
 KernelChoice choose_cuda_path(const ConvProblem& problem, const at::Tensor& x) {
   ConvProblem p = problem;
   p.sm = device_sm(x);
+  {
+    std::lock_guard<std::mutex> lock(g_forced_mutex);
+    if (!g_forced_kernel.empty()) {
+      for (const auto& k : fused_kernel_registry())
+        if (k.name == g_forced_kernel && k.dtype == p.dtype && p.sm >= k.min_sm && p.sm <= k.max_sm &&
+            common_fallback_reason(p).empty() && k.can_implement(p).empty())
+          return {k.name, "forced by resnet_ext._C.force_kernel"};
+    }
+  }
   KernelChoice tuned = autotuned_choice(p, x.get_device());
   if (tuned.fused() || !tuned.reason.empty()) return tuned;
   return select_conv_kernel(p);

@@ -9,6 +9,7 @@ namespace resnet_ext {
 void append_cutlass_sm80_f16_kernels(std::vector<FusedKernelInfo>& out);
 void append_cutlass_sm80_bf16_kernels(std::vector<FusedKernelInfo>& out);
 void append_cutlass_sm80_tf32_kernels(std::vector<FusedKernelInfo>& out);
+void append_cutlass_sm90_kernels(std::vector<FusedKernelInfo>& out);  // cutlass_conv_sm90.cu
 #endif
 
 const std::vector<FusedKernelInfo>& fused_kernel_registry() {
@@ -18,6 +19,7 @@ const std::vector<FusedKernelInfo>& fused_kernel_registry() {
     append_cutlass_sm80_f16_kernels(v);
     append_cutlass_sm80_bf16_kernels(v);
     append_cutlass_sm80_tf32_kernels(v);
+    append_cutlass_sm90_kernels(v);
 #endif
     return v;
   }();

@@ -12,6 +12,7 @@ std::unordered_map<std::string, int64_t> path_counts();
 void reset_path_counts();
 #ifdef RESNET_EXT_WITH_CUDA
 extern std::atomic<bool> g_poison_outputs;
+void force_kernel(const std::string& name);
 #endif
 }  // namespace resnet_ext
 
@@ -100,11 +101,13 @@ PYBIND11_MODULE(_C, m) {
 #ifdef RESNET_EXT_WITH_CUDA
   m.def("set_poison_outputs", [](bool on) { resnet_ext::g_poison_outputs = on; },
         "Fill fused outputs with NaN before each launch (tests)");
+  m.def("force_kernel", &resnet_ext::force_kernel, "Pin the named fused kernel where it applies ('' to unpin; tests)");
   m.def("set_autotune", &resnet_ext::set_autotune_enabled);
   m.def("autotune_enabled", &resnet_ext::autotune_enabled);
   m.def("clear_autotune_cache", &resnet_ext::clear_autotune_cache);
 #else
   m.def("set_poison_outputs", [](bool) {});
+  m.def("force_kernel", [](const std::string&) {});
   m.def("set_autotune", [](bool) {});
   m.def("autotune_enabled", []() { return false; });
   m.def("clear_autotune_cache", []() {});

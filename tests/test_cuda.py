@@ -108,6 +108,33 @@ def test_default_dispatch_matches_fp32_reference(s):
             assert path.startswith("fused:"), (s.name, path)
 
 
+SM90_KERNELS = [k for k in resnet_ext.build_info()["fused_kernels"] if k.startswith("sm90_")]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
+                    reason="Hopper kernels need an sm_90 GPU")
+@pytest.mark.parametrize("kernel", SM90_KERNELS)
+@pytest.mark.parametrize("s", SHAPES, ids=lambda s: s.name)
+def test_hopper_kernels_match_fp32_reference(s, kernel):
+    dtype = torch.bfloat16 if "_bf16_" in kernel else torch.float16
+    relu = "_relu_" in kernel
+    if s.C % 8 or (not relu and s.residual):
+        pytest.skip("kernel does not apply")
+    _C.force_kernel(kernel)
+    try:
+        for batch, residual in ((1, False), (7, relu), (64, relu)):
+            s_b = s.with_batch(batch)
+            x, w, b, r = make_inputs(s_b, dtype, residual, seed=batch)
+            path, reason = resnet_ext.explain(x, w, b, r, s.stride, s.padding, s.dilation, relu)
+            assert path == f"fused:{kernel}", (s.name, path, reason)
+            y = resnet_ext.conv_bn_act(x, w, b, r, s.stride, s.padding, s.dilation, relu)
+            torch.cuda.synchronize()
+            err = rel_err(y, reference_fp32(x, w, b, r, s_b, relu))
+            assert err <= TOL[dtype], f"{kernel} {s_b.name} residual={residual}: rel err {err:.2e}"
+    finally:
+        _C.force_kernel("")
+
+
 def test_fp32_without_tf32_takes_a_fallback():
     s = SHAPES[2].with_batch(2)
     x, w, b, r = make_inputs(s, torch.float32, False)

@@ -69,6 +69,21 @@ def test_hopper_relu_layers_go_to_cudnn_unless_told_otherwise():
         resnet_ext.prefer_cudnn(True)
 
 
+@pytest.mark.parametrize("arch,kwargs", MODELS, ids=["resnet50", "resnet101", "resnet152", "resnet50-dilated"])
+def test_hopper_kernels_accept_every_resnet_conv_but_are_not_chosen_yet(arch, kwargs):
+    for s in conv_shapes(arch, 64, **kwargs)[1:]:  # all but the 3-channel stem
+        for dtype, tag in (("bfloat16", "bf16"), ("float16", "f16")):
+            for residual in (False, True):
+                relu = residual or s.relu
+                d = problem(s, dtype, 90, residual=residual, relu=relu)
+                name = f"sm90_{tag}_{'relu' if relu else 'linear'}_128"
+                assert _C.kernel_can_implement(name, d) == "", (s.name, name)
+                # Unverified on a GPU so far: the heuristic keeps the sm80 kernels.
+                assert _C.select_kernel(d)[0].startswith("sm80_"), s.name
+                other = f"sm90_{tag}_{'linear' if relu else 'relu'}_128"
+                assert _C.kernel_can_implement(other, d) != ""
+
+
 def test_unknown_kernel_name_is_an_error():
     with pytest.raises(RuntimeError, match="no fused kernel named nope"):
         _C.kernel_can_implement("nope", problem(conv_shapes("resnet50")[1], "bfloat16", 90))
