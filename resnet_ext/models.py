@@ -47,24 +47,23 @@ def _folded(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm, channels_last:
         w, b = fold_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
         return (w.contiguous(memory_format=torch.channels_last) if channels_last else w), b
 
-    src = _sources(conv, bn)
-    # Inference tensors (a model converted inside torch.inference_mode) have no version counter to watch.
-    if not use_cache or any(t is not None and t.is_inference() for t in src):
+    if not use_cache:
         return fold()
-    # The cache keeps detached aliases of its sources: they share each source's version counter (so any in-place
-    # update shows) and keep its storage alive (so a data_ptr can't be reused by a new tensor after .to()/.half()).
+    src = _sources(conv, bn)
+    try:
+        # Data pointers and version counters of every source: any in-place update bumps a version, any new tensor
+        # (.to(), .half(), load_state_dict(assign=True), .data = ...) has a new pointer, since the cache keeps its
+        # old sources alive (no pointer can be reused while they are).
+        key = (tuple(0 if t is None else t.data_ptr() for t in src),
+               tuple(0 if t is None else t._version for t in src), bn.eps, channels_last)
+    except RuntimeError:  # inference tensors (converted inside torch.inference_mode) have no version counter
+        return fold()
     cache = conv.__dict__.get("_resnet_ext_fold")
-    if cache is not None:
-        key, aliases, w, b = cache
-        if key == (bn.eps, channels_last) and all(
-                (a is None and t is None) or (a is not None and t is not None and a.data_ptr() == t.data_ptr()
-                                              and a._version == v and a.dtype == t.dtype and a.device == t.device)
-                for (a, v), t in zip(aliases, src)):
-            return w, b
+    if cache is not None and cache[0] == key:
+        return cache[2], cache[3]
     with torch.no_grad():
         w, b = fold()
-    aliases = [(None, 0) if t is None else (t.detach(), t._version) for t in src]
-    conv.__dict__["_resnet_ext_fold"] = ((bn.eps, channels_last), aliases, w, b)
+    conv.__dict__["_resnet_ext_fold"] = (key, src, w, b)
     return w, b
 
 
