@@ -163,9 +163,10 @@ def bn_act(x: Tensor, bn: nn.modules.batchnorm._BatchNorm, residual: Optional[Te
     else:
         y, mean, _invstd, var_unbiased = ops.bn_act_train(x, residual, weight, bias, shift, bn.eps, relu)
     if bn.track_running_stats and bn.running_mean is not None:
-        with torch.no_grad():
-            bn.running_mean.mul_(1 - factor).add_(mean.detach().to(bn.running_mean.dtype), alpha=factor)
-            bn.running_var.mul_(1 - factor).add_(var_unbiased.detach().to(bn.running_var.dtype), alpha=factor)
+        with torch.no_grad():  # running = (1 - factor) * running + factor * batch, both buffers in one launch
+            torch._foreach_lerp_([bn.running_mean, bn.running_var],
+                                 [mean.detach().to(bn.running_mean.dtype),
+                                  var_unbiased.detach().to(bn.running_var.dtype)], factor)
     return y
 
 
