@@ -228,13 +228,31 @@ def test_cuda_graph_capture_of_a_model_forward():
     assert rel_err(out, eager) > 1e-2
 
 
+def _fp32_reference(model, x):
+    """The same model and input in fp32 without TF32: the yardstick for eager and compiled bf16 runs alike (the
+    compiled graph folds BN in its own kernels, so its bf16 weights may round differently from eager's)."""
+    import copy
+
+    ref_model = copy.deepcopy(model).float()
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            return ref_model(x.float())
+    finally:
+        torch.backends.cudnn.allow_tf32 = old
+
+
 def test_compile_of_cuda_model_matches_eager():
     ours, _ = _model_pair("resnet50", torch.bfloat16)
     x = torch.randn(4, 3, 224, 224, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=CL)
     with torch.no_grad():
-        ref = ours(x)
+        eager = ours(x)
         out = torch.compile(ours, fullgraph=True)(x)
-    assert rel_err(out, ref) <= 1e-2
+    ref = _fp32_reference(ours, x)
+    print(f"\ncompile: rel err vs eager {rel_err(out, eager):.2e}, vs fp32 {rel_err(out, ref):.2e} "
+          f"(eager vs fp32 {rel_err(eager, ref):.2e})")
+    assert rel_err(out, ref) <= max(2 * rel_err(eager, ref), 1e-2)
 
 
 def test_compile_reduce_overhead_cuda_graphs_match_eager():
@@ -246,7 +264,9 @@ def test_compile_reduce_overhead_cuda_graphs_match_eager():
         for _ in range(3):  # warm-up, record, replay
             out = graphed(x)
         out = out.clone()
-    assert rel_err(out, ref) <= 1e-2
+    ref32 = _fp32_reference(ours, x)
+    print(f"\nreduce-overhead: rel err vs eager {rel_err(out, ref):.2e}, vs fp32 {rel_err(out, ref32):.2e}")
+    assert rel_err(out, ref32) <= max(2 * rel_err(ref, ref32), 1e-2)
 
 
 # Last: the one test that synchronises inside the op (timing runs).
