@@ -375,7 +375,9 @@ TORCH_LIBRARY_FRAGMENT(resnet_ext, m) {
         "Tensor sums, float count, bool relu, bool residual_grad) -> (Tensor, Tensor)", tags);
 }
 
-TORCH_LIBRARY_IMPL(resnet_ext, CPU, m) {
+namespace {
+// The stock compositions: the CPU kernels, and the CUDA ones of a build without CUDA kernels.
+void register_stock(torch::Library& m) {
   m.impl("bn_act_train", &bn_act_train_cpu);
   m.impl("bn_act_train_backward", &bn_act_train_backward_cpu);
   m.impl("bn_stats", &bn_stats_cpu);
@@ -383,6 +385,9 @@ TORCH_LIBRARY_IMPL(resnet_ext, CPU, m) {
   m.impl("bn_act_backward_reduce", &bn_act_backward_reduce_cpu);
   m.impl("bn_act_backward_apply", &bn_act_backward_apply_cpu);
 }
+}  // namespace
+
+TORCH_LIBRARY_IMPL(resnet_ext, CPU, m) { register_stock(m); }
 
 TORCH_LIBRARY_IMPL(resnet_ext, CUDA, m) {
 #ifdef RESNET_EXT_WITH_CUDA
@@ -393,12 +398,7 @@ TORCH_LIBRARY_IMPL(resnet_ext, CUDA, m) {
   m.impl("bn_act_backward_reduce", &bn_act_backward_reduce_cuda);
   m.impl("bn_act_backward_apply", &bn_act_backward_apply_cuda);
 #else  // a build without CUDA kernels serves CUDA tensors with the stock compositions
-  m.impl("bn_act_train", &bn_act_train_cpu);
-  m.impl("bn_act_train_backward", &bn_act_train_backward_cpu);
-  m.impl("bn_stats", &bn_stats_cpu);
-  m.impl("bn_act_apply", &bn_act_apply_cpu);
-  m.impl("bn_act_backward_reduce", &bn_act_backward_reduce_cpu);
-  m.impl("bn_act_backward_apply", &bn_act_backward_apply_cpu);
+  register_stock(m);
 #endif
 }
 

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ._C_loader import _C  # noqa: F401  (registers the ops)
+from .ops import _memory_format_of as _fmt
 
 ops = torch.ops.resnet_ext
 
@@ -21,8 +22,6 @@ ops = torch.ops.resnet_ext
 # Fake kernels
 # ---------------------------------------------------------------------------------------------------------------
 
-def _fmt(x: Tensor) -> torch.memory_format:
-    return torch._prims_common.suggest_memory_format(x)
 
 
 def _stat_dtype(x: Tensor) -> torch.dtype:
