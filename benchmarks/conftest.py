@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from resnet_ext.bench import _sync  # the one definition, shared with `python -m resnet_ext bench`
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -65,11 +67,6 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def cfg() -> BenchConfig:
     return _CONFIG
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,19 @@
-"""`python -m resnet_ext bench`: whole-model throughput, torchvision vs resnet_ext, on whatever device is here."""
+"""`python -m resnet_ext bench`: whole-model throughput, torchvision vs resnet_ext, on whatever device is here.
+
+The contenders run in interleaved rounds (one timed call of each per round, A, B, C, A, B, C, ...), so a machine
+that speeds up or slows down during the run moves every contender alike; each row shows the median over the rounds
+and its spread (min-max), and each ratio is the median of the per-round ratios with their min-max.
+
+Eval rows: torchvision eager; resnet_ext in its default mode (every forward reads the live weights); resnet_ext in
+its explicit frozen mode (`resnet_ext.freeze(model)`); with --compile, torch.compile of the torchvision model with
+inductor's freezing (weights as constants, the peer of resnet_ext's frozen mode), whose warm-up time is the
+compile time. This module also holds what the subcommands share: one-line user errors, argument checks, _sync."""
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
 import statistics
 import sys
 import time
@@ -10,26 +21,73 @@ import time
 import torch
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
+ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+TV, OURS, FROZEN, COMPILED = "torchvision", "resnet_ext", "resnet_ext frozen", "torchvision+compile"
 
 
-class Progress:
-    """A one-line progress bar on stderr (no dependency); silent when stderr is not a terminal and --quiet."""
+class UserError(Exception):
+    """An error in what the user asked for: printed as one line, exit code 2."""
 
-    def __init__(self, total: int, enabled: bool = True):
-        self.total, self.done, self.enabled, self.start = total, 0, enabled, time.perf_counter()
 
-    def step(self, label: str) -> None:
-        self.done += 1
-        if not self.enabled:
-            return
-        width = 30
-        filled = int(width * self.done / self.total)
-        elapsed = time.perf_counter() - self.start
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {label:<28} "
-                         f"{elapsed:5.1f}s")
-        if self.done == self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+# ---------------------------------------------------------------------------------------------------------------
+# Argument checks shared by the subcommands (argparse `type=` functions: a bad value is one line, exit 2)
+# ---------------------------------------------------------------------------------------------------------------
+
+def int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def check_device(spec: str) -> torch.device:
+    """A device this machine has (cpu, cuda, cuda:N), else UserError naming what is available."""
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"{spec!r} is not a device (expected cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            raise UserError(f"{spec!r} is not available: {why}; use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"{spec!r} is not available: this machine has {torch.cuda.device_count()} CUDA "
+                            f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif device.type != "cpu":
+        raise UserError(f"{spec!r}: only cpu and cuda devices are supported")
+    return device
+
+
+def device_arg(spec: str) -> torch.device:
+    try:
+        return check_device(spec)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def default_device(device: torch.device | None) -> torch.device:
+    return device if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_writable(path: str, what: str) -> None:
+    """UserError unless `path` can be written (tried now, so a long run does not fail at its end); leaves no file
+    behind that was not there."""
+    if os.path.isdir(path):
+        raise UserError(f"{what} {path}: is a directory")
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as e:
+        raise UserError(f"{what} {path}: cannot write ({e.strerror or type(e).__name__})") from None
+    if not existed:
+        os.remove(path)
 
 
 def _sync(device: torch.device) -> None:
@@ -37,152 +95,300 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_model(fn, x, iters: int, warmup: int, device, progress: Progress, label: str) -> list[float]:
-    """Per-iteration seconds of fn(x), after warm-up; CUDA work is synchronised around each iteration."""
-    for _ in range(warmup):
-        fn(x)
-        progress.step(f"{label} warm-up")
-    _sync(device)
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn(x)
+class Progress:
+    """A one-line progress bar on stderr (no dependency); silent when stderr is not a terminal or when disabled."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+        self.enabled = enabled and total > 0 and sys.stderr.isatty()
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * min(self.done, self.total) / self.total)
+        elapsed = time.perf_counter() - self.start
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {label:<28} "
+                         f"{elapsed:5.1f}s")
+        if self.done == self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    def message(self, text: str) -> None:
+        """A line on stderr that does not garble the bar."""
+        if self.enabled and 0 < self.done < self.total:
+            sys.stderr.write("\r\033[K")
+        print(text, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------------------------------------------
+
+def summarize(times: list[float]) -> dict:
+    med = statistics.median(times)
+    q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else (med, med, med)
+    return {"median_s": med, "min_s": min(times), "max_s": max(times), "q1_s": q1, "q3_s": q3,
+            "times_s": list(times)}
+
+
+def time_interleaved(fns: dict, x, iters: int, warmup: dict, device, progress: Progress, label: str):
+    """Warm each contender up (its own calls, timed as its warm-up: compilation happens there), then `iters`
+    rounds of one timed call of each contender in turn: A, B, C, A, B, C, ... CUDA work is synchronised around
+    each call. Returns ({name: per-round seconds}, {name: warm-up seconds})."""
+    warm = {}
+    for name, fn in fns.items():
         _sync(device)
-        times.append(time.perf_counter() - t0)
-        progress.step(label)
-    return times
+        t0 = time.perf_counter()
+        for _ in range(warmup[name]):
+            fn(x)
+            progress.step(f"{name} {label} warm-up")
+        _sync(device)
+        warm[name] = time.perf_counter() - t0
+    times: dict = {name: [] for name in fns}
+    for _ in range(iters):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn(x)
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+            progress.step(f"{name} {label}")
+    return times, warm
+
+
+def ratio(base: list[float], other: list[float]) -> dict:
+    """How many times faster `other` is than `base`: the median of the per-round ratios, and their min-max."""
+    r = [b / o for b, o in zip(base, other)]
+    return {"median": statistics.median(r), "min": min(r), "max": max(r)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The benchmark
+# ---------------------------------------------------------------------------------------------------------------
+
+def warmup_calls(name: str, warmup: int) -> int:
+    """A compiled peer always gets one warm-up call: its first call compiles, which is not a timed round."""
+    return max(warmup, 1) if name == COMPILED else warmup
 
 
 def build_models(arch: str, device, dtype, channels_last: bool):
+    """(torchvision model, resnet_ext model in the default mode, resnet_ext model frozen, seconds freeze took):
+    the same weights, with non-trivial BN statistics so the output comparison means something."""
     import torchvision
 
     import resnet_ext
 
     torch.manual_seed(0)
     tv = getattr(torchvision.models, arch)()
-    # Non-trivial BN statistics, so the output comparison means something.
     with torch.no_grad():
         for m in tv.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
-    ours = getattr(resnet_ext, arch)()
-    ours.load_state_dict(tv.state_dict())
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    models = []
+    for _ in range(2):
+        m = getattr(resnet_ext, arch)()
+        m.load_state_dict(tv.state_dict())
+        models.append(m.to(device=device, dtype=dtype, memory_format=fmt).eval())
+    ours, frozen = models
     tv = tv.to(device=device, dtype=dtype, memory_format=fmt).eval()
-    ours = ours.to(device=device, dtype=dtype, memory_format=fmt).eval()
-    return tv, ours
+    _sync(device)
+    t0 = time.perf_counter()
+    frozen = resnet_ext.freeze(frozen)
+    _sync(device)
+    return tv, ours, frozen, time.perf_counter() - t0
+
+
+def compile_frozen(model, mode: str | None):
+    """torch.compile(model) for inference with inductor's freezing on (parameters become constants: folded and,
+    on the CPU, prepacked), the fair peer of resnet_ext.freeze. Freezing applies only to graphs compiled with
+    gradients off, so eval calls run under inference_mode."""
+    compiled = torch.compile(model, mode=mode)
+
+    def run(x):
+        with torch._inductor.config.patch(freezing=True):
+            return compiled(x)
+
+    return run
 
 
 def run(args) -> dict:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(args.device)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     channels_last = not args.nchw
-    tv, ours = build_models(args.arch, device, dtype, channels_last)
-    peers = {"torchvision": tv, "resnet_ext": ours}
+    compile_mode = args.compile_mode or ("max-autotune" if device.type == "cuda" else "default")
+    tv, ours, frozen, freeze_s = build_models(args.arch, device, dtype, channels_last)
+    peers = {TV: tv, OURS: ours, FROZEN: frozen}
+    setup_s = {TV: 0.0, OURS: 0.0, FROZEN: freeze_s}
     if args.compile:
-        peers["torchvision+compile"] = torch.compile(tv, mode=args.compile_mode)
+        peers[COMPILED] = compile_frozen(tv, compile_mode)
+        setup_s[COMPILED] = 0.0
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=gen).to(device, dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     warmup = args.warmup if args.warmup is not None else (3 if device.type == "cuda" else 1)
-    progress = Progress(len(peers) * (warmup + args.iters) * (2 if args.train else 1), enabled=not args.quiet)
-    results: dict = {"arch": args.arch, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-                     "batch_size": args.batch_size, "image_size": args.image_size, "channels_last": channels_last,
-                     "torch": torch.__version__, "threads": torch.get_num_threads(), "eval": {}}
+    warm_n = {name: warmup_calls(name, warmup) for name in peers}
+    total = sum(warm_n.values()) + args.iters * len(peers)
+    if args.train:  # the frozen model does not train
+        total += sum(warmup_calls(name, warmup) + args.iters for name in peers if name != FROZEN)
+    progress = Progress(total, enabled=not args.quiet)
+    results: dict = {"kind": "resnet_ext.bench", "arch": args.arch, "device": str(device),
+                     "dtype": str(dtype).replace("torch.", ""), "batch_size": args.batch_size,
+                     "image_size": args.image_size, "channels_last": channels_last, "torch": torch.__version__,
+                     "threads": torch.get_num_threads(), "iters": args.iters, "warmup": warmup,
+                     "order": "interleaved", "eval": {}}
+    if args.compile:
+        results["compile"] = {"mode": compile_mode, "eval_freezing": True}
     if device.type == "cuda":
         results["gpu"] = torch.cuda.get_device_name(device)
-    outputs = {}
     with torch.inference_mode():
-        for name, model in peers.items():
-            times = time_model(model, x, args.iters, warmup, device, progress, f"{name} eval")
-            med = statistics.median(times)
-            results["eval"][name] = {"median_s": med, "img_per_s": args.batch_size / med}
-            outputs[name] = model(x).float()
-    ref = outputs["torchvision"]
-    for name, out in outputs.items():
-        results["eval"][name]["max_abs_diff_vs_torchvision"] = (out - ref).abs().max().item()
-        results["eval"][name]["rel_diff_vs_torchvision"] = ((out - ref).abs().max() / ref.abs().max()).item()
-    results["eval_speedup"] = results["eval"]["resnet_ext"]["img_per_s"] / results["eval"]["torchvision"]["img_per_s"]
+        times, warm = time_interleaved(peers, x, args.iters, warm_n, device, progress, "eval")
+        ref = tv(x).float()
+        for name, fn in peers.items():
+            rec = summarize(times[name])
+            rec["img_per_s"] = args.batch_size / rec["median_s"]
+            rec["warmup_s"] = setup_s[name] + warm[name]
+            out = fn(x).float()
+            rec["max_abs_diff_vs_torchvision"] = (out - ref).abs().max().item()
+            rec["rel_diff_vs_torchvision"] = ((out - ref).abs().max() / ref.abs().max()).item()
+            results["eval"][name] = rec
+    results["eval_speedups"] = {name: ratio(times[TV], times[name]) for name in peers if name != TV}
+    if args.compile:
+        results["eval_speedups"][f"{FROZEN} vs {COMPILED}"] = ratio(times[COMPILED], times[FROZEN])
+    results["eval_speedup"] = results["eval_speedups"][FROZEN]["median"]
     if args.train:
-        results["train"] = train_bench(peers, x, args, device, progress)
+        results["train"] = train_bench(tv, ours, x, args, device, progress, warmup, compile_mode)
     return results
 
 
-def train_bench(peers, x, args, device, progress) -> dict:
-    """One SGD step per iteration (forward, loss, backward, step), with AMP autocast on CUDA for 16-bit dtypes."""
-    out = {}
+def train_bench(tv, ours, x, args, device, progress, warmup, compile_mode) -> dict:
+    """One SGD step per call (forward, loss, backward, step), with AMP autocast for 16-bit dtypes; the contenders
+    interleaved like eval. torchvision and resnet_ext in the default mode (a frozen model does not train), and
+    with --compile a torch.compile of a copy of the torchvision model (no freezing: it trains)."""
     target = torch.randint(0, 1000, (x.shape[0],), device=device)
-    for name, model in peers.items():
-        model = model.float() if x.dtype in (torch.float16, torch.bfloat16) else model
+    amp_dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else None
+    xin = x.float() if amp_dtype else x
+    models = {TV: tv, OURS: ours}
+    if args.compile:
+        models[COMPILED] = copy.deepcopy(tv)
+    steps = {}
+    for name, model in models.items():
+        model = model.float() if amp_dtype else model
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        amp_dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else None
-        xin = x.float() if amp_dtype else x
+        fwd = torch.compile(model, mode=compile_mode) if name == COMPILED else model
 
-        def step(inp):
+        def step(inp, fwd=fwd, opt=opt):
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = torch.nn.functional.cross_entropy(model(inp), target)
+                loss = torch.nn.functional.cross_entropy(fwd(inp), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
+        steps[name] = step
+    warm_s, peaks = {}, {}
+    for name, step in steps.items():  # warm-up one contender at a time, so peak memory is each one's own
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        warmup = args.warmup if args.warmup is not None else (3 if device.type == "cuda" else 1)
-        times = time_model(step, xin, args.iters, warmup, device, progress, f"{name} train")
-        med = statistics.median(times)
-        out[name] = {"median_s": med, "img_per_s": x.shape[0] / med}
-        if device.type == "cuda":
-            out[name]["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device)
-        model.eval()
-    out["speedup"] = out["resnet_ext"]["img_per_s"] / out["torchvision"]["img_per_s"]
-    return out
+        _, w = time_interleaved({name: step}, xin, 0, {name: warmup_calls(name, warmup)}, device, progress,
+                                "train")
+        warm_s[name] = w[name]
+        if device.type == "cuda" and warmup_calls(name, warmup):
+            peaks[name] = torch.cuda.max_memory_allocated(device)
+    times, _ = time_interleaved(steps, xin, args.iters, {name: 0 for name in steps}, device, progress, "train")
+    out: dict = {}
+    for name in steps:
+        rec = summarize(times[name])
+        rec["img_per_s"] = x.shape[0] / rec["median_s"]
+        rec["warmup_s"] = warm_s[name]
+        if name in peaks:
+            rec["peak_mem_bytes"] = peaks[name]
+        out[name] = rec
+    for m in models.values():
+        m.eval()
+    speedups = {name: ratio(times[TV], times[name]) for name in steps if name != TV}
+    return {"models": out, "speedups": speedups, "speedup": speedups[OURS]["median"]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------------------------------
+
+def _spread(v: dict) -> str:
+    return f"{v['min_s'] * 1e3:.2f}-{v['max_s'] * 1e3:.2f}"
+
+
+def _ratio_line(name: str, base: str, s: dict) -> str:
+    return f"{name} / {base}: {s['median']:.3f}x (per round {s['min']:.3f}-{s['max']:.3f}x)"
 
 
 def format_results(r: dict) -> str:
     lines = [f"{r['arch']} on {r.get('gpu', r['device'])}, {r['dtype']}, batch {r['batch_size']}, "
              f"{r['image_size']}x{r['image_size']}, {'channels_last' if r['channels_last'] else 'NCHW'}, "
-             f"torch {r['torch']}"]
-    lines.append(f"{'eval':<22}{'img/s':>10}{'median ms':>12}{'max |diff|':>14}")
+             f"torch {r['torch']}, {r['threads']} threads; median of {r['iters']} interleaved rounds after "
+             f"{r['warmup']} warm-up call(s)"]
+    if "compile" in r:
+        lines.append(f"{COMPILED}: torch.compile(mode={r['compile']['mode']!r}) with inductor freezing for eval; "
+                     f"its warm-up is the compile time")
+    head = f"{'':<22}{'img/s':>10}{'median ms':>12}{'min-max ms':>20}{'warm-up s':>11}"
+    lines.append(f"{'eval' + head[4:]}{'max |diff|':>13}")
     for name, v in r["eval"].items():
-        lines.append(f"{name:<22}{v['img_per_s']:>10.1f}{v['median_s'] * 1e3:>12.2f}"
-                     f"{v['max_abs_diff_vs_torchvision']:>14.3g}")
-    lines.append(f"resnet_ext / torchvision eval: {r['eval_speedup']:.3f}x")
+        lines.append(f"{name:<22}{v['img_per_s']:>10.1f}{v['median_s'] * 1e3:>12.2f}{_spread(v):>20}"
+                     f"{v['warmup_s']:>11.2f}{v['max_abs_diff_vs_torchvision']:>13.3g}")
+    for name, s in r["eval_speedups"].items():
+        lines.append(_ratio_line(name, TV, s) if " vs " not in name else
+                     _ratio_line(*name.split(" vs "), s))
     if "train" in r:
-        lines.append(f"{'train step':<22}{'img/s':>10}{'median ms':>12}{'peak MiB':>14}")
-        for name, v in r["train"].items():
-            if isinstance(v, dict):
-                peak = v.get("peak_mem_bytes")
-                lines.append(f"{name:<22}{v['img_per_s']:>10.1f}{v['median_s'] * 1e3:>12.2f}"
-                             f"{(peak / 2**20 if peak else float('nan')):>14.0f}")
-        lines.append(f"resnet_ext / torchvision train: {r['train']['speedup']:.3f}x")
+        t = r["train"]
+        lines.append(f"{'train step' + head[10:]}{'peak MiB':>13}")
+        for name, v in t["models"].items():
+            peak = v.get("peak_mem_bytes")
+            lines.append(f"{name:<22}{v['img_per_s']:>10.1f}{v['median_s'] * 1e3:>12.2f}{_spread(v):>20}"
+                         f"{v['warmup_s']:>11.2f}{(f'{peak / 2**20:.0f}' if peak else '-'):>13}")
+        for name, s in t["speedups"].items():
+            lines.append(_ratio_line(name, TV, s) + " (train)")
     return "\n".join(lines)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", default="resnet50", choices=["resnet50", "resnet101", "resnet152"])
-    p.add_argument("--batch-size", type=int, default=None, help="default: 8 on CPU, 256 on CUDA")
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--arch", default="resnet50", choices=ARCHS)
+    p.add_argument("--batch-size", type=int_at_least(1), default=None, help="default: 8 on CPU, 256 on CUDA")
+    p.add_argument("--image-size", type=int_at_least(32), default=224)
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: fp32 on CPU, bf16 on CUDA")
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--iters", type=int, default=None, help="timed iterations (default: 5 on CPU, 20 on CUDA)")
-    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--device", type=device_arg, default=None, help="cpu, cuda or cuda:N (default: cuda if "
+                   "available, else cpu)")
+    p.add_argument("--iters", type=int_at_least(1), default=None,
+                   help="timed rounds (default: 5 on CPU, 20 on CUDA)")
+    p.add_argument("--warmup", type=int_at_least(0), default=None,
+                   help="untimed calls per contender first (default: 1 on CPU, 3 on CUDA)")
     p.add_argument("--nchw", action="store_true", help="NCHW inputs and weights instead of channels_last")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile of the torchvision model")
-    p.add_argument("--compile-mode", default="max-autotune", help="torch.compile mode for --compile")
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile of the torchvision model (eval: with inductor freezing)")
+    p.add_argument("--compile-mode", default=None,
+                   help="torch.compile mode for --compile (default: max-autotune on CUDA, default on CPU)")
     p.add_argument("--train", action="store_true", help="also time one SGD training step (and peak memory)")
-    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON (checked writable before the run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def main(args) -> int:
-    on_cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    if args.batch_size is None:
-        args.batch_size = 256 if on_cuda else 8
-    if args.iters is None:
-        args.iters = 20 if on_cuda else 5
+    try:
+        on_cuda = default_device(args.device).type == "cuda"
+        if args.batch_size is None:
+            args.batch_size = 256 if on_cuda else 8
+        if args.iters is None:
+            args.iters = 20 if on_cuda else 5
+        if args.train and args.batch_size < 2:
+            raise UserError("--train needs --batch-size >= 2 (training-mode BatchNorm needs more than one value "
+                            "per channel)")
+        if args.json:
+            check_writable(args.json, "--json")
+    except UserError as e:
+        print(f"python -m resnet_ext bench: error: {e}", file=sys.stderr)
+        return 2
     r = run(args)
     print(format_results(r))
     if args.json:
