@@ -1,33 +1,85 @@
-"""`python -m resnet_ext report RESULTS.json`: pytest-benchmark JSON -> a markdown table per benchmark kind
-(shape, each implementation's time, speedups, % of roofline) and a PNG bar chart of speedup per layer."""
+"""`python -m resnet_ext report RESULTS.json`: benchmark JSON -> a markdown table per benchmark kind and a PNG bar
+chart of speedups. RESULTS.json is either the benchmark suite's pytest-benchmark JSON (`pytest benchmarks/
+--benchmark-json=FILE`: shape, each implementation's time, speedups, % of roofline per layer) or the output of
+`python -m resnet_ext bench --json FILE` (whole-model throughput per contender). Any other file is a one-line
+error, exit code 2."""
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import sys
 from collections import defaultdict
 from pathlib import Path
+
+from .bench import UserError, check_writable
 
 BASELINES = {"conv_bn_act": "stock", "bn_act_train": "stock", "model_eval": "torchvision_cl",
              "model_train": "torchvision_cl"}
 OURS = "resnet_ext"
 
 
+EXPECTED = ("expected pytest-benchmark JSON (pytest benchmarks/ --benchmark-json=FILE) or the output of "
+            "python -m resnet_ext bench --json FILE")
+
+
+def read_json(path: str):
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{path}: is a directory, not a benchmark JSON file")
+    if not p.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        return json.loads(p.read_text())
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file; {EXPECTED}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+
+
+def is_bench_output(data) -> bool:
+    """`python -m resnet_ext bench --json` output (also the files written before it had a "kind")."""
+    if not isinstance(data, dict):
+        return False
+    if data.get("kind") == "resnet_ext.bench":
+        return True
+    ev = data.get("eval")
+    return ("arch" in data and isinstance(ev, dict) and bool(ev)
+            and all(isinstance(v, dict) and "median_s" in v for v in ev.values()))
+
+
 def load(path: str) -> dict:
-    """{kind: {group: {impl: record}}} with per-call seconds (pytest-benchmark stats / inner launches)."""
-    data = json.loads(Path(path).read_text())
+    """pytest-benchmark JSON: {"format": "pytest-benchmark", "results": {kind: {group: {impl: record}}}, ...} with
+    per-call seconds (pytest-benchmark stats / inner launches). bench --json output: {"format": "bench",
+    "bench": the file's dict}. UserError for anything else."""
+    data = read_json(path)
+    if is_bench_output(data):
+        return {"format": "bench", "bench": data}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: holds a JSON {type(data).__name__}, not a benchmark file; {EXPECTED}")
+    if not isinstance(data.get("benchmarks"), list):
+        raise UserError(f"{path}: not a benchmark file (no 'benchmarks' list, no bench 'eval' table); {EXPECTED}")
     out: dict = defaultdict(lambda: defaultdict(dict))
-    for b in data.get("benchmarks", []):
-        info = b.get("extra_info", {})
+    for n, b in enumerate(data["benchmarks"]):
+        info = b.get("extra_info", {}) if isinstance(b, dict) else {}
         if "impl" not in info:
             continue
-        inner = info.get("inner", 1)
-        rec = dict(info)
-        rec["median_s"] = b["stats"]["median"] / inner
-        rec["min_s"] = b["stats"]["min"] / inner
-        out[info["kind"]][b["group"] or info.get("shape")][info["impl"]] = rec
-    return {"machine": data.get("machine_info", {}), "commit": data.get("commit_info", {}),
-            "datetime": data.get("datetime"), "results": out}
+        try:
+            inner = info.get("inner", 1)
+            rec = dict(info)
+            rec["median_s"] = b["stats"]["median"] / inner
+            rec["min_s"] = b["stats"]["min"] / inner
+            out[info["kind"]][b.get("group") or info.get("shape")][info["impl"]] = rec
+        except (KeyError, TypeError, ZeroDivisionError) as e:
+            raise UserError(f"{path}: benchmark {n} ({b.get('name', '?')}) is malformed "
+                            f"({type(e).__name__}: {e})") from None
+    if not out:
+        raise UserError(f"{path}: pytest-benchmark JSON with no resnet_ext benchmark records (none has "
+                        f"extra_info 'impl'); run pytest benchmarks/ --benchmark-json=FILE")
+    return {"format": "pytest-benchmark", "machine": data.get("machine_info", {}),
+            "commit": data.get("commit_info", {}), "datetime": data.get("datetime"), "results": out}
 
 
 def geomean(xs):
@@ -85,7 +137,42 @@ def header(rep: dict) -> str:
             f"commit {c.get('id', '?')[:12]}{' (dirty)' if c.get('dirty') else ''}; date {rep['datetime']}")
 
 
-def plot(speedups: dict, path: Path) -> bool:
+def bench_tables(b: dict) -> tuple[str, str, dict]:
+    """(header, markdown tables, {kind: {contender: speedup vs torchvision}}) of bench --json output."""
+    head = (f"Device: {b.get('gpu', b.get('device', '?'))}; {b.get('arch', '?')}, {b.get('dtype', '?')}, batch "
+            f"{b.get('batch_size', '?')}, {b.get('image_size', '?')}x{b.get('image_size', '?')}, "
+            f"{'channels_last' if b.get('channels_last') else 'NCHW'}; torch {b.get('torch', '?')}; "
+            f"{b.get('threads', '?')} threads; median of {b.get('iters', '?')} "
+            f"{'interleaved ' if b.get('order') == 'interleaved' else ''}rounds (python -m resnet_ext bench)")
+    lines, speedups = [], {}
+    sections = [("model_eval", b["eval"], b.get("eval_speedups", {}))]
+    if isinstance(b.get("train"), dict):
+        t = b["train"]
+        models = t.get("models") or {k: v for k, v in t.items() if isinstance(v, dict) and "median_s" in v}
+        sections.append(("model_train", models, t.get("speedups", {})))
+    for kind, rows, ratios in sections:
+        base = rows.get("torchvision")
+        lines.append(f"\n### {kind}\n")
+        lines.append("| contender | img/s | median ms | min-max ms | warm-up s | vs torchvision (per-round min-max) |")
+        lines.append("|---|---|---|---|---|---|")
+        for name, v in rows.items():
+            spread = (f"{v['min_s'] * 1e3:.2f}-{v['max_s'] * 1e3:.2f}" if "min_s" in v and "max_s" in v else "—")
+            warm = f"{v['warmup_s']:.2f}" if "warmup_s" in v else "—"
+            if name in ratios:
+                r = ratios[name]
+                vs = f"{r['median']:.3f}x ({r['min']:.3f}-{r['max']:.3f}x)"
+                speedups.setdefault(kind, {})[name] = r["median"]
+            elif base and name != "torchvision":
+                vs = f"{base['median_s'] / v['median_s']:.3f}x"
+                speedups.setdefault(kind, {})[name] = base["median_s"] / v["median_s"]
+            else:
+                vs = "—"
+            img = v.get("img_per_s", b.get("batch_size", 0) / v["median_s"])
+            lines.append(f"| {name} | {img:.1f} | {v['median_s'] * 1e3:.2f} | {spread} | {warm} | {vs} |")
+    return head, "\n".join(lines), speedups
+
+
+def plot(speedups: dict, path: Path, baselines: dict = BASELINES) -> bool:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -104,7 +191,7 @@ def plot(speedups: dict, path: Path) -> bool:
         ax.set_yticks(range(len(names)), names, fontsize=7)
         ax.axvline(1.0, color="black", lw=0.8)
         ax.invert_yaxis()
-        ax.set_xlabel(f"speedup of {OURS} over {BASELINES.get(kind, 'baseline')} (higher is better)")
+        ax.set_xlabel(f"speedup of {OURS} over {baselines.get(kind, 'baseline')} (higher is better)")
         ax.set_title(kind)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -112,20 +199,40 @@ def plot(speedups: dict, path: Path) -> bool:
     return True
 
 
-def main(args) -> int:
+def run(args) -> int:
     rep = load(args.results)
-    body, speedups = tables(rep)
-    md = f"# resnet_ext benchmark report\n\n{header(rep)}\n{body}\n"
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)  # checked writable before anything is written
+    if out.parent.exists() and not out.parent.is_dir():
+        raise UserError(f"--out {args.out}: {out.parent} is not a directory")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {args.out}: cannot create {out.parent} ({e.strerror or type(e).__name__})") from None
+    for suffix in (".md", ".png"):
+        check_writable(str(out.with_suffix(suffix)), "--out")
+    if rep["format"] == "bench":
+        head, body, speedups = bench_tables(rep["bench"])
+        baselines = {k: "torchvision" for k in speedups}
+    else:
+        (body, speedups), head, baselines = tables(rep), header(rep), BASELINES
+    md = f"# resnet_ext benchmark report\n\n{head}\n{body}\n"
     out.with_suffix(".md").write_text(md)
-    wrote_png = plot(speedups, out.with_suffix(".png"))
+    wrote_png = plot(speedups, out.with_suffix(".png"), baselines)
     print(md)
     print(f"wrote {out.with_suffix('.md')}" + (f" and {out.with_suffix('.png')}" if wrote_png else
                                                " (no PNG: matplotlib is not installed)"))
     return 0
 
 
+def main(args) -> int:
+    try:
+        return run(args)
+    except UserError as e:
+        print(f"python -m resnet_ext report: error: {e}", file=sys.stderr)
+        return 2
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("results", help="pytest-benchmark JSON (--benchmark-json)")
+    p.add_argument("results", help="pytest-benchmark JSON (--benchmark-json) or python -m resnet_ext bench --json "
+                   "output")
     p.add_argument("--out", default="benchmark-report", help="output path stem: STEM.md and STEM.png")
