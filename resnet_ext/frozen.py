@@ -1,24 +1,93 @@
-"""The explicit frozen mode: `freeze(model)` folds every conv + BatchNorm once (and on the CPU prepacks the
-folded weights for oneDNN), on the contract that the weights do not change until the user calls `freeze` again
-(or `unfreeze`). Like torch.compile's freezing or torch.jit.freeze, it trades that contract for speed; the
-default (unfrozen) mode is always torchvision's answer."""
+"""The explicit frozen mode, resnet_ext's counterpart of torch.compile's freezing or torch.jit.freeze.
+
+`freeze(model)` puts a resnet_ext ResNet in eval mode and folds every conv + BatchNorm once (on the CPU the folded
+weights are also prepacked for oneDNN on the first forward of each input size), on the contract that the weights
+do not change until `freeze(model)` is called again. The folds are recomputed by resnet_ext itself after
+`.to()`/`.cuda()`/`.half()`, `load_state_dict`, `train()` and unpickling; any other change of a parameter or
+buffer (an optimizer step in eval mode, a `.data` write, `copy_`) is not seen until the next `freeze(model)`.
+Module swaps and hooks are always seen: a unit whose modules changed runs the default (always-correct) path.
+The default, unfrozen mode needs no such contract: it folds on every forward.
+"""
 from __future__ import annotations
 
-from torch import nn
+from typing import Dict, Optional
+
+import torch
+from torch import Tensor, nn
+
+from . import fusion
+
+_FLAG = "_resnet_ext_frozen"   # pickled: an unpickled frozen model is frozen again
+_STATE = "_resnet_ext_folds"   # not pickled: the folds themselves
+
+
+class FrozenUnit:
+    """The frozen fold of one (conv, bn): the weight and bias, and per input size the oneDNN-prepacked weight."""
+
+    __slots__ = ("bn", "param", "weight", "bias", "packed")
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, weight: Tensor, bias: Tensor):
+        self.bn, self.param, self.weight, self.bias = bn, conv.weight, weight, bias
+        self.packed: Dict[tuple, Tensor] = {}
+
+    def run(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool,
+            residual: Optional[Tensor]) -> Optional[Tensor]:
+        """The unit's output from the frozen fold, or None where the fold no longer belongs to these modules."""
+        if bn is not self.bn or conv.weight is not self.param or x.dtype != self.weight.dtype:
+            return None
+        if fusion._onednn_ok(x, self.weight, self.bias, residual):
+            key = tuple(x.shape[1:])
+            w = self.packed.get(key)
+            if w is None:
+                w = torch.ops.mkldnn._reorder_convolution_weight(
+                    self.weight, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
+                    list(x.shape))
+                self.packed[key] = w
+            fusion.count("onednn_prepacked")
+            return fusion.onednn_conv(x, w, self.bias, conv, relu, residual)
+        return fusion.conv_bn_act(x, self.weight, self.bias, residual, conv.stride, conv.padding, conv.dilation,
+                                  relu, conv.groups)
 
 
 def freeze(model: nn.Module) -> nn.Module:
-    """Puts `model` (a resnet_ext ResNet) in eval mode and freezes it in place; returns it."""
+    """Puts `model` (a resnet_ext ResNet) in eval mode and freezes it in place: BN folded once, weights prepacked
+    for oneDNN on the CPU. Call it again after changing weights. Returns `model`."""
+    if not hasattr(model, "_forward_fused"):
+        raise TypeError(f"freeze: expected a resnet_ext ResNet, got {type(model).__name__}")
     model.eval()
-    model._resnet_ext_frozen = True
+    model.__dict__[_FLAG] = True
+    model.__dict__[_STATE] = _fold(model)
     return model
 
 
 def unfreeze(model: nn.Module) -> nn.Module:
-    """Back to the default mode (every forward reads the live parameters); returns `model`."""
-    model.__dict__.pop("_resnet_ext_frozen", None)
+    """Back to the default mode (every forward reads the live parameters). Returns `model`."""
+    model.__dict__.pop(_FLAG, None)
+    model.__dict__.pop(_STATE, None)
     return model
 
 
 def is_frozen(model: nn.Module) -> bool:
-    return bool(model.__dict__.get("_resnet_ext_frozen", False))
+    return bool(model.__dict__.get(_FLAG, False))
+
+
+def invalidate(model: nn.Module) -> None:
+    """Drops the folds; a frozen model refolds on its next eval forward."""
+    model.__dict__.pop(_STATE, None)
+
+
+def folds_of(model: nn.Module) -> Optional[Dict[nn.Module, FrozenUnit]]:
+    """The frozen folds of `model` (computed now if they were dropped), or None if it is not frozen."""
+    if not model.__dict__.get(_FLAG, False):
+        return None
+    state = model.__dict__.get(_STATE)
+    if state is None:
+        state = model.__dict__[_STATE] = _fold(model)
+    return state
+
+
+def _fold(model: nn.Module) -> Dict[nn.Module, FrozenUnit]:
+    pairs = fusion.model_pairs(model)
+    with torch.no_grad():
+        folded = fusion.fold_pairs(pairs, channels_last=True)
+    return {conv: FrozenUnit(conv, bn, w, b) for (conv, bn), (w, b) in zip(pairs, folded)}

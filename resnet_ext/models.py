@@ -1,92 +1,26 @@
 """ResNet models that are drop-ins for torchvision.models.resnet: same constructor arguments, same submodules,
-same state_dict keys, same numbers.
+same state_dict keys, same numbers, same behaviour under hooks, module swaps, tracing, scripting and export.
 
-Train mode runs torchvision's own op sequence. Eval mode runs each conv + BatchNorm (+ ReLU) and each bottleneck
-tail conv + BN + residual add + ReLU as one `resnet_ext::conv_bn_act` call with BN folded into the conv; the folded
-weights are cached per conv and re-folded whenever a parameter or buffer they came from changed (optimizer step,
-load_state_dict, .to()/.half(), running statistics updated in train mode).
+Each block's forward is torchvision's; where its conv + BatchNorm (+ residual) (+ ReLU) units are the stock modules
+without hooks (see `fusion`), they run fused instead: in eval mode one `conv_bn_act` call per unit with the BN
+folded into the conv (folded afresh on every forward, in one batch for the whole model, or once in the frozen
+mode, see `frozen`), in training mode the stock conv then one fused BN(+add)+ReLU op.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, List, Optional, Type, Union
 
 import torch
 from torch import Tensor, nn
 
-from .bn_act import bn_act
-from .ops import conv_bn_act, fold_bn_weights
+from . import frozen as _frozen
+from . import fusion
+from .weights import load_state, resolve_weights
 
 __all__ = [
     "ResNet", "BasicBlock", "Bottleneck", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
     "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
 ]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# conv + BN (+ residual) (+ ReLU) with BN folded
-# --------------------------------------------------------------------------------------------------------------
-
-def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
-    return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
-            and isinstance(bn, nn.modules.batchnorm._BatchNorm) and not bn.training
-            and bn.running_mean is not None and bn.running_var is not None)
-
-
-def _is_tracing() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler and (compiler.is_compiling() or getattr(compiler, "is_exporting", lambda: False)()))
-
-
-def _sources(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm):
-    return (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-
-
-def _folded(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm, channels_last: bool, use_cache: bool):
-    def fold():
-        w, b = fold_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
-        return (w.contiguous(memory_format=torch.channels_last) if channels_last else w), b
-
-    if not use_cache:
-        return fold()
-    src = _sources(conv, bn)
-    try:
-        # Data pointers and version counters of every source: any in-place update bumps a version, any new tensor
-        # (.to(), .half(), load_state_dict(assign=True), .data = ...) has a new pointer, since the cache keeps its
-        # old sources alive (no pointer can be reused while they are).
-        key = (tuple(0 if t is None else t.data_ptr() for t in src),
-               tuple(0 if t is None else t._version for t in src), bn.eps, channels_last)
-    except RuntimeError:  # inference tensors (converted inside torch.inference_mode) have no version counter
-        return fold()
-    cache = conv.__dict__.get("_resnet_ext_fold")
-    if cache is not None and cache[0] == key:
-        return cache[2], cache[3]
-    with torch.no_grad():
-        w, b = fold()
-    conv.__dict__["_resnet_ext_fold"] = (key, src, w, b)
-    return w, b
-
-
-def _fused_train_bn(bn: nn.Module) -> bool:
-    return type(bn) in (nn.BatchNorm2d, nn.SyncBatchNorm) and bn.training
-
-
-def conv_bn(conv: nn.Conv2d, bn: nn.Module, x: Tensor, relu: bool, residual: Optional[Tensor] = None,
-            relu_module: Optional[nn.Module] = None) -> Tensor:
-    """relu?(bn(conv(x)) + residual): in eval one fused op with BN folded into the conv; in training the stock conv
-    then one fused BN(+add)+ReLU op; other norm layers run the stock modules in torchvision's order."""
-    if _fused_train_bn(bn):
-        return bn_act(conv(x), bn, residual, relu)
-    if not _foldable(conv, bn):
-        out = bn(conv(x))
-        if residual is not None:
-            out = out + residual
-        return (relu_module or nn.functional.relu)(out) if relu else out
-    needs_grad = torch.is_grad_enabled() and (
-        x.requires_grad or any(t is not None and t.requires_grad for t in _sources(conv, bn))
-        or (residual is not None and residual.requires_grad))
-    w, b = _folded(conv, bn, channels_last=x.is_cuda, use_cache=not needs_grad and not _is_tracing())
-    return conv_bn_act(x, w, b, residual, conv.stride, conv.padding, conv.dilation, relu, conv.groups)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -100,16 +34,6 @@ def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1, d
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
-
-
-def _shortcut(block: nn.Module, x: Tensor) -> Tensor:
-    ds = block.downsample
-    if ds is None:
-        return x
-    if (isinstance(ds, nn.Sequential) and len(ds) == 2 and type(ds[0]) is nn.Conv2d
-            and (_foldable(ds[0], ds[1]) or _fused_train_bn(ds[1]))):
-        return conv_bn(ds[0], ds[1], x, relu=False)
-    return ds(x)
 
 
 class BasicBlock(nn.Module):
@@ -134,8 +58,30 @@ class BasicBlock(nn.Module):
         self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
-        out = conv_bn(self.conv1, self.bn1, x, relu=True, relu_module=self.relu)
-        return conv_bn(self.conv2, self.bn2, out, relu=True, residual=_shortcut(self, x), relu_module=self.relu)
+        if not torch.jit.is_scripting():
+            if fusion.enabled():
+                return self._forward_fused(x)
+        identity = x
+
+        out = self.conv1(x)
+        out = self.bn1(out)
+        out = self.relu(out)
+
+        out = self.conv2(out)
+        out = self.bn2(out)
+
+        if self.downsample is not None:
+            identity = self.downsample(x)
+
+        out += identity
+        out = self.relu(out)
+
+        return out
+
+    @torch.jit.unused
+    def _forward_fused(self, x: Tensor) -> Tensor:
+        out = fusion.unit(self.conv1, self.bn1, self.relu, x)
+        return fusion.unit(self.conv2, self.bn2, self.relu, out, shortcut=lambda: fusion.downsample(self.downsample, x))
 
 
 class Bottleneck(nn.Module):
@@ -160,9 +106,35 @@ class Bottleneck(nn.Module):
         self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
-        out = conv_bn(self.conv1, self.bn1, x, relu=True, relu_module=self.relu)
-        out = conv_bn(self.conv2, self.bn2, out, relu=True, relu_module=self.relu)
-        return conv_bn(self.conv3, self.bn3, out, relu=True, residual=_shortcut(self, x), relu_module=self.relu)
+        if not torch.jit.is_scripting():
+            if fusion.enabled():
+                return self._forward_fused(x)
+        identity = x
+
+        out = self.conv1(x)
+        out = self.bn1(out)
+        out = self.relu(out)
+
+        out = self.conv2(out)
+        out = self.bn2(out)
+        out = self.relu(out)
+
+        out = self.conv3(out)
+        out = self.bn3(out)
+
+        if self.downsample is not None:
+            identity = self.downsample(x)
+
+        out += identity
+        out = self.relu(out)
+
+        return out
+
+    @torch.jit.unused
+    def _forward_fused(self, x: Tensor) -> Tensor:
+        out = fusion.unit(self.conv1, self.bn1, self.relu, x)
+        out = fusion.unit(self.conv2, self.bn2, self.relu, out)
+        return fusion.unit(self.conv3, self.bn3, self.relu, out, shortcut=lambda: fusion.downsample(self.downsample, x))
 
 
 class ResNet(nn.Module):
@@ -227,9 +199,40 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def _forward_impl(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            if fusion.enabled():
+                return self._forward_fused(x)
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = self.relu(x)
+        x = self.maxpool(x)
+
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        x = self.layer4(x)
+
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        x = self.fc(x)
+
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._forward_impl(x)
+
+    @torch.jit.unused
+    def _forward_fused(self, x: Tensor) -> Tensor:
         if x.is_cuda and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)  # the fused kernels are NHWC
-        x = conv_bn(self.conv1, self.bn1, x, relu=True, relu_module=self.relu)
+        if torch.compiler.is_compiling():  # each unit folds in the graph, which the compiler fuses
+            return self._forward_units(x)
+        with fusion.using_folds(self._folds(x)):
+            return self._forward_units(x)
+
+    @torch.jit.unused
+    def _forward_units(self, x: Tensor) -> Tensor:
+        x = fusion.unit(self.conv1, self.bn1, self.relu, x)
         x = self.maxpool(x)
         x = self.layer1(x)
         x = self.layer2(x)
@@ -239,8 +242,39 @@ class ResNet(nn.Module):
         x = torch.flatten(x, 1)
         return self.fc(x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self._forward_impl(x)
+    @torch.jit.unused
+    def _folds(self, x: Tensor):
+        """This forward's BN folds: the frozen ones (plain eager only), else all of them now, in one batch."""
+        if self.training:
+            return None
+        frozen = None if torch.jit.is_tracing() else _frozen.folds_of(self)
+        if frozen is not None:
+            return frozen
+        pairs = fusion.model_pairs(self)
+        grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        with torch.set_grad_enabled(grad):
+            folded = fusion.fold_pairs(pairs, channels_last=x.dim() == 4)
+        return {conv: f for (conv, _), f in zip(pairs, folded)}
+
+    # The frozen folds follow what resnet_ext can see change: conversions, loads, training.
+    def train(self, mode: bool = True):
+        if mode:
+            _frozen.invalidate(self)
+        return super().train(mode)
+
+    def _apply(self, fn, recurse=True):
+        _frozen.invalidate(self)
+        return super()._apply(fn, recurse)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        _frozen.invalidate(self)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        state.pop(_frozen._STATE, None)
+        return state
 
     def to_torchvision(self) -> nn.Module:
         """The torchvision ResNet with this model's parameters and buffers (shared, not copied)."""
@@ -253,44 +287,14 @@ class ResNet(nn.Module):
 # Constructors and weights
 # --------------------------------------------------------------------------------------------------------------
 
-def _load_weights(model: nn.Module, weights: Any, progress: bool) -> None:
-    """weights: a torchvision WeightsEnum entry (or its name as a string, e.g. "IMAGENET1K_V2"), a checkpoint path,
-    or a state dict."""
-    if isinstance(weights, dict):
-        state = weights
-    elif isinstance(weights, (str, os.PathLike)) and os.path.exists(weights):
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-            state = state["model"]  # a training checkpoint (examples/train.py, torchvision's reference scripts)
-    elif hasattr(weights, "get_state_dict"):
-        state = weights.get_state_dict(progress=progress, check_hash=True)
-    else:
-        raise ValueError(f"weights must be a torchvision weights entry, a checkpoint path or a state dict; got "
-                         f"{weights!r}" + (" (no such file)" if isinstance(weights, (str, os.PathLike)) else ""))
-    model.load_state_dict(state)
-
-
-def _resolve_weights(arch: str, weights: Any) -> Any:
-    """A weights name such as "IMAGENET1K_V2" or "DEFAULT" becomes torchvision's enum entry for `arch`."""
-    if isinstance(weights, str) and not os.path.exists(weights):
-        from torchvision.models import get_model_weights
-        enum = get_model_weights(arch)
-        try:
-            return enum[weights] if weights != "DEFAULT" else enum.DEFAULT
-        except KeyError:
-            names = ", ".join(e.name for e in enum)
-            raise ValueError(f"unknown weights {weights!r} for {arch}; known: {names}, DEFAULT") from None
-    return weights
-
-
 def _resnet(arch: str, block, layers: List[int], weights: Any, progress: bool, **kwargs: Any) -> ResNet:
-    weights = _resolve_weights(arch, weights)
+    weights = resolve_weights(arch, weights)
     meta = getattr(weights, "meta", None)
     if meta and "categories" in meta:
         kwargs.setdefault("num_classes", len(meta["categories"]))
     model = ResNet(block, layers, **kwargs)
     if weights is not None:
-        _load_weights(model, weights, progress)
+        model.load_state_dict(load_state(weights, progress))
     return model
 
 

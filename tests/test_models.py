@@ -38,7 +38,7 @@ def test_eval_matches_torchvision(arch, kwargs):
     assert rel_err(y_cl, ref) < 1e-4
     # Every conv of the network went through the fused op (BN folded), none through stock conv + BN modules.
     n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in ours.modules())
-    assert resnet_ext.path_counts() == {"stock:cpu": 2 * n_convs}
+    assert resnet_ext.path_counts() == {"onednn": 2 * n_convs}
 
 
 def test_state_dict_keys_strict_both_ways():
@@ -171,7 +171,7 @@ def test_weights_from_path_state_dict_and_enum(tmp_path):
         resnet_ext.resnet101(weights=str(path))
     # An enum entry sets num_classes from its metadata (loading it needs the network: not done here).
     enum = torchvision.models.ResNet50_Weights.IMAGENET1K_V2
-    assert resnet_ext.models._resolve_weights("resnet50", "IMAGENET1K_V2") is enum
+    assert resnet_ext.weights.resolve_weights("resnet50", "IMAGENET1K_V2") is enum
 
 
 def test_deepcopy_and_pickle_keep_working():

@@ -1,0 +1,254 @@
+"""When a conv + BatchNorm (+ residual) (+ ReLU) unit may run fused, and how.
+
+The contract (README, "Default and frozen modes"): a unit runs fused only when its modules are exactly the stock
+ones (`nn.Conv2d` with zero padding, `nn.BatchNorm2d`, `nn.ReLU`) with no hooks of their own and no global module
+hooks, and only outside FX symbolic tracing and ONNX export; anything else runs that unit through its modules, in
+torchvision's order. In eval mode the BN is folded into the conv on every forward (one batched fold for the
+whole model, see `fold_pairs`), unless the model is frozen (`resnet_ext.freeze`), whose folds are computed once.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules import module as _module
+
+from . import ops
+from .bn_act import bn_act
+from .ops import conv_bn_act
+
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks", "_global_forward_hooks_always_called")
+_TRAIN_BN = (nn.BatchNorm2d, nn.SyncBatchNorm)
+
+
+def enabled() -> bool:
+    """False where the model must show torchvision's module graph: FX symbolic tracing (feature extraction), ONNX
+    export, or a global module hook that every module call must reach."""
+    if torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.onnx.is_in_onnx_export():
+        return False
+    return not any(getattr(_module, name, None) for name in _GLOBAL_HOOKS)
+
+
+def _hookless(m: nn.Module) -> bool:
+    return not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+
+
+def plain_relu(relu: Optional[nn.Module]) -> bool:
+    return relu is None or (type(relu) is nn.ReLU and _hookless(relu))
+
+
+def _plain_conv(conv: nn.Module) -> bool:
+    # A parametrized conv has another type; legacy weight_norm / spectral_norm are forward pre-hooks.
+    return type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple) \
+        and _hookless(conv)
+
+
+def foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    """conv + an eval-mode BN that uses its running statistics, both stock and without hooks."""
+    return (_plain_conv(conv) and type(bn) is nn.BatchNorm2d and _hookless(bn) and not bn.training
+            and bn.running_mean is not None and bn.running_var is not None)
+
+
+def train_fusable(bn: nn.Module) -> bool:
+    return type(bn) in _TRAIN_BN and _hookless(bn) and bn.training
+
+
+# Paths taken in Python (oneDNN calls, units run through their modules), next to the op's own counters.
+_counts: Dict[str, int] = {}
+
+
+def count(path: str) -> None:
+    if torch.compiler.is_compiling():
+        return
+    _counts[path] = _counts.get(path, 0) + 1
+
+
+def path_counts() -> dict:
+    """How many eager conv units took each path since the last `reset_path_counts()`: the op's paths
+    ("fused:<kernel>", "cudnn_fused", "stock:<device>"), "onednn" / "onednn_prepacked" (CPU, oneDNN convolution
+    with fused post-ops), "modules" (run through the modules as torchvision does: hooks, swapped modules, ...)."""
+    counts = ops.path_counts()
+    for k, v in _counts.items():
+        counts[k] = counts.get(k, 0) + v
+    return counts
+
+
+def reset_path_counts() -> None:
+    ops.reset_path_counts()
+    _counts.clear()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Folding
+# --------------------------------------------------------------------------------------------------------------
+
+Fold = Tuple[Tensor, Tensor]  # (folded weight, folded bias)
+
+
+def fold_pairs(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]], channels_last: bool) -> List[Fold]:
+    """BN folded into each conv of `pairs`, batched: the per-channel scale and shift of every BN are computed in
+    one pass over the concatenated statistics (in at least fp32, as `fold_bn_weights`), then one multiply per
+    weight writes the folded weight in the layout the kernels want. Differentiable when grad mode is on."""
+    if not pairs:
+        return []
+    conv0, bn0 = pairs[0]
+    dtype, device = conv0.weight.dtype, conv0.weight.device
+    acc = torch.promote_types(dtype, torch.float32)
+    if any(c.weight.dtype != dtype or c.weight.device != device for c, _ in pairs):
+        return [fold_pairs([p], channels_last)[0] for p in pairs]  # mixed dtypes/devices: one at a time
+    sizes = [c.weight.shape[0] for c, _ in pairs]
+
+    def cat(tensors):
+        return torch.cat([t.to(acc) for t in tensors]) if len(tensors) > 1 else tensors[0].to(acc)
+
+    def vec(getter, fill):
+        return cat([getter(c, b) if getter(c, b) is not None else torch.full((n,), fill, device=device)
+                    for (c, b), n in zip(pairs, sizes)])
+
+    eps = {b.eps for _, b in pairs}
+    var = cat([b.running_var for _, b in pairs])
+    if len(eps) == 1:
+        scale = torch.rsqrt(var + eps.pop())
+    else:
+        scale = torch.rsqrt(var + torch.tensor([b.eps for _, b in pairs], dtype=acc, device=device)
+                            .repeat_interleave(torch.tensor(sizes, device=device)))
+    scale = scale * vec(lambda c, b: b.weight, 1.0)
+    shift = vec(lambda c, b: c.bias, 0.0) - cat([b.running_mean for _, b in pairs])
+    shift = shift * scale + vec(lambda c, b: b.bias, 0.0)
+    biases = shift.to(dtype).split(sizes)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    weights = []
+    differentiable = torch.is_grad_enabled()
+    for (conv, _), s in zip(pairs, scale.split(sizes)):
+        s = s.view(-1, 1, 1, 1)
+        if differentiable:
+            weights.append((conv.weight * s).to(dtype).contiguous(memory_format=fmt))
+        else:  # one kernel: multiply in fp32, store in the weight's dtype and the wanted layout
+            out = torch.empty_like(conv.weight, memory_format=fmt)
+            weights.append(torch.mul(conv.weight, s, out=out))
+    return list(zip(weights, biases))
+
+
+# The folds of the model forward in progress: conv module -> Fold (or a frozen entry), set by ResNet.forward so
+# that the blocks it calls find their folds computed in one batch; a block called on its own folds its own units.
+_FOLDS: contextvars.ContextVar[Optional[Dict[nn.Module, object]]] = contextvars.ContextVar("resnet_ext_folds",
+                                                                                         default=None)
+
+
+@contextlib.contextmanager
+def using_folds(folds: Optional[Dict[nn.Module, object]]):
+    token = _FOLDS.set(folds)
+    try:
+        yield
+    finally:
+        _FOLDS.reset(token)
+
+
+def _needs_grad(x: Tensor, conv: nn.Module, bn: nn.Module, residual: Optional[Tensor]) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    return (x.requires_grad or conv.weight.requires_grad or (residual is not None and residual.requires_grad)
+            or any(t is not None and t.requires_grad for t in (conv.bias, bn.weight, bn.bias)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Running one unit
+# --------------------------------------------------------------------------------------------------------------
+
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _onednn_ok(x: Tensor, w: Tensor, b: Tensor, residual: Optional[Tensor]) -> bool:
+    """oneDNN's fused convolution has no autograd: only where no gradient is wanted, and in eager mode (a
+    compiler or tracer sees the resnet_ext op)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or b.requires_grad
+                                    or (residual is not None and residual.requires_grad)):
+        return False
+    return (x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES and w.dtype == x.dtype and x.dim() == 4
+            and x.numel() > 0 and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+
+def onednn_conv(x: Tensor, w: Tensor, b: Tensor, conv: nn.Conv2d, relu: bool, residual: Optional[Tensor]) -> Tensor:
+    """relu?(conv(x, w) + b + residual) as one oneDNN convolution with fused post-ops (ATen's mkldnn ops, the
+    ones inductor uses after freezing); `w` may be a plain or a prepacked (opaque oneDNN) weight."""
+    mk = torch.ops.mkldnn
+    args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+    unary = "relu" if relu else "none"
+    if residual is None:
+        return mk._convolution_pointwise(x, w, b, *args, unary, [], "")
+    return mk._convolution_pointwise.binary(x, residual, w, b, *args, "add", 1.0, unary, [], "")
+
+
+def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residual: Optional[Tensor]) -> Tensor:
+    """relu?(bn(conv(x)) + residual) for a foldable (conv, bn), fused."""
+    folds = None if torch.compiler.is_compiling() else _FOLDS.get()
+    entry = folds.get(conv) if folds is not None else None
+    if entry is not None and hasattr(entry, "run"):  # a frozen entry: folded once (and prepacked on the CPU)
+        out = entry.run(conv, bn, x, relu, residual)
+        if out is not None:
+            return out
+        entry = None
+    if entry is None:
+        with contextlib.nullcontext() if _needs_grad(x, conv, bn, residual) else torch.no_grad():
+            entry = fold_pairs([(conv, bn)], channels_last=x.dim() == 4)[0]
+    w, b = entry
+    if _onednn_ok(x, w, b, residual):
+        count("onednn")
+        return onednn_conv(x, w, b, conv, relu, residual)
+    return conv_bn_act(x, w, b, residual, conv.stride, conv.padding, conv.dilation, relu, conv.groups)
+
+
+def unit(conv: nn.Module, bn: nn.Module, relu_mod: Optional[nn.Module], x: Tensor,
+         residual: Optional[Tensor] = None, shortcut=None) -> Tensor:
+    """relu(bn(conv(x)) + residual) (no ReLU when `relu_mod` is None), fused where the modules allow, else through
+    the modules exactly as torchvision's blocks call them. `shortcut`, a callable giving the residual, is called
+    where torchvision calls the downsample: after conv and bn."""
+    relu_ok = plain_relu(relu_mod)
+    if relu_ok and foldable(conv, bn):
+        if shortcut is not None:
+            residual = shortcut()
+        return eval_unit(conv, bn, x, relu_mod is not None, residual)
+    if relu_ok and train_fusable(bn) and x.numel() > 0:
+        out = conv(x)
+        if shortcut is not None:
+            residual = shortcut()
+        return bn_act(out, bn, residual, relu_mod is not None)
+    count("modules")
+    out = bn(conv(x))
+    if shortcut is not None:
+        residual = shortcut()
+    if residual is not None:
+        out += residual
+    return relu_mod(out) if relu_mod is not None else out
+
+
+def downsample(ds: Optional[nn.Module], x: Tensor) -> Tensor:
+    """The block's shortcut: x, or downsample(x) with its conv + BN fused where they are the stock pair."""
+    if ds is None:
+        return x
+    if type(ds) is nn.Sequential and len(ds) == 2 and _hookless(ds):
+        conv, bn = ds[0], ds[1]
+        if foldable(conv, bn) or (_plain_conv(conv) and train_fusable(bn) and x.numel() > 0):
+            return unit(conv, bn, None, x)
+    return ds(x)
+
+
+def model_pairs(model: nn.Module) -> List[Tuple[nn.Conv2d, nn.BatchNorm2d]]:
+    """Every foldable (conv, bn) pair the fused forward of `model` will look up, in forward order."""
+    from .models import BasicBlock, Bottleneck
+
+    pairs = [(model.conv1, model.bn1)]
+    for m in model.modules():
+        if type(m) in (BasicBlock, Bottleneck):
+            names = ("1", "2", "3") if type(m) is Bottleneck else ("1", "2")
+            pairs += [(getattr(m, "conv" + n), getattr(m, "bn" + n)) for n in names]
+            ds = m.downsample
+            if type(ds) is nn.Sequential and len(ds) == 2:
+                pairs.append((ds[0], ds[1]))
+    return [(c, b) for c, b in pairs if foldable(c, b)]
