@@ -102,29 +102,34 @@ class _SyncBnAct(torch.autograd.Function):
     def forward(ctx, x, residual, weight, bias, shift, eps, relu, group):
         c = x.shape[1]
         sums = ops.bn_stats(x, shift)
-        count = sums.new_tensor([x.numel() // c])
-        packed = _all_reduce(torch.cat([sums.reshape(-1), count]), group)
-        sums, n = packed[:-1].reshape(2, c), packed[-1]
+        # Sums and count all-reduced in float64 in one call: the count stays exact (to 2^53) and on the device,
+        # so no layer waits for the host.
+        count = torch.full((1,), x.numel() // c, dtype=torch.float64, device=x.device)
+        packed = _all_reduce(torch.cat([sums.reshape(-1).double(), count]), group)
+        n = packed[-1]
+        sums = packed[:-1].reshape(2, c).to(sums.dtype)
         mu = sums[0] / n
         var = (sums[1] / n - mu * mu).clamp_min(0)
         mean = (shift.to(sums.dtype) if shift is not None else 0) + mu
         invstd = torch.rsqrt(var + eps)
         y = ops.bn_act_apply(x, residual, weight, bias, mean, invstd, relu)
         ctx.relu, ctx.has_residual, ctx.group = relu, residual is not None, group
-        ctx.count = float(n.item())
-        ctx.save_for_backward(x, weight, y, mean, invstd)
+        ctx.save_for_backward(x, weight, y, mean, invstd, n)
         var_unbiased = var * (n / (n - 1))
         ctx.mark_non_differentiable(mean, var_unbiased)
         return y, mean, var_unbiased
 
     @staticmethod
     def backward(ctx, grad_y, _gm, _gv):
-        x, weight, y, mean, invstd = ctx.saved_tensors
+        x, weight, y, mean, invstd, n = ctx.saved_tensors
         grad_y = grad_y.contiguous(memory_format=_fmt(x))
         local = ops.bn_act_backward_reduce(grad_y, y, x, mean, invstd, ctx.relu)
         total = _all_reduce(local.clone(), ctx.group)
         need_res = ctx.has_residual and ctx.needs_input_grad[1]
-        dx, dres = ops.bn_act_backward_apply(grad_y, y, x, weight, mean, invstd, total, ctx.count, ctx.relu, need_res)
+        # The op divides the sums by `count`; dividing them here by the device-side count (and passing 1) keeps
+        # the backward free of host syncs too.
+        dx, dres = ops.bn_act_backward_apply(grad_y, y, x, weight, mean, invstd, (total / n).to(total.dtype), 1.0,
+                                             ctx.relu, need_res)
         # weight/bias gradients stay local sums: DDP averages them, as it does nn.SyncBatchNorm's.
         dw, db = local[1].to(weight.dtype), local[0].to(weight.dtype)
         return dx, dres if need_res else None, dw, db, None, None, None, None
@@ -146,22 +151,33 @@ def _group_of(bn: nn.Module):
 
 def bn_act(x: Tensor, bn: nn.modules.batchnorm._BatchNorm, residual: Optional[Tensor] = None,
            relu: bool = True) -> Tensor:
-    """relu?(bn(x) + residual) for a train-mode BatchNorm `bn`, in one fused op; updates bn's running statistics
-    and num_batches_tracked exactly as bn(x) would. Cross-process statistics when bn was converted with
-    `convert_sync_batchnorm` (or is an nn.SyncBatchNorm) and torch.distributed is initialised."""
-    factor = 0.0
-    if bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    """relu?(bn(x) + residual) with bn's own semantics. For a train-mode BatchNorm (batch statistics) in one fused
+    op that updates bn's running statistics and num_batches_tracked exactly as bn(x) would (nothing is updated
+    when the call fails); cross-process statistics when bn was converted with `convert_sync_batchnorm` (or is an
+    nn.SyncBatchNorm) and torch.distributed is initialised. For an eval-mode BatchNorm (running statistics, or
+    batch statistics when it tracks none) it computes bn(x) with the stock op and changes no state."""
+    if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+        raise TypeError(f"bn_act: bn must be a BatchNorm module, got {type(bn).__name__}")
+    if not bn.training and bn.running_mean is not None or x.numel() == 0:
+        out = bn(x)  # eval semantics, and the empty batch exactly as BatchNorm handles it
+        if residual is not None:
+            out = out + residual
+        return torch.relu(out) if relu else out
     weight = bn.weight if bn.weight is not None else torch.ones(x.shape[1], device=x.device, dtype=x.dtype)
     bias = bn.bias if bn.bias is not None else torch.zeros(x.shape[1], device=x.device, dtype=x.dtype)
-    shift = bn.running_mean if bn.track_running_stats else None
+    track = bn.track_running_stats and bn.running_mean is not None
+    shift = bn.running_mean if track else None
     group = _group_of(bn)
     if group is not None:
         y, mean, var_unbiased = _SyncBnAct.apply(x, residual, weight, bias, shift, bn.eps, relu, group)
     else:
         y, mean, _invstd, var_unbiased = ops.bn_act_train(x, residual, weight, bias, shift, bn.eps, relu)
-    if bn.track_running_stats and bn.running_mean is not None:
+    if bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+    if track:
+        factor = bn.momentum
+        if factor is None:  # cumulative moving average, as nn.BatchNorm2d
+            factor = 1.0 / float(bn.num_batches_tracked)
         with torch.no_grad():  # running = (1 - factor) * running + factor * batch, both buffers in one launch
             torch._foreach_lerp_([bn.running_mean, bn.running_var],
                                  [mean.detach().to(bn.running_mean.dtype),

@@ -27,8 +27,10 @@ _TRAIN_BN = (nn.BatchNorm2d, nn.SyncBatchNorm)
 
 def enabled() -> bool:
     """False where the model must show torchvision's module graph: FX symbolic tracing (feature extraction), ONNX
-    export, or a global module hook that every module call must reach."""
-    if torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.onnx.is_in_onnx_export():
+    export, a global module hook that every module call must reach; and under torch.func transforms, which the
+    ops' autograd (torch.library) does not support."""
+    if (torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.onnx.is_in_onnx_export()
+            or torch._C._are_functorch_transforms_active()):
         return False
     return not any(getattr(_module, name, None) for name in _GLOBAL_HOOKS)
 

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from . import frozen as _frozen
 from . import fusion
+from ._recast import convert
 from .weights import load_state, resolve_weights
 
 __all__ = [
@@ -278,9 +279,9 @@ class ResNet(nn.Module):
 
     def to_torchvision(self) -> nn.Module:
         """The torchvision ResNet with this model's parameters and buffers (shared, not copied)."""
-        from .convert import to_torchvision
+        from torchvision.models import resnet as tv
 
-        return to_torchvision(self)
+        return convert(self, (ResNet, BasicBlock, Bottleneck), (tv.ResNet, tv.BasicBlock, tv.Bottleneck))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -153,8 +153,8 @@ def test_bad_input_names_the_argument(over, match):
 
 def test_model_train_mode_uses_the_fused_op(monkeypatch):
     calls = []
-    real = resnet_ext.models.bn_act
-    monkeypatch.setattr(resnet_ext.models, "bn_act", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = resnet_ext.fusion.bn_act
+    monkeypatch.setattr(resnet_ext.fusion, "bn_act", lambda *a, **k: calls.append(1) or real(*a, **k))
     model = resnet_ext.resnet50(num_classes=10).train()
     model(torch.randn(2, 3, 64, 64)).sum().backward()
     assert len(calls) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())

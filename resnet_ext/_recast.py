@@ -1,0 +1,27 @@
+"""A module tree rebuilt with some classes swapped, sharing every Parameter and buffer object (see convert.py)."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict, Type
+
+from torch import nn
+
+# Per-instance state of resnet_ext models that a converted model must not inherit (the frozen folds).
+_DROP = ("_resnet_ext_frozen", "_resnet_ext_folds")
+
+
+def recast_tree(m: nn.Module, classes: Dict[Type[nn.Module], Type[nn.Module]]) -> nn.Module:
+    cls = classes.get(type(m), type(m))
+    new = cls.__new__(cls)
+    state = {k: (v.copy() if isinstance(v, dict) else v) for k, v in m.__dict__.items() if k not in _DROP}
+    state["_modules"] = OrderedDict((name, None if c is None else recast_tree(c, classes))
+                                    for name, c in m._modules.items())
+    new.__dict__.update(state)
+    return new
+
+
+def convert(model: nn.Module, source, target) -> nn.Module:
+    if type(model) is not source[0]:
+        raise TypeError(f"expected a {source[0].__module__}.{source[0].__name__}, got {type(model).__name__} (a "
+                        f"subclass may override forward, which the other library's class would lose)")
+    return recast_tree(model, dict(zip(source, target)))

@@ -1,0 +1,434 @@
+"""The default mode is torchvision's answer under every way a user can change weights, modules or hooks, and the
+model traces, scripts and exports like torchvision's; the frozen mode keeps its stated contract.
+
+Every comparison runs our model and a torchvision model holding the same Parameter and buffer objects
+(`from_torchvision` shares them), after the fused path has run once (so any cache would be warm)."""
+import io
+import pickle
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import resnet_ext
+from conftest import randomize_bn, rel_err
+
+TOL = 1e-4
+
+
+def pair(arch="resnet50", train=False, **kw):
+    tv = randomize_bn(getattr(torchvision.models, arch)(num_classes=10, **kw))
+    ours = resnet_ext.from_torchvision(tv)
+    return ours.train(train), tv.train(train)
+
+
+def x_(n=2, size=32, seed=0):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def same(ours, tv, x, tol=TOL):
+    with torch.no_grad():
+        y, ref = ours(x), tv(x)
+    assert rel_err(y, ref) < tol, rel_err(y, ref)
+    return y
+
+
+def warm(ours, x):
+    with torch.no_grad():
+        ours(x)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Weight and buffer changes, including those that bypass version counters
+# ------------------------------------------------------------------------------------------------------------
+
+def _params(m):
+    return [p for p in m.parameters()]
+
+
+MUTATIONS = {
+    "data_inplace": lambda m: [p.data.mul_(1.5) for p in _params(m)],
+    "data_assign_twice": lambda m: [setattr(p, "data", p.data * 1.25) for p in _params(m) for _ in range(2)],
+    "numpy_write": lambda m: [b.numpy().__imul__(2.0) for n, b in m.named_buffers() if n.endswith("running_var")],
+    "copy_no_grad": lambda m: [p.copy_(p * 0.5) for p in _params(m)],
+    "apply_init": lambda m: m.apply(lambda mod: mod.weight.data.normal_(0, 0.05) if isinstance(mod, nn.Conv2d)
+                                    else None),
+    "vector_to_parameters_then_edit": lambda m: (
+        torch.nn.utils.vector_to_parameters(torch.nn.utils.parameters_to_vector(m.parameters()) * 1.1,
+                                            m.parameters()),
+        [p.data.add_(0.01) for p in _params(m)]),
+    "running_mean_data": lambda m: [b.data.add_(0.3) for n, b in m.named_buffers() if n.endswith("running_mean")],
+    "eps": lambda m: [setattr(b, "eps", 0.5) for b in m.modules() if isinstance(b, nn.BatchNorm2d)],
+}
+
+
+@pytest.mark.parametrize("name", list(MUTATIONS))
+def test_eval_sees_every_weight_change(name):
+    ours, tv = pair()
+    x = x_()
+    warm(ours, x)
+    with torch.no_grad():
+        MUTATIONS[name](ours)
+        if name == "eps":
+            MUTATIONS[name](tv)  # eps is a module attribute, not shared
+    same(ours, tv, x)
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, foreach=False),
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, foreach=True),
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, fused=True),
+    lambda p: torch.optim.Adam(p, lr=1e-2, fused=True),
+    lambda p: torch.optim.AdamW(p, lr=1e-2, fused=True),
+], ids=["sgd_loop", "sgd_foreach", "sgd_fused", "adam_fused", "adamw_fused"])
+def test_eval_after_optimizer_steps_with_frozen_bn(make_opt):
+    # Fine-tuning with BN in eval mode: the folded path must see every step, including fused optimizers,
+    # which do not bump version counters.
+    ours, tv = pair("resnet18")
+    x = x_()
+    opt = make_opt(ours.parameters())
+    for _ in range(2):
+        opt.zero_grad()
+        ours(x).square().mean().backward()
+        opt.step()
+        same(ours, tv, x)
+
+
+def test_load_state_dict_in_place_and_assign():
+    ours, tv = pair("resnet18")
+    other = randomize_bn(torchvision.models.resnet18(num_classes=10), seed=3)
+    x = x_()
+    warm(ours, x)
+    ours.load_state_dict(other.state_dict())  # in place: tv shares the tensors
+    same(ours, tv, x)
+    ours.load_state_dict(randomize_bn(torchvision.models.resnet18(num_classes=10), seed=4).state_dict(),
+                         assign=True)
+    ref = torchvision.models.resnet18(num_classes=10).eval()
+    ref.load_state_dict(ours.state_dict())
+    same(ours, ref, x)
+
+
+def test_dtype_conversion_and_functional_call():
+    ours, tv = pair("resnet18")
+    x = x_()
+    warm(ours, x)
+    ours.double(), tv.double()
+    same(ours, tv, x.double(), tol=1e-10)
+    params = {k: v * 1.1 for k, v in ours.state_dict().items() if v.is_floating_point()}
+    with torch.no_grad():
+        y = torch.func.functional_call(ours, params, (x.double(),))
+        ref = torch.func.functional_call(tv, params, (x.double(),))
+    assert rel_err(y, ref) < 1e-10
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Module swaps, parametrizations, hooks
+# ------------------------------------------------------------------------------------------------------------
+
+class DoubledBN(nn.BatchNorm2d):
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+class OffsetConv(nn.Conv2d):
+    def forward(self, x):
+        return super().forward(x) + 0.25
+
+
+def _swap_relu(cls):
+    def swap(m):
+        for blk in list(m.layer1) + list(m.layer3):
+            blk.relu = cls()
+        m.relu = cls()
+    return swap
+
+
+def _swap_bn(m):
+    old = m.layer2[0].bn2
+    new = DoubledBN(old.num_features)
+    new.load_state_dict(old.state_dict())
+    m.layer2[0].bn2 = new
+    ds = m.layer2[0].downsample
+    new_ds = DoubledBN(ds[1].num_features)
+    new_ds.load_state_dict(ds[1].state_dict())
+    ds[1] = new_ds
+
+
+def _swap_conv(m):
+    old = m.layer3[1].conv1
+    new = OffsetConv(old.in_channels, old.out_channels, 1, bias=False)
+    new.weight = old.weight
+    m.layer3[1].conv1 = new
+
+
+SWAPS = {
+    "relu_identity": _swap_relu(nn.Identity),
+    "relu_leaky": _swap_relu(lambda: nn.LeakyReLU(0.1)),
+    "relu6": _swap_relu(nn.ReLU6),
+    "bn_subclass": _swap_bn,
+    "conv_subclass": _swap_conv,
+    "parametrized_weight_norm": lambda m: torch.nn.utils.parametrizations.weight_norm(m.layer1[0].conv2),
+    "legacy_weight_norm": lambda m: torch.nn.utils.weight_norm(m.layer1[1].conv1),
+    "legacy_spectral_norm": lambda m: torch.nn.utils.spectral_norm(m.layer2[1].conv3),
+    "downsample_replaced": lambda m: m.layer2[0].__setattr__("downsample", nn.Sequential(
+        nn.AvgPool2d(2), nn.Conv2d(256, 512, 1, bias=False), nn.BatchNorm2d(512)).eval()),
+}
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name", list(SWAPS))
+def test_swapped_submodules_run_as_torchvision(name, train):
+    tv = randomize_bn(torchvision.models.resnet50(num_classes=10))
+    torch.manual_seed(0)
+    SWAPS[name](tv)
+    tv.double().train(train)
+    ours = resnet_ext.from_torchvision(tv).train(train)
+    x = x_().double()
+    if name.startswith("legacy_spectral"):  # its power iteration updates u in train mode: compare in eval
+        tv.eval(), ours.eval()
+    if train:
+        y, ref = ours(x), tv(x)
+    else:
+        with torch.no_grad():
+            y, ref = ours(x), tv(x)
+    assert rel_err(y, ref) < 1e-10
+
+
+def test_swap_after_the_fused_path_ran():
+    ours, tv = pair()
+    x = x_()
+    warm(ours, x)
+    for m in (ours, tv):
+        _swap_relu(nn.Identity)(m)
+        _swap_conv(m)
+    same(ours, tv, x)
+
+
+def _record(model, log, train):
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.ReLU)) and name.startswith(("layer2.0", "conv1", "bn1",
+                                                                                       "relu")):
+            handles.append(m.register_forward_pre_hook(lambda mod, a, n=name: log.append(("pre", n))))
+            handles.append(m.register_forward_hook(
+                lambda mod, a, out, n=name: log.append(("fwd", n, round(out.double().sum().item(), 3)))))
+    return handles
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_module_hooks_run_as_in_torchvision(train):
+    ours, tv = pair(train=train)
+    x = x_().double()
+    ours.double(), tv.double()
+    logs = {}
+    for label, m in (("ours", ours), ("tv", tv)):
+        logs[label] = []
+        _record(m, logs[label], train)
+        with torch.set_grad_enabled(train):
+            m(x)
+    assert logs["ours"] == logs["tv"] and len(logs["tv"]) > 10
+
+
+def test_hook_that_changes_the_output_is_honoured():
+    ours, tv = pair()
+    x = x_()
+    warm(ours, x)
+    for m in (ours, tv):
+        m.layer3[0].bn1.register_forward_hook(lambda mod, a, out: out * 0.5)
+        m.layer4[0].conv2.register_forward_pre_hook(lambda mod, a: (a[0] + 1.0,))
+    same(ours, tv, x)
+
+
+def test_global_module_hooks_see_every_module_call():
+    ours, tv = pair("resnet18")
+    x = x_()
+    counts = {}
+    for label, m in (("ours", ours), ("tv", tv)):
+        calls = []
+        h = torch.nn.modules.module.register_module_forward_hook(lambda mod, a, out: calls.append(type(mod)))
+        try:
+            with torch.no_grad():
+                m(x)
+        finally:
+            h.remove()
+        counts[label] = [c.__name__ for c in calls]
+    assert counts["ours"] == counts["tv"]
+    same(ours, tv, x)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Tracing, scripting, export, functorch
+# ------------------------------------------------------------------------------------------------------------
+
+def test_jit_trace_bakes_in_no_weights():
+    ours, tv = pair("resnet18")
+    x = x_()
+    with torch.no_grad():
+        traced = torch.jit.trace(ours, x)
+        for p in ours.parameters():
+            p.data.mul_(1.3)
+        assert rel_err(traced(x), tv(x)) < TOL
+
+
+def test_jit_script_matches_torchvision():
+    ours, tv = pair("resnet18")
+    scripted = torch.jit.script(ours)
+    x = x_()
+    with torch.no_grad():
+        assert rel_err(scripted(x), tv(x)) < TOL
+
+
+def test_fx_trace_and_feature_extraction_like_torchvision():
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    ours, tv = pair()
+    assert get_graph_node_names(ours) == get_graph_node_names(tv)
+    gm_ours, gm_tv = torch.fx.symbolic_trace(ours), torch.fx.symbolic_trace(tv)
+    assert [n.name for n in gm_ours.graph.nodes] == [n.name for n in gm_tv.graph.nodes]
+    nodes = ["layer1.0.relu_2", "layer2.1.add", "layer4"]
+    fe_ours, fe_tv = create_feature_extractor(ours, nodes), create_feature_extractor(tv, nodes)
+    x = x_()
+    with torch.no_grad():
+        f_ours, f_tv = fe_ours(x), fe_tv(x)
+    for n in nodes:
+        assert rel_err(f_ours[n], f_tv[n]) < TOL
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript_exporter", "dynamo_exporter"])
+def test_onnx_export_runs_in_onnxruntime_like_torchvision(dynamo, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    ours, tv = pair("resnet18")
+    x = x_()
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(ours, (x,), str(path), dynamo=dynamo, input_names=["x"])
+    model = onnx.load(str(path))
+    assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}  # standard ONNX ops only
+    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        assert rel_err(torch.from_numpy(y), tv(x)) < 1e-4
+
+
+def test_torch_func_grad_of_the_eval_model():
+    ours, tv = pair("resnet18")
+    ours.double(), tv.double()
+    x = x_().double()
+    params = {k: v.detach() for k, v in ours.named_parameters()}
+
+    def loss(model):
+        return lambda p: torch.func.functional_call(model, p, (x,)).square().sum()
+
+    g, ref = torch.func.grad(loss(ours))(params), torch.func.grad(loss(tv))(params)
+    for k in ref:
+        assert rel_err(g[k], ref[k]) < 1e-8, k
+
+
+def test_train_forward_with_an_empty_batch():
+    ours, tv = pair("resnet18", train=True)
+    x = torch.randn(0, 3, 32, 32)
+    y, ref = ours(x), tv(x)
+    assert y.shape == ref.shape == (0, 10)
+    assert ours.bn1.num_batches_tracked.item() == 2  # shared buffer: one increment each, as torchvision
+
+
+def test_from_torchvision_keeps_a_replaced_head():
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10))
+    tv.fc = nn.Sequential(nn.Dropout(0.3), nn.Linear(512, 3))
+    tv.eval()
+    ours = resnet_ext.from_torchvision(tv).eval()
+    assert ours.fc[1].weight is tv.fc[1].weight
+    same(ours, tv, x_())
+    back = ours.to_torchvision().eval()
+    assert type(back) is torchvision.models.ResNet and back.fc[1].weight is tv.fc[1].weight
+    with pytest.raises(TypeError, match="expected a torchvision"):
+        resnet_ext.from_torchvision(nn.Linear(2, 2))
+
+
+def _pickled_size(m):
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    return len(buf.getvalue())
+
+
+def test_pickled_size_is_torchvisions_in_both_modes():
+    ours, tv = pair("resnet18")
+    warm(ours, x_())
+    size = _pickled_size(tv)
+    assert _pickled_size(ours) < size * 1.01
+    resnet_ext.freeze(ours)
+    warm(ours, x_())
+    assert _pickled_size(ours) < size * 1.01
+    again = pickle.loads(pickle.dumps(ours))
+    assert resnet_ext.is_frozen(again)
+    same(again, tv, x_())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# bn_act misuse
+# ------------------------------------------------------------------------------------------------------------
+
+def test_bn_act_with_an_eval_bn_has_eval_semantics_and_changes_no_state():
+    bn = randomize_bn(nn.BatchNorm2d(8)).eval()
+    x = torch.randn(2, 8, 5, 5)
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    y = resnet_ext.bn_act(x, bn)
+    assert rel_err(y, torch.relu(bn(x))) < 1e-6
+    for k, v in bn.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_failed_bn_act_call_changes_no_state():
+    bn = nn.BatchNorm2d(8).train()
+    x = torch.randn(2, 8, 5, 5)
+    with pytest.raises(RuntimeError):
+        resnet_ext.bn_act(x, bn, residual=torch.randn(2, 8, 4, 4))
+    assert bn.num_batches_tracked.item() == 0
+    assert torch.equal(bn.running_mean, torch.zeros(8))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The frozen mode's contract, and which path ran
+# ------------------------------------------------------------------------------------------------------------
+
+def test_default_mode_runs_every_conv_fused():
+    ours, tv = pair()
+    resnet_ext.reset_path_counts()
+    same(ours, tv, x_())
+    n_convs = sum(isinstance(m, nn.Conv2d) for m in ours.modules())
+    assert resnet_ext.path_counts() == {"onednn": n_convs}
+
+
+def test_frozen_mode_contract():
+    ours, tv = pair()
+    x = x_()
+    resnet_ext.freeze(ours)
+    resnet_ext.reset_path_counts()
+    same(ours, tv, x)
+    assert resnet_ext.path_counts() == {"onednn_prepacked": sum(isinstance(m, nn.Conv2d) for m in ours.modules())}
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.mul_(1.2)
+    with torch.no_grad():  # the documented contract: weight edits are not seen until freeze() again
+        assert rel_err(ours(x), tv(x)) > 1e-3
+    resnet_ext.freeze(ours)
+    same(ours, tv, x)
+    # What resnet_ext can see refolds by itself: conversions, loads, train/eval, module swaps and hooks.
+    ours.double()
+    tv = ours.to_torchvision().eval()  # .double() gave each model new buffers: share ours' again
+    same(ours, tv, x.double(), tol=1e-10)
+    state = randomize_bn(torchvision.models.resnet50(num_classes=10), seed=7).double().state_dict()
+    ours.load_state_dict(state)
+    same(ours, tv, x.double(), tol=1e-10)
+    ours.train()
+    ours(x.double()[:2]).sum().backward()  # a train step changes running statistics
+    ours.eval(), tv.eval()
+    same(ours, tv, x.double(), tol=1e-10)
+    for m in (ours, tv):
+        _swap_relu(nn.ReLU6)(m)
+        m.layer2[1].bn2.register_forward_hook(lambda mod, a, out: out + 1)
+    same(ours, tv, x.double(), tol=1e-10)
+    resnet_ext.unfreeze(ours)
+    assert not resnet_ext.is_frozen(ours)
+    with pytest.raises(TypeError, match="resnet_ext ResNet"):
+        resnet_ext.freeze(tv)
