@@ -6,13 +6,24 @@ exactly (model, optimizer, LR schedule, grad scaler, step, RNG states), and seve
     python examples/train.py --data /imagenet --arch resnet50 --epochs 90 --batch-size 256 --amp bf16
     torchrun --nproc_per_node 8 examples/train.py --data /imagenet --batch-size 128 --sync-bn
     python examples/train.py --fake-data --steps 10 --device cpu          # a smoke run anywhere
+
+Nothing is lost to a bad argument or an interruption: every argument (and --output-dir's writability, and a
+--resume checkpoint's architecture, keys and shapes) is checked before training starts, with one line and exit
+code 2; SIGTERM or SIGINT (a preempted job, Ctrl-C) finishes the current step, saves the checkpoint, and exits with
+128 + the signal number (143, 130), all processes of a torchrun job at the same step (a second signal aborts
+without saving); checkpoints are written to a temporary file and renamed into place, and temporary files left by
+a killed save are removed at the next start.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
 import hashlib
 import math
 import os
+import signal
+import sys
 import time
 
 import torch
@@ -50,37 +61,119 @@ def image_folder(root: str, image_size: int):
                                                     normalize]))
 
 
+PROG = "examples/train.py"
+ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2"]
+
+
+def fail(message: str, code: int = 2):
+    """One line on stderr and exit: the error is in what was asked for (or in the files it names)."""
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        fail(f"{message} (see {PROG} --help)")
+
+
+def number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
+    """An argparse type: `kind` (int or float) in the range; the error names the range."""
+    rng = (f"{'>' if lo_open else '>='} {lo}" if hi is None else
+           f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
+    want = f"{'an integer' if kind is int else 'a number'} {rng}"
+
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if (lo is not None and (v <= lo if lo_open else v < lo)) or \
+                (hi is not None and (v >= hi if hi_open else v > hi)) or v != v:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text}")
+        return v
+    return parse
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--data", help="ImageFolder root (uses ROOT/train if present)")
     data.add_argument("--fake-data", action="store_true", help="deterministic synthetic images")
-    p.add_argument("--fake-size", type=int, default=64, help="images in the fake data set")
-    p.add_argument("--num-classes", type=int, default=None, help="default: the data set's (10 for fake data)")
-    p.add_argument("--arch", default="resnet50", choices=["resnet18", "resnet34", "resnet50", "resnet101",
-                                                          "resnet152", "resnext50_32x4d", "wide_resnet50_2"])
-    p.add_argument("--epochs", type=int, default=90)
-    p.add_argument("--steps", type=int, default=None, help="stop after this many optimizer steps in total")
-    p.add_argument("--batch-size", type=int, default=64, help="per process")
-    p.add_argument("--lr", type=float, default=0.1, help="for 256 images per step; scaled with the global batch")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--warmup-epochs", type=float, default=0.0)
+    p.add_argument("--fake-size", type=number(int, 1), default=64, help="images in the fake data set")
+    p.add_argument("--num-classes", type=number(int, 1), default=None,
+                   help="default: the data set's (10 for fake data)")
+    p.add_argument("--arch", default="resnet50", choices=ARCHS)
+    p.add_argument("--epochs", type=number(int, 1), default=90)
+    p.add_argument("--steps", type=number(int, 1), default=None, help="stop after this many optimizer steps in total")
+    p.add_argument("--batch-size", type=number(int, 1), default=64, help="per process")
+    p.add_argument("--lr", type=number(float, 0, lo_open=True), default=0.1,
+                   help="for 256 images per step; scaled with the global batch")
+    p.add_argument("--momentum", type=number(float, 0, 1), default=0.9)
+    p.add_argument("--weight-decay", type=number(float, 0), default=1e-4)
+    p.add_argument("--label-smoothing", type=number(float, 0, 1, hi_open=True), default=0.0)
+    p.add_argument("--warmup-epochs", type=number(float, 0), default=0.0)
     p.add_argument("--amp", choices=["bf16", "fp16", "none"], default=None, help="default: bf16 on CUDA, none on CPU")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda if available")
+    p.add_argument("--image-size", type=number(int, 32), default=224)
+    p.add_argument("--workers", type=number(int, 0), default=4)
     p.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics across all processes")
-    p.add_argument("--output-dir", default="train-out")
+    p.add_argument("--output-dir", default="train-out", help="created if needed; checked writable at the start")
     p.add_argument("--resume", default=None, help="a checkpoint written by this script")
-    p.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps")
-    p.add_argument("--stop-after", type=int, default=None,
+    p.add_argument("--save-every", type=number(int, 0), default=0, help="also checkpoint every N steps")
+    p.add_argument("--stop-after", type=number(int, 1), default=None,
                    help="stop (with a checkpoint) after this many steps of this run, as a preempted job would")
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=number(int, 1), default=10)
+    p.add_argument("--seed", type=number(int, 0), default=0)
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower on GPU)")
     return p.parse_args(argv)
+
+
+def check_arguments(args) -> str:
+    """Everything that can be checked before any work (all processes check alike, so all exit alike). Returns the
+    device kind."""
+    device_kind = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_kind == "cuda":
+        if not torch.cuda.is_available():
+            fail("argument --device: cuda is not available here (" + ("this torch is built without CUDA"
+                 if torch.version.cuda is None else "no CUDA device is visible") + "); use --device cpu")
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank >= torch.cuda.device_count():
+            fail(f"LOCAL_RANK {local_rank} but this machine has {torch.cuda.device_count()} CUDA device(s): "
+                 f"use at most --nproc_per_node {torch.cuda.device_count()}")
+    if args.data is not None and not os.path.isdir(args.data):
+        fail(f"argument --data: {args.data}: " + ("not a directory" if os.path.exists(args.data) else
+                                                  "no such directory"))
+    if args.resume is not None and not os.path.isfile(args.resume):
+        fail(f"argument --resume: {args.resume}: " + ("is a directory, not a checkpoint file"
+                                                       if os.path.isdir(args.resume) else "no such file"))
+    if args.batch_size * math.ceil(args.image_size / 32) ** 2 < 2:
+        fail(f"--batch-size {args.batch_size} with --image-size {args.image_size} leaves one value per channel in "
+             f"the last BatchNorm, which cannot train: use a larger batch or image")
+    check_output_dir(args.output_dir)
+    return device_kind
+
+
+def check_output_dir(path: str) -> None:
+    """Created if needed and written to now, so an unwritable directory is not discovered after the last step."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        fail(f"argument --output-dir: {path}: exists and is not a directory")
+    probe = os.path.join(path, f".write-test.{os.getpid()}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"x")
+        os.remove(probe)
+    except OSError as e:
+        fail(f"argument --output-dir: {path}: cannot write there ({e.strerror or type(e).__name__})")
+
+
+def remove_stale_temporaries(ckpt_path: str) -> None:
+    """Temporary files of saves that were killed (this script's, and the older checkpoint.pt.tmp name)."""
+    d, base = os.path.split(ckpt_path)
+    for tmp in glob.glob(os.path.join(d, f".{glob.escape(base)}.*.tmp")) + glob.glob(ckpt_path + ".tmp"):
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+            print(f"removed {tmp}, left by an interrupted save", flush=True)
 
 
 def setup_distributed(device_kind: str):
@@ -100,19 +193,93 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path: str, model, optimizer, scheduler, scaler, step: int, args) -> None:
+def save_checkpoint(path: str, model, optimizer, scheduler, scaler, step: int, args, world: int) -> None:
+    """Atomically: written to a temporary file in the same directory, flushed to disk, then renamed over `path`,
+    so `path` is always a whole checkpoint; the temporary file is removed if the save fails."""
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "scaler": scaler.state_dict(), "step": step, "arch": args.arch, "num_classes": args.num_classes,
+             "batch_size": args.batch_size, "world_size": world,
              "rng_cpu": torch.get_rng_state(),
              "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # never a half-written checkpoint
+    d, base = os.path.split(path)
+    tmp = os.path.join(d, f".{base}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            fail(f"could not write the checkpoint {path} ({e.strerror or type(e).__name__})", code=1)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        fd = os.open(d or ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "step", "arch", "num_classes", "rng_cpu")
+
+
+def load_resume(path: str, args, model):
+    """The checkpoint at `path`, checked against this run (arch, classes, keys, shapes) with one-line errors."""
+    from resnet_ext.weights import check_state_dict
+
+    what = f"argument --resume: {path}"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file, ...
+        first = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:160]
+        fail(f"{what}: not a readable checkpoint ({type(e).__name__}: {first})")
+    if not isinstance(ckpt, dict) or not all(k in ckpt for k in CHECKPOINT_KEYS):
+        if isinstance(ckpt, dict) and any(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            fail(f"{what}: holds model weights only; --resume needs a checkpoint written by this script "
+                 f"(model, optimizer, LR schedule, step, RNG states)")
+        missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+        fail(f"{what}: not a checkpoint written by this script (no {', '.join(map(repr, missing))})")
+    if ckpt["arch"] != args.arch:
+        fail(f"{what}: a {ckpt['arch']} checkpoint, but --arch is {args.arch} (pass --arch {ckpt['arch']})")
+    if ckpt["num_classes"] != args.num_classes:
+        fail(f"{what}: has {ckpt['num_classes']} classes, but this run has {args.num_classes} "
+             f"(--num-classes or the data set)")
+    try:
+        check_state_dict(model, ckpt["model"], what, args.arch)
+    except RuntimeError as e:
+        fail(str(e))
+    return ckpt
+
+
+class StopSignals:
+    """SIGTERM/SIGINT ask the training loop to stop after the current step (and save); a second one aborts."""
+
+    def __init__(self):
+        self.signum = None
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # an ignored signal (nohup, background job) stays so
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt  # the second signal: abort now, without a checkpoint of this step
+        self.signum = signum
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device_kind = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device_kind = check_arguments(args)
     world, rank, local_rank = setup_distributed(device_kind)
     device = torch.device(f"cuda:{local_rank}" if device_kind == "cuda" else "cpu")
     if device.type == "cuda":
@@ -124,14 +291,23 @@ def main(argv=None) -> int:
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
     torch.manual_seed(args.seed)  # the same initial weights in every process (DDP also broadcasts them)
 
-    dataset = (FakeImages(args.fake_size, args.image_size, args.num_classes or 10, args.seed) if args.fake_data
-               else image_folder(args.data, args.image_size))
+    if args.fake_data:
+        dataset = FakeImages(args.fake_size, args.image_size, args.num_classes or 10, args.seed)
+    else:
+        try:
+            dataset = image_folder(args.data, args.image_size)
+        except (FileNotFoundError, OSError) as e:  # no class folders, no images with a known extension
+            fail(f"argument --data: {args.data}: {str(e).strip().splitlines()[0]}")
+        if args.num_classes is not None and args.num_classes < len(dataset.classes):
+            fail(f"argument --num-classes: {args.num_classes} is fewer than the {len(dataset.classes)} classes "
+                 f"in {args.data}")
     args.num_classes = args.num_classes or (10 if args.fake_data else len(dataset.classes))
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
                                  drop_last=True)
     steps_per_epoch = len(sampler) // args.batch_size
     if steps_per_epoch == 0:
-        raise SystemExit(f"batch size {args.batch_size} x {world} processes is larger than the data set")
+        fail(f"--batch-size {args.batch_size} x {world} process(es) is larger than the data set "
+             f"({len(dataset)} images)")
     total_steps = args.steps or args.epochs * steps_per_epoch
 
     model = getattr(resnet_ext, args.arch)(num_classes=args.num_classes)
@@ -155,56 +331,96 @@ def main(argv=None) -> int:
 
     step = 0
     if args.resume:
-        ckpt = torch.load(args.resume, map_location=device, weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        ckpt = load_resume(args.resume, args, model)
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+            torch.set_rng_state(ckpt["rng_cpu"].cpu())
+        except (ValueError, RuntimeError, KeyError, TypeError) as e:
+            fail(f"argument --resume: {args.resume}: its optimizer/schedule state does not fit this run "
+                 f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})")
         step = ckpt["step"]
-        torch.set_rng_state(ckpt["rng_cpu"].cpu())
         if ckpt["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng_cuda"]])
         if rank == 0:
             print(f"resumed from {args.resume} at step {step}")
+            was = (ckpt.get("batch_size"), ckpt.get("world_size"))
+            if None not in was and was != (args.batch_size, world):
+                print(f"warning: the checkpoint was written with --batch-size {was[0]} x {was[1]} process(es), "
+                      f"this run has {args.batch_size} x {world}: samples and LR schedule differ from an "
+                      f"uninterrupted run", file=sys.stderr)
 
-    os.makedirs(args.output_dir, exist_ok=True)
     ckpt_path = os.path.join(args.output_dir, "checkpoint.pt")
+    if rank == 0:
+        remove_stale_temporaries(ckpt_path)
+    # Stop requests reach the processes of a job at different moments; they agree on the step to stop at over a
+    # CPU (gloo) group, so the check never waits on the GPU.
+    flag_group = dist.new_group(backend="gloo") if world > 1 else None
+
+    def stop_requested(signals) -> bool:
+        if flag_group is None:
+            return signals.signum is not None
+        flag = torch.tensor([signals.signum or 0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=flag_group)
+        if flag.item() and signals.signum is None:
+            signals.signum = int(flag.item())
+        return bool(flag.item())
+
+    def save():
+        if rank == 0:
+            save_checkpoint(ckpt_path, model, optimizer, scheduler, scaler, step, args, world)
+
     ddp.train()
     t0, seen = time.perf_counter(), 0
     stop_at = min(total_steps, step + args.stop_after) if args.stop_after else total_steps
-    while step < stop_at:
-        epoch, skip = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch)
-        # Mid-epoch resume: the rest of this epoch's shard, in the order an uninterrupted run would see it.
-        indices = list(sampler)[skip * args.batch_size:]
-        loader = DataLoader(dataset, batch_size=args.batch_size, sampler=indices, drop_last=True,
-                            num_workers=0 if args.fake_data else args.workers, pin_memory=device.type == "cuda")
-        for images, target in loader:
-            images = images.to(device, non_blocking=True).contiguous(memory_format=fmt)
-            target = target.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = F.cross_entropy(ddp(images), target, label_smoothing=args.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            seen += images.shape[0] * world
-            if rank == 0 and (step % args.log_every == 0 or step == total_steps):
-                rate = seen / (time.perf_counter() - t0)
-                print(f"step {step}/{total_steps} epoch {epoch} loss {loss.item():.4f} "
-                      f"lr {scheduler.get_last_lr()[0]:.4g} {rate:.1f} img/s", flush=True)
-            if rank == 0 and args.save_every and step % args.save_every == 0:
-                save_checkpoint(ckpt_path, model, optimizer, scheduler, scaler, step, args)
-            if step >= stop_at:
-                break
+    try:
+        with StopSignals() as signals:
+            while step < stop_at and not stop_requested(signals):
+                epoch, skip = divmod(step, steps_per_epoch)
+                sampler.set_epoch(epoch)
+                # Mid-epoch resume: the rest of this epoch's shard, in the order an uninterrupted run would see it.
+                indices = list(sampler)[skip * args.batch_size:]
+                loader = DataLoader(dataset, batch_size=args.batch_size, sampler=indices, drop_last=True,
+                                    num_workers=0 if args.fake_data else args.workers,
+                                    pin_memory=device.type == "cuda")
+                for images, target in loader:
+                    images = images.to(device, non_blocking=True).contiguous(memory_format=fmt)
+                    target = target.to(device, non_blocking=True)
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        loss = F.cross_entropy(ddp(images), target, label_smoothing=args.label_smoothing)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    step += 1
+                    seen += images.shape[0] * world
+                    if rank == 0 and (step % args.log_every == 0 or step == total_steps):
+                        rate = seen / (time.perf_counter() - t0)
+                        print(f"step {step}/{total_steps} epoch {epoch} loss {loss.item():.4f} "
+                              f"lr {scheduler.get_last_lr()[0]:.4g} {rate:.1f} img/s", flush=True)
+                    if args.save_every and step % args.save_every == 0:
+                        save()
+                    if step >= stop_at or stop_requested(signals):
+                        break
+            save()  # also on SIGTERM/SIGINT: the state after the last whole step
+            stopped_by = signals.signum
+    except KeyboardInterrupt:  # a second signal (or Ctrl-C outside the loop): no checkpoint of this step
+        print(f"{PROG}: aborted at step {step}; the last saved checkpoint (if any) is intact", file=sys.stderr)
+        return 130
     if rank == 0:
-        save_checkpoint(ckpt_path, model, optimizer, scheduler, scaler, step, args)
-        print(f"saved {ckpt_path}")
+        print(f"saved {ckpt_path} at step {step}", flush=True)
     print(f"final weights sha256 (rank {rank}): {weights_digest(model)}", flush=True)
     if world > 1:
+        dist.barrier(group=flag_group)
         dist.destroy_process_group()
+    if stopped_by is not None:
+        if rank == 0:
+            print(f"stopped by {signal.Signals(stopped_by).name} after step {step}; continue with "
+                  f"--resume {ckpt_path}", file=sys.stderr, flush=True)
+        return 128 + stopped_by
     return 0
 
 

@@ -1,9 +1,13 @@
 """The user's jobs end to end on the CPU: predict on real image files, converting models both ways, training with
-torchrun (two gloo processes), exact resume, torch.export and torch.compile."""
+torchrun (two gloo processes), exact resume (also after SIGTERM), examples/train.py's checks and atomic saves,
+torch.export and torch.compile."""
+import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -17,9 +21,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "examples", "train.py")
 
 
+# Subprocesses import the same resnet_ext as this process (the source tree when it is built in place).
+ENV = {**os.environ, "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(resnet_ext.__file__)),
+                                      os.environ.get("PYTHONPATH", "")])}
+
+
 def run(cmd, timeout=300):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=ENV)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +89,7 @@ def test_predict_bad_inputs_get_one_line_errors(images_and_checkpoint, capsys):
         ([str(garbage), "--weights", ckpt], "broken.png: cannot read image"),
         ([paths[0], "--weights", str(rn18)], "does not fit resnet50"),
         ([paths[0], "--weights", "IMAGENET1K_V9"], "unknown weights 'IMAGENET1K_V9' for resnet50"),
-        ([paths[0], "--weights", str(d / "nope.pt")], "nope.pt: no such checkpoint file"),
+        ([paths[0], "--weights", str(d / "nope.pt")], "nope.pt: no such file"),
     ]
     for argv, message in cases:
         assert cli(["predict", *argv, "--device", "cpu"]) == 2
@@ -163,3 +172,161 @@ def test_compile_fullgraph_train_step_matches_eager():
     assert rel_err(compiled.conv1.weight.grad, eager.conv1.weight.grad) < 1e-2
     assert rel_err(compiled.layer1[0].bn1.running_var, eager.layer1[0].bn1.running_var) < 1e-5
     assert int(compiled.layer1[0].bn1.num_batches_tracked) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# examples/train.py: checks before work, signals, atomic saves, validated resume (resnet18, 32x32, fast)
+# ---------------------------------------------------------------------------------------------------------------
+
+SMALL = ["--fake-data", "--device", "cpu", "--arch", "resnet18", "--image-size", "32", "--batch-size", "2",
+         "--fake-size", "8", "--num-classes", "3", "--log-every", "1", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def train():
+    spec = importlib.util.spec_from_file_location("train_example", TRAIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(train, tmp_path_factory):
+    """A checkpoint written by one in-process step; stale temporaries put there first must be gone after."""
+    d = tmp_path_factory.mktemp("train")
+    stale = [d / "checkpoint.pt.tmp", d / ".checkpoint.pt.12345.tmp"]
+    for f in stale:
+        f.write_bytes(b"half a checkpoint")
+    assert train.main(SMALL + ["--steps", "1", "--output-dir", str(d)]) == 0
+    return d / "checkpoint.pt", stale
+
+
+def train_fails(train, capsys, argv, *needles):
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    assert e.value.code == 2
+    out = capsys.readouterr()
+    assert out.err.count("\n") == 1 and out.err.startswith("examples/train.py: error: "), out.err
+    assert "step " not in out.out, out.out  # failed before any training
+    for needle in needles:
+        assert needle in out.err, out.err
+
+
+def test_train_bad_arguments_fail_at_start_in_one_line(train, capsys, tmp_path):
+    (tmp_path / "file").write_text("x")
+    out = ["--output-dir", str(tmp_path / "out")]
+    cases = [
+        (["--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got 0"),
+        (["--lr", "-1"], "argument --lr: expected a number > 0"),
+        (["--label-smoothing", "1"], "argument --label-smoothing: expected a number in [0, 1)"),
+        (["--image-size", "8"], "argument --image-size: expected an integer >= 32"),
+        (["--steps", "0"], "argument --steps"),
+        (["--batch-size", "100"], "larger than the data set"),
+        (["--output-dir", str(tmp_path / "file")], "exists and is not a directory"),
+        (["--output-dir", str(tmp_path / "file" / "sub")], "cannot write there"),
+        (["--resume", str(tmp_path / "nope.pt")], "nope.pt: no such file"),
+        (["--resume", str(tmp_path)], "is a directory"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "argument --device: cuda is not available"))
+    for extra, message in cases:
+        train_fails(train, capsys, SMALL + out + extra, message)
+    data = ["--data", str(tmp_path / "nodata"), "--device", "cpu"] + out
+    train_fails(train, capsys, data, "argument --data", "no such directory")
+    assert not os.path.exists(tmp_path / "out" / "checkpoint.pt")
+
+
+def test_train_checks_a_resume_checkpoint_in_one_line(train, capsys, small_checkpoint, tmp_path):
+    ckpt, stale = small_checkpoint
+    assert ckpt.exists() and not any(f.exists() for f in stale)
+    assert not [f for f in os.listdir(ckpt.parent) if f.endswith(".tmp")]
+    whole = ckpt.read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(whole[: len(whole) // 2])
+    state = torch.load(ckpt, weights_only=True)
+    torch.save({**state, "arch": "resnet34"}, tmp_path / "forged.pt")
+    torch.save(state["model"], tmp_path / "weights.pt")
+    torch.save({"a": 1}, tmp_path / "other.pt")
+    base = SMALL + ["--steps", "2", "--output-dir", str(tmp_path / "out"), "--resume"]
+    train_fails(train, capsys, base + [str(tmp_path / "trunc.pt")], "trunc.pt: not a readable checkpoint")
+    train_fails(train, capsys, base + [str(ckpt), "--arch", "resnet34"],
+                "a resnet18 checkpoint, but --arch is resnet34")
+    train_fails(train, capsys, base + [str(tmp_path / "forged.pt"), "--arch", "resnet34"],
+                "forged.pt: does not fit resnet34: ", "missing keys")
+    train_fails(train, capsys, base + [str(ckpt), "--num-classes", "4"], "has 3 classes, but this run has 4")
+    train_fails(train, capsys, base + [str(tmp_path / "weights.pt")], "holds model weights only")
+    train_fails(train, capsys, base + [str(tmp_path / "other.pt")], "not a checkpoint written by this script")
+
+
+def test_train_saves_atomically_and_removes_the_temporary_file(train, tmp_path, monkeypatch):
+    import argparse
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    args = argparse.Namespace(arch="resnet18", num_classes=2, batch_size=2)
+    path = str(tmp_path / "checkpoint.pt")
+    train.save_checkpoint(path, model, opt, sched, scaler, 1, args, 1)
+    good = open(path, "rb").read()
+    real_save = torch.save
+    for exc, code in ((OSError(28, "No space left on device"), 1), (KeyboardInterrupt(), None)):
+        def failing_save(obj, f, exc=exc):
+            f.write(b"partial")
+            raise exc
+
+        monkeypatch.setattr(torch, "save", failing_save)
+        with pytest.raises(SystemExit if code else KeyboardInterrupt):
+            train.save_checkpoint(path, model, opt, sched, scaler, 2, args, 1)
+        monkeypatch.setattr(torch, "save", real_save)
+        assert open(path, "rb").read() == good  # the previous checkpoint is intact
+        assert os.listdir(tmp_path) == ["checkpoint.pt"]  # and no temporary file is left
+
+
+def _signalled_run(cmd, sig, after_step):
+    """Starts cmd, sends `sig` once it has printed step `after_step`, returns (returncode, stdout, stderr)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ENV)
+    lines = []
+    try:
+        deadline = time.monotonic() + 240
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith(f"step {after_step}/"):
+                proc.send_signal(sig)
+                break
+            assert time.monotonic() < deadline
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, "".join(lines) + out, err
+
+
+def test_sigterm_saves_and_the_resumed_run_is_bit_identical(tmp_path):
+    common = [sys.executable, TRAIN] + SMALL + ["--steps", "40", "--warmup-epochs", "0.5"]
+    full = run(common + ["--output-dir", str(tmp_path / "full"), "--stop-after", "10"])
+    assert full.returncode == 0, full.stderr[-3000:]
+    rc, out, err = _signalled_run(common + ["--output-dir", str(tmp_path / "part")], signal.SIGTERM, 2)
+    assert rc == 128 + signal.SIGTERM and "Traceback" not in err, err
+    part = tmp_path / "part" / "checkpoint.pt"
+    k = torch.load(part, weights_only=True)["step"]
+    assert 2 <= k < 10 and f"stopped by SIGTERM after step {k}" in err and f"at step {k}" in out
+    assert os.listdir(tmp_path / "part") == ["checkpoint.pt"]
+    resumed = run(common + ["--output-dir", str(tmp_path / "part"), "--resume", str(part),
+                            "--stop-after", str(10 - k)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    b = torch.load(part, weights_only=True)
+    assert a["step"] == b["step"] == 10
+    for key, v in a["model"].items():
+        assert torch.equal(v, b["model"][key]), key
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+
+
+def test_sigint_saves_and_exits_cleanly(tmp_path):
+    cmd = [sys.executable, TRAIN] + SMALL + ["--steps", "1000", "--output-dir", str(tmp_path)]
+    rc, out, err = _signalled_run(cmd, signal.SIGINT, 1)
+    assert rc == 128 + signal.SIGINT and "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    step = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"]
+    assert step >= 1 and f"stopped by SIGINT after step {step}" in err
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]
