@@ -88,7 +88,7 @@ def number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
         if (lo is not None and (v <= lo if lo_open else v < lo)) or \
-                (hi is not None and (v >= hi if hi_open else v > hi)) or v != v:
+                (hi is not None and (v >= hi if hi_open else v > hi)) or not math.isfinite(v):
             raise argparse.ArgumentTypeError(f"expected {want}, got {text}")
         return v
     return parse
