@@ -36,13 +36,20 @@ def test_bn_act_train_fwd_bwd(benchmark, cfg, ceilings, shape, impl):
     bias = torch.zeros(c, device=cfg.device, requires_grad=True)
     rm, rv = torch.zeros(c, device=cfg.device), torch.ones(c, device=cfg.device)
 
+    # The stock peer as AMP runs it: bf16/fp16 activations with fp32 BN parameters (CUDA's batch_norm takes
+    # them mixed; the CPU kernel wants one dtype).
+    w_stock, b_stock = (weight, bias) if cfg.cuda else (weight.to(cfg.dtype), bias.to(cfg.dtype))
+
     def fn(x, r, g):
         if impl == "stock":
-            y = F.batch_norm(x, rm, rv, weight.to(x.dtype), bias.to(x.dtype), True, 0.1, 1e-5)
+            y = F.batch_norm(x, rm, rv, w_stock, b_stock, True, 0.1, 1e-5)
             y = F.relu(y + r if r is not None else y)
         else:
             y = torch.ops.resnet_ext.bn_act_train(x, r, weight, bias, rm, 1e-5, True)[0]
-        y.backward(g)
+        # autograd.grad, not backward(): nothing accumulates into .grad across rounds (that added an extra pass
+        # over every input to both columns).
+        inputs = [t for t in (x, r, weight, bias) if t is not None]
+        torch.autograd.grad(y, inputs, g)
 
     nbytes = n * c * h * w * elem * (7 if residual else 5)  # fwd: x, [r], y; bwd: g, x|y, dx, [dr]
     run_benchmark(benchmark, cfg, fn, sets, dict(kind="bn_act_train", impl=impl, path=impl, shape=benchmark.group,
