@@ -7,7 +7,7 @@ from typing import Dict, Type
 from torch import nn
 
 # Per-instance state of resnet_ext models that a converted model must not inherit (the frozen folds).
-_DROP = ("_resnet_ext_frozen", "_resnet_ext_folds")
+_DROP = ("_resnet_ext_frozen", "_resnet_ext_folds", "_resnet_ext_plans")
 
 
 def recast_tree(m: nn.Module, classes: Dict[Type[nn.Module], Type[nn.Module]]) -> nn.Module:

@@ -72,7 +72,8 @@ def count(path: str) -> None:
 def path_counts() -> dict:
     """How many eager conv units took each path since the last `reset_path_counts()`: the op's paths
     ("fused:<kernel>", "cudnn_fused", "stock:<device>"), "onednn" / "onednn_prepacked" (CPU, oneDNN convolution
-    with fused post-ops), "modules" (run through the modules as torchvision does: hooks, swapped modules, ...)."""
+    with fused post-ops), "unfolded" (CPU default mode: stock conv, BN, ReLU where folding on every forward costs
+    more than it saves), "modules" (run through the modules as torchvision does: hooks, swapped modules, ...)."""
     counts = ops.path_counts()
     for k, v in _counts.items():
         counts[k] = counts.get(k, 0) + v
@@ -135,19 +136,37 @@ def fold_pairs(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]], channels_last:
     return list(zip(weights, biases))
 
 
-# The folds of the model forward in progress: conv module -> Fold (or a frozen entry), set by ResNet.forward so
-# that the blocks it calls find their folds computed in one batch; a block called on its own folds its own units.
-_FOLDS: contextvars.ContextVar[Optional[Dict[nn.Module, object]]] = contextvars.ContextVar("resnet_ext_folds",
-                                                                                         default=None)
+class Forward:
+    """The state of one model forward, set by ResNet.forward for the blocks it calls (a block called on its own
+    folds its own units): `folds`, conv module -> Fold or frozen entry, computed in one batch; `plan`, conv module ->
+    whether folding pays for this input shape (CPU default mode; learned on the first forward of a shape, then
+    used to batch the folds), or None where every unit folds."""
+
+    __slots__ = ("folds", "plan")
+
+    def __init__(self, folds: Dict[nn.Module, object], plan: Optional[Dict[nn.Module, bool]]):
+        self.folds, self.plan = folds, plan
+
+
+_FORWARD: contextvars.ContextVar[Optional[Forward]] = contextvars.ContextVar("resnet_ext_forward", default=None)
 
 
 @contextlib.contextmanager
-def using_folds(folds: Optional[Dict[nn.Module, object]]):
-    token = _FOLDS.set(folds)
+def forward_state(state: Optional[Forward]):
+    token = _FORWARD.set(state)
     try:
         yield
     finally:
-        _FOLDS.reset(token)
+        _FORWARD.reset(token)
+
+
+def fold_pays(conv: nn.Conv2d, x: Tensor) -> bool:
+    """Whether folding BN into `conv` on every forward costs less than it saves, on the CPU: the fold reads and
+    writes the weight (C/g*R*S per output channel); it saves the BN and ReLU passes over the output (about two
+    reads and writes of N*P*Q per output channel). Small batches on late layers (big weights, small maps) lose."""
+    r, s = conv.kernel_size
+    out_pixels = x.shape[0] * x.shape[2] * x.shape[3] // (conv.stride[0] * conv.stride[1])
+    return 2 * out_pixels >= conv.in_channels // conv.groups * r * s
 
 
 def _needs_grad(x: Tensor, conv: nn.Module, bn: nn.Module, residual: Optional[Tensor]) -> bool:
@@ -188,14 +207,25 @@ def onednn_conv(x: Tensor, w: Tensor, b: Tensor, conv: nn.Conv2d, relu: bool, re
 
 
 def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residual: Optional[Tensor]) -> Tensor:
-    """relu?(bn(conv(x)) + residual) for a foldable (conv, bn), fused."""
-    folds = None if torch.compiler.is_compiling() else _FOLDS.get()
-    entry = folds.get(conv) if folds is not None else None
+    """relu?(bn(conv(x)) + residual) for a foldable (conv, bn): fused, or (CPU default mode, where the fold does
+    not pay) the stock conv, BN and ReLU."""
+    state = None if torch.compiler.is_compiling() else _FORWARD.get()
+    entry = state.folds.get(conv) if state is not None else None
     if entry is not None and hasattr(entry, "run"):  # a frozen entry: folded once (and prepacked on the CPU)
         out = entry.run(conv, bn, x, relu, residual)
         if out is not None:
             return out
         entry = None
+    if entry is None and state is not None and state.plan is not None:
+        pays = state.plan.get(conv)
+        if pays is None:
+            pays = state.plan[conv] = fold_pays(conv, x)
+        if not pays:
+            count("unfolded")
+            out = bn(conv(x))
+            if residual is not None:
+                out += residual
+            return torch.relu_(out) if relu else out
     if entry is None:
         with contextlib.nullcontext() if _needs_grad(x, conv, bn, residual) else torch.no_grad():
             entry = fold_pairs([(conv, bn)], channels_last=x.dim() == 4)[0]

@@ -18,6 +18,8 @@ from . import fusion
 from ._recast import convert
 from .weights import load_state, resolve_weights
 
+_PLANS = "_resnet_ext_plans"  # per input shape: which units' folds pay (CPU default mode); shapes only, never stale
+
 __all__ = [
     "ResNet", "BasicBlock", "Bottleneck", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
     "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
@@ -228,7 +230,7 @@ class ResNet(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)  # the fused kernels are NHWC
         if torch.compiler.is_compiling():  # each unit folds in the graph, which the compiler fuses
             return self._forward_units(x)
-        with fusion.using_folds(self._folds(x)):
+        with fusion.forward_state(self._forward_state(x)):
             return self._forward_units(x)
 
     @torch.jit.unused
@@ -244,18 +246,29 @@ class ResNet(nn.Module):
         return self.fc(x)
 
     @torch.jit.unused
-    def _folds(self, x: Tensor):
-        """This forward's BN folds: the frozen ones (plain eager only), else all of them now, in one batch."""
+    def _forward_state(self, x: Tensor) -> Optional[fusion.Forward]:
+        """This forward's BN folds: the frozen ones (eager only), else the ones that pay, now, in one batch."""
         if self.training:
             return None
         frozen = None if torch.jit.is_tracing() else _frozen.folds_of(self)
         if frozen is not None:
-            return frozen
+            return fusion.Forward(frozen, None)
         pairs = fusion.model_pairs(self)
         grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        plan = None
+        if x.device.type == "cpu" and not grad and not torch.jit.is_tracing():
+            # Whether each fold pays depends on the shapes only: learned on the first forward of an input shape.
+            plans = self.__dict__.setdefault(_PLANS, {})
+            key = (tuple(x.shape), x.dtype)
+            plan = plans.get(key)
+            if plan is None:
+                if len(plans) >= 16:
+                    plans.clear()
+                plan = plans[key] = {}
+            pairs = [p for p in pairs if plan.get(p[0])]
         with torch.set_grad_enabled(grad):
             folded = fusion.fold_pairs(pairs, channels_last=x.dim() == 4)
-        return {conv: f for (conv, _), f in zip(pairs, folded)}
+        return fusion.Forward({conv: f for (conv, _), f in zip(pairs, folded)}, plan)
 
     # The frozen folds follow what resnet_ext can see change: conversions, loads, training.
     def train(self, mode: bool = True):
@@ -275,6 +288,7 @@ class ResNet(nn.Module):
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
         state = dict(state)
         state.pop(_frozen._STATE, None)
+        state.pop(_PLANS, None)
         return state
 
     def to_torchvision(self) -> nn.Module:
