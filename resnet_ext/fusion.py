@@ -162,11 +162,20 @@ def forward_state(state: Optional[Forward]):
 
 def fold_pays(conv: nn.Conv2d, x: Tensor) -> bool:
     """Whether folding BN into `conv` on every forward costs less than it saves, on the CPU: the fold reads and
-    writes the weight (C/g*R*S per output channel); it saves the BN and ReLU passes over the output (about two
-    reads and writes of N*P*Q per output channel). Small batches on late layers (big weights, small maps) lose."""
+    writes the weight (C/g*R*S values per output channel); it saves the BN and ReLU passes over the output (N*P*Q
+    per output channel). Measured on a 2-core AVX-512 machine, the fold paid off only where the output has at
+    least 4x as many values per channel as the weight: at batch 1 the stem and layer1 of resnet50."""
     r, s = conv.kernel_size
     out_pixels = x.shape[0] * x.shape[2] * x.shape[3] // (conv.stride[0] * conv.stride[1])
-    return 2 * out_pixels >= conv.in_channels // conv.groups * r * s
+    return out_pixels >= 4 * (conv.in_channels // conv.groups) * r * s
+
+
+def wants_channels_last(x: Tensor) -> bool:
+    """The folded weights' layout: channels_last on CUDA (the fused kernels are NHWC); on the CPU the input's own
+    (oneDNN runs a convolution in its weight's layout, and a layout change between layers costs a copy)."""
+    if x.dim() != 4:
+        return False
+    return x.is_cuda or ops._memory_format_of(x) == torch.channels_last
 
 
 def _needs_grad(x: Tensor, conv: nn.Module, bn: nn.Module, residual: Optional[Tensor]) -> bool:
@@ -206,12 +215,15 @@ def onednn_conv(x: Tensor, w: Tensor, b: Tensor, conv: nn.Conv2d, relu: bool, re
     return mk._convolution_pointwise.binary(x, residual, w, b, *args, "add", 1.0, unary, [], "")
 
 
-def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residual: Optional[Tensor]) -> Tensor:
+def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residual: Optional[Tensor],
+              shortcut=None) -> Tensor:
     """relu?(bn(conv(x)) + residual) for a foldable (conv, bn): fused, or (CPU default mode, where the fold does
-    not pay) the stock conv, BN and ReLU."""
+    not pay) the stock conv, BN and ReLU. `shortcut()`, if given, gives the residual."""
     state = None if torch.compiler.is_compiling() else _FORWARD.get()
     entry = state.folds.get(conv) if state is not None else None
     if entry is not None and hasattr(entry, "run"):  # a frozen entry: folded once (and prepacked on the CPU)
+        if shortcut is not None:
+            residual, shortcut = shortcut(), None
         out = entry.run(conv, bn, x, relu, residual)
         if out is not None:
             return out
@@ -223,12 +235,16 @@ def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residu
         if not pays:
             count("unfolded")
             out = bn(conv(x))
+            if shortcut is not None:  # torchvision's order: the downsample after conv and bn
+                residual = shortcut()
             if residual is not None:
                 out += residual
             return torch.relu_(out) if relu else out
+    if shortcut is not None:
+        residual = shortcut()
     if entry is None:
         with contextlib.nullcontext() if _needs_grad(x, conv, bn, residual) else torch.no_grad():
-            entry = fold_pairs([(conv, bn)], channels_last=x.dim() == 4)[0]
+            entry = fold_pairs([(conv, bn)], channels_last=wants_channels_last(x))[0]
     w, b = entry
     if _onednn_ok(x, w, b, residual):
         count("onednn")
@@ -243,9 +259,7 @@ def unit(conv: nn.Module, bn: nn.Module, relu_mod: Optional[nn.Module], x: Tenso
     where torchvision calls the downsample: after conv and bn."""
     relu_ok = plain_relu(relu_mod)
     if relu_ok and foldable(conv, bn):
-        if shortcut is not None:
-            residual = shortcut()
-        return eval_unit(conv, bn, x, relu_mod is not None, residual)
+        return eval_unit(conv, bn, x, relu_mod is not None, residual, shortcut)
     if relu_ok and train_fusable(bn) and x.numel() > 0:
         out = conv(x)
         if shortcut is not None:

@@ -267,7 +267,7 @@ class ResNet(nn.Module):
                 plan = plans[key] = {}
             pairs = [p for p in pairs if plan.get(p[0])]
         with torch.set_grad_enabled(grad):
-            folded = fusion.fold_pairs(pairs, channels_last=x.dim() == 4)
+            folded = fusion.fold_pairs(pairs, channels_last=fusion.wants_channels_last(x))
         return fusion.Forward({conv: f for (conv, _), f in zip(pairs, folded)}, plan)
 
     # The frozen folds follow what resnet_ext can see change: conversions, loads, training.
