@@ -175,7 +175,7 @@ def wants_channels_last(x: Tensor) -> bool:
     (oneDNN runs a convolution in its weight's layout, and a layout change between layers costs a copy)."""
     if x.dim() != 4:
         return False
-    return x.is_cuda or ops._memory_format_of(x) == torch.channels_last
+    return x.is_cuda or (x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
 
 
 def _needs_grad(x: Tensor, conv: nn.Module, bn: nn.Module, residual: Optional[Tensor]) -> bool:
