@@ -1,0 +1,306 @@
+// Hopper (sm_90a) GEMMs for ResNet's 1x1 stride-1 convolutions: D = act(A * B^T + bias (+ R)), see gemm_sm90.h.
+//
+// Each entry of gemm_sm90::kConfigs is one CUTLASS 3 kernel: the CollectiveBuilder's TMA warp-specialized mainloop
+// (persistent cooperative or ping-pong, A and B both K-major) and a TMA warp-specialized epilogue whose fusion is
+// an epilogue visitor tree computed in fp32:
+//
+//   D = max_nan( beta * R + (acc + bias[n]),  floor )       beta = 1 with a residual, 0 without
+//                                                            floor = 0 for ReLU, -inf for none
+//
+// beta = 0 makes CUTLASS skip the TMA loads of R altogether (Sm90TreeVisitor's homogeneous_multiply_add
+// specialization asks the scalar whether it is zero), and max.NaN.f32 keeps NaN like torch.relu. A null bias is
+// Sm90RowBroadcast's null default (zeros). So ReLU / identity and residual / none are runtime arguments of one
+// kernel, which keeps the kernel count (and compile time) at one per configuration.
+//
+// Compiled for every arch the extension targets, but only an sm_90a image holds real code (CUTLASS compiles the
+// sm90 kernels' bodies only under __CUDA_ARCH_FEAT_SM90_ALL; other images hold stubs that trap). launch() checks
+// the device and the loaded image before launching. No torch headers here: the API is gemm_sm90.h.
+#include <cmath>
+#include <exception>
+#include <limits>
+#include <type_traits>
+
+#include "cute/tensor.hpp"
+#include "cutlass/cutlass.h"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/epilogue/fusion/sm90_callbacks_tma_warpspecialized.hpp"
+#include "cutlass/functional.h"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/dispatch_policy.hpp"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+#include "cutlass/kernel_hardware_info.hpp"
+#include "cutlass/util/packed_stride.hpp"
+#include "kernels/gemm_sm90.h"
+
+namespace resnet_ext {
+namespace gemm_sm90 {
+namespace {
+
+using namespace cute;
+
+template <class T>
+using MaxNaN = cutlass::maximum_with_nan_propagation<T>;
+
+constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
+
+template <DType D>
+using ElementOf = std::conditional_t<D == DType::BFloat16, cutlass::bfloat16_t, cutlass::half_t>;
+
+// The kernel of kConfigs[I], built from that entry's fields.
+template <int I>
+struct Gemm {
+  static constexpr Config kConfig = kConfigs[I];
+  using Element = ElementOf<kConfig.dtype>;
+  using Accumulator = float;
+  using Compute = float;
+  static constexpr int kAlign = kConfig.alignment;
+  static_assert(kAlign * sizeof(Element) == 16, "TMA needs 16-byte aligned rows");
+
+  using TileShape = Shape<Int<kConfig.tile_m>, Int<kConfig.tile_n>, Int<kConfig.tile_k>>;
+  using ClusterShape = Shape<Int<kConfig.cluster_m>, Int<kConfig.cluster_n>, _1>;
+  static constexpr bool kCoop = kConfig.schedule == Schedule::Cooperative;
+  using MainloopSchedule = std::conditional_t<kCoop, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                                              cutlass::gemm::KernelTmaWarpSpecializedPingpong>;
+  using EpilogueSchedule = std::conditional_t<kCoop, cutlass::epilogue::TmaWarpSpecializedCooperative,
+                                              cutlass::epilogue::TmaWarpSpecialized>;
+
+  using LayoutA = cutlass::layout::RowMajor;     // [M, K], K contiguous
+  using LayoutB = cutlass::layout::ColumnMajor;  // [K, N] column-major = the weight [N, K] row-major
+  using LayoutC = cutlass::layout::RowMajor;     // residual and output [M, N]
+
+  // The epilogue visitor tree (children first, then the node's own operation).
+  using Bias = cutlass::epilogue::fusion::Sm90RowBroadcast<0, TileShape, Element, Compute, Stride<_0, _1, int64_t>>;
+  using AccPlusBias = cutlass::epilogue::fusion::Sm90EVT<
+      cutlass::epilogue::fusion::Sm90Compute<cutlass::plus, Compute, Compute, kRound>,
+      cutlass::epilogue::fusion::Sm90AccFetch, Bias>;
+  using PlusResidual = cutlass::epilogue::fusion::Sm90EVT<
+      cutlass::epilogue::fusion::Sm90Compute<cutlass::homogeneous_multiply_add, Compute, Compute, kRound>,
+      cutlass::epilogue::fusion::Sm90ScalarBroadcast<Compute>,  // beta
+      cutlass::epilogue::fusion::Sm90SrcFetch<Element>,          // R (TMA-loaded only when beta != 0)
+      AccPlusBias>;
+  using Fusion = cutlass::epilogue::fusion::Sm90EVT<
+      cutlass::epilogue::fusion::Sm90Compute<MaxNaN, Element, Compute, kRound>,
+      PlusResidual,
+      cutlass::epilogue::fusion::Sm90ScalarBroadcast<Compute>>;  // floor: 0 (ReLU) or -inf
+
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, Accumulator, Compute, Element, LayoutC, kAlign, Element,
+      LayoutC, kAlign, EpilogueSchedule, Fusion>::CollectiveOp;
+
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, LayoutA, kAlign, Element, LayoutB, kAlign,
+      Accumulator, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      MainloopSchedule>::CollectiveOp;
+
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue,
+                                                      cutlass::gemm::PersistentScheduler>;
+  using Op = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+
+  static constexpr int kStages = Mainloop::DispatchPolicy::Stages;
+#ifndef RESNET_EXT_GEMM_SM90_PROBE
+  static_assert(kStages == kConfig.stages, "kConfigs[].stages (and the name) must say the pipeline depth compiled");
+#endif
+
+  static typename Op::Arguments arguments(const Problem& p) {
+    const int m = int(p.m), n = int(p.n), k = int(p.k);
+    using StrideA = typename Kernel::StrideA;
+    using StrideB = typename Kernel::StrideB;
+    using StrideC = typename Kernel::StrideC;
+    using StrideD = typename Kernel::StrideD;
+    // Packed strides for the shapes, then the leading dimensions the caller gave.
+    StrideA stride_a = cutlass::make_cute_packed_stride(StrideA{}, cute::make_shape(m, k, 1));
+    StrideB stride_b = cutlass::make_cute_packed_stride(StrideB{}, cute::make_shape(n, k, 1));
+    StrideC stride_c = cutlass::make_cute_packed_stride(StrideC{}, cute::make_shape(m, n, 1));
+    StrideD stride_d = cutlass::make_cute_packed_stride(StrideD{}, cute::make_shape(m, n, 1));
+    get<0>(stride_a) = p.lda;
+    get<0>(stride_b) = p.ldb;
+    get<0>(stride_c) = p.residual ? p.ldr : p.ldd;
+    get<0>(stride_d) = p.ldd;
+
+    auto* d = static_cast<Element*>(p.d);
+    // Without a residual beta is 0 and R is never loaded; D stands in so that the TMA descriptor is well formed.
+    const auto* r = p.residual ? static_cast<const Element*>(p.residual) : d;
+
+    typename Op::Arguments args{};
+    args.mode = cutlass::gemm::GemmUniversalMode::kGemm;
+    args.problem_shape = {m, n, k, 1};
+    args.mainloop = {static_cast<const Element*>(p.a), stride_a, static_cast<const Element*>(p.b), stride_b};
+    args.epilogue.ptr_C = r;
+    args.epilogue.dC = stride_c;
+    args.epilogue.ptr_D = d;
+    args.epilogue.dD = stride_d;
+
+    // Each node's arguments are {its children's arguments..., its own operation's}.
+    const float beta = p.residual ? 1.f : 0.f;
+    const float floor = p.relu ? 0.f : -std::numeric_limits<float>::infinity();
+    args.epilogue.thread = {
+        // max_nan(PlusResidual, floor)
+        {
+            // beta * R + AccPlusBias
+            {{beta}},  // beta
+            {},        // R
+            {
+                // acc + bias
+                {},                                                                 // acc
+                {static_cast<const Element*>(p.bias), Element(0.f), {}},            // bias; null: zeros
+                {}                                                                  // plus
+            },
+            {}  // multiply_add
+        },
+        {{floor}},  // floor
+        {}          // max_nan
+    };
+
+    args.hw_info.device_id = p.device;
+    args.hw_info.sm_count = p.sm_count;  // 0: CUTLASS queries the device at launch (never in can_implement)
+    return args;
+  }
+
+  static Status can_implement(const Problem& p, const char** reason) {
+    Status s = check_problem(kConfig, p, reason);
+    if (s != Status::kSuccess) return s;
+    if (Op::can_implement(arguments(p)) != cutlass::Status::kSuccess) {
+      if (reason) *reason = "CUTLASS's can_implement rejects the problem";
+      return Status::kCutlassError;
+    }
+    return Status::kSuccess;
+  }
+
+  static size_t workspace_size(const Problem& p) { return Op::get_workspace_size(arguments(p)); }
+
+  static Status launch(const Problem& p, void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                       const char** reason) {
+    auto fail = [&](Status s, const char* why) {
+      if (reason) *reason = why;
+      return s;
+    };
+    Status s = can_implement(p, reason);
+    if (s != Status::kSuccess) return s;
+    // The device must be an sm_90, and the image of the kernel the driver picked must be an sm_90 one: on an
+    // sm_90 device an sm_80 image would load too, and hold only CUTLASS's trapping stub.
+    int device = 0, major = 0, minor = 0;
+    cudaError_t e = cudaGetDevice(&device);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+    if (e != cudaSuccess) return fail(Status::kCudaError, cudaGetErrorString(e));
+    if (major != 9 || minor != 0) return fail(Status::kUnsupportedDevice, "the current device is not an sm_90");
+    cudaFuncAttributes attr{};
+    e = cudaFuncGetAttributes(&attr, cutlass::device_kernel<Kernel>);
+    if (e != cudaSuccess) return fail(Status::kCudaError, cudaGetErrorString(e));
+    if (attr.binaryVersion != 90) return fail(Status::kUnsupportedDevice, "no sm_90 image of the kernel in this binary");
+
+    auto args = arguments(p);
+    if (p.sm_count <= 0) {
+      int sms = 0;
+      e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+      if (e != cudaSuccess) return fail(Status::kCudaError, cudaGetErrorString(e));
+      args.hw_info.sm_count = sms;
+    }
+    args.hw_info.device_id = device;
+    const size_t needed = Op::get_workspace_size(args);
+    if (workspace_bytes < needed || (needed && !workspace))
+      return fail(Status::kWorkspaceTooSmall, "the workspace is smaller than workspace_size()");
+    Op op;
+    cutlass::Status cs = op.initialize(args, needed ? workspace : nullptr, stream);
+    if (cs != cutlass::Status::kSuccess) return fail(Status::kCutlassError, "CUTLASS's initialize failed");
+    cs = op.run(stream);
+    if (cs != cutlass::Status::kSuccess) {
+      e = cudaGetLastError();
+      return fail(Status::kCutlassError, e != cudaSuccess ? cudaGetErrorString(e) : "CUTLASS's run failed");
+    }
+    e = cudaGetLastError();
+    if (e != cudaSuccess) return fail(Status::kCudaError, cudaGetErrorString(e));
+    return Status::kSuccess;
+  }
+};
+
+#ifdef RESNET_EXT_GEMM_SM90_PROBE
+template <int Stages, int SmemBytes>
+struct ShowStagesAndSmem;
+template <int I>
+void probe() {
+  ShowStagesAndSmem<Gemm<I>::kStages, int(sizeof(typename Gemm<I>::Kernel::SharedStorage))>{};
+}
+void probe_one() { probe<RESNET_EXT_GEMM_SM90_PROBE>(); }
+#endif
+
+// Calls f(Gemm<I>{}) for the I == index, by a compile-time unrolled search over the table.
+template <int I = 0, class F>
+auto visit(int index, F&& f) -> decltype(f(Gemm<0>{})) {
+  if constexpr (I < kNumConfigs) {
+    if (index == I) return f(Gemm<I>{});
+    return visit<I + 1>(index, static_cast<F&&>(f));
+  } else {
+    return f(nullptr);
+  }
+}
+
+}  // namespace
+
+Status can_implement(int index, const Problem& p, const char** reason) noexcept {
+  try {
+    if (!config(index)) {
+      if (reason) *reason = "no such configuration";
+      return Status::kUnknownConfig;
+    }
+    return visit(index, [&](auto g) -> Status {
+      if constexpr (std::is_same_v<decltype(g), std::nullptr_t>) {
+        return Status::kUnknownConfig;
+      } else {
+        return decltype(g)::can_implement(p, reason);
+      }
+    });
+  } catch (...) {
+    if (reason) *reason = "exception in can_implement";
+    return Status::kInternalError;
+  }
+}
+
+size_t workspace_size(int index, const Problem& p) noexcept {
+  try {
+    if (!config(index) || check_problem(*config(index), p) != Status::kSuccess) return 0;
+    return visit(index, [&](auto g) -> size_t {
+      if constexpr (std::is_same_v<decltype(g), std::nullptr_t>) {
+        return 0;
+      } else {
+        return decltype(g)::workspace_size(p);
+      }
+    });
+  } catch (...) {
+    return 0;
+  }
+}
+
+Status launch(int index, const Problem& p, void* workspace, size_t workspace_bytes, void* stream,
+              const char** reason) noexcept {
+  try {
+    if (!config(index)) {
+      if (reason) *reason = "no such configuration";
+      return Status::kUnknownConfig;
+    }
+    return visit(index, [&](auto g) -> Status {
+      if constexpr (std::is_same_v<decltype(g), std::nullptr_t>) {
+        return Status::kUnknownConfig;
+      } else {
+        return decltype(g)::launch(p, workspace, workspace_bytes, static_cast<cudaStream_t>(stream), reason);
+      }
+    });
+  } catch (...) {
+    if (reason) *reason = "exception in launch";
+    return Status::kInternalError;
+  }
+}
+
+bool compiled() noexcept {
+#if defined(CUTLASS_ARCH_MMA_SM90_SUPPORTED)
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace gemm_sm90
+}  // namespace resnet_ext
