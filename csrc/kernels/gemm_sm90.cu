@@ -133,26 +133,14 @@ struct Gemm {
     args.epilogue.ptr_D = d;
     args.epilogue.dD = stride_d;
 
-    // Each node's arguments are {its children's arguments..., its own operation's}.
-    const float beta = p.residual ? 1.f : 0.f;
-    const float floor = p.relu ? 0.f : -std::numeric_limits<float>::infinity();
-    args.epilogue.thread = {
-        // max_nan(PlusResidual, floor)
-        {
-            // beta * R + AccPlusBias
-            {{beta}},  // beta
-            {},        // R
-            {
-                // acc + bias
-                {},                                                                 // acc
-                {static_cast<const Element*>(p.bias), Element(0.f), {}},            // bias; null: zeros
-                {}                                                                  // plus
-            },
-            {}  // multiply_add
-        },
-        {{floor}},  // floor
-        {}          // max_nan
-    };
+    // Each node's arguments hold its children's (op_0, op_1, ...) and then its own operation's.
+    auto& root = args.epilogue.thread;          // max_nan(op_0: PlusResidual, op_1: floor)
+    auto& plus_residual = root.op_0;           // multiply_add(op_0: beta, op_1: R, op_2: AccPlusBias)
+    auto& acc_plus_bias = plus_residual.op_2;  // plus(op_0: acc, op_1: bias)
+    plus_residual.op_0.scalars[0] = p.residual ? 1.f : 0.f;
+    acc_plus_bias.op_1.ptr_row = static_cast<const Element*>(p.bias);  // null: the null_default, zeros
+    acc_plus_bias.op_1.null_default = Element(0.f);
+    root.op_1.scalars[0] = p.relu ? 0.f : -std::numeric_limits<float>::infinity();
 
     args.hw_info.device_id = p.device;
     args.hw_info.sm_count = p.sm_count;  // 0: CUTLASS queries the device at launch (never in can_implement)
