@@ -10,7 +10,9 @@ Environment:
   MAX_JOBS                parallel compile jobs (torch's ninja build reads it)
 """
 import glob
+import importlib.util
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -101,20 +103,46 @@ def cutlass_include_dirs():
              "(or build without CUDA kernels: RESNET_EXT_CUDA=0)")
 
 
+def source_build_id():
+    """The build id of csrc/, by the function the loader checks it with (resnet_ext/_C_loader.py, loaded under a
+    name that skips its import of the extension)."""
+    spec = importlib.util.spec_from_file_location("resnet_ext_build_id_only", ROOT / "resnet_ext" / "_C_loader.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.source_build_id(str(ROOT))
+
+
+def cuda_images():
+    """The images nvcc will put into the binary, e.g. "sm_80;sm_90a" (the dispatcher runs a kernel only on a
+    device some image of it loads on): read off torch's -gencode flags for TORCH_CUDA_ARCH_LIST."""
+    try:
+        from torch.utils.cpp_extension import _get_cuda_arch_flags
+        flags = " ".join(_get_cuda_arch_flags())
+    except Exception:  # a torch without the helper: the arch list itself ("8.0;9.0a;8.6+PTX")
+        return os.environ.get("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
+    images = []
+    for codes in re.findall(r",code=\[?([a-z0-9_,]+)\]?", flags):
+        images += [c for c in codes.split(",") if c]
+    return ";".join(dict.fromkeys(images))
+
+
 def build_extension():
     with_cuda = want_cuda()
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS) if with_cuda else ""
     if with_cuda:
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
-    cpp_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cpp"))
-    cu_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cu"))
+    # csrc/ by role: ops/ (op registration, CPU code), dispatch/ (kernel choice), kernels/ (CUDA), module.cpp.
+    cpp_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.cpp"))
+    cu_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.cu"))
     macros = [
         ("RESNET_EXT_TORCH_VERSION", f'"{torch.__version__}"'),
         ("RESNET_EXT_CUDA_ARCHS", f'"{archs}"'),
+        ("RESNET_EXT_CUDA_IMAGES", f'"{cuda_images() if with_cuda else ""}"'),
     ]
     cxx_flags = ["-O3"]  # torch picks the C++ standard it needs (C++20 for 2.14, C++17 before)
+    include_dirs = [str(ROOT / "csrc")]
     if not with_cuda:
-        return CppExtension("resnet_ext._C", cpp_sources, define_macros=macros,
+        return CppExtension("resnet_ext._C", cpp_sources, define_macros=macros, include_dirs=include_dirs,
                             extra_compile_args={"cxx": cxx_flags})
     macros.append(("RESNET_EXT_WITH_CUDA", "1"))
     nvcc_flags = [
@@ -126,13 +154,29 @@ def build_extension():
     ]
     if os.environ.get("RESNET_EXT_PTXAS_VERBOSE") == "1":
         nvcc_flags.append("-Xptxas=-v")
-    include_dirs = [str(ROOT / "csrc")] + cutlass_include_dirs() + torch_cuda_include_dirs()
+    include_dirs += cutlass_include_dirs() + torch_cuda_include_dirs()
     return CUDAExtension("resnet_ext._C", cpp_sources + cu_sources, define_macros=macros,
                          include_dirs=include_dirs,
                          extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags})
 
 
+class BuildExt(BuildExtension.with_options(use_ninja=True)):
+    """Writes the sources' build id into a header in the build directory (only module.cpp includes it, so a
+    changed id recompiles one file, not every kernel)."""
+
+    def build_extensions(self):
+        generated = Path(self.build_temp).resolve() / "generated"
+        generated.mkdir(parents=True, exist_ok=True)
+        header = generated / "resnet_ext_build_id.h"
+        text = f'#define RESNET_EXT_BUILD_ID "{source_build_id()}"\n'
+        if not header.exists() or header.read_text() != text:
+            header.write_text(text)
+        for ext in self.extensions:
+            ext.include_dirs.append(str(generated))
+        super().build_extensions()
+
+
 setup(
     ext_modules=[build_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExt},
 )

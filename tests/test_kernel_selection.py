@@ -1,12 +1,17 @@
-"""Kernel selection without a GPU: for every conv of resnet50/101/152 (and the dilated variant), the selector
-picks a fused kernel whose CUTLASS can_implement accepts the problem, or states why the stock path runs."""
+"""The dispatcher without a GPU. With fake kernels (every build, CPU-only included): each source of a choice --
+heuristic, forced, autotuned, measured table -- is re-checked against the compiled images, the per-arch verified
+flag, every operand's layout/strides/alignment, the TF32 flag, can_implement and the workspace. With this build's
+real kernels (CUDA builds): for every conv of resnet50/101/152 (and the dilated variant) the heuristic picks a
+kernel whose CUTLASS can_implement accepts the problem, or states why a fallback runs."""
+import re
+
 import pytest
 
 import resnet_ext
 from resnet_ext._C_loader import _C
 from resnet_ext.shapes import conv_shapes
 
-pytestmark = pytest.mark.skipif(not resnet_ext.build_info()["cuda"], reason="built without CUDA kernels")
+cuda_build = pytest.mark.skipif(not resnet_ext.build_info()["cuda"], reason="built without CUDA kernels")
 
 MODELS = [("resnet50", {}), ("resnet101", {}), ("resnet152", {}),
           ("resnet50", {"replace_stride_with_dilation": [False, True, True]})]
@@ -21,6 +26,111 @@ def problem(s, dtype, sm, **over):
     return d
 
 
+# ---- the dispatcher on fake kernels (CPU-only builds too) ----------------------------------------------------------
+
+LAYER = dict(N=8, C=64, H=56, W=56, K=64, R=3, padding=1, dtype="bfloat16", sm=90, cudnn=False)
+VERIFIED = dict(name="v_bf16", score=1, verified=[80, 90], workspace=256)
+BETTER = dict(name="w_bf16", score=2, verified=[80, 90], reject="")
+UNVERIFIED = dict(name="sm90a_bf16", score=9, min_sm=90, max_sm=90, image_sm=90, arch_specific=True, verified=[])
+IMAGES = "sm_80;sm_90a"
+
+
+def choose(d=None, kernels=(VERIFIED, BETTER, UNVERIFIED), images=IMAGES, **kw):
+    kernel, reason, path, source, workspace = _C.select_kernel({**LAYER, **(d or {})}, list(kernels), images, **kw)
+    return kernel, reason, path, source, workspace
+
+
+def test_heuristic_picks_the_best_verified_kernel_and_reports_its_workspace():
+    assert choose(kernels=(VERIFIED,)) == ("v_bf16", choose(kernels=(VERIFIED,))[1], "fused:v_bf16", "heuristic", 256)
+    assert choose()[0] == "w_bf16"  # the unverified kernel scores higher but is never the dispatcher's own choice
+
+
+def test_unverified_kernels_are_opt_in_even_when_every_verified_kernel_rejects():
+    rejecting = [dict(VERIFIED, reject="tile too wide"), UNVERIFIED]
+    kernel, reason, path, source, _ = choose(kernels=rejecting)
+    assert kernel == "" and path == "stock" and "tile too wide" in reason and "not verified on sm_90" in reason
+    # Forcing it is the opt-in (tests), as is the autotuner, which checks its output.
+    assert choose(kernels=rejecting, forced="sm90a_bf16")[:2] == ("sm90a_bf16", "forced by resnet_ext._C.force_kernel")
+    assert choose(kernels=rejecting, tuned="sm90a_bf16")[0] == "sm90a_bf16"
+    # A measured-table entry must be verified, like the heuristic.
+    kernel, reason, *_ = choose(table="sm90a_bf16")
+    assert kernel == "w_bf16" and "measured-table kernel sm90a_bf16 cannot run this call" in reason
+    assert choose(table="v_bf16")[:4:3] == ("v_bf16", "table")
+
+
+@pytest.mark.parametrize("over,why", [
+    (dict(channels_last=False), "x is not channels_last"),
+    (dict(misaligned="x"), "x's data pointer is not 16-byte aligned"),
+    (dict(misaligned="weight"), "weight's data pointer"),
+    (dict(bias_stride=2), "bias is not contiguous"),
+    (dict(residual=True, residual_channels_last=False), "residual is not channels_last"),
+    (dict(residual=True, misaligned="residual"), "residual's data pointer"),
+    (dict(x_strides=[64 * 56 * 56 + 64, 1, 56 * 64, 64]), "x is not channels_last"),  # a padded batch stride
+    (dict(dtype="float32", allow_tf32=False), "allow_tf32"),
+    (dict(groups=2), "grouped"),
+    (dict(sm=100), "no image of it in this build loads on sm_100"),
+])
+def test_autotuned_and_forced_choices_are_rechecked_on_every_call(over, why):
+    """A tuned (cache hit) or forced kernel runs only if it can run this very call: an NCHW, misaligned, strided
+    or otherwise different call of a tuned shape falls back instead of running the kernel on the wrong memory."""
+    kernels = [dict(VERIFIED, dtype=over.get("dtype", "bfloat16"))]
+    name = kernels[0]["name"]
+    # The same shape, dtype and epilogue with packed, aligned operands: the recorded kernel runs.
+    same_shape = {k: v for k, v in over.items() if k in ("dtype", "residual")}
+    assert choose(same_shape, kernels=kernels, tuned=name)[0] == name
+    for source in ("tuned", "forced"):
+        kernel, reason, path, *_ = choose(over, kernels=kernels, **{source: name})
+        assert kernel == "", (source, reason)
+        assert why in reason, (source, reason)
+        assert path in ("stock", "cudnn_fused")
+
+
+def test_images_decide_which_archs_a_kernel_runs_on():
+    # The default build (sm_80 + sm_90a images): nothing loads on Blackwell, so no fused kernel there.
+    assert choose(dict(sm=100))[0] == ""
+    assert choose(dict(sm=86), kernels=(dict(VERIFIED, verified=[86]),))[0] == "v_bf16"  # sm_80 code on sm_86
+    # A PTX image loads on later archs; the kernel is still unverified there, so only the autotuner may use it.
+    kernel, reason, *_ = choose(dict(sm=100), images="sm_80;compute_80")
+    assert kernel == "" and "not verified on sm_100" in reason
+    assert choose(dict(sm=100), images="sm_80;compute_80", tuned="v_bf16")[0] == "v_bf16"
+    # The sm_90a kernel needs an sm_90a image: an sm_90 (not arch-specific) image holds only CUTLASS's stubs.
+    assert choose(forced="sm90a_bf16")[0] == "sm90a_bf16"
+    kernel, reason, *_ = choose(images="sm_80;sm_90", forced="sm90a_bf16")
+    assert kernel == "w_bf16" and "needs sm_90a" in reason
+    assert _C.parse_cuda_images("8.0;9.0a;8.6+PTX") == "sm_80 sm_90a sm_86 compute_86"
+
+
+def test_autotune_cache_key_covers_the_whole_problem():
+    base = _C.problem_key(LAYER)
+    for over in (dict(channels_last=False), dict(misaligned="x"), dict(bias_stride=2), dict(allow_tf32=False),
+                 dict(sm=80), dict(sm_count=66), dict(device=1), dict(relu=False), dict(residual=True)):
+        assert _C.problem_key({**LAYER, **over}) != base, over
+    assert _C.problem_key(dict(LAYER)) == base
+
+
+def test_output_size_formula_agrees_with_shapes_py():
+    s = conv_shapes("resnet50")[0]
+    assert (s.P, s.Q) == (112, 112)
+    assert resnet_ext.ops.conv_output_size(1, 2, 2) == 0  # C++ truncation would have said 1
+
+
+# ---- this build's kernels (CUDA builds) ----------------------------------------------------------------------------
+
+def _kernels(prefix):
+    return [k for k in resnet_ext.build_info()["fused_kernels"] if k.startswith(prefix)]
+
+
+@cuda_build
+def test_kernel_names_say_tile_stages_and_alignment():
+    names = resnet_ext.build_info()["fused_kernels"]
+    assert len(names) == len(set(names)) >= 16
+    for name in names:
+        assert re.fullmatch(r"sm\d+_(f16|bf16|tf32)_[a-z_]+_\d+x\d+x\d+_\d+st_a\d+", name), name
+    assert "sm80_f16_bias_act_128x128x64_3st_a8" in names and "sm80_tf32_residual_relu_128x64x32_4st_a4" in names
+    assert resnet_ext.build_info()["cuda_images"] == "sm_80 sm_90a"
+
+
+@cuda_build
 @pytest.mark.parametrize("arch,kwargs", MODELS, ids=["resnet50", "resnet101", "resnet152", "resnet50-dilated"])
 @pytest.mark.parametrize("batch", [1, 64])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
@@ -28,11 +138,11 @@ def problem(s, dtype, sm, **over):
 def test_every_resnet_conv_gets_an_implementable_kernel_or_a_reason(arch, kwargs, batch, dtype, sm):
     for s in conv_shapes(arch, batch, **kwargs):
         d = problem(s, dtype, sm)
-        kernel, reason = _C.select_kernel(d)
+        kernel, reason, *_ = _C.select_kernel(d)
         assert reason, s.name
         if kernel:
             assert _C.kernel_can_implement(kernel, d) == "", (s.name, kernel)
-            assert f"_{TAG[dtype]}_" in kernel
+            assert f"_{TAG[dtype]}_" in kernel and kernel.startswith("sm80_")
             assert ("residual" in kernel) == s.residual, (s.name, kernel)
         if s.C == 3:  # the stem: 3 input channels are below the kernels' 16-byte vector width
             assert not kernel and "not a multiple" in reason, (s.name, reason)
@@ -40,6 +150,7 @@ def test_every_resnet_conv_gets_an_implementable_kernel_or_a_reason(arch, kwargs
             assert kernel, (s.name, reason)
 
 
+@cuda_build
 def test_fallback_reasons():
     s = conv_shapes("resnet50", 8)[2]  # 3x3 conv of layer1
     assert _C.select_kernel(problem(s, "bfloat16", 90, groups=32, C=64))[1].startswith("grouped convolution")
@@ -47,16 +158,32 @@ def test_fallback_reasons():
     assert "allow_tf32" in _C.select_kernel(problem(s, "float32", 90, allow_tf32=False))[1]
     assert "channels_last" in _C.select_kernel(problem(s, "bfloat16", 90, channels_last=False))[1]
     assert "2 GiB" in _C.select_kernel(problem(s, "bfloat16", 90, N=8192))[1]
-    kernel, reason = _C.select_kernel(problem(s, "bfloat16", 90, residual=True, relu=False))
+    assert "bias is not contiguous" in _C.select_kernel(problem(s, "bfloat16", 90, bias_stride=2))[1]
+    assert "not 16-byte aligned" in _C.select_kernel(problem(s, "bfloat16", 90, misaligned="x"))[1]
+    kernel, reason, *_ = _C.select_kernel(problem(s, "bfloat16", 90, residual=True, relu=False))
     assert not kernel and "residual without ReLU" in reason
-    kernel, reason = _C.select_kernel(problem(s, "bfloat16", 90, C=60))
+    kernel, reason, *_ = _C.select_kernel(problem(s, "bfloat16", 90, C=60))
     assert not kernel and "not a multiple of 8" in reason
+    # No image of the default build loads on Blackwell.
+    kernel, reason, *_ = _C.select_kernel(problem(s, "bfloat16", 100))
+    assert not kernel and "no image" in reason
 
 
+@cuda_build
+def test_tile_heuristic_uses_the_devices_sm_count():
+    s = conv_shapes("resnet50", 64)[2]  # 3x3, K=64: narrow either way
+    wide = [x for x in conv_shapes("resnet50", 32) if x.K >= 256 and x.H <= 14 and not x.residual][0]
+    small_gpu = _C.select_kernel(problem(wide, "bfloat16", 80, sm_count=8))[0]
+    big_gpu = _C.select_kernel(problem(wide, "bfloat16", 80, sm_count=1000))[0]
+    assert "_128x128x" in small_gpu and "_128x64x" in big_gpu, (small_gpu, big_gpu)
+    assert "_128x64x" in _C.select_kernel(problem(s, "bfloat16", 80, sm_count=8))[0]
+
+
+@cuda_build
 def test_hopper_relu_layers_go_to_cudnn_unless_told_otherwise():
     shapes = conv_shapes("resnet50", 64)
     for s in shapes[1:]:
-        kernel, reason = _C.select_kernel(problem(s, "bfloat16", 90, cudnn=True))
+        kernel, reason, *_ = _C.select_kernel(problem(s, "bfloat16", 90, cudnn=True))
         if s.relu:
             assert not kernel and "cuDNN" in reason, s.name
         else:  # the downsample convs, where ours won on the H100
@@ -69,6 +196,7 @@ def test_hopper_relu_layers_go_to_cudnn_unless_told_otherwise():
         resnet_ext.prefer_cudnn(True)
 
 
+@cuda_build
 @pytest.mark.parametrize("arch,kwargs", MODELS, ids=["resnet50", "resnet101", "resnet152", "resnet50-dilated"])
 def test_hopper_kernels_accept_every_resnet_conv_but_are_not_chosen_yet(arch, kwargs):
     for s in conv_shapes(arch, 64, **kwargs)[1:]:  # all but the 3-channel stem
@@ -76,14 +204,16 @@ def test_hopper_kernels_accept_every_resnet_conv_but_are_not_chosen_yet(arch, kw
             for residual in (False, True):
                 relu = residual or s.relu
                 d = problem(s, dtype, 90, residual=residual, relu=relu)
-                name = f"sm90_{tag}_{'relu' if relu else 'linear'}_128"
+                [name] = _kernels(f"sm90_{tag}_{'relu' if relu else 'linear'}_")
                 assert _C.kernel_can_implement(name, d) == "", (s.name, name)
-                # Unverified on a GPU so far: the heuristic keeps the sm80 kernels.
+                # Unverified on a GPU so far: the heuristic keeps the sm80 kernels; forcing it is the opt-in.
                 assert _C.select_kernel(d)[0].startswith("sm80_"), s.name
-                other = f"sm90_{tag}_{'linear' if relu else 'relu'}_128"
+                assert _C.select_kernel(d, forced=name)[0] == name, s.name
+                [other] = _kernels(f"sm90_{tag}_{'linear' if relu else 'relu'}_")
                 assert _C.kernel_can_implement(other, d) != ""
 
 
+@cuda_build
 def test_unknown_kernel_name_is_an_error():
     with pytest.raises(RuntimeError, match="no fused kernel named nope"):
         _C.kernel_can_implement("nope", problem(conv_shapes("resnet50")[1], "bfloat16", 90))

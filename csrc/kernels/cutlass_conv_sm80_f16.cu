@@ -1,5 +1,5 @@
 // fp16 conv_bn_act kernels (fp32 accumulation and epilogue).
-#include "cutlass_conv_sm80.cuh"
+#include "kernels/cutlass_conv_sm80.cuh"
 
 namespace resnet_ext {
 void append_cutlass_sm80_f16_kernels(std::vector<FusedKernelInfo>& out) {

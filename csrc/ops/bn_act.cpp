@@ -1,8 +1,9 @@
 // Training BatchNorm(+residual add)+ReLU ops:
 //   bn_act_train / bn_act_train_backward      the fused op and its backward (one process)
 //   bn_stats, bn_act_apply,                   the pieces a cross-process (SyncBN) forward is made of:
-//   bn_act_backward_reduce, bn_act_backward_apply   sums are all-reduced between them (resnet_ext/sync_bn.py)
-// CPU kernels are stock ATen compositions; CUDA kernels are in bn_act_kernels.cu (stock fallback for fp64).
+//   bn_act_backward_reduce, bn_act_backward_apply   sums are all-reduced between them (resnet_ext/bn_act.py)
+// CPU kernels are stock ATen compositions; CUDA kernels are in kernels/bn_act_kernels.cu (stock fallback for fp64
+// and layouts they do not take).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -10,7 +11,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include "bn_act.h"
+#include "kernels/bn_act_kernels.h"
 #endif
 
 namespace resnet_ext {
@@ -60,7 +61,10 @@ Tensor as_x_layout(const Tensor& t, const Tensor& x) { return t.contiguous(x.sug
 std::tuple<Tensor, Tensor, Tensor, Tensor> bn_act_train_stock(const Tensor& x, const OptTensor& residual,
                                                               const Tensor& weight, const Tensor& bias,
                                                               const OptTensor& /*shift*/, double eps, bool relu) {
-  auto [y, mean, invstd] = at::native_batch_norm(x, weight, bias, {}, {}, /*training=*/true, 0.0, eps);
+  // Parameters in the accumulation type: ATen's CPU batch norm takes no other mix (an fp64 x with fp32 parameters
+  // threw), and the statistics come back in it, as the CUDA kernels and the fake kernel have them.
+  const auto acc = acc_type(x);
+  auto [y, mean, invstd] = at::native_batch_norm(x, weight.to(acc), bias.to(acc), {}, {}, /*training=*/true, 0.0, eps);
   y = as_x_layout(y, x);
   if (residual.has_value()) y.add_(*residual);
   if (relu) y.relu_();
@@ -73,10 +77,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bn_act_train_backward_stock(const Ten
                                                                        const Tensor& x, const Tensor& weight,
                                                                        const Tensor& mean, const Tensor& invstd,
                                                                        bool relu, bool residual_grad) {
+  const auto acc = acc_type(x);
   Tensor g = relu ? at::threshold_backward(grad_y, y, 0) : grad_y;
-  auto [dx, dw, db] = at::native_batch_norm_backward(g, x, weight, {}, {}, mean, invstd, /*train=*/true, 0.0,
-                                                     {true, true, true});
-  return {as_x_layout(dx, x), dw, db, residual_grad ? as_x_layout(g, x) : at::empty({0}, x.options())};
+  auto [dx, dw, db] = at::native_batch_norm_backward(g, x, weight.to(acc), {}, {}, mean.to(acc), invstd.to(acc),
+                                                     /*train=*/true, 0.0, {true, true, true});
+  return {as_x_layout(dx, x), dw.to(weight.scalar_type()), db.to(weight.scalar_type()),
+          residual_grad ? as_x_layout(g, x) : at::empty({0}, x.options())};
 }
 
 Tensor bn_stats_stock(const Tensor& x, const OptTensor& shift) {
@@ -175,6 +181,7 @@ bool kernel_layout(const Tensor& x, std::initializer_list<const Tensor*> others,
   for (const Tensor* t : others)
     if (t && t->defined()) ok = ok && aligned16(*t);
   l->vectorized = ok;
+  l->sm_count = at::cuda::getDeviceProperties(x.get_device())->multiProcessorCount;
   return true;
 }
 

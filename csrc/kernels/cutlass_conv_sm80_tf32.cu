@@ -1,6 +1,6 @@
 // fp32 conv_bn_act kernels on TF32 tensor cores: chosen only while torch.backends.cudnn.allow_tf32 is true
 // (PyTorch's default for convolutions), i.e. where the stock path would use TF32 as well.
-#include "cutlass_conv_sm80.cuh"
+#include "kernels/cutlass_conv_sm80.cuh"
 
 namespace resnet_ext {
 void append_cutlass_sm80_tf32_kernels(std::vector<FusedKernelInfo>& out) {

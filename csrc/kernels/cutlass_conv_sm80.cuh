@@ -10,7 +10,6 @@
 #include <string>
 #include <vector>
 
-#include "conv_problem.h"
 #include "cutlass/conv/conv2d_problem_size.h"
 #include "cutlass/conv/device/implicit_gemm_convolution.h"
 #include "cutlass/conv/kernel/default_conv2d_fprop.h"
@@ -20,6 +19,8 @@
 #include "cutlass/epilogue/thread/linear_combination_relu.h"
 #include "cutlass/epilogue/thread/linear_combination_residual_block.h"
 #include "cutlass/functional.h"
+#include "dispatch/conv_problem.h"
+#include "kernels/kernels.h"
 
 namespace resnet_ext {
 namespace sm80 {
@@ -32,7 +33,7 @@ struct Tile {
   using Threadblock = cutlass::gemm::GemmShape<TbM, TbN, TbK>;
   using Warp = cutlass::gemm::GemmShape<WM, WN, WK>;
   static constexpr int kStages = Stages_;
-  static constexpr int kN = TbN;
+  static constexpr int kM = TbM, kN = TbN, kK = TbK;
 };
 
 template <typename Element>
@@ -55,12 +56,12 @@ inline cutlass::conv::Conv2dProblemSize to_cutlass(const ConvProblem& p) {
 
 inline std::string status_string(cutlass::Status s) { return cutlass::cutlassGetStatusString(s); }
 
-// Common requirements of our kernels beyond CUTLASS's own can_implement.
+// Requirements of our kernels beyond CUTLASS's own can_implement (the dispatcher checks the operands' layout and
+// alignment for every kernel).
 inline std::string our_requirements(const ConvProblem& p, int alignment, bool residual_kernel) {
   if (p.groups != 1) return "groups != 1";
   if (p.C % alignment != 0) return "C=" + std::to_string(p.C) + " is not a multiple of " + std::to_string(alignment);
   if (p.K % alignment != 0) return "K=" + std::to_string(p.K) + " is not a multiple of " + std::to_string(alignment);
-  if (!p.pointers_aligned) return "a tensor's data pointer is not 16-byte aligned";
   if (residual_kernel && !p.has_residual) return "no residual";
   if (!residual_kernel && p.has_residual) return "has a residual";
   if (residual_kernel && !p.relu) return "residual without ReLU";
@@ -79,11 +80,20 @@ struct ConvRunner {
     return s == cutlass::Status::kSuccess ? "" : "CUTLASS: " + status_string(s);
   }
 
+  static size_t workspace_bytes(const ConvProblem& p) {
+    ConvLaunchArgs a;
+    a.problem = p;
+    return Conv::Op::get_workspace_size(Conv::arguments(a));
+  }
+
   static std::string launch(const ConvLaunchArgs& a) {
     typename Conv::Op op;
     auto args = Conv::arguments(a);
+    const size_t needed = Conv::Op::get_workspace_size(args);
+    if (a.workspace_bytes < needed)
+      return "workspace of " + std::to_string(a.workspace_bytes) + " bytes, the kernel needs " + std::to_string(needed);
     auto stream = static_cast<cudaStream_t>(a.stream);
-    cutlass::Status s = op.initialize(args, nullptr, stream);
+    cutlass::Status s = op.initialize(args, needed ? a.workspace : nullptr, stream);
     if (s == cutlass::Status::kSuccess) s = op(stream);
     if (s != cutlass::Status::kSuccess) return "CUTLASS: " + status_string(s);
     cudaError_t e = cudaGetLastError();
@@ -105,6 +115,7 @@ struct BiasActConv {
   using Op = cutlass::conv::device::ImplicitGemmConvolution<Kernel>;
   static constexpr int kAlignment = Mma<Element>::kAlignment;
   static constexpr bool kResidual = false;
+  static constexpr const char* kEpilogue = "bias_act";
 
   static typename Op::Arguments arguments(const ConvLaunchArgs& a) {
     const auto ps = to_cutlass(a.problem);
@@ -138,6 +149,7 @@ struct ResidualReluConv {
   using Op = cutlass::conv::device::ImplicitGemmConvolution<Kernel>;
   static constexpr int kAlignment = Mma<Element>::kAlignment;
   static constexpr bool kResidual = true;
+  static constexpr const char* kEpilogue = "residual_relu";
 
   static typename Op::Arguments arguments(const ConvLaunchArgs& a) {
     const auto ps = to_cutlass(a.problem);
@@ -156,32 +168,43 @@ struct ResidualReluConv {
 
 };
 
-// Heuristic: a 64-wide N tile for narrow layers (K <= 64) or when the 128x128 grid would leave SMs idle.
+// Heuristic: a 64-wide N tile for narrow layers (K <= 64) or when the 128x128 grid would not fill the device's
+// multiprocessors twice.
 template <int TileN>
 int tile_score(const ConvProblem& p) {
+  const int64_t sms = p.sm_count > 0 ? p.sm_count : 108;  // unknown (host-side tests): an A100's count
   const int64_t m = p.N * p.P * p.Q;
   const int64_t ctas_128 = ((m + 127) / 128) * ((p.K + 127) / 128);
-  const bool narrow = p.K <= 64 || ctas_128 < 2 * 132;
+  const bool narrow = p.K <= 64 || ctas_128 < 2 * sms;
   return (TileN == 64) == narrow ? 1 : 0;
 }
 
-template <typename Conv, int TileN>
-FusedKernelInfo make_info(const std::string& name, ScalarKind dtype) {
-  return FusedKernelInfo{name, 80, 1000, dtype, &ConvRunner<Conv>::can_implement, &tile_score<TileN>,
-                         &ConvRunner<Conv>::launch};
+template <typename Conv, typename TileT>
+FusedKernelInfo make_info(const char* dtype_tag, ScalarKind dtype) {
+  FusedKernelInfo k;
+  k.name = kernel_name("sm80", dtype_tag, Conv::kEpilogue, TileT::kM, TileT::kN, TileT::kK, TileT::kStages,
+                       Conv::kAlignment);
+  k.dtype = dtype;
+  k.min_sm = 80;
+  k.max_sm = 1000;
+  k.image = {80, false};  // plain sm80 code: any image from sm_80 up carries it
+  // Checked on an H100 (every ResNet conv shape, benchmarks/results/); sm_8x is the arch these CUTLASS
+  // configurations are written for. Other archs (Blackwell through a PTX image) only by force or the autotuner.
+  k.verified_sms = {80, 86, 89, 90};
+  k.can_implement = &ConvRunner<Conv>::can_implement;
+  k.score = &tile_score<TileT::kN>;
+  k.workspace_bytes = &ConvRunner<Conv>::workspace_bytes;
+  k.launch = &ConvRunner<Conv>::launch;
+  return k;
 }
 
-// Registers the four kernels of one dtype: {bias+act, bias+residual+relu} x {128x128, 128x64 tiles}.
+// Registers the four kernels of one dtype: {bias+act, bias+residual+relu} x {wide, narrow tile}.
 template <typename Element, typename TileWide, typename TileNarrow>
-void append_kernels(std::vector<FusedKernelInfo>& out, const std::string& dtype_name, ScalarKind dtype) {
-  out.push_back(make_info<BiasActConv<Element, TileWide>, TileWide::kN>(
-      "sm80_" + dtype_name + "_bias_act_" + std::to_string(TileWide::kN), dtype));
-  out.push_back(make_info<BiasActConv<Element, TileNarrow>, TileNarrow::kN>(
-      "sm80_" + dtype_name + "_bias_act_" + std::to_string(TileNarrow::kN), dtype));
-  out.push_back(make_info<ResidualReluConv<Element, TileWide>, TileWide::kN>(
-      "sm80_" + dtype_name + "_residual_relu_" + std::to_string(TileWide::kN), dtype));
-  out.push_back(make_info<ResidualReluConv<Element, TileNarrow>, TileNarrow::kN>(
-      "sm80_" + dtype_name + "_residual_relu_" + std::to_string(TileNarrow::kN), dtype));
+void append_kernels(std::vector<FusedKernelInfo>& out, const char* dtype_tag, ScalarKind dtype) {
+  out.push_back(make_info<BiasActConv<Element, TileWide>, TileWide>(dtype_tag, dtype));
+  out.push_back(make_info<BiasActConv<Element, TileNarrow>, TileNarrow>(dtype_tag, dtype));
+  out.push_back(make_info<ResidualReluConv<Element, TileWide>, TileWide>(dtype_tag, dtype));
+  out.push_back(make_info<ResidualReluConv<Element, TileNarrow>, TileNarrow>(dtype_tag, dtype));
 }
 
 }  // namespace sm80

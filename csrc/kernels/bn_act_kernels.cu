@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "bn_act.h"
+#include "kernels/bn_act_kernels.h"
 
 namespace resnet_ext {
 namespace bn_act {
@@ -258,9 +258,13 @@ int64_t nhwc_grid_x(const Layout& l, int vec) {
   return (vectors + nhwc_block(l, vec).x - 1) / nhwc_block(l, vec).x;
 }
 
+// Resident blocks to aim for: 16 per multiprocessor of the device (an H100-sized guess when it is not known).
+int64_t blocks_to_fill(const Layout& l) { return int64_t(l.sm_count > 0 ? l.sm_count : 132) * 16; }
+
 // Rows per block: enough blocks to fill the GPU several times over, at most kMaxRowBlocks per column of blocks.
 int64_t nhwc_rows_per_block(const Layout& l, int vec) {
-  const int64_t target = std::max<int64_t>(1, std::min<int64_t>(kMaxRowBlocks, 2048 / nhwc_grid_x(l, vec)));
+  const int64_t target =
+      std::max<int64_t>(1, std::min<int64_t>(kMaxRowBlocks, blocks_to_fill(l) / nhwc_grid_x(l, vec)));
   const int64_t ty = nhwc_block(l, vec).y;
   int64_t rows = (l.M() + target - 1) / target;
   rows = std::max<int64_t>(rows, 4 * ty);
@@ -297,8 +301,8 @@ std::string launch_sums(const Layout& l, Terms terms, float* partials, float* su
   return last_error();
 }
 
-unsigned elementwise_blocks(int64_t vectors) {
-  return unsigned(std::max<int64_t>(1, std::min<int64_t>((vectors + 255) / 256, 132 * 16)));
+unsigned elementwise_blocks(const Layout& l, int64_t vectors) {
+  return unsigned(std::max<int64_t>(1, std::min<int64_t>((vectors + 255) / 256, blocks_to_fill(l))));
 }
 
 template <typename F>
@@ -345,10 +349,10 @@ std::string apply_forward(DType t, const Layout& l, const void* x, const void* r
     auto* yp = static_cast<T*>(y);
     if (l.vectorized) {
       constexpr int V = vec_of<T>();
-      apply_forward_kernel<T, V><<<elementwise_blocks(total / V), 256, 0, s>>>(
+      apply_forward_kernel<T, V><<<elementwise_blocks(l, total / V), 256, 0, s>>>(
           xp, rp, weight, bias, mean, invstd, relu, yp, total, l.C, l.HW, l.channels_last);
     } else {
-      apply_forward_kernel<T, 1><<<elementwise_blocks(total), 256, 0, s>>>(
+      apply_forward_kernel<T, 1><<<elementwise_blocks(l, total), 256, 0, s>>>(
           xp, rp, weight, bias, mean, invstd, relu, yp, total, l.C, l.HW, l.channels_last);
     }
     return last_error();
@@ -374,7 +378,7 @@ std::string backward_apply(DType t, const Layout& l, const void* dy, const void*
     const int64_t total = l.M() * l.C;
     const float inv_count = float(1.0 / count);
     auto args = [&](auto kernel, int64_t vectors) {
-      kernel<<<elementwise_blocks(vectors), 256, 0, s>>>(
+      kernel<<<elementwise_blocks(l, vectors), 256, 0, s>>>(
           static_cast<const T*>(dy), static_cast<const T*>(y), static_cast<const T*>(x), weight, mean, invstd, sums,
           inv_count, relu, static_cast<T*>(dx), static_cast<T*>(dres), total, l.C, l.HW, l.channels_last);
     };

@@ -1,5 +1,5 @@
 // Launchers of the fused training BatchNorm(+residual add)+ReLU kernels (bn_act_kernels.cu). No ATen here: the
-// ATen-facing ops (bn_act.cpp) pass raw device pointers. Every launcher returns "" or the CUDA error.
+// ATen-facing ops (ops/bn_act.cpp) pass raw device pointers. Every launcher returns "" or the CUDA error.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +14,7 @@ struct Layout {
   int64_t N = 0, C = 0, HW = 0;  // x is [N, C, H, W]; HW = H * W
   bool channels_last = true;     // NHWC-dense, else NCHW-dense
   bool vectorized = false;       // channels_last, C a multiple of the 16-byte vector, pointers 16-byte aligned
+  int sm_count = 0;              // the device's multiprocessors: grids are sized to fill them (0: unknown)
   int64_t M() const { return N * HW; }  // values per channel
 };
 
