@@ -5,6 +5,7 @@ relu?(conv(x, weight) + bias + residual) with BatchNorm already folded into weig
 """
 from __future__ import annotations
 
+import operator
 from typing import Optional, Sequence, Union
 
 import torch
@@ -15,17 +16,89 @@ from ._C_loader import _C
 IntPair = Union[int, Sequence[int]]
 
 
-def _pair(v: IntPair) -> list:
-    return [int(v), int(v)] if isinstance(v, int) else [int(v[0]), int(v[1])]
+def conv_output_size(size, kernel, stride=1, padding=0, dilation=1):
+    """Output length of a convolution along one dimension: floor((size + 2*padding - dilation*(kernel-1) - 1) /
+    stride) + 1, which is <= 0 exactly when the padded input is shorter than the dilated kernel (F.conv2d and
+    conv_bn_act reject that). The one Python copy of the formula (the C++ one: conv_output_size in
+    csrc/dispatch/conv_problem.h); works on SymInts."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _int_arg(name: str, v):
+    """One integer as F.conv2d's argument parser takes it: Python, NumPy and SymInts and integer 0-dim tensors;
+    not bools, floats or anything else (TypeError, as F.conv2d)."""
+    if isinstance(v, bool):
+        raise TypeError(f"conv_bn_act(): argument '{name}' must be an int or a tuple of ints, not bool")
+    if isinstance(v, (int, torch.SymInt)):
+        return v
+    if isinstance(v, Tensor):
+        if v.dim() == 0 and not (v.is_floating_point() or v.is_complex() or v.dtype == torch.bool):
+            return int(v)
+    elif not isinstance(v, float) and hasattr(v, "__index__"):
+        return operator.index(v)
+    raise TypeError(f"conv_bn_act(): argument '{name}' must be an int or a tuple of ints, "
+                    f"not {type(v).__name__}")
+
+
+def _expand_pair(name: str, v) -> list:
+    """[h, w] from a list of one or two entries (one means both), as F.conv2d and the C++ op read int[2]."""
+    if len(v) not in (1, 2):
+        raise RuntimeError(f"conv_bn_act: expected {name} to be a single integer value or a list of 2 values to "
+                           f"match the convolution dimensions, but got {name}={list(v)}")
+    return [v[0], v[0]] if len(v) == 1 else [v[0], v[1]]
+
+
+def _pair(name: str, v: IntPair) -> list:
+    """F.conv2d's reading of a stride / padding / dilation argument: an int, or a tuple, list or torch.Size of one
+    or two ints."""
+    if isinstance(v, (tuple, list, torch.Size)):
+        return _expand_pair(name, [_int_arg(name, e) for e in v])
+    i = _int_arg(name, v)
+    return [i, i]
+
+
+def _conv_args(x: Tensor, weight: Tensor, residual: Optional[Tensor], stride, padding, dilation, groups):
+    """The op's arguments from conv_bn_act's F.conv2d-style ones: an unbatched (C, H, W) x (and residual) gets a
+    batch dimension; padding "valid" is 0 and "same" is F.conv2d's (an odd total pads the end by one more, through
+    a padded copy of x, as F.conv2d does). Returns (x, residual, stride, padding, dilation, groups, unbatched)."""
+    stride, dilation = _pair("stride", stride), _pair("dilation", dilation)
+    groups = _int_arg("groups", groups)
+    unbatched = isinstance(x, Tensor) and x.dim() == 3
+    if unbatched:
+        x = x.unsqueeze(0)
+        if residual is not None:
+            residual = residual.unsqueeze(0)
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = [0, 0]
+        elif padding == "same":
+            if any(s != 1 for s in stride):
+                raise RuntimeError("conv_bn_act: padding='same' is not supported for strided convolutions")
+            if weight.dim() != 4 or any(d <= 0 for d in dilation):
+                padding = [0, 0]  # the op reports the bad weight / dilation
+            else:
+                total = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:])]
+                padding = [t // 2 for t in total]
+                extra = [t - 2 * (t // 2) for t in total]  # the end gets one more where the total is odd
+                if any(extra):
+                    x = torch.nn.functional.pad(x, (0, extra[1], 0, extra[0]))
+        else:
+            raise RuntimeError(f"conv_bn_act: invalid padding string {padding!r}: expected 'same' or 'valid'")
+    else:
+        padding = _pair("padding", padding)
+    return x, residual, stride, padding, dilation, groups, unbatched
 
 
 def conv_bn_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: Optional[Tensor] = None,
-                stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1, relu: bool = True,
+                stride: IntPair = 1, padding: Union[IntPair, str] = 0, dilation: IntPair = 1, relu: bool = True,
                 groups: int = 1) -> Tensor:
     """relu?(conv2d(x, weight, bias, stride, padding, dilation, groups) + residual) in one op (one fused kernel
-    on CUDA where one applies, the stock ATen composition elsewhere). Differentiable."""
-    return torch.ops.resnet_ext.conv_bn_act(x, weight, bias, residual, _pair(stride), _pair(padding),
-                                            _pair(dilation), relu, groups)
+    on CUDA where one applies, the stock ATen composition elsewhere). Differentiable. Takes the argument forms
+    F.conv2d takes (ints or 1/2-tuples, padding "same"/"valid", an unbatched x) and rejects what it rejects."""
+    x, residual, stride, padding, dilation, groups, unbatched = _conv_args(x, weight, residual, stride, padding,
+                                                                           dilation, groups)
+    y = torch.ops.resnet_ext.conv_bn_act(x, weight, bias, residual, stride, padding, dilation, relu, groups)
+    return y.squeeze(0) if unbatched else y
 
 
 def _memory_format_of(x: Tensor) -> torch.memory_format:
@@ -35,30 +108,62 @@ def _memory_format_of(x: Tensor) -> torch.memory_format:
 
 @torch.library.register_fake("resnet_ext::conv_bn_act")
 def _conv_bn_act_fake(x, weight, bias, residual, stride, padding, dilation, relu, groups=1):
-    torch._check(x.dim() == 4, lambda: f"conv_bn_act: x must be a 4-D tensor (N, C, H, W), got {x.dim()}-D")
-    torch._check(weight.dim() == 4, lambda: f"conv_bn_act: weight must be a 4-D tensor, got {weight.dim()}-D")
-    for name, t in (("weight", weight), ("bias", bias), ("residual", residual)):
-        if t is not None:
-            torch._check(t.device == x.device, lambda: f"conv_bn_act: {name} must be on x's device ({x.device}), "
-                                                       f"got {t.device}")
-            torch._check(t.dtype == x.dtype, lambda: f"conv_bn_act: {name} must have x's dtype ({x.dtype}), "
-                                                     f"got {t.dtype}")
-    torch._check(weight.shape[1] * groups == x.shape[1],
-                 lambda: f"conv_bn_act: channel mismatch: x has {x.shape[1]} channels, weight expects "
-                         f"{weight.shape[1] * groups}")
-    n, _, h, w = x.shape
-    k, _, r, s = weight.shape
-    p = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) // stride[0] + 1
-    q = (w + 2 * padding[1] - dilation[1] * (s - 1) - 1) // stride[1] + 1
+    # The checks of check_conv_bn_act_args (csrc/ops/conv_bn_act.cpp), in its order and with its messages.
+    stride, padding, dilation = (_expand_pair(n, v) for n, v in
+                                 (("stride", stride), ("padding", padding), ("dilation", dilation)))
+    torch._check(stride[0] > 0 and stride[1] > 0,
+                 lambda: f"conv_bn_act: non-positive stride is not supported, got stride={stride}")
+    torch._check(padding[0] >= 0 and padding[1] >= 0,
+                 lambda: f"conv_bn_act: negative padding is not supported, got padding={padding}")
+    torch._check(dilation[0] > 0 and dilation[1] > 0,
+                 lambda: f"conv_bn_act: non-positive dilation is not supported, got dilation={dilation}")
+    torch._check(groups > 0, lambda: f"conv_bn_act: non-positive groups is not supported, got groups={groups}")
+    torch._check(x.dim() == 4, lambda: f"conv_bn_act: x must be a 4-D tensor (N, C, H, W), got shape {list(x.shape)}")
+    torch._check(x.dtype.is_floating_point,
+                 lambda: f"conv_bn_act: x must be a floating-point tensor, got {x.dtype}")
+    torch._check(weight.dim() == 4,
+                 lambda: f"conv_bn_act: weight must be a 4-D tensor (K, C/groups, R, S), got shape {list(weight.shape)}")
+
+    def like_x(name, t):
+        torch._check(t.device == x.device,
+                     lambda: f"conv_bn_act: {name} must be on x's device ({x.device}), got {t.device}")
+        torch._check(t.dtype == x.dtype, lambda: f"conv_bn_act: {name} must have x's dtype ({x.dtype}), got {t.dtype}")
+
+    like_x("weight", weight)
+    n, c, h, w = x.shape
+    k, cg, r, s = weight.shape
+    torch._check(k > 0 and r > 0 and s > 0,
+                 lambda: f"conv_bn_act: weight must not be empty, got shape {list(weight.shape)}")
+    torch._check(c % groups == 0 and k % groups == 0,
+                 lambda: f"conv_bn_act: groups={groups} must divide x's channels ({c}) and weight's output "
+                         f"channels ({k})")
+    torch._check(cg * groups == c,
+                 lambda: f"conv_bn_act: channel mismatch: x has {c} channels but weight of shape "
+                         f"{list(weight.shape)} expects {cg * groups}")
+    if bias is not None:
+        like_x("bias", bias)
+        torch._check(bias.dim() == 1 and bias.shape[0] == k,
+                     lambda: f"conv_bn_act: bias must have shape [{k}] (one per output channel), got "
+                             f"{list(bias.shape)}")
+    p = conv_output_size(h, r, stride[0], padding[0], dilation[0])
+    q = conv_output_size(w, s, stride[1], padding[1], dilation[1])
+    torch._check(p > 0 and q > 0,
+                 lambda: f"conv_bn_act: x's spatial size ({h}, {w}) is too small for a {r}x{s} kernel with padding "
+                         f"{padding} and dilation {dilation}")
     if residual is not None:
+        like_x("residual", residual)
         torch._check(list(residual.shape) == [n, k, p, q],
-                     lambda: f"conv_bn_act: residual must have the output's shape {[n, k, p, q]}")
-    return x.new_empty((n, k, p, q)).contiguous(memory_format=_memory_format_of(x))
+                     lambda: f"conv_bn_act: residual must have the output's shape {[n, k, p, q]}, got "
+                             f"{list(residual.shape)}")
+    return torch.empty((n, k, p, q), dtype=x.dtype, device=x.device, memory_format=_memory_format_of(x))
 
 
 def _conv_bn_act_setup_context(ctx, inputs, output):
     x, weight, bias, residual, stride, padding, dilation, relu, groups = inputs
-    ctx.conv = (stride, padding, dilation, groups)
+    # Dilation along a 1-tap kernel dimension changes nothing (and crashes oneDNN for some strides; see
+    # conv_bn_act_stock in csrc/ops/conv_bn_act.cpp).
+    dilation = [1 if k == 1 else d for k, d in zip(weight.shape[2:], _expand_pair("dilation", dilation))]
+    ctx.conv = (_expand_pair("stride", stride), _expand_pair("padding", padding), dilation, groups)
     ctx.relu = relu
     ctx.has_bias = bias is not None
     ctx.has_residual = residual is not None
@@ -71,9 +176,12 @@ def _conv_bn_act_backward(ctx, grad):
     if ctx.relu:
         grad = grad * (out > 0)  # the ReLU mask, read off the saved output
     need = ctx.needs_input_grad
-    gx, gw, gb = torch.ops.aten.convolution_backward(
-        grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, stride, padding, dilation, False, [0, 0],
-        groups, [need[0], need[1], ctx.has_bias and need[2]])
+    gx = gw = None
+    if need[0] or need[1]:
+        gx, gw, _ = torch.ops.aten.convolution_backward(
+            grad, x, weight, None, stride, padding, dilation, False, [0, 0], groups, [need[0], need[1], False])
+    # The bias gradient directly (ATen's convolution_backward returns zeros for it when x has no channels).
+    gb = grad.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
     gres = grad if ctx.has_residual and need[3] else None
     return gx, gw, gb, gres, None, None, None, None, None
 
@@ -108,11 +216,13 @@ def fold_bn(conv: torch.nn.Conv2d, bn: torch.nn.modules.batchnorm._BatchNorm) ->
 
 
 def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: Optional[Tensor] = None,
-            stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1, relu: bool = True,
+            stride: IntPair = 1, padding: Union[IntPair, str] = 0, dilation: IntPair = 1, relu: bool = True,
             groups: int = 1) -> tuple[str, str]:
-    """Which path `conv_bn_act` would take with these arguments, and why: ("fused:<kernel>" or "stock", reason).
-    Runs no kernel."""
-    return _C.explain(x, weight, bias, residual, _pair(stride), _pair(padding), _pair(dilation), relu, groups)
+    """Which path `conv_bn_act` takes with these arguments, and why: ("fused:<kernel>", "cudnn_fused" or "stock",
+    reason). Runs no kernel; asks the same dispatcher, with the same operands, as the call itself."""
+    x, residual, stride, padding, dilation, groups, _ = _conv_args(x, weight, residual, stride, padding, dilation,
+                                                                   groups)
+    return _C.explain(x, weight, bias, residual, stride, padding, dilation, relu, groups)
 
 
 def path_counts() -> dict:

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .ops import conv_output_size
+
 
 @dataclass(frozen=True)
 class ConvShape:
@@ -25,11 +27,11 @@ class ConvShape:
 
     @property
     def P(self) -> int:
-        return (self.H + 2 * self.padding - self.dilation * (self.R - 1) - 1) // self.stride + 1
+        return conv_output_size(self.H, self.R, self.stride, self.padding, self.dilation)
 
     @property
     def Q(self) -> int:
-        return (self.W + 2 * self.padding - self.dilation * (self.S - 1) - 1) // self.stride + 1
+        return conv_output_size(self.W, self.S, self.stride, self.padding, self.dilation)
 
     def with_batch(self, n: int) -> "ConvShape":
         return ConvShape(**{**asdict(self), "N": n})

@@ -1,12 +1,14 @@
 """resnet_ext::conv_bn_act on the CPU: numbers, opcheck, autograd, errors; fold_bn; build_info; explain."""
 import itertools
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import resnet_ext
 from resnet_ext import conv_bn_act, fold_bn
+from resnet_ext.ops import conv_output_size
 from conftest import rel_err
 
 # (N, C, H, W, K, R, stride, padding, dilation, groups): odd sizes, batch 1, every ResNet conv kind.
@@ -34,8 +36,8 @@ def make_case(case, dtype=torch.float32, channels_last=False, bias=True, residua
     x = torch.randn(n, c, h, w, dtype=dtype)
     wt = torch.randn(k, c // g, r, r, dtype=dtype) / (c // g * r * r) ** 0.5
     b = torch.randn(k, dtype=dtype) if bias else None
-    out_h = (h + 2 * p - d * (r - 1) - 1) // s + 1
-    out_w = (w + 2 * p - d * (r - 1) - 1) // s + 1
+    out_h = conv_output_size(h, r, s, p, d)
+    out_w = conv_output_size(w, r, s, p, d)
     res = torch.randn(n, k, out_h, out_w, dtype=dtype) if residual else None
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -127,8 +129,8 @@ def _args(**over):
     return a
 
 
-@pytest.mark.parametrize("over,match", [
-    (dict(x=torch.randn(8, 9, 9)), r"x must be a 4-D tensor"),
+BAD_INPUTS = [
+    (dict(x=torch.randn(8, 9)), r"x must be a 4-D tensor"),
     (dict(weight=torch.randn(16, 8, 3)), r"weight must be a 4-D tensor"),
     (dict(weight=torch.randn(16, 4, 3, 3)), r"channel mismatch: x has 8 channels"),
     (dict(bias=torch.randn(15)), r"bias must have shape \[16\]"),
@@ -137,12 +139,20 @@ def _args(**over):
     (dict(residual=torch.randn(2, 16, 9, 9, dtype=torch.float16)), r"residual must have x's dtype"),
     (dict(x=torch.randint(0, 5, (2, 8, 9, 9)), weight=torch.randint(0, 5, (16, 8, 3, 3)), bias=None),
      r"x must be a floating-point tensor"),
-    (dict(stride=[0, 1]), r"stride entries must be >= 1"),
-    (dict(padding=[-1, 0]), r"padding entries must be >= 0"),
+    (dict(stride=[0, 1]), r"non-positive stride is not supported"),
+    (dict(padding=[-1, 0]), r"negative padding is not supported"),
+    (dict(dilation=[1, 0]), r"non-positive dilation is not supported"),
+    (dict(stride=[1, 1, 1]), r"expected stride to be a single integer value or a list of 2 values"),
+    (dict(groups=0), r"non-positive groups is not supported"),
+    (dict(x=torch.randn(1, 8, 1, 1), weight=torch.randn(4, 8, 2, 2), bias=None, stride=[2, 2], padding=[0, 0]),
+     r"too small for a 2x2 kernel"),
     (dict(groups=3), r"groups=3 must divide"),
     (dict(x=torch.randn(2, 8, 1, 1), padding=[0, 0]), r"too small for a 3x3 kernel"),
     (dict(bias=torch.randn(16, device="meta")), r"bias must be on x's device"),
-])
+]
+
+
+@pytest.mark.parametrize("over,match", BAD_INPUTS)
 def test_bad_input_names_the_argument(over, match):
     a = _args(**over)
     with pytest.raises(RuntimeError, match=match):
@@ -185,3 +195,251 @@ def test_compile_and_export_op():
 
     ep = torch.export.export(M(), args)
     torch.testing.assert_close(ep.module()(*args), f(*args))
+
+
+# ---- argument forms: accepted or rejected exactly as F.conv2d does ------------------------------------------------
+
+_GOOD_INTS = [1, 2, (1,), (2,), [2], (1, 2), [2, 1], torch.Size([2, 1]), np.int64(2), torch.tensor(2),
+              (np.int64(1), 2)]
+_BAD = [1.0, (1.0, 1), True, None, "1", (1, 1, 1), (), (2, "a"), 0, -1, (0, 1), (1, -1), np.float32(2),
+        torch.tensor(2.0), 1.5]
+_FORMS = ([("stride", v) for v in _GOOD_INTS + _BAD] + [("dilation", v) for v in _GOOD_INTS + _BAD]
+          + [("padding", v) for v in _GOOD_INTS + _BAD + ["same", "valid", "SAME", "foo", ""]]
+          + [("groups", v) for v in [1, 2, np.int64(2), 2.0, True, 0, -2, 3, None, (2,)]])
+
+
+def _outcome(fn):
+    try:
+        with torch.no_grad():
+            return "ok", fn()
+    except Exception as e:  # noqa: BLE001  (the type is what is compared)
+        return "error", e
+
+
+@pytest.mark.parametrize("name,value,extra", [(n, v, e) for n, v in _FORMS
+                                              for e in ({}, {"dilation": 2}, {"stride": 2}) if n not in e],
+                         ids=lambda v: repr(v)[:20])
+def test_argument_forms_match_F_conv2d(name, value, extra):
+    """Whatever F.conv2d accepts gives F.conv2d's result; whatever it rejects is rejected with the same exception
+    type and a message naming the argument."""
+    torch.manual_seed(0)
+    x, w, b = torch.randn(2, 4, 9, 8), torch.randn(6, 2, 3, 2), torch.randn(6)
+    kw = {"stride": 1, "padding": 0, "dilation": 1, "groups": 2, **extra, name: value}
+    if name == "groups":
+        w = torch.randn(6, 4 // value if isinstance(value, int) and value in (1, 2) else 2, 3, 2)
+    ref_kind, ref = _outcome(lambda: F.conv2d(x, w, b, **kw))
+    kind, got = _outcome(lambda: conv_bn_act(x, w, b, None, relu=False, **kw))
+    assert kind == ref_kind, (kw, ref, got)
+    if kind == "ok":
+        assert got.shape == ref.shape, kw
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    else:
+        assert type(got) is type(ref), (kw, ref, got)
+        assert name in str(got), (kw, str(got))
+    # explain() reads the arguments the same way.
+    assert _outcome(lambda: resnet_ext.explain(x, w, b, None, relu=False, **kw))[0] == ref_kind, kw
+
+
+@pytest.mark.parametrize("k,dilation", [(3, 1), (2, 1), (4, 1), (2, 3), (3, 2), ((2, 3), (1, 2))])
+def test_same_padding_matches_F_conv2d_with_gradients(k, dilation):
+    torch.manual_seed(0)
+    kh, kw_ = (k, k) if isinstance(k, int) else k
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 4, kh, kw_, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    y = conv_bn_act(x, w, b, None, 1, "same", dilation, relu=False)
+    ref = F.conv2d(x, w, b, 1, "same", dilation)
+    assert y.shape == ref.shape == (2, 5, 7, 6)
+    torch.testing.assert_close(y, ref)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(y, (x, w, b), g), torch.autograd.grad(ref, (x, w, b), g))
+
+
+def test_unbatched_input_like_F_conv2d():
+    x, w, b, r = torch.randn(4, 9, 9), torch.randn(8, 4, 3, 3), torch.randn(8), torch.randn(8, 9, 9)
+    y = conv_bn_act(x, w, b, r, 1, 1)
+    assert y.shape == (8, 9, 9)
+    torch.testing.assert_close(y, F.relu(F.conv2d(x, w, b, 1, 1) + r), rtol=1e-5, atol=1e-5)
+
+
+def test_op_takes_one_entry_lists_like_aten():
+    x, w = torch.randn(1, 4, 9, 9), torch.randn(8, 4, 3, 3)
+    y = torch.ops.resnet_ext.conv_bn_act(x, w, None, None, [2], [1], [1], False)
+    torch.testing.assert_close(y, F.conv2d(x, w, None, 2, 1), rtol=1e-5, atol=1e-5)
+
+
+# ---- the fake kernel agrees with the real one --------------------------------------------------------------------
+
+def _layouts(t, kind):
+    if kind == "cl":
+        return t.contiguous(memory_format=torch.channels_last)
+    if kind == "view":  # a non-contiguous, offset view
+        big = torch.randn(t.shape[0], t.shape[1], t.shape[2] + 1, t.shape[3] * 2 + 1, dtype=t.dtype)
+        v = big[:, :, 1:, 1::2]
+        return v.copy_(t)
+    return t
+
+
+def _fake_cases():
+    rng = np.random.default_rng(0)
+    cases = []
+    for n, c, k, g in [(0, 4, 8, 1), (2, 0, 8, 1), (0, 0, 4, 1), (1, 4, 8, 1), (2, 6, 4, 2), (3, 1, 1, 1),
+                       (2, 4, 8, 4), (1, 8, 16, 1), (2, 0, 4, 2)]:
+        for layout in ("contiguous", "cl", "view"):
+            for _ in range(14):
+                h, w = rng.integers(1, 8, size=2)
+                r, s = rng.integers(1, 4, size=2)
+                cases.append(dict(n=n, c=c, k=k, g=g, h=int(h), w=int(w), r=int(r), s=int(s),
+                                  stride=[int(v) for v in rng.integers(1, 4, size=2)],
+                                  padding=[int(v) for v in rng.integers(0, 3, size=2)],
+                                  dilation=[int(v) for v in rng.integers(1, 3, size=2)],
+                                  layout=layout, bias=bool(rng.integers(2)), residual=bool(rng.integers(2)),
+                                  relu=bool(rng.integers(2))))
+    return cases
+
+
+def _make_fake_case(case):
+    x = _layouts(torch.randn(case["n"], case["c"], case["h"], case["w"]), case["layout"])
+    wt = torch.randn(case["k"], case["c"] // case["g"], case["r"], case["s"])
+    b = torch.randn(case["k"]) if case["bias"] else None
+    p = conv_output_size(case["h"], case["r"], case["stride"][0], case["padding"][0], case["dilation"][0])
+    q = conv_output_size(case["w"], case["s"], case["stride"][1], case["padding"][1], case["dilation"][1])
+    r = None
+    if case["residual"]:  # of the output's shape where there is one, else a wrong one (both must reject it)
+        r = _layouts(torch.randn(case["n"], case["k"], max(p, 1), max(q, 1)), case["layout"])
+    return (x, wt, b, r, case["stride"], case["padding"], case["dilation"], case["relu"], case["g"])
+
+
+def test_fake_kernel_agrees_with_the_real_one_on_every_shape():
+    """Output shape, strides and dtype -- or an error from both -- for zero-size batches, zero channels, groups,
+    outputs too small to exist, contiguous/channels_last/strided-view inputs, with and without bias/residual."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    op = torch.ops.resnet_ext.conv_bn_act.default
+    mode = FakeTensorMode()
+    checked = errors = 0
+    for case in _fake_cases():
+        args = _make_fake_case(case)
+        real_kind, real = _outcome(lambda: op(*args))
+        fake_args = tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args)
+        with mode:
+            fake_kind, fake = _outcome(lambda: op(*fake_args))
+        assert real_kind == fake_kind, (case, real, fake)
+        if real_kind == "ok":
+            assert (real.shape, real.stride(), real.dtype) == (fake.shape, fake.stride(), fake.dtype), case
+        else:
+            errors += 1
+            assert type(real) is type(fake) and str(real).split(",")[0][:25] == str(fake).split(",")[0][:25], \
+                (case, str(real), str(fake))
+        checked += 1
+    assert checked > 300 and 0 < errors < checked
+
+
+def test_zero_channels_give_the_empty_sum_with_gradients():
+    x = torch.randn(2, 0, 5, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, 0, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    r = torch.randn(2, 8, 3, 3, dtype=torch.float64, requires_grad=True)
+    y = conv_bn_act(x, w, b, r, 1, 0)
+    torch.testing.assert_close(y, F.relu(b.view(1, -1, 1, 1) + r))
+    g = torch.randn_like(y)
+    gx, gw, gb, gr = torch.autograd.grad(y, (x, w, b, r), g)
+    mask = g * (y > 0)
+    assert gx.shape == x.shape and gw.shape == w.shape
+    torch.testing.assert_close(gb, mask.sum((0, 2, 3)))
+    torch.testing.assert_close(gr, mask)
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 6, 6), (2, 0, 6, 6)], ids=["empty-batch", "no-channels"])
+def test_opcheck_empty_shapes(shape):
+    n, c, h, w = shape
+    x = torch.randn(n, c, h, w, requires_grad=True)
+    wt = torch.randn(8, c, 3, 3, requires_grad=True)
+    b = torch.randn(8, requires_grad=True)
+    r = torch.randn(n, 8, 6, 6, requires_grad=True)
+    torch.library.opcheck(torch.ops.resnet_ext.conv_bn_act.default, (x, wt, b, r, [1, 1], [1, 1], [1, 1], True, 1))
+
+
+# ---- a failed call changes no state --------------------------------------------------------------------------------
+
+def _state(tensors):
+    return (resnet_ext.path_counts(), [(t._version, t.clone() if t.device.type != "meta" else None)
+                                       for t in tensors if isinstance(t, torch.Tensor)])
+
+
+@pytest.mark.parametrize("over", [over for over, _ in BAD_INPUTS], ids=lambda o: ",".join(o))
+def test_a_failed_call_changes_no_state(over):
+    a = _args(**over)
+    tensors = list(a.values())
+    resnet_ext.conv_bn_act(*_args().values())  # some counts to keep
+    before_counts, before = _state(tensors)
+    for call in (torch.ops.resnet_ext.conv_bn_act, resnet_ext.explain, resnet_ext.conv_bn_act):
+        with pytest.raises((RuntimeError, TypeError)):
+            call(*a.values())
+    after_counts, after = _state(tensors)
+    assert after_counts == before_counts
+    for (v0, t0), (v1, t1) in zip(before, after):
+        assert v0 == v1 and (t0 is None or torch.equal(t0, t1))
+    from resnet_ext._C_loader import _C
+    assert _C.autotune_cache_size() == 0
+
+
+# ---- the loader refuses a _C built from other sources ---------------------------------------------------------------
+
+def test_loaded_extension_carries_its_build_id():
+    from resnet_ext import _C_loader
+
+    info = resnet_ext.build_info()
+    assert info["build_id"] and info["build_id"] != "unknown"
+    assert _C_loader.extension_build_id(_C_loader._C.__file__) == info["build_id"]
+
+
+def test_loader_passes_over_builds_from_other_sources(tmp_path):
+    from resnet_ext import _C_loader
+
+    for name, build_id in (("a", "stale0000"), ("b", "fresh1111")):
+        (tmp_path / name / "resnet_ext").mkdir(parents=True)
+        (tmp_path / name / "resnet_ext" / "_C.cpython-311-x86_64-linux-gnu.so").write_bytes(
+            b"\x7fELF junk RESNET_EXT_BUILD_ID=" + build_id.encode() + b"; more junk")
+    here = str(tmp_path / "checkout" / "resnet_ext")
+    search = [str(tmp_path / "a"), str(tmp_path / "b")]
+    path, stale = _C_loader.find_other_build(here, search, "fresh1111")
+    assert path.startswith(str(tmp_path / "b")) and [b for _, b in stale] == ["stale0000"]
+    path, stale = _C_loader.find_other_build(here, search, "other2222")
+    assert path is None and [b for _, b in stale] == ["stale0000", "fresh1111"]
+    assert _C_loader.find_other_build(here, search, None)[0].startswith(str(tmp_path / "a"))
+
+
+def test_source_build_id_follows_the_sources(tmp_path):
+    from resnet_ext import _C_loader
+
+    (tmp_path / "csrc" / "ops").mkdir(parents=True)
+    (tmp_path / "csrc" / "ops" / "a.cpp").write_text("int a;")
+    first = _C_loader.source_build_id(str(tmp_path))
+    (tmp_path / "csrc" / ".a.cpp.swp").write_text("editor noise")
+    assert _C_loader.source_build_id(str(tmp_path)) == first
+    (tmp_path / "csrc" / "ops" / "a.cpp").write_text("int b;")
+    assert _C_loader.source_build_id(str(tmp_path)) != first
+    assert _C_loader.source_build_id(str(tmp_path / "nowhere")) is None
+
+
+def test_import_from_a_checkout_refuses_a_stale_installed_extension(tmp_path):
+    """A checkout without its own _C, with another resnet_ext on sys.path whose _C was built from other sources:
+    the import fails and says why, instead of loading the stale binary."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(resnet_ext.__file__).resolve().parent.parent
+    checkout = tmp_path / "checkout"
+    shutil.copytree(root / "resnet_ext", checkout / "resnet_ext", ignore=shutil.ignore_patterns("_C.*", "__pycache__"))
+    shutil.copytree(root / "csrc", checkout / "csrc")
+    site = tmp_path / "site" / "resnet_ext"
+    site.mkdir(parents=True)
+    (site / "_C.cpython-311-x86_64-linux-gnu.so").write_bytes(b"RESNET_EXT_BUILD_ID=0123456789abcdef;")
+    env = {**__import__("os").environ, "PYTHONPATH": f"{checkout}:{tmp_path / 'site'}"}
+    out = subprocess.run([sys.executable, "-c", "import resnet_ext"], cwd=checkout, env=env, capture_output=True,
+                         text=True)
+    assert out.returncode != 0
+    assert "built from other sources (build id 0123456789abcdef" in out.stderr, out.stderr[-2000:]
