@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu_check.sh [--quick] [--dry-run]
 #
 # Needs: a CUDA torch, nvcc, and CUTLASS headers: pip's nvidia-cutlass, $CUTLASS_PATH, or the wheel in .whl/
-# (download it where pip works: see README "GPU check"). --quick: CUDA tests and conv benchmarks only.
+# (download it where pip works: see README "GPU check"). --quick: CUDA tests, a smaller CUDA fuzz run and conv
+# benchmarks only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 QUICK=0
@@ -86,6 +87,7 @@ export PYTHONUNBUFFERED=1
 if [ "$QUICK" = 1 ]; then
   step cuda_tests 200 "$PY" -m pytest tests/test_cuda_bn_act.py tests/test_kernel_selection.py tests/test_cuda.py -q -rfE \
     -p no:cacheprovider -k "not compile"
+  RESNET_EXT_FUZZ_SCALE=0.3 step fuzz_cuda 90 "$PY" -m pytest tests/test_fuzz.py -q -rfE -p no:cacheprovider -k cuda -s
 else
   step cuda_tests 270 "$PY" -m pytest tests/test_cuda_bn_act.py tests/test_kernel_selection.py tests/test_cuda.py -q -rfE \
     --tb=short -p no:cacheprovider -s
@@ -94,6 +96,8 @@ else
     step crash_backtrace 100 cuda-gdb -q -batch -ex run -ex bt --args "$PY" -m pytest tests/test_cuda.py -q -x \
       -p no:cacheprovider -k "autotuner"
   fi
+  # The seeded fuzz generator of the CPU tests, on CUDA: random shapes, layouts, dtypes through the dispatcher.
+  step fuzz_cuda 150 "$PY" -m pytest tests/test_fuzz.py -q -rfE --tb=short -p no:cacheprovider -k cuda -s
   step memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" benchmarks/sanitize_forward.py
 fi
 BENCH_ARGS=(benchmarks -q -p no:cacheprovider --benchmark-only --benchmark-json="$OUT/bench.json" --benchmark-columns=min,median,rounds)

@@ -2,7 +2,10 @@
 
 Every distinct conv shape of resnet50/101 (and the dilated variant) x {fp16, bf16} x {no residual, residual}
 x batch {1, 7, 64} against a float32 reference of stock ops, with outputs poisoned with NaN before each launch;
-TF32 for fp32; whole models against torchvision; CUDA graphs; fallbacks; the autotuner."""
+TF32 for fp32; whole models against torchvision; CUDA graphs; fallbacks; the autotuner. The dispatcher on the
+GPU: explain() names the path each call takes for every layout variant (NCHW, misaligned, strided bias, NCHW
+weight/residual) of tuned and untuned problems, with right results; a failing autotune candidate is rejected;
+unverified kernels are never picked unforced; opcheck of every op on CUDA."""
 import math
 
 import pytest
@@ -282,3 +285,154 @@ def test_autotuner_checks_and_caches(cutlass_only):
         resnet_ext.autotune(False)
     assert "autotuned" in reason, reason
     assert rel_err(y, reference_fp32(x, w, b, r, s, s.relu)) <= 3e-3
+
+
+# ---- the dispatcher on the GPU: every choice re-checked, explain agrees with the launch (issue #11) ----------------
+
+def _path_taken(fn):
+    """The one path a single eager conv_bn_act call took, as explain() names it."""
+    resnet_ext.reset_path_counts()
+    y = fn()
+    torch.cuda.synchronize()
+    counts = resnet_ext.path_counts()
+    assert sum(counts.values()) == 1, counts
+    [key] = counts
+    return y, key[:-len(":cuda")] if key.endswith(":cuda") else key
+
+
+def _variants(s, dtype):
+    """The same problem with its operands in layouts the fused kernels must not (or may) be run on."""
+    x, w, b, r = make_inputs(s, dtype, s.residual)
+    base = torch.empty(x.numel() + 1, dtype=x.dtype, device="cuda")[1:]
+    misaligned = base.as_strided(x.shape, x.stride()).copy_(x)
+    wide_b = torch.zeros(2 * b.numel(), dtype=b.dtype, device="cuda")
+    wide_b[::2] = b
+    yield "channels_last", (x, w, b, r)
+    yield "nchw", (x.contiguous(), w, b, r)
+    yield "misaligned", (misaligned, w, b, r)
+    yield "strided_bias", (x, w, wide_b[::2], r)
+    yield "nchw_weight", (x, w.contiguous(), b, r)
+    yield "no_bias", (x, w, None, r)
+    if r is not None:
+        yield "nchw_residual", (x, w, b, r.contiguous())
+
+
+@pytest.mark.parametrize("autotune", [False, True], ids=["heuristic", "autotuned"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "tf32"])
+def test_explain_agrees_with_the_path_taken_and_results_are_right(dtype, autotune, cutlass_only):
+    """For every layout variant of tuned and untuned shapes: explain() names the path the call then takes, and the
+    output matches the fp32 reference (an NCHW or misaligned call of a tuned shape, or a strided bias, used to run
+    the NHWC kernel on the wrong memory)."""
+    resnet_ext.autotune(autotune)
+    _C.clear_autotune_cache()
+    try:
+        for s in [SHAPES[2].with_batch(4), next(s for s in SHAPES if s.residual).with_batch(4)]:
+            relu = True if s.residual else s.relu
+            for name, (x, w, b, r) in _variants(s, dtype):
+                # Tune the packed channels_last call first, then the variants hit (or miss) its cache entry.
+                args = (x, w, b, r, s.stride, s.padding, s.dilation, relu)
+                resnet_ext.conv_bn_act(*args)
+                path, reason = resnet_ext.explain(*args)
+                y, taken = _path_taken(lambda: resnet_ext.conv_bn_act(*args))
+                assert taken == path, (s.name, name, path, taken, reason)
+                ref = reference_fp32(x, w, torch.zeros_like(w[:, 0, 0, 0]) if b is None else b, r, s, relu)
+                assert rel_err(y, ref) <= TOL[dtype], (s.name, name, path)
+                if name in ("nchw", "misaligned", "nchw_residual"):
+                    assert not path.startswith("fused:"), (s.name, name, path, reason)
+                if name in ("channels_last", "strided_bias", "nchw_weight", "no_bias") and not autotune:
+                    assert path.startswith("fused:"), (s.name, name, path, reason)  # copied operands: still fused
+    finally:
+        resnet_ext.autotune(False)
+        _C.clear_autotune_cache()
+
+
+def test_strided_bias_is_right_on_cuda(cutlass_only):
+    s = SHAPES[2].with_batch(2)
+    x, w, b, _ = make_inputs(s, torch.float16, False)
+    wide = torch.randn(2 * s.K, device="cuda", dtype=torch.float16)
+    path, reason = resnet_ext.explain(x, w, wide[::2], None, s.stride, s.padding, s.dilation, True)
+    assert path.startswith("fused:"), (path, reason)  # the bias is copied dense: still our kernel, now right
+    y = resnet_ext.conv_bn_act(x, w, wide[::2], None, s.stride, s.padding, s.dilation, True)
+    assert rel_err(y, reference_fp32(x, w, wide[::2], None, s, True)) <= TOL[torch.float16]
+
+
+def test_autotune_candidate_whose_launch_fails_is_rejected_not_thrown(cutlass_only):
+    s = SHAPES[5].with_batch(8)
+    x, w, b, r = make_inputs(s, torch.float16, s.residual)
+    args = (x, w, b, r, s.stride, s.padding, s.dilation, s.relu)
+    resnet_ext.reset_path_counts()
+    heuristic = resnet_ext.explain(*args)[0]
+    assert heuristic.startswith("fused:")
+    _C.set_failing_kernel(heuristic[len("fused:"):])
+    _C.clear_autotune_cache()
+    resnet_ext.autotune(True)
+    try:
+        y = resnet_ext.conv_bn_act(*args)  # tunes: the failing candidate is rejected, the call goes on
+        path, reason = resnet_ext.explain(*args)
+    finally:
+        resnet_ext.autotune(False)
+        _C.set_failing_kernel("")
+        _C.clear_autotune_cache()
+    assert heuristic[len("fused:"):] in reason and "launch failed" in reason, reason
+    assert path != heuristic
+    assert rel_err(y, reference_fp32(x, w, b, r, s, s.relu)) <= TOL[torch.float16]
+
+
+def test_dispatcher_never_picks_an_unverified_kernel_on_its_own(cutlass_only):
+    sm = torch.cuda.get_device_capability()
+    sm = sm[0] * 10 + sm[1]
+    for s in SHAPES:
+        for dtype in (torch.bfloat16, torch.float16):
+            x, w, b, r = make_inputs(s.with_batch(2), dtype, s.residual)
+            path, reason = resnet_ext.explain(x, w, b, r, s.stride, s.padding, s.dilation, True)
+            assert not path.startswith("fused:sm90_"), (s.name, path, reason)
+            if sm not in (80, 86, 89, 90):  # no verified kernel for this arch (e.g. Blackwell): a fallback
+                assert not path.startswith("fused:"), (s.name, path, reason)
+
+
+def test_build_images_load_on_this_device():
+    """The fused kernels run here only if an image of them loads on this arch; explain says so otherwise."""
+    major, minor = torch.cuda.get_device_capability()
+    images = resnet_ext.build_info()["cuda_images"].split()
+    s = SHAPES[2].with_batch(2)
+    x, w, b, r = make_inputs(s, torch.bfloat16, False)
+    path, reason = resnet_ext.explain(x, w, b, r, s.stride, s.padding, s.dilation, False)
+    loads = any((i == f"sm_{major}{minor}a") or (i.startswith("sm_") and not i.endswith("a") and
+                                                int(i[3:]) // 10 == major and int(i[3:]) <= major * 10 + minor) or
+                (i.startswith("compute_") and not i.endswith("a") and int(i[8:]) <= major * 10 + minor)
+                for i in images)
+    if not loads:
+        assert not path.startswith("fused:") and "no image" in reason, (images, path, reason)
+
+
+def test_opcheck_every_op_on_cuda():
+    ops = torch.ops.resnet_ext
+    # conv_bn_act: the fused path (bf16, channels_last, aligned), cuDNN's fused fallback (NCHW) and stock (fp64).
+    s = SHAPES[2].with_batch(2)
+    for dtype, fmt in ((torch.bfloat16, CL), (torch.float32, torch.contiguous_format), (torch.float64, CL)):
+        x, w, b, r = make_inputs(s, dtype, True)
+        x, r = x.contiguous(memory_format=fmt), r.contiguous(memory_format=fmt)
+        for residual, relu in ((None, False), (r, True)):
+            args = (x.clone().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_(),
+                    None if residual is None else residual.clone().requires_grad_(),
+                    [s.stride] * 2, [s.padding] * 2, [s.dilation] * 2, relu, 1)
+            torch.library.opcheck(ops.conv_bn_act.default, args)
+    # The training BN ops: the vectorized NHWC, NCHW and fp64 (stock) paths.
+    n, c, h, w_ = 3, 16, 5, 4
+    for dtype, fmt in ((torch.bfloat16, CL), (torch.float32, torch.contiguous_format), (torch.float64, CL)):
+        x = torch.randn(n, c, h, w_, device="cuda").to(dtype).contiguous(memory_format=fmt)
+        r = torch.randn(n, c, h, w_, device="cuda").to(dtype).contiguous(memory_format=fmt)
+        wt, b, rm = (torch.rand(c, device="cuda") + 0.5, torch.randn(c, device="cuda"), torch.randn(c, device="cuda"))
+        for residual in (None, r):
+            args = (x.clone().requires_grad_(), None if residual is None else residual.clone().requires_grad_(),
+                    wt.clone().requires_grad_(), b.clone().requires_grad_(), rm, 1e-5, True)
+            torch.library.opcheck(ops.bn_act_train.default, args)
+        y, mean, invstd, _ = ops.bn_act_train(x, r, wt, b, rm, 1e-5, True)
+        gy = torch.randn_like(y)
+        torch.library.opcheck(ops.bn_act_train_backward.default, (gy, y, x, wt, mean, invstd, True, True))
+        torch.library.opcheck(ops.bn_stats.default, (x, rm))
+        torch.library.opcheck(ops.bn_act_apply.default, (x, r, wt, b, mean, invstd, True))
+        torch.library.opcheck(ops.bn_act_backward_reduce.default, (gy, y, x, mean, invstd, True))
+        sums = ops.bn_act_backward_reduce(gy, y, x, mean, invstd, True)
+        torch.library.opcheck(ops.bn_act_backward_apply.default,
+                              (gy, y, x, wt, mean, invstd, sums, float(n * h * w_), True, True))
