@@ -188,7 +188,9 @@ at::Tensor conv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight, const
   // The same call explain() makes; the tuned choice, if any, is re-checked there like every other.
   const Decision d = choose_cuda_path(p);
   if (!d.fused()) {
-    at::Tensor y = conv_bn_act_fallback(p, x, weight, bias, residual, c, relu);
+    // The fallbacks get the same dense, aligned bias a fused kernel would (not a strided view).
+    const std::optional<at::Tensor> dense_bias = bias.has_value() ? std::optional<at::Tensor>(ops.bias) : std::nullopt;
+    at::Tensor y = conv_bn_act_fallback(p, x, weight, dense_bias, residual, c, relu);
     count_path(d.path + ":cuda");
     return y;
   }
