@@ -113,15 +113,14 @@ def fold_pairs(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]], channels_last:
                     for (c, b), n in zip(pairs, sizes)])
 
     eps = {b.eps for _, b in pairs}
-    var = cat([b.running_var for _, b in pairs])
     if len(eps) == 1:
-        scale = torch.rsqrt(var + eps.pop())
+        eps = eps.pop()
     else:
-        scale = torch.rsqrt(var + torch.tensor([b.eps for _, b in pairs], dtype=acc, device=device)
-                            .repeat_interleave(torch.tensor(sizes, device=device)))
-    scale = scale * vec(lambda c, b: b.weight, 1.0)
-    shift = vec(lambda c, b: c.bias, 0.0) - cat([b.running_mean for _, b in pairs])
-    shift = shift * scale + vec(lambda c, b: b.bias, 0.0)
+        eps = torch.tensor([b.eps for _, b in pairs], dtype=acc, device=device).repeat_interleave(
+            torch.tensor(sizes, device=device))
+    scale, shift = ops.bn_scale_shift(cat([b.running_mean for _, b in pairs]), cat([b.running_var for _, b in pairs]),
+                                      eps, vec(lambda c, b: b.weight, 1.0), vec(lambda c, b: b.bias, 0.0),
+                                      vec(lambda c, b: c.bias, 0.0), acc)
     biases = shift.to(dtype).split(sizes)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     weights = []

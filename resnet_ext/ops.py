@@ -190,6 +190,21 @@ torch.library.register_autograd("resnet_ext::conv_bn_act", _conv_bn_act_backward
                                 setup_context=_conv_bn_act_setup_context)
 
 
+def bn_scale_shift(running_mean: Tensor, running_var: Tensor, eps, bn_weight: Optional[Tensor],
+                   bn_bias: Optional[Tensor], conv_bias: Optional[Tensor], acc: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The per-channel (scale, shift) with bn(conv(x) + conv_bias) == conv(x) * scale + shift for an eval-mode
+    BatchNorm, computed in `acc`. The one place the fold is written (fold_bn_weights, and the batched fold of the
+    models, which passes the concatenated statistics of many BNs and `eps` as a tensor)."""
+    scale = torch.rsqrt(running_var.to(acc) + eps)
+    if bn_weight is not None:
+        scale = scale * bn_weight.to(acc)
+    shift = -running_mean.to(acc) if conv_bias is None else conv_bias.to(acc) - running_mean.to(acc)
+    shift = shift * scale
+    if bn_bias is not None:
+        shift = shift + bn_bias.to(acc)
+    return scale, shift
+
+
 def fold_bn_weights(weight: Tensor, bias: Optional[Tensor], running_mean: Tensor, running_var: Tensor, eps: float,
                     bn_weight: Optional[Tensor], bn_bias: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     """Folds an eval-mode BatchNorm into the preceding conv: returns (weight', bias') with
@@ -197,15 +212,9 @@ def fold_bn_weights(weight: Tensor, bias: Optional[Tensor], running_mean: Tensor
     dtype (as torch.nn.utils.fusion.fuse_conv_bn_weights). Differentiable."""
     dtype = weight.dtype
     acc = torch.promote_types(dtype, torch.float32)
-    scale = torch.rsqrt(running_var.to(acc) + eps)
-    if bn_weight is not None:
-        scale = scale * bn_weight.to(acc)
-    shift = -running_mean.to(acc) if bias is None else bias.to(acc) - running_mean.to(acc)
-    folded_bias = shift * scale
-    if bn_bias is not None:
-        folded_bias = folded_bias + bn_bias.to(acc)
+    scale, shift = bn_scale_shift(running_mean, running_var, eps, bn_weight, bn_bias, bias, acc)
     folded_weight = weight.to(acc) * scale.reshape(-1, *([1] * (weight.dim() - 1)))
-    return folded_weight.to(dtype), folded_bias.to(dtype)
+    return folded_weight.to(dtype), shift.to(dtype)
 
 
 def fold_bn(conv: torch.nn.Conv2d, bn: torch.nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
