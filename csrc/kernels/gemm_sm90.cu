@@ -18,7 +18,10 @@
 #include <cmath>
 #include <exception>
 #include <limits>
+#include <string>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
@@ -31,7 +34,9 @@
 #include "cutlass/gemm/kernel/gemm_universal.hpp"
 #include "cutlass/kernel_hardware_info.hpp"
 #include "cutlass/util/packed_stride.hpp"
+#include "dispatch/conv_problem.h"
 #include "kernels/gemm_sm90.h"
+#include "kernels/kernels.h"
 
 namespace resnet_ext {
 namespace gemm_sm90 {
@@ -291,4 +296,140 @@ bool compiled() noexcept {
 }
 
 }  // namespace gemm_sm90
+}  // namespace resnet_ext
+
+
+// ---- The dispatcher's view: these GEMMs as fused conv kernels (1x1, stride 1, no padding) ------------------------
+//
+// Registered opt-in: verified_sms is empty until the kernels have been checked on a Hopper GPU, so the dispatcher's
+// own choices (heuristic, measured table) never use them; force_kernel(name) and the autotuner (which compares each
+// candidate's output with the stock result) may. The conv's operands are already checked by the dispatcher
+// (common_rejection: dense NHWC / KRSC, 16-byte aligned, under 2 GiB), so the GEMM view is
+//   A = x [N*H*W, C] (lda = C), B = w [K, C] (ldb = C), R = residual and D = y [N*H*W, K] (ldr = ldd = K).
+
+namespace resnet_ext {
+namespace {
+
+// can_implement judges shapes and leading dimensions only: the operands' real addresses (checked for alignment by
+// the dispatcher, and 0 for the output the op has not allocated yet) are replaced by distinct, aligned stand-ins
+// far apart. The launch checks the real pointers again (alignment, and that y overlaps no input).
+const void* stand_in(int slot) { return reinterpret_cast<const void*>(uintptr_t(slot) << 44); }
+
+gemm_sm90::Problem gemm_problem(const ConvProblem& p, const void* x, const void* w, const void* bias,
+                                const void* residual, void* y) {
+  gemm_sm90::Problem g;
+  g.dtype = p.dtype == ScalarKind::BFloat16 ? gemm_sm90::DType::BFloat16 : gemm_sm90::DType::Float16;
+  g.m = p.N * p.H * p.W;
+  g.n = p.K;
+  g.k = p.C;
+  g.a = x;
+  g.lda = p.C;
+  g.b = w;
+  g.ldb = p.C;
+  g.bias = bias;
+  g.residual = residual;
+  g.ldr = residual ? p.K : 0;
+  g.d = y;
+  g.ldd = p.K;
+  g.relu = p.relu;
+  g.device = p.device >= 0 ? p.device : 0;
+  g.sm_count = p.sm_count;
+  return g;
+}
+
+gemm_sm90::Problem gemm_problem(const ConvProblem& p) {
+  return gemm_problem(p, stand_in(1), stand_in(2), stand_in(3), p.has_residual ? stand_in(4) : nullptr,
+                      const_cast<void*>(stand_in(5)));
+}
+
+std::string conv_rejection(const ConvProblem& p) {
+  if (p.dtype != ScalarKind::BFloat16 && p.dtype != ScalarKind::Float16) return "fp16 and bf16 only";
+  if (p.groups != 1) return "groups != 1";
+  if (p.R != 1 || p.S != 1 || p.stride_h != 1 || p.stride_w != 1 || p.pad_h != 0 || p.pad_w != 0 ||
+      p.dil_h != 1 || p.dil_w != 1)
+    return "a GEMM kernel: 1x1 convolutions with stride 1, no padding and dilation 1 only";
+  if (p.P != p.H || p.Q != p.W) return "output size differs from the input's";
+  // The GEMM view (lda = ldb = C, ldr = ldd = K) holds only for dense NHWC / KRSC operands. The dispatcher checks
+  // this too (common_rejection), but the kernel must not rely on being asked in that order.
+  if (!p.x.present || !p.x.nhwc_dense()) return "x is not channels_last (NHWC) contiguous";
+  if (!p.w.present || !p.w.nhwc_dense()) return "weight is not KRSC (channels_last) contiguous";
+  if (!p.y.present || !p.y.nhwc_dense()) return "y is not channels_last (NHWC) contiguous";
+  if (p.has_residual && (!p.residual.present || !p.residual.nhwc_dense()))
+    return "residual is not channels_last (NHWC) contiguous";
+  if (p.bias.present && !p.bias.dense_vector()) return "bias is not contiguous";
+  if (!p.x.aligned(16) || !p.w.aligned(16) || !p.y.aligned(16) || (p.has_residual && !p.residual.aligned(16)))
+    return "x, weight, residual and y must be 16-byte aligned";
+  if (p.bias.present && !p.bias.aligned(2)) return "bias must be aligned to its element size";
+  return "";
+}
+
+template <int I>
+struct GemmConvKernel {
+  static std::string can_implement(const ConvProblem& p) {
+    std::string why = conv_rejection(p);
+    if (!why.empty()) return why;
+    const char* reason = "";
+    const gemm_sm90::Status s = gemm_sm90::can_implement(I, gemm_problem(p), &reason);
+    if (s == gemm_sm90::Status::kSuccess) return "";
+    return std::string(gemm_sm90::status_string(s)) + ": " + reason;
+  }
+
+  // 1 for the configuration gemm_sm90::heuristic_score prefers for this problem among those of its dtype (the first
+  // in the table on a tie), else 0: the sm80 kernels' scale. An unmeasured model; it matters only once these kernels
+  // are verified.
+  static int score(const ConvProblem& p) {
+    const gemm_sm90::Config& mine = gemm_sm90::kConfigs[I];
+    const int64_t m = p.N * p.H * p.W;
+    const int64_t my_score = gemm_sm90::heuristic_score(mine, m, p.K, p.C, p.sm_count);
+    for (int j = 0; j < gemm_sm90::kNumConfigs; ++j) {
+      const gemm_sm90::Config& c = gemm_sm90::kConfigs[j];
+      if (j == I || c.dtype != mine.dtype) continue;
+      const int64_t s = gemm_sm90::heuristic_score(c, m, p.K, p.C, p.sm_count);
+      if (s > my_score || (s == my_score && j < I)) return 0;  // ties: the first in the table
+    }
+    return 1;
+  }
+
+  static size_t workspace_bytes(const ConvProblem& p) { return gemm_sm90::workspace_size(I, gemm_problem(p)); }
+
+  static std::string launch(const ConvLaunchArgs& a) {
+    const ConvProblem& p = a.problem;
+    std::string why = conv_rejection(p);
+    if (!why.empty()) return why;
+    const char* reason = "";
+    const gemm_sm90::Status s =
+        gemm_sm90::launch(I, gemm_problem(p, a.x, a.w, a.bias, a.residual, a.y), a.workspace, a.workspace_bytes,
+                          a.stream, &reason);
+    if (s == gemm_sm90::Status::kSuccess) return "";
+    return std::string(gemm_sm90::kConfigs[I].name) + ": " + gemm_sm90::status_string(s) + ": " + reason;
+  }
+
+  static FusedKernelInfo info() {
+    const gemm_sm90::Config& c = gemm_sm90::kConfigs[I];
+    FusedKernelInfo k;
+    k.name = c.name;
+    k.dtype = c.dtype == gemm_sm90::DType::BFloat16 ? ScalarKind::BFloat16 : ScalarKind::Float16;
+    k.min_sm = 90;
+    k.max_sm = 90;
+    k.image = {90, true};  // wgmma/TMA: only in an sm_90a image
+    k.verified_sms = {};   // not yet checked on a Hopper GPU: the dispatcher never picks them on its own
+    k.can_implement = &can_implement;
+    k.score = &score;
+    k.workspace_bytes = &workspace_bytes;
+    k.launch = &launch;
+    return k;
+  }
+};
+
+template <int... I>
+void append_all(std::vector<FusedKernelInfo>& out, std::integer_sequence<int, I...>) {
+  (out.push_back(GemmConvKernel<I>::info()), ...);
+}
+
+}  // namespace
+
+void append_cutlass_gemm_sm90_kernels(std::vector<FusedKernelInfo>& out) {
+  append_all(out, std::make_integer_sequence<int, gemm_sm90::kNumConfigs>{});
+}
+
 }  // namespace resnet_ext

@@ -16,6 +16,7 @@ const std::vector<FusedKernelInfo>& fused_kernel_registry() {
     append_cutlass_sm80_bf16_kernels(v);
     append_cutlass_sm80_tf32_kernels(v);
     append_cutlass_sm90_kernels(v);
+    append_cutlass_gemm_sm90_kernels(v);
 #endif
     return v;
   }();
