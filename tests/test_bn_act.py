@@ -1,6 +1,7 @@
 """The training BN(+add)+ReLU ops on the CPU: numbers and running statistics against nn.BatchNorm2d, gradcheck,
 opcheck, errors, autocast, and cross-process statistics with two gloo processes."""
 import os
+import sys
 import time
 
 import pytest
@@ -218,10 +219,22 @@ def _worker(rank, world, store_path, out_dir):
         ddp = DDP(model)
         x, target = _batch()
         half = slice(2 * rank, 2 * rank + 2)
-        out, grads = _step(ddp, x[half], target[half])
+        # No host sync inside the cross-process BN: count .item() calls made from bn_act.py.
+        syncs, real_item = [], torch.Tensor.item
+
+        def item(t):
+            if sys._getframe(1).f_code.co_filename.endswith("bn_act.py"):
+                syncs.append(1)
+            return real_item(t)
+
+        torch.Tensor.item = item
+        try:
+            out, grads = _step(ddp, x[half], target[half])
+        finally:
+            torch.Tensor.item = real_item
         state = {k: v.clone() for k, v in model.state_dict().items()}
-        torch.save({"out": out, "grads": {k.removeprefix("module."): v for k, v in grads.items()}, "state": state},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save({"out": out, "grads": {k.removeprefix("module."): v for k, v in grads.items()}, "state": state,
+                    "syncs": len(syncs)}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -241,6 +254,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     model = _small_model()
     out, grads = _step(model, x, target)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert [r["syncs"] for r in ranks] == [0, 0]  # the SyncBN forward and backward never wait for the host
     assert rel_err(torch.cat([r["out"] for r in ranks]), out) < 1e-10
     for r in ranks:
         for k, g in grads.items():
