@@ -52,7 +52,7 @@ class FrozenUnit:
 def freeze(model: nn.Module) -> nn.Module:
     """Puts `model` (a resnet_ext ResNet) in eval mode and freezes it in place: BN folded once, weights prepacked
     for oneDNN on the CPU. Call it again after changing weights. Returns `model`."""
-    if not hasattr(model, "_forward_fused"):
+    if not hasattr(model, "_fold_pairs"):
         raise TypeError(f"freeze: expected a resnet_ext ResNet, got {type(model).__name__}")
     model.eval()
     model.__dict__[_FLAG] = True
@@ -87,7 +87,7 @@ def folds_of(model: nn.Module) -> Optional[Dict[nn.Module, FrozenUnit]]:
 
 
 def _fold(model: nn.Module) -> Dict[nn.Module, FrozenUnit]:
-    pairs = fusion.model_pairs(model)
+    pairs = model._fold_pairs()
     with torch.no_grad():
         folded = fusion.fold_pairs(pairs, channels_last=True)
     return {conv: FrozenUnit(conv, bn, w, b) for (conv, bn), (w, b) in zip(pairs, folded)}

@@ -282,18 +282,3 @@ def downsample(ds: Optional[nn.Module], x: Tensor) -> Tensor:
         if foldable(conv, bn) or (_plain_conv(conv) and train_fusable(bn) and x.numel() > 0):
             return unit(conv, bn, None, x)
     return ds(x)
-
-
-def model_pairs(model: nn.Module) -> List[Tuple[nn.Conv2d, nn.BatchNorm2d]]:
-    """Every foldable (conv, bn) pair the fused forward of `model` will look up, in forward order."""
-    from .models import BasicBlock, Bottleneck
-
-    pairs = [(model.conv1, model.bn1)]
-    for m in model.modules():
-        if type(m) in (BasicBlock, Bottleneck):
-            names = ("1", "2", "3") if type(m) is Bottleneck else ("1", "2")
-            pairs += [(getattr(m, "conv" + n), getattr(m, "bn" + n)) for n in names]
-            ds = m.downsample
-            if type(ds) is nn.Sequential and len(ds) == 2:
-                pairs.append((ds[0], ds[1]))
-    return [(c, b) for c, b in pairs if foldable(c, b)]

@@ -253,7 +253,7 @@ class ResNet(nn.Module):
         frozen = None if torch.jit.is_tracing() else _frozen.folds_of(self)
         if frozen is not None:
             return fusion.Forward(frozen, None)
-        pairs = fusion.model_pairs(self)
+        pairs = self._fold_pairs()
         grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
         plan = None
         if x.device.type == "cpu" and not grad and not torch.jit.is_tracing():
@@ -269,6 +269,19 @@ class ResNet(nn.Module):
         with torch.set_grad_enabled(grad):
             folded = fusion.fold_pairs(pairs, channels_last=fusion.wants_channels_last(x))
         return fusion.Forward({conv: f for (conv, _), f in zip(pairs, folded)}, plan)
+
+    @torch.jit.unused
+    def _fold_pairs(self) -> List[tuple]:
+        """Every foldable (conv, bn) pair the fused forward will look up, in forward order."""
+        pairs = [(self.conv1, self.bn1)]
+        for m in self.modules():
+            if type(m) in (BasicBlock, Bottleneck):
+                names = ("1", "2", "3") if type(m) is Bottleneck else ("1", "2")
+                pairs += [(getattr(m, "conv" + n), getattr(m, "bn" + n)) for n in names]
+                ds = m.downsample
+                if type(ds) is nn.Sequential and len(ds) == 2:
+                    pairs.append((ds[0], ds[1]))
+        return [(c, b) for c, b in pairs if fusion.foldable(c, b)]
 
     # The frozen folds follow what resnet_ext can see change: conversions, loads, training.
     def train(self, mode: bool = True):
