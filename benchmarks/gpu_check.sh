@@ -85,11 +85,11 @@ export PY OUT
 step build 300 build
 export PYTHONUNBUFFERED=1
 if [ "$QUICK" = 1 ]; then
-  step cuda_tests 200 "$PY" -m pytest tests/test_cuda_bn_act.py tests/test_kernel_selection.py tests/test_cuda.py -q -rfE \
+  step cuda_tests 200 "$PY" -m pytest tests/test_cuda_bn_act.py tests/test_kernel_selection.py tests/test_cuda.py tests/test_cuda_gemm_sm90.py -q -rfE \
     -p no:cacheprovider -k "not compile"
   RESNET_EXT_FUZZ_SCALE=0.3 step fuzz_cuda 90 "$PY" -m pytest tests/test_fuzz.py -q -rfE -p no:cacheprovider -k cuda -s
 else
-  step cuda_tests 270 "$PY" -m pytest tests/test_cuda_bn_act.py tests/test_kernel_selection.py tests/test_cuda.py -q -rfE \
+  step cuda_tests 270 "$PY" -m pytest tests/test_cuda_bn_act.py tests/test_kernel_selection.py tests/test_cuda.py tests/test_cuda_gemm_sm90.py -q -rfE \
     --tb=short -p no:cacheprovider -s
   rc=$?
   if [ "$rc" -ge 128 ] && [ "$rc" != 137 ] && command -v cuda-gdb > /dev/null; then  # a crash: get the C++ stack
