@@ -15,7 +15,7 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor, nn
 
-from . import fusion
+from . import flat, fusion
 
 _FLAG = "_resnet_ext_frozen"   # pickled: an unpickled frozen model is frozen again
 _STATE = "_resnet_ext_folds"   # not pickled: the folds themselves
@@ -30,19 +30,22 @@ class FrozenUnit:
         self.bn, self.param, self.weight, self.bias = bn, conv.weight, weight, bias
         self.packed: Dict[tuple, Tensor] = {}
 
+    def packed_for(self, conv: nn.Conv2d, x: Tensor) -> Tensor:
+        """The folded weight prepacked for oneDNN for this input size and the conv's geometry (packed once)."""
+        args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        key = (tuple(x.shape[1:]),) + tuple(tuple(a) if isinstance(a, list) else a for a in args)
+        w = self.packed.get(key)
+        if w is None:
+            w = self.packed[key] = torch.ops.mkldnn._reorder_convolution_weight(self.weight, *args, list(x.shape))
+        return w
+
     def run(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool,
             residual: Optional[Tensor]) -> Optional[Tensor]:
         """The unit's output from the frozen fold, or None where the fold no longer belongs to these modules."""
         if bn is not self.bn or conv.weight is not self.param or x.dtype != self.weight.dtype:
             return None
         if fusion._onednn_ok(x, self.weight, self.bias, residual):
-            key = tuple(x.shape[1:])
-            w = self.packed.get(key)
-            if w is None:
-                w = torch.ops.mkldnn._reorder_convolution_weight(
-                    self.weight, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
-                    list(x.shape))
-                self.packed[key] = w
+            w = self.packed_for(conv, x)
             fusion.count("onednn_prepacked")
             return fusion.onednn_conv(x, w, self.bias, conv, relu, residual)
         return fusion.conv_bn_act(x, self.weight, self.bias, residual, conv.stride, conv.padding, conv.dilation,
@@ -63,7 +66,7 @@ def freeze(model: nn.Module) -> nn.Module:
 def unfreeze(model: nn.Module) -> nn.Module:
     """Back to the default mode (every forward reads the live parameters). Returns `model`."""
     model.__dict__.pop(_FLAG, None)
-    model.__dict__.pop(_STATE, None)
+    invalidate(model)
     return model
 
 
@@ -72,8 +75,10 @@ def is_frozen(model: nn.Module) -> bool:
 
 
 def invalidate(model: nn.Module) -> None:
-    """Drops the folds; a frozen model refolds on its next eval forward."""
+    """Drops the folds (and the programs on their packed weights); a frozen model refolds on its next eval
+    forward."""
     model.__dict__.pop(_STATE, None)
+    model.__dict__.pop(flat._PROGRAMS, None)
 
 
 def folds_of(model: nn.Module) -> Optional[Dict[nn.Module, FrozenUnit]]:

@@ -63,17 +63,20 @@ def train_fusable(bn: nn.Module) -> bool:
 _counts: Dict[str, int] = {}
 
 
-def count(path: str) -> None:
+def count(path: str, n: int = 1) -> None:
     if torch.compiler.is_compiling():
         return
-    _counts[path] = _counts.get(path, 0) + 1
+    _counts[path] = _counts.get(path, 0) + n
 
 
 def path_counts() -> dict:
     """How many eager conv units took each path since the last `reset_path_counts()`: the op's paths
     ("fused:<kernel>", "cudnn_fused", "stock:<device>"), "onednn" / "onednn_prepacked" (CPU, oneDNN convolution
     with fused post-ops), "unfolded" (CPU default mode: stock conv, BN, ReLU where folding on every forward costs
-    more than it saves), "modules" (run through the modules as torchvision does: hooks, swapped modules, ...)."""
+    more than it saves), "modules" (run through the modules as torchvision does: hooks, swapped modules, ...);
+    "gemm" (CPU default mode, a 1x1 conv whose weight outweighs its output: one GEMM on the unreordered weight,
+    then BN, residual and ReLU); and, counting whole forwards, not units, "flat_forwards": CPU eval forwards that
+    ran as one flat sequence of calls (`resnet_ext.flat`)."""
     counts = ops.path_counts()
     for k, v in _counts.items():
         counts[k] = counts.get(k, 0) + v
@@ -92,17 +95,13 @@ def reset_path_counts() -> None:
 Fold = Tuple[Tensor, Tensor]  # (folded weight, folded bias)
 
 
-def fold_pairs(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]], channels_last: bool) -> List[Fold]:
-    """BN folded into each conv of `pairs`, batched: the per-channel scale and shift of every BN are computed in
-    one pass over the concatenated statistics (in at least fp32, as `fold_bn_weights`), then one multiply per
-    weight writes the folded weight in the layout the kernels want. Differentiable when grad mode is on."""
-    if not pairs:
-        return []
-    conv0, bn0 = pairs[0]
+def bn_affine_pairs(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]]) -> Tuple[List[Tensor], List[Tensor]]:
+    """Each pair's per-channel (scale, shift), bn(conv(x)) == conv(x) * scale + shift, in at least fp32, computed
+    in one pass over the concatenated statistics of all the BNs (`ops.bn_scale_shift`). All pairs must share the
+    conv weights' dtype and device."""
+    conv0, _ = pairs[0]
     dtype, device = conv0.weight.dtype, conv0.weight.device
     acc = torch.promote_types(dtype, torch.float32)
-    if any(c.weight.dtype != dtype or c.weight.device != device for c, _ in pairs):
-        return [fold_pairs([p], channels_last)[0] for p in pairs]  # mixed dtypes/devices: one at a time
     sizes = [c.weight.shape[0] for c, _ in pairs]
 
     def cat(tensors):
@@ -121,18 +120,30 @@ def fold_pairs(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]], channels_last:
     scale, shift = ops.bn_scale_shift(cat([b.running_mean for _, b in pairs]), cat([b.running_var for _, b in pairs]),
                                       eps, vec(lambda c, b: b.weight, 1.0), vec(lambda c, b: b.bias, 0.0),
                                       vec(lambda c, b: c.bias, 0.0), acc)
-    biases = shift.to(dtype).split(sizes)
+    return list(scale.split(sizes)), list(shift.split(sizes))
+
+
+def fold_pairs(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]], channels_last: bool) -> List[Fold]:
+    """BN folded into each conv of `pairs`, batched: the per-channel scale and shift of every BN are computed in
+    one pass (`bn_affine_pairs`), then one multiply per weight writes the folded weight in the layout the kernels
+    want. Differentiable when grad mode is on."""
+    if not pairs:
+        return []
+    dtype, device = pairs[0][0].weight.dtype, pairs[0][0].weight.device
+    if any(c.weight.dtype != dtype or c.weight.device != device for c, _ in pairs):
+        return [fold_pairs([p], channels_last)[0] for p in pairs]  # mixed dtypes/devices: one at a time
+    scales, shifts = bn_affine_pairs(pairs)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     weights = []
     differentiable = torch.is_grad_enabled()
-    for (conv, _), s in zip(pairs, scale.split(sizes)):
+    for (conv, _), s in zip(pairs, scales):
         s = s.view(-1, 1, 1, 1)
         if differentiable:
             weights.append((conv.weight * s).to(dtype).contiguous(memory_format=fmt))
         else:  # one kernel: multiply in fp32, store in the weight's dtype and the wanted layout
             out = torch.empty_like(conv.weight, memory_format=fmt)
             weights.append(torch.mul(conv.weight, s, out=out))
-    return list(zip(weights, biases))
+    return list(zip(weights, [b.to(dtype) for b in shifts]))
 
 
 class Forward:
@@ -159,6 +170,9 @@ def forward_state(state: Optional[Forward]):
         _FORWARD.reset(token)
 
 
+FOLD_RATIO = 4
+
+
 def fold_pays(conv: nn.Conv2d, x: Tensor) -> bool:
     """Whether folding BN into `conv` on every forward costs less than it saves, on the CPU: the fold reads and
     writes the weight (C/g*R*S values per output channel); it saves the BN and ReLU passes over the output (N*P*Q
@@ -166,7 +180,7 @@ def fold_pays(conv: nn.Conv2d, x: Tensor) -> bool:
     least 4x as many values per channel as the weight: at batch 1 the stem and layer1 of resnet50."""
     r, s = conv.kernel_size
     out_pixels = x.shape[0] * x.shape[2] * x.shape[3] // (conv.stride[0] * conv.stride[1])
-    return out_pixels >= 4 * (conv.in_channels // conv.groups) * r * s
+    return out_pixels >= FOLD_RATIO * (conv.in_channels // conv.groups) * r * s
 
 
 def wants_channels_last(x: Tensor) -> bool:
@@ -256,7 +270,8 @@ def unit(conv: nn.Module, bn: nn.Module, relu_mod: Optional[nn.Module], x: Tenso
     """relu(bn(conv(x)) + residual) (no ReLU when `relu_mod` is None), fused where the modules allow, else through
     the modules exactly as torchvision's blocks call them. `shortcut`, a callable giving the residual, is called
     where torchvision calls the downsample: after conv and bn."""
-    relu_ok = plain_relu(relu_mod)
+    # An input the conv cannot take goes through the modules too: torchvision's error, not a kernel's.
+    relu_ok = plain_relu(relu_mod) and x.dim() == 4 and x.shape[1] == getattr(conv, "in_channels", -1)
     if relu_ok and foldable(conv, bn):
         return eval_unit(conv, bn, x, relu_mod is not None, residual, shortcut)
     if relu_ok and train_fusable(bn) and x.numel() > 0:

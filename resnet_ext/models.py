@@ -13,6 +13,7 @@ from typing import Any, Callable, List, Optional, Type, Union
 import torch
 from torch import Tensor, nn
 
+from . import flat as _flat
 from . import frozen as _frozen
 from . import fusion
 from ._recast import convert
@@ -230,6 +231,14 @@ class ResNet(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)  # the fused kernels are NHWC
         if torch.compiler.is_compiling():  # each unit folds in the graph, which the compiler fuses
             return self._forward_units(x)
+        if not self.training and x.device.type == "cpu":
+            folds = _frozen.folds_of(self)
+            if folds is not None:
+                out = _flat.forward_frozen(self, x, folds)
+            else:
+                out = _flat.forward_default(self, x)
+            if out is not None:
+                return out
         with fusion.forward_state(self._forward_state(x)):
             return self._forward_units(x)
 
@@ -302,6 +311,9 @@ class ResNet(nn.Module):
         state = dict(state)
         state.pop(_frozen._STATE, None)
         state.pop(_PLANS, None)
+        state.pop(_flat._STRUCTURE, None)
+        state.pop(_flat._PROGRAMS, None)
+        state.pop(_flat._PLANS, None)
         return state
 
     def to_torchvision(self) -> nn.Module:
