@@ -1,0 +1,209 @@
+"""The flat CPU eval forward (resnet_ext.flat): one sequence of oneDNN calls with each block's residual added in
+place. It must give torchvision's answer, run only where nothing can see the in-place writes, and leave the
+module-by-module path whenever the model stops being the stock structure it recorded."""
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import resnet_ext
+from resnet_ext import fusion
+from conftest import randomize_bn, rel_err
+
+TOL = 1e-4
+
+
+def pair(arch="resnet18", frozen=False):
+    tv = randomize_bn(getattr(torchvision.models, arch)(num_classes=10)).eval()
+    ours = resnet_ext.from_torchvision(tv).eval()
+    if frozen:
+        resnet_ext.freeze(ours)
+    return ours, tv
+
+
+def counts_of(fn):
+    fusion.reset_path_counts()
+    out = fn()
+    return out, resnet_ext.path_counts()
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("shape", [(1, 3, 67, 93), (3, 3, 32, 32)])
+def test_flat_matches_torchvision(frozen, arch, layout, shape):
+    ours, tv = pair(arch, frozen)
+    x = torch.randn(*shape)
+    if layout == "channels_last":
+        ours, tv, x = (t.to(memory_format=torch.channels_last) for t in (ours, tv, x))
+    x0 = x.clone()
+    with torch.no_grad():
+        ref = tv(x)
+        for _ in range(2):  # the first call records, the second replays
+            y, counts = counts_of(lambda: ours(x))
+            assert counts.get("flat_forwards") == 1, counts
+            assert rel_err(y, ref) < TOL, rel_err(y, ref)
+    assert torch.equal(x, x0)  # the caller's input is never written
+
+
+def test_hook_on_a_block_leaves_the_flat_path_and_sees_its_own_output():
+    """A block's output is the next block's residual, written in place on the flat path: a hook that keeps it
+    must make the forward take the module path, and the kept tensor must stay what the block returned."""
+    ours, tv = pair("resnet18")
+    x = torch.randn(2, 3, 32, 32)
+    kept, kept_tv = [], []
+    with torch.no_grad():
+        ours(x)  # recorded once without the hook
+        ours.layer1[0].register_forward_hook(lambda m, i, o: kept.append(o))
+        tv.layer1[0].register_forward_hook(lambda m, i, o: kept_tv.append(o.clone()))
+        y, counts = counts_of(lambda: ours(x))
+        ref = tv(x)
+    assert "flat_forwards" not in counts
+    assert rel_err(y, ref) < TOL and rel_err(kept[0], kept_tv[0]) < TOL
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+@pytest.mark.parametrize("change", ["leaky_relu", "new_conv", "new_weight", "bn_train", "identity_downsample_bn",
+                                    "pre_hook_on_layer"])
+def test_changes_after_recording(frozen, change):
+    ours, tv = pair("resnet50", frozen)
+    x = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        ours(x)
+        for m in (ours, tv):
+            if change == "leaky_relu":
+                m.layer2[1].relu = nn.LeakyReLU(0.1)
+            elif change == "new_conv":
+                torch.manual_seed(1)
+                m.layer3[0].conv2 = nn.Conv2d(256, 256, 3, 2, 1, bias=False)
+            elif change == "new_weight":
+                torch.manual_seed(2)
+                m.layer1[0].conv1.weight = nn.Parameter(torch.randn_like(m.layer1[0].conv1.weight) * 0.1)
+            elif change == "bn_train":
+                m.layer4[0].bn1.train()
+            elif change == "identity_downsample_bn":
+                m.layer2[0].downsample[1] = nn.Identity()
+            elif change == "pre_hook_on_layer":
+                m.layer3.register_forward_pre_hook(lambda mod, args: (args[0] * 2,))
+        if change == "new_conv":
+            ours.layer3[0].conv2.load_state_dict(tv.layer3[0].conv2.state_dict())
+        if change == "new_weight":
+            ours.layer1[0].conv1.weight = tv.layer1[0].conv1.weight
+        y, counts = counts_of(lambda: ours(x))
+        ref = tv(x)
+    assert rel_err(y, ref) < TOL, rel_err(y, ref)
+    if change in ("leaky_relu", "bn_train", "identity_downsample_bn", "pre_hook_on_layer"):
+        assert "flat_forwards" not in counts, counts  # no longer the stock structure
+    if change in ("new_conv", "new_weight"):  # still stock: the default mode refolds; frozen has no fold for it
+        assert ("flat_forwards" in counts) == (not frozen), counts
+
+
+def test_frozen_programs_follow_load_state_dict_and_dtype():
+    ours, tv = pair("resnet18", frozen=True)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ours(x)
+        tv2 = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+        ours.load_state_dict(tv2.state_dict())
+        assert rel_err(ours(x), tv2(x)) < TOL
+        ours.double()  # fp64 is not oneDNN's: the module path, in fp64
+        y, counts = counts_of(lambda: ours(x.double()))
+        assert "flat_forwards" not in counts and y.dtype == torch.float64
+        assert rel_err(y, tv2.double()(x.double())) < 1e-10
+
+
+def test_default_mode_sees_weight_changes_between_flat_forwards():
+    ours, tv = pair("resnet50")
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        ours(x)
+        for p in tv.parameters():  # shared objects: .data writes bypass version counters
+            p.data.mul_(1.1)
+        for n, b in tv.named_buffers():
+            if n.endswith("running_mean"):
+                b.numpy()[...] += 0.05
+        y, counts = counts_of(lambda: ours(x))
+        assert counts.get("flat_forwards") == 1
+        assert rel_err(y, tv(x)) < TOL
+
+
+def test_grad_mode_and_training_leave_the_flat_path():
+    ours, tv = pair("resnet18")
+    x = torch.randn(2, 3, 32, 32)
+    y, counts = counts_of(lambda: ours(x))  # grad enabled, parameters require grad
+    assert "flat_forwards" not in counts and y.requires_grad
+    y.sum().backward()
+    assert ours.conv1.weight.grad is not None
+    frozen, _ = pair("resnet18", frozen=True)
+    xg = x.clone().requires_grad_()
+    y, counts = counts_of(lambda: frozen(xg))
+    assert "flat_forwards" not in counts and y.requires_grad
+
+
+def test_copies_and_pickles_carry_no_recorded_state():
+    ours, tv = pair("resnet18", frozen=True)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ours(x)
+        twin = copy.deepcopy(ours)
+        for k in ("_resnet_ext_structure", "_resnet_ext_programs", "_resnet_ext_flat_plans"):
+            assert k not in twin.__dict__
+        for p in twin.parameters():
+            p.data.mul_(0.5)
+        resnet_ext.freeze(twin)
+        assert rel_err(ours(x), tv(x)) < TOL  # the original is untouched by the copy's changes
+        y, counts = counts_of(lambda: twin(x))
+        assert counts.get("flat_forwards") == 1
+        assert not torch.allclose(y, tv(x))
+
+
+def test_bf16_error_within_torchvision_bf16_error():
+    ours, tv = pair("resnet50", frozen=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = copy.deepcopy(tv).double()(x.double())
+        tv_err = rel_err(tv.bfloat16()(x.bfloat16()).double(), ref)
+        ours.bfloat16()
+        resnet_ext.freeze(ours)
+        y, counts = counts_of(lambda: ours(x.bfloat16()))
+    assert counts.get("flat_forwards") == 1 and y.dtype == torch.bfloat16
+    assert torch.isfinite(y).all()
+    assert rel_err(y.double(), ref) < 2 * tv_err + 1e-3, (rel_err(y.double(), ref), tv_err)
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+def test_bad_inputs_give_torchvisions_errors(frozen):
+    ours, tv = pair("resnet18", frozen)
+    with torch.no_grad():
+        for bad in (torch.randn(1, 1, 32, 32), torch.randn(3, 32, 32)):
+            with pytest.raises((RuntimeError, ValueError)) as ref:
+                tv(bad)
+            with pytest.raises((RuntimeError, ValueError)) as got:
+                ours(bad)
+            assert type(got.value) is type(ref.value)
+            assert str(got.value).split("\n")[0] == str(ref.value).split("\n")[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 3, 64, 64), (2, 3, 57, 71)])
+def test_gemm_units_match_torchvision(dtype, shape):
+    """The default mode's 1x1 convs whose weight outweighs the output (layer3/4 here, with and without a
+    residual, with the strided downsample) run as a GEMM on the unreordered weight, in channels_last."""
+    ours, tv = pair("resnet50")
+    x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+    ours, tv = ours.to(memory_format=torch.channels_last), tv.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref64 = copy.deepcopy(tv).double()(x.double())
+        ref = tv.to(dtype)(x.to(dtype))
+        ours.to(dtype)
+        for _ in range(2):
+            y, counts = counts_of(lambda: ours(x.to(dtype)))
+            assert counts.get("gemm", 0) >= 8 and counts.get("flat_forwards") == 1, counts
+            assert y.dtype == dtype and torch.isfinite(y).all()
+            if dtype == torch.float32:
+                assert rel_err(y, ref) < TOL, rel_err(y, ref)
+            else:
+                tv_err = rel_err(ref.double(), ref64)
+                assert rel_err(y.double(), ref64) < 2 * tv_err + 1e-3, (rel_err(y.double(), ref64), tv_err)
