@@ -23,6 +23,7 @@ import torch
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 TV, OURS, FROZEN, COMPILED = "torchvision", "resnet_ext", "resnet_ext frozen", "torchvision+compile"
+FROZEN_BF16 = "resnet_ext frozen bf16"
 
 
 class UserError(Exception):
@@ -222,6 +223,11 @@ def run(args) -> dict:
     tv, ours, frozen, freeze_s = build_models(args.arch, device, dtype, channels_last)
     peers = {TV: tv, OURS: ours, FROZEN: frozen}
     setup_s = {TV: 0.0, OURS: 0.0, FROZEN: freeze_s}
+    if args.frozen_bf16:  # the fp32 model frozen with bf16 convolutions (fp32 in and out)
+        import resnet_ext
+        t0 = time.perf_counter()
+        peers[FROZEN_BF16] = resnet_ext.freeze(copy.deepcopy(ours), dtype=torch.bfloat16)
+        setup_s[FROZEN_BF16] = time.perf_counter() - t0
     if args.compile:
         peers[COMPILED] = compile_frozen(tv, compile_mode)
         setup_s[COMPILED] = 0.0
@@ -369,6 +375,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also time torch.compile of the torchvision model (eval: with inductor freezing)")
     p.add_argument("--compile-mode", default=None,
                    help="torch.compile mode for --compile (default: max-autotune on CUDA, default on CPU)")
+    p.add_argument("--frozen-bf16", action="store_true",
+                   help="also time resnet_ext.freeze(model, dtype=torch.bfloat16): bf16 convolutions behind an fp32 "
+                        "interface (CPU with native bf16, fp32 model)")
     p.add_argument("--train", action="store_true", help="also time one SGD training step (and peak memory)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON (checked writable before the run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -384,6 +393,11 @@ def main(args) -> int:
         if args.train and args.batch_size < 2:
             raise UserError("--train needs --batch-size >= 2 (training-mode BatchNorm needs more than one value "
                             "per channel)")
+        if args.frozen_bf16:
+            if on_cuda or (args.dtype or "fp32") != "fp32":
+                raise UserError("--frozen-bf16 is for fp32 models on the CPU (--device cpu, --dtype fp32)")
+            if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+                raise UserError("--frozen-bf16: this CPU has no native bf16 (AVX512-BF16 or AMX)")
         if args.json:
             check_writable(args.json, "--json")
     except UserError as e:

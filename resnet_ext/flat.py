@@ -176,8 +176,10 @@ def _run(model: nn.Module, s: Structure, x: Tensor, wb) -> Tensor:
             y = _conv(u, y, wb(u, y))
         residual = x if ds is None else _conv(ds, x, wb(ds, x))
         x = _tail(tail, y, residual, wb(tail, y))
-    x = model.avgpool(x)
-    return model.fc(torch.flatten(x, 1))
+    x = torch.flatten(model.avgpool(x), 1)
+    if x.dtype != model.fc.weight.dtype:  # freeze(dtype=torch.bfloat16)
+        x = x.to(model.fc.weight.dtype)
+    return model.fc(x)
 
 
 def structure(model: nn.Module, x: Tensor) -> Optional[Structure]:
@@ -211,8 +213,11 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
         own = all(getattr(folds.get(u.conv), "bn", None) is u.bn and folds[u.conv].param is u.conv.weight
                   for u in s.units)
         cached = model.__dict__[_PROGRAMS] = (folds, s, {} if own else None)
-    if cached[2] is None or x.dtype != folds[s.stem.conv].weight.dtype:
-        return None
+    dtype = folds[s.stem.conv].weight.dtype if cached[2] is not None else None
+    if dtype != x.dtype:
+        if dtype != torch.bfloat16 or x.dtype != torch.float32:
+            return None
+        x = x.to(dtype)  # freeze(dtype=torch.bfloat16): the convolutions in bf16, fc in the model's fp32
     programs = cached[2]
     key = (tuple(x.shape), x.dtype, x.stride())
     program = programs.get(key)

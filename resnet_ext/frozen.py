@@ -52,15 +52,41 @@ class FrozenUnit:
                                   relu, conv.groups)
 
 
-def freeze(model: nn.Module) -> nn.Module:
+def freeze(model: nn.Module, *, dtype: Optional[torch.dtype] = None) -> nn.Module:
     """Puts `model` (a resnet_ext ResNet) in eval mode and freezes it in place: BN folded once, weights prepacked
-    for oneDNN on the CPU. Call it again after changing weights. Returns `model`."""
+    for oneDNN on the CPU. Call it again after changing weights. Returns `model`.
+
+    `dtype=torch.bfloat16` (CPU, fp32 model): the frozen convolutions run in bf16 (folded in fp32, then rounded),
+    for CPUs with native bf16 (AVX512-BF16, AMX); inputs and outputs stay fp32, the fc layer runs in fp32. Where
+    the flat forward does not apply (hooks, swapped modules, gradients) the model runs in fp32 as unfrozen."""
     if not hasattr(model, "_fold_pairs"):
         raise TypeError(f"freeze: expected a resnet_ext ResNet, got {type(model).__name__}")
+    if dtype is not None and dtype != model.conv1.weight.dtype:
+        _check_compute_dtype(model, dtype)
+    else:
+        dtype = None
     model.eval()
-    model.__dict__[_FLAG] = True
+    model.__dict__[_FLAG] = dtype if dtype is not None else True
     model.__dict__[_STATE] = _fold(model)
     return model
+
+
+def _check_compute_dtype(model: nn.Module, dtype) -> None:
+    w = model.conv1.weight
+    if dtype != torch.bfloat16:
+        raise ValueError(f"freeze: dtype must be None (the model's own) or torch.bfloat16, got {dtype}")
+    if w.device.type != "cpu" or w.dtype != torch.float32:
+        raise ValueError(f"freeze: dtype=torch.bfloat16 is for fp32 models on the CPU; this one is {w.dtype} on "
+                         f"{w.device.type} (convert it instead: model.to(torch.bfloat16))")
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        raise ValueError("freeze: dtype=torch.bfloat16 needs a CPU with native bf16 (AVX512-BF16 or AMX); this one "
+                         "has none, and emulated bf16 is slower than fp32")
+
+
+def compute_dtype(model: nn.Module) -> Optional[torch.dtype]:
+    """The dtype `freeze(model, dtype=...)` asked for, or None (the model's own)."""
+    flag = model.__dict__.get(_FLAG)
+    return flag if isinstance(flag, torch.dtype) else None
 
 
 def unfreeze(model: nn.Module) -> nn.Module:
@@ -93,6 +119,9 @@ def folds_of(model: nn.Module) -> Optional[Dict[nn.Module, FrozenUnit]]:
 
 def _fold(model: nn.Module) -> Dict[nn.Module, FrozenUnit]:
     pairs = model._fold_pairs()
+    dtype = compute_dtype(model)
     with torch.no_grad():
         folded = fusion.fold_pairs(pairs, channels_last=True)
+        if dtype is not None:
+            folded = [(w.to(dtype), b.to(dtype)) for w, b in folded]
     return {conv: FrozenUnit(conv, bn, w, b) for (conv, bn), (w, b) in zip(pairs, folded)}

@@ -255,6 +255,14 @@ def test_bench_runs_frozen_and_default_rows_and_report_reads_its_json(tmp_path, 
     assert "| resnet_ext frozen |" in md and "| torchvision |" in md and "model_eval" in md
 
 
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no native bf16 on this CPU")
+def test_bench_frozen_bf16_row(capsys):
+    assert cli(["bench", "--arch", "resnet18", "--batch-size", "1", "--image-size", "32", "--iters", "1",
+                "--warmup", "0", "--device", "cpu", "--quiet", "--frozen-bf16"]) == 0
+    text = capsys.readouterr().out
+    assert "resnet_ext frozen bf16 " in text and "resnet_ext frozen bf16 / torchvision: " in text, text
+
+
 def test_bench_compile_peer_uses_inductor_freezing(monkeypatch):
     seen = []
 
@@ -278,6 +286,7 @@ def test_bench_compile_peer_uses_inductor_freezing(monkeypatch):
     (["--json", "/proc/no/such/dir/b.json"], ["--json", "cannot write"]),
     (["--json", "."], ["--json", "is a directory"]),
     (["--train", "--batch-size", "1"], ["--train needs --batch-size >= 2"]),
+    (["--frozen-bf16", "--dtype", "bf16"], ["--frozen-bf16", "fp32 models on the CPU"]),
 ])
 def test_bench_bad_arguments_fail_before_any_work(capsys, monkeypatch, extra, needles):
     monkeypatch.setattr(bench, "run", lambda args: pytest.fail("the benchmark ran"))

@@ -2,6 +2,7 @@
 place. It must give torchvision's answer, run only where nothing can see the in-place writes, and leave the
 module-by-module path whenever the model stops being the stock structure it recorded."""
 import copy
+import pickle
 
 import pytest
 import torch
@@ -207,3 +208,45 @@ def test_gemm_units_match_torchvision(dtype, shape):
             else:
                 tv_err = rel_err(ref.double(), ref64)
                 assert rel_err(y.double(), ref64) < 2 * tv_err + 1e-3, (rel_err(y.double(), ref64), tv_err)
+
+
+def test_freeze_bf16_option():
+    """freeze(dtype=torch.bfloat16) on an fp32 CPU model: bf16 convolutions behind an fp32 interface, within
+    torchvision-bf16's own error; anything that leaves the flat path is fp32 and exact; the option is pickled."""
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no native bf16")
+    ours, tv = pair("resnet50")
+    resnet_ext.freeze(ours, dtype=torch.bfloat16)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref64 = copy.deepcopy(tv).double()(x.double())
+        tv_err = rel_err(copy.deepcopy(tv).bfloat16()(x.bfloat16()).double(), ref64)
+        for _ in range(2):
+            y, counts = counts_of(lambda: ours(x))
+            assert counts.get("flat_forwards") == 1 and y.dtype == torch.float32, counts
+            assert torch.isfinite(y).all()
+            assert rel_err(y.double(), ref64) < 2 * tv_err + 1e-3, (rel_err(y.double(), ref64), tv_err)
+        assert rel_err(y, tv(x)) > 1e-4  # it did run in bf16
+        twin = pickle.loads(pickle.dumps(ours))
+        assert resnet_ext.is_frozen(twin) and torch.equal(twin(x), y)
+        handle = ours.layer2.register_forward_hook(lambda m, i, o: None)
+        assert rel_err(ours(x), tv(x)) < TOL  # the module path: fp32
+        handle.remove()
+
+
+def test_freeze_dtype_errors():
+    ours, _ = pair("resnet18")
+    with pytest.raises(ValueError, match="dtype must be None"):
+        resnet_ext.freeze(ours, dtype=torch.float16)
+    with pytest.raises(ValueError, match="fp32 models on the CPU"):
+        resnet_ext.freeze(copy.deepcopy(ours).double(), dtype=torch.bfloat16)
+    assert not resnet_ext.is_frozen(ours)
+    resnet_ext.freeze(ours, dtype=torch.float32)  # the model's own dtype: the plain frozen mode
+    assert resnet_ext.is_frozen(ours)
+
+
+def test_freeze_bf16_needs_native_bf16(monkeypatch):
+    ours, _ = pair("resnet18")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.raises(ValueError, match="native bf16"):
+        resnet_ext.freeze(ours, dtype=torch.bfloat16)
