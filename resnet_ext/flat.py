@@ -193,6 +193,20 @@ def structure(model: nn.Module, x: Tensor) -> Optional[Structure]:
     return s
 
 
+CL_PIXELS = 150_000  # NCHW inputs with at least this many pixels (N*H*W) run channels_last inside
+
+
+def internal_layout(x: Tensor) -> Tensor:
+    """The layout the flat forward runs in: the input's, except that a large NCHW input runs channels_last (one
+    copy of the input; nothing inside is visible to anyone, and the logits have no layout). Measured on resnet50
+    in the default mode (2-core AVX-512 machine, fp32, 224x224 NCHW input and weights): batch 1 0.97x -> 0.76x
+    torchvision, batch 2 1.19x -> 1.12x, batch 4 1.13x -> 1.34x, batch 8 0.97x -> 1.40x: oneDNN's channels_last
+    convolutions are faster, but reorder NCHW weights on every call, which only a large batch amortizes."""
+    if x.shape[0] * x.shape[2] * x.shape[3] >= CL_PIXELS and not fusion.wants_channels_last(x):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def usable(x: Tensor) -> bool:
     """Eager CPU inference on a 4-d fp32/bf16 input that needs no gradient."""
     return (x.device.type == "cpu" and x.dim() == 4 and x.dtype in _DTYPES and x.numel() > 0
@@ -220,6 +234,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
         x = x.to(dtype)  # freeze(dtype=torch.bfloat16): the convolutions in bf16, fc in the model's fp32
     programs = cached[2]
     key = (tuple(x.shape), x.dtype, x.stride())
+    x = internal_layout(x)
     program = programs.get(key)
     if program is None:  # first call of this input: pack each unit's weight for its input size
         if len(programs) >= _CACHE_LIMIT:
@@ -254,6 +269,7 @@ def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
         return None
     plans = model.__dict__.setdefault(_PLANS, {})
     key = (tuple(x.shape), x.dtype, x.stride())
+    x = internal_layout(x)
     plan = plans.get(key)
     if plan is None or plan[0] is not s:  # learn on this call how each unit runs, from its input's shape
         if len(plans) >= _CACHE_LIMIT:

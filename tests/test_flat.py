@@ -250,3 +250,18 @@ def test_freeze_bf16_needs_native_bf16(monkeypatch):
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     with pytest.raises(ValueError, match="native bf16"):
         resnet_ext.freeze(ours, dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+def test_large_nchw_input_runs_channels_last_inside(frozen):
+    ours, tv = pair("resnet18", frozen)
+    x = torch.randn(1, 3, 390, 390)  # >= flat.CL_PIXELS pixels: channels_last inside, one copy of the input
+    assert x.shape[0] * x.shape[2] * x.shape[3] >= resnet_ext.flat.CL_PIXELS
+    x0 = x.clone()
+    with torch.no_grad():
+        ref = tv(x)
+        for _ in range(2):
+            y, counts = counts_of(lambda: ours(x))
+            assert counts.get("flat_forwards") == 1 and rel_err(y, ref) < TOL, (counts, rel_err(y, ref))
+            assert y.is_contiguous()
+    assert torch.equal(x, x0)
