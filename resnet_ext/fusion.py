@@ -170,7 +170,7 @@ def forward_state(state: Optional[Forward]):
         _FORWARD.reset(token)
 
 
-FOLD_RATIO = 4
+_FOLD_RATIO = 4  # measured, see fold_pays
 
 
 def fold_pays(conv: nn.Conv2d, x: Tensor) -> bool:
@@ -180,7 +180,7 @@ def fold_pays(conv: nn.Conv2d, x: Tensor) -> bool:
     least 4x as many values per channel as the weight: at batch 1 the stem and layer1 of resnet50."""
     r, s = conv.kernel_size
     out_pixels = x.shape[0] * x.shape[2] * x.shape[3] // (conv.stride[0] * conv.stride[1])
-    return out_pixels >= FOLD_RATIO * (conv.in_channels // conv.groups) * r * s
+    return out_pixels >= _FOLD_RATIO * (conv.in_channels // conv.groups) * r * s
 
 
 def wants_channels_last(x: Tensor) -> bool:
