@@ -19,6 +19,7 @@ from . import flat, fusion
 
 _FLAG = "_resnet_ext_frozen"   # pickled: an unpickled frozen model is frozen again
 _STATE = "_resnet_ext_folds"   # not pickled: the folds themselves
+_PACKED_LIMIT = 8               # prepacked weights kept per unit (one per input size and geometry)
 
 
 class FrozenUnit:
@@ -36,6 +37,8 @@ class FrozenUnit:
         key = (tuple(x.shape[1:]),) + tuple(tuple(a) if isinstance(a, list) else a for a in args)
         w = self.packed.get(key)
         if w is None:
+            if len(self.packed) >= _PACKED_LIMIT:  # each input size holds a whole copy of the weights
+                self.packed.clear()
             w = self.packed[key] = torch.ops.mkldnn._reorder_convolution_weight(self.weight, *args, list(x.shape))
         return w
 

@@ -265,3 +265,13 @@ def test_large_nchw_input_runs_channels_last_inside(frozen):
             assert counts.get("flat_forwards") == 1 and rel_err(y, ref) < TOL, (counts, rel_err(y, ref))
             assert y.is_contiguous()
     assert torch.equal(x, x0)
+
+
+def test_frozen_keeps_a_bounded_number_of_packed_weights():
+    ours, tv = pair("resnet18", frozen=True)
+    with torch.no_grad():
+        for size in range(32, 32 + 12 * 8, 8):  # 12 input sizes
+            x = torch.randn(1, 3, size, size)
+            assert rel_err(ours(x), tv(x)) < TOL
+    folds = resnet_ext.frozen.folds_of(ours)
+    assert max(len(f.packed) for f in folds.values()) <= resnet_ext.frozen._PACKED_LIMIT
