@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import fusion
+from . import fusion, ops
 
 _CACHE_LIMIT = 8   # programs (per input shape, dtype and layout) kept per model
 _DTYPES = (torch.float32, torch.bfloat16)
@@ -142,32 +142,46 @@ def gemm_pays(u: Unit, x: Tensor) -> bool:
     return conv.in_channels >= 2 * out_pixels
 
 
+def _unfolded(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor]) -> Tensor:
+    """relu?(bn(conv(x)) (+ residual)) with the BN not folded (where folding costs more than it saves): the stock
+    conv, then BN (as scale and shift), residual and ReLU in one in-place pass (`ops.scale_shift_act_`, float32),
+    else torchvision's modules."""
+    out = u.conv(x)
+    if (out.dtype == torch.float32 and (residual is None or residual.stride() == out.stride())
+            and (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last))):
+        return ops.scale_shift_act_(out, scale, shift, residual, u.relu or residual is not None)
+    out = u.bn(out)
+    if residual is not None:
+        out += residual
+    return torch.relu_(out) if u.relu or residual is not None else out
+
+
+# A unit's `wb`: (folded weight, bias), run by oneDNN; or (GEMM or UNFOLDED, scale, shift).
+GEMM, UNFOLDED = "gemm", "unfolded"
+
+
 def _conv(u: Unit, x: Tensor, wb) -> Tensor:
-    """relu?(bn(conv(x))); `wb`: the folded (weight, bias), or (None, scale, shift) for a GEMM unit, or None."""
-    if wb is None:  # unfolded (default mode, where the fold does not pay): torchvision's ops
-        out = u.bn(u.conv(x))
-        return torch.relu_(out) if u.relu else out
-    if wb[0] is None:
+    """relu?(bn(conv(x)))."""
+    if wb[0] is UNFOLDED:
+        return _unfolded(u, x, wb[1], wb[2], None)
+    if wb[0] is GEMM:
         return _gemm(u, x, wb[1], wb[2], None)
     return torch.ops.mkldnn._convolution_pointwise.default(x, wb[0], wb[1], *u.args, "relu" if u.relu else "none",
                                                            [], "")
 
 
 def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
-    """relu(bn(conv(y)) + residual); a fused one is written into `residual` (which only this forward holds)."""
-    if wb is None:
-        out = u.bn(u.conv(y))
-        out += residual
-        return torch.relu_(out)
-    if wb[0] is None:
+    """relu(bn(conv(y)) + residual); a oneDNN one is written into `residual` (which only this forward holds)."""
+    if wb[0] is UNFOLDED:
+        return _unfolded(u, y, wb[1], wb[2], residual)
+    if wb[0] is GEMM:
         return _gemm(u, y, wb[1], wb[2], residual)
     return torch.ops.mkldnn._convolution_pointwise_.binary(residual, y, wb[0], wb[1], *u.args, "add", 1.0, "relu",
                                                             [], "")
 
 
 def _run(model: nn.Module, s: Structure, x: Tensor, wb) -> Tensor:
-    """The forward, with `wb(unit, x)` giving each unit's (weight, bias), or None to run it unfolded, in the order
-    of `s.units`."""
+    """The forward, with `wb(unit, x)` giving each unit's `wb` (see `_conv`), in the order of `s.units`."""
     x = _conv(s.stem, x, wb(s.stem, x))
     x = model.maxpool(x)
     for head, ds, tail in s.blocks:
@@ -261,7 +275,8 @@ _PLANS = "_resnet_ext_flat_plans"  # not pickled: per input, how each unit runs 
 def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
     """The default mode's forward, every BN read afresh: per unit, chosen from the shapes on the first call of an
     input, the fold (where it pays, all folds in one batch), a GEMM on the unreordered weight (`gemm_pays`), or
-    torchvision's ops; None where the flat forward does not apply (a gradient may be needed, ...)."""
+    the stock conv with the BN unfolded (`_unfolded`); None where the flat forward does not apply (a gradient may
+    be needed, ...)."""
     if not usable(x) or torch.is_grad_enabled():
         return None
     s = structure(model, x)
@@ -278,27 +293,27 @@ def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
         kinds = {}
 
         def wb(u, y):
-            if gemm_pays(u, y):
-                kinds[u.conv] = "gemm"
-                scale, shift = fusion.bn_affine_pairs([(u.conv, u.bn)])
-                return None, scale[0], shift[0]
-            if fusion.fold_pays(u.conv, y):
-                kinds[u.conv] = "onednn"
+            kind = GEMM if gemm_pays(u, y) else "onednn" if fusion.fold_pays(u.conv, y) else UNFOLDED
+            kinds[u.conv] = kind
+            if kind == "onednn":
                 return fusion.fold_pairs([(u.conv, u.bn)], channels_last=cl)[0]
-            return None
+            scale, shift = fusion.bn_affine_pairs([(u.conv, u.bn)])
+            return kind, scale[0], shift[0]
 
         out = _run(model, s, x, wb)
-        plan = plans[key] = (s, cl, [(u.conv, u.bn) for u in s.units if kinds.get(u.conv) == "onednn"],
-                             [(u.conv, u.bn) for u in s.units if kinds.get(u.conv) == "gemm"])
+        plan = plans[key] = (s, cl, [(u.conv, u.bn) for u in s.units if kinds[u.conv] == "onednn"],
+                             [(u.conv, u.bn, kinds[u.conv]) for u in s.units if kinds[u.conv] != "onednn"])
     else:
-        _, cl, fold, gemm = plan
+        _, cl, fold, affine = plan
         wbs = dict(zip((c for c, _ in fold), fusion.fold_pairs(fold, channels_last=cl)))
-        if gemm:
-            scales, shifts = fusion.bn_affine_pairs(gemm)
-            wbs.update((c, (None, sc, sh)) for (c, _), sc, sh in zip(gemm, scales, shifts))
-        out = _run(model, s, x, lambda u, y: wbs.get(u.conv))
+        if affine:
+            scales, shifts = fusion.bn_affine_pairs([(c, b) for c, b, _ in affine])
+            wbs.update((c, (kind, sc, sh)) for (c, _, kind), sc, sh in zip(affine, scales, shifts))
+        out = _run(model, s, x, lambda u, y: wbs[u.conv])
     fusion.count("flat_forwards")
     fusion.count("onednn", len(plan[2]))
-    fusion.count("gemm", len(plan[3]))
-    fusion.count("unfolded", len(s.units) - len(plan[2]) - len(plan[3]))
+    for kind in (GEMM, UNFOLDED):
+        n = sum(k == kind for _, _, k in plan[3])
+        if n:
+            fusion.count(kind, n)
     return out

@@ -72,8 +72,8 @@ def count(path: str, n: int = 1) -> None:
 def path_counts() -> dict:
     """How many eager conv units took each path since the last `reset_path_counts()`: the op's paths
     ("fused:<kernel>", "cudnn_fused", "stock:<device>"), "onednn" / "onednn_prepacked" (CPU, oneDNN convolution
-    with fused post-ops), "unfolded" (CPU default mode: stock conv, BN, ReLU where folding on every forward costs
-    more than it saves), "modules" (run through the modules as torchvision does: hooks, swapped modules, ...);
+    with fused post-ops), "unfolded" (CPU default mode, where folding on every forward costs more than it
+    saves: the stock conv, then BN, residual add and ReLU in one pass, `ops.scale_shift_act_`, or the modules), "modules" (run through the modules as torchvision does: hooks, swapped modules, ...);
     "gemm" (CPU default mode, a 1x1 conv whose weight outweighs its output: one GEMM on the unreordered weight,
     then BN, residual and ReLU); and, counting whole forwards, not units, "flat_forwards": CPU eval forwards that
     ran as one flat sequence of calls (`resnet_ext.flat`)."""

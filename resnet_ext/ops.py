@@ -106,6 +106,18 @@ def _memory_format_of(x: Tensor) -> torch.memory_format:
     return torch._prims_common.suggest_memory_format(x)
 
 
+@torch.library.register_fake("resnet_ext::scale_shift_act_")
+def _scale_shift_act_fake(y, scale, shift, residual, relu):
+    return None  # in place
+
+
+def scale_shift_act_(y: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor], relu: bool) -> Tensor:
+    """In place: y = relu?(y * scale + shift (+ residual)) with float32 per-channel scale and shift, one pass (CPU,
+    float32 y, NCHW or channels_last); the eval BN, residual add and ReLU of a conv whose BN is not folded."""
+    torch.ops.resnet_ext.scale_shift_act_(y, scale, shift, residual, relu)
+    return y
+
+
 @torch.library.register_fake("resnet_ext::conv_bn_act")
 def _conv_bn_act_fake(x, weight, bias, residual, stride, padding, dilation, relu, groups=1):
     # The checks of check_conv_bn_act_args (csrc/ops/conv_bn_act.cpp), in its order and with its messages.
