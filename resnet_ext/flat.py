@@ -190,6 +190,7 @@ def _run(model: nn.Module, s: Structure, x: Tensor, wb) -> Tensor:
             y = _conv(u, y, wb(u, y))
         residual = x if ds is None else _conv(ds, x, wb(ds, x))
         x = _tail(tail, y, residual, wb(tail, y))
+        del y, residual  # free the block's buffers now, for the next block's allocations (hot in cache)
     x = torch.flatten(model.avgpool(x), 1)
     if x.dtype != model.fc.weight.dtype:  # freeze(dtype=torch.bfloat16)
         x = x.to(model.fc.weight.dtype)
