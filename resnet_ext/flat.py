@@ -13,12 +13,16 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import fusion, ops
 
 _CACHE_LIMIT = 8   # programs (per input shape, dtype and layout) kept per model
 _DTYPES = (torch.float32, torch.bfloat16)
+
+
+_PATCHED = frozenset(("forward", "_conv_forward"))  # instance attributes that replace what a module computes
 
 
 class Unit:
@@ -48,21 +52,22 @@ class Structure:
         self.modules = list(model.modules())
         self.types = [type(m) for m in self.modules]
         self.children = [(m, tuple(m._modules.values())) for m in self.modules if m._modules]
-        self.weights = [(u.conv, u.conv.weight, tuple(u.args[:3]) + (u.conv.groups, u.conv.padding_mode))
-                        for u in self.units]
+        self.weights = [(u.conv, u.conv.weight, u.conv.bias,
+                         tuple(u.args[:3]) + (u.conv.groups, u.conv.padding_mode)) for u in self.units]
 
     def matches(self, model: nn.Module) -> bool:
         """Whether the model is still exactly what was recorded: same modules in the same places, same types, no
-        hooks, same conv weight objects and geometry, BNs in eval mode with running statistics."""
+        hooks or instance-level forward, same conv weight and bias objects and geometry, BNs in eval mode with running
+        statistics."""
         for m, kids in self.children:
             if tuple(m._modules.values()) != kids:
                 return False
         for m, t in zip(self.modules, self.types):
             if (type(m) is not t or m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-                    or m._backward_pre_hooks):
+                    or m._backward_pre_hooks or _PATCHED & m.__dict__.keys()):
                 return False
-        for conv, w, geometry in self.weights:
-            if (conv.weight is not w or conv.bias is not None
+        for conv, w, b, geometry in self.weights:
+            if (conv.weight is not w or conv.bias is not b
                     or (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
                         conv.padding_mode) != geometry):
                 return False
@@ -91,7 +96,8 @@ def stock(model: nn.Module) -> bool:
             ds = b.downsample
             if ds is not None and not (type(ds) is nn.Sequential and len(ds) == 2 and fusion.foldable(ds[0], ds[1])):
                 return False
-    return all(fusion._hookless(m) for m in model.modules())  # (train mode matters only for the BNs: foldable)
+    # Train mode matters only for the BNs (foldable); a forward set on an instance must run (accelerate's hooks).
+    return all(fusion._hookless(m) and not _PATCHED & m.__dict__.keys() for m in model.modules())
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -146,10 +152,13 @@ def _unfolded(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Option
     """relu?(bn(conv(x)) (+ residual)) with the BN not folded (where folding costs more than it saves): the stock
     conv, then BN (as scale and shift), residual and ReLU in one in-place pass (`ops.scale_shift_act_`, float32),
     else torchvision's modules."""
-    out = u.conv(x)
+    conv = u.conv
+    out = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)  # shift has the bias
     if (out.dtype == torch.float32 and (residual is None or residual.stride() == out.stride())
             and (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last))):
         return ops.scale_shift_act_(out, scale, shift, residual, u.relu or residual is not None)
+    if conv.bias is not None:
+        out = out + conv.bias.view(1, -1, 1, 1)
     out = u.bn(out)
     if residual is not None:
         out += residual
@@ -233,6 +242,7 @@ def usable(x: Tensor) -> bool:
     """Eager CPU inference on a 4-d fp32/bf16 input that needs no gradient."""
     return (x.device.type == "cpu" and x.dim() == 4 and x.dtype in _DTYPES and x.numel() > 0
             and not (torch.is_grad_enabled() and x.requires_grad) and not torch.jit.is_tracing()
+            and not torch.is_autocast_enabled("cpu")
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
 
@@ -246,8 +256,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
     cached = model.__dict__.get(_PROGRAMS)
     if cached is None or cached[0] is not folds or cached[1] is not s:
         # The folds must belong to these modules (a conv or weight replaced since `freeze` has none).
-        own = all(getattr(folds.get(u.conv), "bn", None) is u.bn and folds[u.conv].param is u.conv.weight
-                  for u in s.units)
+        own = all(u.conv in folds and folds[u.conv].belongs_to(u.conv, u.bn) for u in s.units)
         cached = model.__dict__[_PROGRAMS] = (folds, s, {} if own else None)
     dtype = folds[s.stem.conv].weight.dtype if cached[2] is not None else None
     if dtype != x.dtype:
@@ -302,26 +311,28 @@ def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
 
         def wb(u, y):
             kind = GEMM if gemm_pays(u, y) else "onednn" if fusion.fold_pays(u.conv, y) else UNFOLDED
-            kinds[u.conv] = kind
+            kinds[id(u)] = kind
             if kind == "onednn":
                 return fusion.fold_pairs([(u.conv, u.bn)], channels_last=cl)[0]
             scale, shift = fusion.bn_affine_pairs([(u.conv, u.bn)])
             return kind, scale[0], shift[0]
 
         out = _run(model, s, x, wb)
-        plan = plans[key] = (s, cl, [(u.conv, u.bn) for u in s.units if kinds[u.conv] == "onednn"],
-                             [(u.conv, u.bn, kinds[u.conv]) for u in s.units if kinds[u.conv] != "onednn"])
+        kinds = [kinds[id(u)] for u in s.units]
+        plan = plans[key] = (s, cl, kinds)
     else:
-        _, cl, fold, affine = plan
-        wbs = dict(zip((c for c, _ in fold), fusion.fold_pairs(fold, channels_last=cl)))
-        if affine:
-            scales, shifts = fusion.bn_affine_pairs([(c, b) for c, b, _ in affine])
-            wbs.update((c, (kind, sc, sh)) for (c, _, kind), sc, sh in zip(affine, scales, shifts))
-        out = _run(model, s, x, lambda u, y: wbs[u.conv])
+        _, cl, kinds = plan
+        # Per unit, in forward order (one conv module may appear twice, with different BNs).
+        fold = [(u.conv, u.bn) for u, k in zip(s.units, kinds) if k == "onednn"]
+        affine = [(u.conv, u.bn) for u, k in zip(s.units, kinds) if k != "onednn"]
+        folded = iter(fusion.fold_pairs(fold, channels_last=cl))
+        scales, shifts = fusion.bn_affine_pairs(affine) if affine else ([], [])
+        scales, shifts = iter(scales), iter(shifts)
+        wbs = iter([next(folded) if k == "onednn" else (k, next(scales), next(shifts)) for k in kinds])
+        out = _run(model, s, x, lambda u, y: next(wbs))
     fusion.count("flat_forwards")
-    fusion.count("onednn", len(plan[2]))
-    for kind in (GEMM, UNFOLDED):
-        n = sum(k == kind for _, _, k in plan[3])
+    for kind in ("onednn", GEMM, UNFOLDED):
+        n = sum(k == kind for k in kinds)
         if n:
             fusion.count(kind, n)
     return out

@@ -25,11 +25,15 @@ _PACKED_LIMIT = 8               # prepacked weights kept per unit (one per input
 class FrozenUnit:
     """The frozen fold of one (conv, bn): the weight and bias, and per input size the oneDNN-prepacked weight."""
 
-    __slots__ = ("bn", "param", "weight", "bias", "packed")
+    __slots__ = ("bn", "param", "bias_param", "weight", "bias", "packed")
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, weight: Tensor, bias: Tensor):
-        self.bn, self.param, self.weight, self.bias = bn, conv.weight, weight, bias
+        self.bn, self.param, self.bias_param, self.weight, self.bias = bn, conv.weight, conv.bias, weight, bias
         self.packed: Dict[tuple, Tensor] = {}
+
+    def belongs_to(self, conv: nn.Module, bn: nn.Module) -> bool:
+        """Whether this fold is of these modules and parameter objects (a replaced weight or bias has none)."""
+        return bn is self.bn and conv.weight is self.param and conv.bias is self.bias_param
 
     def packed_for(self, conv: nn.Conv2d, x: Tensor) -> Tensor:
         """The folded weight prepacked for oneDNN for this input size and the conv's geometry (packed once)."""
@@ -39,13 +43,15 @@ class FrozenUnit:
         if w is None:
             if len(self.packed) >= _PACKED_LIMIT:  # each input size holds a whole copy of the weights
                 self.packed.clear()
-            w = self.packed[key] = torch.ops.mkldnn._reorder_convolution_weight(self.weight, *args, list(x.shape))
+            with torch.inference_mode(False), torch.no_grad():
+                w = self.packed[key] = torch.ops.mkldnn._reorder_convolution_weight(self.weight, *args,
+                                                                                   list(x.shape))
         return w
 
     def run(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool,
             residual: Optional[Tensor]) -> Optional[Tensor]:
         """The unit's output from the frozen fold, or None where the fold no longer belongs to these modules."""
-        if bn is not self.bn or conv.weight is not self.param or x.dtype != self.weight.dtype:
+        if not self.belongs_to(conv, bn) or x.dtype != self.weight.dtype:
             return None
         if fusion._onednn_ok(x, self.weight, self.bias, residual):
             w = self.packed_for(conv, x)
@@ -123,7 +129,8 @@ def folds_of(model: nn.Module) -> Optional[Dict[nn.Module, FrozenUnit]]:
 def _fold(model: nn.Module) -> Dict[nn.Module, FrozenUnit]:
     pairs = model._fold_pairs()
     dtype = compute_dtype(model)
-    with torch.no_grad():
+    # Never inference tensors (folds made under inference_mode), which a later forward with gradients cannot use.
+    with torch.inference_mode(False), torch.no_grad():
         folded = fusion.fold_pairs(pairs, channels_last=True)
         if dtype is not None:
             folded = [(w.to(dtype), b.to(dtype)) for w, b in folded]

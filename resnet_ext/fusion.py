@@ -30,9 +30,22 @@ def enabled() -> bool:
     export, a global module hook that every module call must reach; and under torch.func transforms, which the
     ops' autograd (torch.library) does not support."""
     if (torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.onnx.is_in_onnx_export()
-            or torch._C._are_functorch_transforms_active()):
+            or torch._C._are_functorch_transforms_active() or _STOCK.get()):
         return False
     return not any(getattr(_module, name, None) for name in _GLOBAL_HOOKS)
+
+
+_STOCK: contextvars.ContextVar[bool] = contextvars.ContextVar("resnet_ext_stock", default=False)
+
+
+@contextlib.contextmanager
+def stock_modules():
+    """Within: every module runs torchvision's own code (no fusion)."""
+    token = _STOCK.set(True)
+    try:
+        yield
+    finally:
+        _STOCK.reset(token)
 
 
 def _hookless(m: nn.Module) -> bool:
@@ -233,7 +246,8 @@ def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residu
     """relu?(bn(conv(x)) + residual) for a foldable (conv, bn): fused, or (CPU default mode, where the fold does
     not pay) the stock conv, BN and ReLU. `shortcut()`, if given, gives the residual."""
     state = None if torch.compiler.is_compiling() else _FORWARD.get()
-    entry = state.folds.get(conv) if state is not None else None
+    # Default-mode folds are keyed by (conv, bn) (one conv module may sit in two units), frozen ones by conv.
+    entry = (state.folds.get((conv, bn)) or state.folds.get(conv)) if state is not None else None
     if entry is not None and hasattr(entry, "run"):  # a frozen entry: folded once (and prepacked on the CPU)
         if shortcut is not None:
             residual, shortcut = shortcut(), None
@@ -272,7 +286,8 @@ def unit(conv: nn.Module, bn: nn.Module, relu_mod: Optional[nn.Module], x: Tenso
     where torchvision calls the downsample: after conv and bn."""
     # An input the conv cannot take goes through the modules too: torchvision's error, not a kernel's.
     relu_ok = plain_relu(relu_mod) and x.dim() == 4 and x.shape[1] == getattr(conv, "in_channels", -1)
-    if relu_ok and foldable(conv, bn):
+    # Under CPU autocast the stock modules run, as autocast casts them (the fold would mix dtypes).
+    if relu_ok and foldable(conv, bn) and not (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")):
         return eval_unit(conv, bn, x, relu_mod is not None, residual, shortcut)
     if relu_ok and train_fusable(bn) and x.numel() > 0:
         out = conv(x)

@@ -233,6 +233,10 @@ class ResNet(nn.Module):
         if torch.compiler.is_compiling():  # each unit folds in the graph, which the compiler fuses
             return self._forward_units(x)
         if not self.training and x.device.type == "cpu":
+            if not torch.jit.is_tracing() and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                # oneDNN's fused ReLU turns NaN into 0 (as compile+freezing does); torchvision propagates it.
+                with fusion.stock_modules():
+                    return self._forward_impl(x)
             folds = _frozen.folds_of(self)
             if folds is not None:
                 out = _flat.forward_frozen(self, x, folds)
@@ -278,7 +282,7 @@ class ResNet(nn.Module):
             pairs = [p for p in pairs if plan.get(p[0])]
         with torch.set_grad_enabled(grad):
             folded = fusion.fold_pairs(pairs, channels_last=fusion.wants_channels_last(x))
-        return fusion.Forward({conv: f for (conv, _), f in zip(pairs, folded)}, plan)
+        return fusion.Forward({(conv, bn): f for (conv, bn), f in zip(pairs, folded)}, plan)
 
     @torch.jit.unused
     def _fold_pairs(self) -> List[tuple]:

@@ -275,3 +275,104 @@ def test_frozen_keeps_a_bounded_number_of_packed_weights():
             assert rel_err(ours(x), tv(x)) < TOL
     folds = resnet_ext.frozen.folds_of(ours)
     assert max(len(f.packed) for f in folds.values()) <= resnet_ext.frozen._PACKED_LIMIT
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Cases found in review: each gave a wrong answer or an error where torchvision runs
+# ------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_conv_with_bias(frozen, when):
+    """A conv with a bias: the unfolded units ran the conv with its bias and added the bias again in the shift."""
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    x = torch.randn(2, 3, 32, 32)
+
+    def add_bias(m):
+        torch.manual_seed(3)
+        m.conv1 = nn.Conv2d(3, 64, 7, 2, 3)  # bias=True by default
+        m.layer4[0].conv1.bias = nn.Parameter(torch.randn(512) * 0.5)
+
+    if when == "before":
+        add_bias(tv)
+    ours = resnet_ext.from_torchvision(tv).eval()
+    if frozen:
+        resnet_ext.freeze(ours)
+    with torch.no_grad():
+        ours(x)
+        if when == "after":
+            add_bias(tv)
+            ours.conv1, ours.layer4[0].conv1.bias = tv.conv1, tv.layer4[0].conv1.bias
+        for _ in range(2):
+            assert rel_err(ours(x), tv(x)) < TOL
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 32, 32), (8, 3, 96, 96)])
+def test_one_conv_in_two_units_with_their_own_bns(shape):
+    ours, tv = pair("resnet18")
+    for m in (tv, ours):
+        m.layer1[0].conv2 = m.layer1[0].conv1  # the same conv module, before bn1 and before bn2
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        ref = tv(x)
+        for _ in range(3):  # first call records, the others replay
+            assert rel_err(ours(x), ref) < TOL
+        handle = ours.layer2.register_forward_hook(lambda *a: None)  # the module path too
+        for _ in range(2):
+            assert rel_err(ours(x), ref) < TOL
+        handle.remove()
+
+
+@pytest.mark.parametrize("where", ["block", "layer", "conv"])
+def test_instance_forward_overrides_are_honoured(where):
+    """A forward set on an instance (accelerate's hooks, debugging tools) must run, as in torchvision."""
+    ours, tv = pair("resnet18")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ours(x)  # recorded without the override
+        for m in (tv, ours):
+            target = {"block": m.layer2[1], "layer": m.layer3, "conv": m.layer1[0].conv2}[where]
+            orig = target.forward
+            target.forward = lambda t, orig=orig: orig(t) * 0.5
+        y, counts = counts_of(lambda: ours(x))
+        assert "flat_forwards" not in counts and rel_err(y, tv(x)) < TOL
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_cpu_autocast_runs_as_torchvision(frozen, layout):
+    ours, tv = pair("resnet50", frozen)
+    x = torch.randn(2, 3, 64, 64)
+    if layout == "channels_last":
+        ours, tv, x = (t.to(memory_format=torch.channels_last) for t in (ours, tv, x))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = tv(x)
+        y, counts = counts_of(lambda: ours(x))
+    assert y.dtype == ref.dtype == torch.bfloat16 and "flat_forwards" not in counts
+    assert rel_err(y.float(), ref.float()) < 1e-2
+
+
+def test_frozen_folds_made_under_inference_mode_serve_a_later_gradient():
+    ours, tv = pair("resnet18", frozen=True)
+    x = torch.randn(1, 3, 32, 32)
+    ours.load_state_dict(tv.state_dict())  # drops the folds: the next forward refolds
+    with torch.inference_mode():
+        ours(x)
+    xg = x.clone().requires_grad_()
+    ours(xg).sum().backward()
+    xt = x.clone().requires_grad_()
+    tv(xt).sum().backward()
+    assert rel_err(xg.grad, xt.grad) < TOL
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_input_gives_torchvisions_non_finite_output(frozen, bad):
+    """oneDNN's fused ReLU turns NaN into 0; a non-finite input runs torchvision's ops, so NaN stays NaN."""
+    ours, tv = pair("resnet50", frozen)
+    x = torch.randn(2, 3, 64, 64)
+    x[0, 1, 5, 7] = bad
+    with torch.no_grad():
+        ref, y = tv(x), ours(x)
+    assert torch.equal(ref.isnan(), y.isnan()) and torch.equal(ref.isinf(), y.isinf())
+    assert rel_err(y[1], ref[1]) < TOL
