@@ -237,7 +237,7 @@ class ResNet(nn.Module):
                 # oneDNN's fused ReLU turns NaN into 0 (as compile+freezing does); torchvision propagates it.
                 with fusion.stock_modules():
                     return self._forward_impl(x)
-            folds = _frozen.folds_of(self)
+            folds = self._frozen_folds()
             if folds is not None:
                 out = _flat.forward_frozen(self, x, folds)
             else:
@@ -260,11 +260,19 @@ class ResNet(nn.Module):
         return self.fc(x)
 
     @torch.jit.unused
+    def _frozen_folds(self):
+        """The frozen folds, or None: not frozen, or this forward may need gradients for the parameters (the frozen
+        folds are constants, so such a forward runs as in the default mode, with differentiable folds)."""
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            return None
+        return _frozen.folds_of(self)
+
+    @torch.jit.unused
     def _forward_state(self, x: Tensor) -> Optional[fusion.Forward]:
         """This forward's BN folds: the frozen ones (eager only), else the ones that pay, now, in one batch."""
         if self.training:
             return None
-        frozen = None if torch.jit.is_tracing() else _frozen.folds_of(self)
+        frozen = None if torch.jit.is_tracing() else self._frozen_folds()
         if frozen is not None:
             return fusion.Forward(frozen, None)
         pairs = self._fold_pairs()

@@ -376,3 +376,22 @@ def test_non_finite_input_gives_torchvisions_non_finite_output(frozen, bad):
         ref, y = tv(x), ours(x)
     assert torch.equal(ref.isnan(), y.isnan()) and torch.equal(ref.isinf(), y.isinf())
     assert rel_err(y[1], ref[1]) < TOL
+
+
+def test_frozen_model_with_parameter_gradients_runs_as_default_mode():
+    """The frozen folds are constants: a forward that may need parameter gradients runs as the default mode, so
+    the convs' and BNs' gradients are torchvision's (they were silently absent); without gradients it is frozen."""
+    ours, tv = pair("resnet18", frozen=True)
+    x = torch.randn(2, 3, 32, 32)
+    y, counts = counts_of(lambda: ours(x))  # grad mode on, parameters require grad
+    assert "onednn_prepacked" not in counts
+    y.sum().backward()
+    grads = {n: p.grad.clone() for n, p in ours.named_parameters()}
+    for p in tv.parameters():
+        p.grad = None
+    tv(x).sum().backward()
+    for n, p in tv.named_parameters():
+        assert rel_err(grads[n], p.grad) < 1e-3, n
+    with torch.no_grad():
+        _, counts = counts_of(lambda: ours(x))
+    assert counts.get("onednn_prepacked") == 20 and counts.get("flat_forwards") == 1
