@@ -197,8 +197,9 @@ def _maxpool(pool: nn.Module, x: Tensor) -> Tensor:
     return pool(x)
 
 
-def _run(model: nn.Module, s: Structure, x: Tensor, wb) -> Tensor:
-    """The forward, with `wb(unit, x)` giving each unit's `wb` (see `_conv`), in the order of `s.units`."""
+def _run(model: nn.Module, s: Structure, x: Tensor, wb, fc_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """The forward, with `wb(unit, x)` giving each unit's `wb` (see `_conv`), in the order of `s.units`; the pooled
+    features cast to `fc_dtype` if given (freeze(dtype=torch.bfloat16): fc in the model's fp32)."""
     x = _maxpool(model.maxpool, _conv(s.stem, x, wb(s.stem, x)))
     for head, ds, tail in s.blocks:
         y = x
@@ -208,9 +209,7 @@ def _run(model: nn.Module, s: Structure, x: Tensor, wb) -> Tensor:
         x = _tail(tail, y, residual, wb(tail, y))
         del y, residual  # free the block's buffers now, for the next block's allocations (hot in cache)
     x = torch.flatten(model.avgpool(x), 1)
-    if x.dtype != model.fc.weight.dtype:  # freeze(dtype=torch.bfloat16)
-        x = x.to(model.fc.weight.dtype)
-    return model.fc(x)
+    return model.fc(x if fc_dtype is None else x.to(fc_dtype))
 
 
 def structure(model: nn.Module, x: Tensor) -> Optional[Structure]:
@@ -259,10 +258,11 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
         own = all(u.conv in folds and folds[u.conv].belongs_to(u.conv, u.bn) for u in s.units)
         cached = model.__dict__[_PROGRAMS] = (folds, s, {} if own else None)
     dtype = folds[s.stem.conv].weight.dtype if cached[2] is not None else None
+    fc_dtype = None
     if dtype != x.dtype:
         if dtype != torch.bfloat16 or x.dtype != torch.float32:
             return None
-        x = x.to(dtype)  # freeze(dtype=torch.bfloat16): the convolutions in bf16, fc in the model's fp32
+        fc_dtype, x = x.dtype, x.to(dtype)  # freeze(dtype=torch.bfloat16): the convolutions in bf16, fc in fp32
     programs = cached[2]
     key = (tuple(x.shape), x.dtype, x.stride())
     x = internal_layout(x)
@@ -276,11 +276,11 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
             program.append((folds[u.conv].packed_for(u.conv, y), folds[u.conv].bias))
             return program[-1]
 
-        out = _run(model, s, x, wb)
+        out = _run(model, s, x, wb, fc_dtype)
         programs[key] = program
     else:
         it = iter(program)
-        out = _run(model, s, x, lambda u, y: next(it))
+        out = _run(model, s, x, lambda u, y: next(it), fc_dtype)
     fusion.count("onednn_prepacked", len(s.units))
     fusion.count("flat_forwards")
     return out

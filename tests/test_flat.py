@@ -395,3 +395,17 @@ def test_frozen_model_with_parameter_gradients_runs_as_default_mode():
     with torch.no_grad():
         _, counts = counts_of(lambda: ours(x))
     assert counts.get("onednn_prepacked") == 20 and counts.get("flat_forwards") == 1
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+def test_an_fc_of_another_dtype_fails_as_in_torchvision(frozen):
+    ours, tv = pair("resnet18", frozen)
+    for m in (ours, tv):
+        m.fc = nn.Linear(512, 10).bfloat16()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        with pytest.raises(RuntimeError) as ref:
+            tv(x)
+        with pytest.raises(RuntimeError) as got:
+            ours(x)
+    assert str(got.value).split("\n")[0] == str(ref.value).split("\n")[0]
