@@ -32,28 +32,25 @@ class Unit:
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool):
         self.conv, self.bn, self.relu = conv, bn, relu
-        self.args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        self.args = fusion.onednn_args(conv)
 
 
 class Structure:
     """What the flat forward assumed of the model when it was recorded, and the units in forward order."""
 
     def __init__(self, model: nn.Module):
-        from .models import BasicBlock, Bottleneck  # models imports this module
         self.stem = Unit(model.conv1, model.bn1, True)
         self.blocks: List[Tuple[List[Unit], Optional[Unit], Unit]] = []  # (head units, downsample, tail)
         for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
             for b in layer:
-                names = ("1", "2") if type(b) is BasicBlock else ("1", "2", "3")
-                units = [Unit(getattr(b, "conv" + n), getattr(b, "bn" + n), True) for n in names]
+                units = [Unit(c, n, True) for c, n in b._unit_pairs()]
                 ds = None if b.downsample is None else Unit(b.downsample[0], b.downsample[1], False)
                 self.blocks.append((units[:-1], ds, units[-1]))
         self.units = [self.stem] + [u for head, ds, tail in self.blocks for u in head + ([ds] if ds else []) + [tail]]
         self.modules = list(model.modules())
         self.types = [type(m) for m in self.modules]
         self.children = [(m, tuple(m._modules.values())) for m in self.modules if m._modules]
-        self.weights = [(u.conv, u.conv.weight, u.conv.bias,
-                         tuple(u.args[:3]) + (u.conv.groups, u.conv.padding_mode)) for u in self.units]
+        self.weights = [(u, u.conv.weight, u.conv.bias) for u in self.units]
 
     def matches(self, model: nn.Module) -> bool:
         """Whether the model is still exactly what was recorded: same modules in the same places, same types, no
@@ -66,10 +63,10 @@ class Structure:
             if (type(m) is not t or m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
                     or m._backward_pre_hooks or _PATCHED & m.__dict__.keys()):
                 return False
-        for conv, w, b, geometry in self.weights:
-            if (conv.weight is not w or conv.bias is not b
-                    or (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
-                        conv.padding_mode) != geometry):
+        for u, w, b in self.weights:
+            conv = u.conv
+            if (conv.weight is not w or conv.bias is not b or fusion.onednn_args(conv) != u.args
+                    or conv.padding_mode != "zeros"):
                 return False
         return all(not u.bn.training and u.bn.running_mean is not None and u.bn.running_var is not None
                    for u in self.units)
@@ -90,8 +87,7 @@ def stock(model: nn.Module) -> bool:
         for b in layer:
             if type(b) not in (BasicBlock, Bottleneck) or type(b.relu) is not nn.ReLU:
                 return False
-            names = ("1", "2") if type(b) is BasicBlock else ("1", "2", "3")
-            if not all(fusion.foldable(getattr(b, "conv" + n), getattr(b, "bn" + n)) for n in names):
+            if not all(fusion.foldable(c, n) for c, n in b._unit_pairs()):
                 return False
             ds = b.downsample
             if ds is not None and not (type(ds) is nn.Sequential and len(ds) == 2 and fusion.foldable(ds[0], ds[1])):
@@ -319,12 +315,11 @@ def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
 
         out = _run(model, s, x, wb)
         kinds = [kinds[id(u)] for u in s.units]
-        plan = plans[key] = (s, cl, kinds)
-    else:
-        _, cl, kinds = plan
         # Per unit, in forward order (one conv module may appear twice, with different BNs).
-        fold = [(u.conv, u.bn) for u, k in zip(s.units, kinds) if k == "onednn"]
-        affine = [(u.conv, u.bn) for u, k in zip(s.units, kinds) if k != "onednn"]
+        plans[key] = (s, cl, kinds, [(u.conv, u.bn) for u, k in zip(s.units, kinds) if k == "onednn"],
+                      [(u.conv, u.bn) for u, k in zip(s.units, kinds) if k != "onednn"])
+    else:
+        _, cl, kinds, fold, affine = plan
         folded = iter(fusion.fold_pairs(fold, channels_last=cl))
         scales, shifts = fusion.bn_affine_pairs(affine) if affine else ([], [])
         scales, shifts = iter(scales), iter(shifts)

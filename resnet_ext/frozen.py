@@ -37,15 +37,14 @@ class FrozenUnit:
 
     def packed_for(self, conv: nn.Conv2d, x: Tensor) -> Tensor:
         """The folded weight prepacked for oneDNN for this input size and the conv's geometry (packed once)."""
-        args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
-        key = (tuple(x.shape[1:]),) + tuple(tuple(a) if isinstance(a, list) else a for a in args)
+        key = (tuple(x.shape[1:]), conv.padding, conv.stride, conv.dilation, conv.groups)
         w = self.packed.get(key)
         if w is None:
             if len(self.packed) >= _PACKED_LIMIT:  # each input size holds a whole copy of the weights
                 self.packed.clear()
             with torch.inference_mode(False), torch.no_grad():
-                w = self.packed[key] = torch.ops.mkldnn._reorder_convolution_weight(self.weight, *args,
-                                                                                   list(x.shape))
+                w = self.packed[key] = torch.ops.mkldnn._reorder_convolution_weight(
+                    self.weight, *fusion.onednn_args(conv), list(x.shape))
         return w
 
     def run(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool,

@@ -230,11 +230,16 @@ def _onednn_ok(x: Tensor, w: Tensor, b: Tensor, residual: Optional[Tensor]) -> b
             and x.numel() > 0 and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
 
+def onednn_args(conv: nn.Conv2d) -> tuple:
+    """The conv's geometry as ATen's mkldnn convolution ops take it: padding, stride, dilation, groups."""
+    return list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
+
+
 def onednn_conv(x: Tensor, w: Tensor, b: Tensor, conv: nn.Conv2d, relu: bool, residual: Optional[Tensor]) -> Tensor:
     """relu?(conv(x, w) + b + residual) as one oneDNN convolution with fused post-ops (ATen's mkldnn ops, the
     ones inductor uses after freezing); `w` may be a plain or a prepacked (opaque oneDNN) weight."""
     mk = torch.ops.mkldnn
-    args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+    args = onednn_args(conv)
     unary = "relu" if relu else "none"
     if residual is None:
         return mk._convolution_pointwise(x, w, b, *args, unary, [], "")

@@ -88,6 +88,11 @@ class BasicBlock(nn.Module):
         out = fusion.unit(self.conv1, self.bn1, self.relu, x)
         return fusion.unit(self.conv2, self.bn2, self.relu, out, shortcut=lambda: fusion.downsample(self.downsample, x))
 
+    @torch.jit.unused
+    def _unit_pairs(self) -> List[tuple]:
+        """The (conv, bn) pairs of the main path, in forward order."""
+        return [(self.conv1, self.bn1), (self.conv2, self.bn2)]
+
 
 class Bottleneck(nn.Module):
     # The stride sits on the 3x3 conv (conv2), as in torchvision ("ResNet V1.5").
@@ -140,6 +145,11 @@ class Bottleneck(nn.Module):
         out = fusion.unit(self.conv1, self.bn1, self.relu, x)
         out = fusion.unit(self.conv2, self.bn2, self.relu, out)
         return fusion.unit(self.conv3, self.bn3, self.relu, out, shortcut=lambda: fusion.downsample(self.downsample, x))
+
+    @torch.jit.unused
+    def _unit_pairs(self) -> List[tuple]:
+        """The (conv, bn) pairs of the main path, in forward order."""
+        return [(self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)]
 
 
 class ResNet(nn.Module):
@@ -298,8 +308,7 @@ class ResNet(nn.Module):
         pairs = [(self.conv1, self.bn1)]
         for m in self.modules():
             if type(m) in (BasicBlock, Bottleneck):
-                names = ("1", "2", "3") if type(m) is Bottleneck else ("1", "2")
-                pairs += [(getattr(m, "conv" + n), getattr(m, "bn" + n)) for n in names]
+                pairs += m._unit_pairs()
                 ds = m.downsample
                 if type(ds) is nn.Sequential and len(ds) == 2:
                     pairs.append((ds[0], ds[1]))
