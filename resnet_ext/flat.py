@@ -107,28 +107,21 @@ _PROGRAMS = "_resnet_ext_programs"     # not pickled: (folds, structure, {input 
 def _gemm(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor]) -> Tensor:
     """relu?(bn(conv(x)) (+ residual)) for a 1x1 conv as one GEMM on the conv's own weight, BN as the per-channel
     scale and shift on the output: no weight copy at all, where oneDNN would reorder the whole weight on every
-    call. The output keeps the input's layout."""
+    call. Channels_last input and output."""
     sh, sw = u.conv.stride
     if sh != 1 or sw != 1:
         x = x[:, :, ::sh, ::sw]
     n, c, h, w = x.shape
     k = u.conv.out_channels
     wm = u.conv.weight.reshape(k, c)  # a view of a contiguous or channels_last 1x1 weight
-    if x.stride(1) == 1:  # channels_last (gemm_pays), also after the stride's slicing
-        out = torch.mm(x.permute(0, 2, 3, 1).reshape(-1, c), wm.t())  # (n*h*w, k): NHWC
-        out.mul_(scale).add_(shift)
-        if residual is not None:
-            out.add_(residual.permute(0, 2, 3, 1).reshape(-1, k))
-        if u.relu or residual is not None:
-            out.relu_()
-        return out.view(n, h, w, k).permute(0, 3, 1, 2)
-    out = torch.matmul(wm, x.reshape(n, c, h * w))  # (n, k, h*w): NCHW
-    out.mul_(scale.view(-1, 1)).add_(shift.view(-1, 1))
+    # x is channels_last (gemm_pays), so (n*h*w, c) rows; the output (n*h*w, k) is channels_last too.
+    out = torch.mm(x.permute(0, 2, 3, 1).reshape(-1, c), wm.t())
+    out.mul_(scale).add_(shift)
     if residual is not None:
-        out.add_(residual.reshape(n, k, h * w))
+        out.add_(residual.permute(0, 2, 3, 1).reshape(-1, k))
     if u.relu or residual is not None:
         out.relu_()
-    return out.view(n, k, h, w)
+    return out.view(n, h, w, k).permute(0, 3, 1, 2)
 
 
 def gemm_pays(u: Unit, x: Tensor) -> bool:
