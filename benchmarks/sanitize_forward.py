@@ -1,27 +1,51 @@
-"""A small resnet50 eval forward (bf16, batch 2, channels_last) through the fused inference kernels, and one AMP
-training step through the fused BN+ReLU kernels, for `compute-sanitizer --tool memcheck`
-(benchmarks/gpu_check.sh runs it)."""
+"""resnet50 at batch 8 through every CUDA code path resnet_ext has, for `compute-sanitizer --tool memcheck`
+(benchmarks/gpu_check.sh runs it): eval forwards (bf16, channels_last) with the default choice per layer and with
+resnet_ext's own sm80 kernels on every layer (prefer_cudnn(False)); one AMP training step through the fused
+BN(+add)+ReLU kernels; then eval forwards with each kind of sm_90a kernel forced where it can run (sm_90 only)."""
 import torch
 import torch.nn.functional as F
 
 import resnet_ext
+from resnet_ext._C_loader import _C
 
 torch.manual_seed(0)
 model = resnet_ext.resnet50().cuda().to(memory_format=torch.channels_last)
-x = torch.randn(2, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
+x = torch.randn(8, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
 
-model.eval().to(torch.bfloat16)
-resnet_ext.reset_path_counts()
-with torch.inference_mode():
-    y = model(x.to(torch.bfloat16))
-torch.cuda.synchronize()
-assert torch.isfinite(y.float()).all()
-print("eval paths:", resnet_ext.path_counts())
+sm90 = []
+if torch.cuda.get_device_capability()[0] == 9:
+    names = resnet_ext.build_info()["fused_kernels"]
+    sm90 = [next(k for k in names if k.startswith(p)) for p in ("sm90_gemm_bf16_", "sm90_bf16_relu_")
+            if any(k.startswith(p) for k in names)]
 
+
+def eval_forward(label, cudnn, forced):
+    model.eval().to(torch.bfloat16)
+    resnet_ext.prefer_cudnn(cudnn)
+    _C.force_kernel(forced)
+    resnet_ext.reset_path_counts()
+    try:
+        with torch.inference_mode():
+            y = model(x.to(torch.bfloat16))
+        torch.cuda.synchronize()
+    finally:
+        _C.force_kernel("")
+        resnet_ext.prefer_cudnn(True)
+    assert torch.isfinite(y.float()).all(), label
+    print(f"eval ({label}) paths:", resnet_ext.path_counts(), flush=True)
+
+
+eval_forward("default", True, "")
+eval_forward("sm80 everywhere", False, "")
+
+# The training step before the unverified sm_90a kernels, so that a failure of theirs cannot hide it.
 model.float().train()
 with torch.autocast("cuda", dtype=torch.bfloat16):
-    loss = F.cross_entropy(model(x[:, :, :64, :64]), torch.tensor([1, 2], device="cuda"))
+    loss = F.cross_entropy(model(x), torch.arange(8, device="cuda"))
 loss.backward()
 torch.cuda.synchronize()
 assert torch.isfinite(model.conv1.weight.grad).all()
-print("train step ok, loss", float(loss))
+print("AMP train step ok, loss", float(loss), flush=True)
+
+for k in sm90:
+    eval_forward(f"forced {k}", False, k)

@@ -195,18 +195,19 @@ def test_model_eval_matches_torchvision(arch, dtype):
     resnet_ext.reset_path_counts()
     with torch.inference_mode():
         y, ref = ours(x).float(), tv(x).float()
-        ref32 = tv.float()(x.float()).float()
+        ref32 = _fp32_reference(tv, x).float()  # fp32 without TF32
     counts = resnet_ext.path_counts()
-    err = rel_err(y, ref)
+    ours_err, tv_err = rel_err(y, ref32), rel_err(ref, ref32)
     agree = (y.argmax(1) == ref.argmax(1)).float().mean().item()
-    print(f"\n{arch} {dtype}: rel err vs torchvision {err:.2e} (torchvision {dtype} vs its fp32: "
-          f"{rel_err(ref, ref32):.2e}, ours vs fp32: {rel_err(y, ref32):.2e}); top-1 agreement {agree:.4f}; "
-          f"paths {counts}")
+    print(f"\n{arch} {dtype}: ours vs fp32 {ours_err:.2e}, torchvision {dtype} vs its fp32 {tv_err:.2e} "
+          f"(ratio {ours_err / tv_err:.3f}); ours vs torchvision {rel_err(y, ref):.2e}; top-1 agreement "
+          f"{agree:.4f} (information only); paths {counts}")
     # Every conv ran one fused kernel: ours or cuDNN's fused conv+bias+ReLU(+add); never the unfused composition.
     assert "stock:cuda" not in counts and sum(counts.values()) == sum(
         isinstance(m, torch.nn.Conv2d) for m in ours.modules())
-    assert err <= 1e-2
-    assert agree >= 0.99
+    # Judged against torchvision's own error in this dtype (random weights give tiny logit margins, so top-1
+    # agreement between two 16-bit runs is noise, not a criterion).
+    assert ours_err <= 1.25 * tv_err, (ours_err, tv_err)
 
 
 def test_cuda_graph_capture_of_a_model_forward():
@@ -256,6 +257,33 @@ def test_compile_of_cuda_model_matches_eager():
     print(f"\ncompile: rel err vs eager {rel_err(out, eager):.2e}, vs fp32 {rel_err(out, ref):.2e} "
           f"(eager vs fp32 {rel_err(eager, ref):.2e})")
     assert rel_err(out, ref) <= max(2 * rel_err(eager, ref), 1e-2)
+
+
+def test_compile_fullgraph_amp_training_step_matches_eager():
+    """resnet50 training on CUDA under torch.compile(fullgraph=True): the fused BN(+add)+ReLU ops in the graph,
+    AMP bf16, channels_last; outputs, gradients and running statistics against the same step run eagerly."""
+    torch.manual_seed(0)
+    eager = resnet_ext.resnet50(num_classes=100)
+    compiled = resnet_ext.resnet50(num_classes=100)
+    compiled.load_state_dict(eager.state_dict())
+    x = torch.randn(8, 3, 128, 128, device="cuda").contiguous(memory_format=CL)
+    target = torch.randint(0, 100, (8,), device="cuda")
+    results = []
+    for model, fn in ((eager, None), (compiled, "compile")):
+        model.cuda().to(memory_format=CL).train()
+        fwd = torch.compile(model, fullgraph=True) if fn else model
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = fwd(x)
+            loss = F.cross_entropy(out, target)
+        loss.backward()
+        results.append(out.float())
+    print(f"\ncompiled train step: out rel err {rel_err(results[1], results[0]):.2e}, conv1 grad "
+          f"{rel_err(compiled.conv1.weight.grad, eager.conv1.weight.grad):.2e}")
+    assert rel_err(results[1], results[0]) <= 2e-2
+    assert rel_err(compiled.fc.weight.grad, eager.fc.weight.grad) <= 3e-2
+    assert rel_err(compiled.conv1.weight.grad, eager.conv1.weight.grad) <= 5e-2
+    assert rel_err(compiled.layer2[0].bn2.running_var, eager.layer2[0].bn2.running_var) <= 1e-3
+    assert int(compiled.layer2[0].bn2.num_batches_tracked) == 1
 
 
 def test_compile_reduce_overhead_cuda_graphs_match_eager():
