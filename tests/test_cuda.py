@@ -111,7 +111,9 @@ def test_default_dispatch_matches_fp32_reference(s):
             assert path.startswith("fused:"), (s.name, path)
 
 
-SM90_KERNELS = [k for k in resnet_ext.build_info()["fused_kernels"] if k.startswith("sm90_")]
+# The sm_90a conv kernels (the 1x1-only GEMM kernels have their own tests: tests/test_cuda_gemm_sm90.py).
+SM90_KERNELS = [k for k in resnet_ext.build_info()["fused_kernels"]
+                if k.startswith("sm90_") and not k.startswith("sm90_gemm_")]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
@@ -228,8 +230,10 @@ def test_cuda_graph_capture_of_a_model_forward():
         graph.replay()
         fresh = ours(x)
         torch.cuda.synchronize()
-    assert rel_err(out, fresh) <= 1e-3  # the replay computed the new input
-    assert rel_err(out, eager) > 1e-2
+    # The replay computed the new input: it matches an eager forward of it, and differs from the old output far
+    # more than from that (a random-init ResNet's outputs differ little between random inputs: 6e-3 on an H200).
+    assert rel_err(out, fresh) <= 1e-3
+    assert rel_err(out, eager) > max(10 * rel_err(out, fresh), 1e-3), (rel_err(out, eager), rel_err(out, fresh))
 
 
 def _fp32_reference(model, x):

@@ -47,13 +47,23 @@ def run_case(n, c, h, w, residual, dtype, channels_last=True, relu=True):
     y.backward(gy)
     xr = x.double().requires_grad_()
     rr = r.double().requires_grad_() if residual else None
-    yr = ref_bn(xr)
+    pre = ref_bn(xr)
     if residual:
-        yr = yr + rr
-    yr = F.relu(yr) if relu else yr
-    yr.backward(gy.double())
+        pre = pre + rr
     tol = TOL[dtype]
-    assert rel_err(y, yr) <= tol, "forward"
+    assert rel_err(y, F.relu(pre) if relu else pre) <= tol, "forward"
+    if relu:
+        # The ReLU is a discontinuity: where the exact pre-activation is within rounding of 0, ours and the reference
+        # may fall on different sides, and one such element moved dx by up to 40% of its max in a 51M-element test
+        # (H200). So: the masks may differ only there, and the gradients are compared under our mask.
+        mask = y.detach() > 0
+        flips = mask != (pre.detach() > 0)
+        near_zero = pre.detach().abs() <= tol * pre.detach().abs().max()
+        assert not (flips & ~near_zero).any(), "ReLU mask differs away from 0"
+        yr = pre * mask
+    else:
+        yr = pre
+    yr.backward(gy.double())
     assert y.is_contiguous(memory_format=fmt)
     assert rel_err(xa.grad, xr.grad) <= tol, "dx"
     if residual:
@@ -91,23 +101,40 @@ def test_large_map_statistics_stay_accurate():
 
 
 def test_amp_training_step_matches_torchvision():
+    """One AMP (bf16) training step of resnet50, ours and torchvision's, each judged against the same step in fp32
+    (no autocast, no TF32): ours may be off by at most 1.25x torchvision's own AMP error (outputs, gradients,
+    running statistics). Ours against torchvision directly is printed only: two 16-bit runs differ by both errors."""
+    import copy
+
     import torchvision
 
     torch.manual_seed(0)
     tv = torchvision.models.resnet50(num_classes=100)
     ours = resnet_ext.resnet50(num_classes=100)
     ours.load_state_dict(tv.state_dict())
+    ref = copy.deepcopy(tv)
     x = torch.randn(16, 3, 128, 128, device="cuda").contiguous(memory_format=torch.channels_last)
     target = torch.randint(0, 100, (16,), device="cuda")
     outs = []
-    for m in (ours, tv):
-        m.cuda().to(memory_format=torch.channels_last).train()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = m(x)
-            loss = F.cross_entropy(out, target)
-        loss.backward()
-        outs.append(out.float())
-    assert rel_err(outs[0], outs[1]) <= 2e-2
-    assert rel_err(ours.fc.weight.grad, tv.fc.weight.grad) <= 3e-2
-    assert rel_err(ours.conv1.weight.grad, tv.conv1.weight.grad) <= 5e-2
-    assert rel_err(ours.layer2[0].bn2.running_var, tv.layer2[0].bn2.running_var) <= 1e-3
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        for m, amp in ((ours, True), (tv, True), (ref, False)):
+            m.cuda().to(memory_format=torch.channels_last).train()
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = amp
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                out = m(x)
+                loss = F.cross_entropy(out, target)
+            loss.backward()
+            outs.append(out.float())
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+    checks = {"output": (outs[0], outs[1], outs[2]),
+              "fc grad": (ours.fc.weight.grad, tv.fc.weight.grad, ref.fc.weight.grad),
+              "conv1 grad": (ours.conv1.weight.grad, tv.conv1.weight.grad, ref.conv1.weight.grad),
+              "layer2.0.bn2 running_var": (ours.layer2[0].bn2.running_var, tv.layer2[0].bn2.running_var,
+                                           ref.layer2[0].bn2.running_var)}
+    report = {k: (rel_err(o, r), rel_err(t, r), rel_err(o, t)) for k, (o, t, r) in checks.items()}
+    print("\nAMP step, rel err (ours vs fp32, torchvision vs fp32, ours vs torchvision): "
+          + "; ".join(f"{k} {a:.2e} {b:.2e} {c:.2e}" for k, (a, b, c) in report.items()))
+    for k, (ours_err, tv_err, _) in report.items():
+        assert ours_err <= 1.25 * tv_err + 1e-6, (k, ours_err, tv_err)

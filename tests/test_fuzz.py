@@ -139,10 +139,16 @@ def test_fuzz_conv_bn_act_against_float64(device):
         seed = rng.randrange(2**31)
         args, kwargs, ref, ref_kwargs, relu = _conv_case(random.Random(seed), device)
         versions = [t._version for t in args if t is not None]
-        with torch.no_grad():
-            y = resnet_ext.conv_bn_act(*args, **kwargs)
-        expected = _conv_reference(ref, ref_kwargs, relu)
         x = args[0]
+        try:
+            with torch.no_grad():
+                y = resnet_ext.conv_bn_act(*args, **kwargs)
+        except RuntimeError as e:  # recorded with its case, so one error does not hide the others
+            path = resnet_ext.explain(*args, **kwargs)[0] if device == "cuda" else "stock"
+            failures.append(f"seed {seed}: raised {str(e).splitlines()[0][:120]!r} via {path}: x {tuple(x.shape)} "
+                            f"{x.dtype} strides {x.stride()} w {tuple(args[1].shape)} {kwargs}")
+            continue
+        expected = _conv_reference(ref, ref_kwargs, relu)
         problems = []
         if y.shape != expected.shape or y.dtype != x.dtype or y.device != x.device:
             problems.append(f"got {tuple(y.shape)} {y.dtype} {y.device}")
