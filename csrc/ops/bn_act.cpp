@@ -206,16 +206,36 @@ Tensor sums_cuda(const Tensor& x, const bn_act::Layout& l, bn_act::DType t, cons
   return sums;
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> bn_act_train_cuda(const Tensor& x, const OptTensor& residual,
+std::tuple<Tensor, Tensor, Tensor, Tensor> bn_act_train_cuda(const Tensor& x_in, const OptTensor& residual_in,
                                                              const Tensor& weight, const Tensor& bias,
                                                              const OptTensor& shift, double eps, bool relu) {
-  check_train_args(x, residual, weight, bias, shift);
+  check_train_args(x_in, residual_in, weight, bias, shift);
   bn_act::DType t;
   bn_act::Layout l;
-  const Tensor* r = residual.has_value() ? &*residual : nullptr;
-  if (!kernel_dtype(x, &t) || !kernel_layout(x, {r}, &l)) return bn_act_train_stock(x, residual, weight, bias, shift, eps, relu);
+  if (!kernel_dtype(x_in, &t) || x_in.numel() == 0)
+    return bn_act_train_stock(x_in, residual_in, weight, bias, shift, eps, relu);
+  Tensor x = x_in;
+  OptTensor residual = residual_in;
+  if (!kernel_layout(x, {residual ? &*residual : nullptr}, &l)) {
+    // A strided, offset or 2-D x (or a residual in another layout): the kernels on dense copies. ATen's batch norm
+    // is no fallback for these: for a non-contiguous 16-bit x it returned statistics rounded to 16 bits (H200:
+    // mean errors of 3e-4).
+    auto dense = [&](const Tensor& v) {
+      return v.dim() == 2 ? v.contiguous().view({v.size(0), v.size(1), 1, 1})
+                          : v.contiguous(x_in.suggest_memory_format());
+    };
+    if (x.dim() == 2 || x.dim() == 4) {
+      x = dense(x_in);
+      if (residual) residual = dense(*residual);
+    }
+    if (!kernel_layout(x, {residual ? &*residual : nullptr}, &l))
+      return bn_act_train_stock(x_in, residual_in, weight, bias, shift, eps, relu);
+  }
   c10::cuda::CUDAGuard guard(x.device());
-  Tensor shift32 = shift.has_value() ? f32(*shift) : at::zeros({l.C}, x.options().dtype(at::kFloat));
+  // The sums are taken about each channel's first value: a shift inside the data keeps E[d^2] - E[d]^2 free of
+  // cancellation whatever the mean (with no shift, or a stale running mean, the fp32 variance of mean-3, std-0.1
+  // data lost 1e-4 on an H200). The running mean is not used for it.
+  Tensor shift32 = x.select(3, 0).select(2, 0).select(0, 0).to(at::kFloat).contiguous();
   Tensor sums = sums_cuda(x, l, t, shift32);
   auto opts = x.options().dtype(at::kFloat);
   Tensor mean = at::empty({l.C}, opts), invstd = at::empty({l.C}, opts), var_unbiased = at::empty({l.C}, opts);
@@ -225,12 +245,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bn_act_train_cuda(const Tensor& x, co
                                                   stream_of(x)),
                           "bn_act_train");
   Tensor y = at::empty_like(x);
-  RESNET_EXT_CHECK_LAUNCH(bn_act::apply_forward(t, l, x.data_ptr(), r ? r->data_ptr() : nullptr,
+  RESNET_EXT_CHECK_LAUNCH(bn_act::apply_forward(t, l, x.data_ptr(), residual ? residual->data_ptr() : nullptr,
                                                 f32(weight).data_ptr<float>(), f32(bias).data_ptr<float>(),
                                                 mean.data_ptr<float>(), invstd.data_ptr<float>(), relu, y.data_ptr(),
                                                 stream_of(x)),
                           "bn_act_train");
-  return {y, mean, invstd, var_unbiased};
+  return {x_in.dim() == 2 ? y.view(x_in.sizes()) : y, mean, invstd, var_unbiased};
 }
 
 Tensor bn_act_backward_reduce_cuda(const Tensor& grad_y, const Tensor& y, const Tensor& x, const Tensor& mean,
