@@ -83,10 +83,11 @@ Decision choose_cuda_path(const ConvProblem& p);
 // Returns "" or the kernel's error (the caller decides whether that throws).
 std::string launch_fused(const FusedKernelInfo& kernel, const ConvProblem& p, const ConvOperands& ops, at::Tensor& y);
 
-// cuDNN's fused conv+bias+ReLU(+add) where p.cudnn_fused_ok, else the stock composition.
+// cuDNN's fused conv+bias+ReLU(+add) where p.cudnn_fused_ok, else the stock composition; also the stock
+// composition where cuDNN finds no engine for the problem. `ran`, if given, gets the path that ran.
 at::Tensor conv_bn_act_fallback(const ConvProblem& p, const at::Tensor& x, const at::Tensor& weight,
                                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
-                                const ConvParams& c, bool relu);
+                                const ConvParams& c, bool relu, std::string* ran = nullptr);
 
 // Test switches (resnet_ext._C): NaN-fill fused outputs before each launch; make a named kernel's launch fail.
 void set_poison_outputs(bool on);

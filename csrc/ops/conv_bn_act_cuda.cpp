@@ -157,17 +157,25 @@ std::string launch_fused(const FusedKernelInfo& kernel, const ConvProblem& p, co
 // and the choice on Hopper where it beats them.
 at::Tensor conv_bn_act_fallback(const ConvProblem& p, const at::Tensor& x, const at::Tensor& weight,
                                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
-                                const ConvParams& c, bool relu) {
+                                const ConvParams& c, bool relu, std::string* ran) {
   if (p.cudnn_fused_ok) {
     const auto fmt = output_format(x);
     // cuDNN's fused ops want the input's memory format on the weight and the residual too.
     const at::Tensor w = weight.contiguous(fmt);
-    at::Tensor y = residual.has_value()
-                       ? at::cudnn_convolution_add_relu(x, w, residual->contiguous(fmt), 1.0, bias, c.stride,
-                                                        c.padding, c.dilation, c.groups)
-                       : at::cudnn_convolution_relu(x, w, bias, c.stride, c.padding, c.dilation, c.groups);
-    return in_output_layout(y, fmt);
+    try {
+      at::Tensor y = residual.has_value()
+                         ? at::cudnn_convolution_add_relu(x, w, residual->contiguous(fmt), 1.0, bias, c.stride,
+                                                          c.padding, c.dilation, c.groups)
+                         : at::cudnn_convolution_relu(x, w, bias, c.stride, c.padding, c.dilation, c.groups);
+      if (ran) *ran = "cudnn_fused";
+      return in_output_layout(y, fmt);
+    } catch (const c10::Error& e) {
+      // Seen on an H200 (cuDNN 9.19) for some fuzzed problems: "GET was unable to find an engine". The fused op has
+      // no other engine to try; the stock composition computes the same thing. Anything else is a real error.
+      if (std::string(e.what()).find("unable to find an engine") == std::string::npos) throw;
+    }
   }
+  if (ran) *ran = "stock";
   return conv_bn_act_stock(x, weight, bias, residual, c, relu);
 }
 
@@ -190,8 +198,9 @@ at::Tensor conv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight, const
   if (!d.fused()) {
     // The fallbacks get the same dense, aligned bias a fused kernel would (not a strided view).
     const std::optional<at::Tensor> dense_bias = bias.has_value() ? std::optional<at::Tensor>(ops.bias) : std::nullopt;
-    at::Tensor y = conv_bn_act_fallback(p, x, weight, dense_bias, residual, c, relu);
-    count_path(d.path + ":cuda");
+    std::string ran;
+    at::Tensor y = conv_bn_act_fallback(p, x, weight, dense_bias, residual, c, relu, &ran);
+    count_path(ran + ":cuda");  // what ran: cuDNN may have found no engine for a problem explain() sent to it
     return y;
   }
   at::Tensor y = at::empty(c.out_size, x.options().memory_format(output_format(x)));  // as described to dispatch
