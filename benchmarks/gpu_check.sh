@@ -221,7 +221,7 @@ fi
     if [ -z "$local_summary" ]; then
       echo "no pytest summary; last test started: $(grep -E '^tests/.*::' "$R/$name.log" | tail -n 1 | cut -c1-200)"
     fi
-    grep -hE "ours vs fp32|compile: rel err|reduce-overhead: rel err|compiled train step" "$R/$name.log" | cut -c1-260
+    grep -hE "ours vs fp32|compile: rel err|reduce-overhead: rel err|compiled train step|AMP step" "$R/$name.log" | cut -c1-260
   done
   [ -f "$R/memcheck.log" ] && { echo "--- memcheck"; grep -E "ERROR SUMMARY|paths:|train step ok|Error|Invalid" \
     "$R/memcheck.log" | cut -c1-300 | head -n 20; }
