@@ -201,9 +201,10 @@ def test_model_eval_matches_torchvision(arch, dtype):
     counts = resnet_ext.path_counts()
     ours_err, tv_err = rel_err(y, ref32), rel_err(ref, ref32)
     agree = (y.argmax(1) == ref.argmax(1)).float().mean().item()
+    norm = (y - ref32).norm().item() / (ref - ref32).norm().item()  # the ratio with ||.|| instead of max |.|
     print(f"\n{arch} {dtype}: ours vs fp32 {ours_err:.2e}, torchvision {dtype} vs its fp32 {tv_err:.2e} "
-          f"(ratio {ours_err / tv_err:.3f}); ours vs torchvision {rel_err(y, ref):.2e}; top-1 agreement "
-          f"{agree:.4f} (information only); paths {counts}")
+          f"(ratio {ours_err / tv_err:.3f}; with norms {norm:.3f}); ours vs torchvision {rel_err(y, ref):.2e}; "
+          f"top-1 agreement {agree:.4f} (information only); paths {counts}")
     # Every conv ran one fused kernel: ours or cuDNN's fused conv+bias+ReLU(+add); never the unfused composition.
     assert "stock:cuda" not in counts and sum(counts.values()) == sum(
         isinstance(m, torch.nn.Conv2d) for m in ours.modules())
