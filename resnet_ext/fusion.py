@@ -164,7 +164,9 @@ def fold_pairs(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]], channels_last:
     scales, shifts = scale.split(sizes), shift.to(dtype).split(sizes)  # one cast for all the biases
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     weights = []
-    differentiable = torch.is_grad_enabled()
+    # Under torch.compile the out= form below is a graph break (torch 2.11's dynamo: "non-contiguous out=", seen on
+    # an H200 for channels_last weights); the plain product is the same arithmetic and the compiler fuses it.
+    differentiable = torch.is_grad_enabled() or torch.compiler.is_compiling()
     for (conv, _), s in zip(pairs, scales):
         s = s.view(-1, 1, 1, 1)
         if differentiable:
