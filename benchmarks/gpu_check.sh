@@ -80,7 +80,8 @@ info() {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm,temperature.gpu,power.draw --format=csv
   "$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'torchvision', torchvision.__version__, torch.cuda.get_device_name(), torch.cuda.get_device_properties(0).multi_processor_count, 'SMs')"
   nvcc --version | tail -n 2
-  git log -1 --format='commit %H %cd' 2>/dev/null || echo "commit ${RESNET_EXT_COMMIT:-unknown (no .git here)}"
+  # The device copy may carry a stale .git (the session-start snapshot): a commit given by the caller wins.
+  if [ -n "${RESNET_EXT_COMMIT:-}" ]; then echo "commit $RESNET_EXT_COMMIT (given)"; else git log -1 --format="commit %H %cd" 2>/dev/null || echo "commit unknown (no .git here)"; fi
   date -u
   nproc
 }

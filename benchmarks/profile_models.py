@@ -27,6 +27,7 @@ from resnet_ext import fusion  # noqa: E402
 CL = torch.channels_last
 # First match wins: kernel-name patterns -> category.
 CATEGORIES = [
+    ("conv: cuDNN", r"cutlass__\d+x_cudnn"),  # cuDNN's own CUTLASS kernels, before resnet_ext's patterns
     ("conv: resnet_ext sm90", r"sm90_gemm|cutlass3|GemmUniversal|KernelTmaWarpSpecialized|sm90.*resnet_ext"),
     ("conv: resnet_ext sm80 (CUTLASS)", r"cutlass::Kernel|ImplicitGemmConvolution|cutlass.*Conv"),
     ("conv: cuDNN", r"xmma|cudnn|conv2d|implicit_convolve|fprop|dgrad|wgrad|sm90_.*conv|nhwc.*conv|convolve|nhwcAddPadding"),
