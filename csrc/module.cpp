@@ -5,6 +5,9 @@
 
 #include "dispatch/dispatch.h"
 #include "ops/conv_bn_act.h"
+#ifdef RESNET_EXT_WITH_CUDA
+#include "kernels/bn_act_kernels.h"
+#endif
 
 // setup.py generates this header (in its build directory) with the build id of the csrc/ sources.
 #if __has_include("resnet_ext_build_id.h")
@@ -199,8 +202,13 @@ PYBIND11_MODULE(_C, m) {
 #ifdef RESNET_EXT_WITH_CUDA
   m.def("set_poison_outputs", &resnet_ext::set_poison_outputs, "Fill fused outputs with NaN before each launch");
   m.def("set_failing_kernel", &resnet_ext::set_failing_kernel, "Make the named kernel's launches fail ('' to stop)");
+  m.def("set_bn_parallel_reduce", &resnet_ext::bn_act::set_parallel_reduce,
+        "Training BN sums: the opt-in parallel final pass (unverified on a GPU) instead of one thread per channel");
+  m.def("bn_parallel_reduce", &resnet_ext::bn_act::parallel_reduce);
 #else
   m.def("set_poison_outputs", [](bool) {});
   m.def("set_failing_kernel", [](const std::string&) {});
+  m.def("set_bn_parallel_reduce", [](bool) {});
+  m.def("bn_parallel_reduce", []() { return false; });
 #endif
 }

@@ -1,11 +1,14 @@
 """GPU proofs of the fused training BN(+add)+ReLU kernels (skipped without a CUDA device): every distinct
 ResNet-50 activation shape x batch {1, 7, 64} x {fp32, fp16, bf16}, forward and backward against a float64
 reference of stock ops, on memory poisoned with NaN; NCHW and unaligned-channel paths; a whole AMP step."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import resnet_ext
+from resnet_ext._C_loader import _C
 from conftest import rel_err, requires_cuda
 from resnet_ext.bn_act import bn_act
 from resnet_ext.shapes import activation_shapes
@@ -138,3 +141,10 @@ def test_amp_training_step_matches_torchvision():
           + "; ".join(f"{k} {a:.2e} {b:.2e} {c:.2e}" for k, (a, b, c) in report.items()))
     for k, (ours_err, tv_err, _) in report.items():
         assert ours_err <= 1.25 * tv_err + 1e-6, (k, ours_err, tv_err)
+
+
+def test_the_bn_sums_final_pass_is_the_one_asked_for():
+    """gpu_check.sh runs this file twice, the second time with RESNET_EXT_BN_PARALLEL_REDUCE=1: that run must have
+    exercised the opt-in parallel final pass of the BN sums, the first the verified one."""
+    want = os.environ.get("RESNET_EXT_BN_PARALLEL_REDUCE") == "1" and resnet_ext.build_info()["cuda"]
+    assert _C.bn_parallel_reduce() == want
