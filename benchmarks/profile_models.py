@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import resnet_ext  # noqa: E402
 from resnet_ext import fusion  # noqa: E402
+from resnet_ext.bench import seeded_model  # noqa: E402
 
 CL = torch.channels_last
 # First match wins: kernel-name patterns -> category.
@@ -121,16 +121,7 @@ def stages(model, x, ours: bool) -> dict:
 
 
 def build(arch, impl, dtype, train):
-    import torchvision
-
-    torch.manual_seed(0)
-    tv = getattr(torchvision.models, arch)()
-    if impl == "resnet_ext":
-        m = getattr(resnet_ext, arch)()
-        m.load_state_dict(tv.state_dict())
-    else:
-        m = tv
-    m = m.cuda().to(memory_format=CL)
+    m = seeded_model(arch, impl).cuda().to(memory_format=CL)
     return (m.train() if train else m.to(dtype).eval())
 
 

@@ -3,8 +3,8 @@ and for one training step (SGD; AMP autocast for 16-bit dtypes on CUDA)."""
 import pytest
 import torch
 
-import resnet_ext
 from conftest import bench_config, run_benchmark
+from resnet_ext.bench import seeded_model
 
 ARCHS = ["resnet50", "resnet101"] if bench_config().full or bench_config().cuda else ["resnet50"]
 
@@ -17,15 +17,7 @@ def _peers(cfg, with_compile):
 
 
 def _model(arch, impl, cfg, train=False):
-    import torchvision
-
-    torch.manual_seed(0)
-    tv = getattr(torchvision.models, arch)()
-    if impl == "resnet_ext":
-        m = getattr(resnet_ext, arch)()
-        m.load_state_dict(tv.state_dict())
-    else:
-        m = tv
+    m = seeded_model(arch, impl)
     fmt = torch.contiguous_format if impl == "torchvision_nchw" else torch.channels_last
     dtype = torch.float32 if train and cfg.dtype != torch.float32 else cfg.dtype  # AMP keeps fp32 master weights
     m = m.to(device=cfg.device, dtype=dtype, memory_format=fmt).train(train)

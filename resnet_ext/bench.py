@@ -168,6 +168,22 @@ def ratio(base: list[float], other: list[float]) -> dict:
 # The benchmark
 # ---------------------------------------------------------------------------------------------------------------
 
+def seeded_model(arch: str, impl: str) -> torch.nn.Module:
+    """torchvision's `arch` with the weights torch.manual_seed(0) gives it, or (impl "resnet_ext") resnet_ext's
+    with those same weights: the pair every model benchmark compares."""
+    import torchvision
+
+    import resnet_ext
+
+    torch.manual_seed(0)
+    tv = getattr(torchvision.models, arch)()
+    if impl != "resnet_ext":
+        return tv
+    m = getattr(resnet_ext, arch)()
+    m.load_state_dict(tv.state_dict())
+    return m
+
+
 def warmup_calls(name: str, warmup: int) -> int:
     """A compiled peer always gets one warm-up call: its first call compiles, which is not a timed round."""
     return max(warmup, 1) if name == COMPILED else warmup
