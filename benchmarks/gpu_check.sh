@@ -6,7 +6,7 @@
 #
 #   bash benchmarks/gpu_check.sh [--quick] [--dry-run] [--only STEP,STEP...] [--deadline SECONDS]
 #
-# Steps, in order: info cutlass build | tests (incl. tests_sm90, tests_bn_parallel) compile memcheck fuzz (side by
+# Steps, in order: info cutlass build | tests (incl. tests_sm90, tests_bn_optin) compile memcheck fuzz (side by
 # side) | hopper profile models (incl. autotuned) train (incl. the opt-in BN reduce) latency layers. --only runs the named ones (info always; build unless a carried .prebuilt/_C*.so matches these sources
 # and this torch). --quick: the CUDA tests, a smaller CUDA fuzz run, the per-layer benchmarks.
 # Needs: a CUDA torch, nvcc, and CUTLASS headers: pip's nvidia-cutlass, $CUTLASS_PATH, or the wheel in .whl/
@@ -163,7 +163,7 @@ if wanted tests; then  # the verified paths, and apart from them the sm_90a kern
   pids+=($!)
 fi
 if wanted tests; then  # the training-BN tests and fuzz again with the opt-in parallel final pass of the BN sums
-  RESNET_EXT_BN_PARALLEL_REDUCE=1 run_step tests_bn_parallel 200 "${PYTEST[@]}" -q tests/test_cuda_bn_act.py \
+  RESNET_EXT_BN_OPTIN=1 run_step tests_bn_optin 200 "${PYTEST[@]}" -q tests/test_cuda_bn_act.py \
     tests/test_fuzz.py -k "bn_act_train and cuda or test_cuda_bn_act" &
   pids+=($!)
 fi
@@ -183,7 +183,7 @@ elif [ "$QUICK" = 1 ] && wanted fuzz; then
   pids+=($!)
 fi
 for p in "${pids[@]}"; do wait "$p"; done
-for name in tests tests_sm90 tests_bn_parallel compile memcheck fuzz; do [ -f "$R/$name.log" ] && cat "$R/$name.log" >> "$LOG"; done
+for name in tests tests_sm90 tests_bn_optin compile memcheck fuzz; do [ -f "$R/$name.log" ] && cat "$R/$name.log" >> "$LOG"; done
 pack
 
 # ---- timed steps, one at a time ---------------------------------------------------------------------------------
@@ -203,7 +203,7 @@ if [ "$QUICK" = 0 ]; then  # eval peers; "compile" is torch.compile(mode="defaul
   # keeps the fastest: what routing each layer to its best kernel would give end to end.
   wanted models && RESNET_EXT_AUTOTUNE=1 bench models_bs256_autotuned 256 15
   wanted train && bench train_bs256 256 10 --train
-  wanted train && RESNET_EXT_BN_PARALLEL_REDUCE=1 bench train_bs256_bn_parallel 256 10 --train
+  wanted train && RESNET_EXT_BN_OPTIN=1 bench train_bs256_bn_optin 256 10 --train
   wanted latency && bench latency_bs32 32 30 --compile --compile-mode default
   wanted latency && bench latency_bs1 1 50 --compile --compile-mode default
 fi
@@ -221,7 +221,7 @@ fi
   head -n 4 "$R/info.log" 2>/dev/null | tail -n 3
   grep -h "ptxas entries\|using the prebuilt" "$R/build.log" "$R/prebuilt.log" 2>/dev/null
   cat "$SUM"
-  for name in tests tests_sm90 tests_bn_parallel compile fuzz; do
+  for name in tests tests_sm90 tests_bn_optin compile fuzz; do
     [ -f "$R/$name.log" ] || continue
     local_summary=$(grep -E '[0-9]+ (passed|failed|skipped|errors?|deselected).* in [0-9.]+s' "$R/$name.log" | tail -n 1)
     echo "--- $name: $local_summary"
@@ -237,7 +237,7 @@ fi
     "$R/memcheck.log" | cut -c1-300 | head -n 20; }
   [ -f "$R/hopper.log" ] && { echo "--- hopper (per layer, ms)"; grep -E "^\| n.*sm90_|^sum over|^Traceback|Error" \
     "$R/hopper.log" | cut -c1-240 | head -n 30; }
-  for name in models_bs256 models_bs256_autotuned latency_bs32 latency_bs1 train_bs256 train_bs256_bn_parallel; do
+  for name in models_bs256 models_bs256_autotuned latency_bs32 latency_bs1 train_bs256 train_bs256_bn_optin; do
     [ -f "$R/$name.log" ] && { echo "--- $name"; grep -vE "^===|^\s*$" "$R/$name.log" | tail -n 16 | cut -c1-200; }
   done
   [ -f "$R/report_layers.md" ] && { echo "--- layers"; grep -E "^Geomean" "$R/report_layers.md"; }

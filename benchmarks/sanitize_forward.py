@@ -1,7 +1,7 @@
 """resnet50 at batch 8 through every CUDA code path resnet_ext has, for `compute-sanitizer --tool memcheck`
 (benchmarks/gpu_check.sh runs it): eval forwards (bf16, channels_last) with the default choice per layer and with
 resnet_ext's own sm80 kernels on every layer (prefer_cudnn(False)); AMP training steps through the fused
-BN(+add)+ReLU kernels (with the verified and the opt-in final pass of the BN sums); then eval forwards with each kind of sm_90a kernel forced where it can run (sm_90 only)."""
+BN(+add)+ReLU kernels (with the verified and the opt-in BN kernels); then eval forwards with each kind of sm_90a kernel forced where it can run (sm_90 only)."""
 import torch
 import torch.nn.functional as F
 
@@ -40,16 +40,16 @@ eval_forward("sm80 everywhere", False, "")
 
 # The training step before the unverified sm_90a kernels, so that a failure of theirs cannot hide it.
 model.float().train()
-for parallel in (False, True):  # the BN sums' final pass: the verified kernel, then the opt-in parallel one
-    _C.set_bn_parallel_reduce(parallel)
+for optin in (False, True):  # the verified training-BN kernels, then the opt-in ones (unverified)
+    _C.set_bn_optin(optin)
     model.zero_grad(set_to_none=True)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss = F.cross_entropy(model(x), torch.arange(8, device="cuda"))
     loss.backward()
     torch.cuda.synchronize()
     assert torch.isfinite(model.conv1.weight.grad).all()
-    print(f"AMP train step ok (BN parallel reduce {parallel}), loss", float(loss), flush=True)
-_C.set_bn_parallel_reduce(False)
+    print(f"AMP train step ok (opt-in BN kernels {optin}), loss", float(loss), flush=True)
+_C.set_bn_optin(False)
 
 for k in sm90:
     eval_forward(f"forced {k}", False, k)

@@ -202,13 +202,14 @@ PYBIND11_MODULE(_C, m) {
 #ifdef RESNET_EXT_WITH_CUDA
   m.def("set_poison_outputs", &resnet_ext::set_poison_outputs, "Fill fused outputs with NaN before each launch");
   m.def("set_failing_kernel", &resnet_ext::set_failing_kernel, "Make the named kernel's launches fail ('' to stop)");
-  m.def("set_bn_parallel_reduce", &resnet_ext::bn_act::set_parallel_reduce,
-        "Training BN sums: the opt-in parallel final pass (unverified on a GPU) instead of one thread per channel");
-  m.def("bn_parallel_reduce", &resnet_ext::bn_act::parallel_reduce);
+  m.def("set_bn_optin", &resnet_ext::bn_act::set_optin,
+        "Training BN: the opt-in kernels (unverified on a GPU: parallel final pass of the sums, channel-stationary "
+        "apply passes) instead of the verified ones");
+  m.def("bn_optin", &resnet_ext::bn_act::optin);
 #else
   m.def("set_poison_outputs", [](bool) {});
   m.def("set_failing_kernel", [](const std::string&) {});
-  m.def("set_bn_parallel_reduce", [](bool) {});
-  m.def("bn_parallel_reduce", []() { return false; });
+  m.def("set_bn_optin", [](bool) {});
+  m.def("bn_optin", []() { return false; });
 #endif
 }

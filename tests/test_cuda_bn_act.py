@@ -143,8 +143,8 @@ def test_amp_training_step_matches_torchvision():
         assert ours_err <= 1.25 * tv_err + 1e-6, (k, ours_err, tv_err)
 
 
-def test_the_bn_sums_final_pass_is_the_one_asked_for():
-    """gpu_check.sh runs this file twice, the second time with RESNET_EXT_BN_PARALLEL_REDUCE=1: that run must have
-    exercised the opt-in parallel final pass of the BN sums, the first the verified one."""
-    want = os.environ.get("RESNET_EXT_BN_PARALLEL_REDUCE") == "1" and resnet_ext.build_info()["cuda"]
-    assert _C.bn_parallel_reduce() == want
+def test_the_bn_kernels_are_the_ones_asked_for():
+    """gpu_check.sh runs this file twice, the second time with RESNET_EXT_BN_OPTIN=1: that run must have exercised
+    the opt-in training-BN kernels, the first the verified ones."""
+    want = os.environ.get("RESNET_EXT_BN_OPTIN") == "1" and resnet_ext.build_info()["cuda"]
+    assert _C.bn_optin() == want

@@ -18,11 +18,12 @@ struct Layout {
   int64_t M() const { return N * HW; }  // values per channel
 };
 
-// The final pass of the per-channel sums over the per-block partials: one thread per (sum, channel) (the verified
-// default), or a block of threads per 32 channels (opt-in until verified on a GPU: RESNET_EXT_BN_PARALLEL_REDUCE=1
-// or set_parallel_reduce(true)). Both sum in fp64 in a fixed order.
-bool parallel_reduce();
-void set_parallel_reduce(bool on);
+// The opt-in kernels, unverified on a GPU until a GPU run passes the BN tests with them (RESNET_EXT_BN_OPTIN=1 or
+// set_optin(true)): the per-channel sums' final pass with a block of threads per 32 channels (instead of one
+// thread per channel; both fp64 in a fixed order), and NHWC-vectorized apply passes whose threads keep their
+// channels (instead of recomputing them per vector). Off, the verified kernels run.
+bool optin();
+void set_optin(bool on);
 
 // Scratch floats the sums kernels need for their per-block partials.
 int64_t partials_floats(const Layout& l, int64_t element_size);
