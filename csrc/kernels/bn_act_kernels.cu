@@ -452,6 +452,7 @@ unsigned elementwise_blocks(const Layout& l, int64_t vectors) {
 // q that makes blocks * 256 * vec a multiple of C (each thread then keeps its channels). 0 if no such grid fits.
 unsigned stationary_blocks(const Layout& l, int vec) {
   const int64_t vectors_per_row = l.C / vec;
+  if (vectors_per_row <= 0 || l.M() <= 0) return 0u;  // empty: the other kernels (no division by zero here)
   const int64_t q = vectors_per_row / std::gcd<int64_t>(vectors_per_row, 256);
   const int64_t want = std::max<int64_t>(elementwise_blocks(l, l.M() * l.C / vec), q);
   const int64_t blocks = want / q * q;
