@@ -32,8 +32,8 @@ def enabled() -> bool:
     if (torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.onnx.is_in_onnx_export()
             or torch._C._are_functorch_transforms_active()):
         return False
-    # The stock-modules switch is an eager-only context (a non-finite CPU input); dynamo before torch 2.14 cannot
-    # trace ContextVar.get, so a compiled forward does not read it.
+    # The stock-modules switch is an eager-only context (a non-finite CPU input); torch 2.11's dynamo cannot trace
+    # ContextVar.get (2.14's can), so a compiled forward does not read it.
     if not torch.compiler.is_compiling() and _STOCK.get():
         return False
     return not any(getattr(_module, name, None) for name in _GLOBAL_HOOKS)
