@@ -192,12 +192,9 @@ def warmup_calls(name: str, warmup: int) -> int:
 def build_models(arch: str, device, dtype, channels_last: bool):
     """(torchvision model, resnet_ext model in the default mode, resnet_ext model frozen, seconds freeze took):
     the same weights, with non-trivial BN statistics so the output comparison means something."""
-    import torchvision
-
     import resnet_ext
 
-    torch.manual_seed(0)
-    tv = getattr(torchvision.models, arch)()
+    tv = seeded_model(arch, "torchvision")
     with torch.no_grad():
         for m in tv.modules():
             if isinstance(m, torch.nn.BatchNorm2d):

@@ -7,9 +7,9 @@
 
 #include <algorithm>
 #include <atomic>
-#include <numeric>
 #include <cstdlib>
 #include <cstring>
+#include <numeric>
 
 #include "kernels/bn_act_kernels.h"
 
