@@ -23,16 +23,18 @@ _DTYPES = (torch.float32, torch.bfloat16)
 
 
 _PATCHED = frozenset(("forward", "_conv_forward"))  # instance attributes that replace what a module computes
+_MISSING = object()
 
 
 class Unit:
     """One conv + BN (+ ReLU) of the flat forward: the modules and the conv's geometry."""
 
-    __slots__ = ("conv", "bn", "relu", "args")
+    __slots__ = ("conv", "bn", "relu", "args", "geometry")
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool):
         self.conv, self.bn, self.relu = conv, bn, relu
         self.args = fusion.onednn_args(conv)
+        self.geometry = (conv.padding, conv.stride, conv.dilation, conv.groups)  # what `args` was made from
 
 
 class Structure:
@@ -60,16 +62,28 @@ class Structure:
             if tuple(m._modules.values()) != kids:
                 return False
         for m, t in zip(self.modules, self.types):
-            if (type(m) is not t or m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-                    or m._backward_pre_hooks or _PATCHED & m.__dict__.keys()):
+            d = m.__dict__  # read directly: this runs on every forward, and nn.Module's attribute lookup is slow
+            if (type(m) is not t or d["_forward_hooks"] or d["_forward_pre_hooks"] or d["_backward_hooks"]
+                    or d["_backward_pre_hooks"] or _PATCHED & d.keys()):
                 return False
+        # Parameters and buffers read where nn.Module's attribute lookup finds them, an instance attribute first,
+        # else the store (its __getattr__ is slow: this check 215 -> 75 us for resnet50).
         for u, w, b in self.weights:
             conv = u.conv
-            if (conv.weight is not w or conv.bias is not b or fusion.onednn_args(conv) != u.args
-                    or conv.padding_mode != "zeros"):
+            d = conv.__dict__
+            params = d["_parameters"]
+            if ((d["weight"] if "weight" in d else params.get("weight", _MISSING)) is not w
+                    or (d["bias"] if "bias" in d else params.get("bias", _MISSING)) is not b
+                    or conv.padding_mode != "zeros"
+                    or (conv.padding, conv.stride, conv.dilation, conv.groups) != u.geometry):
                 return False
-        return all(not u.bn.training and u.bn.running_mean is not None and u.bn.running_var is not None
-                   for u in self.units)
+        for u in self.units:
+            d = u.bn.__dict__
+            buffers = d["_buffers"]
+            if (d["training"] or (d["running_mean"] if "running_mean" in d else buffers.get("running_mean")) is None
+                    or (d["running_var"] if "running_var" in d else buffers.get("running_var")) is None):
+                return False
+        return True
 
 
 def stock(model: nn.Module) -> bool:

@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 import resnet_ext
-from resnet_ext import fusion
+from resnet_ext import flat, fusion
 from conftest import randomize_bn, rel_err
 
 TOL = 1e-4
@@ -99,6 +99,67 @@ def test_changes_after_recording(frozen, change):
         assert "flat_forwards" not in counts, counts  # no longer the stock structure
     if change in ("new_conv", "new_weight"):  # still stock: the default mode refolds; frozen has no fold for it
         assert ("flat_forwards" in counts) == (not frozen), counts
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+@pytest.mark.parametrize("change", ["weight", "bias", "running_var"])
+def test_instance_attribute_shadowing_a_parameter_or_buffer(frozen, change):
+    """The per-forward check reads parameters and buffers where attribute lookup finds them; a plain attribute of
+    the same name (set after deleting the parameter or buffer, as reparametrizations do) is what the module
+    computes with, and the flat forward must too (frozen: a conv whose weight is not the frozen one runs
+    unfolded; a BN buffer change is not seen until the next freeze, by contract)."""
+    ours, tv = pair("resnet50", frozen)
+    x = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        ours(x)
+        for m in (ours, tv):
+            conv, bn = m.layer2[1].conv2, m.layer2[1].bn2
+            if change == "weight":
+                w = conv.weight.detach() * 0.5
+                del conv.weight
+                conv.weight = w
+            elif change == "bias":
+                del conv.bias
+                conv.bias = torch.full((conv.out_channels,), 0.25)
+            else:
+                v = bn.running_var * 4
+                del bn.running_var
+                bn.running_var = v
+            assert change in conv.__dict__ or change in bn.__dict__
+        for _ in range(2):  # the first call records the new structure, the second replays it
+            y = ours(x)
+            if not (frozen and change == "running_var"):
+                assert rel_err(y, tv(x)) < TOL, rel_err(y, tv(x))
+        s = ours.__dict__[flat._STRUCTURE]
+        assert s is None or s.matches(ours)  # recorded as it is, not recorded anew on every forward
+
+
+def test_deleted_bias_raises_like_torchvision():
+    ours, tv = pair("resnet18")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ours(x)
+        for m in (ours, tv):
+            del m.layer1[0].conv1.bias
+        with pytest.raises(AttributeError):
+            tv(x)
+        with pytest.raises(AttributeError):
+            ours(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_all_finite(dtype):
+    """The input check before oneDNN's fused ReLUs (which turn NaN into 0): a finite sum proves every element
+    finite; an overflowing sum of finite elements falls back to the elementwise check."""
+    from resnet_ext.models import _all_finite
+    x = torch.randn(2, 3, 17, 19).to(dtype)
+    assert _all_finite(x)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = x.clone()
+        y[1, 2, 16, 0] = bad
+        assert not _all_finite(y)
+    big = torch.full((64,), torch.finfo(dtype).max, dtype=dtype)  # its sum overflows even in the wider dtype
+    assert _all_finite(big) and not _all_finite(torch.cat([big, torch.tensor([float("nan")], dtype=dtype)]))
 
 
 def test_frozen_programs_follow_load_state_dict_and_dtype():
