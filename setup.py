@@ -140,10 +140,16 @@ def build_extension():
         ("RESNET_EXT_CUDA_IMAGES", f'"{cuda_images() if with_cuda else ""}"'),
     ]
     cxx_flags = ["-O3"]  # torch picks the C++ standard it needs (C++20 for 2.14, C++17 before)
+    link_flags = []
+    if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
+        # at::parallel_for is inline `#pragma omp parallel` (ATen's OpenMP backend): without -fopenmp it runs on
+        # one thread. The library resolves to the libgomp.so.1 torch has already loaded: one thread pool.
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     include_dirs = [str(ROOT / "csrc")]
     if not with_cuda:
         return CppExtension("resnet_ext._C", cpp_sources, define_macros=macros, include_dirs=include_dirs,
-                            extra_compile_args={"cxx": cxx_flags})
+                            extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
     macros.append(("RESNET_EXT_WITH_CUDA", "1"))
     nvcc_flags = [
         "-O3", "--expt-relaxed-constexpr", "--expt-extended-lambda", "-lineinfo",
@@ -156,7 +162,7 @@ def build_extension():
         nvcc_flags.append("-Xptxas=-v")
     include_dirs += cutlass_include_dirs() + torch_cuda_include_dirs()
     return CUDAExtension("resnet_ext._C", cpp_sources + cu_sources, define_macros=macros,
-                         include_dirs=include_dirs,
+                         include_dirs=include_dirs, extra_link_args=link_flags,
                          extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags})
 
 
