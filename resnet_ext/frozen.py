@@ -15,7 +15,7 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor, nn
 
-from . import flat, fusion
+from . import flat, fusion, ops
 
 _FLAG = "_resnet_ext_frozen"   # pickled: an unpickled frozen model is frozen again
 _STATE = "_resnet_ext_folds"   # not pickled: the folds themselves
@@ -25,11 +25,19 @@ _PACKED_LIMIT = 8               # prepacked weights kept per unit (one per input
 class FrozenUnit:
     """The frozen fold of one (conv, bn): the weight and bias, and per input size the oneDNN-prepacked weight."""
 
-    __slots__ = ("bn", "param", "bias_param", "weight", "bias", "packed")
+    __slots__ = ("bn", "param", "bias_param", "weight", "bias", "packed", "winograd")
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, weight: Tensor, bias: Tensor):
         self.bn, self.param, self.bias_param, self.weight, self.bias = bn, conv.weight, conv.bias, weight, bias
         self.packed: Dict[tuple, Tensor] = {}
+        self.winograd: Optional[Tensor] = None
+
+    def winograd_weight(self) -> Tensor:
+        """The folded weight transformed for `ops.winograd3x3` (made once)."""
+        if self.winograd is None:
+            with torch.inference_mode(False), torch.no_grad():
+                self.winograd = ops.winograd_weight(self.weight)
+        return self.winograd
 
     def belongs_to(self, conv: nn.Module, bn: nn.Module) -> bool:
         """Whether this fold is of these modules and parameter objects (a replaced weight or bias has none)."""

@@ -118,6 +118,34 @@ def scale_shift_act_(y: Tensor, scale: Tensor, shift: Tensor, residual: Optional
     return y
 
 
+@torch.library.register_fake("resnet_ext::winograd3x3")
+def _winograd3x3_fake(x, u, bias, residual, relu):
+    torch._check(x.dim() == 4 and u.dim() == 3, lambda: "winograd3x3: x must be 4-d and u 3-d")
+    return x.new_empty((x.shape[0], u.shape[2], x.shape[2], x.shape[3])).contiguous(
+        memory_format=torch.channels_last)
+
+
+# G of Winograd's F(4x4, 3x3): the 3x3 filter to its 6x6 transform (csrc/ops/winograd.cpp has B^T and A^T).
+_WINOGRAD_G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
+               (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
+
+
+def winograd_weight(weight: Tensor) -> Tensor:
+    """The transformed weight [36, C, K] that `winograd3x3` takes, G w G^T of a [K, C, 3, 3] weight, computed in
+    float64 and rounded once to float32."""
+    if weight.dim() != 4 or weight.shape[2:] != (3, 3):
+        raise ValueError(f"winograd_weight: expected a [K, C, 3, 3] weight, got {tuple(weight.shape)}")
+    g = torch.tensor(_WINOGRAD_G, dtype=torch.float64, device=weight.device)
+    u = torch.einsum("ai,kcij,bj->abck", g, weight.detach().double(), g)
+    return u.reshape(36, weight.shape[1], weight.shape[0]).float().contiguous()
+
+
+def winograd3x3(x: Tensor, u: Tensor, bias: Tensor, residual: Optional[Tensor], relu: bool) -> Tensor:
+    """relu?(conv3x3(x) + bias (+ residual)), stride 1, padding 1, by Winograd F(4x4, 3x3) on `u =
+    winograd_weight(w)` (CPU, float32, channels_last, channels multiples of 16)."""
+    return torch.ops.resnet_ext.winograd3x3(x, u, bias, residual, relu)
+
+
 @torch.library.register_fake("resnet_ext::conv_bn_act")
 def _conv_bn_act_fake(x, weight, bias, residual, stride, padding, dilation, relu, groups=1):
     # The checks of check_conv_bn_act_args (csrc/ops/conv_bn_act.cpp), in its order and with its messages.

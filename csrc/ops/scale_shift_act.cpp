@@ -7,17 +7,13 @@
 
 #include <ATen/ATen.h>
 
+#include "cpu_clones.h"
+
 namespace {
 
 using at::Tensor;
 
-// One channels_last row (the C values of one pixel), or one NCHW plane (the pixels of one channel). The clones
-// let the loops vectorize for the CPU at hand (the build targets baseline x86-64).
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define RESNET_EXT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define RESNET_EXT_CLONES
-#endif
+// One channels_last row (the C values of one pixel), or one NCHW plane (the pixels of one channel).
 
 RESNET_EXT_CLONES void row_cl(float* y, const float* r, const float* s, const float* b, int64_t c, bool relu) {
   if (r) {

@@ -1,0 +1,174 @@
+"""resnet_ext::winograd3x3 (CPU): relu?(conv3x3(x) + bias (+ residual)) by Winograd F(4x4, 3x3), the frozen flat
+forward's 3x3 stride-1 units. Against a float64 reference on fresh random inputs: every ResNet 3x3 stride-1 layer
+shape, batch 1, odd sizes (partial tiles), more tiles than one workspace chunk; outputs poisoned (glibc's
+MALLOC_PERTURB_) so an unwritten element shows; NaN passes through; every bad argument is a clear error; opcheck;
+and in the model: which units take it, and torchvision's answer."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import resnet_ext
+from resnet_ext import flat, fusion, ops
+from conftest import randomize_bn, rel_err
+
+# F(4x4, 3x3) in fp32 rounds about 5-10x more than the direct convolution (1e-6): 7e-6 to 1e-5 of the largest
+# output on these inputs; the bound leaves room for that and catches any wrong tap (errors of order 1e-1).
+TOL = 5e-5
+
+
+def reference(x, w, b, residual, relu):
+    out = F.conv2d(x.double(), w.double(), b.double(), padding=1)
+    if residual is not None:
+        out = out + residual.double()
+    return torch.relu(out) if relu else out
+
+
+def make(n, c, k, h, w, seed, with_residual=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    wt = torch.randn(k, c, 3, 3, generator=g) * (2 / (9 * c)) ** 0.5
+    b = torch.randn(k, generator=g) * 0.1
+    r = torch.randn(n, k, h, w, generator=g).contiguous(memory_format=torch.channels_last) if with_residual else None
+    return x, wt, b, r
+
+
+# (N, C, K, H, W): resnet18-152's 3x3 stride-1 shapes at 224x224 (batch 1 and 2), odd sizes with partial tiles,
+# a single pixel, K != C, and 3000+ tiles (more than one 4 MiB chunk of the workspace).
+SHAPES = [(1, 64, 64, 56, 56), (2, 128, 128, 28, 28), (1, 256, 256, 14, 14), (2, 512, 512, 7, 7),
+          (1, 16, 32, 13, 11), (3, 32, 16, 5, 9), (2, 16, 16, 1, 1), (1, 48, 64, 4, 4), (13, 64, 64, 56, 56)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_matches_float64(shape, with_residual, relu):
+    x, w, b, r = make(*shape, seed=sum(shape), with_residual=with_residual)
+    y = ops.winograd3x3(x, ops.winograd_weight(w), b, r, relu)
+    assert y.shape == (shape[0], shape[2], shape[3], shape[4])
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(y, reference(x, w, b, r, relu)) < TOL
+
+
+def test_weight_transform_is_exact_in_float64():
+    """G w G^T, then the op's B^T / A^T, reproduce the convolution to float64 rounding on one tile's worth: checks
+    the three matrices against each other without the fp32 error of the op."""
+    g = torch.tensor(ops._WINOGRAD_G, dtype=torch.float64)
+    bt = torch.tensor([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+                       [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=torch.float64)
+    at = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+                      dtype=torch.float64)
+    d, w = torch.randn(6, 6, dtype=torch.float64), torch.randn(3, 3, dtype=torch.float64)
+    y = at @ ((g @ w @ g.T) * (bt @ d @ bt.T)) @ at.T
+    direct = F.conv2d(d.view(1, 1, 6, 6), w.view(1, 1, 3, 3)).view(4, 4)
+    assert torch.allclose(y, direct, rtol=0, atol=1e-12)
+
+
+def test_nan_and_inf_propagate():
+    """A NaN input reaches every output of its tiles' 3x3 neighbourhood (the GEMMs mix the tile), never leaves a
+    finite value where the direct convolution has a NaN."""
+    x, w, b, _ = make(1, 16, 16, 9, 9, seed=3)
+    x[0, 5, 4, 4] = float("nan")
+    y = ops.winograd3x3(x, ops.winograd_weight(w), b, None, True)
+    ref = F.conv2d(x, w, b, padding=1).relu()
+    assert (y.isnan() | ~ref.isnan()).all()  # NaN wherever the reference has one
+
+
+_POISON_SCRIPT = r"""
+import torch
+from resnet_ext import ops
+torch.manual_seed(0)
+for n, c, k, h, w in [(1, 16, 32, 13, 11), (2, 64, 64, 30, 30)]:
+    x = torch.randn(n, c, h, w).contiguous(memory_format=torch.channels_last)
+    wt = torch.randn(k, c, 3, 3) * 0.1
+    b = torch.randn(k)
+    y = ops.winograd3x3(x, ops.winograd_weight(wt), b, None, False)
+    ref = torch.nn.functional.conv2d(x.double(), wt.double(), b.double(), padding=1)
+    err = ((y.double() - ref).abs().max() / ref.abs().max()).item()
+    assert torch.isfinite(y).all() and err < 5e-5, err
+print("ok")
+"""
+
+
+def test_every_output_written_under_poisoned_allocations():
+    """glibc fills every fresh allocation with a byte pattern (MALLOC_PERTURB_): an output element the op did not
+    write would keep it (0xa5a5a5a5 reads as -2.9e-16 in float32, so also a 'wrong value', not just NaN)."""
+    env = dict(os.environ, MALLOC_PERTURB_="90")
+    out = subprocess.run([sys.executable, "-c", _POISON_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def _args(**kw):
+    x, w, b, r = make(1, 16, 32, 6, 6, seed=1, with_residual=True)
+    a = dict(x=x, u=ops.winograd_weight(w), bias=b, residual=r)
+    a.update(kw)
+    return a
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda: dict(x=torch.randn(16, 6, 6)), "x must be a 4-d float32"),
+    (lambda: dict(x=torch.randn(1, 16, 6, 6).double()), "x must be a 4-d float32"),
+    (lambda: dict(x=torch.randn(1, 16, 6, 6)), "x must be channels_last"),
+    (lambda: dict(u=torch.randn(36, 8, 32)), "u must be the contiguous float32 transformed weight"),
+    (lambda: dict(u=torch.randn(32, 16, 36).transpose(0, 2)), "u must be the contiguous float32 transformed weight"),
+    (lambda: dict(x=torch.randn(1, 12, 6, 6).contiguous(memory_format=torch.channels_last),
+                  u=torch.randn(36, 12, 32)), "multiples of 16"),
+    (lambda: dict(bias=torch.randn(31)), "bias must be a float32 vector of the 32 output channels"),
+    (lambda: dict(residual=torch.randn(1, 32, 6, 5).contiguous(memory_format=torch.channels_last)),
+     "residual must be a channels_last float32"),
+    (lambda: dict(residual=torch.randn(1, 32, 6, 6)), "residual must be a channels_last float32"),
+])
+def test_bad_arguments_are_clear_errors(change, needle):
+    a = _args(**change())
+    with pytest.raises(RuntimeError, match=needle):
+        ops.winograd3x3(a["x"], a["u"], a["bias"], a["residual"], True)
+
+
+def test_weight_transform_rejects_other_kernels():
+    with pytest.raises(ValueError, match=r"\[K, C, 3, 3\]"):
+        ops.winograd_weight(torch.randn(8, 8, 1, 1))
+
+
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_opcheck(with_residual):
+    a = _args()
+    torch.library.opcheck(torch.ops.resnet_ext.winograd3x3.default,
+                          (a["x"], a["u"], a["bias"], a["residual"] if with_residual else None, True))
+
+
+def _frozen_pair(arch):
+    tv = randomize_bn(getattr(torchvision.models, arch)(num_classes=10)).eval()
+    ours = resnet_ext.freeze(resnet_ext.from_torchvision(tv))
+    return ours.to(memory_format=torch.channels_last), tv.to(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("arch, shape, expected", [
+    ("resnet50", (1, 3, 224, 224), 11),   # layers 1-3 (16+ tiles); layer 4's 7x7 has 4 tiles: oneDNN
+    ("resnet50", (4, 3, 224, 224), 13),   # all 13 stride-1 3x3 convs
+    ("resnet18", (2, 3, 64, 80), 4),      # BasicBlock layer 1 (40 tiles), its tails with the residual; layer 2: 12
+    ("resnet50", (1, 3, 32, 32), 0),      # too few tiles anywhere
+])
+def test_frozen_model_takes_winograd_where_it_pays_and_matches_torchvision(arch, shape, expected):
+    ours, tv = _frozen_pair(arch)
+    x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = tv(x)
+        for _ in range(2):  # record, replay
+            fusion.reset_path_counts()
+            y = ours(x)
+            assert resnet_ext.path_counts().get("winograd", 0) == expected, resnet_ext.path_counts()
+            assert rel_err(y, ref) < 1e-4
+
+
+def test_switch_off(monkeypatch):
+    monkeypatch.setattr(flat, "WINOGRAD", False)
+    ours, tv = _frozen_pair("resnet50")
+    x = torch.randn(1, 3, 96, 96).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        fusion.reset_path_counts()
+        y = ours(x)
+    assert "winograd" not in resnet_ext.path_counts() and rel_err(y, tv(x)) < 1e-4
