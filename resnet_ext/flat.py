@@ -169,6 +169,7 @@ def _unfolded(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Option
     return torch.relu_(out) if u.relu or residual is not None else out
 
 
+WINOGRAD = os.environ.get("RESNET_EXT_CPU_WINOGRAD", "1") != "0"
 WINOGRAD_MIN_TILES = 16  # see winograd_pays
 
 
@@ -185,9 +186,6 @@ def winograd_pays(u: Unit, x: Tensor) -> bool:
             or conv.in_channels % 16 or conv.out_channels % 16):
         return False
     return x.shape[0] * (-(-x.shape[2] // 4)) * (-(-x.shape[3] // 4)) >= WINOGRAD_MIN_TILES
-
-
-WINOGRAD = os.environ.get("RESNET_EXT_CPU_WINOGRAD", "1") != "0"
 
 # A unit's `wb`: (folded weight, bias), run by oneDNN; or (GEMM or UNFOLDED, scale, shift); or (WINO, transformed
 # weight, bias).

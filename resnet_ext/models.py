@@ -30,6 +30,7 @@ def _all_finite(x: Tensor) -> bool:
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32  # a 16-bit sum would overflow early
     return bool(torch.isfinite(x.sum(dtype=acc))) or bool(torch.isfinite(x).all())
 
+
 __all__ = [
     "ResNet", "BasicBlock", "Bottleneck", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
     "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
