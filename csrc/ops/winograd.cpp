@@ -76,11 +76,14 @@ RESNET_EXT_CLONES void input_tile(const float* x, float* v, const Geometry& g, i
                     r[0][j][q], r[1][j][q], r[2][j][q], r[3][j][q], r[4][j][q], r[5][j][q])
     }
   for (int i = 0; i < 6; ++i) {
-    float* o[6];
-    for (int j = 0; j < 6; ++j) o[j] = v + (i * 6 + j) * plane + (t - t0) * g.c + c0;
+    float o[6][kVec];  // staged: stores through six pointers that may alias do not vectorize
     for (int q = 0; q < kVec; ++q) {
       RESNET_EXT_BT(r[i][0][q], r[i][1][q], r[i][2][q], r[i][3][q], r[i][4][q], r[i][5][q],
                     o[0][q], o[1][q], o[2][q], o[3][q], o[4][q], o[5][q])
+    }
+    for (int j = 0; j < 6; ++j) {
+      float* dst = v + (i * 6 + j) * plane + (t - t0) * g.c + c0;
+      for (int q = 0; q < kVec; ++q) dst[q] = o[j][q];
     }
   }
 }
@@ -90,6 +93,8 @@ RESNET_EXT_CLONES void output_tile(const float* m, const float* bias, const floa
                                    int64_t chunk_tiles, int64_t t, int64_t t0, int64_t k0, bool relu) {
   const int64_t tn = t / (g.tiles_h * g.tiles_w), th = (t / g.tiles_w) % g.tiles_h, tw = t % g.tiles_w;
   const int64_t plane = chunk_tiles * g.k;
+  float b[kVec];
+  for (int q = 0; q < kVec; ++q) b[q] = bias[k0 + q];
   float r[4][6][kVec];
   for (int j = 0; j < 6; ++j) {
     const float* p[6];
@@ -111,14 +116,15 @@ RESNET_EXT_CLONES void output_tile(const float* m, const float* bias, const floa
       const int64_t w = tw * kTile + j;
       if (w >= g.w) break;
       const int64_t at = ((tn * g.h + h) * g.w + w) * g.k + k0;
-      float* yo = y + at;
-      if (res) {
-        for (int q = 0; q < kVec; ++q) yo[q] = out[j][q] + bias[k0 + q] + res[at + q];
-      } else {
-        for (int q = 0; q < kVec; ++q) yo[q] = out[j][q] + bias[k0 + q];
-      }
+      // Computed in a local row, then stored: arithmetic through pointers that may alias does not vectorize.
+      float row[kVec];
+      for (int q = 0; q < kVec; ++q) row[q] = out[j][q] + b[q];
+      if (res)
+        for (int q = 0; q < kVec; ++q) row[q] += res[at + q];
       if (relu)
-        for (int q = 0; q < kVec; ++q) yo[q] = yo[q] < 0.f ? 0.f : yo[q];  // NaN stays NaN, as torch.relu
+        for (int q = 0; q < kVec; ++q) row[q] = row[q] < 0.f ? 0.f : row[q];  // NaN stays NaN, as torch.relu
+      float* yo = y + at;
+      for (int q = 0; q < kVec; ++q) yo[q] = row[q];
     }
   }
 }
