@@ -172,3 +172,34 @@ def test_switch_off(monkeypatch):
         fusion.reset_path_counts()
         y = ours(x)
     assert "winograd" not in resnet_ext.path_counts() and rel_err(y, tv(x)) < 1e-4
+
+
+def test_concurrent_forwards_from_two_threads():
+    """Each calling thread has its own workspace: two threads running the same frozen model at once (the op
+    releases the GIL) each get their own input's answer."""
+    import threading
+    ours, _ = _frozen_pair("resnet18")
+    xs = [torch.randn(2, 3, 96, 96).contiguous(memory_format=torch.channels_last) for _ in range(2)]
+    fusion.reset_path_counts()
+    with torch.no_grad():
+        expected = [ours(x) for x in xs]
+    assert resnet_ext.path_counts().get("winograd", 0) > 0
+    results, errors = [[], []], []
+
+    def run(i):
+        try:
+            with torch.no_grad():
+                for _ in range(5):
+                    results[i].append(ours(xs[i]))
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i in range(2):
+        # Not bitwise: a GEMM may split its work differently on another thread.
+        assert all(rel_err(y, expected[i]) < 1e-6 for y in results[i])
