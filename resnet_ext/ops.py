@@ -125,19 +125,16 @@ def _winograd3x3_fake(x, u, bias, residual, relu):
         memory_format=torch.channels_last)
 
 
-# G of Winograd's F(4x4, 3x3): the 3x3 filter to its 6x6 transform (csrc/ops/winograd.cpp has B^T and A^T).
-_WINOGRAD_G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
-               (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
+@torch.library.register_fake("resnet_ext::winograd_weight")
+def _winograd_weight_fake(w):
+    return w.new_empty((36, w.shape[1], w.shape[0]))
 
 
 def winograd_weight(weight: Tensor) -> Tensor:
-    """The transformed weight [36, C, K] that `winograd3x3` takes, G w G^T of a [K, C, 3, 3] weight, computed in
-    float64 and rounded once to float32."""
-    if weight.dim() != 4 or weight.shape[2:] != (3, 3):
-        raise ValueError(f"winograd_weight: expected a [K, C, 3, 3] weight, got {tuple(weight.shape)}")
-    g = torch.tensor(_WINOGRAD_G, dtype=torch.float64, device=weight.device)
-    u = torch.einsum("ai,kcij,bj->abck", g, weight.detach().double(), g)
-    return u.reshape(36, weight.shape[1], weight.shape[0]).float().contiguous()
+    """The transformed weight [36, C, K] that `winograd3x3` takes, G w G^T of a float32 [K, C, 3, 3] weight (CPU;
+    computed in float32: a few ulp besides the rounding of the result). For resnet50's 3x3 convs 62 ms in all,
+    against 460 ms for the same in float64 with torch.einsum."""
+    return torch.ops.resnet_ext.winograd_weight(weight.detach())
 
 
 def winograd3x3(x: Tensor, u: Tensor, bias: Tensor, residual: Optional[Tensor], relu: bool) -> Tensor:

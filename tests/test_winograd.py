@@ -54,18 +54,34 @@ def test_matches_float64(shape, with_residual, relu):
     assert rel_err(y, reference(x, w, b, r, relu)) < TOL
 
 
-def test_weight_transform_is_exact_in_float64():
-    """G w G^T, then the op's B^T / A^T, reproduce the convolution to float64 rounding on one tile's worth: checks
-    the three matrices against each other without the fp32 error of the op."""
-    g = torch.tensor(ops._WINOGRAD_G, dtype=torch.float64)
-    bt = torch.tensor([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
-                       [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=torch.float64)
-    at = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
-                      dtype=torch.float64)
+# The F(4x4, 3x3) matrices, written out here as the test's own oracle.
+G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                  [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64)
+BT = torch.tensor([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+                   [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=torch.float64)
+AT = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+                  dtype=torch.float64)
+
+
+def test_matrices_compute_the_convolution_in_float64():
+    """A^T [(G w G^T) . (B^T d B)] A is the 3x3 correlation of a 6x6 tile, to float64 rounding: the oracle's
+    matrices are right, so the op's agreement with them below means something."""
     d, w = torch.randn(6, 6, dtype=torch.float64), torch.randn(3, 3, dtype=torch.float64)
-    y = at @ ((g @ w @ g.T) * (bt @ d @ bt.T)) @ at.T
+    y = AT @ ((G @ w @ G.T) * (BT @ d @ BT.T)) @ AT.T
     direct = F.conv2d(d.view(1, 1, 6, 6), w.view(1, 1, 3, 3)).view(4, 4)
     assert torch.allclose(y, direct, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("k, c", [(64, 64), (17, 5), (512, 256), (1, 1)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_weight_transform_matches_float64(k, c, layout):
+    w = torch.randn(k, c, 3, 3)
+    if layout == "channels_last":
+        w = w.contiguous(memory_format=torch.channels_last)
+    u = ops.winograd_weight(w)
+    ref = torch.einsum("ai,kcij,bj->abck", G, w.double(), G).reshape(36, c, k)
+    assert u.dtype == torch.float32 and u.shape == (36, c, k) and u.is_contiguous()
+    assert rel_err(u, ref) < 1e-6
 
 
 def test_nan_and_inf_propagate():
@@ -128,9 +144,10 @@ def test_bad_arguments_are_clear_errors(change, needle):
         ops.winograd3x3(a["x"], a["u"], a["bias"], a["residual"], True)
 
 
-def test_weight_transform_rejects_other_kernels():
-    with pytest.raises(ValueError, match=r"\[K, C, 3, 3\]"):
-        ops.winograd_weight(torch.randn(8, 8, 1, 1))
+@pytest.mark.parametrize("w", [torch.randn(8, 8, 1, 1), torch.randn(8, 8, 3, 3).double(), torch.randn(8, 3, 3)])
+def test_weight_transform_bad_arguments(w):
+    with pytest.raises(RuntimeError, match=r"w must be a float32 CPU weight \[K, C, 3, 3\]"):
+        ops.winograd_weight(w)
 
 
 @pytest.mark.parametrize("with_residual", [False, True])
@@ -138,6 +155,7 @@ def test_opcheck(with_residual):
     a = _args()
     torch.library.opcheck(torch.ops.resnet_ext.winograd3x3.default,
                           (a["x"], a["u"], a["bias"], a["residual"] if with_residual else None, True))
+    torch.library.opcheck(torch.ops.resnet_ext.winograd_weight.default, (torch.randn(32, 16, 3, 3),))
 
 
 def _frozen_pair(arch):

@@ -1,8 +1,8 @@
 // resnet_ext::winograd3x3: y = relu?(conv3x3(x, w) + bias (+ residual)), stride 1, padding 1, on the CPU, by
 // Winograd's minimal filtering F(4x4, 3x3): each 4x4 output tile is computed from its 6x6 input tile as
 // A^T [(G w G^T) . (B^T d B)] A, so the 3x3 convolution becomes 36 GEMMs of (tiles x C) by (C x K), 4x fewer
-// multiplies than the direct convolution. The transformed weight U = G w G^T ([36, C, K], ops.winograd_weight) is
-// made once per frozen fold; this op transforms the input tiles (B^T d B), runs the 36 GEMMs (ATen's bmm: MKL),
+// multiplies than the direct convolution. The transformed weight U = G w G^T ([36, C, K], winograd_weight below) is
+// made once per frozen fold; winograd3x3 transforms the input tiles (B^T d B), runs the 36 GEMMs (ATen's bmm: MKL),
 // and transforms the products back (A^T m A) with the bias, residual and ReLU fused. fp32, channels_last, C and
 // K multiples of 16 (one AVX-512 vector of channels per step). The flat CPU forward picks it per layer where it
 // is faster than oneDNN's direct convolution (resnet_ext/flat.py, winograd_pays).
@@ -132,6 +132,32 @@ RESNET_EXT_CLONES void output_tile(const float* m, const float* bias, const floa
 #undef RESNET_EXT_BT
 #undef RESNET_EXT_AT
 
+// U[e][c][k0 .. k0 + 16) = (G w[k] G^T)[e] for input channel c, vectorized over 16 output channels
+// (lanes past K compute zeros and are not stored); w transposed to [C, K, 3, 3], so the 16 filters are adjacent.
+// fp32: a few ulp on top of rounding U once.
+RESNET_EXT_CLONES void weight_block(const float* w, float* u, int64_t c_in, int64_t k_out, int64_t c, int64_t k0) {
+  constexpr float G[6][3] = {{1.f / 4, 0.f, 0.f},           {-1.f / 6, -1.f / 6, -1.f / 6},
+                             {-1.f / 6, 1.f / 6, -1.f / 6}, {1.f / 24, 1.f / 12, 1.f / 6},
+                             {1.f / 24, -1.f / 12, 1.f / 6}, {0.f, 0.f, 1.f}};
+  float g[9][kVec], t[6][3][kVec], o[36][kVec];
+  for (int q = 0; q < kVec; ++q) {
+    const int64_t k = k0 + q;
+    const float* src = w + (c * k_out + std::min(k, k_out - 1)) * 9;
+    for (int a = 0; a < 9; ++a) g[a][q] = k < k_out ? src[a] : 0.f;
+  }
+  for (int i = 0; i < 6; ++i)
+    for (int j = 0; j < 3; ++j)
+      for (int q = 0; q < kVec; ++q) t[i][j][q] = G[i][0] * g[j][q] + G[i][1] * g[3 + j][q] + G[i][2] * g[6 + j][q];
+  for (int i = 0; i < 6; ++i)
+    for (int l = 0; l < 6; ++l)
+      for (int q = 0; q < kVec; ++q) o[i * 6 + l][q] = t[i][0][q] * G[l][0] + t[i][1][q] * G[l][1] + t[i][2][q] * G[l][2];
+  const int64_t lanes = std::min<int64_t>(kVec, k_out - k0);
+  for (int e = 0; e < kElems; ++e) {
+    float* dst = u + (e * c_in + c) * k_out + k0;
+    for (int q = 0; q < lanes; ++q) dst[q] = o[e][q];
+  }
+}
+
 // The calling thread's workspace (input and product planes of one chunk), kept between calls: freshly mapped
 // pages of a new allocation on every call would cost more than the transforms.
 float* workspace(int64_t floats) {
@@ -224,12 +250,37 @@ Tensor winograd3x3_cpu(const Tensor& x, const Tensor& u, const Tensor& bias, con
   return y;
 }
 
+Tensor winograd_weight_cpu(const Tensor& w) {
+  TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == at::kFloat && w.dim() == 4 && w.size(2) == 3 &&
+                  w.size(3) == 3,
+              "winograd_weight: w must be a float32 CPU weight [K, C, 3, 3], got ", w.scalar_type(), " ", w.sizes(),
+              " on ", w.device());
+  const int64_t k_out = w.size(0), c_in = w.size(1);
+  Tensor u = at::empty({kElems, c_in, k_out}, w.options().memory_format(at::MemoryFormat::Contiguous));
+  if (u.numel() == 0) return u;
+  // [C, K, 3, 3]: read in place, the 16 filters of a block lie 18 KiB apart (C = 512) and every input channel
+  // walks all K of them, 13 ms for a 512x512 weight (TLB misses); transposed first, 1.3 ms.
+  const Tensor wc = w.transpose(0, 1).contiguous();
+  const float* wp = wc.const_data_ptr<float>();
+  float* up = u.mutable_data_ptr<float>();
+  at::parallel_for(0, c_in, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c)
+      for (int64_t k0 = 0; k0 < k_out; k0 += kVec) weight_block(wp, up, c_in, k_out, c, k0);
+  });
+  return u;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(resnet_ext, m) {
   // y = relu?(conv3x3(x, w, stride 1, padding 1) + bias (+ residual)) by Winograd F(4x4, 3x3), with u the
   // transformed weight of ops.winograd_weight. CPU, float32, channels_last; the flat CPU forward's 3x3 units.
   m.def("winograd3x3(Tensor x, Tensor u, Tensor bias, Tensor? residual, bool relu) -> Tensor");
+  // u = G w G^T, [36, C, K]: the transformed weight winograd3x3 takes.
+  m.def("winograd_weight(Tensor w) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(resnet_ext, CPU, m) { m.impl("winograd3x3", &winograd3x3_cpu); }
+TORCH_LIBRARY_IMPL(resnet_ext, CPU, m) {
+  m.impl("winograd3x3", &winograd3x3_cpu);
+  m.impl("winograd_weight", &winograd_weight_cpu);
+}
