@@ -25,7 +25,7 @@ constexpr int64_t kVec = 16;              // channels per step
 constexpr int64_t kTile = 4;              // output tile side; the input tile is kTile + 2
 constexpr int64_t kElems = 36;            // (kTile + 2)^2 transformed elements per tile
 constexpr int64_t kPlanePad = 16;         // floats between the 36 input planes: without it their common stride is a
-                                          // multiple of 4 KiB and the 36 write streams share one L1 set (3x slower)
+                                          // multiple of 4 KiB and the 36 write streams share one L1 set (up to 3x slower)
 constexpr int64_t kSmallChunkBytes = 4 << 20;   // input and product planes per chunk of tiles (see below); the
 constexpr int64_t kLargeChunkBytes = 64 << 20;  // larger one bounds the workspace
 
