@@ -116,7 +116,7 @@ def stock(model: nn.Module) -> bool:
 # --------------------------------------------------------------------------------------------------------------
 
 _STRUCTURE = "_resnet_ext_structure"   # not pickled
-_PROGRAMS = "_resnet_ext_programs"     # not pickled: (folds, structure, {input key: [(w, b) per unit]})
+_PROGRAMS = "_resnet_ext_programs"     # not pickled: (folds, structure, {input key: (unit wbs, Winograd count)})
 
 
 def _gemm(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor]) -> Tensor:
@@ -186,6 +186,7 @@ def winograd_pays(u: Unit, x: Tensor) -> bool:
             or conv.in_channels % 16 or conv.out_channels % 16):
         return False
     return x.shape[0] * (-(-x.shape[2] // 4)) * (-(-x.shape[3] // 4)) >= WINOGRAD_MIN_TILES
+
 
 # A unit's `wb`: (folded weight, bias), run by oneDNN; or (GEMM or UNFOLDED, scale, shift); or (WINO, transformed
 # weight, bias).
@@ -293,8 +294,8 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
     programs = cached[2]
     key = (tuple(x.shape), x.dtype, x.stride())
     x = internal_layout(x)
-    program = programs.get(key)
-    if program is None:  # first call of this input: pack each unit's weight for its input size
+    entry = programs.get(key)  # (each unit's wb, how many of them are Winograd units)
+    if entry is None:  # first call of this input: pack each unit's weight for its input size
         if len(programs) >= _CACHE_LIMIT:
             programs.clear()
         program = []
@@ -308,11 +309,11 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
             return program[-1]
 
         out = _run(model, s, x, wb, fc_dtype)
-        programs[key] = program
+        entry = programs[key] = (program, sum(w[0] is WINO for w in program))
     else:
-        it = iter(program)
+        it = iter(entry[0])
         out = _run(model, s, x, lambda u, y: next(it), fc_dtype)
-    n_wino = sum(wb[0] is WINO for wb in program)
+    n_wino = entry[1]
     fusion.count("onednn_prepacked", len(s.units) - n_wino)
     if n_wino:
         fusion.count(WINO, n_wino)
