@@ -6,14 +6,13 @@ from typing import Dict, Type
 
 from torch import nn
 
-# Per-instance state of resnet_ext models that a converted model must not inherit (the frozen folds).
-_DROP = ("_resnet_ext_frozen", "_resnet_ext_folds", "_resnet_ext_plans")
+from .state import KEY as _STATE  # resnet_ext's per-model state: a converted model starts without it
 
 
 def recast_tree(m: nn.Module, classes: Dict[Type[nn.Module], Type[nn.Module]]) -> nn.Module:
     cls = classes.get(type(m), type(m))
     new = cls.__new__(cls)
-    state = {k: (v.copy() if isinstance(v, dict) else v) for k, v in m.__dict__.items() if k not in _DROP}
+    state = {k: (v.copy() if isinstance(v, dict) else v) for k, v in m.__dict__.items() if k != _STATE}
     state["_modules"] = OrderedDict((name, None if c is None else recast_tree(c, classes))
                                     for name, c in m._modules.items())
     new.__dict__.update(state)

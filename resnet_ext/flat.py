@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import fusion, ops
+from . import state as _state
 
 _CACHE_LIMIT = 8   # programs (per input shape, dtype and layout) kept per model
 _DTYPES = (torch.float32, torch.bfloat16)
@@ -114,9 +115,6 @@ def stock(model: nn.Module) -> bool:
 # --------------------------------------------------------------------------------------------------------------
 # Running
 # --------------------------------------------------------------------------------------------------------------
-
-_STRUCTURE = "_resnet_ext_structure"   # not pickled
-_PROGRAMS = "_resnet_ext_programs"     # not pickled: (folds, structure, {input key: (unit wbs, Winograd count)})
 
 
 def _gemm(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor]) -> Tensor:
@@ -243,9 +241,10 @@ def _run(model: nn.Module, s: Structure, x: Tensor, wb, fc_dtype: Optional[torch
 def structure(model: nn.Module, x: Tensor) -> Optional[Structure]:
     """The model's recorded structure if it still matches, else a new one if the model is stock, else None; None
     also where `x` is not of the model's dtype and channels (the module path gives torchvision's errors)."""
-    s = model.__dict__.get(_STRUCTURE)
+    st = _state.of(model)
+    s = st.structure
     if s is None or not s.matches(model):
-        s = model.__dict__[_STRUCTURE] = Structure(model) if stock(model) else None
+        s = st.structure = Structure(model) if stock(model) else None
     if s is None or x.dtype != s.stem.conv.weight.dtype or x.shape[1] != s.stem.conv.in_channels:
         return None
     return s
@@ -280,11 +279,12 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
     s = structure(model, x)
     if s is None:
         return None
-    cached = model.__dict__.get(_PROGRAMS)
+    st = _state.of(model)
+    cached = st.programs  # (folds, structure, {input key: (unit wbs, Winograd count)})
     if cached is None or cached[0] is not folds or cached[1] is not s:
         # The folds must belong to these modules (a conv or weight replaced since `freeze` has none).
         own = all(u.conv in folds and folds[u.conv].belongs_to(u.conv, u.bn) for u in s.units)
-        cached = model.__dict__[_PROGRAMS] = (folds, s, {} if own else None)
+        cached = st.programs = (folds, s, {} if own else None)
     dtype = folds[s.stem.conv].weight.dtype if cached[2] is not None else None
     fc_dtype = None
     if dtype != x.dtype:
@@ -321,9 +321,6 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
     return out
 
 
-_PLANS = "_resnet_ext_flat_plans"  # not pickled: per input, how each unit runs (shapes only, never stale)
-
-
 def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
     """The default mode's forward, every BN read afresh: per unit, chosen from the shapes on the first call of an
     input, the fold (where it pays, all folds in one batch), a GEMM on the unreordered weight (`gemm_pays`), or
@@ -334,7 +331,7 @@ def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
     s = structure(model, x)
     if s is None:
         return None
-    plans = model.__dict__.setdefault(_PLANS, {})
+    plans = _state.of(model).flat_plans  # per input, how each unit runs (shapes only, never stale)
     key = (tuple(x.shape), x.dtype, x.stride())
     x = internal_layout(x)
     plan = plans.get(key)

@@ -15,10 +15,9 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor, nn
 
-from . import flat, fusion, ops
+from . import fusion, ops
+from . import state as _state
 
-_FLAG = "_resnet_ext_frozen"   # pickled: an unpickled frozen model is frozen again
-_STATE = "_resnet_ext_folds"   # not pickled: the folds themselves
 _PACKED_LIMIT = 8               # prepacked weights kept per unit (one per input size and geometry)
 
 
@@ -82,8 +81,10 @@ def freeze(model: nn.Module, *, dtype: Optional[torch.dtype] = None) -> nn.Modul
     else:
         dtype = None
     model.eval()
-    model.__dict__[_FLAG] = dtype if dtype is not None else True
-    model.__dict__[_STATE] = _fold(model)
+    st = _state.of(model)
+    st.invalidate()
+    st.frozen = dtype if dtype is not None else True
+    st.folds = _fold(model)
     return model
 
 
@@ -101,36 +102,40 @@ def _check_compute_dtype(model: nn.Module, dtype) -> None:
 
 def compute_dtype(model: nn.Module) -> Optional[torch.dtype]:
     """The dtype `freeze(model, dtype=...)` asked for, or None (the model's own)."""
-    flag = model.__dict__.get(_FLAG)
-    return flag if isinstance(flag, torch.dtype) else None
+    st = _state.peek(model)
+    return st.frozen if st is not None and isinstance(st.frozen, torch.dtype) else None
 
 
 def unfreeze(model: nn.Module) -> nn.Module:
     """Back to the default mode (every forward reads the live parameters). Returns `model`."""
-    model.__dict__.pop(_FLAG, None)
-    invalidate(model)
+    st = _state.peek(model)
+    if st is not None:
+        st.frozen = False
+        st.invalidate()
     return model
 
 
 def is_frozen(model: nn.Module) -> bool:
-    return bool(model.__dict__.get(_FLAG, False))
+    st = _state.peek(model)
+    return st is not None and bool(st.frozen)
 
 
 def invalidate(model: nn.Module) -> None:
     """Drops the folds (and the programs on their packed weights); a frozen model refolds on its next eval
     forward."""
-    model.__dict__.pop(_STATE, None)
-    model.__dict__.pop(flat._PROGRAMS, None)
+    st = _state.peek(model)
+    if st is not None:
+        st.invalidate()
 
 
 def folds_of(model: nn.Module) -> Optional[Dict[nn.Module, FrozenUnit]]:
     """The frozen folds of `model` (computed now if they were dropped), or None if it is not frozen."""
-    if not model.__dict__.get(_FLAG, False):
+    st = _state.peek(model)
+    if st is None or not st.frozen:
         return None
-    state = model.__dict__.get(_STATE)
-    if state is None:
-        state = model.__dict__[_STATE] = _fold(model)
-    return state
+    if st.folds is None:
+        st.folds = _fold(model)
+    return st.folds
 
 
 def _fold(model: nn.Module) -> Dict[nn.Module, FrozenUnit]:

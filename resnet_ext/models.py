@@ -17,10 +17,9 @@ from torch import Tensor, nn
 from . import flat as _flat
 from . import frozen as _frozen
 from . import fusion
+from . import state as _state
 from ._recast import convert
 from .weights import load_state, resolve_weights
-
-_PLANS = "_resnet_ext_plans"  # per input shape: which units' folds pay (CPU default mode); shapes only, never stale
 
 
 def _all_finite(x: Tensor) -> bool:
@@ -299,7 +298,7 @@ class ResNet(nn.Module):
         plan = None
         if x.device.type == "cpu" and not grad and not torch.jit.is_tracing():
             # Whether each fold pays depends on the shapes only: learned on the first forward of an input shape.
-            plans = self.__dict__.setdefault(_PLANS, {})
+            plans = _state.of(self).unit_plans
             key = (tuple(x.shape), x.dtype)
             plan = plans.get(key)
             if plan is None:
@@ -337,15 +336,13 @@ class ResNet(nn.Module):
         _frozen.invalidate(self)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def __getstate__(self):
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        state = dict(state)
-        state.pop(_frozen._STATE, None)
-        state.pop(_PLANS, None)
-        state.pop(_flat._STRUCTURE, None)
-        state.pop(_flat._PROGRAMS, None)
-        state.pop(_flat._PLANS, None)
-        return state
+    def __setstate__(self, state):
+        # A model pickled before the state object kept its frozen flag under this key.
+        if "_resnet_ext_frozen" in state:
+            state = dict(state)
+            state[_state.KEY] = _state.ExtState(state.pop("_resnet_ext_frozen"))
+            state.pop("_resnet_ext_folds", None)
+        super().__setstate__(state)
 
     def to_torchvision(self) -> nn.Module:
         """The torchvision ResNet with this model's parameters and buffers (shared, not copied)."""

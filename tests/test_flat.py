@@ -130,7 +130,7 @@ def test_instance_attribute_shadowing_a_parameter_or_buffer(frozen, change):
             y = ours(x)
             if not (frozen and change == "running_var"):
                 assert rel_err(y, tv(x)) < TOL, rel_err(y, tv(x))
-        s = ours.__dict__[flat._STRUCTURE]
+        s = resnet_ext.state.of(ours).structure
         assert s is None or s.matches(ours)  # recorded as it is, not recorded anew on every forward
 
 
@@ -210,8 +210,9 @@ def test_copies_and_pickles_carry_no_recorded_state():
     with torch.no_grad():
         ours(x)
         twin = copy.deepcopy(ours)
-        for k in ("_resnet_ext_structure", "_resnet_ext_programs", "_resnet_ext_flat_plans"):
-            assert k not in twin.__dict__
+        st = resnet_ext.state.of(twin)
+        assert st.frozen and st.structure is None and st.programs is None and st.folds is None
+        assert not st.flat_plans and not st.unit_plans
         for p in twin.parameters():
             p.data.mul_(0.5)
         resnet_ext.freeze(twin)

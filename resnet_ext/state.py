@@ -1,0 +1,56 @@
+"""The one object that holds everything resnet_ext keeps on a model beside torchvision's own attributes.
+
+It lives under one `__dict__` key (`KEY`), so conversion (`to_torchvision`), pickling and copying need to know
+one name, and `invalidate()` is the one place that drops what a weight change makes stale. Only the frozen flag is
+pickled and copied (an unpickled or deep-copied frozen model is frozen again and refolds on its next forward); the
+caches are rebuilt on demand.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import nn
+
+KEY = "_resnet_ext_state"
+
+
+class ExtState:
+    """`frozen`: False, True, or the compute dtype `freeze(model, dtype=...)` asked for. The caches: `folds` (the
+    frozen folds, `frozen.FrozenUnit` per conv), `programs` (the frozen flat forward's per-input programs on those
+    folds), `structure` (`flat.Structure`, what the flat forward recorded), `flat_plans` (the default flat forward's
+    per-input unit kinds) and `unit_plans` (the module path's per-input "fold pays" choices). The last three depend
+    on shapes and module identity only, never on weight values."""
+
+    __slots__ = ("frozen", "folds", "programs", "structure", "flat_plans", "unit_plans")
+
+    def __init__(self, frozen=False):
+        self.frozen = frozen
+        self.folds = self.programs = self.structure = None
+        self.flat_plans: dict = {}
+        self.unit_plans: dict = {}
+
+    def invalidate(self) -> None:
+        """Drops what depends on weight values: the frozen folds and the programs made on them."""
+        self.folds = self.programs = None
+
+    def __getstate__(self):
+        return {"frozen": self.frozen}
+
+    def __setstate__(self, state):
+        self.__init__(state.get("frozen", False))
+
+    def __deepcopy__(self, memo):
+        return ExtState(self.frozen)
+
+
+def of(model: nn.Module) -> ExtState:
+    """The model's state object, made on first use."""
+    s = model.__dict__.get(KEY)
+    if s is None:
+        s = model.__dict__[KEY] = ExtState()
+    return s
+
+
+def peek(model: nn.Module) -> Optional[ExtState]:
+    """The model's state object, or None where it has none yet."""
+    return model.__dict__.get(KEY)

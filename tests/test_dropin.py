@@ -1,0 +1,55 @@
+"""Drop-in cases a new user hits (issue #26): each is compared with torchvision doing the same thing."""
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import resnet_ext
+from resnet_ext import state as ext_state
+from conftest import randomize_bn, rel_err
+
+
+def pair(arch="resnet18", **kw):
+    tv = randomize_bn(getattr(torchvision.models, arch)(num_classes=10, **kw))
+    ours = resnet_ext.from_torchvision(copy.deepcopy(tv))  # own parameters: state changes are compared, not shared
+    return ours, tv
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The per-model state: one object, never carried into a conversion, a pickle or a copy
+# ------------------------------------------------------------------------------------------------------------
+
+def _private_keys(m):
+    return [k for mod in m.modules() for k in mod.__dict__ if k.startswith("_resnet_ext")]
+
+
+@pytest.mark.parametrize("mode", ["default", "frozen", "frozen_bf16_fallback"])
+def test_to_torchvision_and_pickle_after_cpu_forwards_carry_no_cache(mode):
+    ours, _ = pair("resnet18")
+    ours.eval()
+    if mode != "default":
+        resnet_ext.freeze(ours)
+    x = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        ours(x)
+        ours(x.contiguous(memory_format=torch.channels_last))
+    if mode == "frozen_bf16_fallback":  # a forward with gradients runs the module path, which has its own plans
+        ours(x).sum().backward()
+    st = ext_state.peek(ours)
+    assert st is not None and st.structure is not None  # the flat forward recorded the model
+    assert _private_keys(ours) == [ext_state.KEY]  # everything under one key
+    tv = ours.to_torchvision()
+    assert _private_keys(tv) == []
+    buf = io.BytesIO()
+    torch.save(tv, buf)
+    assert b"resnet_ext" not in buf.getvalue()
+    again = pickle.loads(pickle.dumps(ours))
+    st2 = ext_state.peek(again)
+    assert st2.frozen == st.frozen and st2.folds is None and st2.structure is None and st2.programs is None
+    assert not st2.flat_plans and not st2.unit_plans
+    with torch.no_grad():
+        assert torch.equal(again(x), ours(x))
