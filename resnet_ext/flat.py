@@ -211,6 +211,9 @@ def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
         return _unfolded(u, y, wb[1], wb[2], residual)
     if wb[0] is GEMM:
         return _gemm(u, y, wb[1], wb[2], residual)
+    if not fusion.onednn_add_fuses(y, wb[0]):
+        out = torch.ops.mkldnn._convolution_pointwise.default(y, wb[0], wb[1], *u.args, "none", [], "")
+        return fusion.add_act_(out, residual, True)
     return torch.ops.mkldnn._convolution_pointwise_.binary(residual, y, wb[0], wb[1], *u.args, "add", 1.0, "relu",
                                                             [], "")
 

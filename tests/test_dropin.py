@@ -53,3 +53,43 @@ def test_to_torchvision_and_pickle_after_cpu_forwards_carry_no_cache(mode):
     assert not st2.flat_plans and not st2.unit_plans
     with torch.no_grad():
         assert torch.equal(again(x), ours(x))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A bf16 model on the CPU with an NCHW input (torch 2.14's oneDNN add post-op has no NCHW bf16 kernel)
+# ------------------------------------------------------------------------------------------------------------
+
+SIZES = [(1, 224), (2, 64), (4, 64), (3, 37)]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("mode", ["default", "frozen", "modules"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_cpu_eval_every_size_and_layout(arch, mode, dtype):
+    ours, tv = pair(arch)
+    ours.to(dtype).eval(), tv.to(dtype).eval()
+    ref_model = copy.deepcopy(tv).double()
+    if mode == "frozen":
+        resnet_ext.freeze(ours)
+    if mode == "modules":  # a hook on one unit's BN: that unit runs through its modules, the rest fused
+        for m in (ours, tv, ref_model):
+            m.layer1[0].bn1.register_forward_hook(lambda mod, a, out: out * 1.0)
+    for n, size in SIZES:
+        if arch == "resnet50" and size == 224 and n > 1:
+            continue
+        x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(size))
+        with torch.no_grad():
+            ref = ref_model(x.double())
+            tv_err = rel_err(tv(x.to(dtype)), ref)
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                xi = x.to(dtype).contiguous(memory_format=fmt)
+                resnet_ext.reset_path_counts()
+                y = ours(xi)
+                counts = resnet_ext.path_counts()
+                assert y.dtype == dtype and y.shape == (n, 10)
+                assert rel_err(y, ref) <= 2 * tv_err + (1e-3 if dtype == torch.bfloat16 else 1e-5), \
+                    (n, size, fmt, rel_err(y, ref), tv_err)
+                if mode == "modules":
+                    assert counts.get("modules") == 1 and "flat_forwards" not in counts, counts
+                else:
+                    assert counts.get("flat_forwards") == 1, counts
