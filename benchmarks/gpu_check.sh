@@ -240,6 +240,16 @@ fi
   for name in models_bs256 models_bs256_autotuned latency_bs32 latency_bs1 train_bs256 train_bs256_bn_optin; do
     [ -f "$R/$name.log" ] && { echo "--- $name"; grep -vE "^===|^\s*$" "$R/$name.log" | tail -n 16 | cut -c1-200; }
   done
+  for name in train_bs256 train_bs256_bn_optin; do  # the training default per arch (fusion.FUSED_TRAIN_DEVICES)
+    [ -f "$R/$name.json" ] && "$PY" - "$R/$name.json" "$name" <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1]))["train"]["speedups"]
+d, f = t["resnet_ext"]["median"], t["resnet_ext fused BN"]["median"]
+print(f"verdict {sys.argv[2]}: default train step {d:.2f}x torchvision "
+      f"({'not slower' if d >= 0.98 else 'SLOWER than torchvision: wrong default'}); fused BN {f:.2f}x torchvision, "
+      f"{f / d:.2f}x the default: {'faster, add this arch to FUSED_TRAIN_DEVICES' if f > 1.02 * d else 'keep stock'}")
+PY
+  done
   [ -f "$R/report_layers.md" ] && { echo "--- layers"; grep -E "^Geomean" "$R/report_layers.md"; }
   [ -f "$R/profile.md" ] && { echo "--- profile (categories and stages)"; grep -E "^#### |^\| (conv|BN|maxpool|avgpool|GEMM|copies|optimizer|elementwise|other|stem|layer|head)" \
     "$R/profile.md" | cut -c1-160 | head -n 60; }

@@ -24,6 +24,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, 
 ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 TV, OURS, FROZEN, COMPILED = "torchvision", "resnet_ext", "resnet_ext frozen", "torchvision+compile"
 FROZEN_BF16 = "resnet_ext frozen bf16"
+OURS_FUSED_BN = "resnet_ext fused BN"  # train: the default model with train_bn("fused")
 
 
 class UserError(Exception):
@@ -285,12 +286,15 @@ def run(args) -> dict:
 
 def train_bench(tv, ours, x, args, device, progress, warmup, compile_mode) -> dict:
     """One SGD step per call (forward, loss, backward, step), with AMP autocast for 16-bit dtypes; the contenders
-    interleaved like eval. torchvision and resnet_ext in the default mode (a frozen model does not train), and
-    with --compile a torch.compile of a copy of the torchvision model (no freezing: it trains)."""
+    interleaved like eval. torchvision, resnet_ext in the default mode (a frozen model does not train) and a copy
+    of it with the fused training BN forced (`train_bn("fused")`: what decides the per-device default), and with
+    --compile a torch.compile of a copy of the torchvision model (no freezing: it trains)."""
+    from .fusion import train_bn
+
     target = torch.randint(0, 1000, (x.shape[0],), device=device)
     amp_dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else None
     xin = x.float() if amp_dtype else x
-    models = {TV: tv, OURS: ours}
+    models = {TV: tv, OURS: ours, OURS_FUSED_BN: copy.deepcopy(ours)}
     if args.compile:
         models[COMPILED] = copy.deepcopy(tv)
     steps = {}
@@ -300,12 +304,16 @@ def train_bench(tv, ours, x, args, device, progress, warmup, compile_mode) -> di
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         fwd = torch.compile(model, mode=compile_mode) if name == COMPILED else model
 
-        def step(inp, fwd=fwd, opt=opt):
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = torch.nn.functional.cross_entropy(fwd(inp), target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        def step(inp, fwd=fwd, opt=opt, mode="fused" if name == OURS_FUSED_BN else None):
+            previous = train_bn(mode)
+            try:
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    loss = torch.nn.functional.cross_entropy(fwd(inp), target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            finally:
+                train_bn(previous)
 
         steps[name] = step
     warm_s, peaks = {}, {}

@@ -10,6 +10,7 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._C_loader import _C  # noqa: F401  (registers the ops)
@@ -70,18 +71,44 @@ def _(grad_y, y, x, weight, mean, invstd, sums, count, relu, residual_grad):
 def _setup_context(ctx, inputs, output):
     x, residual, weight, bias, running_mean, eps, relu = inputs
     y, mean, invstd, _ = output
-    ctx.relu = relu
+    ctx.relu, ctx.eps = relu, eps
     ctx.has_residual = residual is not None
     # The output doubles as the ReLU mask, and is what the next conv saves anyway: no extra activation is kept.
     ctx.save_for_backward(x, weight, y, mean, invstd)
 
 
+def _backward_differentiable(grad_y: Tensor, y: Tensor, x: Tensor, weight: Tensor, eps: float, relu: bool):
+    """(dx, dweight, dbias, dresidual) in differentiable ops, for a backward that is itself differentiated
+    (`create_graph=True`: gradient penalties): the batch statistics recomputed from x, so that the second
+    derivative sees them depend on x, as ATen's batch norm double backward does."""
+    dims = [0, 2, 3] if x.dim() == 4 else [0]
+    view = [1, -1] + [1] * (x.dim() - 2)
+    g = grad_y * (y > 0) if relu else grad_y  # the ReLU mask is piecewise constant
+    acc = _stat_dtype(x)
+    xa, ga = x.to(acc), g.to(acc)
+    mean = xa.mean(dims, keepdim=True)
+    invstd = torch.rsqrt(xa.var(dims, unbiased=False, keepdim=True) + eps)
+    xhat = (xa - mean) * invstd
+    db, dw = ga.sum(dims), (ga * xhat).sum(dims)
+    dx = weight.to(acc).view(view) * invstd * (ga - ga.mean(dims, keepdim=True)
+                                                - xhat * (ga * xhat).mean(dims, keepdim=True))
+    return dx.to(x.dtype), dw.to(weight.dtype), db.to(weight.dtype), g
+
+
+def _grads(grad_y, y, x, weight, mean, invstd, eps, relu, residual_grad, fmt):
+    """(dx, dweight, dbias, dresidual) of the one-process op; `fmt`: x's memory format."""
+    if torch.is_grad_enabled():  # create_graph=True: the op's backward kernels have no derivative
+        return _backward_differentiable(grad_y, y, x, weight, eps, relu)
+    return ops.bn_act_train_backward(grad_y.contiguous(memory_format=fmt), y, x, weight, mean, invstd, relu,
+                                     residual_grad)
+
+
 def _backward(ctx, grad_y, _gm, _gi, _gv):
     x, weight, y, mean, invstd = ctx.saved_tensors
     need = ctx.needs_input_grad
-    dx, dw, db, dres = ops.bn_act_train_backward(grad_y.contiguous(memory_format=_fmt(x)), y, x, weight, mean,
-                                                 invstd, ctx.relu, ctx.has_residual and need[1])
-    return (dx, dres if ctx.has_residual and need[1] else None, dw if need[2] else None, db if need[3] else None,
+    res_grad = ctx.has_residual and need[1]
+    dx, dw, db, dres = _grads(grad_y, y, x, weight, mean, invstd, ctx.eps, ctx.relu, res_grad, _fmt(x))
+    return (dx, dres if res_grad else None, dw if need[2] else None, db if need[3] else None,
             None, None, None)
 
 
@@ -89,7 +116,7 @@ torch.library.register_autograd("resnet_ext::bn_act_train", _backward, setup_con
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Cross-process variant (SyncBN): the same kernels in pieces, with the per-channel sums all-reduced in between
+# The models' call: running statistics inside forward; cross-process statistics (SyncBN) from the same kernels
 # ---------------------------------------------------------------------------------------------------------------
 
 def _all_reduce(t: Tensor, group) -> Tensor:
@@ -97,42 +124,59 @@ def _all_reduce(t: Tensor, group) -> Tensor:
     return t
 
 
-class _SyncBnAct(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, residual, weight, bias, shift, eps, relu, group):
-        c = x.shape[1]
-        sums = ops.bn_stats(x, shift)
-        # Sums and count all-reduced in float64 in one call: the count stays exact (to 2^53) and on the device,
-        # so no layer waits for the host.
-        count = torch.full((1,), x.numel() // c, dtype=torch.float64, device=x.device)
-        packed = _all_reduce(torch.cat([sums.reshape(-1).double(), count]), group)
-        n = packed[-1]
-        sums = packed[:-1].reshape(2, c).to(sums.dtype)
-        mu = sums[0] / n
-        var = (sums[1] / n - mu * mu).clamp_min(0)
-        mean = (shift.to(sums.dtype) if shift is not None else 0) + mu
-        invstd = torch.rsqrt(var + eps)
-        y = ops.bn_act_apply(x, residual, weight, bias, mean, invstd, relu)
-        ctx.relu, ctx.has_residual, ctx.group = relu, residual is not None, group
-        ctx.save_for_backward(x, weight, y, mean, invstd, n)
-        var_unbiased = var * (n / (n - 1))
-        ctx.mark_non_differentiable(mean, var_unbiased)
-        return y, mean, var_unbiased
+class _BnActTrain(torch.autograd.Function):
+    """The fused op as the models call it, one-process or cross-process (`group`), with the running statistics
+    updated inside forward, before autograd packs what backward saves: a caller that stops right after the
+    packing (a non-reentrant checkpoint's recompute) has seen the update, as with ATen's batch norm."""
 
     @staticmethod
-    def backward(ctx, grad_y, _gm, _gv):
+    def forward(ctx, x, residual, weight, bias, running_mean, running_var, momentum, eps, relu, group):
+        if group is None:
+            y, mean, invstd, var_unbiased = ops.bn_act_train(x, residual, weight, bias, running_mean, eps, relu)
+            n = None
+        else:  # the same kernels in pieces, with the per-channel sums all-reduced in between
+            c = x.shape[1]
+            sums = ops.bn_stats(x, running_mean)
+            # Sums and count all-reduced in float64 in one call: the count stays exact (to 2^53) and on the
+            # device, so no layer waits for the host.
+            count = torch.full((1,), x.numel() // c, dtype=torch.float64, device=x.device)
+            packed = _all_reduce(torch.cat([sums.reshape(-1).double(), count]), group)
+            n = packed[-1]
+            sums = packed[:-1].reshape(2, c).to(sums.dtype)
+            mu = sums[0] / n
+            var = (sums[1] / n - mu * mu).clamp_min(0)
+            mean = (running_mean.to(sums.dtype) if running_mean is not None else 0) + mu
+            invstd = torch.rsqrt(var + eps)
+            y = ops.bn_act_apply(x, residual, weight, bias, mean, invstd, relu)
+            var_unbiased = var * (n / (n - 1))
+        if running_mean is not None:  # running = (1 - momentum) * running + momentum * batch, in one launch
+            torch._foreach_lerp_([running_mean, running_var], [mean.to(running_mean.dtype),
+                                                               var_unbiased.to(running_var.dtype)], momentum)
+        # The layout read here: dynamo's strict mode for a traced backward bans reading it there.
+        ctx.relu, ctx.eps, ctx.group, ctx.fmt = relu, eps, group, _fmt(x)
+        ctx.has_residual = residual is not None
+        ctx.save_for_backward(x, weight, y, mean, invstd, n)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
         x, weight, y, mean, invstd, n = ctx.saved_tensors
-        grad_y = grad_y.contiguous(memory_format=_fmt(x))
-        local = ops.bn_act_backward_reduce(grad_y, y, x, mean, invstd, ctx.relu)
-        total = _all_reduce(local.clone(), ctx.group)
         need_res = ctx.has_residual and ctx.needs_input_grad[1]
-        # The op divides the sums by `count`; dividing them here by the device-side count (and passing 1) keeps
-        # the backward free of host syncs too.
-        dx, dres = ops.bn_act_backward_apply(grad_y, y, x, weight, mean, invstd, (total / n).to(total.dtype), 1.0,
-                                             ctx.relu, need_res)
-        # weight/bias gradients stay local sums: DDP averages them, as it does nn.SyncBatchNorm's.
-        dw, db = local[1].to(weight.dtype), local[0].to(weight.dtype)
-        return dx, dres if need_res else None, dw, db, None, None, None, None
+        if ctx.group is None:
+            dx, dw, db, dres = _grads(grad_y, y, x, weight, mean, invstd, ctx.eps, ctx.relu, need_res, ctx.fmt)
+        elif torch.is_grad_enabled():
+            raise NotImplementedError("bn_act: a second derivative through cross-process BatchNorm statistics")
+        else:
+            grad_y = grad_y.contiguous(memory_format=ctx.fmt)
+            local = ops.bn_act_backward_reduce(grad_y, y, x, mean, invstd, ctx.relu)
+            total = _all_reduce(local.clone(), ctx.group)
+            # The op divides the sums by `count`; dividing them here by the device-side count (and passing 1)
+            # keeps the backward free of host syncs too.
+            dx, dres = ops.bn_act_backward_apply(grad_y, y, x, weight, mean, invstd, (total / n).to(total.dtype),
+                                                 1.0, ctx.relu, need_res)
+            # weight/bias gradients stay local sums: DDP averages them, as it does nn.SyncBatchNorm's.
+            dw, db = local[1].to(weight.dtype), local[0].to(weight.dtype)
+        return dx, dres if need_res else None, dw, db, None, None, None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -152,10 +196,11 @@ def _group_of(bn: nn.Module):
 def bn_act(x: Tensor, bn: nn.modules.batchnorm._BatchNorm, residual: Optional[Tensor] = None,
            relu: bool = True) -> Tensor:
     """relu?(bn(x) + residual) with bn's own semantics. For a train-mode BatchNorm (batch statistics) in one fused
-    op that updates bn's running statistics and num_batches_tracked exactly as bn(x) would (nothing is updated
-    when the call fails); cross-process statistics when bn was converted with `convert_sync_batchnorm` (or is an
-    nn.SyncBatchNorm) and torch.distributed is initialised. For an eval-mode BatchNorm (running statistics, or
-    batch statistics when it tracks none) it computes bn(x) with the stock op and changes no state."""
+    op that updates bn's running statistics and num_batches_tracked exactly as bn(x) would, in the same order
+    (the counter first; the statistics inside the op, after everything that can fail); cross-process statistics
+    when bn was converted with `convert_sync_batchnorm` (or is an nn.SyncBatchNorm) and torch.distributed is
+    initialised. For an eval-mode BatchNorm (running statistics, or batch statistics when it tracks none) it
+    computes bn(x) with the stock op and changes no state."""
     if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
         raise TypeError(f"bn_act: bn must be a BatchNorm module, got {type(bn).__name__}")
     if not bn.training and bn.running_mean is not None or x.numel() == 0:
@@ -165,24 +210,16 @@ def bn_act(x: Tensor, bn: nn.modules.batchnorm._BatchNorm, residual: Optional[Te
         return torch.relu(out) if relu else out
     weight = bn.weight if bn.weight is not None else torch.ones(x.shape[1], device=x.device, dtype=x.dtype)
     bias = bn.bias if bn.bias is not None else torch.zeros(x.shape[1], device=x.device, dtype=x.dtype)
-    track = bn.track_running_stats and bn.running_mean is not None
-    shift = bn.running_mean if track else None
-    group = _group_of(bn)
-    if group is not None:
-        y, mean, var_unbiased = _SyncBnAct.apply(x, residual, weight, bias, shift, bn.eps, relu, group)
-    else:
-        y, mean, _invstd, var_unbiased = ops.bn_act_train(x, residual, weight, bias, shift, bn.eps, relu)
-    if bn.track_running_stats and bn.num_batches_tracked is not None:
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.track_running_stats and bn.num_batches_tracked is not None:  # nn.BatchNorm2d's order
         bn.num_batches_tracked.add_(1)
-    if track:
-        factor = bn.momentum
-        if factor is None:  # cumulative moving average, as nn.BatchNorm2d
+        if bn.momentum is None:  # cumulative moving average
             factor = 1.0 / float(bn.num_batches_tracked)
-        with torch.no_grad():  # running = (1 - factor) * running + factor * batch, both buffers in one launch
-            torch._foreach_lerp_([bn.running_mean, bn.running_var],
-                                 [mean.detach().to(bn.running_mean.dtype),
-                                  var_unbiased.detach().to(bn.running_var.dtype)], factor)
-    return y
+    if x.dim() in (2, 4):
+        F._verify_batch_size(x.size())  # F.batch_norm's ValueError, after the counter as there
+    track = bn.track_running_stats and bn.running_mean is not None
+    running = (bn.running_mean, bn.running_var) if track else (None, None)
+    return _BnActTrain.apply(x, residual, weight, bias, *running, factor, bn.eps, relu, _group_of(bn))
 
 
 def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:

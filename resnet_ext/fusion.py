@@ -76,6 +76,56 @@ def train_fusable(bn: nn.Module) -> bool:
     return type(bn) in _TRAIN_BN and _hookless(bn) and bn.training
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Training: which BN(+add)+ReLU a train-mode unit runs
+# --------------------------------------------------------------------------------------------------------------
+
+# Where the models run the fused training op (`bn_act`) by default: the devices (see `_device_key`) on which it is
+# verified and measured faster than the stock composition (F.batch_norm, add, ReLU). None today: on an H200 (sm_90)
+# resnet50's bf16 AMP train step measured 0.85x torchvision with it (benchmarks/results/2026-11-28-h200.md), sm_80
+# is unmeasured, and on the CPU the op is ATen's own composition (no faster). `train_bn("fused")` forces it.
+FUSED_TRAIN_DEVICES: frozenset = frozenset()
+_TRAIN_MODES = ("auto", "fused", "stock")
+_train_mode = "auto"
+
+
+def train_bn(mode: Optional[str] = None) -> str:
+    """Which BN(+residual add)+ReLU the models' train-mode units run; returns the mode in force before the call.
+    "auto" (default): the fused op only on the devices where it is measured faster (`FUSED_TRAIN_DEVICES`), else
+    the stock composition, as torchvision computes it; "fused": resnet_ext's fused op everywhere; "stock": the
+    stock composition everywhere. `explain_train(x)` says what a given input gets."""
+    global _train_mode
+    previous = _train_mode
+    if mode is not None:
+        if mode not in _TRAIN_MODES:
+            raise ValueError(f"train_bn: mode must be one of {_TRAIN_MODES}, got {mode!r}")
+        _train_mode = mode
+    return previous
+
+
+def _device_key(x: Tensor) -> str:
+    if x.is_cuda:
+        major, minor = torch.cuda.get_device_capability(x.device)
+        return f"cuda:sm_{major}{minor}"
+    return x.device.type
+
+
+def explain_train(x: Tensor) -> Tuple[str, str]:
+    """("fused" or "stock", reason): the BN(+add)+ReLU a train-mode unit of the models runs for input `x`."""
+    if _train_mode != "auto":
+        return _train_mode, f'train_bn("{_train_mode}")'
+    key = _device_key(x)
+    if key in FUSED_TRAIN_DEVICES:
+        return "fused", f"{key}: measured faster than the stock composition"
+    return "stock", f"{key}: the fused op is not measured faster than the stock composition here"
+
+
+def train_fused(x: Tensor) -> bool:
+    if _train_mode != "auto":
+        return _train_mode == "fused"
+    return bool(FUSED_TRAIN_DEVICES) and _device_key(x) in FUSED_TRAIN_DEVICES
+
+
 # Paths taken in Python (oneDNN calls, units run through their modules), next to the op's own counters.
 _counts: Dict[str, int] = {}
 
@@ -91,6 +141,8 @@ def path_counts() -> dict:
     ("fused:<kernel>", "cudnn_fused", "stock:<device>"), "onednn" / "onednn_prepacked" (CPU, oneDNN convolution
     with fused post-ops), "unfolded" (CPU default mode, where folding on every forward costs more than it
     saves: the stock conv, then BN, residual add and ReLU in one pass, `ops.scale_shift_act_`, or the modules), "modules" (run through the modules as torchvision does: hooks, swapped modules, ...);
+    "train_fused" / "train_stock" (train-mode units: the stock conv, then the fused BN(+add)+ReLU op or
+    torchvision's modules, see `train_bn`);
     "gemm" (CPU default mode, a 1x1 conv whose weight outweighs its output: one GEMM on the unreordered weight,
     then BN, residual and ReLU); and, counting whole forwards, not units, "flat_forwards": CPU eval forwards that
     ran as one flat sequence of calls (`resnet_ext.flat`)."""
@@ -328,11 +380,16 @@ def unit(conv: nn.Module, bn: nn.Module, relu_mod: Optional[nn.Module], x: Tenso
     if relu_ok and foldable(conv, bn) and not (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")):
         return eval_unit(conv, bn, x, relu_mod is not None, residual, shortcut)
     if relu_ok and train_fusable(bn) and x.numel() > 0:
-        out = conv(x)
-        if shortcut is not None:
-            residual = shortcut()
-        return bn_act(out, bn, residual, relu_mod is not None)
-    count("modules")
+        # A BN marked by `convert_sync_batchnorm` computes cross-process statistics only in the fused op.
+        if train_fused(x) or getattr(bn, "_resnet_ext_sync", False):
+            count("train_fused")
+            out = conv(x)
+            if shortcut is not None:
+                residual = shortcut()
+            return bn_act(out, bn, residual, relu_mod is not None)
+        count("train_stock")
+    else:
+        count("modules")
     out = bn(conv(x))
     if shortcut is not None:
         residual = shortcut()

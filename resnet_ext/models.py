@@ -246,7 +246,7 @@ class ResNet(nn.Module):
 
     @torch.jit.unused
     def _forward_fused(self, x: Tensor) -> Tensor:
-        if x.is_cuda and x.dim() == 4:
+        if x.is_cuda and x.dim() == 4 and (not self.training or fusion.train_fused(x)):
             x = x.contiguous(memory_format=torch.channels_last)  # the fused kernels are NHWC
         if torch.compiler.is_compiling():  # each unit folds in the graph, which the compiler fuses
             return self._forward_units(x)

@@ -25,3 +25,14 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(params=["auto", "fused"])
+def train_mode(request):
+    """Runs a model-level training test under each train-mode BN path (`resnet_ext.train_bn`): the default
+    ("auto": the stock composition wherever the fused op is not measured faster) and the fused op, forced."""
+    import resnet_ext
+
+    previous = resnet_ext.train_bn(request.param)
+    yield request.param
+    resnet_ext.train_bn(previous)

@@ -133,8 +133,10 @@ def test_one_value_per_channel_is_the_same_error_as_torch():
     bn = make_bn(4, torch.float32)
     with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
         bn(torch.randn(1, 4, 1, 1))
-    with pytest.raises(RuntimeError, match="Expected more than 1 value per channel when training"):
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
         bn_act(torch.randn(1, 4, 1, 1), bn)
+    with pytest.raises(RuntimeError, match="Expected more than 1 value per channel when training"):
+        ops.bn_act_train(torch.randn(1, 4, 1, 1), None, bn.weight, bn.bias, None, 1e-5, True)
 
 
 @pytest.mark.parametrize("over,match", [
@@ -152,16 +154,36 @@ def test_bad_input_names_the_argument(over, match):
         ops.bn_act_train(*a.values())
 
 
-def test_model_train_mode_uses_the_fused_op(monkeypatch):
+@pytest.mark.parametrize("mode", ["auto", "fused", "stock"])
+def test_model_train_mode_runs_the_chosen_bn(monkeypatch, mode):
     calls = []
     real = resnet_ext.fusion.bn_act
     monkeypatch.setattr(resnet_ext.fusion, "bn_act", lambda *a, **k: calls.append(1) or real(*a, **k))
     model = resnet_ext.resnet50(num_classes=10).train()
-    model(torch.randn(2, 3, 64, 64)).sum().backward()
-    assert len(calls) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    x = torch.randn(2, 3, 64, 64)
+    previous = resnet_ext.train_bn(mode)
+    try:
+        path, reason = resnet_ext.explain_train(x)
+        resnet_ext.reset_path_counts()
+        model(x).sum().backward()
+        counts = resnet_ext.path_counts()
+    finally:
+        resnet_ext.train_bn(previous)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    # On the CPU "auto" is the stock composition: the fused op is ATen's own composition there, no faster.
+    expected = "fused" if mode == "fused" else "stock"
+    assert path == expected and ("cpu" in reason or mode in reason), (path, reason)
+    assert counts == {f"train_{expected}": n_bn}, counts
+    assert len(calls) == (n_bn if expected == "fused" else 0)
 
 
-def test_autocast_bf16_train_step_matches_torchvision():
+def test_train_bn_rejects_an_unknown_mode():
+    with pytest.raises(ValueError, match="train_bn: mode must be one of"):
+        resnet_ext.train_bn("fast")
+    assert resnet_ext.train_bn() == "auto"
+
+
+def test_autocast_bf16_train_step_matches_torchvision(train_mode):
     import torchvision
 
     torch.manual_seed(0)
@@ -266,7 +288,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
                 assert torch.equal(r["state"][k], v), k
 
 
-def test_three_sgd_steps_of_resnet50_match_torchvision_float64():
+def test_three_sgd_steps_of_resnet50_match_torchvision_float64(train_mode):
     import torchvision
 
     torch.manual_seed(0)

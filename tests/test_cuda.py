@@ -264,7 +264,7 @@ def test_compile_of_cuda_model_matches_eager():
     assert rel_err(out, ref) <= max(2 * rel_err(eager, ref), 1e-2)
 
 
-def test_compile_fullgraph_amp_training_step_matches_eager():
+def test_compile_fullgraph_amp_training_step_matches_eager(train_mode):
     """resnet50 training on CUDA under torch.compile(fullgraph=True): the fused BN(+add)+ReLU ops in the graph,
     AMP bf16, channels_last; outputs, gradients and running statistics against the same step run eagerly."""
     torch.manual_seed(0)

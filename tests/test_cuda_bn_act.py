@@ -103,7 +103,7 @@ def test_large_map_statistics_stay_accurate():
     run_case(128, 16, 256, 256, False, torch.float32)
 
 
-def test_amp_training_step_matches_torchvision():
+def test_amp_training_step_matches_torchvision(train_mode):
     """One AMP (bf16) training step of resnet50, ours and torchvision's, each judged against the same step in fp32
     (no autocast, no TF32): ours may be off by at most 1.25x torchvision's own AMP error (outputs, gradients,
     running statistics). Ours against torchvision directly is printed only: two 16-bit runs differ by both errors."""

@@ -93,3 +93,66 @@ def test_cpu_eval_every_size_and_layout(arch, mode, dtype):
                     assert counts.get("modules") == 1 and "flat_forwards" not in counts, counts
                 else:
                     assert counts.get("flat_forwards") == 1, counts
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Training: double backward, non-reentrant checkpointing, a batch of one on a 1x1 map (both train-mode paths)
+# ------------------------------------------------------------------------------------------------------------
+
+def _train_pair(arch="resnet18"):
+    ours, tv = pair(arch)
+    return ours.double().train(), tv.double().train()
+
+
+def _assert_same_state(ours, tv, tol=1e-10):
+    theirs = tv.state_dict()
+    for k, v in ours.state_dict().items():
+        if v.is_floating_point():
+            assert rel_err(v, theirs[k]) < tol, k
+        else:
+            assert torch.equal(v, theirs[k]), (k, v, theirs[k])
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_double_backward_gradient_penalty_matches_torchvision(train_mode, train):
+    ours, tv = _train_pair()
+    ours.train(train), tv.train(train)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    grads = []
+    for m in (ours, tv):
+        xi = x.clone().requires_grad_()
+        g, = torch.autograd.grad(m(xi).square().sum(), xi, create_graph=True)
+        (g.norm() + m(xi).sum() * 0).backward()  # WGAN-GP / R1: the penalty's gradient reaches the parameters
+        grads.append({k: p.grad.clone() for k, p in m.named_parameters()})
+        assert grads[-1]["conv1.weight"].abs().sum() > 0
+    for k, g in grads[1].items():
+        assert rel_err(grads[0][k], g) < 1e-8, k
+    _assert_same_state(ours, tv)
+
+
+def test_checkpointed_layers_update_running_statistics_like_torchvision(train_mode):
+    from torch.utils.checkpoint import checkpoint
+
+    ours, tv = _train_pair()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    for m in (ours, tv):
+        y = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+        for layer in (m.layer1, m.layer2, m.layer3, m.layer4):
+            y = checkpoint(layer, y, use_reentrant=False)
+        m.fc(torch.flatten(m.avgpool(y), 1)).sum().backward()
+    assert int(tv.layer1[1].bn2.num_batches_tracked) == 2  # torchvision updates again in the recompute
+    _assert_same_state(ours, tv)
+    for (k, p), q in zip(ours.named_parameters(), tv.parameters()):
+        assert rel_err(p.grad, q.grad) < 1e-8, k
+
+
+def test_batch_of_one_on_a_1x1_map_raises_like_torchvision(train_mode):
+    ours, tv = _train_pair()
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    errors = []
+    for m in (ours, tv):
+        with pytest.raises(ValueError) as e:
+            m(x)
+        errors.append(str(e.value))
+    assert errors[0] == errors[1]
+    _assert_same_state(ours, tv)

@@ -158,7 +158,7 @@ def test_export_of_an_eval_model_runs_and_matches_eager():
         assert rel_err(ep.module()(x), ref) < 1e-5
 
 
-def test_compile_fullgraph_train_step_matches_eager():
+def test_compile_fullgraph_train_step_matches_eager(train_mode):
     torch.manual_seed(0)
     eager = resnet_ext.ResNet(resnet_ext.Bottleneck, [1, 1, 1, 1], num_classes=10).train()
     compiled = resnet_ext.ResNet(resnet_ext.Bottleneck, [1, 1, 1, 1], num_classes=10).train()

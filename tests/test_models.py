@@ -54,7 +54,7 @@ def test_state_dict_keys_strict_both_ways():
 
 @pytest.mark.parametrize("arch,kwargs", [(a, {}) for a in ARCHS] + [
     ("resnet50", {"replace_stride_with_dilation": [False, False, True]})])
-def test_train_step_matches_torchvision_float64(arch, kwargs):
+def test_train_step_matches_torchvision_float64(arch, kwargs, train_mode):
     ours, tv = pair(arch, dtype=torch.float64, **kwargs)
     ours.train(), tv.train()
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
