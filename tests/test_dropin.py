@@ -14,6 +14,7 @@ from conftest import randomize_bn, rel_err
 
 
 def pair(arch="resnet18", **kw):
+    torch.manual_seed(0)  # the initial weights: each test the same model whatever ran before
     tv = randomize_bn(getattr(torchvision.models, arch)(num_classes=10, **kw))
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))  # own parameters: state changes are compared, not shared
     return ours, tv
@@ -87,7 +88,9 @@ def test_cpu_eval_every_size_and_layout(arch, mode, dtype):
                 y = ours(xi)
                 counts = resnet_ext.path_counts()
                 assert y.dtype == dtype and y.shape == (n, 10)
-                assert rel_err(y, ref) <= 2 * tv_err + (1e-3 if dtype == torch.bfloat16 else 1e-5), \
+                # Within twice torchvision's own error plus one bf16 rounding of the largest logit (2^-8): one
+                # sample's error varies by 2x from model to model, torchvision's too.
+                assert rel_err(y, ref) <= 2 * tv_err + (2 ** -8 if dtype == torch.bfloat16 else 1e-5), \
                     (n, size, fmt, rel_err(y, ref), tv_err)
                 if mode == "modules":
                     assert counts.get("modules") == 1 and "flat_forwards" not in counts, counts
