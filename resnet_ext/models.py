@@ -7,8 +7,8 @@ folded into the conv (folded afresh on every forward, in one batch for the whole
 mode, see `frozen`), in training mode the stock conv then one fused BN(+add)+ReLU op. In eval mode on the CPU a
 model that is still the stock structure runs its whole forward as one flat sequence of calls (`flat`).
 """
-from __future__ import annotations
-
+import os
+from collections.abc import Mapping
 from typing import Any, Callable, List, Optional, Type, Union
 
 import torch
@@ -20,6 +20,15 @@ from . import fusion
 from . import state as _state
 from ._recast import convert
 from .weights import load_state, resolve_weights
+
+try:  # subclassing torchvision's classes makes isinstance checks against them hold for these models
+    from torchvision.models import resnet as _tv
+except ImportError:  # torchvision is optional: then the classes derive from nn.Module alone
+    _tv = None
+
+
+def _tv_class(name: str) -> type:
+    return getattr(_tv, name) if _tv is not None else nn.Module
 
 
 def _all_finite(x: Tensor) -> bool:
@@ -49,13 +58,13 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(_tv_class("BasicBlock")):
     expansion: int = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
                  groups: int = 1, base_width: int = 64, dilation: int = 1,
                  norm_layer: Optional[Callable[..., nn.Module]] = None) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # not torchvision's __init__ (a base class when installed)
         if norm_layer is None:
             norm_layer = nn.BatchNorm2d
         if groups != 1 or base_width != 64:
@@ -102,14 +111,14 @@ class BasicBlock(nn.Module):
         return [(self.conv1, self.bn1), (self.conv2, self.bn2)]
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_tv_class("Bottleneck")):
     # The stride sits on the 3x3 conv (conv2), as in torchvision ("ResNet V1.5").
     expansion: int = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
                  groups: int = 1, base_width: int = 64, dilation: int = 1,
                  norm_layer: Optional[Callable[..., nn.Module]] = None) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # not torchvision's __init__ (a base class when installed)
         if norm_layer is None:
             norm_layer = nn.BatchNorm2d
         width = int(planes * (base_width / 64.0)) * groups
@@ -160,12 +169,12 @@ class Bottleneck(nn.Module):
         return [(self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)]
 
 
-class ResNet(nn.Module):
+class ResNet(_tv_class("ResNet")):
     def __init__(self, block: Type[Union[BasicBlock, Bottleneck]], layers: List[int], num_classes: int = 1000,
                  zero_init_residual: bool = False, groups: int = 1, width_per_group: int = 64,
                  replace_stride_with_dilation: Optional[List[bool]] = None,
                  norm_layer: Optional[Callable[..., nn.Module]] = None) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # not torchvision's __init__ (a base class when installed)
         if norm_layer is None:
             norm_layer = nn.BatchNorm2d
         self._norm_layer = norm_layer
@@ -355,6 +364,14 @@ class ResNet(nn.Module):
 # Constructors and weights
 # --------------------------------------------------------------------------------------------------------------
 
+def _weights(enum_name: str):
+    """A builder's `weights` annotation: torchvision's weights enum for it (what torchvision's get_model_weights
+    reads off a builder), or a name, a checkpoint path or a state dict."""
+    other = Union[str, os.PathLike, Mapping[str, Any]]
+    enum = getattr(_tv, enum_name, None) if _tv is not None else None
+    return Optional[Union[enum, other]] if enum is not None else Optional[other]
+
+
 def _resnet(arch: str, block, layers: List[int], weights: Any, progress: bool, **kwargs: Any) -> ResNet:
     weights = resolve_weights(arch, weights)
     meta = getattr(weights, "meta", None)
@@ -366,49 +383,49 @@ def _resnet(arch: str, block, layers: List[int], weights: Any, progress: bool, *
     return model
 
 
-def resnet18(*, weights: Any = None, progress: bool = True, **kwargs: Any) -> ResNet:
+def resnet18(*, weights: _weights("ResNet18_Weights") = None, progress: bool = True, **kwargs: Any) -> ResNet:
     return _resnet("resnet18", BasicBlock, [2, 2, 2, 2], weights, progress, **kwargs)
 
 
-def resnet34(*, weights: Any = None, progress: bool = True, **kwargs: Any) -> ResNet:
+def resnet34(*, weights: _weights("ResNet34_Weights") = None, progress: bool = True, **kwargs: Any) -> ResNet:
     return _resnet("resnet34", BasicBlock, [3, 4, 6, 3], weights, progress, **kwargs)
 
 
-def resnet50(*, weights: Any = None, progress: bool = True, **kwargs: Any) -> ResNet:
+def resnet50(*, weights: _weights("ResNet50_Weights") = None, progress: bool = True, **kwargs: Any) -> ResNet:
     return _resnet("resnet50", Bottleneck, [3, 4, 6, 3], weights, progress, **kwargs)
 
 
-def resnet101(*, weights: Any = None, progress: bool = True, **kwargs: Any) -> ResNet:
+def resnet101(*, weights: _weights("ResNet101_Weights") = None, progress: bool = True, **kwargs: Any) -> ResNet:
     return _resnet("resnet101", Bottleneck, [3, 4, 23, 3], weights, progress, **kwargs)
 
 
-def resnet152(*, weights: Any = None, progress: bool = True, **kwargs: Any) -> ResNet:
+def resnet152(*, weights: _weights("ResNet152_Weights") = None, progress: bool = True, **kwargs: Any) -> ResNet:
     return _resnet("resnet152", Bottleneck, [3, 8, 36, 3], weights, progress, **kwargs)
 
 
-def resnext50_32x4d(*, weights: Any = None, progress: bool = True, **kwargs: Any) -> ResNet:
+def resnext50_32x4d(*, weights: _weights("ResNeXt50_32X4D_Weights") = None, progress: bool = True, **kwargs: Any) -> ResNet:
     kwargs.setdefault("groups", 32)
     kwargs.setdefault("width_per_group", 4)
     return _resnet("resnext50_32x4d", Bottleneck, [3, 4, 6, 3], weights, progress, **kwargs)
 
 
-def resnext101_32x8d(*, weights: Any = None, progress: bool = True, **kwargs: Any) -> ResNet:
+def resnext101_32x8d(*, weights: _weights("ResNeXt101_32X8D_Weights") = None, progress: bool = True, **kwargs: Any) -> ResNet:
     kwargs.setdefault("groups", 32)
     kwargs.setdefault("width_per_group", 8)
     return _resnet("resnext101_32x8d", Bottleneck, [3, 4, 23, 3], weights, progress, **kwargs)
 
 
-def resnext101_64x4d(*, weights: Any = None, progress: bool = True, **kwargs: Any) -> ResNet:
+def resnext101_64x4d(*, weights: _weights("ResNeXt101_64X4D_Weights") = None, progress: bool = True, **kwargs: Any) -> ResNet:
     kwargs.setdefault("groups", 64)
     kwargs.setdefault("width_per_group", 4)
     return _resnet("resnext101_64x4d", Bottleneck, [3, 4, 23, 3], weights, progress, **kwargs)
 
 
-def wide_resnet50_2(*, weights: Any = None, progress: bool = True, **kwargs: Any) -> ResNet:
+def wide_resnet50_2(*, weights: _weights("Wide_ResNet50_2_Weights") = None, progress: bool = True, **kwargs: Any) -> ResNet:
     kwargs.setdefault("width_per_group", 64 * 2)
     return _resnet("wide_resnet50_2", Bottleneck, [3, 4, 6, 3], weights, progress, **kwargs)
 
 
-def wide_resnet101_2(*, weights: Any = None, progress: bool = True, **kwargs: Any) -> ResNet:
+def wide_resnet101_2(*, weights: _weights("Wide_ResNet101_2_Weights") = None, progress: bool = True, **kwargs: Any) -> ResNet:
     kwargs.setdefault("width_per_group", 64 * 2)
     return _resnet("wide_resnet101_2", Bottleneck, [3, 4, 23, 3], weights, progress, **kwargs)
