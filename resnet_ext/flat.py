@@ -325,48 +325,38 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
 
 
 def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
-    """The default mode's forward, every BN read afresh: per unit, chosen from the shapes on the first call of an
-    input, the fold (where it pays, all folds in one batch), a GEMM on the unreordered weight (`gemm_pays`), or
-    the stock conv with the BN unfolded (`_unfolded`); None where the flat forward does not apply (a gradient may
-    be needed, ...)."""
+    """The default mode's forward, every BN read afresh and applied as torchvision applies it, unfolded: each unit
+    is the stock conv then BN (its fp32 scale and shift, all units' in one batch), residual add and ReLU in one
+    pass (`_unfolded`), or, for a channels_last 1x1 conv whose weight outweighs its output, one GEMM on the
+    unreordered weight (`gemm_pays`); None where the flat forward does not apply (a gradient may be needed, ...)."""
     if not usable(x) or torch.is_grad_enabled():
         return None
     s = structure(model, x)
     if s is None:
         return None
-    plans = _state.of(model).flat_plans  # per input, how each unit runs (shapes only, never stale)
+    plans = _state.of(model).flat_plans  # per input, which units run as a GEMM (shapes only, never stale)
     key = (tuple(x.shape), x.dtype, x.stride())
     x = internal_layout(x)
+    scales, shifts = fusion.bn_affine_pairs([(u.conv, u.bn) for u in s.units])
+    affine = {id(u): (sc, sh) for u, sc, sh in zip(s.units, scales, shifts)}
     plan = plans.get(key)
     if plan is None or plan[0] is not s:  # learn on this call how each unit runs, from its input's shape
         if len(plans) >= _CACHE_LIMIT:
             plans.clear()
-        cl = fusion.wants_channels_last(x)
         kinds = {}
 
         def wb(u, y):
-            kind = GEMM if gemm_pays(u, y) else "onednn" if fusion.fold_pays(u.conv, y) else UNFOLDED
-            kinds[id(u)] = kind
-            if kind == "onednn":
-                return fusion.fold_pairs([(u.conv, u.bn)], channels_last=cl)[0]
-            scale, shift = fusion.bn_affine_pairs([(u.conv, u.bn)])
-            return kind, scale[0], shift[0]
+            kinds[id(u)] = GEMM if gemm_pays(u, y) else UNFOLDED
+            return (kinds[id(u)], *affine[id(u)])
 
         out = _run(model, s, x, wb)
-        kinds = [kinds[id(u)] for u in s.units]
-        # Per unit, in forward order (one conv module may appear twice, with different BNs).
-        plans[key] = (s, cl, kinds, [(u.conv, u.bn) for u, k in zip(s.units, kinds) if k == "onednn"],
-                      [(u.conv, u.bn) for u, k in zip(s.units, kinds) if k != "onednn"])
+        plan = plans[key] = (s, kinds)
     else:
-        _, cl, kinds, fold, affine = plan
-        folded = iter(fusion.fold_pairs(fold, channels_last=cl))
-        scales, shifts = fusion.bn_affine_pairs(affine) if affine else ([], [])
-        scales, shifts = iter(scales), iter(shifts)
-        wbs = iter([next(folded) if k == "onednn" else (k, next(scales), next(shifts)) for k in kinds])
-        out = _run(model, s, x, lambda u, y: next(wbs))
+        kinds = plan[1]
+        out = _run(model, s, x, lambda u, y: (kinds[id(u)], *affine[id(u)]))
     fusion.count("flat_forwards")
-    for kind in ("onednn", GEMM, UNFOLDED):
-        n = sum(k == kind for k in kinds)
+    for kind in (GEMM, UNFOLDED):
+        n = sum(k == kind for k in plan[1].values())
         if n:
             fusion.count(kind, n)
     return out

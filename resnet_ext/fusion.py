@@ -138,9 +138,11 @@ def count(path: str, n: int = 1) -> None:
 
 def path_counts() -> dict:
     """How many eager conv units took each path since the last `reset_path_counts()`: the op's paths
-    ("fused:<kernel>", "cudnn_fused", "stock:<device>"), "onednn" / "onednn_prepacked" (CPU, oneDNN convolution
-    with fused post-ops), "unfolded" (CPU default mode, where folding on every forward costs more than it
-    saves: the stock conv, then BN, residual add and ReLU in one pass, `ops.scale_shift_act_`, or the modules), "modules" (run through the modules as torchvision does: hooks, swapped modules, ...);
+    ("fused:<kernel>", "cudnn_fused", "stock:<device>"), "onednn_prepacked" (CPU frozen mode, a oneDNN
+    convolution with fused post-ops on the prepacked folded weight), "winograd" (CPU frozen mode, see `flat`),
+    "unfolded" (CPU default mode: the stock conv, then BN as torchvision computes it, residual add and ReLU, in
+    one pass, `ops.scale_shift_act_`, or through the modules), "modules" (run through the modules as torchvision
+    does: hooks, swapped modules, ...);
     "train_fused" / "train_stock" (train-mode units: the stock conv, then the fused BN(+add)+ReLU op or
     torchvision's modules, see `train_bn`);
     "gemm" (CPU default mode, a 1x1 conv whose weight outweighs its output: one GEMM on the unreordered weight,
@@ -231,14 +233,12 @@ def fold_pairs(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]], channels_last:
 
 class Forward:
     """The state of one model forward, set by ResNet.forward for the blocks it calls (a block called on its own
-    folds its own units): `folds`, conv module -> Fold or frozen entry, computed in one batch; `plan`, conv module ->
-    whether folding pays for this input shape (CPU default mode; learned on the first forward of a shape, then
-    used to batch the folds), or None where every unit folds."""
+    folds its own units): `folds`, conv module -> Fold or frozen entry, computed in one batch."""
 
-    __slots__ = ("folds", "plan")
+    __slots__ = ("folds",)
 
-    def __init__(self, folds: Dict[nn.Module, object], plan: Optional[Dict[nn.Module, bool]]):
-        self.folds, self.plan = folds, plan
+    def __init__(self, folds: Dict[nn.Module, object]):
+        self.folds = folds
 
 
 _FORWARD: contextvars.ContextVar[Optional[Forward]] = contextvars.ContextVar("resnet_ext_forward", default=None)
@@ -253,17 +253,11 @@ def forward_state(state: Optional[Forward]):
         _FORWARD.reset(token)
 
 
-_FOLD_RATIO = 4  # measured, see fold_pays
-
-
-def fold_pays(conv: nn.Conv2d, x: Tensor) -> bool:
-    """Whether folding BN into `conv` on every forward costs less than it saves, on the CPU: the fold reads and
-    writes the weight (C/g*R*S values per output channel); it saves the BN and ReLU passes over the output (N*P*Q
-    per output channel). Measured on a 2-core AVX-512 machine, the fold paid off only where the output has at
-    least 4x as many values per channel as the weight: at batch 1 the stem and layer1 of resnet50."""
-    r, s = conv.kernel_size
-    out_pixels = x.shape[0] * x.shape[2] * x.shape[3] // (conv.stride[0] * conv.stride[1])
-    return out_pixels >= _FOLD_RATIO * (conv.in_channels // conv.groups) * r * s
+def unfolds(x: Tensor) -> bool:
+    """Whether the default mode applies BN unfolded, as torchvision computes it (the fp32 scale and shift after the
+    stock conv): eager on the CPU. Elsewhere (CUDA's fused kernels, a traced or compiled graph) BN is folded into
+    the conv weights."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
 
 
 def wants_channels_last(x: Tensor) -> bool:
@@ -333,8 +327,8 @@ def add_act_(out: Tensor, residual: Tensor, relu: bool) -> Tensor:
 
 def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residual: Optional[Tensor],
               shortcut=None) -> Tensor:
-    """relu?(bn(conv(x)) + residual) for a foldable (conv, bn): fused, or (CPU default mode, where the fold does
-    not pay) the stock conv, BN and ReLU. `shortcut()`, if given, gives the residual."""
+    """relu?(bn(conv(x)) + residual) for a foldable (conv, bn): from a frozen fold, or (CPU default mode, `unfolds`)
+    the stock conv, BN, add and ReLU, or fused with BN folded. `shortcut()`, if given, gives the residual."""
     state = None if torch.compiler.is_compiling() else _FORWARD.get()
     # Default-mode folds are keyed by (conv, bn) (one conv module may sit in two units), frozen ones by conv.
     entry = (state.folds.get((conv, bn)) or state.folds.get(conv)) if state is not None else None
@@ -345,27 +339,20 @@ def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residu
         if out is not None:
             return out
         entry = None
-    if entry is None and state is not None and state.plan is not None:
-        pays = state.plan.get(conv)
-        if pays is None:
-            pays = state.plan[conv] = fold_pays(conv, x)
-        if not pays:
-            count("unfolded")
-            out = bn(conv(x))
-            if shortcut is not None:  # torchvision's order: the downsample after conv and bn
-                residual = shortcut()
-            if residual is not None:
-                out += residual
-            return torch.relu_(out) if relu else out
+    if entry is None and unfolds(x):
+        count("unfolded")
+        out = bn(conv(x))
+        if shortcut is not None:  # torchvision's order: the downsample after conv and bn
+            residual = shortcut()
+        if residual is not None:
+            out += residual
+        return torch.relu_(out) if relu else out
     if shortcut is not None:
         residual = shortcut()
     if entry is None:
         with contextlib.nullcontext() if _needs_grad(x, conv, bn, residual) else torch.no_grad():
             entry = fold_pairs([(conv, bn)], channels_last=wants_channels_last(x))[0]
     w, b = entry
-    if _onednn_ok(x, w, b, residual):
-        count("onednn")
-        return onednn_conv(x, w, b, conv, relu, residual)
     return conv_bn_act(x, w, b, residual, conv.stride, conv.padding, conv.dilation, relu, conv.groups)
 
 

@@ -260,12 +260,12 @@ class ResNet(_tv_class("ResNet")):
         if torch.compiler.is_compiling():  # each unit folds in the graph, which the compiler fuses
             return self._forward_units(x)
         if not self.training and x.device.type == "cpu":
-            if not torch.jit.is_tracing() and x.is_floating_point() and not _all_finite(x):
-                # oneDNN's fused ReLU turns NaN into 0 (as compile+freezing does); torchvision propagates it.
-                with fusion.stock_modules():
-                    return self._forward_impl(x)
             folds = self._frozen_folds()
             if folds is not None:
+                if not torch.jit.is_tracing() and x.is_floating_point() and not _all_finite(x):
+                    # oneDNN's fused ReLU turns NaN into 0 (as compile+freezing does); torchvision propagates it.
+                    with fusion.stock_modules():
+                        return self._forward_impl(x)
                 out = _flat.forward_frozen(self, x, folds)
             else:
                 out = _flat.forward_default(self, x)
@@ -296,28 +296,20 @@ class ResNet(_tv_class("ResNet")):
 
     @torch.jit.unused
     def _forward_state(self, x: Tensor) -> Optional[fusion.Forward]:
-        """This forward's BN folds: the frozen ones (eager only), else the ones that pay, now, in one batch."""
+        """This forward's BN folds: the frozen ones (eager only), else (where BN is folded, see `fusion.unfolds`)
+        all of them, now, in one batch."""
         if self.training:
             return None
         frozen = None if torch.jit.is_tracing() else self._frozen_folds()
         if frozen is not None:
-            return fusion.Forward(frozen, None)
+            return fusion.Forward(frozen)
+        if fusion.unfolds(x):
+            return None
         pairs = self._fold_pairs()
         grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        plan = None
-        if x.device.type == "cpu" and not grad and not torch.jit.is_tracing():
-            # Whether each fold pays depends on the shapes only: learned on the first forward of an input shape.
-            plans = _state.of(self).unit_plans
-            key = (tuple(x.shape), x.dtype)
-            plan = plans.get(key)
-            if plan is None:
-                if len(plans) >= 16:
-                    plans.clear()
-                plan = plans[key] = {}
-            pairs = [p for p in pairs if plan.get(p[0])]
         with torch.set_grad_enabled(grad):
             folded = fusion.fold_pairs(pairs, channels_last=fusion.wants_channels_last(x))
-        return fusion.Forward({(conv, bn): f for (conv, bn), f in zip(pairs, folded)}, plan)
+        return fusion.Forward({(conv, bn): f for (conv, bn), f in zip(pairs, folded)})
 
     @torch.jit.unused
     def _fold_pairs(self) -> List[tuple]:

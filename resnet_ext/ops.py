@@ -231,13 +231,13 @@ def bn_scale_shift(running_mean: Tensor, running_var: Tensor, eps, bn_weight: Op
     """The per-channel (scale, shift) with bn(conv(x) + conv_bias) == conv(x) * scale + shift for an eval-mode
     BatchNorm, computed in `acc`. The one place the fold is written (fold_bn_weights, and the batched fold of the
     models, which passes the concatenated statistics of many BNs and `eps` as a tensor)."""
+    # ATen's CPU batch norm (eval): alpha = rsqrt(var + eps) * weight, beta = bias - mean * alpha in one fused
+    # multiply-add (addcmul), the same arithmetic, so that the unfolded CPU default mode gives its bits.
     scale = torch.rsqrt(running_var.to(acc) + eps)
     if bn_weight is not None:
         scale = scale * bn_weight.to(acc)
-    shift = -running_mean.to(acc) if conv_bias is None else conv_bias.to(acc) - running_mean.to(acc)
-    shift = shift * scale
-    if bn_bias is not None:
-        shift = shift + bn_bias.to(acc)
+    centre = -running_mean.to(acc) if conv_bias is None else conv_bias.to(acc) - running_mean.to(acc)
+    shift = centre * scale if bn_bias is None else torch.addcmul(bn_bias.to(acc), centre, scale)
     return scale, shift
 
 

@@ -18,16 +18,14 @@ class ExtState:
     """`frozen`: False, True, or the compute dtype `freeze(model, dtype=...)` asked for. The caches: `folds` (the
     frozen folds, `frozen.FrozenUnit` per conv), `programs` (the frozen flat forward's per-input programs on those
     folds), `structure` (`flat.Structure`, what the flat forward recorded), `flat_plans` (the default flat forward's
-    per-input unit kinds) and `unit_plans` (the module path's per-input "fold pays" choices). The last three depend
-    on shapes and module identity only, never on weight values."""
+    per-input unit kinds). The last two depend on shapes and module identity only, never on weight values."""
 
-    __slots__ = ("frozen", "folds", "programs", "structure", "flat_plans", "unit_plans")
+    __slots__ = ("frozen", "folds", "programs", "structure", "flat_plans")
 
     def __init__(self, frozen=False):
         self.frozen = frozen
         self.folds = self.programs = self.structure = None
         self.flat_plans: dict = {}
-        self.unit_plans: dict = {}
 
     def invalidate(self) -> None:
         """Drops what depends on weight values: the frozen folds and the programs made on them."""

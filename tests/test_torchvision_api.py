@@ -51,3 +51,69 @@ def typing_args(annotation):
 def test_weights_entry_of_another_architecture_is_refused():
     with pytest.raises(ValueError, match="weights for another architecture"):
         resnet_ext.resnet18(weights=tv.ResNet50_Weights.IMAGENET1K_V1)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Eager vs FX vs torchvision (torchvision's _check_fx_compatible): the CPU default mode applies BN unfolded, as
+# torchvision computes it, so its fp32 answer is torchvision's bits where the convolutions are the same primitive
+# ------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_eager_fx_and_torchvision_agree_at_fp32(name):
+    torch.manual_seed(0)  # torchvision's setup: random init (BN as identity), 50 classes, eval, one 224x224 image
+    ours = getattr(resnet_ext, name)(num_classes=50).eval()
+    theirs = getattr(torchvision.models, name)(num_classes=50).eval()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        resnet_ext.reset_path_counts()
+        eager = ours(x)
+        assert resnet_ext.path_counts().get("flat_forwards") == 1
+        traced = torch.fx.symbolic_trace(ours)(x)
+        ref = theirs(x)
+    torch.testing.assert_close(eager, traced)  # torch.testing's default fp32 tolerances, as torchvision's test
+    assert torch.equal(eager, ref) and torch.equal(traced, ref)
+
+
+def _bn_randomized(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+                m.weight.uniform_(0.5, 1.0, generator=g)
+                m.bias.uniform_(-0.1, 0.1, generator=g)
+    return model
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("path", ["flat", "modules", "grad"])
+def test_default_mode_numerical_contract(layout, path):
+    """NCHW inputs below the channels_last switch: torchvision's bits on every path (the flat forward, the module
+    path a hook leaves, a forward with gradients). channels_last inputs: the 1x1 convs that run as a GEMM
+    (`flat.gemm_pays`) sum in another order: within 2e-6 of the largest logit."""
+    torch.manual_seed(0)
+    ours = _bn_randomized(resnet_ext.resnet50(num_classes=10)).eval()
+    theirs = torchvision.models.resnet50(num_classes=10).eval()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 96, 96)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+        ours.to(memory_format=torch.channels_last), theirs.to(memory_format=torch.channels_last)
+    if path == "modules":
+        ours.layer3[1].register_forward_pre_hook(lambda m, a: None)
+        theirs.layer3[1].register_forward_pre_hook(lambda m, a: None)
+    with torch.set_grad_enabled(path == "grad"):
+        resnet_ext.reset_path_counts()
+        y, ref = ours(x), theirs(x)
+        counts = resnet_ext.path_counts()
+    assert "onednn" not in counts and "fused:" not in str(counts), counts  # nothing folded
+    if path == "flat":
+        assert counts["flat_forwards"] == 1
+    if layout == "nchw" or path != "flat":
+        assert torch.equal(y, ref)
+    else:
+        assert counts.get("gemm", 0) > 0
+        err = ((y - ref).abs().max() / ref.abs().max()).item()
+        assert 0 < err < 2e-6, err

@@ -1,11 +1,14 @@
 // resnet_ext::scale_shift_act_: y = relu?(y * scale[c] + shift[c] (+ residual)) in place, one pass over y, on the
 // CPU. The eval BatchNorm (as the per-channel scale and shift of ops.bn_scale_shift), the residual add and the
-// ReLU of a conv unit whose BN is not folded (the CPU default mode, where folding the weight on every forward
-// costs more than it saves): one pass where torchvision's modules make up to three.
+// ReLU of a conv unit whose BN is not folded (the CPU default mode): one pass where torchvision's modules make up
+// to three, with their arithmetic: y * scale + shift as one fused multiply-add (as ATen's vectorized batch norm
+// computes it), then the residual added to that rounded value, then the ReLU; the same bits as BN, add, ReLU.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <ATen/ATen.h>
+
+#include <cmath>
 
 #include "cpu_clones.h"
 
@@ -17,9 +20,9 @@ using at::Tensor;
 
 RESNET_EXT_CLONES void row_cl(float* y, const float* r, const float* s, const float* b, int64_t c, bool relu) {
   if (r) {
-    for (int64_t i = 0; i < c; ++i) y[i] = y[i] * s[i] + b[i] + r[i];
+    for (int64_t i = 0; i < c; ++i) y[i] = std::fma(y[i], s[i], b[i]) + r[i];
   } else {
-    for (int64_t i = 0; i < c; ++i) y[i] = y[i] * s[i] + b[i];
+    for (int64_t i = 0; i < c; ++i) y[i] = std::fma(y[i], s[i], b[i]);
   }
   if (relu)
     for (int64_t i = 0; i < c; ++i) y[i] = y[i] < 0.f ? 0.f : y[i];  // NaN stays NaN, as torch.relu
@@ -27,9 +30,9 @@ RESNET_EXT_CLONES void row_cl(float* y, const float* r, const float* s, const fl
 
 RESNET_EXT_CLONES void plane_nchw(float* y, const float* r, float s, float b, int64_t n, bool relu) {
   if (r) {
-    for (int64_t i = 0; i < n; ++i) y[i] = y[i] * s + b + r[i];
+    for (int64_t i = 0; i < n; ++i) y[i] = std::fma(y[i], s, b) + r[i];
   } else {
-    for (int64_t i = 0; i < n; ++i) y[i] = y[i] * s + b;
+    for (int64_t i = 0; i < n; ++i) y[i] = std::fma(y[i], s, b);
   }
   if (relu)
     for (int64_t i = 0; i < n; ++i) y[i] = y[i] < 0.f ? 0.f : y[i];  // NaN stays NaN, as torch.relu
