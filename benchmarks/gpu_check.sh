@@ -6,8 +6,10 @@
 #
 #   bash benchmarks/gpu_check.sh [--quick] [--dry-run] [--only STEP,STEP...] [--deadline SECONDS]
 #
-# Steps, in order: info cutlass build | tests (incl. tests_sm90, tests_bn_optin) compile memcheck fuzz (side by
-# side) | hopper profile models (incl. autotuned) train (incl. the opt-in BN reduce) latency layers. --only runs the named ones (info always; build unless a carried .prebuilt/_C*.so matches these sources
+# Steps, in order: info cutlass build | tests (incl. tests_sm90, tests_bn_optin) graphs compile memcheck fuzz (side
+# by side) | hopper profile models (incl. autotuned) train (incl. the opt-in BN reduce) latency graphs layers.
+# graphs (opt-in CUDA graphs of the frozen mode, unverified): tests/test_graphs.py, then batch 1/8/32 latencies of
+# freeze(model, cuda_graphs=True) against the eager frozen mode and torch.compile(mode="reduce-overhead"). --only runs the named ones (info always; build unless a carried .prebuilt/_C*.so matches these sources
 # and this torch). --quick: the CUDA tests, a smaller CUDA fuzz run, the per-layer benchmarks.
 # Needs: a CUDA torch, nvcc, and CUTLASS headers: pip's nvidia-cutlass, $CUTLASS_PATH, or the wheel in .whl/
 # (download it where pip works: see README "GPU check").
@@ -167,6 +169,10 @@ if wanted tests; then  # the training-BN tests and fuzz again with the opt-in pa
     tests/test_fuzz.py -k "bn_act_train and cuda or test_cuda_bn_act" &
   pids+=($!)
 fi
+if wanted graphs; then
+  run_step graphs 150 "${PYTEST[@]}" -v tests/test_graphs.py &
+  pids+=($!)
+fi
 if wanted compile && [ "$QUICK" = 0 ]; then
   run_step compile 260 "${PYTEST[@]}" -v tests/test_cuda.py -k compile &
   pids+=($!)
@@ -183,7 +189,7 @@ elif [ "$QUICK" = 1 ] && wanted fuzz; then
   pids+=($!)
 fi
 for p in "${pids[@]}"; do wait "$p"; done
-for name in tests tests_sm90 tests_bn_optin compile memcheck fuzz; do [ -f "$R/$name.log" ] && cat "$R/$name.log" >> "$LOG"; done
+for name in tests tests_sm90 tests_bn_optin graphs compile memcheck fuzz; do [ -f "$R/$name.log" ] && cat "$R/$name.log" >> "$LOG"; done
 pack
 
 # ---- timed steps, one at a time ---------------------------------------------------------------------------------
@@ -207,6 +213,9 @@ if [ "$QUICK" = 0 ]; then  # eval peers; "compile" is torch.compile(mode="defaul
   wanted latency && bench latency_bs32 32 30 --compile --compile-mode default
   wanted latency && bench latency_bs1 1 50 --compile --compile-mode default
 fi
+if [ "$QUICK" = 0 ] && wanted graphs; then  # the CUDA graphs against compile's own CUDA graphs (with freezing)
+  for b in 1 8 32; do bench "graphs_bs$b" "$b" 50 --cuda-graphs --compile --compile-mode reduce-overhead; done
+fi
 if wanted layers; then
   step layers 150 "$PY" -m pytest benchmarks/test_conv_bn_act.py benchmarks/test_bn_act_train.py -q \
     -p no:cacheprovider --benchmark-only --benchmark-json="$R/bench_layers.json" --benchmark-columns=min,median,rounds
@@ -221,7 +230,7 @@ fi
   head -n 4 "$R/info.log" 2>/dev/null | tail -n 3
   grep -h "ptxas entries\|using the prebuilt" "$R/build.log" "$R/prebuilt.log" 2>/dev/null
   cat "$SUM"
-  for name in tests tests_sm90 tests_bn_optin compile fuzz; do
+  for name in tests tests_sm90 tests_bn_optin graphs compile fuzz; do
     [ -f "$R/$name.log" ] || continue
     local_summary=$(grep -E '[0-9]+ (passed|failed|skipped|errors?|deselected).* in [0-9.]+s' "$R/$name.log" | tail -n 1)
     echo "--- $name: $local_summary"
@@ -248,6 +257,18 @@ d, f = t["resnet_ext"]["median"], t["resnet_ext fused BN"]["median"]
 print(f"verdict {sys.argv[2]}: default train step {d:.2f}x torchvision "
       f"({'not slower' if d >= 0.98 else 'SLOWER than torchvision: wrong default'}); fused BN {f:.2f}x torchvision, "
       f"{f / d:.2f}x the default: {'faster, add this arch to FUSED_TRAIN_DEVICES' if f > 1.02 * d else 'keep stock'}")
+PY
+  done
+  for b in 1 8 32; do  # one verdict per batch for the CUDA graphs (#25: resnet50 bs1 <= 0.8 ms, bs32 <= 1.6 ms)
+    [ -f "$R/graphs_bs$b.json" ] && "$PY" - "$R/graphs_bs$b.json" "$b" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); e = r["eval"]; b = int(sys.argv[2])
+g, f, c = (e[k]["median_s"] * 1e3 for k in ("resnet_ext frozen graphs", "resnet_ext frozen", "torchvision+compile"))
+goal = {1: 0.8, 32: 1.6}.get(b)
+err = e["resnet_ext frozen graphs"]["rel_diff_vs_torchvision"]
+print(f"verdict graphs bs{b}: {g:.3f} ms, {f / g:.2f}x the eager frozen mode ({f:.3f} ms), {c / g:.2f}x compile "
+      f"reduce-overhead ({c:.3f} ms); rel diff vs torchvision {err:.1e}"
+      + (f"; goal <= {goal} ms and >= 1.2x compile: {'met' if g <= goal and c / g >= 1.2 else 'missed'}" if goal else ""))
 PY
   done
   [ -f "$R/report_layers.md" ] && { echo "--- layers"; grep -E "^Geomean" "$R/report_layers.md"; }

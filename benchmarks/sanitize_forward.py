@@ -40,6 +40,7 @@ eval_forward("sm80 everywhere", False, "")
 
 # The training step before the unverified sm_90a kernels, so that a failure of theirs cannot hide it.
 model.float().train()
+resnet_ext.train_bn("fused")  # the models run the stock BN by default: force the fused op's kernels
 for optin in (False, True):  # the verified training-BN kernels, then the opt-in ones (unverified)
     _C.set_bn_optin(optin)
     model.zero_grad(set_to_none=True)
@@ -50,6 +51,7 @@ for optin in (False, True):  # the verified training-BN kernels, then the opt-in
     assert torch.isfinite(model.conv1.weight.grad).all()
     print(f"AMP train step ok (opt-in BN kernels {optin}), loss", float(loss), flush=True)
 _C.set_bn_optin(False)
+resnet_ext.train_bn("auto")
 
 for k in sm90:
     eval_forward(f"forced {k}", False, k)

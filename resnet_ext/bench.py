@@ -24,7 +24,8 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, 
 ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 TV, OURS, FROZEN, COMPILED = "torchvision", "resnet_ext", "resnet_ext frozen", "torchvision+compile"
 FROZEN_BF16 = "resnet_ext frozen bf16"
-OURS_FUSED_BN = "resnet_ext fused BN"  # train: the default model with train_bn("fused")
+OURS_FUSED_BN = "resnet_ext fused BN"
+FROZEN_GRAPHS = "resnet_ext frozen graphs"  # freeze(model, cuda_graphs=True)  # train: the default model with train_bn("fused")
 
 
 class UserError(Exception):
@@ -242,6 +243,11 @@ def run(args) -> dict:
         t0 = time.perf_counter()
         peers[FROZEN_BF16] = resnet_ext.freeze(copy.deepcopy(ours), dtype=torch.bfloat16)
         setup_s[FROZEN_BF16] = time.perf_counter() - t0
+    if args.cuda_graphs:  # the frozen mode replaying CUDA graphs (its first call per signature captures)
+        import resnet_ext
+        t0 = time.perf_counter()
+        peers[FROZEN_GRAPHS] = resnet_ext.freeze(copy.deepcopy(ours), cuda_graphs=True)
+        setup_s[FROZEN_GRAPHS] = time.perf_counter() - t0
     if args.compile:
         peers[COMPILED] = compile_frozen(tv, compile_mode)
         setup_s[COMPILED] = 0.0
@@ -253,7 +259,8 @@ def run(args) -> dict:
     warm_n = {name: warmup_calls(name, warmup) for name in peers}
     total = sum(warm_n.values()) + args.iters * len(peers)
     if args.train:  # the frozen model does not train
-        total += sum(warmup_calls(name, warmup) + args.iters for name in peers if name != FROZEN)
+        train_names = [TV, OURS, OURS_FUSED_BN] + ([COMPILED] if args.compile else [])  # as train_bench times
+        total += sum(warmup_calls(name, warmup) + args.iters for name in train_names)
     progress = Progress(total, enabled=not args.quiet)
     results: dict = {"kind": "resnet_ext.bench", "arch": args.arch, "device": str(device),
                      "dtype": str(dtype).replace("torch.", ""), "batch_size": args.batch_size,
@@ -277,7 +284,9 @@ def run(args) -> dict:
             results["eval"][name] = rec
     results["eval_speedups"] = {name: ratio(times[TV], times[name]) for name in peers if name != TV}
     if args.compile:
-        results["eval_speedups"][f"{FROZEN} vs {COMPILED}"] = ratio(times[COMPILED], times[FROZEN])
+        for name in (FROZEN, FROZEN_GRAPHS):
+            if name in peers:
+                results["eval_speedups"][f"{name} vs {COMPILED}"] = ratio(times[COMPILED], times[name])
     results["eval_speedup"] = results["eval_speedups"][FROZEN]["median"]
     if args.train:
         results["train"] = train_bench(tv, ours, x, args, device, progress, warmup, compile_mode)
@@ -399,6 +408,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frozen-bf16", action="store_true",
                    help="also time resnet_ext.freeze(model, dtype=torch.bfloat16): bf16 convolutions behind an fp32 "
                         "interface (CPU with native bf16, fp32 model)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="also time resnet_ext.freeze(model, cuda_graphs=True): the frozen forward replayed as a CUDA "
+                        "graph per input signature (CUDA)")
     p.add_argument("--train", action="store_true", help="also time one SGD training step (and peak memory)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON (checked writable before the run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -414,6 +426,8 @@ def main(args) -> int:
         if args.train and args.batch_size < 2:
             raise UserError("--train needs --batch-size >= 2 (training-mode BatchNorm needs more than one value "
                             "per channel)")
+        if args.cuda_graphs and not on_cuda:
+            raise UserError("--cuda-graphs needs a CUDA device (--device cuda)")
         if args.frozen_bf16:
             if on_cuda or (args.dtype or "fp32") != "fp32":
                 raise UserError("--frozen-bf16 is for fp32 models on the CPU (--device cpu, --dtype fp32)")

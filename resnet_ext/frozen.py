@@ -67,15 +67,20 @@ class FrozenUnit:
                                   relu, conv.groups)
 
 
-def freeze(model: nn.Module, *, dtype: Optional[torch.dtype] = None) -> nn.Module:
+def freeze(model: nn.Module, *, dtype: Optional[torch.dtype] = None, cuda_graphs: bool = False) -> nn.Module:
     """Puts `model` (a resnet_ext ResNet) in eval mode and freezes it in place: BN folded once, weights prepacked
     for oneDNN on the CPU. Call it again after changing weights. Returns `model`.
 
     `dtype=torch.bfloat16` (CPU, fp32 model): the frozen convolutions run in bf16 (folded in fp32, then rounded),
     for CPUs with native bf16 (AVX512-BF16, AMX); inputs and outputs stay fp32, the fc layer runs in fp32. Where
-    the flat forward does not apply (hooks, swapped modules, gradients) the model runs in fp32 as unfrozen."""
+    the flat forward does not apply (hooks, swapped modules, gradients) the model runs in fp32 as unfrozen.
+
+    `cuda_graphs=True` (CUDA; opt-in until verified on a GPU): each input signature's frozen forward is captured in
+    a CUDA graph on its first call and replayed after (`resnet_ext.graphs`)."""
     if not hasattr(model, "_fold_pairs"):
         raise TypeError(f"freeze: expected a resnet_ext ResNet, got {type(model).__name__}")
+    if not isinstance(cuda_graphs, bool):
+        raise TypeError(f"freeze: cuda_graphs must be True or False, got {cuda_graphs!r}")
     if dtype is not None and dtype != model.conv1.weight.dtype:
         _check_compute_dtype(model, dtype)
     else:
@@ -84,6 +89,7 @@ def freeze(model: nn.Module, *, dtype: Optional[torch.dtype] = None) -> nn.Modul
     st = _state.of(model)
     st.invalidate()
     st.frozen = dtype if dtype is not None else True
+    st.cuda_graphs = cuda_graphs
     st.folds = _fold(model)
     return model
 
@@ -110,7 +116,7 @@ def unfreeze(model: nn.Module) -> nn.Module:
     """Back to the default mode (every forward reads the live parameters). Returns `model`."""
     st = _state.peek(model)
     if st is not None:
-        st.frozen = False
+        st.frozen = st.cuda_graphs = False
         st.invalidate()
     return model
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from . import flat as _flat
 from . import frozen as _frozen
+from . import graphs as _graphs
 from . import fusion
 from . import state as _state
 from ._recast import convert
@@ -255,6 +256,12 @@ class ResNet(_tv_class("ResNet")):
 
     @torch.jit.unused
     def _forward_fused(self, x: Tensor) -> Tensor:
+        if x.is_cuda and not (self.training or torch.compiler.is_compiling() or torch.jit.is_tracing()):
+            folds = self._frozen_folds()
+            if folds is not None:
+                out = _graphs.forward(self, x, folds, lambda t: self._forward_frozen_units(t, folds))
+                if out is not None:
+                    return out
         if x.is_cuda and x.dim() == 4 and (not self.training or fusion.train_fused(x)):
             x = x.contiguous(memory_format=torch.channels_last)  # the fused kernels are NHWC
         if torch.compiler.is_compiling():  # each unit folds in the graph, which the compiler fuses
@@ -273,6 +280,12 @@ class ResNet(_tv_class("ResNet")):
                 return out
         with fusion.forward_state(self._forward_state(x)):
             return self._forward_units(x)
+
+    @torch.jit.unused
+    def _forward_frozen_units(self, x: Tensor, folds) -> Tensor:
+        """The eager frozen forward on CUDA, which `graphs` captures."""
+        with fusion.forward_state(fusion.Forward(folds)):
+            return self._forward_units(x.contiguous(memory_format=torch.channels_last))
 
     @torch.jit.unused
     def _forward_units(self, x: Tensor) -> Tensor:

@@ -15,30 +15,32 @@ KEY = "_resnet_ext_state"
 
 
 class ExtState:
-    """`frozen`: False, True, or the compute dtype `freeze(model, dtype=...)` asked for. The caches: `folds` (the
+    """`frozen`: False, True, or the compute dtype `freeze(model, dtype=...)` asked for; `cuda_graphs`: whether the
+    frozen forward on CUDA replays graphs (`freeze(model, cuda_graphs=True)`). The caches: `graphs` (the
+    `graphs.GraphCache`, which holds the folds' memory), `folds` (the
     frozen folds, `frozen.FrozenUnit` per conv), `programs` (the frozen flat forward's per-input programs on those
     folds), `structure` (`flat.Structure`, what the flat forward recorded), `flat_plans` (the default flat forward's
     per-input unit kinds). The last two depend on shapes and module identity only, never on weight values."""
 
-    __slots__ = ("frozen", "folds", "programs", "structure", "flat_plans")
+    __slots__ = ("frozen", "cuda_graphs", "folds", "programs", "graphs", "structure", "flat_plans")
 
-    def __init__(self, frozen=False):
-        self.frozen = frozen
-        self.folds = self.programs = self.structure = None
+    def __init__(self, frozen=False, cuda_graphs: bool = False):
+        self.frozen, self.cuda_graphs = frozen, cuda_graphs
+        self.folds = self.programs = self.graphs = self.structure = None
         self.flat_plans: dict = {}
 
     def invalidate(self) -> None:
-        """Drops what depends on weight values: the frozen folds and the programs made on them."""
-        self.folds = self.programs = None
+        """Drops what depends on weight values: the frozen folds and the programs and graphs made on them."""
+        self.folds = self.programs = self.graphs = None
 
     def __getstate__(self):
-        return {"frozen": self.frozen}
+        return {"frozen": self.frozen, "cuda_graphs": self.cuda_graphs}
 
     def __setstate__(self, state):
-        self.__init__(state.get("frozen", False))
+        self.__init__(state.get("frozen", False), state.get("cuda_graphs", False))
 
     def __deepcopy__(self, memo):
-        return ExtState(self.frozen)
+        return ExtState(self.frozen, self.cuda_graphs)
 
 
 def of(model: nn.Module) -> ExtState:

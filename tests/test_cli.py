@@ -287,7 +287,7 @@ def test_bench_compile_peer_uses_inductor_freezing(monkeypatch):
     (["--json", "."], ["--json", "is a directory"]),
     (["--train", "--batch-size", "1"], ["--train needs --batch-size >= 2"]),
     (["--frozen-bf16", "--dtype", "bf16"], ["--frozen-bf16", "fp32 models on the CPU"]),
-])
+] + ([] if torch.cuda.is_available() else [(["--cuda-graphs"], ["--cuda-graphs needs a CUDA device"])]))
 def test_bench_bad_arguments_fail_before_any_work(capsys, monkeypatch, extra, needles):
     monkeypatch.setattr(bench, "run", lambda args: pytest.fail("the benchmark ran"))
     assert exits_2(["bench", *extra]) == 2

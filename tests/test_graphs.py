@@ -1,0 +1,162 @@
+"""CUDA graphs of the frozen mode (resnet_ext.graphs, `freeze(model, cuda_graphs=True)`): the host-side logic on
+the CPU (when a forward may replay, the cache, the switch, invalidation, pickling); replay against eager on CUDA."""
+import copy
+import pickle
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import resnet_ext
+from resnet_ext import graphs, state
+from conftest import randomize_bn, rel_err, requires_cuda
+
+
+def frozen_model(cuda_graphs=True, device="cpu", dtype=torch.float32):
+    torch.manual_seed(0)
+    model = randomize_bn(resnet_ext.resnet18(num_classes=10)).to(device, dtype)
+    return resnet_ext.freeze(model, cuda_graphs=cuda_graphs)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Host side (CPU)
+# ------------------------------------------------------------------------------------------------------------
+
+def test_eager_reason_names_each_precondition():
+    model = frozen_model()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert graphs.eager_reason(model, x) == "not a CUDA input"  # every check before the device passes
+        assert graphs.eager_reason(model, x.double()).startswith("hooks, swapped modules or an input")
+        assert graphs.eager_reason(model, torch.randn(2, 5, 32, 32)).startswith("hooks, swapped modules")
+        h = model.layer2[0].conv1.register_forward_hook(lambda m, a, o: None)
+        assert graphs.eager_reason(model, x).startswith("hooks, swapped modules")
+        h.remove()
+        model.layer1[0].relu = nn.ReLU6()
+        assert graphs.eager_reason(model, x).startswith("hooks, swapped modules")
+    assert graphs.eager_reason(model, x) == "gradients may be needed"  # grad mode, parameters that want grads
+
+
+def test_cache_keeps_the_most_recent_signatures():
+    cache = graphs.GraphCache()
+    for i in range(graphs.LIMIT + 3):
+        cache.put((i,), f"entry {i}")
+    assert len(cache.entries) == graphs.LIMIT
+    assert cache.get((0,)) is None and cache.get((3,)) == "entry 3"
+    cache.put((99,), "new")  # 3 was used last: 4 is the oldest now
+    assert cache.get((4,)) is None and cache.get((3,)) == "entry 3"
+    a, b = torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    assert graphs.signature(a) != graphs.signature(b) != graphs.signature(a.half())
+    assert graphs.signature(a) == graphs.signature(torch.randn(1, 3, 8, 8))
+
+
+def test_switch_invalidation_and_pickling():
+    model = frozen_model()
+    st = state.of(model)
+    assert st.cuda_graphs and resnet_ext.is_frozen(model)
+    with pytest.raises(TypeError, match="cuda_graphs must be True or False"):
+        resnet_ext.freeze(model, cuda_graphs="yes")
+    for change in (lambda m: m.float(), lambda m: m.load_state_dict(m.state_dict()), lambda m: m.train().eval(),
+                   lambda m: resnet_ext.freeze(m, cuda_graphs=True)):
+        st.graphs = graphs.GraphCache()  # stands for captured graphs, which hold the folds' memory
+        change(model)
+        assert st.graphs is None  # whatever drops the folds drops the graphs
+    again = pickle.loads(pickle.dumps(model))
+    assert state.of(again).cuda_graphs and state.of(again).graphs is None
+    assert state.of(copy.deepcopy(model)).cuda_graphs
+    resnet_ext.freeze(model)  # the default: no graphs
+    assert not state.of(model).cuda_graphs
+    resnet_ext.freeze(model, cuda_graphs=True)
+    resnet_ext.unfreeze(model)
+    assert not state.of(model).cuda_graphs
+
+
+def test_cpu_model_with_graphs_on_runs_the_flat_forward():
+    model = frozen_model()
+    tv = model.to_torchvision().eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        resnet_ext.reset_path_counts()
+        y = model(x)
+        counts = resnet_ext.path_counts()
+        assert rel_err(y, tv(x)) < 1e-4
+    assert counts.get("flat_forwards") == 1 and "cuda_graph_captures" not in counts
+
+
+# ------------------------------------------------------------------------------------------------------------
+# CUDA
+# ------------------------------------------------------------------------------------------------------------
+
+def _counts(fn):
+    resnet_ext.reset_path_counts()
+    out = fn()
+    torch.cuda.synchronize()
+    return out, resnet_ext.path_counts()
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_replay_equals_eager_for_every_signature(dtype):
+    torch.manual_seed(0)
+    base = randomize_bn(resnet_ext.resnet50(num_classes=10)).cuda().to(dtype).to(memory_format=torch.channels_last)
+    eager = resnet_ext.freeze(copy.deepcopy(base))
+    graphed = resnet_ext.freeze(base, cuda_graphs=True)
+    with torch.no_grad():
+        for n, size, cl in ((1, 224, True), (8, 96, True), (32, 64, True), (3, 57, False), (1, 224, True)):
+            x = torch.randn(n, 3, size, size, device="cuda", dtype=dtype)
+            if cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+            ref = eager(x)
+            for call in range(3):  # capture (first call of the signature), then replays
+                x.copy_(torch.randn_like(x))
+                ref = eager(x)
+                y, counts = _counts(lambda: graphed(x))
+                assert torch.isfinite(y).all()
+                assert torch.equal(y, ref), (n, size, cl, call, rel_err(y, ref))
+                assert counts.get("cuda_graph_replays") == 1, counts
+    st = state.of(graphed)
+    assert len(st.graphs.entries) == 4 and all(isinstance(e, graphs.Graph) for e in st.graphs.entries.values())
+
+
+@requires_cuda
+def test_outputs_are_the_callers_and_weight_changes_need_freeze_again():
+    model = frozen_model(device="cuda")
+    x1, x2 = (torch.randn(4, 3, 64, 64, device="cuda") for _ in range(2))
+    with torch.no_grad():
+        y1 = model(x1)
+        y1_copy = y1.clone()
+        y2 = model(x2)
+        assert torch.equal(y1, y1_copy) and not torch.equal(y1, y2)  # the second replay did not overwrite y1
+        for p in model.parameters():
+            p.mul_(1.1)
+        resnet_ext.freeze(model, cuda_graphs=True)
+        tv = model.to_torchvision().eval()
+        _, counts = _counts(lambda: model(x1))
+        assert counts.get("cuda_graph_captures") == 1  # the new folds: a new capture
+        assert rel_err(model(x1), tv(x1)) < 1e-2
+
+
+@requires_cuda
+def test_two_models_do_not_interfere_and_eager_where_required():
+    a, b = frozen_model(device="cuda"), frozen_model(device="cuda")
+    with torch.no_grad():
+        for p in b.parameters():
+            p.mul_(0.9)
+        resnet_ext.freeze(b, cuda_graphs=True)
+        x = torch.randn(2, 3, 64, 64, device="cuda")
+        ya, yb = a(x), b(x)
+        assert torch.equal(a(x), ya) and torch.equal(b(x), yb) and not torch.equal(ya, yb)
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            _, counts = _counts(lambda: a(x))
+        assert "cuda_graph_replays" not in counts  # a non-default stream runs eagerly
+        h = a.layer1[0].register_forward_hook(lambda m, i, o: o * 2)
+        y, counts = _counts(lambda: a(x))
+        assert "cuda_graph_replays" not in counts and not torch.equal(y, ya)  # the hook ran
+        h.remove()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            assert graphs.eager_reason(a, x) == "autocast"
+        assert graphs.eager_reason(a, x) is None
+    y, counts = _counts(lambda: a(x))  # grad mode: eager
+    assert "cuda_graph_replays" not in counts
