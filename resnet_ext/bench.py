@@ -25,7 +25,8 @@ ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 TV, OURS, FROZEN, COMPILED = "torchvision", "resnet_ext", "resnet_ext frozen", "torchvision+compile"
 FROZEN_BF16 = "resnet_ext frozen bf16"
 OURS_FUSED_BN = "resnet_ext fused BN"
-FROZEN_GRAPHS = "resnet_ext frozen graphs"  # freeze(model, cuda_graphs=True)  # train: the default model with train_bn("fused")
+FROZEN_GRAPHS = "resnet_ext frozen graphs"  # freeze(model, cuda_graphs=True)
+ORT, OPENVINO, OPENVINO_BF16 = "onnxruntime", "openvino", "openvino bf16"  # CPU runtimes (--runtimes)  # train: the default model with train_bn("fused")
 
 
 class UserError(Exception):
@@ -230,6 +231,55 @@ def compile_frozen(model, mode: str | None):
     return run
 
 
+def runtime_peers(tv, x, bf16: bool) -> tuple[dict, dict, dict]:
+    """The CPU runtimes a user deploys a ResNet with, where installed: ONNX Runtime (all graph optimizations) and
+    OpenVINO (latency hint; fp32, and bf16 with `bf16`), each on torchvision's model exported to ONNX for this
+    input shape, with torch's thread count. Returns ({name: run(x)}, {name: setup seconds}, {name: version})."""
+    import tempfile
+
+    import numpy as np
+
+    peers, setup, versions = {}, {}, {}
+    threads = torch.get_num_threads()
+    tmp = tempfile.mkdtemp(prefix="resnet_ext_bench_")
+    path = os.path.join(tmp, "model.onnx")
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        torch.onnx.export(tv.float(), (x.float().contiguous(),), path, input_names=["x"], output_names=["y"],
+                          dynamo=False)
+    export_s = time.perf_counter() - t0
+
+    def feed(t):  # ONNX models take NCHW: a channels_last input is copied, as a caller would have to
+        return np.ascontiguousarray(t.float().numpy())
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        ort = None
+    if ort is not None:
+        t0 = time.perf_counter()
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        peers[ORT] = lambda t, s=sess: torch.from_numpy(s.run(None, {"x": feed(t)})[0])
+        setup[ORT], versions[ORT] = export_s + time.perf_counter() - t0, ort.__version__
+    try:
+        import openvino as ov
+    except ImportError:
+        ov = None
+    if ov is not None:
+        core = ov.Core()
+        for name, precision in ((OPENVINO, "f32"), (OPENVINO_BF16, "bf16"))[:2 if bf16 else 1]:
+            t0 = time.perf_counter()
+            compiled = core.compile_model(core.read_model(path), "CPU", {
+                "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
+                "INFERENCE_PRECISION_HINT": precision})
+            peers[name] = lambda t, c=compiled: torch.from_numpy(c(feed(t))[0])
+            setup[name], versions[name] = export_s + time.perf_counter() - t0, ov.__version__
+    return peers, setup, versions
+
+
 def run(args) -> dict:
     device = default_device(args.device)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
@@ -255,6 +305,11 @@ def run(args) -> dict:
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=gen).to(device, dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    versions = {}
+    if args.runtimes:
+        more, more_setup, versions = runtime_peers(copy.deepcopy(tv), x, args.frozen_bf16)
+        peers.update(more)
+        setup_s.update(more_setup)
     warmup = args.warmup if args.warmup is not None else (3 if device.type == "cuda" else 1)
     warm_n = {name: warmup_calls(name, warmup) for name in peers}
     total = sum(warm_n.values()) + args.iters * len(peers)
@@ -269,6 +324,8 @@ def run(args) -> dict:
                      "order": "interleaved", "eval": {}}
     if args.compile:
         results["compile"] = {"mode": compile_mode, "eval_freezing": True}
+    if versions:
+        results["runtimes"] = versions
     if device.type == "cuda":
         results["gpu"] = torch.cuda.get_device_name(device)
     with torch.inference_mode():
@@ -287,6 +344,9 @@ def run(args) -> dict:
         for name in (FROZEN, FROZEN_GRAPHS):
             if name in peers:
                 results["eval_speedups"][f"{name} vs {COMPILED}"] = ratio(times[COMPILED], times[name])
+    for ours_name, peer in ((FROZEN, ORT), (FROZEN, OPENVINO), (FROZEN_BF16, OPENVINO_BF16)):
+        if ours_name in peers and peer in peers:
+            results["eval_speedups"][f"{ours_name} vs {peer}"] = ratio(times[peer], times[ours_name])
     results["eval_speedup"] = results["eval_speedups"][FROZEN]["median"]
     if args.train:
         results["train"] = train_bench(tv, ours, x, args, device, progress, warmup, compile_mode)
@@ -411,6 +471,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cuda-graphs", action="store_true",
                    help="also time resnet_ext.freeze(model, cuda_graphs=True): the frozen forward replayed as a CUDA "
                         "graph per input signature (CUDA)")
+    p.add_argument("--runtimes", action="store_true",
+                   help="also time the CPU runtimes that are installed (onnxruntime; openvino, with --frozen-bf16 "
+                        "also its bf16), each on torchvision's model exported to ONNX (CPU, fp32)")
     p.add_argument("--train", action="store_true", help="also time one SGD training step (and peak memory)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON (checked writable before the run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -426,6 +489,8 @@ def main(args) -> int:
         if args.train and args.batch_size < 2:
             raise UserError("--train needs --batch-size >= 2 (training-mode BatchNorm needs more than one value "
                             "per channel)")
+        if args.runtimes and (on_cuda or (args.dtype or "fp32") != "fp32"):
+            raise UserError("--runtimes is for fp32 models on the CPU (--device cpu, --dtype fp32)")
         if args.cuda_graphs and not on_cuda:
             raise UserError("--cuda-graphs needs a CUDA device (--device cuda)")
         if args.frozen_bf16:

@@ -263,6 +263,17 @@ def test_bench_frozen_bf16_row(capsys):
     assert "resnet_ext frozen bf16 " in text and "resnet_ext frozen bf16 / torchvision: " in text, text
 
 
+def test_bench_runtime_peers(capsys, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "b.json"
+    assert cli(["bench", "--arch", "resnet18", "--batch-size", "1", "--image-size", "32", "--iters", "1",
+                "--warmup", "0", "--device", "cpu", "--quiet", "--runtimes", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "onnxruntime " in text and "resnet_ext frozen / onnxruntime: " in text, text
+    r = json.loads(out.read_text())
+    assert r["runtimes"]["onnxruntime"] and r["eval"]["onnxruntime"]["rel_diff_vs_torchvision"] < 1e-4
+
+
 def test_bench_compile_peer_uses_inductor_freezing(monkeypatch):
     seen = []
 
@@ -287,6 +298,7 @@ def test_bench_compile_peer_uses_inductor_freezing(monkeypatch):
     (["--json", "."], ["--json", "is a directory"]),
     (["--train", "--batch-size", "1"], ["--train needs --batch-size >= 2"]),
     (["--frozen-bf16", "--dtype", "bf16"], ["--frozen-bf16", "fp32 models on the CPU"]),
+    (["--runtimes", "--dtype", "bf16"], ["--runtimes", "fp32 models on the CPU"]),
 ] + ([] if torch.cuda.is_available() else [(["--cuda-graphs"], ["--cuda-graphs needs a CUDA device"])]))
 def test_bench_bad_arguments_fail_before_any_work(capsys, monkeypatch, extra, needles):
     monkeypatch.setattr(bench, "run", lambda args: pytest.fail("the benchmark ran"))
