@@ -214,7 +214,7 @@ if [ "$QUICK" = 0 ]; then  # eval peers; "compile" is torch.compile(mode="defaul
   wanted latency && bench latency_bs1 1 50 --compile --compile-mode default
 fi
 if [ "$QUICK" = 0 ] && wanted graphs; then  # the CUDA graphs against compile's own CUDA graphs (with freezing)
-  for b in 1 8 32; do bench "graphs_bs$b" "$b" 50 --cuda-graphs --compile --compile-mode reduce-overhead; done
+  for b in 1 8 32; do bench "graphs_bs$b" "$b" 50 --cuda-graphs --compile --compile-mode default,reduce-overhead; done
 fi
 if wanted layers; then
   step layers 150 "$PY" -m pytest benchmarks/test_conv_bn_act.py benchmarks/test_bn_act_train.py -q \
@@ -263,11 +263,12 @@ PY
     [ -f "$R/graphs_bs$b.json" ] && "$PY" - "$R/graphs_bs$b.json" "$b" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])); e = r["eval"]; b = int(sys.argv[2])
-g, f, c = (e[k]["median_s"] * 1e3 for k in ("resnet_ext frozen graphs", "resnet_ext frozen", "torchvision+compile"))
+g, f = (e[k]["median_s"] * 1e3 for k in ("resnet_ext frozen graphs", "resnet_ext frozen"))
+c = min(v["median_s"] * 1e3 for k, v in e.items() if k.startswith("torchvision+compile"))  # the faster compile
 goal = {1: 0.8, 32: 1.6}.get(b)
 err = e["resnet_ext frozen graphs"]["rel_diff_vs_torchvision"]
-print(f"verdict graphs bs{b}: {g:.3f} ms, {f / g:.2f}x the eager frozen mode ({f:.3f} ms), {c / g:.2f}x compile "
-      f"reduce-overhead ({c:.3f} ms); rel diff vs torchvision {err:.1e}"
+print(f"verdict graphs bs{b}: {g:.3f} ms, {f / g:.2f}x the eager frozen mode ({f:.3f} ms), {c / g:.2f}x the faster of "
+      f"compile default / reduce-overhead ({c:.3f} ms); rel diff vs torchvision {err:.1e}"
       + (f"; goal <= {goal} ms and >= 1.2x compile: {'met' if g <= goal and c / g >= 1.2 else 'missed'}" if goal else ""))
 PY
   done

@@ -187,9 +187,17 @@ def seeded_model(arch: str, impl: str) -> torch.nn.Module:
     return m
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compiled_name(mode: str, first: bool) -> str:
+    """The contender name of torch.compile in `mode`: the first mode asked for is COMPILED, others add the mode."""
+    return COMPILED if first else f"{COMPILED} {mode}"
+
+
 def warmup_calls(name: str, warmup: int) -> int:
     """A compiled peer always gets one warm-up call: its first call compiles, which is not a timed round."""
-    return max(warmup, 1) if name == COMPILED else warmup
+    return max(warmup, 1) if name.startswith(COMPILED) else warmup
 
 
 def build_models(arch: str, device, dtype, channels_last: bool):
@@ -284,7 +292,8 @@ def run(args) -> dict:
     device = default_device(args.device)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     channels_last = not args.nchw
-    compile_mode = args.compile_mode or ("max-autotune" if device.type == "cuda" else "default")
+    compile_modes = (args.compile_mode or ("max-autotune" if device.type == "cuda" else "default")).split(",")
+    compile_mode = compile_modes[0]  # the one the training step compiles with
     tv, ours, frozen, freeze_s = build_models(args.arch, device, dtype, channels_last)
     peers = {TV: tv, OURS: ours, FROZEN: frozen}
     setup_s = {TV: 0.0, OURS: 0.0, FROZEN: freeze_s}
@@ -299,8 +308,9 @@ def run(args) -> dict:
         peers[FROZEN_GRAPHS] = resnet_ext.freeze(copy.deepcopy(ours), cuda_graphs=True)
         setup_s[FROZEN_GRAPHS] = time.perf_counter() - t0
     if args.compile:
-        peers[COMPILED] = compile_frozen(tv, compile_mode)
-        setup_s[COMPILED] = 0.0
+        for i, mode in enumerate(compile_modes):
+            peers[compiled_name(mode, i == 0)] = compile_frozen(tv, mode)
+            setup_s[compiled_name(mode, i == 0)] = 0.0
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=gen).to(device, dtype)
     if channels_last:
@@ -323,7 +333,7 @@ def run(args) -> dict:
                      "threads": torch.get_num_threads(), "iters": args.iters, "warmup": warmup,
                      "order": "interleaved", "eval": {}}
     if args.compile:
-        results["compile"] = {"mode": compile_mode, "eval_freezing": True}
+        results["compile"] = {"mode": compile_mode, "modes": compile_modes, "eval_freezing": True}
     if versions:
         results["runtimes"] = versions
     if device.type == "cuda":
@@ -342,8 +352,9 @@ def run(args) -> dict:
     results["eval_speedups"] = {name: ratio(times[TV], times[name]) for name in peers if name != TV}
     if args.compile:
         for name in (FROZEN, FROZEN_GRAPHS):
-            if name in peers:
-                results["eval_speedups"][f"{name} vs {COMPILED}"] = ratio(times[COMPILED], times[name])
+            for i, mode in enumerate(compile_modes if name in peers else []):
+                peer = compiled_name(mode, i == 0)
+                results["eval_speedups"][f"{name} vs {peer}"] = ratio(times[peer], times[name])
     for ours_name, peer in ((FROZEN, ORT), (FROZEN, OPENVINO), (FROZEN_BF16, OPENVINO_BF16)):
         if ours_name in peers and peer in peers:
             results["eval_speedups"][f"{ours_name} vs {peer}"] = ratio(times[peer], times[ours_name])
@@ -427,12 +438,14 @@ def format_results(r: dict) -> str:
              f"torch {r['torch']}, {r['threads']} threads; median of {r['iters']} interleaved rounds after "
              f"{r['warmup']} warm-up call(s)"]
     if "compile" in r:
-        lines.append(f"{COMPILED}: torch.compile(mode={r['compile']['mode']!r}) with inductor freezing for eval; "
-                     f"its warm-up is the compile time")
-    head = f"{'':<22}{'img/s':>10}{'median ms':>12}{'min-max ms':>20}{'warm-up s':>11}"
+        for i, mode in enumerate(r["compile"].get("modes", [r["compile"]["mode"]])):
+            lines.append(f"{compiled_name(mode, i == 0)}: torch.compile(mode={mode!r}) with inductor freezing for "
+                         f"eval; its warm-up is the compile time")
+    w = max([22] + [len(n) + 2 for n in r["eval"]])  # the name column fits the longest contender name
+    head = f"{'':<{w}}{'img/s':>10}{'median ms':>12}{'min-max ms':>20}{'warm-up s':>11}"
     lines.append(f"{'eval' + head[4:]}{'max |diff|':>13}")
     for name, v in r["eval"].items():
-        lines.append(f"{name:<22}{v['img_per_s']:>10.1f}{v['median_s'] * 1e3:>12.2f}{_spread(v):>20}"
+        lines.append(f"{name:<{w}}{v['img_per_s']:>10.1f}{v['median_s'] * 1e3:>12.2f}{_spread(v):>20}"
                      f"{v['warmup_s']:>11.2f}{v['max_abs_diff_vs_torchvision']:>13.3g}")
     for name, s in r["eval_speedups"].items():
         lines.append(_ratio_line(name, TV, s) if " vs " not in name else
@@ -442,7 +455,7 @@ def format_results(r: dict) -> str:
         lines.append(f"{'train step' + head[10:]}{'peak MiB':>13}")
         for name, v in t["models"].items():
             peak = v.get("peak_mem_bytes")
-            lines.append(f"{name:<22}{v['img_per_s']:>10.1f}{v['median_s'] * 1e3:>12.2f}{_spread(v):>20}"
+            lines.append(f"{name:<{w}}{v['img_per_s']:>10.1f}{v['median_s'] * 1e3:>12.2f}{_spread(v):>20}"
                          f"{v['warmup_s']:>11.2f}{(f'{peak / 2**20:.0f}' if peak else '-'):>13}")
         for name, s in t["speedups"].items():
             lines.append(_ratio_line(name, TV, s) + " (train)")
@@ -464,7 +477,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="also time torch.compile of the torchvision model (eval: with inductor freezing)")
     p.add_argument("--compile-mode", default=None,
-                   help="torch.compile mode for --compile (default: max-autotune on CUDA, default on CPU)")
+                   help="torch.compile mode for --compile, or several separated by commas, each one contender "
+                        "(e.g. default,reduce-overhead; the first one also for --train; default: max-autotune on "
+                        "CUDA, default on CPU)")
     p.add_argument("--frozen-bf16", action="store_true",
                    help="also time resnet_ext.freeze(model, dtype=torch.bfloat16): bf16 convolutions behind an fp32 "
                         "interface (CPU with native bf16, fp32 model)")
@@ -489,6 +504,10 @@ def main(args) -> int:
         if args.train and args.batch_size < 2:
             raise UserError("--train needs --batch-size >= 2 (training-mode BatchNorm needs more than one value "
                             "per channel)")
+        for mode in (args.compile_mode or "default").split(","):
+            if mode not in COMPILE_MODES:
+                raise UserError(f"--compile-mode: {mode!r} is not a torch.compile mode (one of "
+                                f"{', '.join(COMPILE_MODES)}, or several separated by commas)")
         if args.runtimes and (on_cuda or (args.dtype or "fp32") != "fp32"):
             raise UserError("--runtimes is for fp32 models on the CPU (--device cpu, --dtype fp32)")
         if args.cuda_graphs and not on_cuda:

@@ -299,6 +299,7 @@ def test_bench_compile_peer_uses_inductor_freezing(monkeypatch):
     (["--train", "--batch-size", "1"], ["--train needs --batch-size >= 2"]),
     (["--frozen-bf16", "--dtype", "bf16"], ["--frozen-bf16", "fp32 models on the CPU"]),
     (["--runtimes", "--dtype", "bf16"], ["--runtimes", "fp32 models on the CPU"]),
+    (["--compile", "--compile-mode", "default,fast"], ["--compile-mode", "'fast' is not a torch.compile mode"]),
 ] + ([] if torch.cuda.is_available() else [(["--cuda-graphs"], ["--cuda-graphs needs a CUDA device"])]))
 def test_bench_bad_arguments_fail_before_any_work(capsys, monkeypatch, extra, needles):
     monkeypatch.setattr(bench, "run", lambda args: pytest.fail("the benchmark ran"))
