@@ -78,21 +78,17 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward_differentiable(grad_y: Tensor, y: Tensor, x: Tensor, weight: Tensor, eps: float, relu: bool):
-    """(dx, dweight, dbias, dresidual) in differentiable ops, for a backward that is itself differentiated
-    (`create_graph=True`: gradient penalties): the batch statistics recomputed from x, so that the second
-    derivative sees them depend on x, as ATen's batch norm double backward does."""
-    dims = [0, 2, 3] if x.dim() == 4 else [0]
-    view = [1, -1] + [1] * (x.dim() - 2)
+    """(dx, dweight, dbias, dresidual) for a backward that is itself differentiated (`create_graph=True`: gradient
+    penalties), through ATen's batch norm, whose double backward ATen implements: the normalisation recomputed
+    from x under autograd, its gradient taken with create_graph (the batch statistics depend on x there)."""
     g = grad_y * (y > 0) if relu else grad_y  # the ReLU mask is piecewise constant
-    acc = _stat_dtype(x)
-    xa, ga = x.to(acc), g.to(acc)
-    mean = xa.mean(dims, keepdim=True)
-    invstd = torch.rsqrt(xa.var(dims, unbiased=False, keepdim=True) + eps)
-    xhat = (xa - mean) * invstd
-    db, dw = ga.sum(dims), (ga * xhat).sum(dims)
-    dx = weight.to(acc).view(view) * invstd * (ga - ga.mean(dims, keepdim=True)
-                                                - xhat * (ga * xhat).mean(dims, keepdim=True))
-    return dx.to(x.dtype), dw.to(weight.dtype), db.to(weight.dtype), g
+    with torch.enable_grad():
+        xs = x if x.requires_grad else x.detach().requires_grad_()
+        ws = weight if weight.requires_grad else weight.detach().requires_grad_()
+        normed = F.batch_norm(xs, None, None, ws.to(xs.dtype), None, training=True, eps=eps)
+        dx, dw = torch.autograd.grad(normed, (xs, ws), g, create_graph=True)
+    db = g.sum([0, 2, 3] if x.dim() == 4 else [0]).to(weight.dtype)
+    return dx, dw, db, g
 
 
 def _grads(grad_y, y, x, weight, mean, invstd, eps, relu, residual_grad, fmt):

@@ -83,6 +83,29 @@ def test_gradcheck_float64(shape):
     assert torch.autograd.gradcheck(f, (x, r, w, b))
 
 
+@pytest.mark.parametrize("via", ["op", "bn_act"])
+def test_gradgradcheck_float64(via):
+    """Second derivatives (gradient penalties): the op's registered backward and the models' bn_act both compute a
+    backward under create_graph in differentiable ops."""
+    torch.manual_seed(2)
+    shape = (3, 4, 3, 2)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    r = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    w = (torch.rand(4, dtype=torch.float64) + 0.5).requires_grad_()
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    bn = torch.nn.BatchNorm2d(4, track_running_stats=False).double().train()
+
+    with torch.no_grad():
+        bn.weight.copy_(w)
+        bn.bias.copy_(b)
+        pre = F.batch_norm(x, None, None, w, b, True, 0.0, 1e-5) + r  # pre-activations off the ReLU kink
+        r.add_(torch.where(pre.abs() < 1e-2, 0.1, 0.0))
+    if via == "op":
+        assert torch.autograd.gradgradcheck(lambda *a: ops.bn_act_train(*a, None, 1e-5, True)[0], (x, r, w, b))
+    else:  # the BN's own weight and bias take part as parameters
+        assert torch.autograd.gradgradcheck(lambda x, r: bn_act(x, bn, r), (x, r))
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_opcheck_every_op(channels_last):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
