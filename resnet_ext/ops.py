@@ -6,6 +6,7 @@ relu?(conv(x, weight) + bias + residual) with BatchNorm already folded into weig
 from __future__ import annotations
 
 import operator
+import os
 from typing import Optional, Sequence, Union
 
 import torch
@@ -14,6 +15,13 @@ from torch import Tensor
 from ._C_loader import _C
 
 IntPair = Union[int, Sequence[int]]
+
+# The environment's run-time switches, read here once at import (the C++ side reads none): RESNET_EXT_AUTOTUNE=1 as
+# autotune(True); RESNET_EXT_BN_OPTIN=1 turns on the training BN's opt-in CUDA kernels (unverified on a GPU).
+if os.environ.get("RESNET_EXT_AUTOTUNE") == "1":
+    _C.set_autotune(True)
+if os.environ.get("RESNET_EXT_BN_OPTIN") == "1":
+    _C.set_bn_optin(True)
 
 
 def conv_output_size(size, kernel, stride=1, padding=0, dilation=1):

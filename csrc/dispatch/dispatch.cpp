@@ -278,11 +278,7 @@ namespace {
 std::mutex g_forced_mutex;
 std::string g_forced;
 
-bool env_autotune() {
-  const char* e = std::getenv("RESNET_EXT_AUTOTUNE");
-  return e != nullptr && std::string(e) == "1";
-}
-std::atomic<bool> g_autotune{env_autotune()};
+std::atomic<bool> g_autotune{false};  // set from Python only (resnet_ext/ops.py reads RESNET_EXT_AUTOTUNE)
 std::mutex g_cache_mutex;
 std::map<std::string, KernelChoice> g_cache;
 

@@ -472,20 +472,12 @@ std::string dispatch(DType t, F&& f) {
 }  // namespace
 
 namespace {
-std::atomic<int> g_optin{-1};  // -1: not read yet (RESNET_EXT_BN_OPTIN=1 turns it on)
+std::atomic<bool> g_optin{false};  // set from Python only (resnet_ext/ops.py reads RESNET_EXT_BN_OPTIN)
 }  // namespace
 
-bool optin() {
-  int v = g_optin.load(std::memory_order_relaxed);
-  if (v < 0) {
-    const char* env = std::getenv("RESNET_EXT_BN_OPTIN");
-    v = (env != nullptr && std::strcmp(env, "1") == 0) ? 1 : 0;
-    g_optin.store(v, std::memory_order_relaxed);
-  }
-  return v == 1;
-}
+bool optin() { return g_optin.load(std::memory_order_relaxed); }
 
-void set_optin(bool on) { g_optin.store(on ? 1 : 0, std::memory_order_relaxed); }
+void set_optin(bool on) { g_optin.store(on, std::memory_order_relaxed); }
 
 int64_t partials_floats(const Layout& l, int64_t element_size) {
   return sum_blocks(l, int(16 / element_size)) * 2 * l.C;
