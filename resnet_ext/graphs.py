@@ -118,7 +118,10 @@ def forward(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object],
         entry = None  # captured on other folds or another recorded structure
     if entry is None:
         try:
-            graph, static_in, static_out = _capture(run, x, cache.pool)
+            # Never inference tensors (a capture under inference_mode), which a later call outside it could not
+            # copy into; torch.no_grad is what the captured forward runs under (no gradient is wanted here).
+            with torch.inference_mode(False), torch.no_grad():
+                graph, static_in, static_out = _capture(run, x, cache.pool)
         except Exception as e:  # noqa: BLE001  (whatever cannot be captured runs eagerly, as before)
             cache.put(key, f"capture failed: {type(e).__name__}: {e}")
             return None
@@ -128,7 +131,8 @@ def forward(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object],
         fusion.count("cuda_graph_captures")
     elif not isinstance(entry, Graph):
         return None
-    entry.static_in.copy_(x)
+    with torch.inference_mode(False):
+        entry.static_in.copy_(x)
     entry.graph.replay()
     fusion.count("cuda_graph_replays")
     return entry.static_out.clone()  # the caller's own tensor: the next replay overwrites static_out

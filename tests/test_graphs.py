@@ -138,6 +138,19 @@ def test_outputs_are_the_callers_and_weight_changes_need_freeze_again():
 
 
 @requires_cuda
+def test_captured_under_inference_mode_replays_outside_it():
+    model = frozen_model(device="cuda")
+    x = torch.randn(2, 3, 64, 64, device="cuda")
+    with torch.inference_mode():
+        y0 = model(x)
+    with torch.no_grad():
+        y1, counts = _counts(lambda: model(x))
+    assert counts.get("cuda_graph_replays") == 1 and torch.equal(y0, y1)
+    with torch.inference_mode():
+        assert torch.equal(model(x), y0)
+
+
+@requires_cuda
 def test_two_models_do_not_interfere_and_eager_where_required():
     a, b = frozen_model(device="cuda"), frozen_model(device="cuda")
     with torch.no_grad():
