@@ -3,8 +3,10 @@
 The contract (README, "Default and frozen modes"): a unit runs fused only when its modules are exactly the stock
 ones (`nn.Conv2d` with zero padding, `nn.BatchNorm2d`, `nn.ReLU`) with no hooks of their own and no global module
 hooks, and only outside FX symbolic tracing and ONNX export; anything else runs that unit through its modules, in
-torchvision's order. In eval mode the BN is folded into the conv on every forward (one batched fold for the
-whole model, see `fold_pairs`), unless the model is frozen (`resnet_ext.freeze`), whose folds are computed once.
+torchvision's order. In eval mode on CUDA (and in traced or compiled graphs) the BN is folded into the conv on
+every forward (one batched fold for the whole model, see `fold_pairs`); eager on the CPU it is applied unfolded,
+as torchvision computes it (`unfolds`); a frozen model (`resnet_ext.freeze`) uses folds computed once. In train
+mode the BN(+add)+ReLU is the stock composition or the fused op (`train_bn`).
 """
 from __future__ import annotations
 

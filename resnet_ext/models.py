@@ -2,10 +2,12 @@
 same state_dict keys, same numbers, same behaviour under hooks, module swaps, tracing, scripting and export.
 
 Each block's forward is torchvision's; where its conv + BatchNorm (+ residual) (+ ReLU) units are the stock modules
-without hooks (see `fusion`), they run fused instead: in eval mode one `conv_bn_act` call per unit with the BN
-folded into the conv (folded afresh on every forward, in one batch for the whole model, or once in the frozen
-mode, see `frozen`), in training mode the stock conv then one fused BN(+add)+ReLU op. In eval mode on the CPU a
-model that is still the stock structure runs its whole forward as one flat sequence of calls (`flat`).
+without hooks (see `fusion`), they run fused instead: in eval mode on CUDA one `conv_bn_act` call per unit with
+the BN folded into the conv (folded afresh on every forward, in one batch for the whole model, or once in the
+frozen mode, see `frozen`, whose CUDA forward may replay graphs, see `graphs`); on the CPU the default mode applies
+BN unfolded, as torchvision computes it. In training mode the stock conv, then the stock BN(+add)+ReLU or the
+fused op (`fusion.train_bn`). In eval mode on the CPU a model that is still the stock structure runs its whole
+forward as one flat sequence of calls (`flat`).
 """
 import os
 from collections.abc import Mapping
