@@ -64,15 +64,15 @@ SIZES = [(1, 224), (2, 64), (4, 64), (3, 37)]
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
-@pytest.mark.parametrize("mode", ["default", "frozen", "modules"])
+@pytest.mark.parametrize("mode", ["default", "frozen", "modules", "frozen_modules"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_cpu_eval_every_size_and_layout(arch, mode, dtype):
     ours, tv = pair(arch)
     ours.to(dtype).eval(), tv.to(dtype).eval()
     ref_model = copy.deepcopy(tv).double()
-    if mode == "frozen":
+    if mode.startswith("frozen"):
         resnet_ext.freeze(ours)
-    if mode == "modules":  # a hook on one unit's BN: that unit runs through its modules, the rest fused
+    if mode.endswith("modules"):  # a hook on one unit's BN: that unit runs through its modules, the rest fused
         for m in (ours, tv, ref_model):
             m.layer1[0].bn1.register_forward_hook(lambda mod, a, out: out * 1.0)
     for n, size in SIZES:
@@ -92,8 +92,10 @@ def test_cpu_eval_every_size_and_layout(arch, mode, dtype):
                 # sample's error varies by 2x from model to model, torchvision's too.
                 assert rel_err(y, ref) <= 2 * tv_err + (2 ** -8 if dtype == torch.bfloat16 else 1e-5), \
                     (n, size, fmt, rel_err(y, ref), tv_err)
-                if mode == "modules":
+                if mode.endswith("modules"):
                     assert counts.get("modules") == 1 and "flat_forwards" not in counts, counts
+                    if mode == "frozen_modules":  # the other units from the frozen folds (oneDNN, prepacked)
+                        assert counts.get("onednn_prepacked", 0) > 0, counts
                 else:
                     assert counts.get("flat_forwards") == 1, counts
 
