@@ -7,7 +7,9 @@
 #   bash benchmarks/gpu_check.sh [--quick] [--dry-run] [--only STEP,STEP...] [--deadline SECONDS]
 #
 # Steps, in order: info cutlass build | tests (incl. tests_sm90, tests_bn_optin) graphs compile memcheck fuzz (side
-# by side) | hopper profile models (incl. autotuned) train (incl. the opt-in BN reduce) latency graphs layers.
+# by side; maxpool too) | hopper profile models (incl. autotuned) train (incl. the opt-in BN reduce) latency graphs
+# maxpool layers.
+# maxpool (opt-in NHWC max pool kernel, unverified): tests/test_max_pool.py, then benchmarks/max_pool_check.py.
 # graphs (opt-in CUDA graphs of the frozen mode, unverified): tests/test_graphs.py, then batch 1/8/32 latencies of
 # freeze(model, cuda_graphs=True) against the eager frozen mode and torch.compile(mode="reduce-overhead"). --only runs the named ones (info always; build unless a carried .prebuilt/_C*.so matches these sources
 # and this torch). --quick: the CUDA tests, a smaller CUDA fuzz run, the per-layer benchmarks.
@@ -173,6 +175,10 @@ if wanted graphs; then
   run_step graphs 150 "${PYTEST[@]}" -v tests/test_graphs.py &
   pids+=($!)
 fi
+if wanted maxpool; then
+  run_step maxpool_tests 120 "${PYTEST[@]}" -v tests/test_max_pool.py &
+  pids+=($!)
+fi
 if wanted compile && [ "$QUICK" = 0 ]; then
   run_step compile 260 "${PYTEST[@]}" -v tests/test_cuda.py -k compile &
   pids+=($!)
@@ -189,7 +195,7 @@ elif [ "$QUICK" = 1 ] && wanted fuzz; then
   pids+=($!)
 fi
 for p in "${pids[@]}"; do wait "$p"; done
-for name in tests tests_sm90 tests_bn_optin graphs compile memcheck fuzz; do [ -f "$R/$name.log" ] && cat "$R/$name.log" >> "$LOG"; done
+for name in tests tests_sm90 tests_bn_optin graphs maxpool_tests compile memcheck fuzz; do [ -f "$R/$name.log" ] && cat "$R/$name.log" >> "$LOG"; done
 pack
 
 # ---- timed steps, one at a time ---------------------------------------------------------------------------------
@@ -213,6 +219,7 @@ if [ "$QUICK" = 0 ]; then  # eval peers; "compile" is torch.compile(mode="defaul
   wanted latency && bench latency_bs32 32 30 --compile --compile-mode default
   wanted latency && bench latency_bs1 1 50 --compile --compile-mode default
 fi
+wanted maxpool && step maxpool 90 "$PY" benchmarks/max_pool_check.py
 if [ "$QUICK" = 0 ] && wanted graphs; then  # the CUDA graphs against compile's own CUDA graphs (with freezing)
   for b in 1 8 32; do bench "graphs_bs$b" "$b" 50 --cuda-graphs --compile --compile-mode default,reduce-overhead; done
 fi
@@ -230,7 +237,7 @@ fi
   head -n 4 "$R/info.log" 2>/dev/null | tail -n 3
   grep -h "ptxas entries\|using the prebuilt" "$R/build.log" "$R/prebuilt.log" 2>/dev/null
   cat "$SUM"
-  for name in tests tests_sm90 tests_bn_optin graphs compile fuzz; do
+  for name in tests tests_sm90 tests_bn_optin graphs maxpool_tests compile fuzz; do
     [ -f "$R/$name.log" ] || continue
     local_summary=$(grep -E '[0-9]+ (passed|failed|skipped|errors?|deselected).* in [0-9.]+s' "$R/$name.log" | tail -n 1)
     echo "--- $name: $local_summary"
@@ -259,6 +266,7 @@ print(f"verdict {sys.argv[2]}: default train step {d:.2f}x torchvision "
       f"{f / d:.2f}x the default: {'faster, add this arch to FUSED_TRAIN_DEVICES' if f > 1.02 * d else 'keep stock'}")
 PY
   done
+  [ -f "$R/maxpool.log" ] && grep -h "^verdict\|Error" "$R/maxpool.log"
   for b in 1 8 32; do  # one verdict per batch for the CUDA graphs (#25: resnet50 bs1 <= 0.8 ms, bs32 <= 1.6 ms)
     [ -f "$R/graphs_bs$b.json" ] && "$PY" - "$R/graphs_bs$b.json" "$b" <<'PY'
 import json, sys

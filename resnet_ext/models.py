@@ -292,7 +292,7 @@ class ResNet(_tv_class("ResNet")):
     @torch.jit.unused
     def _forward_units(self, x: Tensor) -> Tensor:
         x = fusion.unit(self.conv1, self.bn1, self.relu, x)
-        x = self.maxpool(x)
+        x = fusion.ops.max_pool(self.maxpool, x)
         x = self.layer1(x)
         x = self.layer2(x)
         x = self.layer3(x)

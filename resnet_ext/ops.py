@@ -126,6 +126,41 @@ def scale_shift_act_(y: Tensor, scale: Tensor, shift: Tensor, residual: Optional
     return y
 
 
+@torch.library.register_fake("resnet_ext::max_pool_nhwc")
+def _max_pool_nhwc_fake(x, kernel_size, stride, padding, dilation):
+    return torch.ops.aten.max_pool2d(x, kernel_size, stride, padding, dilation).contiguous(
+        memory_format=torch.channels_last if x.dim() == 4 else torch.contiguous_format)
+
+
+_NHWC_MAX_POOL = False  # nhwc_max_pool(): opt-in until a GPU run verifies the kernel
+
+
+def nhwc_max_pool(enabled: Optional[bool] = None) -> bool:
+    """Whether the models' max pool runs resnet_ext's NHWC kernel on CUDA (`max_pool_nhwc`: no indices, one pass)
+    for inference; returns the setting in force before the call. Off by default: unverified on a GPU until
+    `benchmarks/gpu_check.sh --only maxpool` passes."""
+    global _NHWC_MAX_POOL
+    previous = _NHWC_MAX_POOL
+    if enabled is not None:
+        if not isinstance(enabled, bool):
+            raise TypeError(f"nhwc_max_pool: enabled must be True or False, got {enabled!r}")
+        _NHWC_MAX_POOL = enabled
+    return previous
+
+
+def max_pool(pool: torch.nn.Module, x: Tensor) -> Tensor:
+    """pool(x) for the models: a stock nn.MaxPool2d without hooks, indices or ceil mode, on a CUDA input that needs
+    no gradient, runs `max_pool_nhwc` where `nhwc_max_pool(True)`; anything else the module itself."""
+    if (_NHWC_MAX_POOL and x.is_cuda and type(pool) is torch.nn.MaxPool2d and not pool.return_indices
+            and not pool.ceil_mode and not (pool._forward_hooks or pool._forward_pre_hooks)
+            and not (torch.is_grad_enabled() and x.requires_grad)):
+        pair = torch.nn.modules.utils._pair
+        stride = pool.stride if pool.stride is not None else pool.kernel_size
+        return torch.ops.resnet_ext.max_pool_nhwc(x, pair(pool.kernel_size), pair(stride), pair(pool.padding),
+                                                  pair(pool.dilation))
+    return pool(x)
+
+
 @torch.library.register_fake("resnet_ext::winograd3x3")
 def _winograd3x3_fake(x, u, bias, residual, relu):
     torch._check(x.dim() == 4 and u.dim() == 3, lambda: "winograd3x3: x must be 4-d and u 3-d")

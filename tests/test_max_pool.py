@@ -1,0 +1,96 @@
+"""resnet_ext::max_pool_nhwc (opt-in NHWC max pool without indices): equal to F.max_pool2d on every path, NaN and
+inf as torch, the models' switch; the CUDA kernel against torch on odd sizes, every dtype, poisoned outputs."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import resnet_ext
+from conftest import requires_cuda
+
+op = torch.ops.resnet_ext.max_pool_nhwc
+CASES = [  # (N, C, H, W), kernel, stride, padding, dilation
+    ((2, 64, 112, 112), 3, 2, 1, 1), ((1, 64, 113, 111), 3, 2, 1, 1), ((3, 16, 9, 7), 2, 2, 0, 1),
+    ((1, 8, 5, 5), 3, 1, 1, 1), ((2, 24, 11, 10), 3, 2, 1, 2), ((1, 64, 1, 1), 1, 1, 0, 1), ((4, 32, 6, 6), (3, 2), (1, 2), (1, 0), 1),
+]
+
+
+def _pair(v):
+    return [v, v] if isinstance(v, int) else list(v)
+
+
+def _args(k, s, p, d):
+    return _pair(k), _pair(s), _pair(p), _pair(d)
+
+
+def _input(shape, dtype, device, cl=True, special=True):
+    x = torch.randn(shape, device=device).to(dtype)
+    if special and x.numel() > 8:
+        flat = x.view(-1)
+        flat[3], flat[5], flat[7] = float("nan"), float("inf"), float("-inf")
+    return x.contiguous(memory_format=torch.channels_last) if cl else x
+
+
+def _same(y, ref):
+    assert y.shape == ref.shape and y.dtype == ref.dtype
+    assert torch.equal(torch.isnan(y), torch.isnan(ref))
+    assert torch.equal(torch.nan_to_num(y), torch.nan_to_num(ref))
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("cl", [True, False], ids=["channels_last", "nchw"])
+def test_equals_torch_on_the_cpu(case, cl):
+    shape, *rest = case
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        x = _input(shape, dtype, "cpu", cl)
+        _same(op(x, *_args(*rest)), F.max_pool2d(x, *_args(*rest)))
+
+
+def test_opcheck_and_torchs_errors():
+    x = _input((2, 16, 8, 8), torch.float32, "cpu", special=False)  # opcheck compares outputs: no NaN
+    torch.library.opcheck(op.default, (x, [3, 3], [2, 2], [1, 1], [1, 1]))
+    with pytest.raises(RuntimeError, match="pad should be at most half of effective kernel size"):
+        op(x, [3, 3], [2, 2], [2, 2], [1, 1])
+
+
+def test_models_switch():
+    assert resnet_ext.nhwc_max_pool() is False  # off by default (unverified on a GPU)
+    with pytest.raises(TypeError, match="nhwc_max_pool: enabled must be True or False"):
+        resnet_ext.nhwc_max_pool(1)
+    model = resnet_ext.resnet18(num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        previous = resnet_ext.nhwc_max_pool(True)
+        try:
+            assert torch.equal(model(x), ref)  # a CPU input keeps the module
+        finally:
+            resnet_ext.nhwc_max_pool(previous)
+
+
+@requires_cuda
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_cuda_kernel_equals_torch(case, dtype):
+    shape, *rest = case
+    x = _input(shape, dtype, "cuda")
+    ref = F.max_pool2d(x, *_args(*rest))
+    poison = torch.full_like(ref, float("nan"))  # freed just before: the op's output likely reuses its memory
+    del poison
+    _same(op(x, *_args(*rest)), ref)
+    for fallback in (x.contiguous(), x[:, : shape[1] - 1]):  # NCHW, channels not a multiple of the vector
+        _same(op(fallback, *_args(*rest)), F.max_pool2d(fallback, *_args(*rest)))
+
+
+@requires_cuda
+def test_cuda_model_with_the_switch_matches():
+    torch.manual_seed(0)
+    model = resnet_ext.resnet50(num_classes=10).cuda().to(torch.bfloat16).eval()
+    x = torch.randn(4, 3, 96, 96, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = model(x)
+        previous = resnet_ext.nhwc_max_pool(True)
+        try:
+            y = model(x)
+        finally:
+            resnet_ext.nhwc_max_pool(previous)
+    assert torch.equal(y, ref)
