@@ -54,6 +54,12 @@ class GraphCache:
             self.entries.popitem(last=False)
 
 
+def wanted(model: nn.Module) -> bool:
+    """Whether the model is frozen with `cuda_graphs=True` (a cheap check, before any other)."""
+    st = _state.peek(model)
+    return st is not None and bool(st.frozen) and st.cuda_graphs
+
+
 def signature(x: Tensor) -> tuple:
     return tuple(x.shape), tuple(x.stride()), x.dtype, x.device
 
@@ -103,9 +109,9 @@ def forward(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object],
             run: Callable[[Tensor], Tensor]) -> Optional[Tensor]:
     """The frozen forward of `x` by a CUDA graph (`run(x)`, the eager frozen forward, captured on the first call of
     a signature), or None where it runs eagerly (graphs off, `eager_reason`, a failed capture)."""
-    st = _state.peek(model)
-    if st is None or not st.cuda_graphs:
+    if not wanted(model):
         return None
+    st = _state.peek(model)
     reason, s = _check(model, x)
     if reason is not None:
         return None

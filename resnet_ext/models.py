@@ -258,7 +258,8 @@ class ResNet(_tv_class("ResNet")):
 
     @torch.jit.unused
     def _forward_fused(self, x: Tensor) -> Tensor:
-        if x.is_cuda and not (self.training or torch.compiler.is_compiling() or torch.jit.is_tracing()):
+        if (x.is_cuda and _graphs.wanted(self)
+                and not (self.training or torch.compiler.is_compiling() or torch.jit.is_tracing())):
             folds = self._frozen_folds()
             if folds is not None:
                 out = _graphs.forward(self, x, folds, lambda t: self._forward_frozen_units(t, folds))
