@@ -5,10 +5,12 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/dtype.h"
+
 namespace resnet_ext {
 namespace bn_act {
 
-enum class DType { Float32, Float16, BFloat16 };
+using DType = KernelDType;
 
 struct Layout {
   int64_t N = 0, C = 0, HW = 0;  // x is [N, C, H, W]; HW = H * W

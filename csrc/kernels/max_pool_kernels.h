@@ -5,10 +5,12 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/dtype.h"
+
 namespace resnet_ext {
 namespace max_pool {
 
-enum class DType { Float32, Float16, BFloat16 };
+using DType = KernelDType;
 
 struct Problem {
   int64_t N = 0, H = 0, W = 0, C = 0, P = 0, Q = 0;  // input [N, H, W, C] and output [N, P, Q, C], both NHWC-dense

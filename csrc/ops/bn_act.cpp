@@ -12,6 +12,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "kernels/bn_act_kernels.h"
+#include "ops/kernel_dtype.h"
 #endif
 
 namespace resnet_ext {
@@ -151,15 +152,6 @@ void check_backward_args(const Tensor& grad_y, const Tensor& y, const Tensor& x,
 // ---------------------------------------------------------------------------------------------------------------
 // CUDA kernels
 // ---------------------------------------------------------------------------------------------------------------
-
-bool kernel_dtype(const Tensor& x, bn_act::DType* t) {
-  switch (x.scalar_type()) {
-    case at::kFloat: *t = bn_act::DType::Float32; return true;
-    case at::kHalf: *t = bn_act::DType::Float16; return true;
-    case at::kBFloat16: *t = bn_act::DType::BFloat16; return true;
-    default: return false;
-  }
-}
 
 bool aligned16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 

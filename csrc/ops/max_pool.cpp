@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "kernels/max_pool_kernels.h"
+#include "ops/kernel_dtype.h"
 #endif
 
 namespace resnet_ext {
@@ -22,15 +23,6 @@ Tensor max_pool_stock(const Tensor& x, at::IntArrayRef k, at::IntArrayRef s, at:
 }
 
 #ifdef RESNET_EXT_WITH_CUDA
-bool kernel_dtype(const Tensor& x, max_pool::DType* t) {
-  switch (x.scalar_type()) {
-    case at::kFloat: *t = max_pool::DType::Float32; return true;
-    case at::kHalf: *t = max_pool::DType::Float16; return true;
-    case at::kBFloat16: *t = max_pool::DType::BFloat16; return true;
-    default: return false;
-  }
-}
-
 Tensor max_pool_cuda(const Tensor& x, at::IntArrayRef k, at::IntArrayRef s, at::IntArrayRef p, at::IntArrayRef d) {
   max_pool::DType t;
   const bool shaped = x.dim() == 4 && k.size() == 2 && s.size() == 2 && p.size() == 2 && d.size() == 2;
