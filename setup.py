@@ -3,6 +3,10 @@ present, the fused CUDA kernels (CUTLASS). A GPU is not needed to build the CUDA
 
 Environment:
   RESNET_EXT_CUDA=0|1     force the CUDA kernels off / on (default: on when nvcc and a CUDA torch are found)
+  RESNET_EXT_EXPERIMENTAL=1  also build csrc/experimental/ (kernels no GPU run has verified yet: the sm_90a conv
+                          and GEMM kernels, the NHWC max pool, the opt-in training-BN kernels) and the test hooks
+                          (poisoned outputs, failing launches, kernel selection on fake registries); what
+                          benchmarks/gpu_check.sh and CI's host-logic build use. Not in the default wheel.
   TORCH_CUDA_ARCH_LIST    archs to build for (default "8.0;9.0a")
   CUDA_HOME               the CUDA toolkit (default: found from /usr/local/cuda or nvcc's real location)
   CUTLASS_PATH            a CUTLASS checkout (default: the headers of the nvidia-cutlass wheel)
@@ -126,19 +130,30 @@ def cuda_images():
     return ";".join(dict.fromkeys(images))
 
 
+def want_experimental():
+    return os.environ.get("RESNET_EXT_EXPERIMENTAL", "0") == "1"
+
+
 def build_extension():
     with_cuda = want_cuda()
+    experimental = want_experimental()
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS) if with_cuda else ""
     if with_cuda:
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
-    # csrc/ by role: ops/ (op registration, CPU code), dispatch/ (kernel choice), kernels/ (CUDA), module.cpp.
-    cpp_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.cpp"))
-    cu_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.cu"))
+    # csrc/ by role: ops/ (op registration, CPU code), dispatch/ (kernel choice), kernels/ (CUDA, verified),
+    # experimental/ (unverified, only with RESNET_EXT_EXPERIMENTAL=1), module.cpp.
+    def sources(pattern):
+        return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob(pattern)
+                      if experimental or "experimental" not in p.relative_to(ROOT).parts)
+
+    cpp_sources, cu_sources = sources("*.cpp"), sources("*.cu")
     macros = [
         ("RESNET_EXT_TORCH_VERSION", f'"{torch.__version__}"'),
         ("RESNET_EXT_CUDA_ARCHS", f'"{archs}"'),
         ("RESNET_EXT_CUDA_IMAGES", f'"{cuda_images() if with_cuda else ""}"'),
     ]
+    if experimental:
+        macros.append(("RESNET_EXT_EXPERIMENTAL", "1"))
     cxx_flags = ["-O3"]  # torch picks the C++ standard it needs (C++20 for 2.14, C++17 before)
     link_flags = []
     if sys.platform.startswith("linux") and torch.backends.openmp.is_available():

@@ -1,6 +1,7 @@
-// The Python module resnet_ext._C: build facts, which path a call takes (explain), path counters, the dispatcher's
-// host-side entry for tests (select_kernel: no GPU needed), and debug switches. The ops themselves are registered
-// with PyTorch's dispatcher (TORCH_LIBRARY in ops/) when this module is imported.
+// The Python module resnet_ext._C: build facts, which path a call takes (explain), path counters and the run-time
+// switches; in a RESNET_EXT_EXPERIMENTAL=1 build also the test hooks (the dispatcher's host-side entry on fake
+// registries, select_kernel: no GPU needed; poisoned outputs; failing launches; the opt-in BN kernels). The ops
+// themselves are registered with PyTorch's dispatcher (TORCH_LIBRARY in ops/) when this module is imported.
 #include <torch/extension.h>
 
 #include "dispatch/dispatch.h"
@@ -45,6 +46,11 @@ pybind11::dict build_info() {
   pybind11::list kernels;
   for (const auto& k : resnet_ext::fused_kernel_registry()) kernels.append(k.name);
   d["fused_kernels"] = kernels;
+#ifdef RESNET_EXT_EXPERIMENTAL
+  d["experimental"] = true;
+#else
+  d["experimental"] = false;
+#endif
   return d;
 }
 
@@ -57,6 +63,7 @@ std::pair<std::string, std::string> explain(const at::Tensor& x, const at::Tenso
   return {c.path, c.reason};
 }
 
+#ifdef RESNET_EXT_EXPERIMENTAL
 ScalarKind scalar_kind_of(const std::string& dtype) {
   return dtype == "float16"    ? ScalarKind::Float16
          : dtype == "bfloat16" ? ScalarKind::BFloat16
@@ -174,6 +181,8 @@ std::string kernel_can_implement(const std::string& name, const pybind11::dict& 
 // A problem's autotune-cache key (tests: keys differ whenever the facts a choice depends on differ).
 std::string problem_key(const pybind11::dict& d) { return problem_from_dict(d).key(); }
 
+#endif  // RESNET_EXT_EXPERIMENTAL
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -181,14 +190,6 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "resnet_ext compiled core";
   m.def("build_info", &build_info, "How this extension was built");
   m.def("explain", &explain, "Which path conv_bn_act takes for these arguments, and why");
-  m.def("select_kernel", &select_kernel, "The dispatcher's decision for a problem given as a dict (no GPU needed)",
-        py::arg("problem"), py::arg("kernels") = py::none(), py::arg("images") = py::none(),
-        py::arg("forced") = py::none(), py::arg("tuned") = py::none(), py::arg("table") = py::none());
-  m.def("kernel_can_implement", &kernel_can_implement, "'' if the named kernel accepts the problem, else why not");
-  m.def("problem_key", &problem_key, "The autotune-cache key of a problem given as a dict");
-  m.def("parse_cuda_images", [](const std::string& s) {
-    return resnet_ext::cuda_images_string(resnet_ext::parse_cuda_images(s));
-  });
   m.def("set_prefer_cudnn", &resnet_ext::set_prefer_cudnn);
   m.def("prefer_cudnn", &resnet_ext::prefer_cudnn);
   m.def("path_counts", &resnet_ext::path_counts, "How often each conv_bn_act path ran");
@@ -199,6 +200,15 @@ PYBIND11_MODULE(_C, m) {
   m.def("autotune_enabled", &resnet_ext::autotune_enabled);
   m.def("clear_autotune_cache", &resnet_ext::clear_autotune_cache);
   m.def("autotune_cache_size", &resnet_ext::autotune_cache_size);
+#ifdef RESNET_EXT_EXPERIMENTAL
+  m.def("select_kernel", &select_kernel, "The dispatcher's decision for a problem given as a dict (no GPU needed)",
+        py::arg("problem"), py::arg("kernels") = py::none(), py::arg("images") = py::none(),
+        py::arg("forced") = py::none(), py::arg("tuned") = py::none(), py::arg("table") = py::none());
+  m.def("kernel_can_implement", &kernel_can_implement, "'' if the named kernel accepts the problem, else why not");
+  m.def("problem_key", &problem_key, "The autotune-cache key of a problem given as a dict");
+  m.def("parse_cuda_images", [](const std::string& s) {
+    return resnet_ext::cuda_images_string(resnet_ext::parse_cuda_images(s));
+  });
 #ifdef RESNET_EXT_WITH_CUDA
   m.def("set_poison_outputs", &resnet_ext::set_poison_outputs, "Fill fused outputs with NaN before each launch");
   m.def("set_failing_kernel", &resnet_ext::set_failing_kernel, "Make the named kernel's launches fail ('' to stop)");
@@ -206,10 +216,11 @@ PYBIND11_MODULE(_C, m) {
         "Training BN: the opt-in kernels (unverified on a GPU: parallel final pass of the sums, channel-stationary "
         "apply passes) instead of the verified ones");
   m.def("bn_optin", &resnet_ext::bn_act::optin);
-#else
+#else  // a CPU build launches nothing: the switches have nothing to act on
   m.def("set_poison_outputs", [](bool) {});
   m.def("set_failing_kernel", [](const std::string&) {});
   m.def("set_bn_optin", [](bool) {});
   m.def("bn_optin", []() { return false; });
+#endif
 #endif
 }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import operator
 import os
+import warnings
 from typing import Optional, Sequence, Union
 
 import torch
@@ -16,12 +17,28 @@ from ._C_loader import _C
 
 IntPair = Union[int, Sequence[int]]
 
+# Whether this build has csrc/experimental/ (RESNET_EXT_EXPERIMENTAL=1 at build time): the kernels no GPU run has
+# verified yet and the test hooks. The default wheel has neither.
+EXPERIMENTAL: bool = bool(_C.build_info().get("experimental", False))
+
 # The environment's run-time switches, read here once at import (the C++ side reads none): RESNET_EXT_AUTOTUNE=1 as
-# autotune(True); RESNET_EXT_BN_OPTIN=1 turns on the training BN's opt-in CUDA kernels (unverified on a GPU).
+# autotune(True); RESNET_EXT_BN_OPTIN=1 turns on the training BN's opt-in CUDA kernels (unverified on a GPU; only in
+# an experimental build).
 if os.environ.get("RESNET_EXT_AUTOTUNE") == "1":
     _C.set_autotune(True)
 if os.environ.get("RESNET_EXT_BN_OPTIN") == "1":
-    _C.set_bn_optin(True)
+    if EXPERIMENTAL:
+        _C.set_bn_optin(True)
+    else:
+        warnings.warn("RESNET_EXT_BN_OPTIN=1 is ignored: the opt-in BN kernels are only in a build made with "
+                      "RESNET_EXT_EXPERIMENTAL=1", RuntimeWarning, stacklevel=2)
+
+
+def require_experimental(what: str) -> None:
+    """Raises where this build lacks csrc/experimental/ (what `what` needs)."""
+    if not EXPERIMENTAL:
+        raise RuntimeError(f"{what} is unverified code, built only with RESNET_EXT_EXPERIMENTAL=1 "
+                           "(e.g. `RESNET_EXT_EXPERIMENTAL=1 pip install .`); this build has none")
 
 
 def conv_output_size(size, kernel, stride=1, padding=0, dilation=1):
@@ -126,10 +143,11 @@ def scale_shift_act_(y: Tensor, scale: Tensor, shift: Tensor, residual: Optional
     return y
 
 
-@torch.library.register_fake("resnet_ext::max_pool_nhwc")
-def _max_pool_nhwc_fake(x, kernel_size, stride, padding, dilation):
-    return torch.ops.aten.max_pool2d(x, kernel_size, stride, padding, dilation).contiguous(
-        memory_format=torch.channels_last if x.dim() == 4 else torch.contiguous_format)
+if EXPERIMENTAL:  # the op exists only there (csrc/experimental/max_pool.cpp)
+    @torch.library.register_fake("resnet_ext::max_pool_nhwc")
+    def _max_pool_nhwc_fake(x, kernel_size, stride, padding, dilation):
+        return torch.ops.aten.max_pool2d(x, kernel_size, stride, padding, dilation).contiguous(
+            memory_format=torch.channels_last if x.dim() == 4 else torch.contiguous_format)
 
 
 _NHWC_MAX_POOL = False  # nhwc_max_pool(): opt-in until a GPU run verifies the kernel
@@ -137,13 +155,15 @@ _NHWC_MAX_POOL = False  # nhwc_max_pool(): opt-in until a GPU run verifies the k
 
 def nhwc_max_pool(enabled: Optional[bool] = None) -> bool:
     """Whether the models' max pool runs resnet_ext's NHWC kernel on CUDA (`max_pool_nhwc`: no indices, one pass)
-    for inference; returns the setting in force before the call. Off by default: unverified on a GPU until
-    `benchmarks/gpu_check.sh --only maxpool` passes."""
+    for inference; returns the setting in force before the call. Off by default and only in an experimental build
+    (`require_experimental`): unverified on a GPU until `benchmarks/gpu_check.sh --only maxpool` passes."""
     global _NHWC_MAX_POOL
     previous = _NHWC_MAX_POOL
     if enabled is not None:
         if not isinstance(enabled, bool):
             raise TypeError(f"nhwc_max_pool: enabled must be True or False, got {enabled!r}")
+        if enabled:
+            require_experimental("nhwc_max_pool(True)")
         _NHWC_MAX_POOL = enabled
     return previous
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import resnet_ext
-from conftest import randomize_bn, rel_err, requires_cuda
+from conftest import randomize_bn, rel_err, requires_cuda, requires_experimental
 from resnet_ext._C_loader import _C
 from resnet_ext.shapes import conv_shapes
 
@@ -28,6 +28,11 @@ CL = torch.channels_last
 
 @pytest.fixture(autouse=True)
 def poison_outputs():
+    """Fused outputs NaN-filled before each launch, where the build has the hook (RESNET_EXT_EXPERIMENTAL=1, as
+    gpu_check.sh builds); a default build's tests run on fresh allocations."""
+    if not resnet_ext.ops.EXPERIMENTAL:
+        yield
+        return
     _C.set_poison_outputs(True)
     yield
     _C.set_poison_outputs(False)
@@ -389,6 +394,7 @@ def test_strided_bias_is_right_on_cuda(cutlass_only):
     assert rel_err(y, reference_fp32(x, w, wide[::2], None, s, True)) <= TOL[torch.float16]
 
 
+@requires_experimental  # set_failing_kernel: a test hook
 def test_autotune_candidate_whose_launch_fails_is_rejected_not_thrown(cutlass_only):
     s = SHAPES[5].with_batch(8)
     x, w, b, r = make_inputs(s, torch.float16, s.residual)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import resnet_ext
 from resnet_ext._C_loader import _C
-from conftest import rel_err, requires_cuda
+from conftest import rel_err, requires_cuda, requires_experimental
 from resnet_ext.bn_act import bn_act
 from resnet_ext.shapes import activation_shapes
 
@@ -143,6 +143,7 @@ def test_amp_training_step_matches_torchvision(train_mode):
         assert ours_err <= 1.25 * tv_err + 1e-6, (k, ours_err, tv_err)
 
 
+@requires_experimental  # the opt-in kernels are only in such a build
 def test_the_bn_kernels_are_the_ones_asked_for():
     """gpu_check.sh runs this file twice, the second time with RESNET_EXT_BN_OPTIN=1: that run must have exercised
     the opt-in training-BN kernels, the first the verified ones."""

@@ -1,8 +1,8 @@
-"""The Hopper (sm_90a) GEMM kernels of ResNet's 1x1 stride-1 convolutions (csrc/kernels/gemm_sm90.{h,cu}).
+"""The Hopper (sm_90a) GEMM kernels of ResNet's 1x1 stride-1 convolutions (csrc/experimental/gemm_sm90.{h,cu}).
 
 Without a GPU:
   - the header's host-side logic (configuration table, check_problem, heuristic_score), compiled with the system C++
-    compiler against csrc/kernels/gemm_sm90.h alone (no CUDA, no torch) and driven with every 1x1 stride-1 shape of
+    compiler against csrc/experimental/gemm_sm90.h alone (no CUDA, no torch) and driven with every 1x1 stride-1 shape of
     resnet50/101 and with bad problems;
   - in a CUDA build, the kernels as the dispatcher sees them: registered, accepted by can_implement for every such
     shape, rejected (with a reason) for every other conv, never chosen by the dispatcher itself (unverified), chosen
@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 
 import resnet_ext
-from conftest import rel_err
+from conftest import rel_err, requires_experimental
 from resnet_ext._C_loader import _C
 from resnet_ext.shapes import conv_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADER = ROOT / "csrc" / "kernels" / "gemm_sm90.h"
+HEADER = ROOT / "csrc" / "experimental" / "gemm_sm90.h"
 PREFIX = "sm90_gemm_"
 NAME_RE = r"sm90_gemm_(bf16|f16)_(\d+)x(\d+)x(\d+)_c(\d+)x(\d+)_(coop|pingpong)_(\d+)st_a(\d+)"
 TAG = {"bfloat16": "bf16", "float16": "f16"}
@@ -66,7 +66,7 @@ DRIVER = r"""
 #include <cstring>
 #include <iostream>
 #include <string>
-#include "kernels/gemm_sm90.h"
+#include "experimental/gemm_sm90.h"
 using namespace resnet_ext::gemm_sm90;
 int main(int argc, char** argv) {
   if (argc > 1 && std::strcmp(argv[1], "configs") == 0) {
@@ -250,7 +250,9 @@ def _gemm_kernels(tag=None):
 
 # Registered with the dispatcher (kernels/registry.cpp) in every CUDA build, opt-in (no verified arch): these run
 # host-side wherever _C has CUDA kernels compiled in (no GPU needed), and skip only in a CPU-only build.
-cuda_build = pytest.mark.skipif(not resnet_ext.build_info()["cuda"], reason="built without CUDA kernels")
+# The registered kernels (and the select_kernel hook): a CUDA build made with RESNET_EXT_EXPERIMENTAL=1.
+cuda_build = pytest.mark.skipif(not (resnet_ext.build_info()["cuda"] and resnet_ext.ops.EXPERIMENTAL),
+                                reason="needs a CUDA build made with RESNET_EXT_EXPERIMENTAL=1")
 
 
 def problem(s, dtype, sm=90, **over):

@@ -8,9 +8,11 @@ import re
 import pytest
 
 import resnet_ext
+from conftest import requires_experimental
 from resnet_ext._C_loader import _C
 from resnet_ext.shapes import conv_shapes
 
+pytestmark = requires_experimental  # select_kernel: a test hook
 cuda_build = pytest.mark.skipif(not resnet_ext.build_info()["cuda"], reason="built without CUDA kernels")
 BUILT_IMAGES = resnet_ext.build_info()["cuda_images"].split()
 # The tests below that simulate an sm_80 device with this build's real kernels need an image that loads there (the
@@ -128,7 +130,7 @@ def _kernels(prefix):
 def test_kernel_names_say_tile_stages_and_alignment():
     names = resnet_ext.build_info()["fused_kernels"]
     assert len(names) == len(set(names))
-    # The sm_90a GEMMs of 1x1 stride-1 convs (kernels/gemm_sm90.h's table, registered opt-in) name their cluster
+    # The sm_90a GEMMs of 1x1 stride-1 convs (experimental/gemm_sm90.h's table, registered opt-in) name their cluster
     # shape and schedule too; every other kernel is a conv kernel named by kernels.h's kernel_name.
     gemms = [n for n in names if n.startswith("sm90_gemm_")]
     convs = [n for n in names if not n.startswith("sm90_gemm_")]

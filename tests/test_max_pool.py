@@ -1,13 +1,14 @@
-"""resnet_ext::max_pool_nhwc (opt-in NHWC max pool without indices): equal to F.max_pool2d on every path, NaN and
-inf as torch, the models' switch; the CUDA kernel against torch on odd sizes, every dtype, poisoned outputs."""
+"""resnet_ext::max_pool_nhwc (opt-in NHWC max pool without indices, built only with RESNET_EXT_EXPERIMENTAL=1):
+equal to F.max_pool2d on every path, NaN and inf as torch, the models' switch; the CUDA kernel against torch on odd
+sizes, every dtype, poisoned outputs. In a default build: the switch refuses, naming the build flag."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import resnet_ext
-from conftest import requires_cuda
+from conftest import requires_cuda, requires_experimental
 
-op = torch.ops.resnet_ext.max_pool_nhwc
+op = torch.ops.resnet_ext.max_pool_nhwc if resnet_ext.ops.EXPERIMENTAL else None
 CASES = [  # (N, C, H, W), kernel, stride, padding, dilation
     ((2, 64, 112, 112), 3, 2, 1, 1), ((1, 64, 113, 111), 3, 2, 1, 1), ((3, 16, 9, 7), 2, 2, 0, 1),
     ((1, 8, 5, 5), 3, 1, 1, 1), ((2, 24, 11, 10), 3, 2, 1, 2), ((1, 64, 1, 1), 1, 1, 0, 1), ((4, 32, 6, 6), (3, 2), (1, 2), (1, 0), 1),
@@ -36,6 +37,16 @@ def _same(y, ref):
     assert torch.equal(torch.nan_to_num(y), torch.nan_to_num(ref))
 
 
+@pytest.mark.skipif(resnet_ext.ops.EXPERIMENTAL, reason="a default build's refusal")
+def test_default_build_refuses_the_switch():
+    assert resnet_ext.nhwc_max_pool() is False
+    with pytest.raises(RuntimeError, match="RESNET_EXT_EXPERIMENTAL=1"):
+        resnet_ext.nhwc_max_pool(True)
+    assert resnet_ext.nhwc_max_pool(False) is False  # turning it off is always allowed
+    assert not hasattr(torch.ops.resnet_ext, "max_pool_nhwc")
+
+
+@requires_experimental
 @pytest.mark.parametrize("case", CASES, ids=str)
 @pytest.mark.parametrize("cl", [True, False], ids=["channels_last", "nchw"])
 def test_equals_torch_on_the_cpu(case, cl):
@@ -45,6 +56,7 @@ def test_equals_torch_on_the_cpu(case, cl):
         _same(op(x, *_args(*rest)), F.max_pool2d(x, *_args(*rest)))
 
 
+@requires_experimental
 def test_opcheck_and_torchs_errors():
     x = _input((2, 16, 8, 8), torch.float32, "cpu", special=False)  # opcheck compares outputs: no NaN
     torch.library.opcheck(op.default, (x, [3, 3], [2, 2], [1, 1], [1, 1]))
@@ -52,6 +64,7 @@ def test_opcheck_and_torchs_errors():
         op(x, [3, 3], [2, 2], [2, 2], [1, 1])
 
 
+@requires_experimental
 def test_models_switch():
     assert resnet_ext.nhwc_max_pool() is False  # off by default (unverified on a GPU)
     with pytest.raises(TypeError, match="nhwc_max_pool: enabled must be True or False"):
@@ -67,6 +80,7 @@ def test_models_switch():
             resnet_ext.nhwc_max_pool(previous)
 
 
+@requires_experimental
 @requires_cuda
 @pytest.mark.parametrize("case", CASES, ids=str)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -81,6 +95,7 @@ def test_cuda_kernel_equals_torch(case, dtype):
         _same(op(fallback, *_args(*rest)), F.max_pool2d(fallback, *_args(*rest)))
 
 
+@requires_experimental
 @requires_cuda
 def test_cuda_model_with_the_switch_matches():
     torch.manual_seed(0)

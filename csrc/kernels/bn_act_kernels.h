@@ -20,12 +20,14 @@ struct Layout {
   int64_t M() const { return N * HW; }  // values per channel
 };
 
-// The opt-in kernels, unverified on a GPU until a GPU run passes the BN tests with them (RESNET_EXT_BN_OPTIN=1 or
-// set_optin(true)): the per-channel sums' final pass with a block of threads per 32 channels (instead of one
-// thread per channel; both fp64 in a fixed order), and NHWC-vectorized apply passes whose threads keep their
-// channels (instead of recomputing them per vector). Off, the verified kernels run.
+#ifdef RESNET_EXT_EXPERIMENTAL
+// The opt-in kernels (experimental/bn_act_optin.cuh), unverified on a GPU until a GPU run passes the BN tests with
+// them (resnet_ext.ops.bn_optin(True)): the per-channel sums' final pass with a block of threads per 32 channels
+// (instead of one thread per channel; both fp64 in a fixed order), and NHWC-vectorized apply passes whose threads
+// keep their channels (instead of recomputing them per vector). Off, the verified kernels run.
 bool optin();
 void set_optin(bool on);
+#endif
 
 // Scratch floats the sums kernels need for their per-block partials.
 int64_t partials_floats(const Layout& l, int64_t element_size);

@@ -1,4 +1,4 @@
-// The element types of the CUDA kernels' launchers (bn_act_kernels.h, max_pool_kernels.h): one enum, no ATen.
+// The element types of the CUDA kernels' launchers (bn_act_kernels.h, experimental/max_pool_kernels.h): one enum, no ATen.
 #pragma once
 
 namespace resnet_ext {

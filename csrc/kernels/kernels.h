@@ -12,9 +12,10 @@ namespace resnet_ext {
 void append_cutlass_sm80_f16_kernels(std::vector<FusedKernelInfo>& out);   // cutlass_conv_sm80_f16.cu
 void append_cutlass_sm80_bf16_kernels(std::vector<FusedKernelInfo>& out);  // cutlass_conv_sm80_bf16.cu
 void append_cutlass_sm80_tf32_kernels(std::vector<FusedKernelInfo>& out);  // cutlass_conv_sm80_tf32.cu
-void append_cutlass_sm90_kernels(std::vector<FusedKernelInfo>& out);       // cutlass_conv_sm90.cu
-// Opt-in (unverified) sm_90a GEMMs of 1x1 stride-1 convs: registered with empty verified_sms.
-void append_cutlass_gemm_sm90_kernels(std::vector<FusedKernelInfo>& out);  // gemm_sm90.cu
+// Unverified, built with RESNET_EXT_EXPERIMENTAL=1 only, registered with empty verified_sms (opt-in): sm_90a
+// implicit-GEMM convs and GEMMs of 1x1 stride-1 convs.
+void append_cutlass_sm90_kernels(std::vector<FusedKernelInfo>& out);       // experimental/cutlass_conv_sm90.cu
+void append_cutlass_gemm_sm90_kernels(std::vector<FusedKernelInfo>& out);  // experimental/gemm_sm90.cu
 
 // "<family>_<dtype>_<epilogue>_<M>x<N>x<K>_<stages>st_a<alignment>", e.g. sm80_f16_bias_act_128x128x64_3st_a8:
 // built from the kernel's template parameters, so the name cannot drift from what was compiled.

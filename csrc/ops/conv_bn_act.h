@@ -89,9 +89,12 @@ at::Tensor conv_bn_act_fallback(const ConvProblem& p, const at::Tensor& x, const
                                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
                                 const ConvParams& c, bool relu, std::string* ran = nullptr);
 
-// Test switches (resnet_ext._C): NaN-fill fused outputs before each launch; make a named kernel's launch fail.
+#ifdef RESNET_EXT_EXPERIMENTAL
+// Test switches (resnet_ext._C, RESNET_EXT_EXPERIMENTAL=1 builds): NaN-fill fused outputs before each launch; make
+// a named kernel's launch fail.
 void set_poison_outputs(bool on);
 void set_failing_kernel(const std::string& name);
+#endif
 #endif
 
 }  // namespace resnet_ext

@@ -20,9 +20,11 @@ namespace resnet_ext {
 
 namespace {
 
+#ifdef RESNET_EXT_EXPERIMENTAL  // test hooks, not in the default build
 std::atomic<bool> g_poison_outputs{false};
 std::mutex g_failing_mutex;
 std::string g_failing_kernel;
+#endif
 
 bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
@@ -55,12 +57,14 @@ ScalarKind scalar_kind(at::ScalarType t) {
 
 }  // namespace
 
+#ifdef RESNET_EXT_EXPERIMENTAL
 void set_poison_outputs(bool on) { g_poison_outputs = on; }
 
 void set_failing_kernel(const std::string& name) {
   std::lock_guard<std::mutex> lock(g_failing_mutex);
   g_failing_kernel = name;
 }
+#endif
 
 ConvOperands launch_operands(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                              const std::optional<at::Tensor>& residual) {
@@ -131,10 +135,12 @@ ConvProblem describe_cuda_call(const ConvOperands& ops, const ConvParams& c, boo
 Decision choose_cuda_path(const ConvProblem& p) { return dispatch_conv(p); }
 
 std::string launch_fused(const FusedKernelInfo& kernel, const ConvProblem& p, const ConvOperands& ops, at::Tensor& y) {
+#ifdef RESNET_EXT_EXPERIMENTAL
   {
     std::lock_guard<std::mutex> lock(g_failing_mutex);
     if (!g_failing_kernel.empty() && g_failing_kernel == kernel.name) return "launch failed on purpose (test switch)";
   }
+#endif
   ConvLaunchArgs args;
   args.problem = p;
   args.x = ops.x.data_ptr();
@@ -204,7 +210,9 @@ at::Tensor conv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight, const
     return y;
   }
   at::Tensor y = at::empty(c.out_size, x.options().memory_format(output_format(x)));  // as described to dispatch
+#ifdef RESNET_EXT_EXPERIMENTAL
   if (g_poison_outputs.load(std::memory_order_relaxed)) y.fill_(std::numeric_limits<float>::quiet_NaN());
+#endif
   const std::string err = launch_fused(*d.kernel, p, ops, y);
   TORCH_CHECK(err.empty(), "conv_bn_act: fused kernel ", d.kernel->name, " failed for ", p.to_string(), ": ", err);
   count_path(d.path);

@@ -1,4 +1,4 @@
-// Launcher of the NHWC max pool without indices (max_pool_kernels.cu). No ATen here: ops/max_pool.cpp passes raw
+// Launcher of the NHWC max pool without indices (max_pool_kernels.cu). No ATen here: max_pool.cpp passes raw
 // device pointers. Returns "" or the CUDA error.
 #pragma once
 

@@ -1,6 +1,6 @@
 // resnet_ext::max_pool_nhwc(x, kernel_size, stride, padding, dilation) == F.max_pool2d(x, ...) (ceil_mode False, no
 // indices). On CUDA a channels_last-dense fp32/fp16/bf16 x with 16-byte aligned data and channels a multiple of
-// the 16-byte vector runs kernels/max_pool_kernels.cu (one pass, no indices; opt-in from Python, unverified until a
+// the 16-byte vector runs experimental/max_pool_kernels.cu (one pass, no indices; opt-in from Python, unverified until a
 // GPU run); everything else, and the CPU, runs ATen's max_pool2d, which also gives its errors.
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -9,7 +9,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include "kernels/max_pool_kernels.h"
+#include "experimental/max_pool_kernels.h"
 #include "ops/kernel_dtype.h"
 #endif
 

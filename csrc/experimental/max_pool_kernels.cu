@@ -8,7 +8,7 @@
 
 #include <cstdint>
 
-#include "kernels/max_pool_kernels.h"
+#include "experimental/max_pool_kernels.h"
 
 namespace resnet_ext {
 namespace max_pool {

@@ -35,7 +35,7 @@
 #include "cutlass/kernel_hardware_info.hpp"
 #include "cutlass/util/packed_stride.hpp"
 #include "dispatch/conv_problem.h"
-#include "kernels/gemm_sm90.h"
+#include "experimental/gemm_sm90.h"
 #include "kernels/kernels.h"
 
 namespace resnet_ext {
