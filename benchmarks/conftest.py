@@ -9,13 +9,12 @@ Options: --bench-batch N, --bench-dtype {bf16,fp16,fp32}. Results: --benchmark-j
 """
 import math
 import os
-import time
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-from resnet_ext.bench import _sync  # the one definition, shared with `python -m resnet_ext bench`
+from resnet_ext.cli import sync, timer  # the ones `python -m resnet_ext bench` uses
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -78,22 +77,12 @@ def ceilings(cfg):
     b = torch.randn(n, n, device=cfg.device, dtype=cfg.dtype)
     reps = 10 if cfg.cuda else 3
     a @ b
-    _sync(cfg.device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    _sync(cfg.device)
-    peak_flops = 2 * n ** 3 * reps / (time.perf_counter() - t0)
+    peak_flops = 2 * n ** 3 / timer(torch.mm, a, b).timeit(reps).median
     nbytes = (1 << 30) if cfg.cuda else (1 << 27)
     src = torch.empty(nbytes, dtype=torch.uint8, device=cfg.device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    _sync(cfg.device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        dst.copy_(src)
-    _sync(cfg.device)
-    peak_bw = 2 * nbytes * reps / (time.perf_counter() - t0)
+    peak_bw = 2 * nbytes / timer(dst.copy_, src).timeit(reps).median
     del a, b, src, dst
     return {"peak_flops": peak_flops, "peak_bytes_per_s": peak_bw}
 
@@ -119,20 +108,16 @@ def run_benchmark(benchmark, cfg, fn, input_sets, extra_info: dict):
         return fn(*inputs)
 
     one()
-    _sync(cfg.device)
+    sync(cfg.device)
     inner = 1
     if cfg.cuda:
-        t0 = time.perf_counter()
-        for _ in range(3):
-            one()
-        _sync(cfg.device)
-        per_call = (time.perf_counter() - t0) / 3
+        per_call = timer(one).timeit(3).median
         inner = max(1, min(200, int(2e-3 / max(per_call, 1e-7))))
 
     def round_():
         for _ in range(inner):
             one()
-        _sync(cfg.device)
+        sync(cfg.device)
 
     benchmark.extra_info.update(extra_info)
     benchmark.extra_info.update(inner=inner, device=torch.cuda.get_device_name(cfg.device) if cfg.cuda else "cpu",

@@ -7,10 +7,11 @@ for every resnet50 conv + BN + ReLU shape, the median time of
 Usage: python benchmarks/cpu_units.py [cl|nchw] [batch]   (2 threads, fp32; run on an otherwise idle machine)."""
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
+
+from resnet_ext.cli import time_interleaved
 
 SHAPES = [  # in channels, input size, out channels, kernel, stride: every distinct resnet50 unit
     (64, 56, 64, 1, 1), (64, 56, 64, 3, 1), (64, 56, 256, 1, 1), (256, 56, 64, 1, 1), (256, 56, 128, 1, 1),
@@ -18,17 +19,6 @@ SHAPES = [  # in channels, input size, out channels, kernel, stride: every disti
     (512, 28, 256, 1, 1), (256, 28, 256, 3, 2), (256, 14, 1024, 1, 1), (512, 28, 1024, 1, 2), (1024, 14, 256, 1, 1),
     (256, 14, 256, 3, 1), (1024, 14, 512, 1, 1), (512, 14, 512, 3, 2), (512, 7, 2048, 1, 1), (1024, 14, 2048, 1, 2),
     (2048, 7, 512, 1, 1), (512, 7, 512, 3, 1)]
-
-
-def median_us(f, n=15):
-    for _ in range(3):
-        f()
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e6
 
 
 def main(cl: bool, bs: int) -> None:
@@ -78,8 +68,12 @@ def main(cl: bool, bs: int) -> None:
                 return pw(x, wp, shift, pad, [s, s], [1, 1], 1, "relu", [], "")
 
             err = (gemm() - eager()).abs().max().item()
-            print(f"{c} {h} {k} {r} {s} | {median_us(eager):7.0f} | {median_us(fold):7.0f} | {median_us(gemm):7.0f} "
-                  f"| {median_us(packed):7.0f} | {err:.1e}")
+            fns = {"eager": eager, "fold": fold, "gemm": gemm, "packed": packed}
+            times, _ = time_interleaved({n: (lambda _x, f=f: f()) for n, f in fns.items()}, None, 15,
+                                        {n: 3 for n in fns})
+            us = {n: statistics.median(t) * 1e6 for n, t in times.items()}
+            print(f"{c} {h} {k} {r} {s} | {us['eager']:7.0f} | {us['fold']:7.0f} | {us['gemm']:7.0f} "
+                  f"| {us['packed']:7.0f} | {err:.1e}")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,12 @@
 NCHW inputs: interleaved rounds in one process, median ratio and its spread (issue #28's default-mode goal).
 Usage: python benchmarks/default_nchw_weights.py   (2 threads, resnet50 fp32 224x224, batch 1 and 8)."""
 import statistics
-import time
 
 import torch
 import torchvision
 
 import resnet_ext
+from resnet_ext.cli import time_interleaved
 
 
 def main() -> None:
@@ -21,15 +21,8 @@ def main() -> None:
             x = torch.randn(bs, 3, 224, 224)
             if cl:
                 x = x.contiguous(memory_format=torch.channels_last)
-            times = {"tv": [], "ours": []}
             with torch.no_grad():
-                for m in (tv, ours, tv, ours):  # warm-up
-                    m(x)
-                for _ in range(rounds):
-                    for k, m in (("tv", tv), ("ours", ours)):
-                        t0 = time.perf_counter()
-                        m(x)
-                        times[k].append(time.perf_counter() - t0)
+                times, _ = time_interleaved({"tv": tv, "ours": ours}, x, rounds, {"tv": 2, "ours": 2})
                 same = torch.equal(tv(x), ours(x))
             r = [a / b for a, b in zip(times["tv"], times["ours"])]
             print(f"batch {bs} {'channels_last' if cl else 'NCHW'} input, NCHW weights: torchvision "

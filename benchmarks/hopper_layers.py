@@ -12,9 +12,9 @@ larger than the L2, median of several batches.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
-import statistics
 import sys
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import resnet_ext  # noqa: E402
 from resnet_ext._C_loader import _C  # noqa: E402
+from resnet_ext.cli import cuda_event_ms  # noqa: E402
 from resnet_ext.shapes import conv_shapes  # noqa: E402
 
 CL = torch.channels_last
@@ -58,20 +59,9 @@ def rel_err(a, b) -> float:
 
 
 def time_ms(fn, sets, calls=10, repeats=7) -> float:
-    """Median over `repeats` of (CUDA-event time of `calls` calls rotating through `sets`) / calls."""
-    for i in range(3):
-        fn(*sets[i % len(sets)])
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for i in range(calls):
-            fn(*sets[i % len(sets)])
-        end.record()
-        end.synchronize()
-        out.append(start.elapsed_time(end) / calls)
-    return statistics.median(out)
+    """CUDA-event ms per call of fn, rotating through the input `sets` (so no set stays in L2)."""
+    it = itertools.cycle(sets)
+    return cuda_event_ms(lambda: fn(*next(it)), calls, repeats)
 
 
 def contenders(s):

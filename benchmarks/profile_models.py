@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import json
 import re
-import statistics
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from resnet_ext import fusion  # noqa: E402
 from resnet_ext.bench import seeded_model  # noqa: E402
+from resnet_ext.cli import cuda_event_ms  # noqa: E402
 
 CL = torch.channels_last
 # First match wins: kernel-name patterns -> category.
@@ -85,18 +85,7 @@ def profile(fn, iters: int, top: int) -> dict:
 
 
 def events_ms(fn, repeats=10) -> float:
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        out.append(a.elapsed_time(b))
-    return statistics.median(out)
+    return cuda_event_ms(fn, 1, repeats, warmup=2)
 
 
 def stages(model, x, ours: bool) -> dict:

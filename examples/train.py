@@ -34,6 +34,8 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 import resnet_ext
+from resnet_ext import cli
+from resnet_ext.cli import OneLineArgumentParser, number
 
 
 class FakeImages(Dataset):
@@ -71,31 +73,8 @@ def fail(message: str, code: int = 2):
     raise SystemExit(code)
 
 
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        fail(f"{message} (see {PROG} --help)")
-
-
-def number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
-    """An argparse type: `kind` (int or float) in the range; the error names the range."""
-    rng = (f"{'>' if lo_open else '>='} {lo}" if hi is None else
-           f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
-    want = f"{'an integer' if kind is int else 'a number'} {rng}"
-
-    def parse(text):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
-        if (lo is not None and (v <= lo if lo_open else v < lo)) or \
-                (hi is not None and (v >= hi if hi_open else v > hi)) or not math.isfinite(v):
-            raise argparse.ArgumentTypeError(f"expected {want}, got {text}")
-        return v
-    return parse
-
-
 def parse_args(argv=None):
-    p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--data", help="ImageFolder root (uses ROOT/train if present)")
     data.add_argument("--fake-data", action="store_true", help="deterministic synthetic images")
@@ -154,17 +133,10 @@ def check_arguments(args) -> str:
 
 
 def check_output_dir(path: str) -> None:
-    """Created if needed and written to now, so an unwritable directory is not discovered after the last step."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        fail(f"argument --output-dir: {path}: exists and is not a directory")
-    probe = os.path.join(path, f".write-test.{os.getpid()}")
     try:
-        os.makedirs(path, exist_ok=True)
-        with open(probe, "wb") as f:
-            f.write(b"x")
-        os.remove(probe)
-    except OSError as e:
-        fail(f"argument --output-dir: {path}: cannot write there ({e.strerror or type(e).__name__})")
+        cli.check_output_dir(path, "argument --output-dir:")
+    except cli.UserError as e:
+        fail(str(e))
 
 
 def remove_stale_temporaries(ckpt_path: str) -> None:

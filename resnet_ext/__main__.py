@@ -1,14 +1,7 @@
 """python -m resnet_ext {bench,report,predict}"""
-import argparse
 import sys
 
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """A bad argument is one line on stderr naming it and what was expected (argparse's message), exit code 2,
-    instead of argparse's usage block followed by the message."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+from .cli import OneLineArgumentParser
 
 
 def main(argv=None) -> int:

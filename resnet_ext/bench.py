@@ -7,18 +7,21 @@ and its spread (min-max), and each ratio is the median of the per-round ratios w
 Eval rows: torchvision eager; resnet_ext in its default mode (every forward reads the live weights); resnet_ext in
 its explicit frozen mode (`resnet_ext.freeze(model)`); with --compile, torch.compile of the torchvision model with
 inductor's freezing (weights as constants, the peer of resnet_ext's frozen mode), whose warm-up time is the
-compile time. This module also holds what the subcommands share: one-line user errors, argument checks, _sync."""
+compile time. What the subcommands share (one-line user errors, argument checks, progress, the
+interleaved timer) is in `resnet_ext.cli`."""
 from __future__ import annotations
 
 import argparse
 import copy
 import json
 import os
-import statistics
 import sys
 import time
 
 import torch
+
+from .cli import (Progress, UserError, check_writable, default_device, device_arg, int_at_least, ratio,
+                  summarize, sync, time_interleaved)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
@@ -27,144 +30,6 @@ FROZEN_BF16 = "resnet_ext frozen bf16"
 OURS_FUSED_BN = "resnet_ext fused BN"
 FROZEN_GRAPHS = "resnet_ext frozen graphs"  # freeze(model, cuda_graphs=True)
 ORT, OPENVINO, OPENVINO_BF16 = "onnxruntime", "openvino", "openvino bf16"  # CPU runtimes (--runtimes)  # train: the default model with train_bn("fused")
-
-
-class UserError(Exception):
-    """An error in what the user asked for: printed as one line, exit code 2."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Argument checks shared by the subcommands (argparse `type=` functions: a bad value is one line, exit 2)
-# ---------------------------------------------------------------------------------------------------------------
-
-def int_at_least(lo: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {value}")
-        return value
-    parse.__name__ = f"integer >= {lo}"
-    return parse
-
-
-def check_device(spec: str) -> torch.device:
-    """A device this machine has (cpu, cuda, cuda:N), else UserError naming what is available."""
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, ValueError, TypeError):
-        raise UserError(f"{spec!r} is not a device (expected cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
-            raise UserError(f"{spec!r} is not available: {why}; use cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"{spec!r} is not available: this machine has {torch.cuda.device_count()} CUDA "
-                            f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    elif device.type != "cpu":
-        raise UserError(f"{spec!r}: only cpu and cuda devices are supported")
-    return device
-
-
-def device_arg(spec: str) -> torch.device:
-    try:
-        return check_device(spec)
-    except UserError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def default_device(device: torch.device | None) -> torch.device:
-    return device if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def check_writable(path: str, what: str) -> None:
-    """UserError unless `path` can be written (tried now, so a long run does not fail at its end); leaves no file
-    behind that was not there."""
-    if os.path.isdir(path):
-        raise UserError(f"{what} {path}: is a directory")
-    existed = os.path.exists(path)
-    try:
-        with open(path, "a"):
-            pass
-    except OSError as e:
-        raise UserError(f"{what} {path}: cannot write ({e.strerror or type(e).__name__})") from None
-    if not existed:
-        os.remove(path)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class Progress:
-    """A one-line progress bar on stderr (no dependency); silent when stderr is not a terminal or when disabled."""
-
-    def __init__(self, total: int, enabled: bool = True):
-        self.total, self.done, self.start = total, 0, time.perf_counter()
-        self.enabled = enabled and total > 0 and sys.stderr.isatty()
-
-    def step(self, label: str) -> None:
-        self.done += 1
-        if not self.enabled:
-            return
-        width = 30
-        filled = int(width * min(self.done, self.total) / self.total)
-        elapsed = time.perf_counter() - self.start
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {label:<28} "
-                         f"{elapsed:5.1f}s")
-        if self.done == self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-    def message(self, text: str) -> None:
-        """A line on stderr that does not garble the bar."""
-        if self.enabled and 0 < self.done < self.total:
-            sys.stderr.write("\r\033[K")
-        print(text, file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Timing
-# ---------------------------------------------------------------------------------------------------------------
-
-def summarize(times: list[float]) -> dict:
-    med = statistics.median(times)
-    q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else (med, med, med)
-    return {"median_s": med, "min_s": min(times), "max_s": max(times), "q1_s": q1, "q3_s": q3,
-            "times_s": list(times)}
-
-
-def time_interleaved(fns: dict, x, iters: int, warmup: dict, device, progress: Progress, label: str):
-    """Warm each contender up (its own calls, timed as its warm-up: compilation happens there), then `iters`
-    rounds of one timed call of each contender in turn: A, B, C, A, B, C, ... CUDA work is synchronised around
-    each call. Returns ({name: per-round seconds}, {name: warm-up seconds})."""
-    warm = {}
-    for name, fn in fns.items():
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(warmup[name]):
-            fn(x)
-            progress.step(f"{name} {label} warm-up")
-        _sync(device)
-        warm[name] = time.perf_counter() - t0
-    times: dict = {name: [] for name in fns}
-    for _ in range(iters):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn(x)
-            _sync(device)
-            times[name].append(time.perf_counter() - t0)
-            progress.step(f"{name} {label}")
-    return times, warm
-
-
-def ratio(base: list[float], other: list[float]) -> dict:
-    """How many times faster `other` is than `base`: the median of the per-round ratios, and their min-max."""
-    r = [b / o for b, o in zip(base, other)]
-    return {"median": statistics.median(r), "min": min(r), "max": max(r)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -219,10 +84,10 @@ def build_models(arch: str, device, dtype, channels_last: bool):
         models.append(m.to(device=device, dtype=dtype, memory_format=fmt).eval())
     ours, frozen = models
     tv = tv.to(device=device, dtype=dtype, memory_format=fmt).eval()
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     frozen = resnet_ext.freeze(frozen)
-    _sync(device)
+    sync(device)
     return tv, ours, frozen, time.perf_counter() - t0
 
 
@@ -339,7 +204,7 @@ def run(args) -> dict:
     if device.type == "cuda":
         results["gpu"] = torch.cuda.get_device_name(device)
     with torch.inference_mode():
-        times, warm = time_interleaved(peers, x, args.iters, warm_n, device, progress, "eval")
+        times, warm = time_interleaved(peers, x, args.iters, warm_n, progress, "eval")
         ref = tv(x).float()
         for name, fn in peers.items():
             rec = summarize(times[name])
@@ -400,12 +265,11 @@ def train_bench(tv, ours, x, args, device, progress, warmup, compile_mode) -> di
     for name, step in steps.items():  # warm-up one contender at a time, so peak memory is each one's own
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        _, w = time_interleaved({name: step}, xin, 0, {name: warmup_calls(name, warmup)}, device, progress,
-                                "train")
+        _, w = time_interleaved({name: step}, xin, 0, {name: warmup_calls(name, warmup)}, progress, "train")
         warm_s[name] = w[name]
         if device.type == "cuda" and warmup_calls(name, warmup):
             peaks[name] = torch.cuda.max_memory_allocated(device)
-    times, _ = time_interleaved(steps, xin, args.iters, {name: 0 for name in steps}, device, progress, "train")
+    times, _ = time_interleaved(steps, xin, args.iters, {name: 0 for name in steps}, progress, "train")
     out: dict = {}
     for name in steps:
         rec = summarize(times[name])

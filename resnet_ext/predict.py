@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from .bench import Progress, UserError, default_device, device_arg, int_at_least
+from .cli import Progress, UserError, default_device, device_arg, int_at_least
 
 ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
          "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]

@@ -12,7 +12,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from .bench import UserError, check_writable
+from .cli import UserError, check_writable
 
 BASELINES = {"conv_bn_act": "stock", "bn_act_train": "stock", "model_eval": "torchvision_cl",
              "model_train": "torchvision_cl"}

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 __all__ = ["WeightsFileNotFound", "resolve_weights", "load_state", "check_state_dict"]
 
@@ -82,24 +84,19 @@ def resolve_weights(arch: str, weights: Any) -> Any:
                     f"dict; got {type(weights).__name__}")
 
 
-def _strip_prefix(state: Mapping, prefix: str) -> Mapping:
-    if state and all(isinstance(k, str) and k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
 def _unwrap(state: Any, source: str) -> dict:
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
         state = state["model"]  # examples/train.py's checkpoint (and torchvision's reference scripts')
     if not isinstance(state, Mapping) or not state:
         kind = "an empty dict" if isinstance(state, Mapping) else type(state).__name__
         raise ValueError(f"{source}: not a state dict (holds {kind})")
-    for prefix in ("module.", "_orig_mod.", "module."):  # DDP, torch.compile, DDP of a compiled model
-        state = _strip_prefix(state, prefix)
     bad = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
     if bad is not None:
         raise ValueError(f"{source}: not a state dict (entry {bad!r} is a {type(state[bad]).__name__}, "
                          f"not a tensor)")
+    state = OrderedDict(state)  # a copy: the prefixes are removed in place
+    for prefix in ("module.", "_orig_mod.", "module."):  # DDP, torch.compile, DDP of a compiled model
+        consume_prefix_in_state_dict_if_present(state, prefix)
     return dict(state)
 
 

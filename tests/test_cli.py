@@ -223,11 +223,11 @@ def test_predict_bad_paths_and_weights_are_one_line(small, capsys):
 def test_bench_interleaves_rounds():
     calls = []
     fns = {name: (lambda x, name=name: calls.append(name)) for name in "ABC"}
-    times, warm = bench.time_interleaved(fns, None, 3, {"A": 1, "B": 0, "C": 2}, torch.device("cpu"),
-                                         bench.Progress(0, enabled=False), "eval")
+    times, warm = resnet_ext.cli.time_interleaved(fns, None, 3, {"A": 1, "B": 0, "C": 2},
+                                                  resnet_ext.cli.Progress(0, enabled=False), "eval")
     assert calls == ["A", "C", "C"] + ["A", "B", "C"] * 3
     assert {k: len(v) for k, v in times.items()} == {"A": 3, "B": 3, "C": 3} and set(warm) == {"A", "B", "C"}
-    s = bench.ratio([2.0, 4.0, 3.0], [1.0, 1.0, 3.0])
+    s = resnet_ext.cli.ratio([2.0, 4.0, 3.0], [1.0, 1.0, 3.0])
     assert s == {"median": 2.0, "min": 1.0, "max": 4.0}
 
 
