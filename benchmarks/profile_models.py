@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from resnet_ext import fusion  # noqa: E402
+from resnet_ext import engine, fusion  # noqa: E402
 from resnet_ext.bench import seeded_model  # noqa: E402
 from resnet_ext.cli import cuda_event_ms  # noqa: E402
 
@@ -101,8 +101,8 @@ def stages(model, x, ours: bool) -> dict:
     out, t = {}, x
     with torch.inference_mode(), contextlib.ExitStack() as stack:
         if ours:  # the whole model's BN folds, once (timed on their own), as the full forward does them
-            out["BN fold (whole model, batched)"] = events_ms(lambda: model._forward_state(x))
-            stack.enter_context(fusion.forward_state(model._forward_state(x)))
+            out["BN fold (whole model, batched)"] = events_ms(lambda: engine.forward_state(model, x))
+            stack.enter_context(fusion.forward_state(engine.forward_state(model, x)))
         for name, f in parts:
             out[name] = events_ms(lambda f=f, t=t: f(t))
             t = f(t)

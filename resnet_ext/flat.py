@@ -47,7 +47,7 @@ class Structure:
         self.blocks: List[Tuple[List[Unit], Optional[Unit], Unit]] = []  # (head units, downsample, tail)
         for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
             for b in layer:
-                units = [Unit(c, n, True) for c, n in b._unit_pairs()]
+                units = [Unit(c, n, True) for c, n in fusion.unit_pairs(b)]
                 ds = None if b.downsample is None else Unit(b.downsample[0], b.downsample[1], False)
                 self.blocks.append((units[:-1], ds, units[-1]))
         self.units = [self.stem] + [u for head, ds, tail in self.blocks for u in head + ([ds] if ds else []) + [tail]]
@@ -90,8 +90,7 @@ class Structure:
 
 def stock(model: nn.Module) -> bool:
     """Whether the model is a stock resnet_ext ResNet: torchvision's module types everywhere, plain convs/BNs."""
-    from .models import BasicBlock, Bottleneck
-    if model.training or not fusion._hookless(model):
+    if model.training or not fusion.hookless(model):
         return False
     if not (type(model.relu) is nn.ReLU and type(model.maxpool) is nn.MaxPool2d
             and type(model.avgpool) is nn.AdaptiveAvgPool2d and type(model.fc) is nn.Linear
@@ -101,15 +100,15 @@ def stock(model: nn.Module) -> bool:
         if type(layer) is not nn.Sequential:
             return False
         for b in layer:
-            if type(b) not in (BasicBlock, Bottleneck) or type(b.relu) is not nn.ReLU:
+            if not fusion.is_block(b) or type(b.relu) is not nn.ReLU:
                 return False
-            if not all(fusion.foldable(c, n) for c, n in b._unit_pairs()):
+            if not all(fusion.foldable(c, n) for c, n in fusion.unit_pairs(b)):
                 return False
             ds = b.downsample
             if ds is not None and not (type(ds) is nn.Sequential and len(ds) == 2 and fusion.foldable(ds[0], ds[1])):
                 return False
     # Train mode matters only for the BNs (foldable); a forward set on an instance must run (accelerate's hooks).
-    return all(fusion._hookless(m) and not _PATCHED & m.__dict__.keys() for m in model.modules())
+    return all(fusion.hookless(m) and not _PATCHED & m.__dict__.keys() for m in model.modules())
 
 
 # --------------------------------------------------------------------------------------------------------------

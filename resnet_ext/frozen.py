@@ -59,7 +59,7 @@ class FrozenUnit:
         """The unit's output from the frozen fold, or None where the fold no longer belongs to these modules."""
         if not self.belongs_to(conv, bn) or x.dtype != self.weight.dtype:
             return None
-        if fusion._onednn_ok(x, self.weight, self.bias, residual):
+        if fusion.onednn_ok(x, self.weight, self.bias, residual):
             w = self.packed_for(conv, x)
             fusion.count("onednn_prepacked")
             return fusion.onednn_conv(x, w, self.bias, conv, relu, residual)
@@ -77,7 +77,8 @@ def freeze(model: nn.Module, *, dtype: Optional[torch.dtype] = None, cuda_graphs
 
     `cuda_graphs=True` (CUDA; opt-in until verified on a GPU): each input signature's frozen forward is captured in
     a CUDA graph on its first call and replayed after (`resnet_ext.graphs`)."""
-    if not hasattr(model, "_fold_pairs"):
+    from .models import ResNet  # models imports the engine, which imports this module
+    if not isinstance(model, ResNet):
         raise TypeError(f"freeze: expected a resnet_ext ResNet, got {type(model).__name__}")
     if not isinstance(cuda_graphs, bool):
         raise TypeError(f"freeze: cuda_graphs must be True or False, got {cuda_graphs!r}")
@@ -145,7 +146,7 @@ def folds_of(model: nn.Module) -> Optional[Dict[nn.Module, FrozenUnit]]:
 
 
 def _fold(model: nn.Module) -> Dict[nn.Module, FrozenUnit]:
-    pairs = model._fold_pairs()
+    pairs = fusion.model_pairs(model)
     dtype = compute_dtype(model)
     # Never inference tensors (folds made under inference_mode), which a later forward with gradients cannot use.
     with torch.inference_mode(False), torch.no_grad():

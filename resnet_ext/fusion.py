@@ -54,28 +54,54 @@ def stock_modules():
         _STOCK.reset(token)
 
 
-def _hookless(m: nn.Module) -> bool:
+def hookless(m: nn.Module) -> bool:
     return not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
 
 
 def plain_relu(relu: Optional[nn.Module]) -> bool:
-    return relu is None or (type(relu) is nn.ReLU and _hookless(relu))
+    return relu is None or (type(relu) is nn.ReLU and hookless(relu))
 
 
 def _plain_conv(conv: nn.Module) -> bool:
     # A parametrized conv has another type; legacy weight_norm / spectral_norm are forward pre-hooks.
     return type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple) \
-        and _hookless(conv)
+        and hookless(conv)
 
 
 def foldable(conv: nn.Module, bn: nn.Module) -> bool:
     """conv + an eval-mode BN that uses its running statistics, both stock and without hooks."""
-    return (_plain_conv(conv) and type(bn) is nn.BatchNorm2d and _hookless(bn) and not bn.training
+    return (_plain_conv(conv) and type(bn) is nn.BatchNorm2d and hookless(bn) and not bn.training
             and bn.running_mean is not None and bn.running_var is not None)
 
 
 def train_fusable(bn: nn.Module) -> bool:
-    return type(bn) in _TRAIN_BN and _hookless(bn) and bn.training
+    return type(bn) in _TRAIN_BN and hookless(bn) and bn.training
+
+
+def unit_pairs(block: nn.Module) -> List[Tuple[nn.Module, nn.Module]]:
+    """A block's (conv, bn) pairs of the main path, in forward order (Bottleneck: three, BasicBlock: two)."""
+    pairs = [(block.conv1, block.bn1), (block.conv2, block.bn2)]
+    if hasattr(block, "conv3"):
+        pairs.append((block.conv3, block.bn3))
+    return pairs
+
+
+def is_block(m: nn.Module) -> bool:
+    """Whether `m` is exactly a resnet_ext BasicBlock or Bottleneck (not a subclass, whose forward may differ)."""
+    from .models import BasicBlock, Bottleneck  # models imports the engine, which imports this module
+    return type(m) in (BasicBlock, Bottleneck)
+
+
+def model_pairs(model: nn.Module) -> List[Tuple[nn.Module, nn.Module]]:
+    """Every foldable (conv, bn) pair a ResNet's fused forward will look up, in forward order."""
+    pairs = [(model.conv1, model.bn1)]
+    for m in model.modules():
+        if is_block(m):
+            pairs += unit_pairs(m)
+            ds = m.downsample
+            if type(ds) is nn.Sequential and len(ds) == 2:
+                pairs.append((ds[0], ds[1]))
+    return [(c, b) for c, b in pairs if foldable(c, b)]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -284,7 +310,7 @@ def _needs_grad(x: Tensor, conv: nn.Module, bn: nn.Module, residual: Optional[Te
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def _onednn_ok(x: Tensor, w: Tensor, b: Tensor, residual: Optional[Tensor]) -> bool:
+def onednn_ok(x: Tensor, w: Tensor, b: Tensor, residual: Optional[Tensor]) -> bool:
     """oneDNN's fused convolution has no autograd: only where no gradient is wanted, and in eager mode (a
     compiler or tracer sees the resnet_ext op)."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
@@ -391,7 +417,7 @@ def downsample(ds: Optional[nn.Module], x: Tensor) -> Tensor:
     """The block's shortcut: x, or downsample(x) with its conv + BN fused where they are the stock pair."""
     if ds is None:
         return x
-    if type(ds) is nn.Sequential and len(ds) == 2 and _hookless(ds):
+    if type(ds) is nn.Sequential and len(ds) == 2 and hookless(ds):
         conv, bn = ds[0], ds[1]
         if foldable(conv, bn) or (_plain_conv(conv) and train_fusable(bn) and x.numel() > 0):
             return unit(conv, bn, None, x)

@@ -1,13 +1,10 @@
 """ResNet models that are drop-ins for torchvision.models.resnet: same constructor arguments, same submodules,
 same state_dict keys, same numbers, same behaviour under hooks, module swaps, tracing, scripting and export.
 
-Each block's forward is torchvision's; where its conv + BatchNorm (+ residual) (+ ReLU) units are the stock modules
-without hooks (see `fusion`), they run fused instead: in eval mode on CUDA one `conv_bn_act` call per unit with
-the BN folded into the conv (folded afresh on every forward, in one batch for the whole model, or once in the
-frozen mode, see `frozen`, whose CUDA forward may replay graphs, see `graphs`); on the CPU the default mode applies
-BN unfolded, as torchvision computes it. In training mode the stock conv, then the stock BN(+add)+ReLU or the
-fused op (`fusion.train_bn`). In eval mode on the CPU a model that is still the stock structure runs its whole
-forward as one flat sequence of calls (`flat`).
+This file is torchvision's module code. Each forward asks `engine.enabled()` (no FX tracing, ONNX export, global
+hook, ...) and then hands over to the engine (`engine.forward` for the network, `engine.block` for a block), which
+runs what it can prove unchanged from torchvision fused and the rest through these modules; the engine's state on
+a model is dropped where resnet_ext sees weights change (`train`, `_apply`, `load_state_dict`).
 """
 import os
 from collections.abc import Mapping
@@ -16,11 +13,7 @@ from typing import Any, Callable, List, Optional, Type, Union
 import torch
 from torch import Tensor, nn
 
-from . import flat as _flat
-from . import frozen as _frozen
-from . import graphs as _graphs
-from . import fusion
-from . import state as _state
+from . import engine
 from ._recast import convert
 from .weights import load_state, resolve_weights
 
@@ -32,14 +25,6 @@ except ImportError:  # torchvision is optional: then the classes derive from nn.
 
 def _tv_class(name: str) -> type:
     return getattr(_tv, name) if _tv is not None else nn.Module
-
-
-def _all_finite(x: Tensor) -> bool:
-    """Whether every element of a floating-point `x` is finite. A sum with a NaN or inf in it is never finite, so
-    a finite sum proves it in one reduction (10x faster than isfinite().all(): 16 vs 160 us at 1x3x224x224); only
-    a non-finite sum (a non-finite element, or an overflow) needs the elementwise check."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32  # a 16-bit sum would overflow early
-    return bool(torch.isfinite(x.sum(dtype=acc))) or bool(torch.isfinite(x).all())
 
 
 __all__ = [
@@ -84,7 +69,7 @@ class BasicBlock(_tv_class("BasicBlock")):
 
     def forward(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting():
-            if fusion.enabled():
+            if engine.enabled():
                 return self._forward_fused(x)
         identity = x
 
@@ -105,13 +90,8 @@ class BasicBlock(_tv_class("BasicBlock")):
 
     @torch.jit.unused
     def _forward_fused(self, x: Tensor) -> Tensor:
-        out = fusion.unit(self.conv1, self.bn1, self.relu, x)
-        return fusion.unit(self.conv2, self.bn2, self.relu, out, shortcut=lambda: fusion.downsample(self.downsample, x))
+        return engine.block(self, x)
 
-    @torch.jit.unused
-    def _unit_pairs(self) -> List[tuple]:
-        """The (conv, bn) pairs of the main path, in forward order."""
-        return [(self.conv1, self.bn1), (self.conv2, self.bn2)]
 
 
 class Bottleneck(_tv_class("Bottleneck")):
@@ -137,7 +117,7 @@ class Bottleneck(_tv_class("Bottleneck")):
 
     def forward(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting():
-            if fusion.enabled():
+            if engine.enabled():
                 return self._forward_fused(x)
         identity = x
 
@@ -162,14 +142,8 @@ class Bottleneck(_tv_class("Bottleneck")):
 
     @torch.jit.unused
     def _forward_fused(self, x: Tensor) -> Tensor:
-        out = fusion.unit(self.conv1, self.bn1, self.relu, x)
-        out = fusion.unit(self.conv2, self.bn2, self.relu, out)
-        return fusion.unit(self.conv3, self.bn3, self.relu, out, shortcut=lambda: fusion.downsample(self.downsample, x))
+        return engine.block(self, x)
 
-    @torch.jit.unused
-    def _unit_pairs(self) -> List[tuple]:
-        """The (conv, bn) pairs of the main path, in forward order."""
-        return [(self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)]
 
 
 class ResNet(_tv_class("ResNet")):
@@ -235,7 +209,7 @@ class ResNet(_tv_class("ResNet")):
 
     def _forward_impl(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting():
-            if fusion.enabled():
+            if engine.enabled():
                 return self._forward_fused(x)
         x = self.conv1(x)
         x = self.bn1(x)
@@ -258,108 +232,24 @@ class ResNet(_tv_class("ResNet")):
 
     @torch.jit.unused
     def _forward_fused(self, x: Tensor) -> Tensor:
-        if (x.is_cuda and _graphs.wanted(self)
-                and not (self.training or torch.compiler.is_compiling() or torch.jit.is_tracing())):
-            folds = self._frozen_folds()
-            if folds is not None:
-                out = _graphs.forward(self, x, folds, lambda t: self._forward_frozen_units(t, folds))
-                if out is not None:
-                    return out
-        if x.is_cuda and x.dim() == 4 and (not self.training or fusion.train_fused(x)):
-            x = x.contiguous(memory_format=torch.channels_last)  # the fused kernels are NHWC
-        if torch.compiler.is_compiling():  # each unit folds in the graph, which the compiler fuses
-            return self._forward_units(x)
-        if not self.training and x.device.type == "cpu":
-            folds = self._frozen_folds()
-            if folds is not None:
-                if not torch.jit.is_tracing() and x.is_floating_point() and not _all_finite(x):
-                    # oneDNN's fused ReLU turns NaN into 0 (as compile+freezing does); torchvision propagates it.
-                    with fusion.stock_modules():
-                        return self._forward_impl(x)
-                out = _flat.forward_frozen(self, x, folds)
-            else:
-                out = _flat.forward_default(self, x)
-            if out is not None:
-                return out
-        with fusion.forward_state(self._forward_state(x)):
-            return self._forward_units(x)
-
-    @torch.jit.unused
-    def _forward_frozen_units(self, x: Tensor, folds) -> Tensor:
-        """The eager frozen forward on CUDA, which `graphs` captures."""
-        with fusion.forward_state(fusion.Forward(folds)):
-            return self._forward_units(x.contiguous(memory_format=torch.channels_last))
-
-    @torch.jit.unused
-    def _forward_units(self, x: Tensor) -> Tensor:
-        x = fusion.unit(self.conv1, self.bn1, self.relu, x)
-        x = fusion.ops.max_pool(self.maxpool, x)
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        x = self.layer4(x)
-        x = self.avgpool(x)
-        x = torch.flatten(x, 1)
-        return self.fc(x)
-
-    @torch.jit.unused
-    def _frozen_folds(self):
-        """The frozen folds, or None: not frozen, or this forward may need gradients for the parameters (the frozen
-        folds are constants, so such a forward runs as in the default mode, with differentiable folds)."""
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
-            return None
-        return _frozen.folds_of(self)
-
-    @torch.jit.unused
-    def _forward_state(self, x: Tensor) -> Optional[fusion.Forward]:
-        """This forward's BN folds: the frozen ones (eager only), else (where BN is folded, see `fusion.unfolds`)
-        all of them, now, in one batch."""
-        if self.training:
-            return None
-        frozen = None if torch.jit.is_tracing() else self._frozen_folds()
-        if frozen is not None:
-            return fusion.Forward(frozen)
-        if fusion.unfolds(x):
-            return None
-        pairs = self._fold_pairs()
-        grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        with torch.set_grad_enabled(grad):
-            folded = fusion.fold_pairs(pairs, channels_last=fusion.wants_channels_last(x))
-        return fusion.Forward({(conv, bn): f for (conv, bn), f in zip(pairs, folded)})
-
-    @torch.jit.unused
-    def _fold_pairs(self) -> List[tuple]:
-        """Every foldable (conv, bn) pair the fused forward will look up, in forward order."""
-        pairs = [(self.conv1, self.bn1)]
-        for m in self.modules():
-            if type(m) in (BasicBlock, Bottleneck):
-                pairs += m._unit_pairs()
-                ds = m.downsample
-                if type(ds) is nn.Sequential and len(ds) == 2:
-                    pairs.append((ds[0], ds[1]))
-        return [(c, b) for c, b in pairs if fusion.foldable(c, b)]
+        return engine.forward(self, x)
 
     # The frozen folds follow what resnet_ext can see change: conversions, loads, training.
     def train(self, mode: bool = True):
         if mode:
-            _frozen.invalidate(self)
+            engine.invalidate(self)
         return super().train(mode)
 
     def _apply(self, fn, recurse=True):
-        _frozen.invalidate(self)
+        engine.invalidate(self)
         return super()._apply(fn, recurse)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        _frozen.invalidate(self)
+        engine.invalidate(self)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def __setstate__(self, state):
-        # A model pickled before the state object kept its frozen flag under this key.
-        if "_resnet_ext_frozen" in state:
-            state = dict(state)
-            state[_state.KEY] = _state.ExtState(state.pop("_resnet_ext_frozen"))
-            state.pop("_resnet_ext_folds", None)
-        super().__setstate__(state)
+        super().__setstate__(engine.upgrade_pickled(state))
 
     def to_torchvision(self) -> nn.Module:
         """The torchvision ResNet with this model's parameters and buffers (shared, not copied)."""

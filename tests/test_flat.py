@@ -148,18 +148,18 @@ def test_deleted_bias_raises_like_torchvision():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
-def test_all_finite(dtype):
+def testall_finite(dtype):
     """The input check before oneDNN's fused ReLUs (which turn NaN into 0): a finite sum proves every element
     finite; an overflowing sum of finite elements falls back to the elementwise check."""
-    from resnet_ext.models import _all_finite
+    from resnet_ext.engine import all_finite
     x = torch.randn(2, 3, 17, 19).to(dtype)
-    assert _all_finite(x)
+    assert all_finite(x)
     for bad in (float("nan"), float("inf"), -float("inf")):
         y = x.clone()
         y[1, 2, 16, 0] = bad
-        assert not _all_finite(y)
+        assert not all_finite(y)
     big = torch.full((64,), torch.finfo(dtype).max, dtype=dtype)  # its sum overflows even in the wider dtype
-    assert _all_finite(big) and not _all_finite(torch.cat([big, torch.tensor([float("nan")], dtype=dtype)]))
+    assert all_finite(big) and not all_finite(torch.cat([big, torch.tensor([float("nan")], dtype=dtype)]))
 
 
 def test_frozen_programs_follow_load_state_dict_and_dtype():
