@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import bench_config, run_benchmark
-from resnet_ext.bench import seeded_model
+from resnet_ext.bench import seeded_model, train_step
 
 ARCHS = ["resnet50", "resnet101"] if bench_config().full or bench_config().cuda else ["resnet50"]
 
@@ -60,15 +60,8 @@ def test_model_train_step(benchmark, cfg, arch, impl):
     model, fmt = _model(arch, impl, cfg, train=True)
     x = _input(cfg, fmt, batch, size)
     target = torch.randint(0, 1000, (batch,), device=cfg.device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     amp = cfg.dtype if cfg.dtype != torch.float32 else None
-
-    def fn(inp):
-        with torch.autocast(cfg.device.type, dtype=amp, enabled=amp is not None):
-            loss = torch.nn.functional.cross_entropy(model(inp), target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    fn = train_step(model, model.parameters(), target, amp)
 
     if cfg.cuda:
         torch.cuda.reset_peak_memory_stats()

@@ -229,13 +229,32 @@ def run(args) -> dict:
     return results
 
 
+def train_step(forward, params, target, amp_dtype=None, train_mode=None):
+    """The training step every benchmark times: per call one SGD step (momentum 0.9) of cross-entropy on
+    `forward(inp)` against `target`, under AMP autocast to `amp_dtype` if given, with the models' train-mode BN
+    set to `train_mode` (see `train_bn`; None: as it is) for the step."""
+    from .fusion import train_bn  # here, not at the top: an argument error never loads the extension
+
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+
+    def step(inp):
+        previous = train_bn(train_mode)
+        try:
+            with torch.autocast(target.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = torch.nn.functional.cross_entropy(forward(inp), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        finally:
+            train_bn(previous)
+    return step
+
+
 def train_bench(tv, ours, x, args, device, progress, warmup, compile_mode) -> dict:
     """One SGD step per call (forward, loss, backward, step), with AMP autocast for 16-bit dtypes; the contenders
     interleaved like eval. torchvision, resnet_ext in the default mode (a frozen model does not train) and a copy
     of it with the fused training BN forced (`train_bn("fused")`: what decides the per-device default), and with
     --compile a torch.compile of a copy of the torchvision model (no freezing: it trains)."""
-    from .fusion import train_bn
-
     target = torch.randint(0, 1000, (x.shape[0],), device=device)
     amp_dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else None
     xin = x.float() if amp_dtype else x
@@ -246,21 +265,9 @@ def train_bench(tv, ours, x, args, device, progress, warmup, compile_mode) -> di
     for name, model in models.items():
         model = model.float() if amp_dtype else model
         model.train()
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         fwd = torch.compile(model, mode=compile_mode) if name == COMPILED else model
-
-        def step(inp, fwd=fwd, opt=opt, mode="fused" if name == OURS_FUSED_BN else None):
-            previous = train_bn(mode)
-            try:
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss = torch.nn.functional.cross_entropy(fwd(inp), target)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            finally:
-                train_bn(previous)
-
-        steps[name] = step
+        steps[name] = train_step(fwd, model.parameters(), target, amp_dtype,
+                                 "fused" if name == OURS_FUSED_BN else None)
     warm_s, peaks = {}, {}
     for name, step in steps.items():  # warm-up one contender at a time, so peak memory is each one's own
         if device.type == "cuda":
