@@ -25,37 +25,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import resnet_ext  # noqa: E402
 from resnet_ext._C_loader import _C  # noqa: E402
 from resnet_ext.cli import cuda_event_ms  # noqa: E402
-from resnet_ext.shapes import conv_shapes  # noqa: E402
+from resnet_ext.shapes import conv_shapes, rel_err  # noqa: E402
 
 CL = torch.channels_last
 
 
 def make_set(s, dtype):
-    x = torch.randn(s.N, s.C, s.H, s.W, device="cuda").to(dtype).contiguous(memory_format=CL)
-    w = (torch.randn(s.K, s.C, s.R, s.S, device="cuda") / math.sqrt(s.C * s.R * s.S)).to(dtype)
-    w = w.contiguous(memory_format=CL)
-    b = (0.1 * torch.randn(s.K, device="cuda")).to(dtype)
-    r = torch.randn(s.N, s.K, s.P, s.Q, device="cuda").to(dtype).contiguous(memory_format=CL) if s.residual else None
-    return x, w, b, r
+    return s.inputs(dtype)
 
 
 def reference(s, x, w, b, r):
-    old = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        y = F.conv2d(x.float(), w.float(), b.float(), s.stride, s.padding, s.dilation)
-    finally:
-        torch.backends.cudnn.allow_tf32 = old
-    if r is not None:
-        y = y + r.float()
-    return F.relu(y) if s.relu else y
-
-
-def rel_err(a, b) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    if not torch.isfinite(a).all():
-        return float("inf")
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+    return s.reference_fp32(x, w, b, r)
 
 
 def time_ms(fn, sets, calls=10, repeats=7) -> float:

@@ -1,7 +1,6 @@
 """conv_bn_act (one fused kernel on CUDA) against the stock sequence it replaces — conv, BN (eval), [add], ReLU —
 and, on CUDA, against cuDNN's own fused ops (torch.cudnn_convolution_relu / torch.cudnn_convolution_add_relu).
 One pytest-benchmark group per distinct ResNet conv shape."""
-import math
 
 import pytest
 import torch
@@ -31,10 +30,7 @@ IMPLS = ["stock", "cudnn_fused", "resnet_ext", "resnet_ext_cutlass"]  # _cutlass
 def make_set(s, cfg):
     dev, dt = cfg.device, cfg.dtype
     fmt = torch.channels_last
-    x = torch.randn(s.N, s.C, s.H, s.W, device=dev, dtype=dt).contiguous(memory_format=fmt)
-    w = (torch.randn(s.K, s.C, s.R, s.S, device=dev) / math.sqrt(s.C * s.R * s.S)).to(dt)
-    w = w.contiguous(memory_format=fmt)
-    r = torch.randn(s.N, s.K, s.P, s.Q, device=dev, dtype=dt).contiguous(memory_format=fmt) if s.residual else None
+    x, w, _, r = s.inputs(dt, device=dev)
     bn = dict(mean=torch.randn(s.K, device=dev, dtype=dt) * 0.1, var=torch.rand(s.K, device=dev, dtype=dt) + 0.5,
               gamma=torch.rand(s.K, device=dev, dtype=dt) + 0.5, beta=torch.randn(s.K, device=dev, dtype=dt) * 0.1)
     wf, bf = resnet_ext.fold_bn_weights(w, None, bn["mean"], bn["var"], 1e-5, bn["gamma"], bn["beta"])

@@ -9,6 +9,14 @@ import torch
 from .ops import conv_output_size
 
 
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b| in float64; NaN or inf anywhere in `a` makes it inf, so NaN never passes."""
+    a64, b64 = a.detach().double(), b.detach().double()
+    if not torch.isfinite(a64).all():
+        return float("inf")
+    return ((a64 - b64).abs().max() / b64.abs().max().clamp_min(1e-12)).item()
+
+
 @dataclass(frozen=True)
 class ConvShape:
     N: int
@@ -35,6 +43,36 @@ class ConvShape:
 
     def with_batch(self, n: int) -> "ConvShape":
         return ConvShape(**{**asdict(self), "N": n})
+
+    def inputs(self, dtype: torch.dtype, residual: bool | None = None, device="cuda", seed: int | None = None):
+        """Random (x, weight, bias, residual or None) for this conv in `dtype`, channels_last (NHWC / KRSC), the
+        weight scaled by 1/sqrt(fan-in) so outputs stay O(1); drawn from a generator seeded with `seed` (None: the
+        global one). The kernels' tests and benchmarks all draw their operands here."""
+        residual = self.residual if residual is None else residual
+        g = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        cl = torch.channels_last
+        x = torch.randn(self.N, self.C, self.H, self.W, device=device, generator=g).to(dtype).contiguous(memory_format=cl)
+        fan_in = self.C // self.groups * self.R * self.S
+        w = (torch.randn(self.K, self.C // self.groups, self.R, self.S, device=device, generator=g) / fan_in ** 0.5)
+        w = w.to(dtype).contiguous(memory_format=cl)
+        b = (0.1 * torch.randn(self.K, device=device, generator=g)).to(dtype)
+        r = (torch.randn(self.N, self.K, self.P, self.Q, device=device, generator=g).to(dtype).contiguous(memory_format=cl)
+             if residual else None)
+        return x, w, b, r
+
+    def reference_fp32(self, x, w, b, r, relu: bool | None = None) -> torch.Tensor:
+        """relu?(conv(x, w) + b (+ r)) for this conv in fp32 without TF32: the reference the kernels are judged by."""
+        relu = self.relu if relu is None else relu
+        old = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            y = torch.nn.functional.conv2d(x.float(), w.float(), b.float(), self.stride, self.padding, self.dilation,
+                                           self.groups)
+        finally:
+            torch.backends.cudnn.allow_tf32 = old
+        if r is not None:
+            y = y + r.float()
+        return torch.relu(y) if relu else y
 
     @property
     def name(self) -> str:

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import resnet_ext
+from resnet_ext.shapes import rel_err  # noqa: F401  (the tests import it from here)
 
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -16,14 +17,6 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                 m.weight.copy_(torch.rand(c, generator=g) * 0.5 + 0.5)
                 m.bias.copy_(torch.rand(c, generator=g) * 0.2 - 0.1)
     return model
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b| / max |b|; NaN anywhere makes it inf, so NaN never passes."""
-    a64, b64 = a.detach().double(), b.detach().double()
-    if not torch.isfinite(a64).all():
-        return float("inf")
-    return ((a64 - b64).abs().max() / b64.abs().max().clamp_min(1e-12)).item()
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

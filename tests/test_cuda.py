@@ -6,7 +6,6 @@ TF32 for fp32; whole models against torchvision; CUDA graphs; fallbacks; the aut
 GPU: explain() names the path each call takes for every layout variant (NCHW, misaligned, strided bias, NCHW
 weight/residual) of tuned and untuned problems, with right results; a failing autotune candidate is rejected;
 unverified kernels are never picked unforced; opcheck of every op on CUDA."""
-import math
 
 import pytest
 import torch
@@ -47,26 +46,11 @@ def cutlass_only():
 
 
 def make_inputs(s, dtype, residual, seed=0):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    x = torch.randn(s.N, s.C, s.H, s.W, device="cuda", generator=g).to(dtype).contiguous(memory_format=CL)
-    w = (torch.randn(s.K, s.C, s.R, s.S, device="cuda", generator=g) / math.sqrt(s.C * s.R * s.S)).to(dtype)
-    w = w.contiguous(memory_format=CL)
-    b = (0.1 * torch.randn(s.K, device="cuda", generator=g)).to(dtype)
-    r = (torch.randn(s.N, s.K, s.P, s.Q, device="cuda", generator=g).to(dtype).contiguous(memory_format=CL)
-         if residual else None)
-    return x, w, b, r
+    return s.inputs(dtype, residual, seed=seed)
 
 
 def reference_fp32(x, w, b, r, s, relu):
-    old = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False  # a true fp32 reference
-    try:
-        y = F.conv2d(x.float(), w.float(), b.float(), s.stride, s.padding, s.dilation, s.groups)
-    finally:
-        torch.backends.cudnn.allow_tf32 = old
-    if r is not None:
-        y = y + r.float()
-    return F.relu(y) if relu else y
+    return s.reference_fp32(x, w, b, r, relu)
 
 
 def check(s, dtype, residual, batch):

@@ -11,7 +11,6 @@ On a Hopper GPU (pytest.mark.cuda; skipped elsewhere): every such shape of resne
 {1, 7, 64} x {no residual, residual}, each GEMM kernel forced, outputs NaN-poisoned before each launch, against an
 fp32 reference of stock ops; explain() and path_counts() name the forced kernel; the ReLU/identity x residual/none
 epilogue variants."""
-import math
 import os
 import re
 import shutil
@@ -20,10 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import resnet_ext
-from conftest import rel_err, requires_experimental
+from conftest import rel_err
 from resnet_ext._C_loader import _C
 from resnet_ext.shapes import conv_shapes
 
@@ -349,26 +347,7 @@ def gpu_env():
 
 
 def make_inputs(s, dtype, residual, seed):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    x = torch.randn(s.N, s.C, s.H, s.W, device="cuda", generator=g).to(dtype).contiguous(memory_format=CL)
-    w = (torch.randn(s.K, s.C, 1, 1, device="cuda", generator=g) / math.sqrt(s.C)).to(dtype)
-    w = w.contiguous(memory_format=CL)
-    b = (0.1 * torch.randn(s.K, device="cuda", generator=g)).to(dtype)
-    r = (torch.randn(s.N, s.K, s.H, s.W, device="cuda", generator=g).to(dtype).contiguous(memory_format=CL)
-         if residual else None)
-    return x, w, b, r
-
-
-def reference_fp32(x, w, b, r, relu):
-    old = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        y = F.conv2d(x.float(), w.float(), b.float())
-    finally:
-        torch.backends.cudnn.allow_tf32 = old
-    if r is not None:
-        y = y + r.float()
-    return F.relu(y) if relu else y
+    return s.inputs(dtype, residual, seed=seed)
 
 
 def run_forced(name, s, dtype, residual, relu, seed):
@@ -380,7 +359,7 @@ def run_forced(name, s, dtype, residual, relu, seed):
     y = resnet_ext.conv_bn_act(x, w, b, r, 1, 0, 1, relu)
     torch.cuda.synchronize()
     assert resnet_ext.path_counts().get(f"fused:{name}") == 1, resnet_ext.path_counts()
-    err = rel_err(y, reference_fp32(x, w, b, r, relu))
+    err = rel_err(y, s.reference_fp32(x, w, b, r, relu))
     assert err <= TOL[dtype], f"{name} {s.name} {dtype} residual={residual} relu={relu}: rel err {err:.2e}"
     assert y.is_contiguous(memory_format=CL) or s.N * s.H * s.W == 1
 
