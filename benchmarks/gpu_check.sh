@@ -8,9 +8,11 @@
 #   bash benchmarks/gpu_check.sh [--quick] [--dry-run] [--only STEP,STEP...] [--deadline SECONDS]
 #
 # Steps, in order: info cutlass build | tests (incl. tests_sm90, tests_bn_optin) graphs compile memcheck fuzz (side
-# by side; maxpool too) | hopper profile models (incl. autotuned) train (incl. the opt-in BN reduce) latency graphs
-# maxpool layers.
+# by side; maxpool and flatcuda too) | hopper profile models (incl. autotuned) train (incl. the opt-in BN reduce)
+# latency graphs maxpool flatcuda layers.
 # maxpool (opt-in NHWC max pool kernel, unverified): tests/test_max_pool.py, then benchmarks/max_pool_check.py.
+# flatcuda (opt-in flat.on_cuda, unverified): its tests in tests/test_flat.py (the module path's bits), then batch
+# 1 and 32 latencies with and without it (bench --flat-cuda).
 # graphs (opt-in CUDA graphs of the frozen mode, unverified): tests/test_graphs.py, then batch 1/8/32 latencies of
 # freeze(model, cuda_graphs=True) against the eager frozen mode and torch.compile(mode="reduce-overhead"). --only runs the named ones (info always; build unless a carried .prebuilt/_C*.so matches these sources
 # and this torch). --quick: the CUDA tests, a smaller CUDA fuzz run, the per-layer benchmarks.
@@ -182,6 +184,10 @@ if wanted maxpool; then
   run_step maxpool_tests 120 "${PYTEST[@]}" -v tests/test_max_pool.py &
   pids+=($!)
 fi
+if wanted flatcuda; then  # the CUDA eval forward as the recorded sequence of fused units: the module path's bits
+  run_step flatcuda_tests 120 "${PYTEST[@]}" -v tests/test_flat.py -k "fused or on_cuda" &
+  pids+=($!)
+fi
 if wanted compile && [ "$QUICK" = 0 ]; then
   run_step compile 260 "${PYTEST[@]}" -v tests/test_cuda.py -k compile &
   pids+=($!)
@@ -198,7 +204,7 @@ elif [ "$QUICK" = 1 ] && wanted fuzz; then
   pids+=($!)
 fi
 for p in "${pids[@]}"; do wait "$p"; done
-for name in tests tests_sm90 tests_bn_optin graphs maxpool_tests compile memcheck fuzz; do [ -f "$R/$name.log" ] && cat "$R/$name.log" >> "$LOG"; done
+for name in tests tests_sm90 tests_bn_optin graphs maxpool_tests flatcuda_tests compile memcheck fuzz; do [ -f "$R/$name.log" ] && cat "$R/$name.log" >> "$LOG"; done
 pack
 
 # ---- timed steps, one at a time ---------------------------------------------------------------------------------
@@ -226,6 +232,9 @@ wanted maxpool && step maxpool 90 "$PY" benchmarks/max_pool_check.py
 if [ "$QUICK" = 0 ] && wanted graphs; then  # the CUDA graphs against compile's own CUDA graphs (with freezing)
   for b in 1 8 32; do bench "graphs_bs$b" "$b" 50 --cuda-graphs --compile --compile-mode default,reduce-overhead; done
 fi
+if [ "$QUICK" = 0 ] && wanted flatcuda; then  # host time per forward: where the module tree costs most
+  for b in 1 32; do bench "flatcuda_bs$b" "$b" 50 --flat-cuda; done
+fi
 if wanted layers; then
   step layers 150 "$PY" -m pytest benchmarks/test_conv_bn_act.py benchmarks/test_bn_act_train.py -q \
     -p no:cacheprovider --benchmark-only --benchmark-json="$R/bench_layers.json" --benchmark-columns=min,median,rounds
@@ -240,7 +249,7 @@ fi
   head -n 4 "$R/info.log" 2>/dev/null | tail -n 3
   grep -h "ptxas entries\|using the prebuilt" "$R/build.log" "$R/prebuilt.log" 2>/dev/null
   cat "$SUM"
-  for name in tests tests_sm90 tests_bn_optin graphs maxpool_tests compile fuzz; do
+  for name in tests tests_sm90 tests_bn_optin graphs maxpool_tests flatcuda_tests compile fuzz; do
     [ -f "$R/$name.log" ] || continue
     local_summary=$(grep -E '[0-9]+ (passed|failed|skipped|errors?|deselected).* in [0-9.]+s' "$R/$name.log" | tail -n 1)
     echo "--- $name: $local_summary"
@@ -281,6 +290,18 @@ err = e["resnet_ext frozen graphs"]["rel_diff_vs_torchvision"]
 print(f"verdict graphs bs{b}: {g:.3f} ms, {f / g:.2f}x the eager frozen mode ({f:.3f} ms), {c / g:.2f}x the faster of "
       f"compile default / reduce-overhead ({c:.3f} ms); rel diff vs torchvision {err:.1e}"
       + (f"; goal <= {goal} ms and >= 1.2x compile: {'met' if g <= goal and c / g >= 1.2 else 'missed'}" if goal else ""))
+PY
+  done
+  for b in 1 32; do  # one verdict per batch for flat.on_cuda (opt-in until this says faster and the tests pass)
+    [ -f "$R/flatcuda_bs$b.json" ] && "$PY" - "$R/flatcuda_bs$b.json" "$b" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); e = r["eval"]; s = r["eval_speedups"]
+for flat, base in (("resnet_ext flat", "resnet_ext"), ("resnet_ext frozen flat", "resnet_ext frozen")):
+    v = s[f"{flat} vs {base}"]
+    same = e[flat]["max_abs_diff_vs_torchvision"] == e[base]["max_abs_diff_vs_torchvision"]
+    print(f"verdict flatcuda bs{sys.argv[2]} {base}: {e[flat]['median_s'] * 1e3:.3f} vs {e[base]['median_s'] * 1e3:.3f} ms, "
+          f"{v['median']:.2f}x ({v['min']:.2f}-{v['max']:.2f}); same diff vs torchvision: {same}; "
+          f"{'faster: make it the default' if v['min'] > 1.0 else 'not faster in every round: keep it opt-in'}")
 PY
   done
   [ -f "$R/report_layers.md" ] && { echo "--- layers"; grep -E "^Geomean" "$R/report_layers.md"; }

@@ -29,6 +29,7 @@ TV, OURS, FROZEN, COMPILED = "torchvision", "resnet_ext", "resnet_ext frozen", "
 FROZEN_BF16 = "resnet_ext frozen bf16"
 OURS_FUSED_BN = "resnet_ext fused BN"
 FROZEN_GRAPHS = "resnet_ext frozen graphs"  # freeze(model, cuda_graphs=True)
+OURS_FLAT, FROZEN_FLAT = "resnet_ext flat", "resnet_ext frozen flat"  # --flat-cuda: flat.on_cuda(True)
 ORT, OPENVINO, OPENVINO_BF16 = "onnxruntime", "openvino", "openvino bf16"  # CPU runtimes (--runtimes)  # train: the default model with train_bn("fused")
 
 
@@ -153,6 +154,19 @@ def runtime_peers(tv, x, bf16: bool) -> tuple[dict, dict, dict]:
     return peers, setup, versions
 
 
+def _with_flat_on_cuda(model):
+    """model(x) with `flat.on_cuda(True)` for the call."""
+    from . import flat
+
+    def call(x):
+        previous = flat.on_cuda(True)
+        try:
+            return model(x)
+        finally:
+            flat.on_cuda(previous)
+    return call
+
+
 def run(args) -> dict:
     device = default_device(args.device)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
@@ -172,6 +186,9 @@ def run(args) -> dict:
         t0 = time.perf_counter()
         peers[FROZEN_GRAPHS] = resnet_ext.freeze(copy.deepcopy(ours), cuda_graphs=True)
         setup_s[FROZEN_GRAPHS] = time.perf_counter() - t0
+    if args.flat_cuda:  # the same models, their CUDA forward as the recorded sequence of fused units
+        for name, model in ((OURS_FLAT, ours), (FROZEN_FLAT, frozen)):
+            peers[name], setup_s[name] = _with_flat_on_cuda(model), 0.0
     if args.compile:
         for i, mode in enumerate(compile_modes):
             peers[compiled_name(mode, i == 0)] = compile_frozen(tv, mode)
@@ -220,7 +237,8 @@ def run(args) -> dict:
             for i, mode in enumerate(compile_modes if name in peers else []):
                 peer = compiled_name(mode, i == 0)
                 results["eval_speedups"][f"{name} vs {peer}"] = ratio(times[peer], times[name])
-    for ours_name, peer in ((FROZEN, ORT), (FROZEN, OPENVINO), (FROZEN_BF16, OPENVINO_BF16)):
+    for ours_name, peer in ((FROZEN, ORT), (FROZEN, OPENVINO), (FROZEN_BF16, OPENVINO_BF16), (OURS_FLAT, OURS),
+                            (FROZEN_FLAT, FROZEN)):
         if ours_name in peers and peer in peers:
             results["eval_speedups"][f"{ours_name} vs {peer}"] = ratio(times[peer], times[ours_name])
     results["eval_speedup"] = results["eval_speedups"][FROZEN]["median"]
@@ -357,6 +375,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cuda-graphs", action="store_true",
                    help="also time resnet_ext.freeze(model, cuda_graphs=True): the frozen forward replayed as a CUDA "
                         "graph per input signature (CUDA)")
+    p.add_argument("--flat-cuda", action="store_true",
+                   help="also time the default and frozen models with resnet_ext.flat.on_cuda(True): the CUDA eval "
+                        "forward as one recorded sequence of fused units instead of the module tree (CUDA)")
     p.add_argument("--runtimes", action="store_true",
                    help="also time the CPU runtimes that are installed (onnxruntime; openvino, with --frozen-bf16 "
                         "also its bf16), each on torchvision's model exported to ONNX (CPU, fp32)")
@@ -383,6 +404,8 @@ def main(args) -> int:
             raise UserError("--runtimes is for fp32 models on the CPU (--device cpu, --dtype fp32)")
         if args.cuda_graphs and not on_cuda:
             raise UserError("--cuda-graphs needs a CUDA device (--device cuda)")
+        if args.flat_cuda and not on_cuda:
+            raise UserError("--flat-cuda needs a CUDA device (--device cuda)")
         if args.frozen_bf16:
             if on_cuda or (args.dtype or "fp32") != "fp32":
                 raise UserError("--frozen-bf16 is for fp32 models on the CPU (--device cpu, --dtype fp32)")

@@ -77,6 +77,10 @@ def forward(model: nn.Module, x: Tensor) -> Tensor:
         x = x.contiguous(memory_format=torch.channels_last)  # the fused kernels are NHWC
     if torch.compiler.is_compiling():  # each unit folds in the graph, which the compiler fuses
         return units(model, x)
+    if x.is_cuda and not model.training and flat.on_cuda():  # opt-in: the recorded sequence of fused units
+        out = flat.forward_fused(model, x, frozen_folds(model))
+        if out is not None:
+            return out
     if not model.training and x.device.type == "cpu":
         folds = frozen_folds(model)
         if folds is not None:

@@ -186,12 +186,19 @@ def winograd_pays(u: Unit, x: Tensor) -> bool:
 
 
 # A unit's `wb`: (folded weight, bias), run by oneDNN; or (GEMM or UNFOLDED, scale, shift); or (WINO, transformed
-# weight, bias).
-GEMM, UNFOLDED, WINO = "gemm", "unfolded", "winograd"
+# weight, bias); or (FUSED, folded weight, bias), run by the conv_bn_act op (CUDA).
+GEMM, UNFOLDED, WINO, FUSED = "gemm", "unfolded", "winograd", "fused"
+
+
+def _fused(u: Unit, x: Tensor, wb, residual: Optional[Tensor], relu: bool) -> Tensor:
+    padding, stride, dilation, groups = u.args
+    return torch.ops.resnet_ext.conv_bn_act(x, wb[1], wb[2], residual, stride, padding, dilation, relu, groups)
 
 
 def _conv(u: Unit, x: Tensor, wb) -> Tensor:
     """relu?(bn(conv(x)))."""
+    if wb[0] is FUSED:
+        return _fused(u, x, wb, None, u.relu)
     if wb[0] is WINO:
         return ops.winograd3x3(x, wb[1], wb[2], None, u.relu)
     if wb[0] is UNFOLDED:
@@ -204,6 +211,8 @@ def _conv(u: Unit, x: Tensor, wb) -> Tensor:
 
 def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
     """relu(bn(conv(y)) + residual); a oneDNN one is written into `residual` (which only this forward holds)."""
+    if wb[0] is FUSED:
+        return _fused(u, y, wb, residual, True)
     if wb[0] is WINO:
         return ops.winograd3x3(y, wb[1], wb[2], residual, True)
     if wb[0] is UNFOLDED:
@@ -218,8 +227,11 @@ def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
 
 
 def _maxpool(pool: nn.Module, x: Tensor) -> Tensor:
-    """pool(x); an NCHW x goes through channels_last and back: the same maxima, but ATen's NCHW max pooling is far
-    slower (the stem's 64x112x112 at batch 1 on 2 threads: 3.1 ms NCHW, 0.58 ms with both copies)."""
+    """pool(x) (on CUDA `ops.max_pool`, which may run resnet_ext's NHWC kernel); an NCHW CPU x goes through
+    channels_last and back: the same maxima, but ATen's NCHW max pooling is far slower (the stem's 64x112x112 at
+    batch 1 on 2 threads: 3.1 ms NCHW, 0.58 ms with both copies)."""
+    if x.is_cuda:
+        return ops.max_pool(pool, x)
     if x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last):
         return pool(x.contiguous(memory_format=torch.channels_last)).contiguous()
     return pool(x)
@@ -358,4 +370,59 @@ def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
         n = sum(k == kind for k in plan[1].values())
         if n:
             fusion.count(kind, n)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CUDA: the same recorded sequence, each unit one conv_bn_act call (opt-in until a GPU run verifies it)
+# --------------------------------------------------------------------------------------------------------------
+
+_ON_CUDA = False
+
+
+def on_cuda(enabled: Optional[bool] = None) -> bool:
+    """Whether a stock model's CUDA eval forward runs as the recorded sequence of `conv_bn_act` calls (this
+    module) rather than through the module tree (`fusion.unit` per unit): the same ops on the same folds, with
+    less host time per forward. Returns the setting in force before the call. Off by default: not yet run on a GPU
+    (`benchmarks/gpu_check.sh --only flatcuda` checks it against the module path and times both)."""
+    global _ON_CUDA
+    previous = _ON_CUDA
+    if enabled is not None:
+        if not isinstance(enabled, bool):
+            raise TypeError(f"flat.on_cuda: enabled must be True or False, got {enabled!r}")
+        _ON_CUDA = enabled
+    return previous
+
+
+def usable_fused(x: Tensor) -> bool:
+    """An eager input the fused units take as the module path would: 4-d, fp32/fp16/bf16, not empty, no gradient
+    wanted, no tracer and no autocast (under which the module path runs the stock modules)."""
+    return (x.dim() == 4 and x.dtype in (torch.float32, torch.float16, torch.bfloat16) and x.numel() > 0
+            and not torch.is_grad_enabled() and not torch.jit.is_tracing()
+            and not torch.is_autocast_enabled(x.device.type))
+
+
+def forward_fused(model: nn.Module, x: Tensor, folds: Optional[Dict[nn.Module, object]]) -> Optional[Tensor]:
+    """The eval forward with every unit one `conv_bn_act` call on a folded weight: the frozen folds if given, else
+    this forward's, all units folded now in one batch (`fusion.fold_pairs`, as the module path folds them). None
+    where this does not apply (a gradient may be wanted, the structure changed, folds that are not these modules').
+    Runs on any device the op runs on (the CPU runs the op's stock composition); the models use it on CUDA."""
+    if not usable_fused(x):
+        return None
+    s = structure(model, x)
+    if s is None:
+        return None
+    if folds is None:
+        folded = fusion.fold_pairs([(u.conv, u.bn) for u in s.units], channels_last=fusion.wants_channels_last(x))
+        wbs = [(FUSED, w, b) for w, b in folded]
+    else:
+        wbs = []
+        for u in s.units:
+            f = folds.get(u.conv)
+            if f is None or not f.belongs_to(u.conv, u.bn) or f.weight.dtype != x.dtype:
+                return None
+            wbs.append((FUSED, f.weight, f.bias))
+    it = iter(wbs)
+    out = _run(model, s, x, lambda u, y: next(it))
+    fusion.count("flat_forwards")
     return out

@@ -471,3 +471,85 @@ def test_an_fc_of_another_dtype_fails_as_in_torchvision(frozen):
         with pytest.raises(RuntimeError) as got:
             ours(x)
     assert str(got.value).split("\n")[0] == str(ref.value).split("\n")[0]
+
+
+# ---- the recorded sequence of fused units (flat.forward_fused: the CUDA models' opt-in path) ----------------------
+# On the CPU the op runs its stock composition, so every host-side decision is testable here; on CUDA the same
+# sequence must give the module path's bits (same ops on the same folds).
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_fused_sequence_matches_torchvision(frozen, arch, layout):
+    ours, tv = pair(arch, frozen)
+    x = torch.randn(2, 3, 45, 37)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    folds = resnet_ext.frozen.folds_of(ours)
+    with torch.no_grad():
+        out, counts = counts_of(lambda: flat.forward_fused(ours, x, folds))
+        ref = tv(x)
+    assert out is not None and counts.get("flat_forwards") == 1
+    assert rel_err(out, ref) <= TOL
+
+
+def test_fused_sequence_declines_what_the_module_path_must_run():
+    ours, _ = pair("resnet18")
+    x = torch.randn(1, 3, 32, 32)
+    assert flat.forward_fused(ours, x, None) is None  # gradients may be wanted: grad mode is on
+    with torch.no_grad():
+        assert flat.forward_fused(ours, x.double(), None) is None  # not an fp32/fp16/bf16 input
+        assert flat.forward_fused(ours, x[:0], None) is None  # empty
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert flat.forward_fused(ours, x, None) is None
+        handle = ours.layer1[0].register_forward_hook(lambda m, i, o: None)
+        assert flat.forward_fused(ours, x, None) is None  # a hook: not the recorded structure
+        handle.remove()
+        assert flat.forward_fused(ours, x, None) is not None
+        resnet_ext.freeze(ours)
+        folds = resnet_ext.frozen.folds_of(ours)
+        ours.layer2[0].conv1.weight = nn.Parameter(ours.layer2[0].conv1.weight.detach().clone())
+        assert flat.forward_fused(ours, x, folds) is None  # a fold of a replaced weight does not belong to it
+        ours.train()
+        assert flat.forward_fused(ours, x, None) is None  # train-mode BNs
+
+
+def test_on_cuda_switch():
+    assert flat.on_cuda() is False  # off by default until a GPU run verifies it
+    with pytest.raises(TypeError, match="enabled must be True or False"):
+        flat.on_cuda(1)
+    previous = flat.on_cuda(True)
+    try:
+        assert previous is False and flat.on_cuda() is True
+        ours, tv = pair("resnet18")
+        x = torch.randn(1, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), tv(x), rtol=0, atol=0)  # a CPU input keeps the CPU engine
+    finally:
+        flat.on_cuda(previous)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_on_cuda_gives_the_module_paths_bits(frozen, dtype):
+    ours, _ = pair("resnet50")
+    ours = ours.cuda().to(dtype)
+    if frozen:
+        resnet_ext.freeze(ours)
+    x = torch.randn(3, 3, 96, 80, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        ref, ref_counts = counts_of(lambda: ours(x))
+        previous = flat.on_cuda(True)
+        try:
+            out, counts = counts_of(lambda: ours(x))
+            handle = ours.layer3[1].register_forward_hook(lambda m, i, o: None)
+            hooked, hooked_counts = counts_of(lambda: ours(x))
+            handle.remove()
+        finally:
+            flat.on_cuda(previous)
+    assert counts.get("flat_forwards") == 1 and "flat_forwards" not in ref_counts
+    assert torch.equal(out, ref), (out - ref).abs().max()
+    assert "flat_forwards" not in hooked_counts and torch.equal(hooked, ref)
+    # Every unit took the same kernel path as through the module tree.
+    assert {k: v for k, v in counts.items() if k != "flat_forwards"} == ref_counts
