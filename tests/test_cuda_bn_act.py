@@ -149,3 +149,53 @@ def test_the_bn_kernels_are_the_ones_asked_for():
     the opt-in training-BN kernels, the first the verified ones."""
     want = os.environ.get("RESNET_EXT_BN_OPTIN") == "1" and resnet_ext.build_info()["cuda"]
     assert _C.bn_optin() == want
+
+
+def test_cuda_graph_captures_a_whole_amp_training_step(train_mode):
+    """#22.3: forward, backward and optimizer step of an AMP training step captured as one CUDA graph (which fails
+    on any host sync: the BN statistics, running statistics and num_batches_tracked stay on the device), replayed on
+    new data, equal to the same steps run eagerly on a copy: parameters, running statistics, counters."""
+    import copy
+
+    torch.manual_seed(0)
+    model = resnet_ext.resnet18(num_classes=10).cuda().to(memory_format=torch.channels_last).train()
+    eager = copy.deepcopy(model)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in (model, eager)]
+    batches = [(torch.randn(8, 3, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last),
+                torch.randint(0, 10, (8,), device="cuda")) for _ in range(6)]
+
+    def step(m, opt, x, t):
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):  # no weight-cast cache under capture
+            loss = F.cross_entropy(m(x), t)
+        loss.backward()
+        opt.step()
+        return loss
+
+    static_x, static_t = (b.clone() for b in batches[0])
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as capture requires: three eager steps
+        for x, t in batches[:3]:
+            opts[0].zero_grad(set_to_none=True)
+            static_x.copy_(x), static_t.copy_(t)
+            step(model, opts[0], static_x, static_t)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opts[0].zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        static_loss = step(model, opts[0], static_x, static_t)
+    losses = []
+    for x, t in batches[3:]:
+        static_x.copy_(x), static_t.copy_(t)
+        graph.replay()
+        losses.append(static_loss.item())
+    eager_losses = []
+    for x, t in batches:  # a replay writes fresh gradients, as a step after zero_grad does
+        opts[1].zero_grad(set_to_none=True)
+        eager_losses.append(step(eager, opts[1], x, t).item())
+    torch.testing.assert_close(losses, eager_losses[3:], rtol=2e-2, atol=1e-3)
+    for (name, a), b in zip(model.state_dict().items(), eager.state_dict().values()):
+        if name.endswith("num_batches_tracked"):
+            assert int(a) == int(b) == len(batches), name
+        else:
+            torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-3, msg=name)
