@@ -124,9 +124,11 @@ def forward_state(model: nn.Module, x: Tensor) -> Optional[fusion.Forward]:
     folds = None if torch.jit.is_tracing() else frozen_folds(model)
     if folds is not None:
         return fusion.Forward(folds)
-    if fusion.unfolds(x):
-        return None
     pairs = fusion.model_pairs(model)
+    if fusion.unfolds(x):  # every unit's BN scale and shift, in one batch (used where no gradient is wanted)
+        with torch.no_grad():
+            scales, shifts = fusion.bn_affine_pairs(pairs) if pairs else ([], [])
+        return fusion.Forward({p: fusion.Affine(sc, sh) for p, sc, sh in zip(pairs, scales, shifts)})
     grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters()))
     with torch.set_grad_enabled(grad):
         folded = fusion.fold_pairs(pairs, channels_last=fusion.wants_channels_last(x))

@@ -14,7 +14,6 @@ import os
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import fusion, ops
@@ -24,7 +23,6 @@ _CACHE_LIMIT = 8   # programs (per input shape, dtype and layout) kept per model
 _DTYPES = (torch.float32, torch.bfloat16)
 
 
-_PATCHED = frozenset(("forward", "_conv_forward"))  # instance attributes that replace what a module computes
 _MISSING = object()
 
 
@@ -66,7 +64,7 @@ class Structure:
         for m, t in zip(self.modules, self.types):
             d = m.__dict__  # read directly: this runs on every forward, and nn.Module's attribute lookup is slow
             if (type(m) is not t or d["_forward_hooks"] or d["_forward_pre_hooks"] or d["_backward_hooks"]
-                    or d["_backward_pre_hooks"] or _PATCHED & d.keys()):
+                    or d["_backward_pre_hooks"] or fusion.PATCHED & d.keys()):
                 return False
         # Parameters and buffers read where nn.Module's attribute lookup finds them, an instance attribute first,
         # else the store (its __getattr__ is slow: this check 215 -> 75 us for resnet50).
@@ -108,7 +106,7 @@ def stock(model: nn.Module) -> bool:
             if ds is not None and not (type(ds) is nn.Sequential and len(ds) == 2 and fusion.foldable(ds[0], ds[1])):
                 return False
     # Train mode matters only for the BNs (foldable); a forward set on an instance must run (accelerate's hooks).
-    return all(fusion.hookless(m) and not _PATCHED & m.__dict__.keys() for m in model.modules())
+    return all(fusion.hookless(m) for m in model.modules())
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -149,23 +147,6 @@ def gemm_pays(u: Unit, x: Tensor) -> bool:
     return conv.in_channels >= 2 * out_pixels
 
 
-def _unfolded(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor]) -> Tensor:
-    """relu?(bn(conv(x)) (+ residual)) with the BN not folded (where folding costs more than it saves): the stock
-    conv, then BN (as scale and shift), residual and ReLU in one in-place pass (`ops.scale_shift_act_`, float32),
-    else torchvision's modules."""
-    conv = u.conv
-    out = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)  # shift has the bias
-    if (out.dtype == torch.float32 and (residual is None or residual.stride() == out.stride())
-            and (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last))):
-        return ops.scale_shift_act_(out, scale, shift, residual, u.relu or residual is not None)
-    if conv.bias is not None:
-        out = out + conv.bias.view(1, -1, 1, 1)
-    out = u.bn(out)
-    if residual is not None:
-        out += residual
-    return torch.relu_(out) if u.relu or residual is not None else out
-
-
 WINOGRAD = os.environ.get("RESNET_EXT_CPU_WINOGRAD", "1") != "0"
 WINOGRAD_MIN_TILES = 16  # see winograd_pays
 
@@ -202,7 +183,7 @@ def _conv(u: Unit, x: Tensor, wb) -> Tensor:
     if wb[0] is WINO:
         return ops.winograd3x3(x, wb[1], wb[2], None, u.relu)
     if wb[0] is UNFOLDED:
-        return _unfolded(u, x, wb[1], wb[2], None)
+        return fusion.unfolded_unit(u.conv, u.bn, x, wb[1], wb[2], u.relu)
     if wb[0] is GEMM:
         return _gemm(u, x, wb[1], wb[2], None)
     return torch.ops.mkldnn._convolution_pointwise.default(x, wb[0], wb[1], *u.args, "relu" if u.relu else "none",
@@ -216,7 +197,7 @@ def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
     if wb[0] is WINO:
         return ops.winograd3x3(y, wb[1], wb[2], residual, True)
     if wb[0] is UNFOLDED:
-        return _unfolded(u, y, wb[1], wb[2], residual)
+        return fusion.unfolded_unit(u.conv, u.bn, y, wb[1], wb[2], True, residual)
     if wb[0] is GEMM:
         return _gemm(u, y, wb[1], wb[2], residual)
     if not fusion.onednn_add_fuses(y, wb[0]):
@@ -338,7 +319,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
 def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
     """The default mode's forward, every BN read afresh and applied as torchvision applies it, unfolded: each unit
     is the stock conv then BN (its fp32 scale and shift, all units' in one batch), residual add and ReLU in one
-    pass (`_unfolded`), or, for a channels_last 1x1 conv whose weight outweighs its output, one GEMM on the
+    pass (`fusion.unfolded_unit`), or, for a channels_last 1x1 conv whose weight outweighs its output, one GEMM on the
     unreordered weight (`gemm_pays`); None where the flat forward does not apply (a gradient may be needed, ...)."""
     if not usable(x) or torch.is_grad_enabled():
         return None

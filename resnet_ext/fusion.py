@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
@@ -54,8 +55,14 @@ def stock_modules():
         _STOCK.reset(token)
 
 
+PATCHED = frozenset(("forward", "_conv_forward"))  # instance attributes that replace what a module computes
+
+
 def hookless(m: nn.Module) -> bool:
-    return not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+    """No hooks of its own and no forward set on the instance (accelerate's hooks, debugging tools): calling the
+    module computes what its class computes, so a fused path may stand in for it."""
+    return not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                or PATCHED & m.__dict__.keys())
 
 
 def plain_relu(relu: Optional[nn.Module]) -> bool:
@@ -353,6 +360,39 @@ def add_act_(out: Tensor, residual: Tensor, relu: bool) -> Tensor:
     return torch.relu_(out) if relu else out
 
 
+class Affine(NamedTuple):
+    """A unit's BN as the per-channel (scale, shift) of `bn_affine_pairs`, applied unfolded (CPU default mode)."""
+    scale: Tensor
+    shift: Tensor
+
+
+def unfolded_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, scale: Optional[Tensor], shift: Optional[Tensor],
+                  relu: bool, residual: Optional[Tensor] = None, shortcut=None) -> Tensor:
+    """relu?(bn(conv(x)) (+ residual)) with BN applied unfolded, as torchvision computes it: the stock conv, then
+    BN's fp32 per-channel scale and shift (`bn_affine_pairs`; computed here if not given), the residual add and the
+    ReLU in one in-place pass (`ops.scale_shift_act_`) where no gradient is wanted and the output is a dense float32
+    tensor the residual matches; else torchvision's BN, add and ReLU (their autograd, their errors). `shortcut()`,
+    if given, gives the residual after the conv, where torchvision calls the downsample. The one unfolded unit of
+    both CPU paths, the flat forward and the module path."""
+    out = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)  # shift has the bias
+    if shortcut is not None:
+        residual = shortcut()
+    if (out.dtype == torch.float32 and (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last))
+            and (residual is None or (residual.shape == out.shape and residual.dtype == out.dtype
+                                      and residual.device == out.device and residual.stride() == out.stride()))
+            and not _needs_grad(x, conv, bn, residual)):
+        if scale is None:
+            with torch.no_grad():
+                (scale,), (shift,) = bn_affine_pairs([(conv, bn)])
+        return ops.scale_shift_act_(out, scale, shift, residual, relu)
+    if conv.bias is not None:
+        out = out + conv.bias.view(1, -1, 1, 1)
+    out = bn(out)
+    if residual is not None:
+        out += residual
+    return torch.relu_(out) if relu else out
+
+
 def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residual: Optional[Tensor],
               shortcut=None) -> Tensor:
     """relu?(bn(conv(x)) + residual) for a foldable (conv, bn): from a frozen fold, or (CPU default mode, `unfolds`)
@@ -367,14 +407,10 @@ def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residu
         if out is not None:
             return out
         entry = None
-    if entry is None and unfolds(x):
+    if (entry is None or isinstance(entry, Affine)) and unfolds(x):
         count("unfolded")
-        out = bn(conv(x))
-        if shortcut is not None:  # torchvision's order: the downsample after conv and bn
-            residual = shortcut()
-        if residual is not None:
-            out += residual
-        return torch.relu_(out) if relu else out
+        scale, shift = entry if entry is not None else (None, None)
+        return unfolded_unit(conv, bn, x, scale, shift, relu, residual, shortcut)
     if shortcut is not None:
         residual = shortcut()
     if entry is None:
