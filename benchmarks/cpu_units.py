@@ -1,4 +1,4 @@
-"""Per-unit CPU timings behind resnet_ext's CPU choices (resnet_ext/flat.py: gemm_pays; the frozen mode's packing):
+"""Per-unit CPU timings behind resnet_ext's CPU choices (resnet_ext/engine/cpu.py: gemm_pays; the frozen mode's packing):
 for every resnet50 conv + BN + ReLU shape, the median time of
   eager    torchvision's ops: conv (oneDNN reorders the plain weight on every call), BN, ReLU;
   fold     BN folded into the weight now, then one oneDNN convolution with fused ReLU (plain weight);

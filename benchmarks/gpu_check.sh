@@ -11,7 +11,7 @@
 # by side; maxpool and flatcuda too) | hopper profile models (incl. autotuned) train (incl. the opt-in BN reduce)
 # latency graphs maxpool flatcuda layers.
 # maxpool (opt-in NHWC max pool kernel, unverified): tests/test_max_pool.py, then benchmarks/max_pool_check.py.
-# flatcuda (opt-in flat.on_cuda, unverified): its tests in tests/test_flat.py (the module path's bits), then batch
+# flatcuda (opt-in engine.cuda.on_cuda, unverified): its tests in tests/test_flat.py (the module path's bits), then batch
 # 1 and 32 latencies with and without it (bench --flat-cuda).
 # graphs (opt-in CUDA graphs of the frozen mode, unverified): tests/test_graphs.py, then batch 1/8/32 latencies of
 # freeze(model, cuda_graphs=True) against the eager frozen mode and torch.compile(mode="reduce-overhead"). --only runs the named ones (info always; build unless a carried .prebuilt/_C*.so matches these sources
@@ -268,7 +268,7 @@ fi
   for name in models_bs256 models_bs256_autotuned latency_bs32 latency_bs1 train_bs256 train_bs256_bn_optin; do
     [ -f "$R/$name.log" ] && { echo "--- $name"; grep -vE "^===|^\s*$" "$R/$name.log" | tail -n 16 | cut -c1-200; }
   done
-  for name in train_bs256 train_bs256_bn_optin; do  # the training default per arch (fusion.FUSED_TRAIN_DEVICES)
+  for name in train_bs256 train_bs256_bn_optin; do  # the training default per arch (engine.units.FUSED_TRAIN_DEVICES)
     [ -f "$R/$name.json" ] && "$PY" - "$R/$name.json" "$name" <<'PY'
 import json, sys
 t = json.load(open(sys.argv[1]))["train"]["speedups"]
@@ -292,7 +292,7 @@ print(f"verdict graphs bs{b}: {g:.3f} ms, {f / g:.2f}x the eager frozen mode ({f
       + (f"; goal <= {goal} ms and >= 1.2x compile: {'met' if g <= goal and c / g >= 1.2 else 'missed'}" if goal else ""))
 PY
   done
-  for b in 1 32; do  # one verdict per batch for flat.on_cuda (opt-in until this says faster and the tests pass)
+  for b in 1 32; do  # one verdict per batch for engine.cuda.on_cuda (opt-in until this says faster and the tests pass)
     [ -f "$R/flatcuda_bs$b.json" ] && "$PY" - "$R/flatcuda_bs$b.json" "$b" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])); e = r["eval"]; s = r["eval_speedups"]

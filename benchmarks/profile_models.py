@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from resnet_ext import engine, fusion  # noqa: E402
+from resnet_ext import engine  # noqa: E402
+from resnet_ext.engine import units  # noqa: E402
 from resnet_ext.bench import seeded_model  # noqa: E402
 from resnet_ext.cli import cuda_event_ms  # noqa: E402
 
@@ -92,7 +93,7 @@ def stages(model, x, ours: bool) -> dict:
     """Each stage of the eval forward timed alone (its input computed once beforehand)."""
     def stem_conv(t):
         if ours:
-            return fusion.unit(model.conv1, model.bn1, model.relu, t)
+            return units.unit(model.conv1, model.bn1, model.relu, t)
         return model.relu(model.bn1(model.conv1(t)))
 
     parts = [("stem conv+BN+ReLU", stem_conv), ("maxpool", model.maxpool), ("layer1", model.layer1),
@@ -102,7 +103,7 @@ def stages(model, x, ours: bool) -> dict:
     with torch.inference_mode(), contextlib.ExitStack() as stack:
         if ours:  # the whole model's BN folds, once (timed on their own), as the full forward does them
             out["BN fold (whole model, batched)"] = events_ms(lambda: engine.forward_state(model, x))
-            stack.enter_context(fusion.forward_state(engine.forward_state(model, x)))
+            stack.enter_context(units.forward_state(engine.forward_state(model, x)))
         for name, f in parts:
             out[name] = events_ms(lambda f=f, t=t: f(t))
             t = f(t)

@@ -1,10 +1,10 @@
 """resnet_ext: torchvision-compatible ResNets with fused CUDA kernels (conv + BN + [add] + ReLU)."""
 from .ops import (autotune, build_info, conv_bn_act, explain, fold_bn, fold_bn_weights, nhwc_max_pool,
                   prefer_cudnn)
-from .fusion import explain_train, path_counts, reset_path_counts, train_bn
+from .engine.units import explain_train, path_counts, reset_path_counts, train_bn
 from .bn_act import bn_act, convert_sync_batchnorm
-from .frozen import freeze, is_frozen, unfreeze
-from . import graphs
+from .engine.frozen import freeze, is_frozen, unfreeze
+from .engine import graphs
 from .convert import from_torchvision, to_torchvision
 from .models import (BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50, resnet101, resnet152,
                      resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, wide_resnet50_2, wide_resnet101_2)

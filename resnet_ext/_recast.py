@@ -6,7 +6,7 @@ from typing import Dict, Type
 
 from torch import nn
 
-from .state import KEY as _STATE  # resnet_ext's per-model state: a converted model starts without it
+from .engine.state import KEY as _STATE  # resnet_ext's per-model state: a converted model starts without it
 
 
 def recast_tree(m: nn.Module, classes: Dict[Type[nn.Module], Type[nn.Module]]) -> nn.Module:

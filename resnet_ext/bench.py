@@ -29,7 +29,7 @@ TV, OURS, FROZEN, COMPILED = "torchvision", "resnet_ext", "resnet_ext frozen", "
 FROZEN_BF16 = "resnet_ext frozen bf16"
 OURS_FUSED_BN = "resnet_ext fused BN"
 FROZEN_GRAPHS = "resnet_ext frozen graphs"  # freeze(model, cuda_graphs=True)
-OURS_FLAT, FROZEN_FLAT = "resnet_ext flat", "resnet_ext frozen flat"  # --flat-cuda: flat.on_cuda(True)
+OURS_FLAT, FROZEN_FLAT = "resnet_ext flat", "resnet_ext frozen flat"  # --flat-cuda: engine.cuda.on_cuda(True)
 ORT, OPENVINO, OPENVINO_BF16 = "onnxruntime", "openvino", "openvino bf16"  # CPU runtimes (--runtimes)  # train: the default model with train_bn("fused")
 
 
@@ -155,15 +155,15 @@ def runtime_peers(tv, x, bf16: bool) -> tuple[dict, dict, dict]:
 
 
 def _with_flat_on_cuda(model):
-    """model(x) with `flat.on_cuda(True)` for the call."""
-    from . import flat
+    """model(x) with `engine.cuda.on_cuda(True)` for the call."""
+    from .engine import cuda
 
     def call(x):
-        previous = flat.on_cuda(True)
+        previous = cuda.on_cuda(True)
         try:
             return model(x)
         finally:
-            flat.on_cuda(previous)
+            cuda.on_cuda(previous)
     return call
 
 
@@ -251,7 +251,7 @@ def train_step(forward, params, target, amp_dtype=None, train_mode=None):
     """The training step every benchmark times: per call one SGD step (momentum 0.9) of cross-entropy on
     `forward(inp)` against `target`, under AMP autocast to `amp_dtype` if given, with the models' train-mode BN
     set to `train_mode` (see `train_bn`; None: as it is) for the step."""
-    from .fusion import train_bn  # here, not at the top: an argument error never loads the extension
+    from .engine.units import train_bn  # here, not at the top: an argument error never loads the extension
 
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
 
@@ -376,7 +376,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also time resnet_ext.freeze(model, cuda_graphs=True): the frozen forward replayed as a CUDA "
                         "graph per input signature (CUDA)")
     p.add_argument("--flat-cuda", action="store_true",
-                   help="also time the default and frozen models with resnet_ext.flat.on_cuda(True): the CUDA eval "
+                   help="also time the default and frozen models with resnet_ext.engine.cuda.on_cuda(True): the CUDA eval "
                         "forward as one recorded sequence of fused units instead of the module tree (CUDA)")
     p.add_argument("--runtimes", action="store_true",
                    help="also time the CPU runtimes that are installed (onnxruntime; openvino, with --frozen-bf16 "

@@ -180,8 +180,8 @@ def test_bad_input_names_the_argument(over, match):
 @pytest.mark.parametrize("mode", ["auto", "fused", "stock"])
 def test_model_train_mode_runs_the_chosen_bn(monkeypatch, mode):
     calls = []
-    real = resnet_ext.fusion.bn_act
-    monkeypatch.setattr(resnet_ext.fusion, "bn_act", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = resnet_ext.engine.units.bn_act
+    monkeypatch.setattr(resnet_ext.engine.units, "bn_act", lambda *a, **k: calls.append(1) or real(*a, **k))
     model = resnet_ext.resnet50(num_classes=10).train()
     x = torch.randn(2, 3, 64, 64)
     previous = resnet_ext.train_bn(mode)

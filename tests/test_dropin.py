@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 import resnet_ext
-from resnet_ext import state as ext_state
+from resnet_ext.engine import state as ext_state
 from conftest import randomize_bn, rel_err
 
 

@@ -1,4 +1,4 @@
-"""The flat CPU eval forward (resnet_ext.flat): one sequence of oneDNN calls with each block's residual added in
+"""The flat CPU eval forward (resnet_ext.engine: structure, cpu): one sequence of oneDNN calls with each block's residual added in
 place. It must give torchvision's answer, run only where nothing can see the in-place writes, and leave the
 module-by-module path whenever the model stops being the stock structure it recorded."""
 import copy
@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 import resnet_ext
-from resnet_ext import flat, fusion
+from resnet_ext.engine import cpu, cuda, state, units
 from conftest import randomize_bn, rel_err
 
 TOL = 1e-4
@@ -25,7 +25,7 @@ def pair(arch="resnet18", frozen=False):
 
 
 def counts_of(fn):
-    fusion.reset_path_counts()
+    units.reset_path_counts()
     out = fn()
     return out, resnet_ext.path_counts()
 
@@ -130,7 +130,7 @@ def test_instance_attribute_shadowing_a_parameter_or_buffer(frozen, change):
             y = ours(x)
             if not (frozen and change == "running_var"):
                 assert rel_err(y, tv(x)) < TOL, rel_err(y, tv(x))
-        s = resnet_ext.state.of(ours).structure
+        s = state.of(ours).structure
         assert s is None or s.matches(ours)  # recorded as it is, not recorded anew on every forward
 
 
@@ -210,7 +210,7 @@ def test_copies_and_pickles_carry_no_recorded_state():
     with torch.no_grad():
         ours(x)
         twin = copy.deepcopy(ours)
-        st = resnet_ext.state.of(twin)
+        st = state.of(twin)
         assert st.frozen and st.structure is None and st.programs is None and st.folds is None
         assert not st.flat_plans
         for p in twin.parameters():
@@ -317,8 +317,8 @@ def test_freeze_bf16_needs_native_bf16(monkeypatch):
 @pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
 def test_large_nchw_input_runs_channels_last_inside(frozen):
     ours, tv = pair("resnet18", frozen)
-    x = torch.randn(1, 3, 390, 390)  # >= flat.CL_PIXELS pixels: channels_last inside, one copy of the input
-    assert x.shape[0] * x.shape[2] * x.shape[3] >= resnet_ext.flat.CL_PIXELS
+    x = torch.randn(1, 3, 390, 390)  # >= cpu.CL_PIXELS pixels: channels_last inside, one copy of the input
+    assert x.shape[0] * x.shape[2] * x.shape[3] >= cpu.CL_PIXELS
     x0 = x.clone()
     with torch.no_grad():
         ref = tv(x)
@@ -335,8 +335,8 @@ def test_frozen_keeps_a_bounded_number_of_packed_weights():
         for size in range(32, 32 + 12 * 8, 8):  # 12 input sizes
             x = torch.randn(1, 3, size, size)
             assert rel_err(ours(x), tv(x)) < TOL
-    folds = resnet_ext.frozen.folds_of(ours)
-    assert max(len(f.packed) for f in folds.values()) <= resnet_ext.frozen._PACKED_LIMIT
+    folds = resnet_ext.engine.frozen.folds_of(ours)
+    assert max(len(f.packed) for f in folds.values()) <= resnet_ext.engine.frozen._PACKED_LIMIT
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -473,7 +473,7 @@ def test_an_fc_of_another_dtype_fails_as_in_torchvision(frozen):
     assert str(got.value).split("\n")[0] == str(ref.value).split("\n")[0]
 
 
-# ---- the recorded sequence of fused units (flat.forward_fused: the CUDA models' opt-in path) ----------------------
+# ---- the recorded sequence of fused units (cuda.forward_fused: the CUDA models' opt-in path) ----------------------
 # On the CPU the op runs its stock composition, so every host-side decision is testable here; on CUDA the same
 # sequence must give the module path's bits (same ops on the same folds).
 
@@ -485,9 +485,9 @@ def test_fused_sequence_matches_torchvision(frozen, arch, layout):
     x = torch.randn(2, 3, 45, 37)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
-    folds = resnet_ext.frozen.folds_of(ours)
+    folds = resnet_ext.engine.frozen.folds_of(ours)
     with torch.no_grad():
-        out, counts = counts_of(lambda: flat.forward_fused(ours, x, folds))
+        out, counts = counts_of(lambda: cuda.forward_fused(ours, x, folds))
         ref = tv(x)
     assert out is not None and counts.get("flat_forwards") == 1
     assert rel_err(out, ref) <= TOL
@@ -496,37 +496,37 @@ def test_fused_sequence_matches_torchvision(frozen, arch, layout):
 def test_fused_sequence_declines_what_the_module_path_must_run():
     ours, _ = pair("resnet18")
     x = torch.randn(1, 3, 32, 32)
-    assert flat.forward_fused(ours, x, None) is None  # gradients may be wanted: grad mode is on
+    assert cuda.forward_fused(ours, x, None) is None  # gradients may be wanted: grad mode is on
     with torch.no_grad():
-        assert flat.forward_fused(ours, x.double(), None) is None  # not an fp32/fp16/bf16 input
-        assert flat.forward_fused(ours, x[:0], None) is None  # empty
+        assert cuda.forward_fused(ours, x.double(), None) is None  # not an fp32/fp16/bf16 input
+        assert cuda.forward_fused(ours, x[:0], None) is None  # empty
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert flat.forward_fused(ours, x, None) is None
+            assert cuda.forward_fused(ours, x, None) is None
         handle = ours.layer1[0].register_forward_hook(lambda m, i, o: None)
-        assert flat.forward_fused(ours, x, None) is None  # a hook: not the recorded structure
+        assert cuda.forward_fused(ours, x, None) is None  # a hook: not the recorded structure
         handle.remove()
-        assert flat.forward_fused(ours, x, None) is not None
+        assert cuda.forward_fused(ours, x, None) is not None
         resnet_ext.freeze(ours)
-        folds = resnet_ext.frozen.folds_of(ours)
+        folds = resnet_ext.engine.frozen.folds_of(ours)
         ours.layer2[0].conv1.weight = nn.Parameter(ours.layer2[0].conv1.weight.detach().clone())
-        assert flat.forward_fused(ours, x, folds) is None  # a fold of a replaced weight does not belong to it
+        assert cuda.forward_fused(ours, x, folds) is None  # a fold of a replaced weight does not belong to it
         ours.train()
-        assert flat.forward_fused(ours, x, None) is None  # train-mode BNs
+        assert cuda.forward_fused(ours, x, None) is None  # train-mode BNs
 
 
 def test_on_cuda_switch():
-    assert flat.on_cuda() is False  # off by default until a GPU run verifies it
+    assert cuda.on_cuda() is False  # off by default until a GPU run verifies it
     with pytest.raises(TypeError, match="enabled must be True or False"):
-        flat.on_cuda(1)
-    previous = flat.on_cuda(True)
+        cuda.on_cuda(1)
+    previous = cuda.on_cuda(True)
     try:
-        assert previous is False and flat.on_cuda() is True
+        assert previous is False and cuda.on_cuda() is True
         ours, tv = pair("resnet18")
         x = torch.randn(1, 3, 32, 32)
         with torch.no_grad():
             torch.testing.assert_close(ours(x), tv(x), rtol=0, atol=0)  # a CPU input keeps the CPU engine
     finally:
-        flat.on_cuda(previous)
+        cuda.on_cuda(previous)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -540,14 +540,14 @@ def test_on_cuda_gives_the_module_paths_bits(frozen, dtype):
     x = torch.randn(3, 3, 96, 80, device="cuda", dtype=dtype)
     with torch.no_grad():
         ref, ref_counts = counts_of(lambda: ours(x))
-        previous = flat.on_cuda(True)
+        previous = cuda.on_cuda(True)
         try:
             out, counts = counts_of(lambda: ours(x))
             handle = ours.layer3[1].register_forward_hook(lambda m, i, o: None)
             hooked, hooked_counts = counts_of(lambda: ours(x))
             handle.remove()
         finally:
-            flat.on_cuda(previous)
+            cuda.on_cuda(previous)
     assert counts.get("flat_forwards") == 1 and "flat_forwards" not in ref_counts
     assert torch.equal(out, ref), (out - ref).abs().max()
     assert "flat_forwards" not in hooked_counts and torch.equal(hooked, ref)

@@ -1,4 +1,4 @@
-"""CUDA graphs of the frozen mode (resnet_ext.graphs, `freeze(model, cuda_graphs=True)`): the host-side logic on
+"""CUDA graphs of the frozen mode (resnet_ext.engine.graphs, `freeze(model, cuda_graphs=True)`): the host-side logic on
 the CPU (when a forward may replay, the cache, the switch, invalidation, pickling); replay against eager on CUDA."""
 import copy
 import pickle
@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 import resnet_ext
-from resnet_ext import graphs, state
+from resnet_ext.engine import graphs, state
 from conftest import randomize_bn, rel_err, requires_cuda
 
 

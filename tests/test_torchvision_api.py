@@ -92,7 +92,7 @@ def _bn_randomized(model, seed=1):
 def test_default_mode_numerical_contract(layout, path):
     """NCHW inputs below the channels_last switch: torchvision's bits on every path (the flat forward, the module
     path a hook leaves, a forward with gradients). channels_last inputs: the 1x1 convs that run as a GEMM
-    (`flat.gemm_pays`) sum in another order: within 2e-6 of the largest logit."""
+    (`engine.cpu.gemm_pays`) sum in another order: within 2e-6 of the largest logit."""
     torch.manual_seed(0)
     ours = _bn_randomized(resnet_ext.resnet50(num_classes=10)).eval()
     theirs = torchvision.models.resnet50(num_classes=10).eval()

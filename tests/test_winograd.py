@@ -13,7 +13,8 @@ import torch.nn.functional as F
 import torchvision
 
 import resnet_ext
-from resnet_ext import flat, fusion, ops
+from resnet_ext import ops
+from resnet_ext.engine import cpu, units
 from conftest import randomize_bn, rel_err
 
 # F(4x4, 3x3) in fp32 rounds about 5-10x more than the direct convolution (1e-6): 7e-6 to 1e-5 of the largest
@@ -176,18 +177,18 @@ def test_frozen_model_takes_winograd_where_it_pays_and_matches_torchvision(arch,
     with torch.no_grad():
         ref = tv(x)
         for _ in range(2):  # record, replay
-            fusion.reset_path_counts()
+            units.reset_path_counts()
             y = ours(x)
             assert resnet_ext.path_counts().get("winograd", 0) == expected, resnet_ext.path_counts()
             assert rel_err(y, ref) < 1e-4
 
 
 def test_switch_off(monkeypatch):
-    monkeypatch.setattr(flat, "WINOGRAD", False)
+    monkeypatch.setattr(cpu, "WINOGRAD", False)
     ours, tv = _frozen_pair("resnet50")
     x = torch.randn(1, 3, 96, 96).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        fusion.reset_path_counts()
+        units.reset_path_counts()
         y = ours(x)
     assert "winograd" not in resnet_ext.path_counts() and rel_err(y, tv(x)) < 1e-4
 
@@ -198,7 +199,7 @@ def test_concurrent_forwards_from_two_threads():
     import threading
     ours, _ = _frozen_pair("resnet18")
     xs = [torch.randn(2, 3, 96, 96).contiguous(memory_format=torch.channels_last) for _ in range(2)]
-    fusion.reset_path_counts()
+    units.reset_path_counts()
     with torch.no_grad():
         expected = [ours(x) for x in xs]
     assert resnet_ext.path_counts().get("winograd", 0) > 0

@@ -1,11 +1,19 @@
-"""The one entry from the models into resnet_ext's execution: `forward(model, x)` for a ResNet, `block(b, x)` for
-a block called on its own (or through the module path), and the units they are made of.
+"""The execution engine: the one entry from the models (`forward(model, x)` for a ResNet, `block(b, x)` for a
+block called on its own or through the module path) and the choice of how a forward runs.
 
-A ResNet's forward goes, in this order, to: the frozen mode's CUDA graphs (`graphs`, opt-in); on the CPU in eval
-mode the flat forward, the whole model as one recorded sequence of calls (`flat`: the default mode's unfolded BN,
-or the frozen mode's prepacked folds); else the module path, unit by unit (`fusion.unit`: fused where the
-modules are the stock ones, else through them), with this forward's BN folds computed once for the whole model
-(`forward_state`). Whatever cannot be proven unchanged from torchvision runs through the modules.
+    __init__   which path a forward takes (this file)
+    structure  a stock model recorded once as a sequence of units, and `run`: a forward as that flat sequence,
+               each unit as a plan says
+    cpu, cuda  the plans per device: CPU default (BN unfolded as torchvision computes it, GEMM units) and frozen
+               (prepacked oneDNN, Winograd) plans; CUDA's fused-unit plan (opt-in, `cuda.on_cuda`)
+    units      the per-unit path: when a conv + BN (+ add) (+ ReLU) unit may run fused, folding, the module path
+    frozen     the frozen mode's folds; graphs: its CUDA graphs (opt-in); state: the one per-model state object
+
+A ResNet's forward goes, in this order, to: the frozen mode's CUDA graphs; on CUDA (opt-in) the fused-unit plan;
+on the CPU in eval mode the CPU plans; else the module path, unit by unit (`units.unit`: fused where the modules
+are the stock ones, else through them), with this forward's BN folds (or, on the CPU, scales and shifts)
+computed once for the whole model (`forward_state`). Whatever cannot be proven unchanged from torchvision runs
+through the modules.
 """
 from __future__ import annotations
 
@@ -14,9 +22,10 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from . import flat, frozen, fusion, graphs, ops
+from .. import ops
+from . import cpu, cuda, frozen, graphs, units
 from . import state as _state
-from .fusion import enabled  # noqa: F401  (the models ask it before handing a forward over)
+from .units import enabled  # noqa: F401  (the models ask it before handing a forward over)
 
 
 def invalidate(model: nn.Module) -> None:
@@ -47,13 +56,13 @@ def all_finite(x: Tensor) -> bool:
 # --------------------------------------------------------------------------------------------------------------
 
 def block(b: nn.Module, x: Tensor) -> Tensor:
-    """A BasicBlock's or Bottleneck's forward, unit by unit (`fusion.unit`), in torchvision's order."""
-    pairs = fusion.unit_pairs(b)
+    """A BasicBlock's or Bottleneck's forward, unit by unit (`units.unit`), in torchvision's order."""
+    pairs = units.unit_pairs(b)
     out = x
     for conv, bn in pairs[:-1]:
-        out = fusion.unit(conv, bn, b.relu, out)
+        out = units.unit(conv, bn, b.relu, out)
     conv, bn = pairs[-1]
-    return fusion.unit(conv, bn, b.relu, out, shortcut=lambda: fusion.downsample(b.downsample, x))
+    return units.unit(conv, bn, b.relu, out, shortcut=lambda: units.downsample(b.downsample, x))
 
 
 def frozen_folds(model: nn.Module):
@@ -65,7 +74,7 @@ def frozen_folds(model: nn.Module):
 
 
 def forward(model: nn.Module, x: Tensor) -> Tensor:
-    """A resnet_ext ResNet's forward where fusion is enabled (see `fusion.enabled`)."""
+    """A resnet_ext ResNet's forward where fusion is enabled (see `units.enabled`)."""
     if (x.is_cuda and graphs.wanted(model)
             and not (model.training or torch.compiler.is_compiling() or torch.jit.is_tracing())):
         folds = frozen_folds(model)
@@ -73,12 +82,12 @@ def forward(model: nn.Module, x: Tensor) -> Tensor:
             out = graphs.forward(model, x, folds, lambda t: _frozen_units(model, t, folds))
             if out is not None:
                 return out
-    if x.is_cuda and x.dim() == 4 and (not model.training or fusion.train_fused(x)):
+    if x.is_cuda and x.dim() == 4 and (not model.training or units.train_fused(x)):
         x = x.contiguous(memory_format=torch.channels_last)  # the fused kernels are NHWC
     if torch.compiler.is_compiling():  # each unit folds in the graph, which the compiler fuses
-        return units(model, x)
-    if x.is_cuda and not model.training and flat.on_cuda():  # opt-in: the recorded sequence of fused units
-        out = flat.forward_fused(model, x, frozen_folds(model))
+        return module_path(model, x)
+    if x.is_cuda and not model.training and cuda.on_cuda():  # opt-in: the recorded sequence of fused units
+        out = cuda.forward_fused(model, x, frozen_folds(model))
         if out is not None:
             return out
     if not model.training and x.device.type == "cpu":
@@ -86,26 +95,26 @@ def forward(model: nn.Module, x: Tensor) -> Tensor:
         if folds is not None:
             if not torch.jit.is_tracing() and x.is_floating_point() and not all_finite(x):
                 # oneDNN's fused ReLU turns NaN into 0 (as compile+freezing does); torchvision propagates it.
-                with fusion.stock_modules():
+                with units.stock_modules():
                     return model._forward_impl(x)
-            out = flat.forward_frozen(model, x, folds)
+            out = cpu.forward_frozen(model, x, folds)
         else:
-            out = flat.forward_default(model, x)
+            out = cpu.forward_default(model, x)
         if out is not None:
             return out
-    with fusion.forward_state(forward_state(model, x)):
-        return units(model, x)
+    with units.forward_state(forward_state(model, x)):
+        return module_path(model, x)
 
 
 def _frozen_units(model: nn.Module, x: Tensor, folds) -> Tensor:
     """The eager frozen forward on CUDA, which `graphs` captures."""
-    with fusion.forward_state(fusion.Forward(folds)):
-        return units(model, x.contiguous(memory_format=torch.channels_last))
+    with units.forward_state(units.Forward(folds)):
+        return module_path(model, x.contiguous(memory_format=torch.channels_last))
 
 
-def units(model: nn.Module, x: Tensor) -> Tensor:
+def module_path(model: nn.Module, x: Tensor) -> Tensor:
     """The module path: the stem unit, the max pool, the layers (each block through its own forward), the head."""
-    x = fusion.unit(model.conv1, model.bn1, model.relu, x)
+    x = units.unit(model.conv1, model.bn1, model.relu, x)
     x = ops.max_pool(model.maxpool, x)
     x = model.layer1(x)
     x = model.layer2(x)
@@ -116,20 +125,20 @@ def units(model: nn.Module, x: Tensor) -> Tensor:
     return model.fc(x)
 
 
-def forward_state(model: nn.Module, x: Tensor) -> Optional[fusion.Forward]:
-    """This forward's BN folds: the frozen ones (eager only), else (where BN is folded, see `fusion.unfolds`)
+def forward_state(model: nn.Module, x: Tensor) -> Optional[units.Forward]:
+    """This forward's BN folds: the frozen ones (eager only), else (where BN is folded, see `units.unfolds`)
     all of them, now, in one batch."""
     if model.training:
         return None
     folds = None if torch.jit.is_tracing() else frozen_folds(model)
     if folds is not None:
-        return fusion.Forward(folds)
-    pairs = fusion.model_pairs(model)
-    if fusion.unfolds(x):  # every unit's BN scale and shift, in one batch (used where no gradient is wanted)
+        return units.Forward(folds)
+    pairs = units.model_pairs(model)
+    if units.unfolds(x):  # every unit's BN scale and shift, in one batch (used where no gradient is wanted)
         with torch.no_grad():
-            scales, shifts = fusion.bn_affine_pairs(pairs) if pairs else ([], [])
-        return fusion.Forward({p: fusion.Affine(sc, sh) for p, sc, sh in zip(pairs, scales, shifts)})
+            scales, shifts = units.bn_affine_pairs(pairs) if pairs else ([], [])
+        return units.Forward({p: units.Affine(sc, sh) for p, sc, sh in zip(pairs, scales, shifts)})
     grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters()))
     with torch.set_grad_enabled(grad):
-        folded = fusion.fold_pairs(pairs, channels_last=fusion.wants_channels_last(x))
-    return fusion.Forward({(conv, bn): f for (conv, bn), f in zip(pairs, folded)})
+        folded = units.fold_pairs(pairs, channels_last=units.wants_channels_last(x))
+    return units.Forward({(conv, bn): f for (conv, bn), f in zip(pairs, folded)})

@@ -15,8 +15,9 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor, nn
 
-from . import fusion, ops
+from .. import ops
 from . import state as _state
+from . import units
 
 _PACKED_LIMIT = 8               # prepacked weights kept per unit (one per input size and geometry)
 
@@ -51,7 +52,7 @@ class FrozenUnit:
                 self.packed.clear()
             with torch.inference_mode(False), torch.no_grad():
                 w = self.packed[key] = torch.ops.mkldnn._reorder_convolution_weight(
-                    self.weight, *fusion.onednn_args(conv), list(x.shape))
+                    self.weight, *units.onednn_args(conv), list(x.shape))
         return w
 
     def run(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool,
@@ -59,11 +60,11 @@ class FrozenUnit:
         """The unit's output from the frozen fold, or None where the fold no longer belongs to these modules."""
         if not self.belongs_to(conv, bn) or x.dtype != self.weight.dtype:
             return None
-        if fusion.onednn_ok(x, self.weight, self.bias, residual):
+        if units.onednn_ok(x, self.weight, self.bias, residual):
             w = self.packed_for(conv, x)
-            fusion.count("onednn_prepacked")
-            return fusion.onednn_conv(x, w, self.bias, conv, relu, residual)
-        return fusion.conv_bn_act(x, self.weight, self.bias, residual, conv.stride, conv.padding, conv.dilation,
+            units.count("onednn_prepacked")
+            return units.onednn_conv(x, w, self.bias, conv, relu, residual)
+        return units.conv_bn_act(x, self.weight, self.bias, residual, conv.stride, conv.padding, conv.dilation,
                                   relu, conv.groups)
 
 
@@ -76,8 +77,8 @@ def freeze(model: nn.Module, *, dtype: Optional[torch.dtype] = None, cuda_graphs
     the flat forward does not apply (hooks, swapped modules, gradients) the model runs in fp32 as unfrozen.
 
     `cuda_graphs=True` (CUDA; opt-in until verified on a GPU): each input signature's frozen forward is captured in
-    a CUDA graph on its first call and replayed after (`resnet_ext.graphs`)."""
-    from .models import ResNet  # models imports the engine, which imports this module
+    a CUDA graph on its first call and replayed after (`engine.graphs`)."""
+    from ..models import ResNet  # models imports the engine, which imports this module
     if not isinstance(model, ResNet):
         raise TypeError(f"freeze: expected a resnet_ext ResNet, got {type(model).__name__}")
     if not isinstance(cuda_graphs, bool):
@@ -146,11 +147,11 @@ def folds_of(model: nn.Module) -> Optional[Dict[nn.Module, FrozenUnit]]:
 
 
 def _fold(model: nn.Module) -> Dict[nn.Module, FrozenUnit]:
-    pairs = fusion.model_pairs(model)
+    pairs = units.model_pairs(model)
     dtype = compute_dtype(model)
     # Never inference tensors (folds made under inference_mode), which a later forward with gradients cannot use.
     with torch.inference_mode(False), torch.no_grad():
-        folded = fusion.fold_pairs(pairs, channels_last=True)
+        folded = units.fold_pairs(pairs, channels_last=True)
         if dtype is not None:
             folded = [(w.to(dtype), b.to(dtype)) for w, b in folded]
     return {conv: FrozenUnit(conv, bn, w, b) for (conv, bn), (w, b) in zip(pairs, folded)}

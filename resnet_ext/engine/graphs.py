@@ -4,7 +4,7 @@ the host time of ~50 op calls.
 
 Opt-in until a GPU run has verified and timed it (benchmarks/gpu_check.sh --only graphs). A forward replays only
 where nothing can tell the difference (`eager_reason`): frozen, no gradient wanted, no tracer, compiler or
-autocast, the stock structure without hooks (`flat.structure`), the default stream, no capture already under way.
+autocast, the stock structure without hooks (`structure.structure`), the default stream, no capture already under way.
 Everything else runs eagerly. The caller owns what a replay returns (a copy of the graph's output). The graphs
 hold the frozen folds' memory, so whatever drops the folds (`freeze` again, `.to()`, `load_state_dict`, `train()`,
 `unfreeze`) drops the graphs (`state.ExtState.invalidate`).
@@ -17,8 +17,8 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import Tensor, nn
 
-from . import flat, fusion
 from . import state as _state
+from . import structure, units
 
 LIMIT = 8  # graphs kept per model (one per input signature), least recently used dropped first
 
@@ -71,14 +71,14 @@ def eager_reason(model: nn.Module, x: Tensor) -> Optional[str]:
 
 
 def _check(model: nn.Module, x: Tensor) -> tuple:
-    """(eager_reason, the recorded flat.Structure or None)."""
+    """(eager_reason, the recorded structure.Structure or None)."""
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters())):
         return "gradients may be needed", None
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return "traced or compiled", None
     if torch.is_autocast_enabled("cuda"):
         return "autocast", None
-    s = flat.structure(model, x) if x.dim() == 4 else None
+    s = structure.structure(model, x) if x.dim() == 4 else None
     if s is None:
         return "hooks, swapped modules or an input the model does not take", None
     if not x.is_cuda:
@@ -134,11 +134,11 @@ def forward(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object],
         cache.pool = graph.pool()
         entry = Graph(graph, static_in, static_out, folds, s)
         cache.put(key, entry)
-        fusion.count("cuda_graph_captures")
+        units.count("cuda_graph_captures")
     elif not isinstance(entry, Graph):
         return None
     with torch.inference_mode(False):
         entry.static_in.copy_(x)
     entry.graph.replay()
-    fusion.count("cuda_graph_replays")
+    units.count("cuda_graph_replays")
     return entry.static_out.clone()  # the caller's own tensor: the next replay overwrites static_out

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
-from . import ops
-from .bn_act import bn_act
-from .ops import conv_bn_act
+from .. import ops
+from ..bn_act import bn_act
+from ..ops import conv_bn_act
 
 _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
                  "_global_backward_pre_hooks", "_global_forward_hooks_always_called")
@@ -95,7 +95,7 @@ def unit_pairs(block: nn.Module) -> List[Tuple[nn.Module, nn.Module]]:
 
 def is_block(m: nn.Module) -> bool:
     """Whether `m` is exactly a resnet_ext BasicBlock or Bottleneck (not a subclass, whose forward may differ)."""
-    from .models import BasicBlock, Bottleneck  # models imports the engine, which imports this module
+    from ..models import BasicBlock, Bottleneck  # models imports the engine, which imports this module
     return type(m) in (BasicBlock, Bottleneck)
 
 
@@ -174,7 +174,7 @@ def count(path: str, n: int = 1) -> None:
 def path_counts() -> dict:
     """How many eager conv units took each path since the last `reset_path_counts()`: the op's paths
     ("fused:<kernel>", "cudnn_fused", "stock:<device>"), "onednn_prepacked" (CPU frozen mode, a oneDNN
-    convolution with fused post-ops on the prepacked folded weight), "winograd" (CPU frozen mode, see `flat`),
+    convolution with fused post-ops on the prepacked folded weight), "winograd" (CPU frozen mode, see `cpu`),
     "unfolded" (CPU default mode: the stock conv, then BN as torchvision computes it, residual add and ReLU, in
     one pass, `ops.scale_shift_act_`, or through the modules), "modules" (run through the modules as torchvision
     does: hooks, swapped modules, ...);
@@ -182,7 +182,7 @@ def path_counts() -> dict:
     torchvision's modules, see `train_bn`);
     "gemm" (CPU default mode, a 1x1 conv whose weight outweighs its output: one GEMM on the unreordered weight,
     then BN, residual and ReLU); and, counting whole forwards, not units, "flat_forwards": CPU eval forwards that
-    ran as one flat sequence of calls (`resnet_ext.flat`)."""
+    ran as one flat sequence of calls (`engine.structure`)."""
     counts = ops.path_counts()
     for k, v in _counts.items():
         counts[k] = counts.get(k, 0) + v

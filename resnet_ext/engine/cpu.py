@@ -1,0 +1,158 @@
+"""The CPU's plans for `structure.run`: the default mode (every BN read afresh and applied unfolded, as
+torchvision computes it; a channels_last 1x1 conv whose weight outweighs its output as one GEMM) and the frozen
+mode (BN folded once, weights prepacked for oneDNN per input size, 3x3 stride-1 convs by Winograd where it pays).
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional
+
+import torch
+from torch import Tensor, nn
+
+from . import state as _state
+from . import units
+from .structure import CACHE_LIMIT, GEMM, UNFOLDED, WINO, Unit, run, structure
+
+_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def gemm_pays(u: Unit, x: Tensor) -> bool:
+    """Whether a 1x1 conv runs faster as `_gemm` than through oneDNN (which reorders the weight on every call
+    unless it is prepacked) for a channels_last input: where the weight outweighs the output, the input channels
+    being at least twice the output pixels. Measured on a 2-core AVX-512 machine at batch 1: layer4's 1x1 convs of
+    resnet50 2.1 -> 0.8 ms (2048 -> 512) and 4.1 -> 1.8 ms (the strided downsample); at 1x the ratio no gain; on
+    NCHW inputs oneDNN runs these convs without the reorder and the GEMM loses (0.66 -> 0.87 ms)."""
+    conv = u.conv
+    if conv.kernel_size != (1, 1) or conv.groups != 1 or conv.padding != (0, 0) or not units.wants_channels_last(x):
+        return False
+    out_pixels = x.shape[0] * (-(-x.shape[2] // conv.stride[0])) * (-(-x.shape[3] // conv.stride[1]))
+    return conv.in_channels >= 2 * out_pixels
+
+
+WINOGRAD = os.environ.get("RESNET_EXT_CPU_WINOGRAD", "1") != "0"
+WINOGRAD_MIN_TILES = 16  # see winograd_pays
+
+
+def winograd_pays(u: Unit, x: Tensor) -> bool:
+    """Whether a frozen unit runs as `ops.winograd3x3` (Winograd F(4x4, 3x3): 4x fewer multiplies) rather than
+    oneDNN's direct convolution: a 3x3 stride-1 conv with padding 1 on a channels_last float32 input, channels
+    multiples of 16, and at least 16 output tiles of 4x4 (N * ceil(H/4) * ceil(W/4)), below which the GEMMs only
+    stream the transformed weight (4x the weight's size). Measured on a 2-core AVX-512 machine against oneDNN on
+    prepacked weights: resnet50's 3x3 convs 1.6-2.2x faster at batch 1 (layers 1-3; layer 4 has 4 tiles and runs
+    2.5x slower) and 1.2-2.2x at batch 8. RESNET_EXT_CPU_WINOGRAD=0 turns it off."""
+    conv = u.conv
+    if (not WINOGRAD or conv.kernel_size != (3, 3) or u.geometry != ((1, 1), (1, 1), (1, 1), 1)
+            or x.dtype != torch.float32 or not units.wants_channels_last(x)
+            or conv.in_channels % 16 or conv.out_channels % 16):
+        return False
+    return x.shape[0] * (-(-x.shape[2] // 4)) * (-(-x.shape[3] // 4)) >= WINOGRAD_MIN_TILES
+
+
+CL_PIXELS = 150_000  # NCHW inputs with at least this many pixels (N*H*W) run channels_last inside
+
+
+def internal_layout(x: Tensor) -> Tensor:
+    """The layout the flat forward runs in: the input's, except that a large NCHW input runs channels_last (one
+    copy of the input; nothing inside is visible to anyone, and the logits have no layout). Measured on resnet50
+    in the default mode (2-core AVX-512 machine, fp32, 224x224 NCHW input and weights): batch 1 0.97x -> 0.76x
+    torchvision, batch 2 1.19x -> 1.12x, batch 4 1.13x -> 1.34x, batch 8 0.97x -> 1.40x: oneDNN's channels_last
+    convolutions are faster, but reorder NCHW weights on every call, which only a large batch amortizes."""
+    if x.shape[0] * x.shape[2] * x.shape[3] >= CL_PIXELS and not units.wants_channels_last(x):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def usable(x: Tensor) -> bool:
+    """Eager CPU inference on a 4-d fp32/bf16 input that needs no gradient."""
+    return (x.device.type == "cpu" and x.dim() == 4 and x.dtype in _DTYPES and x.numel() > 0
+            and not (torch.is_grad_enabled() and x.requires_grad) and not torch.jit.is_tracing()
+            and not torch.is_autocast_enabled("cpu")
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+
+def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) -> Optional[Tensor]:
+    """The frozen model's forward on prepacked weights, or None where the flat forward does not apply."""
+    if not usable(x):
+        return None
+    s = structure(model, x)
+    if s is None:
+        return None
+    st = _state.of(model)
+    cached = st.programs  # (folds, structure, {input key: (unit wbs, Winograd count)})
+    if cached is None or cached[0] is not folds or cached[1] is not s:
+        # The folds must belong to these modules (a conv or weight replaced since `freeze` has none).
+        own = all(u.conv in folds and folds[u.conv].belongs_to(u.conv, u.bn) for u in s.units)
+        cached = st.programs = (folds, s, {} if own else None)
+    dtype = folds[s.stem.conv].weight.dtype if cached[2] is not None else None
+    fc_dtype = None
+    if dtype != x.dtype:
+        if dtype != torch.bfloat16 or x.dtype != torch.float32:
+            return None
+        fc_dtype, x = x.dtype, x.to(dtype)  # freeze(dtype=torch.bfloat16): the convolutions in bf16, fc in fp32
+    programs = cached[2]
+    key = (tuple(x.shape), x.dtype, x.stride())
+    x = internal_layout(x)
+    entry = programs.get(key)  # (each unit's wb, how many of them are Winograd units)
+    if entry is None:  # first call of this input: pack each unit's weight for its input size
+        if len(programs) >= CACHE_LIMIT:
+            programs.clear()
+        program = []
+
+        def wb(u, y):
+            fold = folds[u.conv]
+            if winograd_pays(u, y) and fold.weight.dtype == torch.float32:
+                program.append((WINO, fold.winograd_weight(), fold.bias))
+            else:
+                program.append((fold.packed_for(u.conv, y), fold.bias))
+            return program[-1]
+
+        out = run(model, s, x, wb, fc_dtype)
+        entry = programs[key] = (program, sum(w[0] is WINO for w in program))
+    else:
+        it = iter(entry[0])
+        out = run(model, s, x, lambda u, y: next(it), fc_dtype)
+    n_wino = entry[1]
+    units.count("onednn_prepacked", len(s.units) - n_wino)
+    if n_wino:
+        units.count(WINO, n_wino)
+    units.count("flat_forwards")
+    return out
+
+
+def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
+    """The default mode's forward, every BN read afresh and applied as torchvision applies it, unfolded: each unit
+    is the stock conv then BN (its fp32 scale and shift, all units' in one batch), residual add and ReLU in one
+    pass (`units.unfolded_unit`), or, for a channels_last 1x1 conv whose weight outweighs its output, one GEMM on the
+    unreordered weight (`gemm_pays`); None where the flat forward does not apply (a gradient may be needed, ...)."""
+    if not usable(x) or torch.is_grad_enabled():
+        return None
+    s = structure(model, x)
+    if s is None:
+        return None
+    plans = _state.of(model).flat_plans  # per input, which units run as a GEMM (shapes only, never stale)
+    key = (tuple(x.shape), x.dtype, x.stride())
+    x = internal_layout(x)
+    scales, shifts = units.bn_affine_pairs([(u.conv, u.bn) for u in s.units])
+    affine = {id(u): (sc, sh) for u, sc, sh in zip(s.units, scales, shifts)}
+    plan = plans.get(key)
+    if plan is None or plan[0] is not s:  # learn on this call how each unit runs, from its input's shape
+        if len(plans) >= CACHE_LIMIT:
+            plans.clear()
+        kinds = {}
+
+        def wb(u, y):
+            kinds[id(u)] = GEMM if gemm_pays(u, y) else UNFOLDED
+            return (kinds[id(u)], *affine[id(u)])
+
+        out = run(model, s, x, wb)
+        plan = plans[key] = (s, kinds)
+    else:
+        kinds = plan[1]
+        out = run(model, s, x, lambda u, y: (kinds[id(u)], *affine[id(u)]))
+    units.count("flat_forwards")
+    for kind in (GEMM, UNFOLDED):
+        n = sum(k == kind for k in plan[1].values())
+        if n:
+            units.count(kind, n)
+    return out
