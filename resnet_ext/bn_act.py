@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._C_loader import _C  # noqa: F401  (registers the ops)
-from .ops import _memory_format_of as _fmt
+from .ops import memory_format_of as _fmt
 
 ops = torch.ops.resnet_ext
 
@@ -183,7 +183,7 @@ def _group_of(bn: nn.Module):
     group = getattr(bn, "process_group", None)
     if not (dist.is_available() and dist.is_initialized()):
         return None
-    if not getattr(bn, "_resnet_ext_sync", False) and not isinstance(bn, nn.SyncBatchNorm):
+    if not sync_marked(bn) and not isinstance(bn, nn.SyncBatchNorm):
         return None
     group = group or dist.group.WORLD
     return group if dist.get_world_size(group) > 1 else None
@@ -216,6 +216,11 @@ def bn_act(x: Tensor, bn: nn.modules.batchnorm._BatchNorm, residual: Optional[Te
     track = bn.track_running_stats and bn.running_mean is not None
     running = (bn.running_mean, bn.running_var) if track else (None, None)
     return _BnActTrain.apply(x, residual, weight, bias, *running, factor, bn.eps, relu, _group_of(bn))
+
+
+def sync_marked(bn: nn.Module) -> bool:
+    """Whether `convert_sync_batchnorm` marked `bn` (its training statistics are cross-process, in the fused op)."""
+    return getattr(bn, "_resnet_ext_sync", False)
 
 
 def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:

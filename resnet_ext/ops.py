@@ -126,7 +126,7 @@ def conv_bn_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residu
     return y.squeeze(0) if unbatched else y
 
 
-def _memory_format_of(x: Tensor) -> torch.memory_format:
+def memory_format_of(x: Tensor) -> torch.memory_format:
     # The same rule as ATen's Tensor::suggest_memory_format, which the real kernels follow.
     return torch._prims_common.suggest_memory_format(x)
 
@@ -254,7 +254,7 @@ def _conv_bn_act_fake(x, weight, bias, residual, stride, padding, dilation, relu
         torch._check(list(residual.shape) == [n, k, p, q],
                      lambda: f"conv_bn_act: residual must have the output's shape {[n, k, p, q]}, got "
                              f"{list(residual.shape)}")
-    return torch.empty((n, k, p, q), dtype=x.dtype, device=x.device, memory_format=_memory_format_of(x))
+    return torch.empty((n, k, p, q), dtype=x.dtype, device=x.device, memory_format=memory_format_of(x))
 
 
 def _conv_bn_act_setup_context(ctx, inputs, output):

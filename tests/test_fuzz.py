@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import resnet_ext
 from conftest import rel_err
-from resnet_ext.ops import _memory_format_of, conv_output_size
+from resnet_ext.ops import memory_format_of, conv_output_size
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
 
@@ -156,7 +156,7 @@ def test_fuzz_conv_bn_act_against_float64(device):
             err = rel_err(y.cpu(), expected)
             if not err <= CONV_TOL[(device, x.dtype)]:
                 problems.append(f"rel err {err:.2e}")
-        fmt = _memory_format_of(x)
+        fmt = memory_format_of(x)
         if y.stride() != torch.empty(y.shape, memory_format=fmt).stride():
             problems.append(f"strides {y.stride()} for {fmt}")
         if versions != [t._version for t in args if t is not None]:
@@ -243,7 +243,7 @@ def test_fuzz_bn_act_train_against_float64(device):
                 problems.append(f"{name} rel err {err:.2e}")
         if out[0].dtype != x.dtype:
             problems.append(f"y dtype {out[0].dtype}")
-        fmt = _memory_format_of(x)
+        fmt = memory_format_of(x)
         if out[0].dim() == 4 and not out[0].is_contiguous(memory_format=fmt):
             problems.append(f"y strides {out[0].stride()} not {fmt}")
         if problems:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
 from .. import ops
-from ..bn_act import bn_act
+from ..bn_act import bn_act, sync_marked
 from ..ops import conv_bn_act
 
 _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
@@ -432,7 +432,7 @@ def unit(conv: nn.Module, bn: nn.Module, relu_mod: Optional[nn.Module], x: Tenso
         return eval_unit(conv, bn, x, relu_mod is not None, residual, shortcut)
     if relu_ok and train_fusable(bn) and x.numel() > 0:
         # A BN marked by `convert_sync_batchnorm` computes cross-process statistics only in the fused op.
-        if train_fused(x) or getattr(bn, "_resnet_ext_sync", False):
+        if train_fused(x) or sync_marked(bn):
             count("train_fused")
             out = conv(x)
             if shortcut is not None:
