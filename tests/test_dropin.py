@@ -161,3 +161,31 @@ def test_batch_of_one_on_a_1x1_map_raises_like_torchvision(train_mode):
         errors.append(str(e.value))
     assert errors[0] == errors[1]
     _assert_same_state(ours, tv)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The module path's batched BN scale/shift must not change what a mixed model does
+# ------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mix", ["dtype_mismatch", "bf16_tail_fed_bf16"])
+def test_module_path_on_a_mixed_model_is_torchvisions(mix):
+    """A hook puts the model on the module path, where every unit's BN scale and shift are computed in one batch;
+    a model whose layers differ in dtype must still give torchvision's error, or its answer."""
+    ours, tv = pair()
+    x = torch.randn(2, 3, 40, 40)
+    for m in (ours, tv):
+        m.eval()
+        m.layer1.register_forward_hook(lambda mod, i, o: None)
+        m.layer4.to(torch.bfloat16)
+        if mix == "bf16_tail_fed_bf16":  # a pre-hook casts layer4's input: then it runs, in bf16
+            m.layer4.register_forward_pre_hook(lambda mod, args: (args[0].to(torch.bfloat16),))
+            m.avgpool.register_forward_pre_hook(lambda mod, args: (args[0].float(),))
+    with torch.no_grad():
+        if mix == "dtype_mismatch":
+            with pytest.raises(RuntimeError) as theirs:
+                tv(x)
+            with pytest.raises(RuntimeError) as mine:
+                ours(x)
+            assert str(mine.value) == str(theirs.value)
+        else:
+            assert rel_err(ours(x), tv(x)) < 1e-2

@@ -126,8 +126,8 @@ def module_path(model: nn.Module, x: Tensor) -> Tensor:
 
 
 def forward_state(model: nn.Module, x: Tensor) -> Optional[units.Forward]:
-    """This forward's BN folds: the frozen ones (eager only), else (where BN is folded, see `units.unfolds`)
-    all of them, now, in one batch."""
+    """This forward's BN folds: the frozen ones (eager only), else all of them, now, in one batch; where BN is
+    applied unfolded (`units.unfolds`: eager on the CPU) every unit's scale and shift instead."""
     if model.training:
         return None
     folds = None if torch.jit.is_tracing() else frozen_folds(model)
@@ -135,8 +135,11 @@ def forward_state(model: nn.Module, x: Tensor) -> Optional[units.Forward]:
         return units.Forward(folds)
     pairs = units.model_pairs(model)
     if units.unfolds(x):  # every unit's BN scale and shift, in one batch (used where no gradient is wanted)
+        homes = {(t.device, t.dtype) for c, b in pairs for t in (c.weight, b.running_mean, b.running_var)}
+        if len(homes) != 1:  # mixed devices or dtypes: each unit computes its own (or meets torchvision's error)
+            return None
         with torch.no_grad():
-            scales, shifts = units.bn_affine_pairs(pairs) if pairs else ([], [])
+            scales, shifts = units.bn_affine_pairs(pairs)
         return units.Forward({p: units.Affine(sc, sh) for p, sc, sh in zip(pairs, scales, shifts)})
     grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters()))
     with torch.set_grad_enabled(grad):

@@ -380,7 +380,8 @@ def unfolded_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, scale: Optiona
     if (out.dtype == torch.float32 and (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last))
             and (residual is None or (residual.shape == out.shape and residual.dtype == out.dtype
                                       and residual.device == out.device and residual.stride() == out.stride()))
-            and not _needs_grad(x, conv, bn, residual)):
+            and not _needs_grad(x, conv, bn, residual)
+            and all(t is None or t.device == out.device for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias))):
         if scale is None:
             with torch.no_grad():
                 (scale,), (shift,) = bn_affine_pairs([(conv, bn)])
