@@ -138,12 +138,16 @@ def _gemm(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Optional[T
     wm = u.conv.weight.reshape(k, c)  # a view of a contiguous or channels_last 1x1 weight
     # x is channels_last (gemm_pays), so (n*h*w, c) rows; the output (n*h*w, k) is channels_last too.
     out = torch.mm(x.permute(0, 2, 3, 1).reshape(-1, c), wm.t())
+    y = out.view(n, h, w, k).permute(0, 3, 1, 2)
+    relu = u.relu or residual is not None
+    if out.dtype == torch.float32 and (residual is None or residual.stride() == y.stride()):
+        return ops.scale_shift_act_(y, scale, shift, residual, relu)  # BN as ATen computes it, add, ReLU: one pass
     out.mul_(scale).add_(shift)
     if residual is not None:
         out.add_(residual.permute(0, 2, 3, 1).reshape(-1, k))
-    if u.relu or residual is not None:
+    if relu:
         out.relu_()
-    return out.view(n, h, w, k).permute(0, 3, 1, 2)
+    return y
 
 
 # A unit's `wb`: (folded weight, bias), run by oneDNN; or (GEMM or UNFOLDED, scale, shift); or (WINO, transformed
