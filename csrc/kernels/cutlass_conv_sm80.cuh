@@ -56,6 +56,17 @@ inline cutlass::conv::Conv2dProblemSize to_cutlass(const ConvProblem& p) {
 
 inline std::string status_string(cutlass::Status s) { return cutlass::cutlassGetStatusString(s); }
 
+// A packed NHWC (or KRSC) operand of the implicit GEMM: A = x, B = the filter, C = the output (and a residual).
+template <typename Element>
+cutlass::TensorRef<Element, LayoutNHWC> packed_ref(const void* data, const cutlass::conv::Conv2dProblemSize& ps,
+                                                   char operand) {
+  using cutlass::conv::Operator;
+  const auto extent = operand == 'A'   ? cutlass::conv::implicit_gemm_tensor_a_extent(Operator::kFprop, ps)
+                      : operand == 'B' ? cutlass::conv::implicit_gemm_tensor_b_extent(Operator::kFprop, ps)
+                                       : cutlass::conv::implicit_gemm_tensor_c_extent(Operator::kFprop, ps);
+  return {static_cast<Element*>(const_cast<void*>(data)), LayoutNHWC::packed(extent)};
+}
+
 // Requirements of our kernels beyond CUTLASS's own can_implement (the dispatcher checks the operands' layout and
 // alignment for every kernel).
 inline std::string our_requirements(const ConvProblem& p, int alignment, bool residual_kernel) {
@@ -119,17 +130,11 @@ struct BiasActConv {
 
   static typename Op::Arguments arguments(const ConvLaunchArgs& a) {
     const auto ps = to_cutlass(a.problem);
-    auto* x = static_cast<Element*>(const_cast<void*>(a.x));
-    auto* w = static_cast<Element*>(const_cast<void*>(a.w));
     auto* b = static_cast<Element*>(const_cast<void*>(a.bias));
-    auto* y = static_cast<Element*>(a.y);
     const float threshold = a.problem.relu ? 0.f : -FLT_MAX;
-    return typename Op::Arguments(
-        ps, {x, LayoutNHWC::packed(cutlass::conv::implicit_gemm_tensor_a_extent(cutlass::conv::Operator::kFprop, ps))},
-        {w, LayoutNHWC::packed(cutlass::conv::implicit_gemm_tensor_b_extent(cutlass::conv::Operator::kFprop, ps))},
-        {b, LayoutNHWC::Stride(0)},
-        {y, LayoutNHWC::packed(cutlass::conv::implicit_gemm_tensor_c_extent(cutlass::conv::Operator::kFprop, ps))},
-        {1.f, 0.f, threshold});
+    return typename Op::Arguments(ps, packed_ref<Element>(a.x, ps, 'A'), packed_ref<Element>(a.w, ps, 'B'),
+                                  {b, LayoutNHWC::Stride(0)}, packed_ref<Element>(a.y, ps, 'C'),
+                                  {1.f, 0.f, threshold});
   }
 
 };
@@ -153,17 +158,10 @@ struct ResidualReluConv {
 
   static typename Op::Arguments arguments(const ConvLaunchArgs& a) {
     const auto ps = to_cutlass(a.problem);
-    auto* x = static_cast<Element*>(const_cast<void*>(a.x));
-    auto* w = static_cast<Element*>(const_cast<void*>(a.w));
-    auto* r = static_cast<Element*>(const_cast<void*>(a.residual));
-    auto* y = static_cast<Element*>(a.y);
-    auto out_layout =
-        LayoutNHWC::packed(cutlass::conv::implicit_gemm_tensor_c_extent(cutlass::conv::Operator::kFprop, ps));
-    return typename Op::Arguments(
-        ps, {x, LayoutNHWC::packed(cutlass::conv::implicit_gemm_tensor_a_extent(cutlass::conv::Operator::kFprop, ps))},
-        {w, LayoutNHWC::packed(cutlass::conv::implicit_gemm_tensor_b_extent(cutlass::conv::Operator::kFprop, ps))},
-        {r, out_layout}, {y, out_layout}, {1.f, 1.f}, cutlass::conv::SplitKMode::kSerial,
-        const_cast<void*>(a.bias), nullptr, 0, 0);
+    return typename Op::Arguments(ps, packed_ref<Element>(a.x, ps, 'A'), packed_ref<Element>(a.w, ps, 'B'),
+                                  packed_ref<Element>(a.residual, ps, 'C'), packed_ref<Element>(a.y, ps, 'C'),
+                                  {1.f, 1.f}, cutlass::conv::SplitKMode::kSerial, const_cast<void*>(a.bias), nullptr,
+                                  0, 0);
   }
 
 };
