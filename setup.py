@@ -6,7 +6,7 @@ Environment:
   RESNET_EXT_EXPERIMENTAL=1  also build csrc/experimental/ (kernels no GPU run has verified yet: the sm_90a conv
                           and GEMM kernels, the NHWC max pool, the opt-in training-BN kernels) and the test hooks
                           (poisoned outputs, failing launches, kernel selection on fake registries); what
-                          benchmarks/gpu_check.sh and CI's host-logic build use. Not in the default wheel.
+                          benchmarks/gpu_check.sh and CI's experimental build use. Not in the default wheel.
   TORCH_CUDA_ARCH_LIST    archs to build for (default "8.0;9.0a")
   CUDA_HOME               the CUDA toolkit (default: found from /usr/local/cuda or nvcc's real location)
   CUTLASS_PATH            a CUTLASS checkout (default: the headers of the nvidia-cutlass wheel)

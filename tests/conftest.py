@@ -21,7 +21,7 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 # The unverified kernels and the test hooks (poisoned outputs, failing launches, kernel selection on fake registries)
-# are only in a build made with RESNET_EXT_EXPERIMENTAL=1 (gpu_check.sh, CI's host-logic build).
+# are only in a build made with RESNET_EXT_EXPERIMENTAL=1 (gpu_check.sh, CI's experimental build).
 requires_experimental = pytest.mark.skipif(not resnet_ext.ops.EXPERIMENTAL,
                                            reason="needs a RESNET_EXT_EXPERIMENTAL=1 build")
 
