@@ -346,7 +346,8 @@ def test_frozen_keeps_a_bounded_number_of_packed_weights():
 @pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_conv_with_bias(frozen, when):
-    """A conv with a bias: the unfolded units ran the conv with its bias and added the bias again in the shift."""
+    """A conv with a bias: the unfolded units once ran the conv with its bias and added the bias again in the shift;
+    now the conv keeps its bias and the shift is BN's own, which gives torchvision's bits in the default mode."""
     tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
     x = torch.randn(2, 3, 32, 32)
 
@@ -367,6 +368,8 @@ def test_conv_with_bias(frozen, when):
             ours.conv1, ours.layer4[0].conv1.bias = tv.conv1, tv.layer4[0].conv1.bias
         for _ in range(2):
             assert rel_err(ours(x), tv(x)) < TOL
+        if not frozen:  # the default mode: the conv with its bias, then BN's own scale and shift, as torchvision
+            assert torch.equal(ours(x), tv(x))
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 32, 32), (8, 3, 96, 96)])

@@ -22,9 +22,11 @@ def gemm_pays(u: Unit, x: Tensor) -> bool:
     unless it is prepacked) for a channels_last input: where the weight outweighs the output, the input channels
     being at least twice the output pixels. Measured on a 2-core AVX-512 machine at batch 1: layer4's 1x1 convs of
     resnet50 2.1 -> 0.8 ms (2048 -> 512) and 4.1 -> 1.8 ms (the strided downsample); at 1x the ratio no gain; on
-    NCHW inputs oneDNN runs these convs without the reorder and the GEMM loses (0.66 -> 0.87 ms)."""
+    NCHW inputs oneDNN runs these convs without the reorder and the GEMM loses (0.66 -> 0.87 ms). Not for a conv
+    with a bias (the unit's shift is BN's alone: the bias belongs to the conv's output)."""
     conv = u.conv
-    if conv.kernel_size != (1, 1) or conv.groups != 1 or conv.padding != (0, 0) or not units.wants_channels_last(x):
+    if (conv.kernel_size != (1, 1) or conv.groups != 1 or conv.padding != (0, 0) or conv.bias is not None
+            or not units.wants_channels_last(x)):
         return False
     out_pixels = x.shape[0] * (-(-x.shape[2] // conv.stride[0])) * (-(-x.shape[3] // conv.stride[1]))
     return conv.in_channels >= 2 * out_pixels
@@ -133,7 +135,7 @@ def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
     plans = _state.of(model).flat_plans  # per input, which units run as a GEMM (shapes only, never stale)
     key = (tuple(x.shape), x.dtype, x.stride())
     x = internal_layout(x)
-    scales, shifts = units.bn_affine_pairs([(u.conv, u.bn) for u in s.units])
+    scales, shifts = units.bn_affine_pairs([(u.conv, u.bn) for u in s.units], conv_bias=False)
     affine = {id(u): (sc, sh) for u, sc, sh in zip(s.units, scales, shifts)}
     plan = plans.get(key)
     if plan is None or plan[0] is not s:  # learn on this call how each unit runs, from its input's shape

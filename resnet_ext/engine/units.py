@@ -201,9 +201,11 @@ def reset_path_counts() -> None:
 Fold = Tuple[Tensor, Tensor]  # (folded weight, folded bias)
 
 
-def _affine_vectors(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]]) -> Tuple[Tensor, Tensor, List[int]]:
-    """Every pair's per-channel (scale, shift), bn(conv(x)) == conv(x) * scale + shift, concatenated, in at least
-    fp32, computed in one pass over the concatenated statistics of all the BNs (`ops.bn_scale_shift`), and the
+def _affine_vectors(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]],
+                    conv_bias: bool = True) -> Tuple[Tensor, Tensor, List[int]]:
+    """Every pair's per-channel (scale, shift), bn(conv(x)) == conv(x) * scale + shift with conv(x) taken without
+    its bias (`conv_bias`: the shift holds it; else BN's alone, for a conv output that has its bias), concatenated,
+    in at least fp32, computed in one pass over the concatenated statistics of all the BNs (`ops.bn_scale_shift`), and the
     channel count of each pair. All pairs must share the conv weights' dtype and device. A handful of launches
     whatever the depth: one cat and one cast per statistic (with a cast per tensor, some 300 launches, resnet50's
     whole fold took 5.6 ms per forward on an H200, the GPU idle meanwhile)."""
@@ -229,14 +231,15 @@ def _affine_vectors(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]]) -> Tuple[
             torch.tensor(sizes, device=device))
     scale, shift = ops.bn_scale_shift(cat([b.running_mean for _, b in pairs]), cat([b.running_var for _, b in pairs]),
                                       eps, vec(lambda c, b: b.weight, 1.0), vec(lambda c, b: b.bias, 0.0),
-                                      vec(lambda c, b: c.bias, 0.0), acc)
+                                      vec(lambda c, b: c.bias if conv_bias else None, 0.0), acc)
     return scale, shift, sizes
 
 
-def bn_affine_pairs(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]]) -> Tuple[List[Tensor], List[Tensor]]:
+def bn_affine_pairs(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]],
+                    conv_bias: bool = True) -> Tuple[List[Tensor], List[Tensor]]:
     """Each pair's per-channel (scale, shift), bn(conv(x)) == conv(x) * scale + shift, in at least fp32 (see
-    `_affine_vectors`)."""
-    scale, shift, sizes = _affine_vectors(pairs)
+    `_affine_vectors`; `conv_bias=False`: BN's own, for a conv output that has its bias, as ATen computes it)."""
+    scale, shift, sizes = _affine_vectors(pairs, conv_bias)
     return list(scale.split(sizes)), list(shift.split(sizes))
 
 
@@ -361,7 +364,8 @@ def add_act_(out: Tensor, residual: Tensor, relu: bool) -> Tensor:
 
 
 class Affine(NamedTuple):
-    """A unit's BN as the per-channel (scale, shift) of `bn_affine_pairs`, applied unfolded (CPU default mode)."""
+    """A unit's BN as the per-channel (scale, shift) of `bn_affine_pairs(..., conv_bias=False)`, applied unfolded
+    to the conv's output (its bias included) as torchvision computes it (CPU default mode)."""
     scale: Tensor
     shift: Tensor
 
@@ -369,12 +373,12 @@ class Affine(NamedTuple):
 def unfolded_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, scale: Optional[Tensor], shift: Optional[Tensor],
                   relu: bool, residual: Optional[Tensor] = None, shortcut=None) -> Tensor:
     """relu?(bn(conv(x)) (+ residual)) with BN applied unfolded, as torchvision computes it: the stock conv, then
-    BN's fp32 per-channel scale and shift (`bn_affine_pairs`; computed here if not given), the residual add and the
+    BN's fp32 per-channel scale and shift (`Affine`; computed here if not given), the residual add and the
     ReLU in one in-place pass (`ops.scale_shift_act_`) where no gradient is wanted and the output is a dense float32
     tensor the residual matches; else torchvision's BN, add and ReLU (their autograd, their errors). `shortcut()`,
     if given, gives the residual after the conv, where torchvision calls the downsample. The one unfolded unit of
     both CPU paths, the flat forward and the module path."""
-    out = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)  # shift has the bias
+    out = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     if shortcut is not None:
         residual = shortcut()
     if (out.dtype == torch.float32 and (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last))
@@ -384,10 +388,8 @@ def unfolded_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, scale: Optiona
             and all(t is None or t.device == out.device for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias))):
         if scale is None:
             with torch.no_grad():
-                (scale,), (shift,) = bn_affine_pairs([(conv, bn)])
+                (scale,), (shift,) = bn_affine_pairs([(conv, bn)], conv_bias=False)
         return ops.scale_shift_act_(out, scale, shift, residual, relu)
-    if conv.bias is not None:
-        out = out + conv.bias.view(1, -1, 1, 1)
     out = bn(out)
     if residual is not None:
         out += residual
