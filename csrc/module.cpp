@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 
 #include "dispatch/dispatch.h"
+#include "ops/cpu_memory.h"
 #include "ops/conv_bn_act.h"
 #ifdef RESNET_EXT_WITH_CUDA
 #include "kernels/bn_act_kernels.h"
@@ -200,6 +201,18 @@ PYBIND11_MODULE(_C, m) {
   m.def("autotune_enabled", &resnet_ext::autotune_enabled);
   m.def("clear_autotune_cache", &resnet_ext::clear_autotune_cache);
   m.def("autotune_cache_size", &resnet_ext::autotune_cache_size);
+  m.def("cpu_memory_scope", &resnet_ext::cpu_memory::scope, "Open or close the CPU memory-reuse scope on this thread");
+  m.def("set_cpu_memory_limit", &resnet_ext::cpu_memory::set_limit);
+  m.def("empty_cpu_cache", &resnet_ext::cpu_memory::empty_cache);
+  m.def("cpu_memory_stats", []() {
+    const auto s = resnet_ext::cpu_memory::stats();
+    pybind11::dict d;
+    d["kept_bytes"] = s.kept_bytes;
+    d["limit"] = s.limit;
+    d["blocks"] = s.blocks;
+    d["installed"] = s.installed;
+    return d;
+  });
 #ifdef RESNET_EXT_EXPERIMENTAL
   m.def("select_kernel", &select_kernel, "The dispatcher's decision for a problem given as a dict (no GPU needed)",
         py::arg("problem"), py::arg("kernels") = py::none(), py::arg("images") = py::none(),

@@ -75,6 +75,13 @@ def frozen_folds(model: nn.Module):
 
 def forward(model: nn.Module, x: Tensor) -> Tensor:
     """A resnet_ext ResNet's forward where fusion is enabled (see `units.enabled`)."""
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():
+        with cpu.reused_memory():
+            return _forward(model, x)
+    return _forward(model, x)
+
+
+def _forward(model: nn.Module, x: Tensor) -> Tensor:
     if (x.is_cuda and graphs.wanted(model)
             and not (model.training or torch.compiler.is_compiling() or torch.jit.is_tracing())):
         folds = frozen_folds(model)

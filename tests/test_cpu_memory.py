@@ -1,0 +1,160 @@
+"""The CPU engine's memory reuse (csrc/ops/cpu_memory.cpp, engine/cpu.py: reused_memory): a CPU forward's large
+allocations reuse blocks kept from earlier forwards. A block in use is never handed out again, nothing changes
+outside the engine's forwards, and the kept bytes stay within the limit the user sets."""
+import gc
+import threading
+
+import pytest
+import torch
+import torchvision
+
+import resnet_ext
+from resnet_ext.engine import cpu
+from conftest import randomize_bn
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def limit():
+    """Restores the default limit (and an empty cache) after a test that changes it."""
+    yield
+    resnet_ext.set_cpu_memory_limit(1 << 30)
+    resnet_ext.empty_cpu_cache()
+
+
+def pair(frozen):
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    ours = resnet_ext.from_torchvision(tv).eval()
+    if frozen:
+        resnet_ext.freeze(ours)
+    return ours, tv
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+def test_forwards_reuse_blocks_and_give_torchvisions_answer(frozen, limit):
+    ours, tv = pair(frozen)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ours(x)  # the first forward records the plan
+        ours(x)
+        stats = resnet_ext.cpu_memory_stats()
+        assert stats["installed"] and stats["kept_bytes"] > 0
+        blocks = stats["blocks"]
+        outs = [ours(x) for _ in range(3)]
+        ref = tv(x)
+    assert resnet_ext.cpu_memory_stats()["blocks"] == blocks  # every block of these forwards was a kept one
+    for out in outs:
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_a_kept_block_is_not_read():
+    """A reused block holds an earlier forward's values; the answer must not depend on them."""
+    ours, tv = pair(False)
+    with torch.no_grad():
+        for shape in [(1, 3, 64, 64), (1, 3, 64, 64), (3, 3, 48, 40), (1, 3, 64, 64)]:
+            x = torch.randn(shape)
+            torch.testing.assert_close(ours(x), tv(x), rtol=1e-4, atol=1e-4)
+
+
+def test_nothing_is_kept_outside_the_engines_forwards(limit):
+    resnet_ext.resnet18(num_classes=10).eval()(torch.randn(1, 3, 32, 32))  # installs the allocator
+    gc.collect()
+    resnet_ext.empty_cpu_cache()
+    before = resnet_ext.cpu_memory_stats()["blocks"]
+    t = torch.empty(4 * MiB)
+    del t
+    tv = torchvision.models.resnet18(num_classes=10).eval()
+    with torch.no_grad():
+        tv(torch.randn(2, 3, 64, 64))  # oneDNN's raw buffers from the next allocator, freed through ours
+    after = resnet_ext.cpu_memory_stats()
+    assert (after["kept_bytes"], after["blocks"]) == (0, before)
+
+
+def test_frozen_weights_are_not_kept_when_the_model_goes(limit):
+    gc.collect()
+    resnet_ext.empty_cpu_cache()
+    ours, _ = pair(True)
+    with torch.no_grad():
+        ours(torch.randn(2, 3, 64, 64))
+    del ours, _
+    gc.collect()
+    resnet_ext.empty_cpu_cache()
+    assert resnet_ext.cpu_memory_stats()["blocks"] == 0
+
+
+def test_scope_keeps_blocks_from_inside_only(limit):
+    resnet_ext.set_cpu_memory_limit(1 << 30)
+    resnet_ext.empty_cpu_cache()
+    with cpu.reused_memory():
+        t = torch.empty(MiB)
+        small = torch.empty(1024)
+    del t, small
+    assert resnet_ext.cpu_memory_stats()["kept_bytes"] == 4 * MiB
+    with cpu.reused_memory():
+        first = torch.empty(MiB)  # the kept block
+        second = torch.empty(MiB)  # a new one: the kept block is in use
+        assert resnet_ext.cpu_memory_stats()["kept_bytes"] == 0
+        assert second.data_ptr() != first.data_ptr()
+        ptr = first.data_ptr()
+        del first
+        assert torch.empty(MiB).data_ptr() == ptr  # freed, kept, taken again
+
+
+def test_limit_bounds_what_is_kept(limit):
+    ours, _ = pair(False)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ours(x)
+        resnet_ext.set_cpu_memory_limit(MiB)
+        assert resnet_ext.cpu_memory_stats()["kept_bytes"] <= MiB
+        ours(x)
+        assert resnet_ext.cpu_memory_stats()["kept_bytes"] <= MiB
+        resnet_ext.set_cpu_memory_limit(0)
+        ours(x)
+        assert resnet_ext.cpu_memory_stats()["kept_bytes"] == 0
+        resnet_ext.set_cpu_memory_limit(1 << 30)
+        ours(x)
+    assert resnet_ext.cpu_memory_stats()["kept_bytes"] > 0
+    resnet_ext.empty_cpu_cache()
+    assert resnet_ext.cpu_memory_stats()["kept_bytes"] == 0
+
+
+@pytest.mark.parametrize("bad, error", [(-1, ValueError), (1.5, TypeError), ("1G", TypeError)])
+def test_bad_limit_names_the_argument(bad, error):
+    with pytest.raises(error, match="nbytes"):
+        resnet_ext.set_cpu_memory_limit(bad)
+
+
+def test_threads_get_their_own_answers(limit):
+    ours, tv = pair(True)
+    xs = [torch.randn(2, 3, 64, 64) for _ in range(4)]
+    with torch.no_grad():
+        refs = [tv(x) for x in xs]
+    results = [None] * len(xs)
+
+    def work(i):
+        with torch.no_grad():
+            for _ in range(3):
+                results[i] = ours(xs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for out, ref in zip(results, refs):
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_training_step_on_cpu_matches_torchvision(limit):
+    """A training forward's saved tensors come from the scope and are freed in backward, outside it."""
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).double()
+    ours = resnet_ext.from_torchvision(tv).double()
+    x = torch.randn(2, 3, 48, 48, dtype=torch.float64)
+    for _ in range(2):
+        for m in (ours, tv):
+            m.zero_grad()
+            m(x).square().sum().backward()
+    for (name, p), q in zip(ours.named_parameters(), tv.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
