@@ -39,9 +39,12 @@ def make(n, c, k, h, w, seed, with_residual=False):
 
 
 # (N, C, K, H, W): resnet18-152's 3x3 stride-1 shapes at 224x224 (batch 1 and 2), odd sizes with partial tiles,
-# a single pixel, K != C, and 3000+ tiles (more than one 4 MiB chunk of the workspace).
+# a single pixel, K != C, and 3000+ tiles (more than one 4 MiB chunk of the workspace); for the AVX-512 GEMM's
+# edges: K of 1 to 3 vectors past its 64-channel panels, C past its 64-channel depth chunks, tiles not a multiple
+# of its 6 rows.
 SHAPES = [(1, 64, 64, 56, 56), (2, 128, 128, 28, 28), (1, 256, 256, 14, 14), (2, 512, 512, 7, 7),
-          (1, 16, 32, 13, 11), (3, 32, 16, 5, 9), (2, 16, 16, 1, 1), (1, 48, 64, 4, 4), (13, 64, 64, 56, 56)]
+          (1, 16, 32, 13, 11), (3, 32, 16, 5, 9), (2, 16, 16, 1, 1), (1, 48, 64, 4, 4), (13, 64, 64, 56, 56),
+          (1, 80, 112, 9, 7), (2, 144, 48, 6, 10), (1, 16, 80, 17, 5)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
