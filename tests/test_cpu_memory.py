@@ -158,3 +158,26 @@ def test_training_step_on_cpu_matches_torchvision(limit):
             m(x).square().sum().backward()
     for (name, p), q in zip(ours.named_parameters(), tv.parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_the_least_recently_kept_blocks_go_first(limit):
+    """With the limit reached, a freed block evicts the oldest kept ones (sizes no longer asked for), not itself."""
+    resnet_ext.empty_cpu_cache()
+    resnet_ext.set_cpu_memory_limit(3 * MiB)
+    sizes = [MiB, MiB + 4096, 2 * MiB]
+    with cpu.reused_memory():
+        blocks = [torch.empty(n, dtype=torch.uint8) for n in sizes]
+    ptrs = [b.data_ptr() for b in blocks]
+    for i in range(3):
+        blocks[i] = None  # freed in order: the third evicts both others to fit
+    assert resnet_ext.cpu_memory_stats()["kept_bytes"] == 2 * MiB
+    with cpu.reused_memory():
+        again = torch.empty(2 * MiB, dtype=torch.uint8)
+        assert again.data_ptr() == ptrs[2]
+        assert resnet_ext.cpu_memory_stats()["kept_bytes"] == 0
+    del again
+    resnet_ext.set_cpu_memory_limit(MiB)
+    with cpu.reused_memory():
+        big = torch.empty(2 * MiB, dtype=torch.uint8)  # over the limit on its own: freed, not kept
+    del big
+    assert resnet_ext.cpu_memory_stats()["kept_bytes"] == 0

@@ -10,14 +10,18 @@
 // How: a c10::Allocator put in front of the CPU allocator that was installed (once, when the first scope opens).
 // Outside a scope, and for small blocks, it hands over to that allocator unchanged. Inside, a block of exactly the
 // requested size is reused if one is free (a forward's sizes repeat from one forward to the next), else a new one
-// is made; a block freed anywhere, any time (the forward's output included) is kept for reuse while the kept
-// bytes stay within the limit, else freed. Nothing of a block is read: it is memory as at::empty gives it.
+// is made; a block freed anywhere, any time (the forward's output included) is kept for reuse, the least recently
+// kept ones freed to stay within the limit. Nothing of a block is read: it is memory as at::empty gives it.
 #include "ops/cpu_memory.h"
 
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
 
+#include <pthread.h>
+
 #include <cstring>
+#include <iterator>
+#include <list>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -58,50 +62,47 @@ class ReusingAllocator final : public c10::Allocator {
   static void release(void* p) { instance()->keep_or_free(p); }
 
   void keep_or_free(void* p) {
+    std::vector<void*> to_free;
     bool ours = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       const auto it = size_of_.find(p);
       if (it != size_of_.end()) {
-        const size_t n = it->second;
-        if (kept_bytes_ + n <= limit_) {
-          free_[n].push_back(p);
-          kept_bytes_ += n;
-          return;
-        }
-        size_of_.erase(it);
         ours = true;
+        const size_t n = it->second;
+        if (n <= limit_) {
+          evict_locked(limit_ - n, to_free);
+          lru_.push_back({p, n});
+          free_[n].push_back(std::prev(lru_.end()));
+          kept_bytes_ += n;
+        } else {
+          size_of_.erase(it);
+          to_free.push_back(p);
+        }
       }
     }
-    if (ours) {
-      c10::free_cpu(p);
-    } else {
-      next_->raw_deleter()(p);
-    }
+    if (!ours) return next_->raw_deleter()(p);
+    for (void* q : to_free) c10::free_cpu(q);
   }
 
-  void empty() {
-    std::vector<void*> blocks;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (auto& [n, list] : free_)
-        for (void* p : list) {
-          blocks.push_back(p);
-          size_of_.erase(p);
-        }
-      free_.clear();
-      kept_bytes_ = 0;
-    }
-    for (void* p : blocks) c10::free_cpu(p);
-  }
+  void empty() { trim(0); }
 
   void set_limit(size_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       limit_ = bytes;
-      if (kept_bytes_ <= limit_) return;
     }
-    empty();
+    trim(bytes);
+  }
+
+  // Frees the least recently kept blocks until at most `bytes` stay kept.
+  void trim(size_t bytes) {
+    std::vector<void*> to_free;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      evict_locked(bytes, to_free);
+    }
+    for (void* q : to_free) c10::free_cpu(q);
   }
 
   Stats stats() {
@@ -119,26 +120,51 @@ class ReusingAllocator final : public c10::Allocator {
       instance_ = new ReusingAllocator(c10::GetCPUAllocator());
       c10::SetCPUAllocator(instance_, /*priority=*/1);
       instance_->installed_ = c10::GetCPUAllocator() == instance_;
+      // A fork while another thread holds the lock would leave it locked in the child (a DataLoader worker).
+      pthread_atfork([] { instance_->mu_.lock(); }, [] { instance_->mu_.unlock(); },
+                     [] { instance_->mu_.unlock(); });
     });
     return instance_->installed_;
   }
 
  private:
+  struct Kept {
+    void* p;
+    size_t n;
+  };
+
   void* take(size_t n) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = free_.find(n);
     if (it == free_.end() || it->second.empty()) return nullptr;
-    void* p = it->second.back();
+    const auto kept = it->second.back();  // the most recently freed block of this size (warmest in cache)
     it->second.pop_back();
+    void* p = kept->p;
+    lru_.erase(kept);
     kept_bytes_ -= n;
     return p;
+  }
+
+  // Frees (into to_free, for after the lock) the least recently kept blocks until at most `bytes` stay kept: with
+  // input sizes that change, blocks of sizes no longer asked for go first.
+  void evict_locked(size_t bytes, std::vector<void*>& to_free) {
+    while (kept_bytes_ > bytes) {
+      const Kept oldest = lru_.front();
+      auto& same = free_[oldest.n];
+      same.erase(same.begin());  // blocks of one size are kept in the order they were freed: this is the oldest
+      lru_.pop_front();
+      kept_bytes_ -= oldest.n;
+      size_of_.erase(oldest.p);
+      to_free.push_back(oldest.p);
+    }
   }
 
   static inline ReusingAllocator* instance_ = nullptr;
   c10::Allocator* next_;
   std::mutex mu_;
-  std::unordered_map<void*, size_t> size_of_;            // every block made here and not freed yet
-  std::unordered_map<size_t, std::vector<void*>> free_;  // the kept ones, by size
+  std::unordered_map<void*, size_t> size_of_;  // every block made here and not freed yet
+  std::list<Kept> lru_;                         // the kept ones, least recently kept first
+  std::unordered_map<size_t, std::vector<std::list<Kept>::iterator>> free_;  // the same, by size
   size_t kept_bytes_ = 0;
   size_t limit_ = kDefaultLimit;
   bool installed_ = false;

@@ -35,7 +35,7 @@ def reused_memory(on: bool = True):
 
 def set_memory_limit(nbytes: int) -> None:
     """Keep at most `nbytes` of freed CPU blocks for the next forwards (default 1 GiB; 0 keeps none, every block
-    is freed as before). Lowering it frees what is kept beyond it."""
+    is freed as before), the least recently kept freed first. Lowering it frees what is kept beyond it."""
     try:
         nbytes = operator.index(nbytes)
     except TypeError:
