@@ -5,8 +5,8 @@ from .engine.units import explain_train, path_counts, reset_path_counts, train_b
 from .bn_act import bn_act, convert_sync_batchnorm
 from .engine.frozen import freeze, is_frozen, unfreeze
 from .engine import graphs
-from .engine.cpu import empty_cache as empty_cpu_cache, memory_stats as cpu_memory_stats, \
-    set_memory_limit as set_cpu_memory_limit
+from .engine.cpu import (empty_cache as empty_cpu_cache, memory_stats as cpu_memory_stats,
+                         set_memory_limit as set_cpu_memory_limit)
 from .convert import from_torchvision, to_torchvision
 from .models import (BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50, resnet101, resnet152,
                      resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, wide_resnet50_2, wide_resnet101_2)

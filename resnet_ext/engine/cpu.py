@@ -24,8 +24,9 @@ _DTYPES = (torch.float32, torch.bfloat16)
 def reused_memory(on: bool = True):
     """Inside: this thread's tensor allocations of 64 KiB and more reuse blocks kept from earlier forwards
     (csrc/ops/cpu_memory.cpp: fresh blocks cost a page fault per 4 KiB on first touch; reuse made resnet50's frozen
-    forward 1.11x and the default 1.18x faster at batch 8 on a 2-core VM). Every CPU forward of the engine runs inside; what outlives a forward (the
-    frozen mode's packed weights) is made outside (`on=False`), so that a dropped model's weights are not kept."""
+    forward 1.11x and the default 1.18x faster at batch 8 on a 2-core VM). Every CPU forward of the engine runs
+    inside; what outlives a forward (the frozen mode's packed weights) is made outside (`on=False`), so that a
+    dropped model's weights are not kept."""
     was = _C.cpu_memory_scope(on)
     try:
         yield
