@@ -181,3 +181,17 @@ def test_the_least_recently_kept_blocks_go_first(limit):
         big = torch.empty(2 * MiB, dtype=torch.uint8)  # over the limit on its own: freed, not kept
     del big
     assert resnet_ext.cpu_memory_stats()["kept_bytes"] == 0
+
+
+def test_torch_profiler_sees_the_reused_blocks(limit):
+    """Blocks handed out and taken back are reported as PyTorch's CPU allocator reports its own."""
+    from torch.profiler import ProfilerActivity, profile
+    ours, _ = pair(False)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ours(x)
+        ours(x)  # from here on every large block is a kept one
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            ours(x)
+    sizes = [e.cpu_memory_usage for e in prof.events()]  # allocations under the op that made them
+    assert any(s >= 64 * 1024 for s in sizes) and any(s <= -64 * 1024 for s in sizes)

@@ -50,6 +50,7 @@ class ReusingAllocator final : public c10::Allocator {
       std::lock_guard<std::mutex> lock(mu_);
       size_of_[p] = n;
     }
+    c10::profiledCPUMemoryReporter().New(p, n);  // as PyTorch's allocator reports: torch.profiler's memory view
     return {p, p, &release, c10::Device(c10::DeviceType::CPU)};
   }
 
@@ -69,6 +70,7 @@ class ReusingAllocator final : public c10::Allocator {
       const auto it = size_of_.find(p);
       if (it != size_of_.end()) {
         ours = true;
+        c10::profiledCPUMemoryReporter().Delete(p);  // before the block can be handed out (and reported) again
         const size_t n = it->second;
         if (n <= limit_) {
           evict_locked(limit_ - n, to_free);
