@@ -4,8 +4,9 @@
 // Why: glibc hands large blocks back to the kernel on free (munmap, or trimming the heap's top), so every
 // forward touches its activations' pages for the first time again, and each first touch is a page fault that
 // zeroes a 4 KiB page. In the project's 2-core VM that cost 2-20 us a page: resnet50 at batch 8 took 13,000-24,000
-// faults a forward, and reuse made its frozen forward 1.11x faster (benchmarks/results/2026-12-03-cpu-memory-reuse). ONNX Runtime and OpenVINO keep an arena for the same reason; PyTorch's
-// own caching CPU allocator is built only for mobile.
+// faults a forward, and reuse made its frozen forward 1.11x faster (benchmarks/results/2026-12-03-cpu-memory-reuse).
+// ONNX Runtime and OpenVINO keep an arena for the same reason; PyTorch's own caching CPU allocator is built only
+// for mobile.
 //
 // How: a c10::Allocator put in front of the CPU allocator that was installed (once, when the first scope opens).
 // Outside a scope, and for small blocks, it hands over to that allocator unchanged. Inside, a block of exactly the
