@@ -1,7 +1,8 @@
 """Where a 16-bit resnet eval forward loses accuracy, emulated on the CPU (fp32 arithmetic on 16-bit-rounded
 operands, rounding to 16 bits where the GPU kernels store): torchvision's conv -> BN (two roundings per unit)
 against BN folded into the weights (resnet_ext: the folded weight and bias rounded to 16 bits, one rounding of
-the output), the fold with an fp32 bias, and the BN scale applied in an fp32 epilogue instead (no folded weight).
+the output), the fold with an fp32 bias, and the BN scale applied in an fp32 epilogue instead (no folded weight),
+with the shift in fp32 or rounded to 16 bits.
 Prints each one's error against the fp32 forward, max-abs and norm, and as a multiple of torchvision's.
 
     python benchmarks/fold_precision.py {fp16,bf16} {resnet50,resnet101,...}
@@ -60,6 +61,8 @@ def unit(conv, bn, x, mode, res=None, relu=True):
         z = F.conv2d(x, r16(W * s.view(-1,1,1,1)), shift, *args)
     elif mode == "scale_epi":
         z = F.conv2d(x, W, None, *args) * s.view(-1,1,1) + shift.view(-1,1,1)
+    elif mode == "scale_epi16":  # the fp32 scale in the epilogue, the shift stored in 16 bits (a 16-bit bias operand)
+        z = F.conv2d(x, W, None, *args) * s.view(-1,1,1) + r16(shift).view(-1,1,1)
     if res is not None:
         z = z + res if mode in ("fp32",) else (r16(z) + res if mode == "tv" else z + res)
     if relu: z = F.relu(z)
@@ -84,6 +87,6 @@ def forward(mode):
 ref = forward("fp32")
 err = lambda a: ((a - ref).abs().max() / ref.abs().max()).item()
 nrm = lambda a: ((a - ref).norm() / ref.norm()).item()
-res = {m: forward(m) for m in ("tv", "ours", "ours32b", "scale_epi")}
+res = {m: forward(m) for m in ("tv", "ours", "ours32b", "scale_epi", "scale_epi16")}
 for m, o in res.items():
     print(f"{dt} {arch} {m:10s} max {err(o):.3e} ({err(o)/err(res['tv']):.3f}x tv)  norm {nrm(o):.3e} ({nrm(o)/nrm(res['tv']):.3f}x tv)")
