@@ -10,7 +10,7 @@ Without a GPU:
 On a Hopper GPU (pytest.mark.cuda; skipped elsewhere): every such shape of resnet50/101 x {bf16, fp16} x batch
 {1, 7, 64} x {no residual, residual}, each GEMM kernel forced, outputs NaN-poisoned before each launch, against an
 fp32 reference of stock ops; explain() and path_counts() name the forced kernel; the ReLU/identity x residual/none
-epilogue variants."""
+epilogue variants; the fp32 scale/shift epilogue (#24) through the experimental gemm_sm90 op on every such shape."""
 import os
 import re
 import shutil
@@ -77,11 +77,13 @@ int main(int argc, char** argv) {
     for (int s = 0; s <= int(Status::kInternalError); ++s) std::printf("status %d %s\n", s, status_string(Status(s)));
     return 0;
   }
-  // One problem per line: dtype m n k lda ldb ldr ldd a b bias r d relu sm_count (addresses as integers, 0: null).
+  // One problem per line: dtype m n k lda ldb ldr ldd a b bias r d relu sm_count scale shift (addresses as
+  // integers, 0: null).
   int dtype, relu, sms;
   long long m, n, k, lda, ldb, ldr, ldd;
-  unsigned long long a, b, bias, r, d;
-  while (std::cin >> dtype >> m >> n >> k >> lda >> ldb >> ldr >> ldd >> a >> b >> bias >> r >> d >> relu >> sms) {
+  unsigned long long a, b, bias, r, d, scale, shift;
+  while (std::cin >> dtype >> m >> n >> k >> lda >> ldb >> ldr >> ldd >> a >> b >> bias >> r >> d >> relu >> sms >>
+         scale >> shift) {
     Problem p;
     p.dtype = DType(dtype);
     p.m = m; p.n = n; p.k = k; p.lda = lda; p.ldb = ldb; p.ldr = ldr; p.ldd = ldd;
@@ -90,6 +92,8 @@ int main(int argc, char** argv) {
     p.bias = reinterpret_cast<const void*>(uintptr_t(bias));
     p.residual = reinterpret_cast<const void*>(uintptr_t(r));
     p.d = reinterpret_cast<void*>(uintptr_t(d));
+    p.scale = reinterpret_cast<const float*>(uintptr_t(scale));
+    p.shift = reinterpret_cast<const float*>(uintptr_t(shift));
     p.relu = relu != 0;
     p.sm_count = sms;
     for (int i = 0; i < kNumConfigs; ++i) {
@@ -134,12 +138,12 @@ def run_problems(driver, problems):
     lines = []
     for p in problems:
         q = dict(dtype=1, lda=p["k"], ldb=p["k"], ldr=0, ldd=p["n"], a=1 << 40, b=2 << 40, bias=3 << 40, r=0,
-                 d=5 << 40, relu=1, sms=132)
+                 d=5 << 40, relu=1, sms=132, scale=6 << 40, shift=7 << 40)
         q.update(p)
         if q["r"] and not q["ldr"]:
             q["ldr"] = q["n"]
         lines.append(" ".join(str(int(q[f])) for f in ("dtype", "m", "n", "k", "lda", "ldb", "ldr", "ldd", "a", "b",
-                                                        "bias", "r", "d", "relu", "sms")))
+                                                        "bias", "r", "d", "relu", "sms", "scale", "shift")))
     out = subprocess.run([str(driver)], input="\n".join(lines) + "\n", check=True, capture_output=True,
                          text=True).stdout.splitlines()
     rows, _, _ = configs(driver)
@@ -205,6 +209,9 @@ def test_host_check_rejections(driver):
         (dict(d=(5 << 40) + 2), "16-byte aligned"),
         (dict(r=(4 << 40) + 4), "16-byte aligned"),
         (dict(bias=(3 << 40) + 1), "bias must be aligned"),
+        (dict(scale=(6 << 40) + 2), "scale and shift must be aligned"),
+        (dict(shift=(7 << 40) + 1), "scale and shift must be aligned"),
+        (dict(d=6 << 40), "overlaps"),                       # d is the scale vector
         (dict(a=0), "must be given"),
         (dict(d=1 << 40), "overlaps"),                       # d is a
         (dict(d=(1 << 40) + 64 * 56 * 56 * 64 * 2 - 16), "overlaps"),  # d starts in a's last row
@@ -218,7 +225,8 @@ def test_host_check_rejections(driver):
             if row[1] == "1":  # bf16 configurations (the problem's dtype)
                 assert status != 0 and needle in why, (case, row[0], why)
     # Fine: residual absent with ldr 0, null bias, d right after a, padded leading dimensions.
-    ok = [dict(base), dict(base, bias=0), dict(base, d=(1 << 40) + 64 * 56 * 56 * 64 * 2),
+    ok = [dict(base), dict(base, bias=0), dict(base, scale=0, shift=0), dict(base, scale=(6 << 40) + 4),
+          dict(base, d=(1 << 40) + 64 * 56 * 56 * 64 * 2),
           dict(base, lda=72, ldb=128, ldd=264, r=4 << 40, ldr=512)]
     for res in run_problems(driver, ok):
         assert all(status == 0 for (status, _, _), row in zip(res, configs(driver)[0]) if row[1] == "1")
@@ -403,3 +411,67 @@ def test_relu_keeps_nan_like_torch(gpu_env):
         y = resnet_ext.conv_bn_act(x, w, b, None, 1, 0, 1, True)
         torch.cuda.synchronize()
         assert torch.isnan(y[0, :, 0, 0]).all() and not torch.isnan(y[0, :, 1:, :]).any(), name
+
+
+# ---- the fp32 scale/shift epilogue (#24), through the experimental torch.ops.resnet_ext.gemm_sm90 entry -----------
+
+def _scale_shift_case(s, dtype, residual, with_bias, seed):
+    """A, B, bias, fp32 scale and shift, residual of the 1x1 layer `s` as a GEMM, and the fp32 reference."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    m, n, k = s.N * s.H * s.W, s.K, s.C
+    a = torch.randn(m, k, device="cuda", generator=g).to(dtype)
+    b = (torch.randn(n, k, device="cuda", generator=g) * k ** -0.5).to(dtype)  # the unfolded weight
+    scale = torch.rand(n, device="cuda", generator=g) * 1.5 + 0.25
+    shift = torch.randn(n, device="cuda", generator=g) * 0.2
+    bias = (torch.randn(n, device="cuda", generator=g) * 0.1).to(dtype) if with_bias else None
+    r = torch.randn(m, n, device="cuda", generator=g).to(dtype) if residual else None
+    ref = (a.float() @ b.float().t()) * scale + shift
+    if bias is not None:
+        ref = ref + bias.float()
+    if r is not None:
+        ref = ref + r.float()
+    return a, b, bias, scale, shift, r, ref
+
+
+@pytest.mark.cuda
+@requires_hopper
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_fp32_scale_shift_epilogue_matches_fp32_reference(dtype, residual):
+    """act(scale * (A B^T) + shift (+ R)) with fp32 scale and shift, every configuration, every 1x1 layer shape at
+    batch 1 and 7 (partial tiles), the output NaN-filled before the launch."""
+    tag = "bf16" if dtype == torch.bfloat16 else "f16"
+    for s in GEMM_SHAPES:
+        for batch in (1, 7):
+            a, b, bias, scale, shift, r, ref = _scale_shift_case(s.with_batch(batch), dtype, residual, False, batch)
+            for name in _gemm_kernels(tag):
+                for relu in (False, True):
+                    y = torch.ops.resnet_ext.gemm_sm90(name, a, b, None, scale, shift, r, relu)
+                    want = torch.relu(ref) if relu else ref
+                    assert not torch.isnan(y).any(), (name, s.name)
+                    err = rel_err(y, want)
+                    assert err <= TOL[dtype], f"{name} {s.name} b{batch} relu={relu}: rel err {err:.2e}"
+
+
+@pytest.mark.cuda
+@requires_hopper
+def test_scale_shift_and_bias_compose_and_default_to_the_folded_epilogue():
+    s = [t for t in GEMM_SHAPES if (t.H, t.C, t.K) == (28, 128, 512)][0].with_batch(7)
+    a, b, bias, scale, shift, r, ref = _scale_shift_case(s, torch.bfloat16, True, True, 5)
+    for name in _gemm_kernels("bf16"):
+        y = torch.ops.resnet_ext.gemm_sm90(name, a, b, bias, scale, shift, r, True)
+        assert rel_err(y, torch.relu(ref)) <= TOL[torch.bfloat16], name
+        # no scale and no shift: the folded epilogue, acc + bias (+ R)
+        y0 = torch.ops.resnet_ext.gemm_sm90(name, a, b, bias, None, None, r, True)
+        want0 = torch.relu(a.float() @ b.float().t() + bias.float() + r.float())
+        assert rel_err(y0, want0) <= TOL[torch.bfloat16], name
+
+
+@pytest.mark.skipif(not (resnet_ext.build_info()["cuda"] and resnet_ext.build_info()["experimental"]),
+                    reason="needs a CUDA build made with RESNET_EXT_EXPERIMENTAL=1")
+def test_gemm_sm90_entry_is_registered_for_cuda_only():
+    schema = str(torch.ops.resnet_ext.gemm_sm90.default._schema)
+    assert "Tensor? scale, Tensor? shift" in schema
+    with pytest.raises(NotImplementedError, match="CPU"):
+        torch.ops.resnet_ext.gemm_sm90(_gemm_kernels("bf16")[0], torch.empty(8, 8), torch.empty(8, 8), None, None,
+                                       None, None, True)

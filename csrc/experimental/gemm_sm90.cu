@@ -4,13 +4,15 @@
 // (persistent cooperative or ping-pong, A and B both K-major) and a TMA warp-specialized epilogue whose fusion is
 // an epilogue visitor tree computed in fp32:
 //
-//   D = max_nan( beta * R + (acc + bias[n]),  floor )       beta = 1 with a residual, 0 without
+//   D = max_nan( beta * R + ((scale[n] * acc + shift[n]) + bias[n]),  floor )
+//                                                            beta = 1 with a residual, 0 without
 //                                                            floor = 0 for ReLU, -inf for none
 //
 // beta = 0 makes CUTLASS skip the TMA loads of R altogether (Sm90TreeVisitor's homogeneous_multiply_add
-// specialization asks the scalar whether it is zero), and max.NaN.f32 keeps NaN like torch.relu. A null bias is
-// Sm90RowBroadcast's null default (zeros). So ReLU / identity and residual / none are runtime arguments of one
-// kernel, which keeps the kernel count (and compile time) at one per configuration.
+// specialization asks the scalar whether it is zero), and max.NaN.f32 keeps NaN like torch.relu. A null bias,
+// scale or shift is Sm90RowBroadcast's null default (0, 1, 0). So ReLU / identity, residual / none and folded
+// (bias) / unfolded (fp32 scale and shift) BN are runtime arguments of one kernel, which keeps the kernel count
+// (and compile time) at one per configuration.
 //
 // Compiled for every arch the extension targets, but only an sm_90a image holds real code (CUTLASS compiles the
 // sm90 kernels' bodies only under __CUDA_ARCH_FEAT_SM90_ALL; other images hold stubs that trap). launch() checks
@@ -76,9 +78,12 @@ struct Gemm {
 
   // The epilogue visitor tree (children first, then the node's own operation).
   using Bias = cutlass::epilogue::fusion::Sm90RowBroadcast<0, TileShape, Element, Compute, Stride<_0, _1, int64_t>>;
+  using Fp32Row = cutlass::epilogue::fusion::Sm90RowBroadcast<0, TileShape, float, Compute, Stride<_0, _1, int64_t>>;
+  using ScaledAcc = cutlass::epilogue::fusion::Sm90EVT<  // scale * acc + shift
+      cutlass::epilogue::fusion::Sm90Compute<cutlass::homogeneous_multiply_add, Compute, Compute, kRound>,
+      Fp32Row, cutlass::epilogue::fusion::Sm90AccFetch, Fp32Row>;
   using AccPlusBias = cutlass::epilogue::fusion::Sm90EVT<
-      cutlass::epilogue::fusion::Sm90Compute<cutlass::plus, Compute, Compute, kRound>,
-      cutlass::epilogue::fusion::Sm90AccFetch, Bias>;
+      cutlass::epilogue::fusion::Sm90Compute<cutlass::plus, Compute, Compute, kRound>, ScaledAcc, Bias>;
   using PlusResidual = cutlass::epilogue::fusion::Sm90EVT<
       cutlass::epilogue::fusion::Sm90Compute<cutlass::homogeneous_multiply_add, Compute, Compute, kRound>,
       cutlass::epilogue::fusion::Sm90ScalarBroadcast<Compute>,  // beta
@@ -141,10 +146,15 @@ struct Gemm {
     // Each node's arguments hold its children's (op_0, op_1, ...) and then its own operation's.
     auto& root = args.epilogue.thread;          // max_nan(op_0: PlusResidual, op_1: floor)
     auto& plus_residual = root.op_0;           // multiply_add(op_0: beta, op_1: R, op_2: AccPlusBias)
-    auto& acc_plus_bias = plus_residual.op_2;  // plus(op_0: acc, op_1: bias)
+    auto& acc_plus_bias = plus_residual.op_2;  // plus(op_0: ScaledAcc, op_1: bias)
+    auto& scaled_acc = acc_plus_bias.op_0;      // multiply_add(op_0: scale, op_1: acc, op_2: shift)
     plus_residual.op_0.scalars[0] = p.residual ? 1.f : 0.f;
     acc_plus_bias.op_1.ptr_row = static_cast<const Element*>(p.bias);  // null: the null_default, zeros
     acc_plus_bias.op_1.null_default = Element(0.f);
+    scaled_acc.op_0.ptr_row = p.scale;
+    scaled_acc.op_0.null_default = 1.f;
+    scaled_acc.op_2.ptr_row = p.shift;
+    scaled_acc.op_2.null_default = 0.f;
     root.op_1.scalars[0] = p.relu ? 0.f : -std::numeric_limits<float>::infinity();
 
     args.hw_info.device_id = p.device;

@@ -1,15 +1,21 @@
 // Hopper (sm_90a) GEMMs for ResNet's 1x1 stride-1 convolutions, which in NHWC are plain GEMMs:
 //
-//   D[m, n] = act( sum_k A[m, k] * B[n, k]  +  bias[n]  (+ R[m, n]) )      act = ReLU or identity
+//   D[m, n] = act( scale[n] * sum_k A[m, k] * B[n, k]  +  shift[n]  +  bias[n]  (+ R[m, n]) )
+//                                                                        act = ReLU or identity
 //
 //   A    [M, K] row-major, row stride lda   the NHWC activation: M = N*H*W rows of K = C channels
 //   B    [N, K] row-major, row stride ldb   the folded 1x1 weight [K_out, C] (OHWI / KRSC, channels_last), i.e. the
 //                                           GEMM's B operand column-major
 //   bias [N]                                per output channel (per GEMM column); null: no bias
+//   scale, shift [N]  fp32                  per output channel; null: 1 and 0. With the weight unfolded, BN's
+//                                           scale and shift applied to the fp32 sum (#24: folding the scale into
+//                                           16-bit weights costs 1.3-1.6x torchvision's 16-bit error, the fp32
+//                                           epilogue 0.9-1.1x; benchmarks/results/2026-12-03-fold-precision)
 //   R    [M, N] row-major, row stride ldr   optional residual; null: none (then it is never read)
 //   D    [M, N] row-major, row stride ldd   the NHWC output
 //
-// fp16 or bf16 in and out (one dtype for all five tensors), fp32 accumulation and epilogue arithmetic. The ReLU
+// fp16 or bf16 in and out (one dtype for A, B, bias, R and D; scale and shift fp32), fp32 accumulation and
+// epilogue arithmetic. The ReLU
 // propagates NaN (as torch.relu does). The kernels are CUTLASS 3 persistent TMA warp-specialized GEMMs (cooperative
 // or ping-pong, built by the CollectiveBuilder) with an epilogue visitor tree; ReLU and the residual are runtime
 // switches of one kernel (no residual: the TMA loads of R are skipped, not just multiplied by zero).
@@ -63,6 +69,8 @@ struct Problem {
   const void* b = nullptr;          // [n, k]
   int64_t ldb = 0;                  // (>= k)
   const void* bias = nullptr;       // [n] or null
+  const float* scale = nullptr;     // [n] fp32 or null (1)
+  const float* shift = nullptr;     // [n] fp32 or null (0)
   const void* residual = nullptr;   // [m, n] or null
   int64_t ldr = 0;                  // (>= n when residual is given)
   void* d = nullptr;                // [m, n]
@@ -85,14 +93,16 @@ struct Config {
 };
 
 // Chosen for ResNet's 1x1 layers (M = batch*56*56 .. batch*7*7; C, K_out in {64, ..., 2048}):
-//   128x256 coop, 2x1 cluster: large M with K_out >= 256 (B multicast to the two CTAs of a cluster)
+//   128x256 coop, 2x1 cluster: large M with K_out >= 256 (B multicast to the two CTAs of a cluster); 3 stages
+//                              since the epilogue's fp32 scale and shift rows took the 2 KB the 4th one needed
+//                              (230,400 of 232,448 bytes of shared memory before)
 //   128x128 coop, 2x1 cluster: the general case
 //   64x128 ping-pong, no cluster: small M (batch 1, layer 3/4), where bigger tiles leave most SMs idle
 inline constexpr Config kConfigs[] = {
-    {"sm90_gemm_bf16_128x256x64_c2x1_coop_4st_a8", DType::BFloat16, 128, 256, 64, 2, 1, Schedule::Cooperative, 4, 8},
+    {"sm90_gemm_bf16_128x256x64_c2x1_coop_3st_a8", DType::BFloat16, 128, 256, 64, 2, 1, Schedule::Cooperative, 3, 8},
     {"sm90_gemm_bf16_128x128x64_c2x1_coop_6st_a8", DType::BFloat16, 128, 128, 64, 2, 1, Schedule::Cooperative, 6, 8},
     {"sm90_gemm_bf16_64x128x64_c1x1_pingpong_8st_a8", DType::BFloat16, 64, 128, 64, 1, 1, Schedule::Pingpong, 8, 8},
-    {"sm90_gemm_f16_128x256x64_c2x1_coop_4st_a8", DType::Float16, 128, 256, 64, 2, 1, Schedule::Cooperative, 4, 8},
+    {"sm90_gemm_f16_128x256x64_c2x1_coop_3st_a8", DType::Float16, 128, 256, 64, 2, 1, Schedule::Cooperative, 3, 8},
     {"sm90_gemm_f16_128x128x64_c2x1_coop_6st_a8", DType::Float16, 128, 128, 64, 2, 1, Schedule::Cooperative, 6, 8},
     {"sm90_gemm_f16_64x128x64_c1x1_pingpong_8st_a8", DType::Float16, 64, 128, 64, 1, 1, Schedule::Pingpong, 8, 8},
 };
@@ -162,11 +172,16 @@ inline Status check_problem(const Config& c, const Problem& p, const char** reas
     return fail(Status::kMisaligned, "a, b, residual and d must be 16-byte aligned");
   if (p.bias && reinterpret_cast<uintptr_t>(p.bias) % uintptr_t(detail::kElementBytes))
     return fail(Status::kMisaligned, "bias must be aligned to its element size");
+  if ((p.scale && reinterpret_cast<uintptr_t>(p.scale) % alignof(float)) ||
+      (p.shift && reinterpret_cast<uintptr_t>(p.shift) % alignof(float)))
+    return fail(Status::kMisaligned, "scale and shift must be aligned to 4 bytes");
   // The output must not overlap what the kernel reads (tiles are read and written in no particular order).
   const uint64_t d_bytes = detail::extent_bytes(p.m, p.n, p.ldd);
   if (detail::overlap(p.d, d_bytes, p.a, detail::extent_bytes(p.m, p.k, p.lda)) ||
       detail::overlap(p.d, d_bytes, p.b, detail::extent_bytes(p.n, p.k, p.ldb)) ||
       detail::overlap(p.d, d_bytes, p.bias, uint64_t(p.n * detail::kElementBytes)) ||
+      detail::overlap(p.d, d_bytes, p.scale, uint64_t(p.n * sizeof(float))) ||
+      detail::overlap(p.d, d_bytes, p.shift, uint64_t(p.n * sizeof(float))) ||
       detail::overlap(p.d, d_bytes, p.residual, p.residual ? detail::extent_bytes(p.m, p.n, p.ldr) : 0))
     return fail(Status::kInvalidProblem, "d overlaps an input");
   return Status::kSuccess;
