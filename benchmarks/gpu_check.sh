@@ -9,8 +9,10 @@
 #
 # Steps, in order: info cutlass build | tests (incl. tests_sm90, tests_bn_optin) graphs compile memcheck fuzz (side
 # by side; maxpool and flatcuda too) | hopper profile models (incl. autotuned) train (incl. the opt-in BN reduce)
-# latency graphs maxpool flatcuda layers.
+# latency graphs maxpool gemmepi flatcuda layers.
 # maxpool (opt-in NHWC max pool kernel, unverified): tests/test_max_pool.py, then benchmarks/max_pool_check.py.
+# gemmepi (the sm_90a GEMMs' fp32 scale/shift epilogue, unverified; its tests run in tests_sm90):
+# benchmarks/gemm_epilogue_check.py, against the folded epilogue and stock cuDNN + fp32 BN.
 # flatcuda (opt-in engine.cuda.on_cuda, unverified): its tests in tests/test_flat.py (the module path's bits), then batch
 # 1 and 32 latencies with and without it (bench --flat-cuda).
 # graphs (opt-in CUDA graphs of the frozen mode, unverified): tests/test_graphs.py, then batch 1/8/32 latencies of
@@ -229,6 +231,7 @@ if [ "$QUICK" = 0 ]; then  # eval peers; "compile" is torch.compile(mode="defaul
   wanted latency && bench latency_bs1 1 50 --compile --compile-mode default
 fi
 wanted maxpool && step maxpool 90 "$PY" benchmarks/max_pool_check.py
+wanted gemmepi && step gemmepi 90 "$PY" benchmarks/gemm_epilogue_check.py
 if [ "$QUICK" = 0 ] && wanted graphs; then  # the CUDA graphs against compile's own CUDA graphs (with freezing)
   for b in 1 8 32; do bench "graphs_bs$b" "$b" 50 --cuda-graphs --compile --compile-mode default,reduce-overhead; done
 fi
@@ -279,6 +282,7 @@ print(f"verdict {sys.argv[2]}: default train step {d:.2f}x torchvision "
 PY
   done
   [ -f "$R/maxpool.log" ] && grep -h "^verdict\|Error" "$R/maxpool.log"
+  [ -f "$R/gemmepi.log" ] && grep -h "^verdict\|Error" "$R/gemmepi.log"
   for b in 1 8 32; do  # one verdict per batch for the CUDA graphs (#25: resnet50 bs1 <= 0.8 ms, bs32 <= 1.6 ms)
     [ -f "$R/graphs_bs$b.json" ] && "$PY" - "$R/graphs_bs$b.json" "$b" <<'PY'
 import json, sys
