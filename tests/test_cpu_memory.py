@@ -71,14 +71,23 @@ def test_nothing_is_kept_outside_the_engines_forwards(limit):
     assert (after["kept_bytes"], after["blocks"]) == (0, before)
 
 
-def test_frozen_weights_are_not_kept_when_the_model_goes(limit):
+@pytest.mark.parametrize("path", ["flat", "module"])
+def test_frozen_weights_are_not_kept_when_the_model_goes(limit, path):
+    """Packed and transformed weights are made outside the scope, on the flat path and on the module path (a hook
+    on a block makes the frozen units run one by one)."""
     gc.collect()
     resnet_ext.empty_cpu_cache()
     ours, _ = pair(True)
+    if path == "module":
+        ours.layer1[0].register_forward_hook(lambda m, i, o: None)
+    resnet_ext.reset_path_counts()
     with torch.no_grad():
         ours(torch.randn(2, 3, 64, 64))
+    assert (resnet_ext.path_counts().get("flat_forwards", 0) > 0) == (path == "flat")
+    kept = resnet_ext.cpu_memory_stats()["kept_bytes"]
     del ours, _
     gc.collect()
+    assert resnet_ext.cpu_memory_stats()["kept_bytes"] == kept  # the model's weights went back to the system
     resnet_ext.empty_cpu_cache()
     assert resnet_ext.cpu_memory_stats()["blocks"] == 0
 

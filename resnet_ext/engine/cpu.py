@@ -25,8 +25,8 @@ def reused_memory(on: bool = True):
     """Inside: this thread's tensor allocations of 64 KiB and more reuse blocks kept from earlier forwards
     (csrc/ops/cpu_memory.cpp: fresh blocks cost a page fault per 4 KiB on first touch; reuse made resnet50's frozen
     forward 1.11x and the default 1.18x faster at batch 8 on a 2-core VM). Every CPU forward of the engine runs
-    inside; what outlives a forward (the frozen mode's packed weights) is made outside (`on=False`), so that a
-    dropped model's weights are not kept."""
+    inside; what outlives a forward (the frozen mode's packed and transformed weights, frozen.py) is made outside
+    (`on=False`), so that a dropped model's weights are not kept."""
     was = _C.cpu_memory_scope(on)
     try:
         yield
@@ -144,11 +144,10 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
 
         def wb(u, y):
             fold = folds[u.conv]
-            with reused_memory(False):
-                if winograd_pays(u, y) and fold.weight.dtype == torch.float32:
-                    program.append((WINO, fold.winograd_weight(), fold.bias))
-                else:
-                    program.append((fold.packed_for(u.conv, y), fold.bias))
+            if winograd_pays(u, y) and fold.weight.dtype == torch.float32:
+                program.append((WINO, fold.winograd_weight(), fold.bias))
+            else:
+                program.append((fold.packed_for(u.conv, y), fold.bias))
             return program[-1]
 
         out = run(model, s, x, wb, fc_dtype)

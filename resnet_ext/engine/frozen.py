@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from .. import ops
 from . import state as _state
 from . import units
+from .cpu import reused_memory
 
 _PACKED_LIMIT = 8               # prepacked weights kept per unit (one per input size and geometry)
 
@@ -34,8 +35,8 @@ class FrozenUnit:
 
     def winograd_weight(self) -> Tensor:
         """The folded weight transformed for `ops.winograd3x3` (made once)."""
-        if self.winograd is None:
-            with torch.inference_mode(False), torch.no_grad():
+        if self.winograd is None:  # kept with the model: not from the forwards' reused memory
+            with torch.inference_mode(False), torch.no_grad(), reused_memory(False):
                 self.winograd = ops.winograd_weight(self.weight)
         return self.winograd
 
@@ -50,7 +51,7 @@ class FrozenUnit:
         if w is None:
             if len(self.packed) >= _PACKED_LIMIT:  # each input size holds a whole copy of the weights
                 self.packed.clear()
-            with torch.inference_mode(False), torch.no_grad():
+            with torch.inference_mode(False), torch.no_grad(), reused_memory(False):  # kept with the model
                 w = self.packed[key] = torch.ops.mkldnn._reorder_convolution_weight(
                     self.weight, *units.onednn_args(conv), list(x.shape))
         return w
