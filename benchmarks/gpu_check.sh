@@ -13,7 +13,7 @@
 # maxpool (opt-in NHWC max pool kernel, unverified): tests/test_max_pool.py, then benchmarks/max_pool_check.py.
 # gemmepi (the sm_90a GEMMs' fp32 scale/shift epilogue, unverified; its tests run in tests_sm90):
 # benchmarks/gemm_epilogue_check.py, against the folded epilogue and stock cuDNN + fp32 BN.
-# flatcuda (opt-in engine.cuda.on_cuda, unverified): its tests in tests/test_flat.py (the module path's bits), then batch
+# flatcuda (opt-in switches.on_cuda, unverified): its tests in tests/test_flat.py (the module path's bits), then batch
 # 1 and 32 latencies with and without it (bench --flat-cuda).
 # graphs (opt-in CUDA graphs of the frozen mode, unverified): tests/test_graphs.py, then batch 1/8/32 latencies of
 # freeze(model, cuda_graphs=True) against the eager frozen mode and torch.compile(mode="reduce-overhead"). --only runs the named ones (info always; build unless a carried .prebuilt/_C*.so matches these sources
@@ -174,7 +174,7 @@ if wanted tests; then  # the verified paths, and apart from them the sm_90a kern
   pids+=($!)
 fi
 if wanted tests; then  # the training-BN tests and fuzz again with the opt-in parallel final pass of the BN sums
-  RESNET_EXT_BN_OPTIN=1 run_step tests_bn_optin 200 "${PYTEST[@]}" -q tests/test_cuda_bn_act.py \
+  run_step tests_bn_optin 200 "${PYTEST[@]}" -q --bn-optin tests/test_cuda_bn_act.py \
     tests/test_fuzz.py -k "bn_act_train and cuda or test_cuda_bn_act" &
   pids+=($!)
 fi
@@ -224,9 +224,9 @@ if [ "$QUICK" = 0 ]; then  # eval peers; "compile" is torch.compile(mode="defaul
   wanted models && bench models_bs256 256 15 --compile --compile-mode default
   # The autotuner times every candidate per layer (cuDNN's fused op, the sm80 and the opt-in sm_90a kernels) and
   # keeps the fastest: what routing each layer to its best kernel would give end to end.
-  wanted models && RESNET_EXT_AUTOTUNE=1 bench models_bs256_autotuned 256 15
+  wanted models && bench models_bs256_autotuned 256 15 --autotune
   wanted train && bench train_bs256 256 10 --train
-  wanted train && RESNET_EXT_BN_OPTIN=1 bench train_bs256_bn_optin 256 10 --train
+  wanted train && bench train_bs256_bn_optin 256 10 --train --bn-optin
   wanted latency && bench latency_bs32 32 30 --compile --compile-mode default
   wanted latency && bench latency_bs1 1 50 --compile --compile-mode default
 fi
@@ -296,7 +296,7 @@ print(f"verdict graphs bs{b}: {g:.3f} ms, {f / g:.2f}x the eager frozen mode ({f
       + (f"; goal <= {goal} ms and >= 1.2x compile: {'met' if g <= goal and c / g >= 1.2 else 'missed'}" if goal else ""))
 PY
   done
-  for b in 1 32; do  # one verdict per batch for engine.cuda.on_cuda (opt-in until this says faster and the tests pass)
+  for b in 1 32; do  # one verdict per batch for switches.on_cuda (opt-in until this says faster and the tests pass)
     [ -f "$R/flatcuda_bs$b.json" ] && "$PY" - "$R/flatcuda_bs$b.json" "$b" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])); e = r["eval"]; s = r["eval_speedups"]

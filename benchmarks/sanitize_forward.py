@@ -42,7 +42,7 @@ eval_forward("sm80 everywhere", False, "")
 model.float().train()
 resnet_ext.train_bn("fused")  # the models run the stock BN by default: force the fused op's kernels
 for optin in (False, True):  # the verified training-BN kernels, then the opt-in ones (unverified)
-    _C.set_bn_optin(optin)
+    resnet_ext.bn_optin(optin)
     model.zero_grad(set_to_none=True)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss = F.cross_entropy(model(x), torch.arange(8, device="cuda"))
@@ -50,7 +50,7 @@ for optin in (False, True):  # the verified training-BN kernels, then the opt-in
     torch.cuda.synchronize()
     assert torch.isfinite(model.conv1.weight.grad).all()
     print(f"AMP train step ok (opt-in BN kernels {optin}), loss", float(loss), flush=True)
-_C.set_bn_optin(False)
+resnet_ext.bn_optin(False)
 resnet_ext.train_bn("auto")
 
 for k in sm90:

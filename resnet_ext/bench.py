@@ -29,7 +29,7 @@ TV, OURS, FROZEN, COMPILED = "torchvision", "resnet_ext", "resnet_ext frozen", "
 FROZEN_BF16 = "resnet_ext frozen bf16"
 OURS_FUSED_BN = "resnet_ext fused BN"
 FROZEN_GRAPHS = "resnet_ext frozen graphs"  # freeze(model, cuda_graphs=True)
-OURS_FLAT, FROZEN_FLAT = "resnet_ext flat", "resnet_ext frozen flat"  # --flat-cuda: engine.cuda.on_cuda(True)
+OURS_FLAT, FROZEN_FLAT = "resnet_ext flat", "resnet_ext frozen flat"  # --flat-cuda: switches.on_cuda(True)
 ORT, OPENVINO, OPENVINO_BF16 = "onnxruntime", "openvino", "openvino bf16"  # CPU runtimes (--runtimes)  # train: the default model with train_bn("fused")
 
 
@@ -155,15 +155,15 @@ def runtime_peers(tv, x, bf16: bool) -> tuple[dict, dict, dict]:
 
 
 def _with_flat_on_cuda(model):
-    """model(x) with `engine.cuda.on_cuda(True)` for the call."""
-    from .engine import cuda
+    """model(x) with `switches.on_cuda(True)` for the call."""
+    from .switches import on_cuda
 
     def call(x):
-        previous = cuda.on_cuda(True)
+        previous = on_cuda(True)
         try:
             return model(x)
         finally:
-            cuda.on_cuda(previous)
+            on_cuda(previous)
     return call
 
 
@@ -213,7 +213,7 @@ def run(args) -> dict:
                      "dtype": str(dtype).replace("torch.", ""), "batch_size": args.batch_size,
                      "image_size": args.image_size, "channels_last": channels_last, "torch": torch.__version__,
                      "threads": torch.get_num_threads(), "iters": args.iters, "warmup": warmup,
-                     "order": "interleaved", "eval": {}}
+                     "order": "interleaved", "autotune": args.autotune, "bn_optin": args.bn_optin, "eval": {}}
     if args.compile:
         results["compile"] = {"mode": compile_mode, "modes": compile_modes, "eval_freezing": True}
     if versions:
@@ -376,17 +376,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also time resnet_ext.freeze(model, cuda_graphs=True): the frozen forward replayed as a CUDA "
                         "graph per input signature (CUDA)")
     p.add_argument("--flat-cuda", action="store_true",
-                   help="also time the default and frozen models with resnet_ext.engine.cuda.on_cuda(True): the CUDA eval "
+                   help="also time the default and frozen models with resnet_ext.switches.on_cuda(True): the CUDA eval "
                         "forward as one recorded sequence of fused units instead of the module tree (CUDA)")
     p.add_argument("--runtimes", action="store_true",
                    help="also time the CPU runtimes that are installed (onnxruntime; openvino, with --frozen-bf16 "
                         "also its bf16), each on torchvision's model exported to ONNX (CPU, fp32)")
     p.add_argument("--train", action="store_true", help="also time one SGD training step (and peak memory)")
+    p.add_argument("--autotune", action="store_true",
+                   help="resnet_ext.autotune(True) for the run: every fused candidate timed per layer, the fastest kept")
+    p.add_argument("--bn-optin", action="store_true",
+                   help="resnet_ext.bn_optin(True) for the run: the opt-in training-BN CUDA kernels (a build made "
+                        "with RESNET_EXT_EXPERIMENTAL=1)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON (checked writable before the run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def main(args) -> int:
+    import resnet_ext
     try:
         on_cuda = default_device(args.device).type == "cuda"
         if args.batch_size is None:
@@ -411,11 +417,16 @@ def main(args) -> int:
                 raise UserError("--frozen-bf16 is for fp32 models on the CPU (--device cpu, --dtype fp32)")
             if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
                 raise UserError("--frozen-bf16: this CPU has no native bf16 (AVX512-BF16 or AMX)")
+        if args.bn_optin and not resnet_ext.build_info().get("experimental"):
+            raise UserError("--bn-optin: the opt-in BN kernels are only in a build made with "
+                            "RESNET_EXT_EXPERIMENTAL=1")
         if args.json:
             check_writable(args.json, "--json")
     except UserError as e:
         print(f"python -m resnet_ext bench: error: {e}", file=sys.stderr)
         return 2
+    resnet_ext.autotune(args.autotune)
+    resnet_ext.bn_optin(args.bn_optin)
     r = run(args)
     print(format_results(r))
     if args.json:

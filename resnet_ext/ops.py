@@ -6,39 +6,15 @@ relu?(conv(x, weight) + bias + residual) with BatchNorm already folded into weig
 from __future__ import annotations
 
 import operator
-import os
-import warnings
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from ._C_loader import _C
+from .switches import EXPERIMENTAL, nhwc_max_pool  # noqa: F401  (EXPERIMENTAL: the tests ask it here)
 
 IntPair = Union[int, Sequence[int]]
-
-# Whether this build has csrc/experimental/ (RESNET_EXT_EXPERIMENTAL=1 at build time): the kernels no GPU run has
-# verified yet and the test hooks. The default wheel has neither.
-EXPERIMENTAL: bool = bool(_C.build_info().get("experimental", False))
-
-# The environment's run-time switches, read here once at import (the C++ side reads none): RESNET_EXT_AUTOTUNE=1 as
-# autotune(True); RESNET_EXT_BN_OPTIN=1 turns on the training BN's opt-in CUDA kernels (unverified on a GPU; only in
-# an experimental build).
-if os.environ.get("RESNET_EXT_AUTOTUNE") == "1":
-    _C.set_autotune(True)
-if os.environ.get("RESNET_EXT_BN_OPTIN") == "1":
-    if EXPERIMENTAL:
-        _C.set_bn_optin(True)
-    else:
-        warnings.warn("RESNET_EXT_BN_OPTIN=1 is ignored: the opt-in BN kernels are only in a build made with "
-                      "RESNET_EXT_EXPERIMENTAL=1", RuntimeWarning, stacklevel=2)
-
-
-def require_experimental(what: str) -> None:
-    """Raises where this build lacks csrc/experimental/ (what `what` needs)."""
-    if not EXPERIMENTAL:
-        raise RuntimeError(f"{what} is unverified code, built only with RESNET_EXT_EXPERIMENTAL=1 "
-                           "(e.g. `RESNET_EXT_EXPERIMENTAL=1 pip install .`); this build has none")
 
 
 def conv_output_size(size, kernel, stride=1, padding=0, dilation=1):
@@ -150,28 +126,10 @@ if EXPERIMENTAL:  # the op exists only there (csrc/experimental/max_pool.cpp)
             memory_format=torch.channels_last if x.dim() == 4 else torch.contiguous_format)
 
 
-_NHWC_MAX_POOL = False  # nhwc_max_pool(): opt-in until a GPU run verifies the kernel
-
-
-def nhwc_max_pool(enabled: Optional[bool] = None) -> bool:
-    """Whether the models' max pool runs resnet_ext's NHWC kernel on CUDA (`max_pool_nhwc`: no indices, one pass)
-    for inference; returns the setting in force before the call. Off by default and only in an experimental build
-    (`require_experimental`): unverified on a GPU until `benchmarks/gpu_check.sh --only maxpool` passes."""
-    global _NHWC_MAX_POOL
-    previous = _NHWC_MAX_POOL
-    if enabled is not None:
-        if not isinstance(enabled, bool):
-            raise TypeError(f"nhwc_max_pool: enabled must be True or False, got {enabled!r}")
-        if enabled:
-            require_experimental("nhwc_max_pool(True)")
-        _NHWC_MAX_POOL = enabled
-    return previous
-
-
 def max_pool(pool: torch.nn.Module, x: Tensor) -> Tensor:
     """pool(x) for the models: a stock nn.MaxPool2d without hooks, indices or ceil mode, on a CUDA input that needs
     no gradient, runs `max_pool_nhwc` where `nhwc_max_pool(True)`; anything else the module itself."""
-    if (_NHWC_MAX_POOL and x.is_cuda and type(pool) is torch.nn.MaxPool2d and not pool.return_indices
+    if (nhwc_max_pool.on and x.is_cuda and type(pool) is torch.nn.MaxPool2d and not pool.return_indices
             and not pool.ceil_mode and not (pool._forward_hooks or pool._forward_pre_hooks)
             and not (torch.is_grad_enabled() and x.requires_grad)):
         pair = torch.nn.modules.utils._pair
@@ -357,7 +315,7 @@ def prefer_cudnn(enabled: bool = True) -> None:
 
 
 def autotune(enabled: bool = True) -> None:
-    """Turn the per-shape autotuner of the fused conv kernels on or off (env RESNET_EXT_AUTOTUNE=1 also turns it
-    on). Each new shape is then timed once against every candidate and the stock path; candidates whose output
+    """Turn the per-shape autotuner of the fused conv kernels on or off (`bench --autotune`). Each new shape is then timed once against every candidate and the stock path; candidates whose output
     differs from the stock result are rejected."""
     _C.set_autotune(bool(enabled))
+

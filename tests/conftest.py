@@ -5,6 +5,17 @@ import resnet_ext
 from resnet_ext.shapes import rel_err  # noqa: F401  (the tests import it from here)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--bn-optin", action="store_true",
+                     help="run with resnet_ext.bn_optin(True): the opt-in training-BN CUDA kernels (experimental "
+                          "build; gpu_check.sh's tests_bn_optin step)")
+
+
+def pytest_configure(config):
+    if config.getoption("--bn-optin"):
+        resnet_ext.bn_optin(True)
+
+
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Give every BatchNorm non-trivial statistics and affine parameters, so folding bugs show."""
     g = torch.Generator().manual_seed(seed)

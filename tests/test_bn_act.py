@@ -341,3 +341,15 @@ def test_three_sgd_steps_of_resnet50_match_torchvision_float64(train_mode):
             assert rel_err(v, tv_state[k]) < 1e-7, k
         else:
             assert torch.equal(v, tv_state[k]), k
+
+
+def test_bn_optin_switch():
+    """bn_optin: a bool, the previous setting back; a default build refuses to turn on what it lacks."""
+    with pytest.raises(TypeError, match="enabled"):
+        resnet_ext.bn_optin(1)
+    assert resnet_ext.bn_optin() is False
+    if not resnet_ext.ops.EXPERIMENTAL:
+        with pytest.raises(RuntimeError, match="RESNET_EXT_EXPERIMENTAL=1"):
+            resnet_ext.bn_optin(True)
+    assert resnet_ext.bn_optin(False) is False  # turning it off is always allowed
+    assert resnet_ext.bn_optin() is False

@@ -1,7 +1,6 @@
 """GPU proofs of the fused training BN(+add)+ReLU kernels (skipped without a CUDA device): every distinct
 ResNet-50 activation shape x batch {1, 7, 64} x {fp32, fp16, bf16}, forward and backward against a float64
 reference of stock ops, on memory poisoned with NaN; NCHW and unaligned-channel paths; a whole AMP step."""
-import os
 
 import pytest
 import torch
@@ -144,10 +143,10 @@ def test_amp_training_step_matches_torchvision(train_mode):
 
 
 @requires_experimental  # the opt-in kernels are only in such a build
-def test_the_bn_kernels_are_the_ones_asked_for():
-    """gpu_check.sh runs this file twice, the second time with RESNET_EXT_BN_OPTIN=1: that run must have exercised
-    the opt-in training-BN kernels, the first the verified ones."""
-    want = os.environ.get("RESNET_EXT_BN_OPTIN") == "1" and resnet_ext.build_info()["cuda"]
+def test_the_bn_kernels_are_the_ones_asked_for(request):
+    """gpu_check.sh runs this file twice, the second time with --bn-optin: that run must have exercised the opt-in
+    training-BN kernels, the first the verified ones."""
+    want = request.config.getoption("--bn-optin") and resnet_ext.build_info()["cuda"]
     assert _C.bn_optin() == want
 
 

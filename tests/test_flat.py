@@ -10,6 +10,7 @@ import torchvision
 from torch import nn
 
 import resnet_ext
+from resnet_ext import switches
 from resnet_ext.engine import cpu, cuda, state, units
 from conftest import randomize_bn, rel_err
 
@@ -518,18 +519,18 @@ def test_fused_sequence_declines_what_the_module_path_must_run():
 
 
 def test_on_cuda_switch():
-    assert cuda.on_cuda() is False  # off by default until a GPU run verifies it
+    assert switches.on_cuda() is False  # off by default until a GPU run verifies it
     with pytest.raises(TypeError, match="enabled must be True or False"):
-        cuda.on_cuda(1)
-    previous = cuda.on_cuda(True)
+        switches.on_cuda(1)
+    previous = switches.on_cuda(True)
     try:
-        assert previous is False and cuda.on_cuda() is True
+        assert previous is False and switches.on_cuda() is True
         ours, tv = pair("resnet18")
         x = torch.randn(1, 3, 32, 32)
         with torch.no_grad():
             torch.testing.assert_close(ours(x), tv(x), rtol=0, atol=0)  # a CPU input keeps the CPU engine
     finally:
-        cuda.on_cuda(previous)
+        switches.on_cuda(previous)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -543,14 +544,14 @@ def test_on_cuda_gives_the_module_paths_bits(frozen, dtype):
     x = torch.randn(3, 3, 96, 80, device="cuda", dtype=dtype)
     with torch.no_grad():
         ref, ref_counts = counts_of(lambda: ours(x))
-        previous = cuda.on_cuda(True)
+        previous = switches.on_cuda(True)
         try:
             out, counts = counts_of(lambda: ours(x))
             handle = ours.layer3[1].register_forward_hook(lambda m, i, o: None)
             hooked, hooked_counts = counts_of(lambda: ours(x))
             handle.remove()
         finally:
-            cuda.on_cuda(previous)
+            switches.on_cuda(previous)
     assert counts.get("flat_forwards") == 1 and "flat_forwards" not in ref_counts
     assert torch.equal(out, ref), (out - ref).abs().max()
     assert "flat_forwards" not in hooked_counts and torch.equal(hooked, ref)

@@ -14,7 +14,7 @@ import torchvision
 
 import resnet_ext
 from resnet_ext import ops
-from resnet_ext.engine import cpu, units
+from resnet_ext.engine import units
 from conftest import randomize_bn, rel_err
 
 # F(4x4, 3x3) in fp32 rounds about 5-10x more than the direct convolution (1e-6): 7e-6 to 1e-5 of the largest
@@ -186,14 +186,26 @@ def test_frozen_model_takes_winograd_where_it_pays_and_matches_torchvision(arch,
             assert rel_err(y, ref) < 1e-4
 
 
-def test_switch_off(monkeypatch):
-    monkeypatch.setattr(cpu, "WINOGRAD", False)
+def test_switch_off_and_on_again():
+    """cpu_winograd(False) holds from the next forward of an input size already planned, and back on again."""
     ours, tv = _frozen_pair("resnet50")
     x = torch.randn(1, 3, 96, 96).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
+        ref = tv(x)
+        ours(x)
+        assert resnet_ext.cpu_winograd() is True
+        try:
+            assert resnet_ext.cpu_winograd(False) is True
+            units.reset_path_counts()
+            y = ours(x)
+            assert "winograd" not in resnet_ext.path_counts() and rel_err(y, ref) < 1e-4
+        finally:
+            assert resnet_ext.cpu_winograd(True) is False
         units.reset_path_counts()
-        y = ours(x)
-    assert "winograd" not in resnet_ext.path_counts() and rel_err(y, tv(x)) < 1e-4
+        ours(x)
+        assert resnet_ext.path_counts().get("winograd", 0) > 0
+    with pytest.raises(TypeError, match="enabled"):
+        resnet_ext.cpu_winograd(0)
 
 
 def test_concurrent_forwards_from_two_threads():

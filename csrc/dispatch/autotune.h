@@ -1,4 +1,4 @@
-// Opt-in per-shape autotuner for conv_bn_act's fused kernels (resnet_ext.autotune(True) or RESNET_EXT_AUTOTUNE=1).
+// Opt-in per-shape autotuner for conv_bn_act's fused kernels (resnet_ext.autotune(True), `bench --autotune`).
 // On the first call for a problem it times the fallback path and every kernel the dispatcher lets it try
 // (tuning_candidates: verified or not), rejects any whose launch fails or whose output differs from the stock
 // result, and stores the winner in the dispatcher's cache under the problem's full key. The dispatcher re-checks

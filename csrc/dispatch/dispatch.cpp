@@ -278,7 +278,7 @@ namespace {
 std::mutex g_forced_mutex;
 std::string g_forced;
 
-std::atomic<bool> g_autotune{false};  // set from Python only (resnet_ext/ops.py reads RESNET_EXT_AUTOTUNE)
+std::atomic<bool> g_autotune{false};  // set from Python only (resnet_ext.autotune)
 std::mutex g_cache_mutex;
 std::map<std::string, KernelChoice> g_cache;
 

@@ -94,7 +94,7 @@ const FusedKernelInfo* find_kernel(const std::vector<FusedKernelInfo>& registry,
 void force_kernel(const std::string& name);
 std::string forced_kernel();
 
-// The autotuner's switch (resnet_ext.autotune, RESNET_EXT_AUTOTUNE=1) and its cache, keyed on ConvProblem::key().
+// The autotuner's switch (resnet_ext.autotune) and its cache, keyed on ConvProblem::key().
 bool autotune_enabled();
 void set_autotune_enabled(bool on);
 void clear_autotune_cache();

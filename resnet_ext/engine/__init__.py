@@ -5,7 +5,7 @@ block called on its own or through the module path) and the choice of how a forw
     structure  a stock model recorded once as a sequence of units, and `run`: a forward as that flat sequence,
                each unit as a plan says
     cpu, cuda  the plans per device: CPU default (BN unfolded as torchvision computes it, GEMM units) and frozen
-               (prepacked oneDNN, Winograd) plans; CUDA's fused-unit plan (opt-in, `cuda.on_cuda`)
+               (prepacked oneDNN, Winograd) plans; CUDA's fused-unit plan (opt-in, `switches.on_cuda`)
     units      the per-unit path: when a conv + BN (+ add) (+ ReLU) unit may run fused, folding, the module path
     frozen     the frozen mode's folds; graphs: its CUDA graphs (opt-in); state: the one per-model state object
 
@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ..switches import on_cuda
 from . import cpu, cuda, frozen, graphs, units
 from . import state as _state
 from .units import enabled  # noqa: F401  (the models ask it before handing a forward over)
@@ -93,7 +94,7 @@ def _forward(model: nn.Module, x: Tensor) -> Tensor:
         x = x.contiguous(memory_format=torch.channels_last)  # the fused kernels are NHWC
     if torch.compiler.is_compiling():  # each unit folds in the graph, which the compiler fuses
         return module_path(model, x)
-    if x.is_cuda and not model.training and cuda.on_cuda():  # opt-in: the recorded sequence of fused units
+    if x.is_cuda and not model.training and on_cuda.on:  # opt-in: the recorded sequence of fused units
         out = cuda.forward_fused(model, x, frozen_folds(model))
         if out is not None:
             return out

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import operator
-import os
 from typing import Dict, Optional
 
 import torch
 from torch import Tensor, nn
 
 from .._C_loader import _C
+from ..switches import cpu_winograd
 from . import state as _state
 from . import units
 from .structure import CACHE_LIMIT, GEMM, UNFOLDED, WINO, Unit, run, structure
@@ -73,7 +73,6 @@ def gemm_pays(u: Unit, x: Tensor) -> bool:
     return conv.in_channels >= 2 * out_pixels
 
 
-WINOGRAD = os.environ.get("RESNET_EXT_CPU_WINOGRAD", "1") != "0"
 WINOGRAD_MIN_TILES = 16  # see winograd_pays
 
 
@@ -83,9 +82,9 @@ def winograd_pays(u: Unit, x: Tensor) -> bool:
     multiples of 16, and at least 16 output tiles of 4x4 (N * ceil(H/4) * ceil(W/4)), below which the GEMMs only
     stream the transformed weight (4x the weight's size). Measured on a 2-core AVX-512 machine against oneDNN on
     prepacked weights: resnet50's 3x3 convs 1.6-2.2x faster at batch 1 (layers 1-3; layer 4 has 4 tiles and runs
-    2.5x slower) and 1.2-2.2x at batch 8. RESNET_EXT_CPU_WINOGRAD=0 turns it off."""
+    2.5x slower) and 1.2-2.2x at batch 8. `resnet_ext.cpu_winograd(False)` turns it off."""
     conv = u.conv
-    if (not WINOGRAD or conv.kernel_size != (3, 3) or u.geometry != ((1, 1), (1, 1), (1, 1), 1)
+    if (not cpu_winograd.on or conv.kernel_size != (3, 3) or u.geometry != ((1, 1), (1, 1), (1, 1), 1)
             or x.dtype != torch.float32 or not units.wants_channels_last(x)
             or conv.in_channels % 16 or conv.out_channels % 16):
         return False
@@ -134,7 +133,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
             return None
         fc_dtype, x = x.dtype, x.to(dtype)  # freeze(dtype=torch.bfloat16): the convolutions in bf16, fc in fp32
     programs = cached[2]
-    key = (tuple(x.shape), x.dtype, x.stride())
+    key = (tuple(x.shape), x.dtype, x.stride(), cpu_winograd.on)
     x = internal_layout(x)
     entry = programs.get(key)  # (each unit's wb, how many of them are Winograd units)
     if entry is None:  # first call of this input: pack each unit's weight for its input size

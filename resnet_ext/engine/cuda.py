@@ -12,22 +12,6 @@ from torch import Tensor, nn
 from . import units
 from .structure import FUSED, run, structure
 
-_ON_CUDA = False
-
-
-def on_cuda(enabled: Optional[bool] = None) -> bool:
-    """Whether a stock model's CUDA eval forward runs as the recorded sequence of `conv_bn_act` calls (this
-    module) rather than through the module tree (`units.unit` per unit): the same ops on the same folds, with
-    less host time per forward. Returns the setting in force before the call. Off by default: not yet run on a GPU
-    (`benchmarks/gpu_check.sh --only flatcuda` checks it against the module path and times both)."""
-    global _ON_CUDA
-    previous = _ON_CUDA
-    if enabled is not None:
-        if not isinstance(enabled, bool):
-            raise TypeError(f"on_cuda: enabled must be True or False, got {enabled!r}")
-        _ON_CUDA = enabled
-    return previous
-
 
 def usable_fused(x: Tensor) -> bool:
     """An eager input the fused units take as the module path would: 4-d, fp32/fp16/bf16, not empty, no gradient

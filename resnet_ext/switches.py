@@ -1,0 +1,72 @@
+"""The run-time switches, all in one place: process-wide on/off settings set through the Python API only (the
+package reads no environment variable at run time, and the C++ side reads none). Each is called the same way:
+`switch()` tells the setting, `switch(True)` / `switch(False)` sets it; both return the setting in force before the
+call. The hot paths read `switch.on`.
+
+    nhwc_max_pool  the models' CUDA inference max pool as resnet_ext's NHWC kernel (experimental build, opt-in)
+    on_cuda        a stock model's CUDA eval forward as the recorded sequence of fused units (opt-in)
+    cpu_winograd   the frozen CPU mode's 3x3 convs by Winograd where it pays (default on)
+    bn_optin       the training BN's opt-in CUDA kernels (experimental build, opt-in)
+
+`autotune(True)` and `prefer_cudnn(True)` (ops.py) set the dispatcher's switches in C++.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from ._C_loader import _C
+
+# Whether this build has csrc/experimental/ (RESNET_EXT_EXPERIMENTAL=1 at build time): the kernels no GPU run has
+# verified yet and the test hooks. The default wheel has neither.
+EXPERIMENTAL: bool = bool(_C.build_info().get("experimental", False))
+
+
+def require_experimental(what: str) -> None:
+    """Raises where this build lacks csrc/experimental/ (what `what` needs)."""
+    if not EXPERIMENTAL:
+        raise RuntimeError(f"{what} is unverified code, built only with RESNET_EXT_EXPERIMENTAL=1 "
+                           "(e.g. `RESNET_EXT_EXPERIMENTAL=1 pip install .`); this build has none")
+
+
+def switch(name: str, doc: str, default: bool = False, experimental: bool = False, native: Optional[tuple] = None):
+    """A switch function `name(enabled=None) -> bool` whose setting the hot paths read as `name.on`.
+    `experimental`: turning it on needs an experimental build (off is always allowed). `native`: the names of the
+    getter and setter of a setting kept in C++, where the kernels read it (a build without them keeps it off)."""
+    get, put = (getattr(_C, n, None) for n in native) if native else (None, None)
+
+    def fn(enabled: Optional[bool] = None) -> bool:
+        if enabled is not None and not isinstance(enabled, bool):
+            raise TypeError(f"{name}: enabled must be True or False, got {enabled!r}")
+        if enabled and experimental:
+            require_experimental(f"{name}(True)")
+        previous = bool(get()) if get is not None else fn.on
+        if enabled is not None:
+            if put is not None:
+                put(enabled)
+            fn.on = enabled
+        return previous
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = doc
+    fn.on = default
+    return fn
+
+
+nhwc_max_pool = switch("nhwc_max_pool", experimental=True, doc="""Whether the models' max pool runs resnet_ext's NHWC
+kernel on CUDA (`max_pool_nhwc`: no indices, one pass) for inference; returns the setting in force before the
+call. Off by default and only in an experimental build: unverified on a GPU until `benchmarks/gpu_check.sh --only
+maxpool` passes.""")
+
+on_cuda = switch("on_cuda", doc="""Whether a stock model's CUDA eval forward runs as the recorded sequence of
+`conv_bn_act` calls (engine/cuda.py) rather than through the module tree (`units.unit` per unit): the same ops on
+the same folds, with less host time per forward. Returns the setting in force before the call. Off by default: not
+yet run on a GPU (`benchmarks/gpu_check.sh --only flatcuda` checks it against the module path and times both).""")
+
+cpu_winograd = switch("cpu_winograd", default=True, doc="""Whether the frozen CPU mode may run 3x3 convs by
+Winograd where it pays (`engine.cpu.winograd_pays`; default on); off, oneDNN runs every conv. Returns the setting
+in force before the call; the next forward of each input size follows it.""")
+
+bn_optin = switch("bn_optin", experimental=True, native=("bn_optin", "set_bn_optin"), doc="""Whether the training
+BN runs its opt-in CUDA kernels (csrc/experimental/bn_act_optin.cuh: a parallel final pass of the BN sums, not yet
+verified on a GPU; `bench --bn-optin`). Returns the setting in force before the call. Only an experimental build
+has them: turning them on elsewhere raises.""")
