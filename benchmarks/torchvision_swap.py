@@ -2,10 +2,12 @@
 wherever torchvision's tests look them up (`torchvision.models.<name>`, `torchvision.models.resnet.<name>`, the
 registry behind `get_model` / `get_model_builder` / `list_models`), at plugin import, before test collection.
 
-`list_models(module)` keeps the registry entries whose builder's `__module__` is in `module`; resnet_ext's
-builders live in `resnet_ext.models`, so after the swap they drop out of `list_models(torchvision.models)` (and
-the tests parametrized over it). RESNET_EXT_SWAP_MODULE=1 sets the builders' `__module__` to torchvision's for
-the test process, which is what registering them there would take; the default leaves them as they are.
+`list_models(module)` keeps the registry entries whose builder's `__module__` is in `module`, so putting a builder
+in torchvision's registry means giving it torchvision's module name: the swap sets the ten builders' `__module__`
+to `torchvision.models.resnet` for the test process (the package itself keeps `resnet_ext.models`, so that pickling
+a builder finds resnet_ext's). RESNET_EXT_SWAP_MODULE=0 leaves them as they are: then they drop out of
+`list_models(torchvision.models)` and of the tests parametrized over it (the classification cases are not even
+collected), which shows what registering takes and nothing about the models.
 """
 import os
 
@@ -19,7 +21,7 @@ import resnet_ext.models
 
 NAMES = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
          "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]
-SWAP_MODULE = os.environ.get("RESNET_EXT_SWAP_MODULE", "0") == "1"
+SWAP_MODULE = os.environ.get("RESNET_EXT_SWAP_MODULE", "1") == "1"
 
 for _name in NAMES:
     _fn = getattr(resnet_ext, _name)
