@@ -15,6 +15,8 @@
 # benchmarks/gemm_epilogue_check.py, against the folded epilogue and stock cuDNN + fp32 BN.
 # flatcuda (opt-in switches.on_cuda, unverified): its tests in tests/test_flat.py (the module path's bits), then batch
 # 1 and 32 latencies with and without it (bench --flat-cuda).
+# The few-channel stem kernels (#24.1, sm80c4_*, unverified): their tests run in tests_sm90, their timing in hopper
+# (one "verdict stem" line per kernel, against the default path and cuDNN): --only tests,hopper.
 # graphs (opt-in CUDA graphs of the frozen mode, unverified): tests/test_graphs.py, then batch 1/8/32 latencies of
 # freeze(model, cuda_graphs=True) against the eager frozen mode and torch.compile(mode="reduce-overhead"). --only runs the named ones (info always; build unless a carried .prebuilt/_C*.so matches these sources
 # and this torch). --quick: the CUDA tests, a smaller CUDA fuzz run, the per-layer benchmarks.
@@ -167,10 +169,10 @@ CUDA_TESTS=(tests/test_cuda_bn_act.py tests/test_kernel_selection.py tests/test_
 pids=()
 if wanted tests; then  # the verified paths, and apart from them the sm_90a kernels (never run before: a hang or a
   # sticky CUDA error of theirs must not take the other tests down)
-  run_step tests 260 "${PYTEST[@]}" -v "${CUDA_TESTS[@]:0:3}" -k "not compile and not hopper_kernels" &
+  run_step tests 260 "${PYTEST[@]}" -v "${CUDA_TESTS[@]:0:3}" -k "not compile and not hopper_kernels and not stem_kernels" &
   pids+=($!)
   run_step tests_sm90 200 "${PYTEST[@]}" -v tests/test_cuda.py tests/test_cuda_gemm_sm90.py \
-    -k "hopper_kernels or gemm_sm90" &
+    -k "hopper_kernels or gemm_sm90 or stem_kernels" &
   pids+=($!)
 fi
 if wanted tests; then  # the training-BN tests and fuzz again with the opt-in parallel final pass of the BN sums
@@ -266,8 +268,8 @@ fi
   done
   [ -f "$R/memcheck.log" ] && { echo "--- memcheck"; grep -E "ERROR SUMMARY|paths:|train step ok|Error|Invalid" \
     "$R/memcheck.log" | cut -c1-300 | head -n 20; }
-  [ -f "$R/hopper.log" ] && { echo "--- hopper (per layer, ms)"; grep -E "^\| n.*sm90_|^sum over|^Traceback|Error" \
-    "$R/hopper.log" | cut -c1-240 | head -n 30; }
+  [ -f "$R/hopper.log" ] && { echo "--- hopper (per layer, ms)"; grep -E "^\| n.*(sm90_|sm80c4_)|^sum over|^Traceback|Error" \
+    "$R/hopper.log" | cut -c1-240 | head -n 30; grep -E "^verdict stem" "$R/hopper.log" | cut -c1-300; }
   for name in models_bs256 models_bs256_autotuned latency_bs32 latency_bs1 train_bs256 train_bs256_bn_optin; do
     [ -f "$R/$name.log" ] && { echo "--- $name"; grep -vE "^===|^\s*$" "$R/$name.log" | tail -n 16 | cut -c1-200; }
   done

@@ -2,8 +2,9 @@
 
 Contenders per shape: cuDNN's own fused op (torch.cudnn_convolution_relu / _add_relu, or a conv with a bias for
 the ReLU-free downsample convs), resnet_ext's default choice (whatever the dispatcher picks; explain() names it),
-resnet_ext's sm80 CUTLASS kernels (prefer_cudnn(False)), and each sm_90a kernel forced (the CUTLASS 3 conv kernels
-and the 1x1 GEMM kernels) where it can run. Each output is checked against a float32 (no TF32) reference with the
+resnet_ext's sm80 CUTLASS kernels (prefer_cudnn(False)), and each opt-in kernel forced where it can run: the sm_90a
+CUTLASS 3 conv kernels and 1x1 GEMM kernels, and the few-channel stem kernels (sm80c4_*, #24.1), each of which gets
+a verdict line against the default path and cuDNN. Each output is checked against a float32 (no TF32) reference with the
 output poisoned with NaN before each launch; timing with CUDA events over batches of calls that rotate input sets
 larger than the L2, median of several batches.
 
@@ -28,6 +29,7 @@ from resnet_ext.cli import cuda_event_ms  # noqa: E402
 from resnet_ext.shapes import conv_shapes, rel_err  # noqa: E402
 
 CL = torch.channels_last
+OPT_IN = ("sm90_", "sm80c4_")  # kernel families registered unverified (forced here, one by one)
 
 
 def make_set(s, dtype):
@@ -63,9 +65,8 @@ def contenders(s):
 
 
 def run(batch: int, dtype: torch.dtype) -> list[dict]:
-    sm90 = [k for k in resnet_ext.build_info()["fused_kernels"] if k.startswith("sm90_")]
     tag = {torch.bfloat16: "_bf16_", torch.float16: "_f16_"}[dtype]
-    sm90 = [k for k in sm90 if tag in k]
+    optin = [k for k in resnet_ext.build_info()["fused_kernels"] if k.startswith(OPT_IN) and tag in k]
     rows = []
     for s in conv_shapes("resnet50", batch):
         per_set = (s.N * s.C * s.H * s.W + s.N * s.K * s.P * s.Q * (2 if s.residual else 1)) * 2
@@ -98,7 +99,7 @@ def run(batch: int, dtype: torch.dtype) -> list[dict]:
             measure("sm80", ours, resnet_ext.explain(*args)[0])
         finally:
             resnet_ext.prefer_cudnn(True)
-        for k in sm90:
+        for k in optin:
             _C.force_kernel(k)
             try:
                 path, why = resnet_ext.explain(*args)
@@ -106,8 +107,8 @@ def run(batch: int, dtype: torch.dtype) -> list[dict]:
                     measure(k, ours, path)
             finally:
                 _C.force_kernel("")
-        best = min((k for k in row["ms"] if k.startswith("sm90_")), key=lambda k: row["ms"][k], default=None)
-        row["best_sm90"] = best
+        best = min((k for k in row["ms"] if k.startswith(OPT_IN)), key=lambda k: row["ms"][k], default=None)
+        row["best_optin"] = best
         rows.append(row)
         print(format_row(row), flush=True)
     return rows
@@ -119,7 +120,7 @@ def format_row(r: dict) -> str:
     def cell(k):
         return f"{ms[k]:.3f}" if k in ms else "-"
 
-    best = r["best_sm90"]
+    best = r["best_optin"]
     ratio = f"{ms['cudnn_fused'] / ms[best]:.2f}x" if best and "cudnn_fused" in ms else "-"
     worst_err = max((v for k, v in r["err"].items() if k != "cudnn_fused"), default=float("nan"))
     return (f"| {r['shape']} | {cell('cudnn_fused')} | {cell('default')} ({r['path'].get('default', '-')}) | "
@@ -127,8 +128,26 @@ def format_row(r: dict) -> str:
             f"{r['err'].get('cudnn_fused', float('nan')):.1e} | {worst_err:.1e} |")
 
 
-HEADER = ("| shape | cuDNN fused ms | resnet_ext default ms (path) | sm80 ms | best sm90 ms (kernel) | "
-          "cuDNN / best sm90 | cuDNN rel err | worst resnet_ext rel err |\n|---|---|---|---|---|---|---|---|")
+HEADER = ("| shape | cuDNN fused ms | resnet_ext default ms (path) | sm80 ms | best opt-in ms (kernel) | "
+          "cuDNN / best opt-in | cuDNN rel err | worst resnet_ext rel err |\n|---|---|---|---|---|---|---|---|")
+
+
+def stem_verdicts(rows: list[dict], tol: float) -> list[str]:
+    """One line per few-channel (sm80c4) kernel: on each shape it ran, its time against the default path and cuDNN's
+    op, and its error; "wrong" where the error is over the tolerance (NaN included)."""
+    lines = []
+    for k in sorted({k for r in rows for k in r["ms"] if k.startswith("sm80c4_")}):
+        for r in rows:
+            if k not in r["ms"]:
+                continue
+            ms, err = r["ms"][k], r["err"][k]
+            ok = err <= tol
+            lines.append(f"verdict stem {k} on {r['shape']}: {ms:.3f} ms; default {r['ms'].get('default', float('nan')):.3f} "
+                         f"ms ({r['path'].get('default', '-')}) -> {r['ms'].get('default', float('nan')) / ms:.2f}x; "
+                         f"cuDNN {r['ms'].get('cudnn_fused', float('nan')):.3f} ms -> "
+                         f"{r['ms'].get('cudnn_fused', float('nan')) / ms:.2f}x; rel err {err:.1e} "
+                         + ("ok" if ok else f"WRONG (tolerance {tol:.0e})"))
+    return lines or ["verdict stem: no sm80c4 kernel ran (not an experimental build, or no shape it accepts)"]
 
 
 def main(argv=None) -> int:
@@ -152,12 +171,14 @@ def main(argv=None) -> int:
                f"{tot['default']:.3f}, sm80 {tot['sm80']:.3f}, best of ours per layer {tot['best_per_layer_ours']:.3f}; "
                f"errors over tolerance: {bad if bad else 'none'}")
     print(summary)
+    verdicts = stem_verdicts(rows, 1e-2 if a.dtype == "bf16" else 3e-3)
+    print("\n".join(verdicts))
     if a.json:
         Path(a.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                                             "dtype": a.dtype, "batch": a.batch, "rows": rows, "totals_ms": tot,
                                             "errors_over_tolerance": bad}, indent=1))
     if a.md:
-        Path(a.md).write_text("\n".join([HEADER] + [format_row(r) for r in rows] + ["", summary, ""]))
+        Path(a.md).write_text("\n".join([HEADER] + [format_row(r) for r in rows] + ["", summary, ""] + verdicts + [""]))
     return 1 if bad else 0
 
 

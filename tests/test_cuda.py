@@ -7,6 +7,8 @@ GPU: explain() names the path each call takes for every layout variant (NCHW, mi
 weight/residual) of tuned and untuned problems, with right results; a failing autotune candidate is rejected;
 unverified kernels are never picked unforced; opcheck of every op on CUDA."""
 
+from dataclasses import asdict
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +16,7 @@ import torch.nn.functional as F
 import resnet_ext
 from conftest import randomize_bn, rel_err, requires_cuda, requires_experimental
 from resnet_ext._C_loader import _C
-from resnet_ext.shapes import conv_shapes
+from resnet_ext.shapes import ConvShape, conv_shapes
 
 pytestmark = requires_cuda
 
@@ -125,6 +127,35 @@ def test_hopper_kernels_match_fp32_reference(s, kernel):
             torch.cuda.synchronize()
             err = rel_err(y, reference_fp32(x, w, b, r, s_b, relu))
             assert err <= TOL[dtype], f"{kernel} {s_b.name} residual={residual}: rel err {err:.2e}"
+    finally:
+        _C.force_kernel("")
+
+
+# The few-channel kernels (#24.1: the stem; x and weight padded to 4 channels in the workspace), opt-in until this
+# passes on a GPU: the stem at batch 1/7/64/256, odd sizes, 1-2 channels, with and without ReLU.
+STEM_KERNELS = [k for k in resnet_ext.build_info()["fused_kernels"] if k.startswith("sm80c4_")]
+STEM = conv_shapes("resnet50")[0]
+STEM_CASES = ([STEM.with_batch(n) for n in (1, 7, 64, 256)]
+              + [ConvShape(**{**asdict(STEM), **over}) for over in (dict(N=3, H=97, W=61), dict(N=2, C=1, H=33, W=35),
+                                                                      dict(N=5, C=2, H=40, W=41, relu=False))])
+
+
+@requires_experimental  # the kernels and the poisoning hook
+@pytest.mark.parametrize("kernel", STEM_KERNELS)
+@pytest.mark.parametrize("s", STEM_CASES, ids=lambda s: f"{s.name}-N{s.N}-C{s.C}-{s.H}x{s.W}")
+def test_stem_kernels_match_fp32_reference(s, kernel):
+    dtype = torch.bfloat16 if "_bf16_" in kernel else torch.float16
+    _C.force_kernel(kernel)
+    try:
+        x, w, b, r = make_inputs(s, dtype, False, seed=s.N)
+        args = (x, w, b, None, s.stride, s.padding, s.dilation, s.relu)
+        path, reason = resnet_ext.explain(*args)
+        assert path == f"fused:{kernel}", (path, reason)
+        y = resnet_ext.conv_bn_act(*args)
+        torch.cuda.synchronize()
+        err = rel_err(y, reference_fp32(x, w, b, None, s, s.relu))
+        assert err <= TOL[dtype], f"{kernel} {s}: rel err {err:.2e}"  # NaN (a poisoned output left) fails too
+        assert y.is_contiguous(memory_format=CL)
     finally:
         _C.force_kernel("")
 

@@ -138,7 +138,7 @@ def test_kernel_names_say_tile_stages_and_alignment():
     for name in gemms:
         assert re.fullmatch(r"sm90_gemm_(f16|bf16)_\d+x\d+x\d+_c\d+x\d+_(coop|pingpong)_\d+st_a8", name), name
     for name in convs:
-        assert re.fullmatch(r"sm\d+_(f16|bf16|tf32)_[a-z_]+_\d+x\d+x\d+_\d+st_a\d+", name), name
+        assert re.fullmatch(r"sm\d+(c4)?_(f16|bf16|tf32)_[a-z_]+_\d+x\d+x\d+_\d+st_a\d+", name), name
     assert "sm80_f16_bias_act_128x128x64_3st_a8" in names and "sm80_tf32_residual_relu_128x64x32_4st_a4" in names
     # An image for each entry of the arch list it was built for ("8.0;9.0a" -> "sm_80 sm_90a").
     archs = resnet_ext.build_info()["cuda_archs"]
@@ -229,6 +229,35 @@ def test_hopper_kernels_accept_every_resnet_conv_but_are_not_chosen_yet(arch, kw
                 assert _C.select_kernel(d, forced=name)[0] == name, s.name
                 [other] = _kernels(f"sm90_{tag}_{'linear' if relu else 'relu'}_")
                 assert _C.kernel_can_implement(other, d) != ""
+
+
+@cuda_build
+@pytest.mark.parametrize("arch,kwargs", MODELS, ids=["resnet50", "resnet101", "resnet152", "resnet50-dilated"])
+def test_few_channel_kernels_take_convs_on_fewer_than_4_channels_only_and_are_opt_in(arch, kwargs):
+    """#24.1: the sm80c4 kernels (x and weight padded to 4 channels in the workspace) accept the 3-channel stem and
+    other convs on 1-3 channels of odd sizes, no other ResNet conv; unverified, so only by force."""
+    shapes = conv_shapes(arch, 64, **kwargs)
+    stem = shapes[0]
+    assert stem.C == 3
+    for dtype, tag in (("bfloat16", "bf16"), ("float16", "f16")):
+        names = _kernels(f"sm80c4_{tag}_")
+        assert len(names) == 2, names
+        for sm in sorted({SIM_SM, 90}):
+            d = problem(stem, dtype, sm)
+            assert not _C.select_kernel(d)[0]  # the heuristic never picks an unverified kernel
+            for name in names:
+                assert _C.kernel_can_implement(name, d) == "", name
+                kernel, _, path, _, workspace = _C.select_kernel(d, forced=name)
+                assert kernel == name and path == f"fused:{name}"
+                # the padded x (N*H*W*4 values) and weight (K*R*S*4) live in the workspace
+                assert workspace >= (d["N"] * d["H"] * d["W"] + d["K"] * 7 * 7) * 4 * 2, workspace
+                for c, h, w in ((1, 97, 61), (2, 33, 35)):
+                    assert _C.kernel_can_implement(name, {**d, "C": c, "H": h, "W": w}) == "", (name, c)
+                for over, why in ((dict(C=4), "fewer than 4"), (dict(C=8), "fewer than 4"),
+                                  (dict(residual=True, relu=True), "residual"), (dict(K=60), "multiple of 8")):
+                    assert why in _C.kernel_can_implement(name, {**d, **over}), (name, over)
+            for s in shapes[1:]:
+                assert _C.kernel_can_implement(names[0], problem(s, dtype, sm)) != "", s.name
 
 
 @cuda_build

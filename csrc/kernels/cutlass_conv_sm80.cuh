@@ -112,7 +112,11 @@ struct ConvRunner {
   }
 };
 
-template <typename Element, typename TileT>
+// Algo and AlignmentAB: the activation/filter iterators and their access width in elements (the defaults are
+// the verified kernels'; the experimental few-channel stem kernels use kFixedChannels with 4).
+template <typename Element, typename TileT,
+          cutlass::conv::IteratorAlgorithm Algo = cutlass::conv::IteratorAlgorithm::kOptimized,
+          int AlignmentAB = Mma<Element>::kAlignment>
 struct BiasActConv {
   using Accumulator = float;
   using EpilogueOp = cutlass::epilogue::thread::LinearCombinationRelu<
@@ -122,9 +126,9 @@ struct BiasActConv {
       Element, LayoutNHWC, Element, LayoutNHWC, Element, LayoutNHWC, Accumulator, cutlass::arch::OpClassTensorOp,
       cutlass::arch::Sm80, typename TileT::Threadblock, typename TileT::Warp, typename Mma<Element>::Instruction,
       EpilogueOp, cutlass::gemm::threadblock::GemmIdentityThreadblockSwizzle<4>, TileT::kStages,
-      cutlass::arch::OpMultiplyAdd, cutlass::conv::IteratorAlgorithm::kOptimized>::Kernel;
+      cutlass::arch::OpMultiplyAdd, Algo, cutlass::conv::StrideSupport::kUnity, AlignmentAB, AlignmentAB>::Kernel;
   using Op = cutlass::conv::device::ImplicitGemmConvolution<Kernel>;
-  static constexpr int kAlignment = Mma<Element>::kAlignment;
+  static constexpr int kAlignment = AlignmentAB;
   static constexpr bool kResidual = false;
   static constexpr const char* kEpilogue = "bias_act";
 

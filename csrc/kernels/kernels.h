@@ -16,6 +16,8 @@ void append_cutlass_sm80_tf32_kernels(std::vector<FusedKernelInfo>& out);  // cu
 // implicit-GEMM convs and GEMMs of 1x1 stride-1 convs.
 void append_cutlass_sm90_kernels(std::vector<FusedKernelInfo>& out);       // experimental/cutlass_conv_sm90.cu
 void append_cutlass_gemm_sm90_kernels(std::vector<FusedKernelInfo>& out);  // experimental/gemm_sm90.cu
+// Unverified, experimental build only: convs on fewer than 4 input channels (the stem), sm80 code.
+void append_cutlass_stem_sm80_kernels(std::vector<FusedKernelInfo>& out);  // experimental/cutlass_conv_stem_sm80.cu
 
 // "<family>_<dtype>_<epilogue>_<M>x<N>x<K>_<stages>st_a<alignment>", e.g. sm80_f16_bias_act_128x128x64_3st_a8:
 // built from the kernel's template parameters, so the name cannot drift from what was compiled.

@@ -18,6 +18,7 @@ const std::vector<FusedKernelInfo>& fused_kernel_registry() {
 #ifdef RESNET_EXT_EXPERIMENTAL  // unverified on a GPU: only in a RESNET_EXT_EXPERIMENTAL=1 build
     append_cutlass_sm90_kernels(v);
     append_cutlass_gemm_sm90_kernels(v);
+    append_cutlass_stem_sm80_kernels(v);
 #endif
 #endif
     return v;
