@@ -306,16 +306,3 @@ def build_info() -> dict:
     info["cuda_archs"] = [a for a in info["cuda_archs"].split(";") if a]
     info["fused_kernels"] = list(info["fused_kernels"])
     return info
-
-
-def prefer_cudnn(enabled: bool = True) -> None:
-    """Let cuDNN's fused conv+bias+ReLU(+add) take the layers it runs faster than resnet_ext's kernels (default: on;
-    today that is every ReLU layer on Hopper, see explain()). Off: resnet_ext's own kernels wherever they apply."""
-    _C.set_prefer_cudnn(bool(enabled))
-
-
-def autotune(enabled: bool = True) -> None:
-    """Turn the per-shape autotuner of the fused conv kernels on or off (`bench --autotune`). Each new shape is then timed once against every candidate and the stock path; candidates whose output
-    differs from the stock result are rejected."""
-    _C.set_autotune(bool(enabled))
-

@@ -7,8 +7,8 @@ call. The hot paths read `switch.on`.
     on_cuda        a stock model's CUDA eval forward as the recorded sequence of fused units (opt-in)
     cpu_winograd   the frozen CPU mode's 3x3 convs by Winograd where it pays (default on)
     bn_optin       the training BN's opt-in CUDA kernels (experimental build, opt-in)
-
-`autotune(True)` and `prefer_cudnn(True)` (ops.py) set the dispatcher's switches in C++.
+    autotune       the conv kernels' per-shape autotuner (off)               } kept in C++, where the
+    prefer_cudnn   cuDNN's fused ops on the layers where they win (on)      } dispatcher reads them
 """
 from __future__ import annotations
 
@@ -70,3 +70,14 @@ bn_optin = switch("bn_optin", experimental=True, native=("bn_optin", "set_bn_opt
 BN runs its opt-in CUDA kernels (csrc/experimental/bn_act_optin.cuh: a parallel final pass of the BN sums, not yet
 verified on a GPU; `bench --bn-optin`). Returns the setting in force before the call. Only an experimental build
 has them: turning them on elsewhere raises.""")
+
+autotune = switch("autotune", native=("autotune_enabled", "set_autotune"), doc="""Whether the per-shape autotuner of
+the fused conv kernels runs (`bench --autotune`): each new problem is then timed once against every candidate and
+the stock path, candidates whose launch fails or whose output differs from the stock result are rejected, and the
+winner is cached per device, arch and full problem. Off by default. Returns the setting in force before the
+call.""")
+
+prefer_cudnn = switch("prefer_cudnn", default=True, native=("prefer_cudnn", "set_prefer_cudnn"), doc="""Whether
+cuDNN's fused conv+bias+ReLU(+add) takes the layers it runs faster than resnet_ext's kernels (default on; today
+that is every ReLU layer on Hopper, see explain()); off, resnet_ext's own kernels run wherever they apply. Returns
+the setting in force before the call.""")
