@@ -46,6 +46,7 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
+@engine.serves("block")
 class BasicBlock(_tv_class("BasicBlock")):
     expansion: int = 1
 
@@ -94,6 +95,7 @@ class BasicBlock(_tv_class("BasicBlock")):
 
 
 
+@engine.serves("block")
 class Bottleneck(_tv_class("Bottleneck")):
     # The stride sits on the 3x3 conv (conv2), as in torchvision ("ResNet V1.5").
     expansion: int = 4
@@ -146,6 +148,7 @@ class Bottleneck(_tv_class("Bottleneck")):
 
 
 
+@engine.serves("model")
 class ResNet(_tv_class("ResNet")):
     def __init__(self, block: Type[Union[BasicBlock, Bottleneck]], layers: List[int], num_classes: int = 1000,
                  zero_init_residual: bool = False, groups: int = 1, width_per_group: int = 64,

@@ -26,6 +26,7 @@ from .. import ops
 from ..switches import on_cuda
 from . import cpu, cuda, frozen, graphs, units
 from . import state as _state
+from .state import serves  # noqa: F401  (the models' ResNet registers itself)
 from .units import enabled  # noqa: F401  (the models ask it before handing a forward over)
 
 

@@ -79,8 +79,7 @@ def freeze(model: nn.Module, *, dtype: Optional[torch.dtype] = None, cuda_graphs
 
     `cuda_graphs=True` (CUDA; opt-in until verified on a GPU): each input signature's frozen forward is captured in
     a CUDA graph on its first call and replayed after (`engine.graphs`)."""
-    from ..models import ResNet  # models imports the engine, which imports this module
-    if not isinstance(model, ResNet):
+    if not _state.is_model(model):
         raise TypeError(f"freeze: expected a resnet_ext ResNet, got {type(model).__name__}")
     if not isinstance(cuda_graphs, bool):
         raise TypeError(f"freeze: cuda_graphs must be True or False, got {cuda_graphs!r}")

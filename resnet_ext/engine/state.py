@@ -13,6 +13,27 @@ from torch import nn
 
 KEY = "_resnet_ext_state"
 
+# The classes whose forwards the engine runs, registered by resnet_ext.models (`serves`), so that the engine checks
+# a module's type without importing the models: "model" (ResNet; subclasses too) and "block" (BasicBlock,
+# Bottleneck; exact types only, as a subclass's forward may differ).
+SERVED: dict = {"model": [], "block": []}
+
+
+def serves(kind: str):
+    """Class decorator: `@engine.serves("model")` / `@engine.serves("block")`."""
+    def register(cls: type) -> type:
+        SERVED[kind].append(cls)
+        return cls
+    return register
+
+
+def is_model(m: nn.Module) -> bool:
+    return isinstance(m, tuple(SERVED["model"]))
+
+
+def is_block(m: nn.Module) -> bool:
+    return type(m) in SERVED["block"]
+
 
 class ExtState:
     """`frozen`: False, True, or the compute dtype `freeze(model, dtype=...)` asked for; `cuda_graphs`: whether the

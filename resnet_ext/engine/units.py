@@ -22,6 +22,7 @@ from torch.nn.modules import module as _module
 from .. import ops
 from ..bn_act import bn_act, sync_marked
 from ..ops import conv_bn_act
+from . import state as _state
 
 _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
                  "_global_backward_pre_hooks", "_global_forward_hooks_always_called")
@@ -95,8 +96,7 @@ def unit_pairs(block: nn.Module) -> List[Tuple[nn.Module, nn.Module]]:
 
 def is_block(m: nn.Module) -> bool:
     """Whether `m` is exactly a resnet_ext BasicBlock or Bottleneck (not a subclass, whose forward may differ)."""
-    from ..models import BasicBlock, Bottleneck  # models imports the engine, which imports this module
-    return type(m) in (BasicBlock, Bottleneck)
+    return _state.is_block(m)
 
 
 def model_pairs(model: nn.Module) -> List[Tuple[nn.Module, nn.Module]]:
