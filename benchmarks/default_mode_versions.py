@@ -2,10 +2,12 @@
 default mode down). Absolute times drift between processes here, so each process times the default mode against
 torchvision interleaved and reports the ratio; run it under each version's checkout, alternating:
 
-    for i in 1 2 3; do for v in OLD NEW; do PYTHONPATH=$v python benchmarks/default_mode_versions.py --tag $v; done; done
+    for i in 1 2 3; do for v in OLD NEW; do
+        PYTHONPATH=$v python benchmarks/default_mode_versions.py --tag $v
+    done; done
 
 Only public API (`resnet_ext.resnet50`), so it runs on any version. 2 threads, resnet50 fp32 224x224, batch 1 and 8,
-NCHW and channels_last (model and input converted, as `bench --channels-last` does)."""
+NCHW and channels_last (model and input converted, as `bench` does unless --nchw)."""
 import argparse
 import statistics
 
@@ -41,10 +43,10 @@ def main() -> None:
                     for k, t in timers.items():
                         times[k].append(t.timeit(2 if bs == 8 else 8).median)
                     ratios.append(times["tv"][-1] / times["ours"][-1])
-            print(f"{args.tag} batch {bs} {'channels_last' if cl else 'NCHW'}: torchvision "
-                  f"{statistics.median(times['tv']) * 1e3:.1f} ms, default {statistics.median(times['ours']) * 1e3:.1f} ms, "
-                  f"torchvision / default {statistics.median(ratios):.3f}x ({min(ratios):.2f}-{max(ratios):.2f})",
-                  flush=True)
+            tv_ms, ours_ms = (statistics.median(times[k]) * 1e3 for k in ("tv", "ours"))
+            print(f"{args.tag} batch {bs} {'channels_last' if cl else 'NCHW'}: torchvision {tv_ms:.1f} ms, default "
+                  f"{ours_ms:.1f} ms, torchvision / default {statistics.median(ratios):.3f}x "
+                  f"({min(ratios):.2f}-{max(ratios):.2f})", flush=True)
 
 
 if __name__ == "__main__":

@@ -141,12 +141,11 @@ def stem_verdicts(rows: list[dict], tol: float) -> list[str]:
             if k not in r["ms"]:
                 continue
             ms, err = r["ms"][k], r["err"][k]
-            ok = err <= tol
-            lines.append(f"verdict stem {k} on {r['shape']}: {ms:.3f} ms; default {r['ms'].get('default', float('nan')):.3f} "
-                         f"ms ({r['path'].get('default', '-')}) -> {r['ms'].get('default', float('nan')) / ms:.2f}x; "
-                         f"cuDNN {r['ms'].get('cudnn_fused', float('nan')):.3f} ms -> "
-                         f"{r['ms'].get('cudnn_fused', float('nan')) / ms:.2f}x; rel err {err:.1e} "
-                         + ("ok" if ok else f"WRONG (tolerance {tol:.0e})"))
+            default, cudnn = (r["ms"].get(name, float("nan")) for name in ("default", "cudnn_fused"))
+            lines.append(f"verdict stem {k} on {r['shape']}: {ms:.3f} ms; default {default:.3f} ms "
+                         f"({r['path'].get('default', '-')}) -> {default / ms:.2f}x; cuDNN {cudnn:.3f} ms -> "
+                         f"{cudnn / ms:.2f}x; rel err {err:.1e} "
+                         + ("ok" if err <= tol else f"WRONG (tolerance {tol:.0e})"))
     return lines or ["verdict stem: no sm80c4 kernel ran (not an experimental build, or no shape it accepts)"]
 
 

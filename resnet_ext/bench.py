@@ -383,7 +383,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "also its bf16), each on torchvision's model exported to ONNX (CPU, fp32)")
     p.add_argument("--train", action="store_true", help="also time one SGD training step (and peak memory)")
     p.add_argument("--autotune", action="store_true",
-                   help="resnet_ext.autotune(True) for the run: every fused candidate timed per layer, the fastest kept")
+                   help="resnet_ext.autotune(True) for the run: every fused candidate timed per layer, the fastest "
+                        "kept")
     p.add_argument("--bn-optin", action="store_true",
                    help="resnet_ext.bn_optin(True) for the run: the opt-in training-BN CUDA kernels (a build made "
                         "with RESNET_EXT_EXPERIMENTAL=1)")

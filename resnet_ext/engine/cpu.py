@@ -64,9 +64,9 @@ def gemm_pays(u: Unit, x: Tensor) -> bool:
     being at least twice the output pixels. Measured on a 2-core AVX-512 machine (benchmarks/cpu_gemm_units.py,
     fp32 GEMM on oneDNN's matmul): every resnet50 1x1 shape this picks is 1.24-3.83x faster than the convolution at
     batch 1 (layer4's 2048 -> 512: 1.56 -> 0.42 ms) and 1.40-1.50x at batch 8; of those it leaves, the early
-    layers' lose as a GEMM (0.82-0.99x) and the others gain little (at most 1.19x). On NCHW inputs oneDNN runs these convs without the reorder and the GEMM loses
-    (0.66 -> 0.87 ms, measured with torch.mm). Not for a conv with a bias (the unit's shift is BN's alone: the
-    bias belongs to the conv's output)."""
+    layers' lose as a GEMM (0.82-0.99x) and the others gain little (at most 1.19x). On NCHW inputs oneDNN runs
+    these convs without the reorder and the GEMM loses (0.66 -> 0.87 ms, measured with torch.mm). Not for a conv
+    with a bias (the unit's shift is BN's alone: the bias belongs to the conv's output)."""
     conv = u.conv
     if (conv.kernel_size != (1, 1) or conv.groups != 1 or conv.padding != (0, 0) or conv.bias is not None
             or not units.wants_channels_last(x)):

@@ -135,12 +135,12 @@ def _gemm(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Optional[T
         x = x[:, :, ::sh, ::sw]
     n, c, h, w = x.shape
     k = u.conv.out_channels
-    wm = u.conv.weight.reshape(k, c).contiguous()  # a view of a contiguous or channels_last 1x1 weight
+    wm = u.conv.weight.reshape(k, c).contiguous()  # a view of a contiguous or channels_last 1x1 weight, else a copy
     # x is channels_last (gemm_pays), so (n*h*w, c) rows; the output (n*h*w, k) is channels_last too.
     rows = x.permute(0, 2, 3, 1).reshape(-1, c)
     if rows.dtype == torch.float32:
-        # oneDNN's matmul on the plain weight: 2.0-2.4x torch.mm (MKL's sgemm) on resnet50's 1x1 shapes here
-        # (270-310 vs 110-140 GFLOP/s, 2-core AVX-512 AMD; benchmarks/results/2026-12-03-cpu-gemm-units/).
+        # oneDNN's matmul on the plain weight: 1.6-2.9x torch.mm (MKL's sgemm) on resnet50's 1x1 shapes here
+        # (200-400 vs 120-185 GFLOP/s, 2-core AVX-512 AMD; benchmarks/results/2026-12-03-cpu-gemm-units/).
         out = torch.ops.mkldnn._linear_pointwise.default(rows, wm, None, "none", [], "")
     else:
         out = torch.mm(rows, wm.t())
