@@ -1,8 +1,8 @@
 """ResNet models that are drop-ins for torchvision.models.resnet: same constructor arguments, same submodules,
 same state_dict keys, same numbers, same behaviour under hooks, module swaps, tracing, scripting and export.
 
-This file is torchvision's module code. Each forward asks `engine.enabled()` (no FX tracing, ONNX export, global
-hook, ...) and then hands over to the engine (`engine.forward` for the network, `engine.block` for a block), which
+This file is torchvision's module code. Each forward asks `engine.enabled(self, x)` (no FX tracing, ONNX export,
+global hook, nor a train-mode forward that computes as torchvision does anyway, ...) and then hands over to the engine (`engine.forward` for the network, `engine.block` for a block), which
 runs what it can prove unchanged from torchvision fused and the rest through these modules; the engine's state on
 a model is dropped where resnet_ext sees weights change (`train`, `_apply`, `load_state_dict`).
 """
@@ -70,7 +70,7 @@ class BasicBlock(_tv_class("BasicBlock")):
 
     def forward(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting():
-            if engine.enabled():
+            if engine.enabled(self, x):
                 return self._forward_fused(x)
         identity = x
 
@@ -119,7 +119,7 @@ class Bottleneck(_tv_class("Bottleneck")):
 
     def forward(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting():
-            if engine.enabled():
+            if engine.enabled(self, x):
                 return self._forward_fused(x)
         identity = x
 
@@ -212,7 +212,7 @@ class ResNet(_tv_class("ResNet")):
 
     def _forward_impl(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting():
-            if engine.enabled():
+            if engine.enabled(self, x):
                 return self._forward_fused(x)
         x = self.conv1(x)
         x = self.bn1(x)

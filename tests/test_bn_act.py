@@ -200,6 +200,31 @@ def test_model_train_mode_runs_the_chosen_bn(monkeypatch, mode):
     assert len(calls) == (n_bn if expected == "fused" else 0)
 
 
+def test_stock_training_runs_torchvisions_code(monkeypatch):
+    """A train-mode forward whose BNs all train stock runs torchvision's block code, not the engine's units (on the
+    CPU the ResNet's own forward enters, for the memory reuse: the stem is its one unit); a block with a BN in eval
+    mode (a frozen BN in fine-tuning) hands over to the engine, which folds that unit; the numbers stay
+    torchvision's."""
+    import torchvision
+
+    calls = []
+    real = resnet_ext.engine.units.unit
+    monkeypatch.setattr(resnet_ext.engine.units, "unit", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    model = resnet_ext.resnet18(num_classes=10).train()
+    tv = torchvision.models.resnet18(num_classes=10).train()
+    tv.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    resnet_ext.reset_path_counts()
+    torch.testing.assert_close(model(x), tv(x), rtol=0, atol=0)
+    assert len(calls) == 1 and resnet_ext.path_counts() == {"train_stock": 20}, (calls, resnet_ext.path_counts())
+    for m in (model, tv):
+        m.layer2[0].bn1.eval()
+    calls.clear()
+    torch.testing.assert_close(model(x), tv(x), rtol=1e-5, atol=1e-5)
+    assert len(calls) == 1 + 3, calls  # the stem and layer2[0]'s three units (downsample included)
+
+
 def test_train_bn_rejects_an_unknown_mode():
     with pytest.raises(ValueError, match="train_bn: mode must be one of"):
         resnet_ext.train_bn("fast")

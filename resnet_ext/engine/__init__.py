@@ -27,7 +27,26 @@ from ..switches import on_cuda
 from . import cpu, cuda, frozen, graphs, units
 from . import state as _state
 from .state import serves  # noqa: F401  (the models' ResNet registers itself)
-from .units import enabled  # noqa: F401  (the models ask it before handing a forward over)
+
+
+def enabled(m: nn.Module, x) -> bool:
+    """Whether the forward of `m` (a ResNet or a block) on `x` hands over to the engine. Not where the model must
+    show torchvision's module graph (`units.enabled`: FX tracing, ONNX export, a global hook, ...), nor for a
+    train-mode forward whose own BNs all train as torchvision's do (`train_bn` gives the stock composition on this
+    device and none is marked by `convert_sync_batchnorm`): that runs torchvision's code as it stands, without the
+    engine's dispatch per unit. A block decides for its own BNs (its downsample's included), the ResNet for its
+    stem's; on the CPU the ResNet's forward enters all the same, for the memory reuse around it (`cpu.reused_memory`:
+    1.0-1.15x on a train step, 2 cores)."""
+    if not units.enabled():
+        return False
+    if m.training and isinstance(x, Tensor) and not units.train_fused(x):
+        bns = units.own_bns(m)
+        if all(units.trains_stock(bn) for bn in bns):
+            if x.device.type == "cpu" and _state.is_model(m):
+                return True  # the stem's unit then counts itself
+            units.count("train_stock", len(bns))
+            return False
+    return True
 
 
 def invalidate(model: nn.Module) -> None:

@@ -155,6 +155,21 @@ def explain_train(x: Tensor) -> Tuple[str, str]:
     return "stock", f"{key}: the fused op is not measured faster than the stock composition here"
 
 
+def own_bns(m: nn.Module) -> List[nn.Module]:
+    """The BatchNorms a ResNet's or block's own forward calls: its direct children's and its downsample's."""
+    kids = list(m.children())
+    ds = getattr(m, "downsample", None)
+    if isinstance(ds, nn.Module):
+        kids += list(ds.children())
+    return [k for k in kids if isinstance(k, nn.modules.batchnorm._BatchNorm)]
+
+
+def trains_stock(bn: nn.Module) -> bool:
+    """A train-mode BN that the units would run as torchvision does (see `unit`): not marked for cross-process
+    statistics in the fused op (`convert_sync_batchnorm`)."""
+    return bn.training and not sync_marked(bn)
+
+
 def train_fused(x: Tensor) -> bool:
     if _train_mode != "auto":
         return _train_mode == "fused"
@@ -179,7 +194,8 @@ def path_counts() -> dict:
     one pass, `ops.scale_shift_act_`, or through the modules), "modules" (run through the modules as torchvision
     does: hooks, swapped modules, ...);
     "train_fused" / "train_stock" (train-mode units: the stock conv, then the fused BN(+add)+ReLU op or
-    torchvision's modules, see `train_bn`);
+    torchvision's modules, see `train_bn`; a block whose BNs all train stock runs torchvision's code as it stands,
+    its units counted "train_stock");
     "gemm" (CPU default mode, a 1x1 conv whose weight outweighs its output: one GEMM on the unreordered weight,
     then BN, residual and ReLU); and, counting whole forwards, not units, "flat_forwards": CPU eval forwards that
     ran as one flat sequence of calls (`engine.structure`)."""
