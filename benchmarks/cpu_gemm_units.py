@@ -1,6 +1,6 @@
 """The CPU default mode's 1x1 GEMM units: each resnet50 1x1 conv shape at batch 1 and 8 (channels_last input, 2
 threads) as the stock convolution (oneDNN, reordering the weight on every call), as oneDNN's matmul on the plain
-weight (`mkldnn._linear_pointwise`, what `structure._gemm` runs for fp32) and as torch.mm (MKL's sgemm, what it ran
+weight (`mkldnn._linear_pointwise`, what `engine.cpu.gemm_unit` runs for fp32) and as torch.mm (MKL's sgemm, what it ran
 before); whether `cpu.gemm_pays` picks the GEMM, and the matmul's largest difference from the convolution
 relative to the largest output. Usage: python benchmarks/cpu_gemm_units.py"""
 import statistics

@@ -4,7 +4,6 @@ from .switches import autotune, bn_optin, cpu_winograd, nhwc_max_pool, prefer_cu
 from .engine.units import explain_train, path_counts, reset_path_counts, train_bn
 from .bn_act import bn_act, convert_sync_batchnorm
 from .engine.frozen import freeze, is_frozen, unfreeze
-from .engine import graphs
 from .engine.cpu import (empty_cache as empty_cpu_cache, memory_stats as cpu_memory_stats,
                          set_memory_limit as set_cpu_memory_limit)
 from .convert import from_torchvision, to_torchvision

@@ -1,4 +1,5 @@
-"""The resnet_ext:: ops as Python functions, with their fake (meta) kernels and autograd.
+"""The resnet_ext:: ops as Python functions, with their fake (meta) kernels and autograd, and the units the engine
+composes from them and from ATen's oneDNN ops (the engine's one kernel interface in Python).
 
 `conv_bn_act(x, weight, bias, residual, stride, padding, dilation, relu, groups)` computes
 relu?(conv(x, weight) + bias + residual) with BatchNorm already folded into weight and bias (see `fold_bn`).
@@ -9,7 +10,8 @@ import operator
 from typing import Optional, Sequence, Union
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from ._C_loader import _C
 from .switches import EXPERIMENTAL, nhwc_max_pool  # noqa: F401  (EXPERIMENTAL: the tests ask it here)
@@ -279,6 +281,99 @@ def fold_bn(conv: torch.nn.Conv2d, bn: torch.nn.modules.batchnorm._BatchNorm) ->
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("fold_bn: bn has no running statistics (track_running_stats=False): it cannot be folded")
     return fold_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Units on ATen's ops: oneDNN's fused convolutions, and BN applied unfolded (the CPU's)
+# --------------------------------------------------------------------------------------------------------------
+
+def wants_channels_last(x: Tensor) -> bool:
+    """The folded weights' layout: channels_last on CUDA (the fused kernels are NHWC); on the CPU the input's own
+    (oneDNN runs a convolution in its weight's layout, and a layout change between layers costs a copy)."""
+    if x.dim() != 4:
+        return False
+    return x.is_cuda or (x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+
+
+def needs_grad(x: Tensor, conv: nn.Module, bn: nn.Module, residual: Optional[Tensor]) -> bool:
+    """Whether autograd records relu?(bn(conv(x)) + residual): grad mode on and some operand requires grad."""
+    if not torch.is_grad_enabled():
+        return False
+    return (x.requires_grad or conv.weight.requires_grad or (residual is not None and residual.requires_grad)
+            or any(t is not None and t.requires_grad for t in (conv.bias, bn.weight, bn.bias)))
+
+
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def onednn_ok(x: Tensor, w: Tensor, b: Tensor, residual: Optional[Tensor]) -> bool:
+    """oneDNN's fused convolution has no autograd: only where no gradient is wanted, and in eager mode (a
+    compiler or tracer sees the resnet_ext op)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or b.requires_grad
+                                    or (residual is not None and residual.requires_grad)):
+        return False
+    return (x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES and w.dtype == x.dtype and x.dim() == 4
+            and x.numel() > 0 and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+
+def onednn_args(conv: nn.Conv2d) -> tuple:
+    """The conv's geometry as ATen's mkldnn convolution ops take it: padding, stride, dilation, groups."""
+    return list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
+
+
+def onednn_conv(x: Tensor, w: Tensor, b: Tensor, conv: nn.Conv2d, relu: bool, residual: Optional[Tensor]) -> Tensor:
+    """relu?(conv(x, w) + b + residual) as one oneDNN convolution with fused post-ops (ATen's mkldnn ops, the
+    ones inductor uses after freezing); `w` may be a plain or a prepacked (opaque oneDNN) weight."""
+    mk = torch.ops.mkldnn
+    args = onednn_args(conv)
+    unary = "relu" if relu else "none"
+    if residual is None:
+        return mk._convolution_pointwise(x, w, b, *args, unary, [], "")
+    if not onednn_add_fuses(x, w):
+        return add_act_(mk._convolution_pointwise(x, w, b, *args, "none", [], ""), residual, relu)
+    return mk._convolution_pointwise.binary(x, residual, w, b, *args, "add", 1.0, unary, [], "")
+
+
+def onednn_add_fuses(x: Tensor, w: Tensor) -> bool:
+    """Whether oneDNN's convolution can take the residual add as a post-op. torch 2.14.1 runs an NCHW one (input
+    and weight both NCHW) as the convolution then ATen's add_relu, which has no bf16 kernel (an internal assert);
+    there the add and ReLU run as two in-place ops after the convolution, in torchvision's order."""
+    return x.dtype != torch.bfloat16 or any(
+        t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() for t in (x, w))
+
+
+def add_act_(out: Tensor, residual: Tensor, relu: bool) -> Tensor:
+    out += residual
+    return torch.relu_(out) if relu else out
+
+
+def unfolded_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, scale: Optional[Tensor], shift: Optional[Tensor],
+                  relu: bool, residual: Optional[Tensor] = None, shortcut=None) -> Tensor:
+    """relu?(bn(conv(x)) (+ residual)) with BN applied unfolded, as torchvision computes it: the stock conv, then
+    BN's fp32 per-channel scale and shift (`bn_scale_shift`, BN's own; computed here if not given), the residual add and the
+    ReLU in one in-place pass (`scale_shift_act_`) where no gradient is wanted and the output is a dense float32
+    tensor the residual matches; else torchvision's BN, add and ReLU (their autograd, their errors). `shortcut()`,
+    if given, gives the residual after the conv, where torchvision calls the downsample. The one unfolded unit of
+    both CPU paths, the flat forward and the module path."""
+    out = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    if shortcut is not None:
+        residual = shortcut()
+    if (out.dtype == torch.float32 and (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last))
+            and (residual is None or (residual.shape == out.shape and residual.dtype == out.dtype
+                                      and residual.device == out.device and residual.stride() == out.stride()))
+            and not needs_grad(x, conv, bn, residual)
+            and all(t is None or t.device == out.device for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias))):
+        if scale is None:
+            with torch.no_grad():
+                scale, shift = bn_scale_shift(bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias, None,
+                                              torch.promote_types(conv.weight.dtype, torch.float32))
+        return scale_shift_act_(out, scale, shift, residual, relu)
+    out = bn(out)
+    if residual is not None:
+        out += residual
+    return torch.relu_(out) if relu else out
 
 
 def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: Optional[Tensor] = None,

@@ -337,7 +337,7 @@ def test_frozen_keeps_a_bounded_number_of_packed_weights():
             x = torch.randn(1, 3, size, size)
             assert rel_err(ours(x), tv(x)) < TOL
     folds = resnet_ext.engine.frozen.folds_of(ours)
-    assert max(len(f.packed) for f in folds.values()) <= resnet_ext.engine.frozen._PACKED_LIMIT
+    assert max(len(f.packed) for f in folds.values()) <= cpu.PACKED_LIMIT
 
 
 # ------------------------------------------------------------------------------------------------------------

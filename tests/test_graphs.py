@@ -1,4 +1,4 @@
-"""CUDA graphs of the frozen mode (resnet_ext.engine.graphs, `freeze(model, cuda_graphs=True)`): the host-side logic on
+"""CUDA graphs of the frozen mode (resnet_ext.engine.cuda, `freeze(model, cuda_graphs=True)`): the host-side logic on
 the CPU (when a forward may replay, the cache, the switch, invalidation, pickling); replay against eager on CUDA."""
 import copy
 import pickle
@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 import resnet_ext
-from resnet_ext.engine import graphs, state
+from resnet_ext.engine import cuda, state
 from conftest import randomize_bn, rel_err, requires_cuda
 
 
@@ -27,28 +27,28 @@ def test_eager_reason_names_each_precondition():
     model = frozen_model()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert graphs.eager_reason(model, x) == "not a CUDA input"  # every check before the device passes
-        assert graphs.eager_reason(model, x.double()).startswith("hooks, swapped modules or an input")
-        assert graphs.eager_reason(model, torch.randn(2, 5, 32, 32)).startswith("hooks, swapped modules")
+        assert cuda.eager_reason(model, x) == "not a CUDA input"  # every check before the device passes
+        assert cuda.eager_reason(model, x.double()).startswith("hooks, swapped modules or an input")
+        assert cuda.eager_reason(model, torch.randn(2, 5, 32, 32)).startswith("hooks, swapped modules")
         h = model.layer2[0].conv1.register_forward_hook(lambda m, a, o: None)
-        assert graphs.eager_reason(model, x).startswith("hooks, swapped modules")
+        assert cuda.eager_reason(model, x).startswith("hooks, swapped modules")
         h.remove()
         model.layer1[0].relu = nn.ReLU6()
-        assert graphs.eager_reason(model, x).startswith("hooks, swapped modules")
-    assert graphs.eager_reason(model, x) == "gradients may be needed"  # grad mode, parameters that want grads
+        assert cuda.eager_reason(model, x).startswith("hooks, swapped modules")
+    assert cuda.eager_reason(model, x) == "gradients may be needed"  # grad mode, parameters that want grads
 
 
 def test_cache_keeps_the_most_recent_signatures():
-    cache = graphs.GraphCache()
-    for i in range(graphs.LIMIT + 3):
+    cache = cuda.GraphCache()
+    for i in range(cuda.LIMIT + 3):
         cache.put((i,), f"entry {i}")
-    assert len(cache.entries) == graphs.LIMIT
+    assert len(cache.entries) == cuda.LIMIT
     assert cache.get((0,)) is None and cache.get((3,)) == "entry 3"
     cache.put((99,), "new")  # 3 was used last: 4 is the oldest now
     assert cache.get((4,)) is None and cache.get((3,)) == "entry 3"
     a, b = torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8).contiguous(memory_format=torch.channels_last)
-    assert graphs.signature(a) != graphs.signature(b) != graphs.signature(a.half())
-    assert graphs.signature(a) == graphs.signature(torch.randn(1, 3, 8, 8))
+    assert cuda.signature(a) != cuda.signature(b) != cuda.signature(a.half())
+    assert cuda.signature(a) == cuda.signature(torch.randn(1, 3, 8, 8))
 
 
 def test_switch_invalidation_and_pickling():
@@ -59,7 +59,7 @@ def test_switch_invalidation_and_pickling():
         resnet_ext.freeze(model, cuda_graphs="yes")
     for change in (lambda m: m.float(), lambda m: m.load_state_dict(m.state_dict()), lambda m: m.train().eval(),
                    lambda m: resnet_ext.freeze(m, cuda_graphs=True)):
-        st.graphs = graphs.GraphCache()  # stands for captured graphs, which hold the folds' memory
+        st.graphs = cuda.GraphCache()  # stands for captured graphs, which hold the folds' memory
         change(model)
         assert st.graphs is None  # whatever drops the folds drops the graphs
     again = pickle.loads(pickle.dumps(model))
@@ -116,7 +116,7 @@ def test_replay_equals_eager_for_every_signature(dtype):
                 assert torch.equal(y, ref), (n, size, cl, call, rel_err(y, ref))
                 assert counts.get("cuda_graph_replays") == 1, counts
     st = state.of(graphed)
-    assert len(st.graphs.entries) == 4 and all(isinstance(e, graphs.Graph) for e in st.graphs.entries.values())
+    assert len(st.graphs.entries) == 4 and all(isinstance(e, cuda.Graph) for e in st.graphs.entries.values())
 
 
 @requires_cuda
@@ -169,7 +169,7 @@ def test_two_models_do_not_interfere_and_eager_where_required():
         assert "cuda_graph_replays" not in counts and not torch.equal(y, ya)  # the hook ran
         h.remove()
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            assert graphs.eager_reason(a, x) == "autocast"
-        assert graphs.eager_reason(a, x) is None
+            assert cuda.eager_reason(a, x) == "autocast"
+        assert cuda.eager_reason(a, x) is None
     y, counts = _counts(lambda: a(x))  # grad mode: eager
     assert "cuda_graph_replays" not in counts

@@ -1,19 +1,22 @@
-"""The execution engine: the one entry from the models (`forward(model, x)` for a ResNet, `block(b, x)` for a
-block called on its own or through the module path) and the choice of how a forward runs.
+"""The execution engine: the one entry from the models (`enabled(m, x)`, then `forward(model, x)` for a ResNet,
+`block(b, x)` for a block called on its own or through the module path) and the choice of how a forward runs.
 
-    __init__   which path a forward takes (this file)
-    structure  a stock model recorded once as a sequence of units, and `run`: a forward as that flat sequence,
-               each unit as a plan says
-    cpu, cuda  the plans per device: CPU default (BN unfolded as torchvision computes it, GEMM units) and frozen
-               (prepacked oneDNN, Winograd) plans; CUDA's fused-unit plan (opt-in, `switches.on_cuda`)
-    units      the per-unit path: when a conv + BN (+ add) (+ ReLU) unit may run fused, folding, the module path
-    frozen     the frozen mode's folds; graphs: its CUDA graphs (opt-in); state: the one per-model state object
+    __init__   which path a forward takes (this file), and the module path
+    cpu, cuda  the engine per device, each running a stock model's eval forward as its recorded units in one flat
+               sequence of calls on its own plan: CPU default (BN unfolded as torchvision computes it, GEMM units)
+               and frozen (prepacked oneDNN, Winograd) plans; CUDA's fused-unit plan (opt-in, `switches.on_cuda`)
+               and the frozen mode's CUDA graphs of it (opt-in)
+    structure  a stock model recorded once as a sequence of units, and whether it still is what was recorded
+    units      the per-unit path (hooks, swapped modules, tracing, training): when a conv + BN (+ add) (+ ReLU)
+               unit may run fused, folding, train-mode BN
+    frozen     the frozen mode's folds; state: the one per-model state object
 
-A ResNet's forward goes, in this order, to: the frozen mode's CUDA graphs; on CUDA (opt-in) the fused-unit plan;
-on the CPU in eval mode the CPU plans; else the module path, unit by unit (`units.unit`: fused where the modules
-are the stock ones, else through them), with this forward's BN folds (or, on the CPU, scales and shifts)
-computed once for the whole model (`forward_state`). Whatever cannot be proven unchanged from torchvision runs
-through the modules.
+The units themselves are ops (`resnet_ext.ops`: the fused op, oneDNN's convolutions, BN applied unfolded). A
+ResNet's forward goes, in this order, to: the frozen mode's CUDA graphs; on CUDA (opt-in) the fused-unit plan; on
+the CPU in eval mode the CPU plans; else the module path, unit by unit (`units.unit`: fused where the modules are
+the stock ones, else through them), with this forward's BN folds (or, on the CPU, scales and shifts) computed once
+for the whole model (`forward_state`). Whatever cannot be proven unchanged from torchvision runs through the
+modules.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..switches import on_cuda
-from . import cpu, cuda, frozen, graphs, units
+from . import cpu, cuda, frozen, units
 from . import state as _state
 from .state import serves  # noqa: F401  (the models' ResNet registers itself)
 
@@ -103,11 +106,11 @@ def forward(model: nn.Module, x: Tensor) -> Tensor:
 
 
 def _forward(model: nn.Module, x: Tensor) -> Tensor:
-    if (x.is_cuda and graphs.wanted(model)
+    if (x.is_cuda and cuda.wanted(model)
             and not (model.training or torch.compiler.is_compiling() or torch.jit.is_tracing())):
         folds = frozen_folds(model)
         if folds is not None:
-            out = graphs.forward(model, x, folds, lambda t: _frozen_units(model, t, folds))
+            out = cuda.forward_graphs(model, x, folds)
             if out is not None:
                 return out
     if x.is_cuda and x.dim() == 4 and (not model.training or units.train_fused(x)):
@@ -132,12 +135,6 @@ def _forward(model: nn.Module, x: Tensor) -> Tensor:
             return out
     with units.forward_state(forward_state(model, x)):
         return module_path(model, x)
-
-
-def _frozen_units(model: nn.Module, x: Tensor, folds) -> Tensor:
-    """The eager frozen forward on CUDA, which `graphs` captures."""
-    with units.forward_state(units.Forward(folds)):
-        return module_path(model, x.contiguous(memory_format=torch.channels_last))
 
 
 def module_path(model: nn.Module, x: Tensor) -> Tensor:
@@ -171,5 +168,5 @@ def forward_state(model: nn.Module, x: Tensor) -> Optional[units.Forward]:
         return units.Forward({p: units.Affine(sc, sh) for p, sc, sh in zip(pairs, scales, shifts)})
     grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters()))
     with torch.set_grad_enabled(grad):
-        folded = units.fold_pairs(pairs, channels_last=units.wants_channels_last(x))
+        folded = units.fold_pairs(pairs, channels_last=ops.wants_channels_last(x))
     return units.Forward({(conv, bn): f for (conv, bn), f in zip(pairs, folded)})

@@ -1,6 +1,8 @@
-"""The CPU's plans for `structure.run`: the default mode (every BN read afresh and applied unfolded, as
-torchvision computes it; a channels_last 1x1 conv whose weight outweighs its output as one GEMM) and the frozen
-mode (BN folded once, weights prepacked for oneDNN per input size, 3x3 stride-1 convs by Winograd where it pays).
+"""The CPU engine: a stock model's eval forward as its recorded units (`structure.Structure`) in one flat sequence
+of calls (`run`), each unit as the plan for this input says. Two plan policies: the default mode (every BN read
+afresh and applied unfolded, as torchvision computes it; a channels_last 1x1 conv whose weight outweighs its output
+as one GEMM) and the frozen mode (BN folded once, weights prepacked for oneDNN per input size, 3x3 stride-1 convs
+by Winograd where it pays). Also the memory reuse every CPU forward of the engine runs inside.
 """
 from __future__ import annotations
 
@@ -11,13 +13,15 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor, nn
 
+from .. import ops
 from .._C_loader import _C
 from ..switches import cpu_winograd
 from . import state as _state
-from . import units
-from .structure import CACHE_LIMIT, GEMM, UNFOLDED, WINO, Unit, run, structure
+from . import structure, units
+from .structure import Unit
 
 _DTYPES = (torch.float32, torch.bfloat16)
+CACHE_LIMIT = 8   # plans (per input shape, dtype and layout) kept per model
 
 
 @contextlib.contextmanager
@@ -59,7 +63,7 @@ def memory_stats() -> dict:
 
 
 def gemm_pays(u: Unit, x: Tensor) -> bool:
-    """Whether a 1x1 conv runs faster as `_gemm` than through oneDNN (which reorders the weight on every call
+    """Whether a 1x1 conv runs faster as `gemm_unit` than through oneDNN (which reorders the weight on every call
     unless it is prepacked) for a channels_last input: where the weight outweighs the output, the input channels
     being at least twice the output pixels. Measured on a 2-core AVX-512 machine (benchmarks/cpu_gemm_units.py,
     fp32 GEMM on oneDNN's matmul): every resnet50 1x1 shape this picks is 1.24-3.83x faster than the convolution at
@@ -69,7 +73,7 @@ def gemm_pays(u: Unit, x: Tensor) -> bool:
     with a bias (the unit's shift is BN's alone: the bias belongs to the conv's output)."""
     conv = u.conv
     if (conv.kernel_size != (1, 1) or conv.groups != 1 or conv.padding != (0, 0) or conv.bias is not None
-            or not units.wants_channels_last(x)):
+            or not ops.wants_channels_last(x)):
         return False
     out_pixels = x.shape[0] * (-(-x.shape[2] // conv.stride[0])) * (-(-x.shape[3] // conv.stride[1]))
     return conv.in_channels >= 2 * out_pixels
@@ -87,7 +91,7 @@ def winograd_pays(u: Unit, x: Tensor) -> bool:
     2.5x slower) and 1.2-2.2x at batch 8. `resnet_ext.cpu_winograd(False)` turns it off."""
     conv = u.conv
     if (not cpu_winograd.on or conv.kernel_size != (3, 3) or u.geometry != ((1, 1), (1, 1), (1, 1), 1)
-            or x.dtype != torch.float32 or not units.wants_channels_last(x)
+            or x.dtype != torch.float32 or not ops.wants_channels_last(x)
             or conv.in_channels % 16 or conv.out_channels % 16):
         return False
     return x.shape[0] * (-(-x.shape[2] // 4)) * (-(-x.shape[3] // 4)) >= WINOGRAD_MIN_TILES
@@ -102,7 +106,7 @@ def internal_layout(x: Tensor) -> Tensor:
     in the default mode (2-core AVX-512 machine, fp32, 224x224 NCHW input and weights): batch 1 0.97x -> 0.76x
     torchvision, batch 2 1.19x -> 1.12x, batch 4 1.13x -> 1.34x, batch 8 0.97x -> 1.40x: oneDNN's channels_last
     convolutions are faster, but reorder NCHW weights on every call, which only a large batch amortizes."""
-    if x.shape[0] * x.shape[2] * x.shape[3] >= CL_PIXELS and not units.wants_channels_last(x):
+    if x.shape[0] * x.shape[2] * x.shape[3] >= CL_PIXELS and not ops.wants_channels_last(x):
         return x.contiguous(memory_format=torch.channels_last)
     return x
 
@@ -115,11 +119,117 @@ def usable(x: Tensor) -> bool:
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Running a plan
+# --------------------------------------------------------------------------------------------------------------
+
+def gemm_unit(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor]) -> Tensor:
+    """relu?(bn(conv(x)) (+ residual)) for a 1x1 conv as one GEMM on the conv's own weight, BN as the per-channel
+    scale and shift on the output: no weight copy at all, where oneDNN would reorder the whole weight on every
+    call. Channels_last input and output."""
+    sh, sw = u.conv.stride
+    if sh != 1 or sw != 1:
+        x = x[:, :, ::sh, ::sw]
+    n, c, h, w = x.shape
+    k = u.conv.out_channels
+    wm = u.conv.weight.reshape(k, c).contiguous()  # a view of a contiguous or channels_last 1x1 weight, else a copy
+    # x is channels_last (gemm_pays), so (n*h*w, c) rows; the output (n*h*w, k) is channels_last too.
+    rows = x.permute(0, 2, 3, 1).reshape(-1, c)
+    if rows.dtype == torch.float32:
+        # oneDNN's matmul on the plain weight: 1.6-2.9x torch.mm (MKL's sgemm) on resnet50's 1x1 shapes here
+        # (200-400 vs 120-185 GFLOP/s, 2-core AVX-512 AMD; benchmarks/results/2026-12-03-cpu-gemm-units/).
+        out = torch.ops.mkldnn._linear_pointwise.default(rows, wm, None, "none", [], "")
+    else:
+        out = torch.mm(rows, wm.t())
+    y = out.view(n, h, w, k).permute(0, 3, 1, 2)
+    relu = u.relu or residual is not None
+    if out.dtype == torch.float32 and (residual is None or residual.stride() == y.stride()):
+        return ops.scale_shift_act_(y, scale, shift, residual, relu)  # BN as ATen computes it, add, ReLU: one pass
+    out.mul_(scale).add_(shift)
+    if residual is not None:
+        out.add_(residual.permute(0, 2, 3, 1).reshape(-1, k))
+    if relu:
+        out.relu_()
+    return y
+
+
+# A unit's `wb`: (folded weight, bias), run by oneDNN (prepacked for the input size: frozen mode); or (GEMM or
+# UNFOLDED, scale, shift) (default mode); or (WINO, transformed weight, bias) (frozen mode).
+GEMM, UNFOLDED, WINO = "gemm", "unfolded", "winograd"
+
+
+def _conv(u: Unit, x: Tensor, wb) -> Tensor:
+    """relu?(bn(conv(x)))."""
+    if wb[0] is WINO:
+        return ops.winograd3x3(x, wb[1], wb[2], None, u.relu)
+    if wb[0] is UNFOLDED:
+        return ops.unfolded_unit(u.conv, u.bn, x, wb[1], wb[2], u.relu)
+    if wb[0] is GEMM:
+        return gemm_unit(u, x, wb[1], wb[2], None)
+    return torch.ops.mkldnn._convolution_pointwise.default(x, wb[0], wb[1], *u.args, "relu" if u.relu else "none",
+                                                           [], "")
+
+
+def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
+    """relu(bn(conv(y)) + residual); a oneDNN one is written into `residual` (which only this forward holds)."""
+    if wb[0] is WINO:
+        return ops.winograd3x3(y, wb[1], wb[2], residual, True)
+    if wb[0] is UNFOLDED:
+        return ops.unfolded_unit(u.conv, u.bn, y, wb[1], wb[2], True, residual)
+    if wb[0] is GEMM:
+        return gemm_unit(u, y, wb[1], wb[2], residual)
+    if not ops.onednn_add_fuses(y, wb[0]):
+        out = torch.ops.mkldnn._convolution_pointwise.default(y, wb[0], wb[1], *u.args, "none", [], "")
+        return ops.add_act_(out, residual, True)
+    return torch.ops.mkldnn._convolution_pointwise_.binary(residual, y, wb[0], wb[1], *u.args, "add", 1.0, "relu",
+                                                            [], "")
+
+
+def _maxpool(pool: nn.Module, x: Tensor) -> Tensor:
+    """pool(x); an NCHW x goes through channels_last and back: the same maxima, but ATen's NCHW max pooling is far
+    slower (the stem's 64x112x112 at batch 1 on 2 threads: 3.1 ms NCHW, 0.58 ms with both copies)."""
+    if x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last):
+        return pool(x.contiguous(memory_format=torch.channels_last)).contiguous()
+    return pool(x)
+
+
+def run(model: nn.Module, s: structure.Structure, x: Tensor, wb, fc_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """The forward, with `wb(unit, x)` giving each unit's `wb` (see `_conv`), in the order of `s.units`; the pooled
+    features cast to `fc_dtype` if given (freeze(dtype=torch.bfloat16): fc in the model's fp32)."""
+    x = _maxpool(model.maxpool, _conv(s.stem, x, wb(s.stem, x)))
+    for head, ds, tail in s.blocks:
+        y = x
+        for u in head:
+            y = _conv(u, y, wb(u, y))
+        residual = x if ds is None else _conv(ds, x, wb(ds, x))
+        x = _tail(tail, y, residual, wb(tail, y))
+        del y, residual  # free the block's buffers now, for the next block's allocations (hot in cache)
+    x = torch.flatten(model.avgpool(x), 1)
+    return model.fc(x if fc_dtype is None else x.to(fc_dtype))
+
+
+PACKED_LIMIT = 8  # prepacked weights kept per frozen unit (one per input size and geometry)
+
+
+def packed_weight(fold, conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """A frozen fold's weight prepacked for oneDNN for this input size and the conv's geometry (packed once, kept
+    in the fold's `packed`)."""
+    key = (tuple(x.shape[1:]), conv.padding, conv.stride, conv.dilation, conv.groups)
+    w = fold.packed.get(key)
+    if w is None:
+        if len(fold.packed) >= PACKED_LIMIT:  # each input size holds a whole copy of the weights
+            fold.packed.clear()
+        with torch.inference_mode(False), torch.no_grad(), reused_memory(False):  # kept with the model
+            w = fold.packed[key] = torch.ops.mkldnn._reorder_convolution_weight(
+                fold.weight, *ops.onednn_args(conv), list(x.shape))
+    return w
+
+
 def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) -> Optional[Tensor]:
     """The frozen model's forward on prepacked weights, or None where the flat forward does not apply."""
     if not usable(x):
         return None
-    s = structure(model, x)
+    s = structure.of(model, x.dtype, x.shape[1])
     if s is None:
         return None
     st = _state.of(model)
@@ -148,7 +258,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
             if winograd_pays(u, y) and fold.weight.dtype == torch.float32:
                 program.append((WINO, fold.winograd_weight(), fold.bias))
             else:
-                program.append((fold.packed_for(u.conv, y), fold.bias))
+                program.append((packed_weight(fold, u.conv, y), fold.bias))
             return program[-1]
 
         out = run(model, s, x, wb, fc_dtype)
@@ -167,11 +277,11 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
 def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
     """The default mode's forward, every BN read afresh and applied as torchvision applies it, unfolded: each unit
     is the stock conv then BN (its fp32 scale and shift, all units' in one batch), residual add and ReLU in one
-    pass (`units.unfolded_unit`), or, for a channels_last 1x1 conv whose weight outweighs its output, one GEMM on the
+    pass (`ops.unfolded_unit`), or, for a channels_last 1x1 conv whose weight outweighs its output, one GEMM on the
     unreordered weight (`gemm_pays`); None where the flat forward does not apply (a gradient may be needed, ...)."""
     if not usable(x) or torch.is_grad_enabled():
         return None
-    s = structure(model, x)
+    s = structure.of(model, x.dtype, x.shape[1])
     if s is None:
         return None
     plans = _state.of(model).flat_plans  # per input, which units run as a GEMM (shapes only, never stale)

@@ -16,15 +16,14 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from . import cpu
 from . import state as _state
 from . import units
-from .cpu import reused_memory
-
-_PACKED_LIMIT = 8               # prepacked weights kept per unit (one per input size and geometry)
 
 
 class FrozenUnit:
-    """The frozen fold of one (conv, bn): the weight and bias, and per input size the oneDNN-prepacked weight."""
+    """The frozen fold of one (conv, bn): the weight and bias, and per input size the oneDNN-prepacked weight
+    (`packed`, filled by `cpu.packed_weight`)."""
 
     __slots__ = ("bn", "param", "bias_param", "weight", "bias", "packed", "winograd")
 
@@ -36,7 +35,7 @@ class FrozenUnit:
     def winograd_weight(self) -> Tensor:
         """The folded weight transformed for `ops.winograd3x3` (made once)."""
         if self.winograd is None:  # kept with the model: not from the forwards' reused memory
-            with torch.inference_mode(False), torch.no_grad(), reused_memory(False):
+            with torch.inference_mode(False), torch.no_grad(), cpu.reused_memory(False):
                 self.winograd = ops.winograd_weight(self.weight)
         return self.winograd
 
@@ -44,28 +43,16 @@ class FrozenUnit:
         """Whether this fold is of these modules and parameter objects (a replaced weight or bias has none)."""
         return bn is self.bn and conv.weight is self.param and conv.bias is self.bias_param
 
-    def packed_for(self, conv: nn.Conv2d, x: Tensor) -> Tensor:
-        """The folded weight prepacked for oneDNN for this input size and the conv's geometry (packed once)."""
-        key = (tuple(x.shape[1:]), conv.padding, conv.stride, conv.dilation, conv.groups)
-        w = self.packed.get(key)
-        if w is None:
-            if len(self.packed) >= _PACKED_LIMIT:  # each input size holds a whole copy of the weights
-                self.packed.clear()
-            with torch.inference_mode(False), torch.no_grad(), reused_memory(False):  # kept with the model
-                w = self.packed[key] = torch.ops.mkldnn._reorder_convolution_weight(
-                    self.weight, *units.onednn_args(conv), list(x.shape))
-        return w
-
     def run(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool,
             residual: Optional[Tensor]) -> Optional[Tensor]:
         """The unit's output from the frozen fold, or None where the fold no longer belongs to these modules."""
         if not self.belongs_to(conv, bn) or x.dtype != self.weight.dtype:
             return None
-        if units.onednn_ok(x, self.weight, self.bias, residual):
-            w = self.packed_for(conv, x)
+        if ops.onednn_ok(x, self.weight, self.bias, residual):
+            w = cpu.packed_weight(self, conv, x)
             units.count("onednn_prepacked")
-            return units.onednn_conv(x, w, self.bias, conv, relu, residual)
-        return units.conv_bn_act(x, self.weight, self.bias, residual, conv.stride, conv.padding, conv.dilation,
+            return ops.onednn_conv(x, w, self.bias, conv, relu, residual)
+        return ops.conv_bn_act(x, self.weight, self.bias, residual, conv.stride, conv.padding, conv.dilation,
                                   relu, conv.groups)
 
 
@@ -78,7 +65,7 @@ def freeze(model: nn.Module, *, dtype: Optional[torch.dtype] = None, cuda_graphs
     the flat forward does not apply (hooks, swapped modules, gradients) the model runs in fp32 as unfrozen.
 
     `cuda_graphs=True` (CUDA; opt-in until verified on a GPU): each input signature's frozen forward is captured in
-    a CUDA graph on its first call and replayed after (`engine.graphs`)."""
+    a CUDA graph on its first call and replayed after (`engine.cuda`)."""
     if not _state.is_model(model):
         raise TypeError(f"freeze: expected a resnet_ext ResNet, got {type(model).__name__}")
     if not isinstance(cuda_graphs, bool):

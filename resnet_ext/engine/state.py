@@ -38,9 +38,9 @@ def is_block(m: nn.Module) -> bool:
 class ExtState:
     """`frozen`: False, True, or the compute dtype `freeze(model, dtype=...)` asked for; `cuda_graphs`: whether the
     frozen forward on CUDA replays graphs (`freeze(model, cuda_graphs=True)`). The caches: `graphs` (the
-    `graphs.GraphCache`, which holds the folds' memory), `folds` (the
+    `cuda.GraphCache`, which holds the folds' memory), `folds` (the
     frozen folds, `frozen.FrozenUnit` per conv), `programs` (the frozen flat forward's per-input programs on those
-    folds), `structure` (`flat.Structure`, what the flat forward recorded), `flat_plans` (the default flat forward's
+    folds), `structure` (`structure.Structure`, what the flat forward recorded), `flat_plans` (the default flat forward's
     per-input unit kinds). The last two depend on shapes and module identity only, never on weight values."""
 
     __slots__ = ("frozen", "cuda_graphs", "folds", "programs", "graphs", "structure", "flat_plans")

@@ -1,13 +1,10 @@
-"""The engine's core: a stock ResNet recorded once as a sequence of units (`Structure`), and `run`, which runs an
-eval forward as that flat sequence of calls, without the module tree in between, each unit as its plan says.
+"""A stock ResNet recorded once as a sequence of units (`Structure`), which the device engines (`cpu`, `cuda`) run
+as one flat sequence of calls, without the module tree in between, each unit as their plan for the input says.
 
-A plan gives each unit a `wb`: how it runs and on what (the unit kinds below). The device policies make them:
-`cpu` (the default mode's unfolded BN or GEMM units, the frozen mode's prepacked oneDNN or Winograd units) and
-`cuda` (one `conv_bn_act` call per unit on the folds). A plan runs only where nothing can observe the difference
-(`Structure.matches`): the model, every submodule and every conv/BN are torchvision's stock types in eval mode,
+A plan runs only where nothing can observe the difference (`Structure.matches`): the model, every submodule and every conv/BN are torchvision's stock types in eval mode,
 in the structure they had when it was recorded, none has a hook or a forward set on the instance, and no global
 hook, tracer, compiler or transform is active. Then no caller can hold a block's output except the next block,
-so a block's last oneDNN convolution adds its residual in place (oneDNN's sum post-op into the identity or the
+so a block's last convolution may add its residual in place (the CPU's oneDNN sum post-op into the identity or the
 downsample's output). Anything else runs the module-by-module path (`units`).
 """
 from __future__ import annotations
@@ -15,13 +12,12 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .. import ops
 from . import state as _state
 from . import units
 
-CACHE_LIMIT = 8   # plans (per input shape, dtype and layout) kept per model
 
 
 _MISSING = object()
@@ -34,7 +30,7 @@ class Unit:
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool):
         self.conv, self.bn, self.relu = conv, bn, relu
-        self.args = units.onednn_args(conv)
+        self.args = ops.onednn_args(conv)
         self.geometry = (conv.padding, conv.stride, conv.dilation, conv.groups)  # what `args` was made from
 
 
@@ -110,114 +106,13 @@ def stock(model: nn.Module) -> bool:
     return all(units.hookless(m) for m in model.modules())
 
 
-def structure(model: nn.Module, x: Tensor) -> Optional[Structure]:
+def of(model: nn.Module, dtype: torch.dtype, channels: int) -> Optional[Structure]:
     """The model's recorded structure if it still matches, else a new one if the model is stock, else None; None
-    also where `x` is not of the model's dtype and channels (the module path gives torchvision's errors)."""
+    also for an input not of the model's dtype and channels (the module path gives torchvision's errors)."""
     st = _state.of(model)
     s = st.structure
     if s is None or not s.matches(model):
         s = st.structure = Structure(model) if stock(model) else None
-    if s is None or x.dtype != s.stem.conv.weight.dtype or x.shape[1] != s.stem.conv.in_channels:
+    if s is None or dtype != s.stem.conv.weight.dtype or channels != s.stem.conv.in_channels:
         return None
     return s
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Running a plan
-# --------------------------------------------------------------------------------------------------------------
-
-def _gemm(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor]) -> Tensor:
-    """relu?(bn(conv(x)) (+ residual)) for a 1x1 conv as one GEMM on the conv's own weight, BN as the per-channel
-    scale and shift on the output: no weight copy at all, where oneDNN would reorder the whole weight on every
-    call. Channels_last input and output."""
-    sh, sw = u.conv.stride
-    if sh != 1 or sw != 1:
-        x = x[:, :, ::sh, ::sw]
-    n, c, h, w = x.shape
-    k = u.conv.out_channels
-    wm = u.conv.weight.reshape(k, c).contiguous()  # a view of a contiguous or channels_last 1x1 weight, else a copy
-    # x is channels_last (gemm_pays), so (n*h*w, c) rows; the output (n*h*w, k) is channels_last too.
-    rows = x.permute(0, 2, 3, 1).reshape(-1, c)
-    if rows.dtype == torch.float32:
-        # oneDNN's matmul on the plain weight: 1.6-2.9x torch.mm (MKL's sgemm) on resnet50's 1x1 shapes here
-        # (200-400 vs 120-185 GFLOP/s, 2-core AVX-512 AMD; benchmarks/results/2026-12-03-cpu-gemm-units/).
-        out = torch.ops.mkldnn._linear_pointwise.default(rows, wm, None, "none", [], "")
-    else:
-        out = torch.mm(rows, wm.t())
-    y = out.view(n, h, w, k).permute(0, 3, 1, 2)
-    relu = u.relu or residual is not None
-    if out.dtype == torch.float32 and (residual is None or residual.stride() == y.stride()):
-        return ops.scale_shift_act_(y, scale, shift, residual, relu)  # BN as ATen computes it, add, ReLU: one pass
-    out.mul_(scale).add_(shift)
-    if residual is not None:
-        out.add_(residual.permute(0, 2, 3, 1).reshape(-1, k))
-    if relu:
-        out.relu_()
-    return y
-
-
-# A unit's `wb`: (folded weight, bias), run by oneDNN; or (GEMM or UNFOLDED, scale, shift); or (WINO, transformed
-# weight, bias); or (FUSED, folded weight, bias), run by the conv_bn_act op (CUDA).
-GEMM, UNFOLDED, WINO, FUSED = "gemm", "unfolded", "winograd", "fused"
-
-
-def _fused(u: Unit, x: Tensor, wb, residual: Optional[Tensor], relu: bool) -> Tensor:
-    padding, stride, dilation, groups = u.args
-    return torch.ops.resnet_ext.conv_bn_act(x, wb[1], wb[2], residual, stride, padding, dilation, relu, groups)
-
-
-def _conv(u: Unit, x: Tensor, wb) -> Tensor:
-    """relu?(bn(conv(x)))."""
-    if wb[0] is FUSED:
-        return _fused(u, x, wb, None, u.relu)
-    if wb[0] is WINO:
-        return ops.winograd3x3(x, wb[1], wb[2], None, u.relu)
-    if wb[0] is UNFOLDED:
-        return units.unfolded_unit(u.conv, u.bn, x, wb[1], wb[2], u.relu)
-    if wb[0] is GEMM:
-        return _gemm(u, x, wb[1], wb[2], None)
-    return torch.ops.mkldnn._convolution_pointwise.default(x, wb[0], wb[1], *u.args, "relu" if u.relu else "none",
-                                                           [], "")
-
-
-def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
-    """relu(bn(conv(y)) + residual); a oneDNN one is written into `residual` (which only this forward holds)."""
-    if wb[0] is FUSED:
-        return _fused(u, y, wb, residual, True)
-    if wb[0] is WINO:
-        return ops.winograd3x3(y, wb[1], wb[2], residual, True)
-    if wb[0] is UNFOLDED:
-        return units.unfolded_unit(u.conv, u.bn, y, wb[1], wb[2], True, residual)
-    if wb[0] is GEMM:
-        return _gemm(u, y, wb[1], wb[2], residual)
-    if not units.onednn_add_fuses(y, wb[0]):
-        out = torch.ops.mkldnn._convolution_pointwise.default(y, wb[0], wb[1], *u.args, "none", [], "")
-        return units.add_act_(out, residual, True)
-    return torch.ops.mkldnn._convolution_pointwise_.binary(residual, y, wb[0], wb[1], *u.args, "add", 1.0, "relu",
-                                                            [], "")
-
-
-def _maxpool(pool: nn.Module, x: Tensor) -> Tensor:
-    """pool(x) (on CUDA `ops.max_pool`, which may run resnet_ext's NHWC kernel); an NCHW CPU x goes through
-    channels_last and back: the same maxima, but ATen's NCHW max pooling is far slower (the stem's 64x112x112 at
-    batch 1 on 2 threads: 3.1 ms NCHW, 0.58 ms with both copies)."""
-    if x.is_cuda:
-        return ops.max_pool(pool, x)
-    if x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last):
-        return pool(x.contiguous(memory_format=torch.channels_last)).contiguous()
-    return pool(x)
-
-
-def run(model: nn.Module, s: Structure, x: Tensor, wb, fc_dtype: Optional[torch.dtype] = None) -> Tensor:
-    """The forward, with `wb(unit, x)` giving each unit's `wb` (see `_conv`), in the order of `s.units`; the pooled
-    features cast to `fc_dtype` if given (freeze(dtype=torch.bfloat16): fc in the model's fp32)."""
-    x = _maxpool(model.maxpool, _conv(s.stem, x, wb(s.stem, x)))
-    for head, ds, tail in s.blocks:
-        y = x
-        for u in head:
-            y = _conv(u, y, wb(u, y))
-        residual = x if ds is None else _conv(ds, x, wb(ds, x))
-        x = _tail(tail, y, residual, wb(tail, y))
-        del y, residual  # free the block's buffers now, for the next block's allocations (hot in cache)
-    x = torch.flatten(model.avgpool(x), 1)
-    return model.fc(x if fc_dtype is None else x.to(fc_dtype))

@@ -15,7 +15,6 @@ import contextvars
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
@@ -314,102 +313,15 @@ def unfolds(x: Tensor) -> bool:
     return x.device.type == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
 
 
-def wants_channels_last(x: Tensor) -> bool:
-    """The folded weights' layout: channels_last on CUDA (the fused kernels are NHWC); on the CPU the input's own
-    (oneDNN runs a convolution in its weight's layout, and a layout change between layers costs a copy)."""
-    if x.dim() != 4:
-        return False
-    return x.is_cuda or (x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
-
-
-def _needs_grad(x: Tensor, conv: nn.Module, bn: nn.Module, residual: Optional[Tensor]) -> bool:
-    if not torch.is_grad_enabled():
-        return False
-    return (x.requires_grad or conv.weight.requires_grad or (residual is not None and residual.requires_grad)
-            or any(t is not None and t.requires_grad for t in (conv.bias, bn.weight, bn.bias)))
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Running one unit
 # --------------------------------------------------------------------------------------------------------------
-
-_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
-
-
-def onednn_ok(x: Tensor, w: Tensor, b: Tensor, residual: Optional[Tensor]) -> bool:
-    """oneDNN's fused convolution has no autograd: only where no gradient is wanted, and in eager mode (a
-    compiler or tracer sees the resnet_ext op)."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return False
-    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or b.requires_grad
-                                    or (residual is not None and residual.requires_grad)):
-        return False
-    return (x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES and w.dtype == x.dtype and x.dim() == 4
-            and x.numel() > 0 and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
-
-
-def onednn_args(conv: nn.Conv2d) -> tuple:
-    """The conv's geometry as ATen's mkldnn convolution ops take it: padding, stride, dilation, groups."""
-    return list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
-
-
-def onednn_conv(x: Tensor, w: Tensor, b: Tensor, conv: nn.Conv2d, relu: bool, residual: Optional[Tensor]) -> Tensor:
-    """relu?(conv(x, w) + b + residual) as one oneDNN convolution with fused post-ops (ATen's mkldnn ops, the
-    ones inductor uses after freezing); `w` may be a plain or a prepacked (opaque oneDNN) weight."""
-    mk = torch.ops.mkldnn
-    args = onednn_args(conv)
-    unary = "relu" if relu else "none"
-    if residual is None:
-        return mk._convolution_pointwise(x, w, b, *args, unary, [], "")
-    if not onednn_add_fuses(x, w):
-        return add_act_(mk._convolution_pointwise(x, w, b, *args, "none", [], ""), residual, relu)
-    return mk._convolution_pointwise.binary(x, residual, w, b, *args, "add", 1.0, unary, [], "")
-
-
-def onednn_add_fuses(x: Tensor, w: Tensor) -> bool:
-    """Whether oneDNN's convolution can take the residual add as a post-op. torch 2.14.1 runs an NCHW one (input
-    and weight both NCHW) as the convolution then ATen's add_relu, which has no bf16 kernel (an internal assert);
-    there the add and ReLU run as two in-place ops after the convolution, in torchvision's order."""
-    return x.dtype != torch.bfloat16 or any(
-        t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() for t in (x, w))
-
-
-def add_act_(out: Tensor, residual: Tensor, relu: bool) -> Tensor:
-    out += residual
-    return torch.relu_(out) if relu else out
-
 
 class Affine(NamedTuple):
     """A unit's BN as the per-channel (scale, shift) of `bn_affine_pairs(..., conv_bias=False)`, applied unfolded
     to the conv's output (its bias included) as torchvision computes it (CPU default mode)."""
     scale: Tensor
     shift: Tensor
-
-
-def unfolded_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, scale: Optional[Tensor], shift: Optional[Tensor],
-                  relu: bool, residual: Optional[Tensor] = None, shortcut=None) -> Tensor:
-    """relu?(bn(conv(x)) (+ residual)) with BN applied unfolded, as torchvision computes it: the stock conv, then
-    BN's fp32 per-channel scale and shift (`Affine`; computed here if not given), the residual add and the
-    ReLU in one in-place pass (`ops.scale_shift_act_`) where no gradient is wanted and the output is a dense float32
-    tensor the residual matches; else torchvision's BN, add and ReLU (their autograd, their errors). `shortcut()`,
-    if given, gives the residual after the conv, where torchvision calls the downsample. The one unfolded unit of
-    both CPU paths, the flat forward and the module path."""
-    out = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-    if shortcut is not None:
-        residual = shortcut()
-    if (out.dtype == torch.float32 and (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last))
-            and (residual is None or (residual.shape == out.shape and residual.dtype == out.dtype
-                                      and residual.device == out.device and residual.stride() == out.stride()))
-            and not _needs_grad(x, conv, bn, residual)
-            and all(t is None or t.device == out.device for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias))):
-        if scale is None:
-            with torch.no_grad():
-                (scale,), (shift,) = bn_affine_pairs([(conv, bn)], conv_bias=False)
-        return ops.scale_shift_act_(out, scale, shift, residual, relu)
-    out = bn(out)
-    if residual is not None:
-        out += residual
-    return torch.relu_(out) if relu else out
 
 
 def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residual: Optional[Tensor],
@@ -429,12 +341,12 @@ def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residu
     if (entry is None or isinstance(entry, Affine)) and unfolds(x):
         count("unfolded")
         scale, shift = entry if entry is not None else (None, None)
-        return unfolded_unit(conv, bn, x, scale, shift, relu, residual, shortcut)
+        return ops.unfolded_unit(conv, bn, x, scale, shift, relu, residual, shortcut)
     if shortcut is not None:
         residual = shortcut()
     if entry is None:
-        with contextlib.nullcontext() if _needs_grad(x, conv, bn, residual) else torch.no_grad():
-            entry = fold_pairs([(conv, bn)], channels_last=wants_channels_last(x))[0]
+        with contextlib.nullcontext() if ops.needs_grad(x, conv, bn, residual) else torch.no_grad():
+            entry = fold_pairs([(conv, bn)], channels_last=ops.wants_channels_last(x))[0]
     w, b = entry
     return conv_bn_act(x, w, b, residual, conv.stride, conv.padding, conv.dilation, relu, conv.groups)
 
