@@ -164,9 +164,9 @@ def forward_state(model: nn.Module, x: Tensor) -> Optional[units.Forward]:
         if len(homes) != 1:  # mixed devices or dtypes: each unit computes its own (or meets torchvision's error)
             return None
         with torch.no_grad():
-            scales, shifts = units.bn_affine_pairs(pairs, conv_bias=False)
+            scales, shifts = ops.bn_affine_pairs(pairs, conv_bias=False)
         return units.Forward({p: units.Affine(sc, sh) for p, sc, sh in zip(pairs, scales, shifts)})
     grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters()))
     with torch.set_grad_enabled(grad):
-        folded = units.fold_pairs(pairs, channels_last=ops.wants_channels_last(x))
+        folded = ops.fold_pairs(pairs, channels_last=ops.wants_channels_last(x))
     return units.Forward({(conv, bn): f for (conv, bn), f in zip(pairs, folded)})

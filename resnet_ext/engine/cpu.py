@@ -287,7 +287,7 @@ def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
     plans = _state.of(model).flat_plans  # per input, which units run as a GEMM (shapes only, never stale)
     key = (tuple(x.shape), x.dtype, x.stride())
     x = internal_layout(x)
-    scales, shifts = units.bn_affine_pairs([(u.conv, u.bn) for u in s.units], conv_bias=False)
+    scales, shifts = ops.bn_affine_pairs([(u.conv, u.bn) for u in s.units], conv_bias=False)
     affine = {id(u): (sc, sh) for u, sc, sh in zip(s.units, scales, shifts)}
     plan = plans.get(key)
     if plan is None or plan[0] is not s:  # learn on this call how each unit runs, from its input's shape

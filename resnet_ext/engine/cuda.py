@@ -70,7 +70,7 @@ def _frozen_wbs(s: structure.Structure, folds: Dict[nn.Module, object], dtype: t
 
 def forward_fused(model: nn.Module, x: Tensor, folds: Optional[Dict[nn.Module, object]]) -> Optional[Tensor]:
     """The eval forward with every unit one `conv_bn_act` call on a folded weight: the frozen folds if given, else
-    this forward's, all units folded now in one batch (`units.fold_pairs`, as the module path folds them). None
+    this forward's, all units folded now in one batch (`ops.fold_pairs`, as the module path folds them). None
     where this does not apply (a gradient may be wanted, the structure changed, folds that are not these modules').
     Runs on any device the op runs on (the CPU runs the op's stock composition); the models use it on CUDA."""
     if not usable_fused(x):
@@ -79,7 +79,7 @@ def forward_fused(model: nn.Module, x: Tensor, folds: Optional[Dict[nn.Module, o
     if s is None:
         return None
     if folds is None:
-        wbs = units.fold_pairs([(u.conv, u.bn) for u in s.units], channels_last=ops.wants_channels_last(x))
+        wbs = ops.fold_pairs([(u.conv, u.bn) for u in s.units], channels_last=ops.wants_channels_last(x))
     else:
         wbs = _frozen_wbs(s, folds, x.dtype)
         if wbs is None:

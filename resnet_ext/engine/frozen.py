@@ -138,7 +138,7 @@ def _fold(model: nn.Module) -> Dict[nn.Module, FrozenUnit]:
     dtype = compute_dtype(model)
     # Never inference tensors (folds made under inference_mode), which a later forward with gradients cannot use.
     with torch.inference_mode(False), torch.no_grad():
-        folded = units.fold_pairs(pairs, channels_last=True)
+        folded = ops.fold_pairs(pairs, channels_last=True)
         if dtype is not None:
             folded = [(w.to(dtype), b.to(dtype)) for w, b in folded]
     return {conv: FrozenUnit(conv, bn, w, b) for (conv, bn), (w, b) in zip(pairs, folded)}

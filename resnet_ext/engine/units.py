@@ -4,7 +4,7 @@ The contract (README, "Default and frozen modes"): a unit runs fused only when i
 ones (`nn.Conv2d` with zero padding, `nn.BatchNorm2d`, `nn.ReLU`) with no hooks of their own and no global module
 hooks, and only outside FX symbolic tracing and ONNX export; anything else runs that unit through its modules, in
 torchvision's order. In eval mode on CUDA (and in traced or compiled graphs) the BN is folded into the conv on
-every forward (one batched fold for the whole model, see `fold_pairs`); eager on the CPU it is applied unfolded,
+every forward (one batched fold for the whole model, see `ops.fold_pairs`); eager on the CPU it is applied unfolded,
 as torchvision computes it (`unfolds`); a frozen model (`resnet_ext.freeze`) uses folds computed once. In train
 mode the BN(+add)+ReLU is the stock composition or the fused op (`train_bn`).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -209,81 +209,6 @@ def reset_path_counts() -> None:
     _counts.clear()
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Folding
-# --------------------------------------------------------------------------------------------------------------
-
-Fold = Tuple[Tensor, Tensor]  # (folded weight, folded bias)
-
-
-def _affine_vectors(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]],
-                    conv_bias: bool = True) -> Tuple[Tensor, Tensor, List[int]]:
-    """Every pair's per-channel (scale, shift), bn(conv(x)) == conv(x) * scale + shift with conv(x) taken without
-    its bias (`conv_bias`: the shift holds it; else BN's alone, for a conv output that has its bias), concatenated,
-    in at least fp32, computed in one pass over the concatenated statistics of all the BNs (`ops.bn_scale_shift`), and the
-    channel count of each pair. All pairs must share the conv weights' dtype and device. A handful of launches
-    whatever the depth: one cat and one cast per statistic (with a cast per tensor, some 300 launches, resnet50's
-    whole fold took 5.6 ms per forward on an H200, the GPU idle meanwhile)."""
-    conv0, _ = pairs[0]
-    dtype, device = conv0.weight.dtype, conv0.weight.device
-    acc = torch.promote_types(dtype, torch.float32)
-    sizes = [c.weight.shape[0] for c, _ in pairs]
-
-    def cat(tensors):
-        return (torch.cat(tensors) if len(tensors) > 1 else tensors[0]).to(acc)
-
-    def vec(getter, fill):
-        got = [getter(c, b) for c, b in pairs]
-        if all(t is None for t in got):  # e.g. no conv has a bias: one fill, not one per conv
-            return torch.full((sum(sizes),), fill, dtype=acc, device=device)
-        return cat([t if t is not None else torch.full((n,), fill, device=device) for t, n in zip(got, sizes)])
-
-    eps = {b.eps for _, b in pairs}
-    if len(eps) == 1:
-        eps = eps.pop()
-    else:
-        eps = torch.tensor([b.eps for _, b in pairs], dtype=acc, device=device).repeat_interleave(
-            torch.tensor(sizes, device=device))
-    scale, shift = ops.bn_scale_shift(cat([b.running_mean for _, b in pairs]), cat([b.running_var for _, b in pairs]),
-                                      eps, vec(lambda c, b: b.weight, 1.0), vec(lambda c, b: b.bias, 0.0),
-                                      vec(lambda c, b: c.bias if conv_bias else None, 0.0), acc)
-    return scale, shift, sizes
-
-
-def bn_affine_pairs(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]],
-                    conv_bias: bool = True) -> Tuple[List[Tensor], List[Tensor]]:
-    """Each pair's per-channel (scale, shift), bn(conv(x)) == conv(x) * scale + shift, in at least fp32 (see
-    `_affine_vectors`; `conv_bias=False`: BN's own, for a conv output that has its bias, as ATen computes it)."""
-    scale, shift, sizes = _affine_vectors(pairs, conv_bias)
-    return list(scale.split(sizes)), list(shift.split(sizes))
-
-
-def fold_pairs(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]], channels_last: bool) -> List[Fold]:
-    """BN folded into each conv of `pairs`, batched: the per-channel scale and shift of every BN are computed in
-    one pass (`bn_affine_pairs`), then one multiply per weight writes the folded weight in the layout the kernels
-    want. Differentiable when grad mode is on."""
-    if not pairs:
-        return []
-    dtype, device = pairs[0][0].weight.dtype, pairs[0][0].weight.device
-    if any(c.weight.dtype != dtype or c.weight.device != device for c, _ in pairs):
-        return [fold_pairs([p], channels_last)[0] for p in pairs]  # mixed dtypes/devices: one at a time
-    scale, shift, sizes = _affine_vectors(pairs)
-    scales, shifts = scale.split(sizes), shift.to(dtype).split(sizes)  # one cast for all the biases
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    weights = []
-    # Under torch.compile the out= form below is a graph break (torch 2.11's dynamo: "non-contiguous out=", seen on
-    # an H200 for channels_last weights); the plain product is the same arithmetic and the compiler fuses it.
-    differentiable = torch.is_grad_enabled() or torch.compiler.is_compiling()
-    for (conv, _), s in zip(pairs, scales):
-        s = s.view(-1, 1, 1, 1)
-        if differentiable:
-            weights.append((conv.weight * s).to(dtype).contiguous(memory_format=fmt))
-        else:  # one kernel: multiply in fp32, store in the weight's dtype and the wanted layout
-            out = torch.empty_like(conv.weight, memory_format=fmt)
-            weights.append(torch.mul(conv.weight, s, out=out))
-    return list(zip(weights, shifts))
-
-
 class Forward:
     """The state of one model forward, set by ResNet.forward for the blocks it calls (a block called on its own
     folds its own units): `folds`, conv module -> Fold or frozen entry, computed in one batch."""
@@ -318,7 +243,7 @@ def unfolds(x: Tensor) -> bool:
 # --------------------------------------------------------------------------------------------------------------
 
 class Affine(NamedTuple):
-    """A unit's BN as the per-channel (scale, shift) of `bn_affine_pairs(..., conv_bias=False)`, applied unfolded
+    """A unit's BN as the per-channel (scale, shift) of `ops.bn_affine_pairs(..., conv_bias=False)`, applied unfolded
     to the conv's output (its bias included) as torchvision computes it (CPU default mode)."""
     scale: Tensor
     shift: Tensor
@@ -346,7 +271,7 @@ def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residu
         residual = shortcut()
     if entry is None:
         with contextlib.nullcontext() if ops.needs_grad(x, conv, bn, residual) else torch.no_grad():
-            entry = fold_pairs([(conv, bn)], channels_last=ops.wants_channels_last(x))[0]
+            entry = ops.fold_pairs([(conv, bn)], channels_last=ops.wants_channels_last(x))[0]
     w, b = entry
     return conv_bn_act(x, w, b, residual, conv.stride, conv.padding, conv.dilation, relu, conv.groups)
 
