@@ -431,14 +431,18 @@ def test_frozen_folds_made_under_inference_mode_serve_a_later_gradient():
     assert rel_err(xg.grad, xt.grad) < TOL
 
 
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad_mode"])
 @pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_input_gives_torchvisions_non_finite_output(frozen, bad):
-    """oneDNN's fused ReLU turns NaN into 0; a non-finite input runs torchvision's ops, so NaN stays NaN."""
+def test_non_finite_input_gives_torchvisions_non_finite_output(frozen, bad, grad):
+    """oneDNN's fused ReLU turns NaN into 0; a non-finite input runs BN unfolded after the stock conv, as
+    torchvision does, so NaN stays NaN (also in grad mode with frozen parameters, where the frozen folds apply)."""
     ours, tv = pair("resnet50", frozen)
+    for p in ours.parameters():
+        p.requires_grad_(False)
     x = torch.randn(2, 3, 64, 64)
     x[0, 1, 5, 7] = bad
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         ref, y = tv(x), ours(x)
     assert torch.equal(ref.isnan(), y.isnan()) and torch.equal(ref.isinf(), y.isinf())
     assert rel_err(y[1], ref[1]) < TOL

@@ -125,9 +125,13 @@ def _forward(model: nn.Module, x: Tensor) -> Tensor:
         folds = frozen_folds(model)
         if folds is not None:
             if not torch.jit.is_tracing() and x.is_floating_point() and not all_finite(x):
-                # oneDNN's fused ReLU turns NaN into 0 (as compile+freezing does); torchvision propagates it.
-                with units.stock_modules():
-                    return model._forward_impl(x)
+                # oneDNN's fused ReLU turns NaN into 0 (as compile+freezing does); torchvision propagates it, and
+                # so does the default mode (BN unfolded after the stock conv): this input runs that, not the folds.
+                out = cpu.forward_default(model, x)
+                if out is not None:
+                    return out
+                with units.forward_state(None):  # a gradient may be wanted: each unit unfolded on its own
+                    return module_path(model, x)
             out = cpu.forward_frozen(model, x, folds)
         else:
             out = cpu.forward_default(model, x)

@@ -35,24 +35,7 @@ def enabled() -> bool:
     if (torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.onnx.is_in_onnx_export()
             or torch._C._are_functorch_transforms_active()):
         return False
-    # The stock-modules switch is an eager-only context (a non-finite CPU input); torch 2.11's dynamo cannot trace
-    # ContextVar.get (2.14's can), so a compiled forward does not read it.
-    if not torch.compiler.is_compiling() and _STOCK.get():
-        return False
     return not any(getattr(_module, name, None) for name in _GLOBAL_HOOKS)
-
-
-_STOCK: contextvars.ContextVar[bool] = contextvars.ContextVar("resnet_ext_stock", default=False)
-
-
-@contextlib.contextmanager
-def stock_modules():
-    """Within: every module runs torchvision's own code (no fusion)."""
-    token = _STOCK.set(True)
-    try:
-        yield
-    finally:
-        _STOCK.reset(token)
 
 
 PATCHED = frozenset(("forward", "_conv_forward"))  # instance attributes that replace what a module computes
