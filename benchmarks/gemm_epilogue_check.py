@@ -1,17 +1,19 @@
-"""GPU check of the sm_90a GEMMs' fp32 scale/shift epilogue (#24 item 2; torch.ops.resnet_ext.gemm_sm90, experimental
-build): on every 1x1 stride-1 layer of resnet50 at batch 256 in bf16, the unfolded epilogue (16-bit weight, fp32
-scale and shift) first against an fp32 reference, then timed against the same kernel's folded epilogue (bias only)
-and against the stock unfolded composition (cuDNN's 1x1 conv, then BN's scale and shift in fp32, as torchvision
-computes it), with the residual and ReLU where the layer has them. One verdict line per layer and configuration.
-Usage: python benchmarks/gemm_epilogue_check.py   (an sm_90 GPU)."""
+"""GPU check of the sm_90a GEMMs' fp32 scale/shift epilogue (#24 item 2; conv_bn_act's scale and shift with each
+GEMM kernel forced, experimental build): on every 1x1 stride-1 layer of resnet50 at batch 256 in bf16, the unfolded
+epilogue (16-bit weight, fp32 scale and shift) first against an fp32 reference, then timed against the same
+kernel's folded epilogue (bias only) and against the stock unfolded composition (cuDNN's 1x1 conv, then BN's scale
+and shift in fp32, as torchvision computes it), with the residual and ReLU where the layer has them. One verdict
+line per layer and configuration. Usage: python benchmarks/gemm_epilogue_check.py   (an sm_90 GPU)."""
 import torch
 import torch.nn.functional as F
 from torch.utils import benchmark
 
 import resnet_ext
+from resnet_ext._C_loader import _C
 from resnet_ext.shapes import conv_shapes
 
 TOL = 1e-2  # bf16 output: the tests' bound (tests/test_cuda_gemm_sm90.py)
+CL = torch.channels_last
 
 
 def main() -> None:
@@ -19,39 +21,46 @@ def main() -> None:
     shapes = list(dict.fromkeys(s.with_batch(256) for s in conv_shapes("resnet50")
                                 if s.R == 1 and s.S == 1 and s.stride == 1 and s.groups == 1))
     g = torch.Generator(device="cuda").manual_seed(0)
+    op = resnet_ext.conv_bn_act
     for s in shapes:
-        m, n, k = s.N * s.H * s.W, s.K, s.C
-        a = torch.randn(m, k, device="cuda", generator=g).bfloat16()
-        w = (torch.randn(n, k, device="cuda", generator=g) * k ** -0.5).bfloat16()
-        scale = torch.rand(n, device="cuda", generator=g) + 0.5
-        shift = torch.randn(n, device="cuda", generator=g) * 0.2
+        x = torch.randn(s.N, s.C, s.H, s.W, device="cuda", generator=g).bfloat16().contiguous(memory_format=CL)
+        w = (torch.randn(s.K, s.C, 1, 1, device="cuda", generator=g) * s.C ** -0.5).bfloat16()
+        scale = torch.rand(s.K, device="cuda", generator=g) + 0.5
+        shift = torch.randn(s.K, device="cuda", generator=g) * 0.2
         bias = shift.bfloat16()  # the folded epilogue's operand (timing only)
-        r = torch.randn(m, n, device="cuda", generator=g).bfloat16() if s.residual else None
+        r = torch.randn(s.N, s.K, s.H, s.W, device="cuda", generator=g).bfloat16().contiguous(memory_format=CL) \
+            if s.residual else None
         relu = s.relu or r is not None
-        ref = (a.float() @ w.float().t()) * scale + shift + (r.float() if r is not None else 0)
+        ref = F.conv2d(x.float(), w.float()) * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+        ref = ref + (r.float() if r is not None else 0)
         ref = torch.relu(ref) if relu else ref
-        x4 = a.view(s.N, s.H, s.W, k).permute(0, 3, 1, 2)  # the same memory as an NHWC activation
-        w4 = w.view(n, k, 1, 1)
 
         def stock():  # cuDNN's conv, then BN's fp32 scale and shift, add, ReLU (torchvision's unfolded unit)
-            y = F.conv2d(x4, w4).float() * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+            y = F.conv2d(x, w).float() * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
             if r is not None:
-                y = y + r.view(s.N, s.H, s.W, n).permute(0, 3, 1, 2).float()
+                y = y + r.float()
             return (torch.relu(y) if relu else y).bfloat16()
 
         t_stock = benchmark.Timer("f()", globals={"f": stock}).blocked_autorange(min_run_time=0.2).median
-        op = torch.ops.resnet_ext.gemm_sm90
         for name in names:
-            y = op(name, a, w, None, scale, shift, r, relu)
-            err = ((y.float() - ref).norm() / ref.norm()).item()
-            tag = f"{s.name} {name}"
-            if not err <= TOL:
-                print(f"verdict gemm_epilogue {tag}: WRONG (rel err {err:.1e})")
-                continue
-            t_unf = benchmark.Timer("op(nm, a, w, None, sc, sh, r, relu)", globals=dict(
-                op=op, nm=name, a=a, w=w, sc=scale, sh=shift, r=r, relu=relu)).blocked_autorange(min_run_time=0.2).median
-            t_fold = benchmark.Timer("op(nm, a, w, b, None, None, r, relu)", globals=dict(
-                op=op, nm=name, a=a, w=w, b=bias, r=r, relu=relu)).blocked_autorange(min_run_time=0.2).median
+            _C.force_kernel(name)
+            try:
+                path, why = resnet_ext.explain(x, w, None, r, 1, 0, 1, relu, 1, scale, shift)
+                tag = f"{s.name} {name}"
+                if path != f"fused:{name}":
+                    print(f"verdict gemm_epilogue {tag}: NOT RUN ({path}: {why})")
+                    continue
+                y = op(x, w, None, r, 1, 0, 1, relu, scale=scale, shift=shift)
+                err = ((y.float() - ref).norm() / ref.norm()).item()
+                if not err <= TOL:
+                    print(f"verdict gemm_epilogue {tag}: WRONG (rel err {err:.1e})")
+                    continue
+                t_unf = benchmark.Timer("op(x, w, None, r, 1, 0, 1, relu, scale=sc, shift=sh)", globals=dict(
+                    op=op, x=x, w=w, sc=scale, sh=shift, r=r, relu=relu)).blocked_autorange(min_run_time=0.2).median
+                t_fold = benchmark.Timer("op(x, w, b, r, 1, 0, 1, relu)", globals=dict(
+                    op=op, x=x, w=w, b=bias, r=r, relu=relu)).blocked_autorange(min_run_time=0.2).median
+            finally:
+                _C.force_kernel("")
             print(f"verdict gemm_epilogue {tag}: {t_unf * 1e3:.3f} ms unfolded, {t_fold / t_unf:.2f}x the folded "
                   f"epilogue ({t_fold * 1e3:.3f} ms), {t_stock / t_unf:.2f}x stock cuDNN + fp32 BN "
                   f"({t_stock * 1e3:.3f} ms): {'faster' if t_unf < t_stock else 'SLOWER'} than stock; rel err {err:.1e}")

@@ -59,8 +59,10 @@ std::pair<std::string, std::string> explain(const at::Tensor& x, const at::Tenso
                                             const std::optional<at::Tensor>& bias,
                                             const std::optional<at::Tensor>& residual, std::vector<int64_t> stride,
                                             std::vector<int64_t> padding, std::vector<int64_t> dilation, bool relu,
-                                            int64_t groups) {
-  auto c = resnet_ext::choose_path(x, weight, bias, residual, stride, padding, dilation, relu, groups);
+                                            int64_t groups, const std::optional<at::Tensor>& scale,
+                                            const std::optional<at::Tensor>& shift) {
+  auto c =
+      resnet_ext::choose_path(x, weight, bias, residual, stride, padding, dilation, relu, groups, scale, shift);
   return {c.path, c.reason};
 }
 
@@ -76,6 +78,7 @@ ScalarKind scalar_kind_of(const std::string& dtype) {
 // A ConvProblem from a dict of shape facts, so kernel selection can be exercised without tensors or a GPU.
 // Operands are packed (NHWC/KRSC) at aligned addresses unless the dict says otherwise:
 //   channels_last=False (x NCHW), residual_channels_last=False, bias_stride=2, misaligned="x"|"weight"|...,
+//   scale_shift=True (the fp32 scale/shift epilogue),
 //   x_strides=[...] (logical NCHW order), sm, sm_count, device.
 ConvProblem problem_from_dict(const pybind11::dict& d) {
   auto get = [&](const char* k, int64_t dflt) { return d.contains(k) ? d[k].cast<int64_t>() : dflt; };
@@ -92,15 +95,16 @@ ConvProblem problem_from_dict(const pybind11::dict& d) {
   p.device = static_cast<int>(get("device", 0));
   p.dtype = scalar_kind_of(d.contains("dtype") ? d["dtype"].cast<std::string>() : "bfloat16");
   p.has_residual = flag("residual", false);
+  p.has_scale_shift = flag("scale_shift", false);
   p.relu = flag("relu", true);
   p.allow_tf32 = flag("allow_tf32", true);
-  p.cudnn_fused_ok = p.relu && flag("cudnn", true);
+  p.cudnn_fused_ok = p.relu && !p.has_scale_shift && flag("cudnn", true);  // as describe_cuda_call decides
   p.prefer_cudnn = d.contains("prefer_cudnn") ? d["prefer_cudnn"].cast<bool>() : resnet_ext::prefer_cudnn();
   TORCH_CHECK(p.compute_output_size(), "select_kernel: empty output for ", p.to_string());
   p.set_packed_operands();
   // Addresses: distinct, 256-byte aligned, as an allocator would give.
   uint64_t next = 1 << 20;
-  for (resnet_ext::Operand* o : {&p.x, &p.w, &p.bias, &p.residual, &p.y})
+  for (resnet_ext::Operand* o : {&p.x, &p.w, &p.bias, &p.residual, &p.y, &p.scale, &p.shift})
     if (o->present && o != &p.y) o->address = (next += 1 << 30);
   auto nchw = [](resnet_ext::Operand& o) {
     o.strides[3] = 1, o.strides[2] = o.sizes[3], o.strides[1] = o.sizes[2] * o.sizes[3];
@@ -117,7 +121,8 @@ ConvProblem problem_from_dict(const pybind11::dict& d) {
   if (d.contains("misaligned")) {
     const std::string which = d["misaligned"].cast<std::string>();
     resnet_ext::Operand* o = which == "x" ? &p.x : which == "weight" ? &p.w : which == "bias" ? &p.bias
-                             : which == "residual" ? &p.residual : which == "y" ? &p.y : nullptr;
+                             : which == "residual" ? &p.residual : which == "y" ? &p.y
+                             : which == "scale" ? &p.scale : which == "shift" ? &p.shift : nullptr;
     TORCH_CHECK(o != nullptr && o->present, "select_kernel: no operand ", which);
     o->address += 2;
   }
@@ -125,7 +130,7 @@ ConvProblem problem_from_dict(const pybind11::dict& d) {
 }
 
 // A fake kernel for dispatcher tests: {name, dtype, min_sm, max_sm, image_sm, arch_specific, verified (list of sm),
-// reject (reason or ""), score, workspace}.
+// reject (reason or ""), score, workspace, scale_shift}.
 FusedKernelInfo fake_kernel(const pybind11::dict& d) {
   FusedKernelInfo k;
   k.name = d["name"].cast<std::string>();
@@ -134,6 +139,7 @@ FusedKernelInfo fake_kernel(const pybind11::dict& d) {
   k.max_sm = d.contains("max_sm") ? d["max_sm"].cast<int>() : 1000;
   k.image.image_sm = d.contains("image_sm") ? d["image_sm"].cast<int>() : k.min_sm;
   k.image.arch_specific = d.contains("arch_specific") && d["arch_specific"].cast<bool>();
+  k.scale_shift = d.contains("scale_shift") && d["scale_shift"].cast<bool>();
   k.verified_sms = d.contains("verified") ? d["verified"].cast<std::vector<int>>() : std::vector<int>{80, 86, 89, 90};
   const std::string reject = d.contains("reject") ? d["reject"].cast<std::string>() : "";
   const int score = d.contains("score") ? d["score"].cast<int>() : 0;

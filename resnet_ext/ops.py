@@ -2,7 +2,9 @@
 composes from them and from ATen's oneDNN ops (the engine's one kernel interface in Python).
 
 `conv_bn_act(x, weight, bias, residual, stride, padding, dilation, relu, groups)` computes
-relu?(conv(x, weight) + bias + residual) with BatchNorm already folded into weight and bias (see `fold_bn`).
+relu?(conv(x, weight) + bias + residual) with BatchNorm already folded into weight and bias (see `fold_bn`); with
+`scale` and `shift` (fp32, one per output channel) it computes relu?(conv(x, weight) * scale + shift + bias +
+residual), BatchNorm applied in fp32 to the unfolded weight's sum.
 """
 from __future__ import annotations
 
@@ -94,13 +96,17 @@ def _conv_args(x: Tensor, weight: Tensor, residual: Optional[Tensor], stride, pa
 
 def conv_bn_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: Optional[Tensor] = None,
                 stride: IntPair = 1, padding: Union[IntPair, str] = 0, dilation: IntPair = 1, relu: bool = True,
-                groups: int = 1) -> Tensor:
+                groups: int = 1, scale: Optional[Tensor] = None, shift: Optional[Tensor] = None) -> Tensor:
     """relu?(conv2d(x, weight, bias, stride, padding, dilation, groups) + residual) in one op (one fused kernel
-    on CUDA where one applies, the stock ATen composition elsewhere). Differentiable. Takes the argument forms
-    F.conv2d takes (ints or 1/2-tuples, padding "same"/"valid", an unbatched x) and rejects what it rejects."""
+    on CUDA where one applies, the stock ATen composition elsewhere); with `scale` and `shift` (float32, one per
+    output channel, given together) relu?(conv2d(x, weight) * scale + shift + bias + residual), the scaling in fp32
+    on the convolution's sum (only kernels with that epilogue take it; elsewhere the convolution, then the epilogue
+    in fp32). Differentiable. Takes the argument forms F.conv2d takes (ints or 1/2-tuples, padding "same"/"valid",
+    an unbatched x) and rejects what it rejects."""
     x, residual, stride, padding, dilation, groups, unbatched = _conv_args(x, weight, residual, stride, padding,
                                                                            dilation, groups)
-    y = torch.ops.resnet_ext.conv_bn_act(x, weight, bias, residual, stride, padding, dilation, relu, groups)
+    y = torch.ops.resnet_ext.conv_bn_act(x, weight, bias, residual, stride, padding, dilation, relu, groups, scale,
+                                         shift)
     return y.squeeze(0) if unbatched else y
 
 
@@ -166,7 +172,7 @@ def winograd3x3(x: Tensor, u: Tensor, bias: Tensor, residual: Optional[Tensor], 
 
 
 @torch.library.register_fake("resnet_ext::conv_bn_act")
-def _conv_bn_act_fake(x, weight, bias, residual, stride, padding, dilation, relu, groups=1):
+def _conv_bn_act_fake(x, weight, bias, residual, stride, padding, dilation, relu, groups=1, scale=None, shift=None):
     # The checks of check_conv_bn_act_args (csrc/ops/conv_bn_act.cpp), in its order and with its messages.
     stride, padding, dilation = (_expand_pair(n, v) for n, v in
                                  (("stride", stride), ("padding", padding), ("dilation", dilation)))
@@ -204,6 +210,18 @@ def _conv_bn_act_fake(x, weight, bias, residual, stride, padding, dilation, relu
         torch._check(bias.dim() == 1 and bias.shape[0] == k,
                      lambda: f"conv_bn_act: bias must have shape [{k}] (one per output channel), got "
                              f"{list(bias.shape)}")
+    torch._check((scale is None) == (shift is None),
+                 lambda: "conv_bn_act: scale and shift must be given together (the per-channel fp32 epilogue), got "
+                         f"only {'scale' if scale is not None else 'shift'}")
+    for name, t in (("scale", scale), ("shift", shift)):
+        if t is not None:
+            torch._check(t.device == x.device,
+                         lambda: f"conv_bn_act: {name} must be on x's device ({x.device}), got {t.device}")
+            torch._check(t.dtype == torch.float32,
+                         lambda: f"conv_bn_act: {name} must be float32 (applied to the fp32 sum), got {t.dtype}")
+            torch._check(t.dim() == 1 and t.shape[0] == k,
+                         lambda: f"conv_bn_act: {name} must have shape [{k}] (one per output channel), got "
+                                 f"{list(t.shape)}")
     p = conv_output_size(h, r, stride[0], padding[0], dilation[0])
     q = conv_output_size(w, s, stride[1], padding[1], dilation[1])
     torch._check(p > 0 and q > 0,
@@ -218,7 +236,8 @@ def _conv_bn_act_fake(x, weight, bias, residual, stride, padding, dilation, relu
 
 
 def _conv_bn_act_setup_context(ctx, inputs, output):
-    x, weight, bias, residual, stride, padding, dilation, relu, groups = inputs
+    x, weight, bias, residual, stride, padding, dilation, relu, groups, *rest = inputs
+    scale, shift = rest if rest else (None, None)
     # Dilation along a 1-tap kernel dimension changes nothing (and crashes oneDNN for some strides; see
     # conv_bn_act_stock in csrc/ops/conv_bn_act.cpp).
     dilation = [1 if k == 1 else d for k, d in zip(weight.shape[2:], _expand_pair("dilation", dilation))]
@@ -226,23 +245,31 @@ def _conv_bn_act_setup_context(ctx, inputs, output):
     ctx.relu = relu
     ctx.has_bias = bias is not None
     ctx.has_residual = residual is not None
-    ctx.save_for_backward(x, weight, output if relu else None)
+    ctx.save_for_backward(x, weight, output if relu else None, scale)
 
 
 def _conv_bn_act_backward(ctx, grad):
-    x, weight, out = ctx.saved_tensors
+    x, weight, out, scale = ctx.saved_tensors
     stride, padding, dilation, groups = ctx.conv
     if ctx.relu:
         grad = grad * (out > 0)  # the ReLU mask, read off the saved output
     need = ctx.needs_input_grad
-    gx = gw = None
+    gx = gw = gscale = gshift = None
+    # With scale and shift: d/d(conv) is grad * scale; d/dscale the sum of grad * conv(x, weight), recomputed.
+    gconv = grad if scale is None else (grad * scale.view(1, -1, 1, 1)).to(grad.dtype)
     if need[0] or need[1]:
         gx, gw, _ = torch.ops.aten.convolution_backward(
-            grad, x, weight, None, stride, padding, dilation, False, [0, 0], groups, [need[0], need[1], False])
+            gconv, x, weight, None, stride, padding, dilation, False, [0, 0], groups, [need[0], need[1], False])
     # The bias gradient directly (ATen's convolution_backward returns zeros for it when x has no channels).
     gb = grad.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
     gres = grad if ctx.has_residual and need[3] else None
-    return gx, gw, gb, gres, None, None, None, None, None
+    if scale is not None and len(need) > 9:
+        if need[9]:
+            conv = torch.ops.aten.convolution(x, weight, None, stride, padding, dilation, False, [0, 0], groups)
+            gscale = (grad.float() * conv.float()).sum((0, 2, 3))
+        if need[10]:
+            gshift = grad.float().sum((0, 2, 3))
+    return gx, gw, gb, gres, None, None, None, None, None, gscale, gshift
 
 
 torch.library.register_autograd("resnet_ext::conv_bn_act", _conv_bn_act_backward,
@@ -452,12 +479,12 @@ def unfolded_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, scale: Optiona
 
 def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: Optional[Tensor] = None,
             stride: IntPair = 1, padding: Union[IntPair, str] = 0, dilation: IntPair = 1, relu: bool = True,
-            groups: int = 1) -> tuple[str, str]:
+            groups: int = 1, scale: Optional[Tensor] = None, shift: Optional[Tensor] = None) -> tuple[str, str]:
     """Which path `conv_bn_act` takes with these arguments, and why: ("fused:<kernel>", "cudnn_fused" or "stock",
     reason). Runs no kernel; asks the same dispatcher, with the same operands, as the call itself."""
     x, residual, stride, padding, dilation, groups, _ = _conv_args(x, weight, residual, stride, padding, dilation,
                                                                    groups)
-    return _C.explain(x, weight, bias, residual, stride, padding, dilation, relu, groups)
+    return _C.explain(x, weight, bias, residual, stride, padding, dilation, relu, groups, scale, shift)
 
 
 def path_counts() -> dict:

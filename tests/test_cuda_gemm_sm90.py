@@ -10,7 +10,7 @@ Without a GPU:
 On a Hopper GPU (pytest.mark.cuda; skipped elsewhere): every such shape of resnet50/101 x {bf16, fp16} x batch
 {1, 7, 64} x {no residual, residual}, each GEMM kernel forced, outputs NaN-poisoned before each launch, against an
 fp32 reference of stock ops; explain() and path_counts() name the forced kernel; the ReLU/identity x residual/none
-epilogue variants; the fp32 scale/shift epilogue (#24) through the experimental gemm_sm90 op on every such shape."""
+epilogue variants; the fp32 scale/shift epilogue (#24) through conv_bn_act's scale and shift on every such shape."""
 import os
 import re
 import shutil
@@ -413,40 +413,52 @@ def test_relu_keeps_nan_like_torch(gpu_env):
         assert torch.isnan(y[0, :, 0, 0]).all() and not torch.isnan(y[0, :, 1:, :]).any(), name
 
 
-# ---- the fp32 scale/shift epilogue (#24), through the experimental torch.ops.resnet_ext.gemm_sm90 entry -----------
+# ---- the fp32 scale/shift epilogue (#24): conv_bn_act's scale and shift, each GEMM kernel forced ------------------
 
 def _scale_shift_case(s, dtype, residual, with_bias, seed):
-    """A, B, bias, fp32 scale and shift, residual of the 1x1 layer `s` as a GEMM, and the fp32 reference."""
+    """x (NHWC), the unfolded 1x1 weight, bias, fp32 scale and shift, residual of the layer `s`, and the fp32
+    reference relu-less: conv(x, w) * scale + shift (+ bias) (+ residual)."""
     g = torch.Generator(device="cuda").manual_seed(seed)
-    m, n, k = s.N * s.H * s.W, s.K, s.C
-    a = torch.randn(m, k, device="cuda", generator=g).to(dtype)
-    b = (torch.randn(n, k, device="cuda", generator=g) * k ** -0.5).to(dtype)  # the unfolded weight
-    scale = torch.rand(n, device="cuda", generator=g) * 1.5 + 0.25
-    shift = torch.randn(n, device="cuda", generator=g) * 0.2
-    bias = (torch.randn(n, device="cuda", generator=g) * 0.1).to(dtype) if with_bias else None
-    r = torch.randn(m, n, device="cuda", generator=g).to(dtype) if residual else None
-    ref = (a.float() @ b.float().t()) * scale + shift
+    x = torch.randn(s.N, s.C, s.H, s.W, device="cuda", generator=g).to(dtype).contiguous(memory_format=CL)
+    w = (torch.randn(s.K, s.C, 1, 1, device="cuda", generator=g) * s.C ** -0.5).to(dtype)
+    scale = torch.rand(s.K, device="cuda", generator=g) * 1.5 + 0.25
+    shift = torch.randn(s.K, device="cuda", generator=g) * 0.2
+    bias = (torch.randn(s.K, device="cuda", generator=g) * 0.1).to(dtype) if with_bias else None
+    r = torch.randn(s.N, s.K, s.H, s.W, device="cuda", generator=g).to(dtype).contiguous(memory_format=CL) \
+        if residual else None
+    ref = torch.nn.functional.conv2d(x.float(), w.float()) * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
     if bias is not None:
-        ref = ref + bias.float()
+        ref = ref + bias.float().view(1, -1, 1, 1)
     if r is not None:
         ref = ref + r.float()
-    return a, b, bias, scale, shift, r, ref
+    return x, w, bias, scale, shift, r, ref
+
+
+def _forced_scale_shift(name, x, w, bias, scale, shift, r, relu):
+    _C.force_kernel(name)
+    path, reason = resnet_ext.explain(x, w, bias, r, 1, 0, 1, relu, 1, scale, shift)
+    assert path == f"fused:{name}", (path, reason)
+    resnet_ext.reset_path_counts()
+    y = resnet_ext.conv_bn_act(x, w, bias, r, 1, 0, 1, relu, scale=scale, shift=shift)
+    torch.cuda.synchronize()
+    assert resnet_ext.path_counts().get(f"fused:{name}") == 1, resnet_ext.path_counts()
+    return y
 
 
 @pytest.mark.cuda
 @requires_hopper
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_fp32_scale_shift_epilogue_matches_fp32_reference(dtype, residual):
-    """act(scale * (A B^T) + shift (+ R)) with fp32 scale and shift, every configuration, every 1x1 layer shape at
-    batch 1 and 7 (partial tiles), the output NaN-filled before the launch."""
+def test_fp32_scale_shift_epilogue_matches_fp32_reference(dtype, residual, gpu_env):
+    """act(conv(x, w) * scale + shift (+ R)) with fp32 scale and shift, every configuration, every 1x1 layer shape
+    at batch 1 and 7 (partial tiles), the output NaN-filled before the launch (gpu_env)."""
     tag = "bf16" if dtype == torch.bfloat16 else "f16"
     for s in GEMM_SHAPES:
         for batch in (1, 7):
-            a, b, bias, scale, shift, r, ref = _scale_shift_case(s.with_batch(batch), dtype, residual, False, batch)
+            x, w, bias, scale, shift, r, ref = _scale_shift_case(s.with_batch(batch), dtype, residual, False, batch)
             for name in _gemm_kernels(tag):
                 for relu in (False, True):
-                    y = torch.ops.resnet_ext.gemm_sm90(name, a, b, None, scale, shift, r, relu)
+                    y = _forced_scale_shift(name, x, w, None, scale, shift, r, relu)
                     want = torch.relu(ref) if relu else ref
                     assert not torch.isnan(y).any(), (name, s.name)
                     err = rel_err(y, want)
@@ -455,23 +467,27 @@ def test_fp32_scale_shift_epilogue_matches_fp32_reference(dtype, residual):
 
 @pytest.mark.cuda
 @requires_hopper
-def test_scale_shift_and_bias_compose_and_default_to_the_folded_epilogue():
+def test_scale_shift_and_bias_compose_and_default_to_the_folded_epilogue(gpu_env):
     s = [t for t in GEMM_SHAPES if (t.H, t.C, t.K) == (28, 128, 512)][0].with_batch(7)
-    a, b, bias, scale, shift, r, ref = _scale_shift_case(s, torch.bfloat16, True, True, 5)
+    x, w, bias, scale, shift, r, ref = _scale_shift_case(s, torch.bfloat16, True, True, 5)
     for name in _gemm_kernels("bf16"):
-        y = torch.ops.resnet_ext.gemm_sm90(name, a, b, bias, scale, shift, r, True)
+        y = _forced_scale_shift(name, x, w, bias, scale, shift, r, True)
         assert rel_err(y, torch.relu(ref)) <= TOL[torch.bfloat16], name
         # no scale and no shift: the folded epilogue, acc + bias (+ R)
-        y0 = torch.ops.resnet_ext.gemm_sm90(name, a, b, bias, None, None, r, True)
-        want0 = torch.relu(a.float() @ b.float().t() + bias.float() + r.float())
+        _C.force_kernel(name)
+        y0 = resnet_ext.conv_bn_act(x, w, bias, r, 1, 0, 1, True)
+        want0 = torch.relu(torch.nn.functional.conv2d(x.float(), w.float(), bias.float()) + r.float())
         assert rel_err(y0, want0) <= TOL[torch.bfloat16], name
 
 
-@pytest.mark.skipif(not (resnet_ext.build_info()["cuda"] and resnet_ext.build_info()["experimental"]),
-                    reason="needs a CUDA build made with RESNET_EXT_EXPERIMENTAL=1")
-def test_gemm_sm90_entry_is_registered_for_cuda_only():
-    schema = str(torch.ops.resnet_ext.gemm_sm90.default._schema)
-    assert "Tensor? scale, Tensor? shift" in schema
-    with pytest.raises(NotImplementedError, match="CPU"):
-        torch.ops.resnet_ext.gemm_sm90(_gemm_kernels("bf16")[0], torch.empty(8, 8), torch.empty(8, 8), None, None,
-                                       None, None, True)
+@pytest.mark.cuda
+@requires_hopper
+def test_scale_shift_is_never_the_dispatchers_own_choice_nor_cudnns():
+    """Unforced, a scale/shift call runs no unverified kernel and not cuDNN's fused op (it has no per-channel
+    scale): the stock composition, with the epilogue in fp32."""
+    s = [t for t in GEMM_SHAPES if (t.H, t.C, t.K) == (28, 128, 512)][0].with_batch(2)
+    x, w, bias, scale, shift, r, ref = _scale_shift_case(s, torch.bfloat16, True, False, 1)
+    path, reason = resnet_ext.explain(x, w, None, r, 1, 0, 1, True, 1, scale, shift)
+    assert path == "stock", (path, reason)
+    y = resnet_ext.conv_bn_act(x, w, None, r, 1, 0, 1, True, scale=scale, shift=shift)
+    assert rel_err(y, torch.relu(ref)) <= TOL[torch.bfloat16]

@@ -106,10 +106,28 @@ def test_images_decide_which_archs_a_kernel_runs_on():
     assert _C.parse_cuda_images("8.0;9.0a;8.6+PTX") == "sm_80 sm_90a sm_86 compute_86"
 
 
+def test_scale_shift_problems_take_only_kernels_with_that_epilogue():
+    """#24 item 2: a call with fp32 scale and shift runs a kernel whose epilogue takes them, by no other source
+    either (forced, tuned, table); cuDNN's fused op has no per-channel scale, so the fallback is the stock path."""
+    epi = dict(VERIFIED, name="e_bf16", scale_shift=True, score=0)
+    kernel, reason, path, *_ = choose(dict(scale_shift=True))
+    assert kernel == "" and path == "stock" and "no fp32 scale/shift epilogue" in reason
+    assert choose(dict(scale_shift=True), kernels=(VERIFIED, BETTER, epi))[0] == "e_bf16"
+    assert choose(dict(scale_shift=True, cudnn=True, relu=True), kernels=(VERIFIED,))[2] == "stock"
+    for source in ("forced", "tuned", "table"):
+        kernel, reason, *_ = choose(dict(scale_shift=True), **{source: "w_bf16"})
+        assert kernel == "" and "no fp32 scale/shift epilogue" in reason, source
+    # The scale and shift operands are checked like every other.
+    for over, why in ((dict(misaligned="scale"), "scale's data pointer"), (dict(misaligned="shift"), "shift's")):
+        assert why in choose(dict(scale_shift=True, **over), kernels=(epi,))[1], over
+    assert choose(kernels=(epi,))[0] == "e_bf16"  # and the kernel takes plain problems too
+
+
 def test_autotune_cache_key_covers_the_whole_problem():
     base = _C.problem_key(LAYER)
     for over in (dict(channels_last=False), dict(misaligned="x"), dict(bias_stride=2), dict(allow_tf32=False),
-                 dict(sm=80), dict(sm_count=66), dict(device=1), dict(relu=False), dict(residual=True)):
+                 dict(sm=80), dict(sm_count=66), dict(device=1), dict(relu=False), dict(residual=True),
+                 dict(scale_shift=True)):
         assert _C.problem_key({**LAYER, **over}) != base, over
     assert _C.problem_key(dict(LAYER)) == base
 
@@ -258,6 +276,23 @@ def test_few_channel_kernels_take_convs_on_fewer_than_4_channels_only_and_are_op
                     assert why in _C.kernel_can_implement(name, {**d, **over}), (name, over)
             for s in shapes[1:]:
                 assert _C.kernel_can_implement(names[0], problem(s, dtype, sm)) != "", s.name
+
+
+@cuda_build
+def test_sm90_gemms_are_the_only_kernels_with_the_scale_shift_epilogue():
+    """Of this build's kernels only the sm90 GEMMs take a scale/shift problem (1x1 stride 1), by force only
+    (unverified); every other kernel refuses it, so without force it runs the stock composition."""
+    layer = [s for s in conv_shapes("resnet50", 64) if s.R == 1 and s.stride == 1 and s.C == 256][0]
+    for dtype, tag in (("bfloat16", "bf16"), ("float16", "f16")):
+        d = problem(layer, dtype, 90, scale_shift=True)
+        kernel, reason, path, *_ = _C.select_kernel(d)
+        assert kernel == "" and path == "stock", reason
+        gemms = _kernels(f"sm90_gemm_{tag}_")
+        assert gemms
+        for name in gemms:
+            assert _C.select_kernel(d, forced=name)[0] == name
+        for name in _kernels(f"sm80_{tag}_"):
+            assert _C.select_kernel(d, forced=name)[0] == ""
 
 
 @cuda_build

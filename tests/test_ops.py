@@ -447,3 +447,96 @@ def test_import_from_a_checkout_refuses_a_stale_installed_extension(tmp_path):
         assert str(site) not in out.stdout and "_C" in out.stdout, out.stdout
     else:
         assert "built from other sources (build id 0123456789abcdef" in out.stderr, out.stderr[-2000:]
+
+
+# ---- the fp32 scale/shift epilogue: relu?(conv(x, w) * scale + shift + bias + residual) ---------------------------
+
+def _scale_shift(k, dtype=torch.float32, requires_grad=False):
+    scale = (torch.rand(k, dtype=dtype) * 1.5 + 0.25).requires_grad_(requires_grad)
+    shift = (torch.randn(k, dtype=dtype) * 0.2).requires_grad_(requires_grad)
+    return scale, shift
+
+
+def scale_shift_reference(x, w, b, r, scale, shift, stride, padding, dilation, relu, groups):
+    y = F.conv2d(x.double(), w.double(), None, stride, padding, dilation, groups)
+    y = y * scale.double().view(1, -1, 1, 1) + shift.double().view(1, -1, 1, 1)
+    if b is not None:
+        y = y + b.double().view(1, -1, 1, 1)
+    if r is not None:
+        y = y + r.double()
+    return F.relu(y) if relu else y
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("residual,relu,bias", [(False, True, False), (True, True, True), (True, False, False)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_scale_shift_matches_float64_reference(case, residual, relu, bias, channels_last):
+    (x, w, b, r), (s, p, d, g) = make_case(case, channels_last=channels_last, bias=bias, residual=residual)
+    scale, shift = _scale_shift(w.shape[0])
+    y = conv_bn_act(x, w, b, r, s, p, d, relu, g, scale=scale, shift=shift)
+    ref = scale_shift_reference(x, w, b, r, scale, shift, s, p, d, relu, g)
+    assert y.shape == ref.shape and rel_err(y, ref) < 1e-5
+    fmt = torch.channels_last if channels_last and case[0] * case[2] * case[3] > 1 else torch.contiguous_format
+    assert y.is_contiguous(memory_format=fmt)
+    # Not the folded epilogue: a scale of 2 doubles what the conv gives, not the bias.
+    y2 = conv_bn_act(x, w, b, None, s, p, d, False, g, scale=torch.full_like(scale, 2.0), shift=torch.zeros_like(shift))
+    want = 2 * F.conv2d(x.double(), w.double(), None, s, p, d, g) + (0 if b is None else b.double().view(1, -1, 1, 1))
+    assert rel_err(y2, want) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_scale_shift_on_16_bit_inputs_keeps_x_dtype_and_fp32_scale(dtype):
+    (x, w, b, r), (s, p, d, g) = make_case(CASES[3], dtype=dtype, residual=True)
+    scale, shift = _scale_shift(w.shape[0])
+    y = conv_bn_act(x, w, b, r, s, p, d, True, g, scale=scale, shift=shift)
+    assert y.dtype == dtype
+    assert rel_err(y, scale_shift_reference(x, w, b, r, scale, shift, s, p, d, True, g)) < 2e-2
+
+
+def test_scale_shift_gradients_float64():
+    (x, w, b, r), (s, p, d, g) = make_case(CASES[4], dtype=torch.float64, residual=True, requires_grad=True)
+    scale, shift = _scale_shift(w.shape[0], dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():  # keep pre-activations away from the ReLU kink
+        pre = scale_shift_reference(x, w, b, r, scale, shift, s, p, d, False, g)
+        r.add_(torch.where(pre.abs() < 1e-3, 0.1, 0.0))
+    # float64 scale and shift are refused by the op (the epilogue is fp32): differentiate through a cast
+    f = lambda x, w, b, r, sc, sh: conv_bn_act(x, w, b, r, s, p, d, True, g, scale=sc.float(), shift=sh.float())
+    y = f(x, w, b, r, scale, shift)
+    y.sum().backward()
+    xs, ws, bs, rs, scs, shs = (t.detach().clone().requires_grad_() for t in (x, w, b, r, scale, shift))
+    scale_shift_reference(xs, ws, bs, rs, scs.float().double(), shs.float().double(), s, p, d, True, g).sum().backward()
+    for mine, ref in ((x, xs), (w, ws), (b, bs), (r, rs), (scale, scs), (shift, shs)):
+        assert rel_err(mine.grad, ref.grad) < 1e-5
+
+
+def test_scale_shift_opcheck():
+    (x, w, b, r), (s, p, d, g) = make_case(CASES[1], residual=True, requires_grad=True)
+    scale, shift = _scale_shift(w.shape[0], requires_grad=True)
+    torch.library.opcheck(torch.ops.resnet_ext.conv_bn_act.default, (x, w, b, r, s, p, d, True, g, scale, shift))
+
+
+@pytest.mark.parametrize("over,match", [
+    (dict(scale=torch.ones(16)), r"scale and shift must be given together.*only scale"),
+    (dict(shift=torch.ones(16)), r"scale and shift must be given together.*only shift"),
+    (dict(scale=torch.ones(16, dtype=torch.float64), shift=torch.ones(16)), r"scale must be float32"),
+    (dict(scale=torch.ones(16), shift=torch.ones(15)), r"shift must have shape \[16\]"),
+    (dict(scale=torch.ones(16, device="meta"), shift=torch.ones(16)), r"scale must be on x's device"),
+])
+def test_scale_shift_bad_input_names_the_argument(over, match):
+    a = {**_args(), "scale": None, "shift": None, **over}
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.resnet_ext.conv_bn_act(*a.values())
+    with pytest.raises(RuntimeError, match=match):
+        resnet_ext.explain(*a.values())
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    mode = FakeTensorMode()
+    fake = [mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for v in a.values()]
+    with mode, pytest.raises(RuntimeError, match=match):
+        torch.ops.resnet_ext.conv_bn_act(*fake)
+
+
+def test_scale_shift_explain_on_cpu():
+    (x, w, b, r), (s, p, d, g) = make_case(CASES[1])
+    scale, shift = _scale_shift(w.shape[0])
+    path, _ = resnet_ext.explain(x, w, b, r, s, p, d, True, g, scale, shift)
+    assert path == "stock"

@@ -44,11 +44,11 @@ KernelChoice autotune_problem(const ConvProblem& p, const ConvOperands& ops, con
     store_tuned_choice(p, best);
     return best;
   }
-  at::Tensor ref = conv_bn_act_stock(x, ops.w, ops.bias, ops.residual, c, relu);
+  at::Tensor ref = conv_bn_act_stock(x, ops.w, ops.bias, ops.residual, c, relu, ops.scale, ops.shift);
   at::Tensor ref32 = ref.to(at::kFloat);
   const double scale = std::max(ref32.abs().max().item<double>(), 1e-6);
   // The fallback (cuDNN's fused op where it applies, else the stock composition) is a candidate too.
-  float best_ms = time_ms([&] { conv_bn_act_fallback(p, x, ops.w, ops.bias, ops.residual, c, relu); });
+  float best_ms = time_ms([&] { conv_bn_act_fallback(p, ops, ops.w, ops.bias, c, relu); });
   std::string rejected;
   at::Tensor y = at::empty(c.out_size, x.options().memory_format(output_format(x)));
   for (const FusedKernelInfo* k : candidates) {

@@ -105,6 +105,8 @@ void ConvProblem::set_packed_operands() {
   bias = vector_operand(K);
   residual = has_residual ? packed_nhwc_operand(N, K, P, Q) : Operand{};
   y = packed_nhwc_operand(N, K, P, Q);
+  scale = has_scale_shift ? vector_operand(K) : Operand{};
+  shift = has_scale_shift ? vector_operand(K) : Operand{};
 }
 
 int64_t ConvProblem::max_operand_bytes() const {
@@ -121,7 +123,8 @@ std::string ConvProblem::to_string() const {
          " K=" + to_string(K) + " R=" + to_string(R) + " S=" + to_string(S) + " stride=" + to_string(stride_h) +
          "x" + to_string(stride_w) + " pad=" + to_string(pad_h) + "x" + to_string(pad_w) +
          " dil=" + to_string(dil_h) + "x" + to_string(dil_w) + " groups=" + to_string(groups) +
-         " dtype=" + scalar_kind_name(dtype) + (has_residual ? " +residual" : "") + (relu ? " +relu" : "");
+         " dtype=" + scalar_kind_name(dtype) + (has_residual ? " +residual" : "") +
+         (has_scale_shift ? " +scale_shift" : "") + (relu ? " +relu" : "");
 }
 
 std::string ConvProblem::key() const {
@@ -136,6 +139,7 @@ std::string ConvProblem::key() const {
   };
   return to_string(device) + "|sm" + to_string(sm) + "x" + to_string(sm_count) + "|" + this->to_string() +
          "|x " + facts(x) + "|w " + facts(w) + "|b " + facts(bias) + "|r " + facts(residual) + "|y " + facts(y) +
+         "|s " + facts(scale) + "|t " + facts(shift) +
          "|tf32=" + to_string(allow_tf32) + " cudnn=" + to_string(cudnn_fused_ok) +
          " prefer_cudnn=" + to_string(prefer_cudnn);
 }

@@ -50,9 +50,14 @@ struct ConvProblem {
   ScalarKind dtype = ScalarKind::Float32;
   bool has_residual = false;
   bool relu = true;
+  // The epilogue scales the conv's fp32 sum per output channel before the bias: y = act(acc * scale + shift + bias
+  // (+ residual)), scale and shift fp32 [K] (BN applied to the unfolded weight's sum, #24). Only kernels whose
+  // FusedKernelInfo says `scale_shift` take such a problem.
+  bool has_scale_shift = false;
   // The tensors a fused kernel would be launched on: x and residual NHWC, w KRSC (a channels_last [K, C, R, S]
-  // tensor), bias [K] (the op passes zeros when the call has none), y NHWC (allocated by the op).
-  Operand x, w, bias, residual, y;
+  // tensor), bias [K] (the op passes zeros when the call has none), y NHWC (allocated by the op); scale and shift
+  // dense fp32 [K] where has_scale_shift.
+  Operand x, w, bias, residual, y, scale, shift;
   // Settings and the device.
   bool allow_tf32 = true;      // torch.backends.cudnn.allow_tf32
   bool cudnn_fused_ok = false;  // cuDNN's fused conv+bias+ReLU(+add) can run it (CUDA, cuDNN on, ReLU, non-empty)
@@ -88,6 +93,8 @@ struct ConvLaunchArgs {
   const void* w = nullptr;
   const void* bias = nullptr;
   const void* residual = nullptr;  // may be null
+  const float* scale = nullptr;    // [K] fp32 where problem.has_scale_shift, else null
+  const float* shift = nullptr;
   void* y = nullptr;
   void* workspace = nullptr;  // workspace_bytes() of the kernel for this problem, on the device
   size_t workspace_bytes = 0;
@@ -100,6 +107,8 @@ struct FusedKernelInfo {
   ScalarKind dtype = ScalarKind::Float32;
   int min_sm = 80, max_sm = 1000;  // device archs it is written for
   ImageRequirement image;
+  // Whether its epilogue takes the fp32 per-channel scale and shift (ConvProblem::has_scale_shift).
+  bool scale_shift = false;
   // Archs on which its output has been checked on a real GPU. The dispatcher's own choices (heuristic, measured
   // table) use a kernel only there; a forced kernel or the autotuner (which checks the output) may use it anywhere.
   std::vector<int> verified_sms;

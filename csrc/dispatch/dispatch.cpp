@@ -116,6 +116,8 @@ std::string operand_rejection(const ConvProblem& p) {
       {"bias", &p.bias, true, 1, {p.K, 0, 0, 0}, "contiguous (unit stride)"},
       {"residual", &p.residual, p.has_residual, 4, {p.N, p.K, p.P, p.Q}, nhwc},
       {"y", &p.y, true, 4, {p.N, p.K, p.P, p.Q}, nhwc},
+      {"scale", &p.scale, p.has_scale_shift, 1, {p.K, 0, 0, 0}, "contiguous (unit stride)"},
+      {"shift", &p.shift, p.has_scale_shift, 1, {p.K, 0, 0, 0}, "contiguous (unit stride)"},
   };
   for (const OperandSpec& s : specs) {
     const Operand& o = *s.o;
@@ -151,6 +153,7 @@ std::string common_rejection(const ConvProblem& p) {
 std::string kernel_rejection(const FusedKernelInfo& k, const ConvProblem& p, const std::vector<CudaImage>& images,
                              bool require_verified) {
   if (k.dtype != p.dtype) return std::string("a ") + scalar_kind_name(k.dtype) + " kernel";
+  if (p.has_scale_shift && !k.scale_shift) return "no fp32 scale/shift epilogue";
   if (p.sm <= 0) return "the device's arch is unknown";
   if (p.sm < k.min_sm || p.sm > k.max_sm)
     return "written for sm_" + std::to_string(k.min_sm) + " to sm_" + std::to_string(k.max_sm);

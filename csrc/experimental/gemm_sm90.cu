@@ -315,7 +315,8 @@ bool compiled() noexcept {
 // own choices (heuristic, measured table) never use them; force_kernel(name) and the autotuner (which compares each
 // candidate's output with the stock result) may. The conv's operands are already checked by the dispatcher
 // (common_rejection: dense NHWC / KRSC, 16-byte aligned, under 2 GiB), so the GEMM view is
-//   A = x [N*H*W, C] (lda = C), B = w [K, C] (ldb = C), R = residual and D = y [N*H*W, K] (ldr = ldd = K).
+//   A = x [N*H*W, C] (lda = C), B = w [K, C] (ldb = C), R = residual and D = y [N*H*W, K] (ldr = ldd = K);
+// the problem's fp32 scale and shift (conv_bn_act's scale/shift arguments) are the epilogue's.
 
 namespace resnet_ext {
 namespace {
@@ -326,7 +327,7 @@ namespace {
 const void* stand_in(int slot) { return reinterpret_cast<const void*>(uintptr_t(slot) << 44); }
 
 gemm_sm90::Problem gemm_problem(const ConvProblem& p, const void* x, const void* w, const void* bias,
-                                const void* residual, void* y) {
+                                const void* residual, void* y, const float* scale, const float* shift) {
   gemm_sm90::Problem g;
   g.dtype = p.dtype == ScalarKind::BFloat16 ? gemm_sm90::DType::BFloat16 : gemm_sm90::DType::Float16;
   g.m = p.N * p.H * p.W;
@@ -337,6 +338,8 @@ gemm_sm90::Problem gemm_problem(const ConvProblem& p, const void* x, const void*
   g.b = w;
   g.ldb = p.C;
   g.bias = bias;
+  g.scale = scale;
+  g.shift = shift;
   g.residual = residual;
   g.ldr = residual ? p.K : 0;
   g.d = y;
@@ -348,8 +351,10 @@ gemm_sm90::Problem gemm_problem(const ConvProblem& p, const void* x, const void*
 }
 
 gemm_sm90::Problem gemm_problem(const ConvProblem& p) {
+  const auto* scale = p.has_scale_shift ? static_cast<const float*>(stand_in(6)) : nullptr;
+  const auto* shift = p.has_scale_shift ? static_cast<const float*>(stand_in(7)) : nullptr;
   return gemm_problem(p, stand_in(1), stand_in(2), stand_in(3), p.has_residual ? stand_in(4) : nullptr,
-                      const_cast<void*>(stand_in(5)));
+                      const_cast<void*>(stand_in(5)), scale, shift);
 }
 
 std::string conv_rejection(const ConvProblem& p) {
@@ -408,8 +413,8 @@ struct GemmConvKernel {
     if (!why.empty()) return why;
     const char* reason = "";
     const gemm_sm90::Status s =
-        gemm_sm90::launch(I, gemm_problem(p, a.x, a.w, a.bias, a.residual, a.y), a.workspace, a.workspace_bytes,
-                          a.stream, &reason);
+        gemm_sm90::launch(I, gemm_problem(p, a.x, a.w, a.bias, a.residual, a.y, a.scale, a.shift), a.workspace,
+                          a.workspace_bytes, a.stream, &reason);
     if (s == gemm_sm90::Status::kSuccess) return "";
     return std::string(gemm_sm90::kConfigs[I].name) + ": " + gemm_sm90::status_string(s) + ": " + reason;
   }
@@ -422,6 +427,7 @@ struct GemmConvKernel {
     k.min_sm = 90;
     k.max_sm = 90;
     k.image = {90, true};  // wgmma/TMA: only in an sm_90a image
+    k.scale_shift = true;  // the EVT epilogue's fp32 per-channel scale and shift
     k.verified_sms = {};   // not yet checked on a Hopper GPU: the dispatcher never picks them on its own
     k.can_implement = &can_implement;
     k.score = &score;

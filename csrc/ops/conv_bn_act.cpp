@@ -40,7 +40,8 @@ std::atomic<bool> g_prefer_cudnn{true};
 
 ConvParams check_conv_bn_act_args(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                   const std::optional<at::Tensor>& residual, at::IntArrayRef stride,
-                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                  const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift) {
   ConvParams c;
   c.stride = expand_pair(stride, "stride");
   c.padding = expand_pair(padding, "padding");
@@ -72,6 +73,19 @@ ConvParams check_conv_bn_act_args(const at::Tensor& x, const at::Tensor& weight,
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == K, "conv_bn_act: bias must have shape [", K,
                 "] (one per output channel), got ", shape_str(*bias));
   }
+  TORCH_CHECK(scale.has_value() == shift.has_value(),
+              "conv_bn_act: scale and shift must be given together (the per-channel fp32 epilogue), got only ",
+              scale.has_value() ? "scale" : "shift");
+  for (const auto& [t, name] : {std::pair{&scale, "scale"}, std::pair{&shift, "shift"}}) {
+    if (!t->has_value()) continue;
+    const at::Tensor& v = **t;
+    TORCH_CHECK(v.device() == x.device(), "conv_bn_act: ", name, " must be on x's device (", x.device(), "), got ",
+                v.device());
+    TORCH_CHECK(v.scalar_type() == at::kFloat, "conv_bn_act: ", name,
+                " must be float32 (applied to the fp32 sum), got ", v.scalar_type());
+    TORCH_CHECK(v.dim() == 1 && v.size(0) == K, "conv_bn_act: ", name, " must have shape [", K,
+                "] (one per output channel), got ", shape_str(v));
+  }
   const int64_t P = conv_output_size(x.size(2), weight.size(2), c.stride[0], c.padding[0], c.dilation[0]);
   const int64_t Q = conv_output_size(x.size(3), weight.size(3), c.stride[1], c.padding[1], c.dilation[1]);
   TORCH_CHECK(P > 0 && Q > 0, "conv_bn_act: x's spatial size (", x.size(2), ", ", x.size(3),
@@ -100,15 +114,18 @@ at::Tensor in_output_layout(const at::Tensor& y, at::MemoryFormat fmt) {
 }
 
 at::Tensor conv_bn_act_stock(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                             const std::optional<at::Tensor>& residual, const ConvParams& c, bool relu) {
+                             const std::optional<at::Tensor>& residual, const ConvParams& c, bool relu,
+                             const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift) {
   // The output takes x's memory format whatever the backend prefers, so the fake kernel can promise it.
   const auto fmt = output_format(x);
+  // With scale and shift the bias comes after the scaling: the convolution runs without it.
+  const std::optional<at::Tensor> conv_bias = scale.has_value() ? std::nullopt : bias;
   at::Tensor y;
   if (x.size(1) == 0) {
     // No input channels: the convolution is the empty sum. (ATen's convolution returns 0 output channels here,
     // which would contradict the weight's K, the bias and the residual.)
     y = at::zeros(c.out_size, x.options().memory_format(fmt));
-    if (bias.has_value()) y.add_(bias->view({1, -1, 1, 1}));
+    if (conv_bias.has_value()) y.add_(conv_bias->view({1, -1, 1, 1}));
   } else {
     // Dilation along a 1-tap kernel dimension changes nothing, and passing it on crashes oneDNN's CPU convolution
     // for some strides (PyTorch 2.14: a segfault with a 1-wide kernel, dilation 3 and stride 3; found by
@@ -116,9 +133,19 @@ at::Tensor conv_bn_act_stock(const at::Tensor& x, const at::Tensor& weight, cons
     std::vector<int64_t> dilation = c.dilation;
     for (int i = 0; i < 2; ++i)
       if (weight.size(2 + i) == 1) dilation[i] = 1;
-    y = in_output_layout(at::convolution(x, weight, bias, c.stride, c.padding, dilation, /*transposed=*/false,
-                                         /*output_padding=*/{0, 0}, c.groups),
+    y = in_output_layout(at::convolution(x, weight, conv_bias, c.stride, c.padding, dilation,
+                                         /*transposed=*/false, /*output_padding=*/{0, 0}, c.groups),
                          fmt);
+  }
+  if (scale.has_value()) {
+    // The epilogue in fp32 on the convolution's output (rounded to x's dtype once there, as a stock BN reads it):
+    // y * scale + shift + bias + residual, then the ReLU, rounded once.
+    at::Tensor acc = y.scalar_type() == at::kFloat ? y : y.to(at::kFloat);
+    acc.mul_(scale->view({1, -1, 1, 1})).add_(shift->view({1, -1, 1, 1}));
+    if (bias.has_value()) acc.add_(bias->view({1, -1, 1, 1}));
+    if (residual.has_value()) acc.add_(*residual);
+    if (relu) acc.relu_();
+    return acc.scalar_type() == x.scalar_type() ? acc : in_output_layout(acc.to(x.scalar_type()), fmt);
   }
   if (residual.has_value()) y.add_(*residual);
   if (relu) y.relu_();
@@ -145,12 +172,15 @@ void reset_path_counts() {
 
 PathChoice choose_path(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                        const std::optional<at::Tensor>& residual, at::IntArrayRef stride, at::IntArrayRef padding,
-                       at::IntArrayRef dilation, bool relu, int64_t groups) {
-  const ConvParams c = check_conv_bn_act_args(x, weight, bias, residual, stride, padding, dilation, groups);
+                       at::IntArrayRef dilation, bool relu, int64_t groups, const std::optional<at::Tensor>& scale,
+                       const std::optional<at::Tensor>& shift) {
+  const ConvParams c =
+      check_conv_bn_act_args(x, weight, bias, residual, stride, padding, dilation, groups, scale, shift);
   if (!x.is_cuda()) return {"stock", "device " + x.device().str() + ": stock ATen composition (conv, add, relu)"};
 #ifdef RESNET_EXT_WITH_CUDA
   // The same operands, problem and dispatcher call as the CUDA kernel itself.
-  const Decision d = choose_cuda_path(describe_cuda_call(launch_operands(x, weight, bias, residual), c, relu));
+  const Decision d =
+      choose_cuda_path(describe_cuda_call(launch_operands(x, weight, bias, residual, scale, shift), c, relu));
   return {d.path, d.reason};
 #else
   return {"stock", "resnet_ext was built without CUDA kernels: stock ATen composition"};
@@ -161,9 +191,11 @@ namespace {
 
 at::Tensor conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            const std::optional<at::Tensor>& residual, at::IntArrayRef stride,
-                           at::IntArrayRef padding, at::IntArrayRef dilation, bool relu, int64_t groups) {
-  const ConvParams c = check_conv_bn_act_args(x, weight, bias, residual, stride, padding, dilation, groups);
-  at::Tensor y = conv_bn_act_stock(x, weight, bias, residual, c, relu);
+                           at::IntArrayRef padding, at::IntArrayRef dilation, bool relu, int64_t groups,
+                           const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift) {
+  const ConvParams c =
+      check_conv_bn_act_args(x, weight, bias, residual, stride, padding, dilation, groups, scale, shift);
+  at::Tensor y = conv_bn_act_stock(x, weight, bias, residual, c, relu, scale, shift);
   count_path("stock:" + x.device().str());  // counted once it ran: a failed call changes no state
   return y;
 }
@@ -173,7 +205,7 @@ at::Tensor conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight, const 
 TORCH_LIBRARY(resnet_ext, m) {
   m.def(
       "conv_bn_act(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, int[2] stride, int[2] padding, "
-      "int[2] dilation, bool relu, int groups=1) -> Tensor",
+      "int[2] dilation, bool relu, int groups=1, Tensor? scale=None, Tensor? shift=None) -> Tensor",
       {at::Tag::pt2_compliant_tag});
 }
 

@@ -1,4 +1,6 @@
-// resnet_ext::conv_bn_act: y = relu?(conv(x, weight) + bias (+ residual)), BN already folded into weight/bias.
+// resnet_ext::conv_bn_act: y = relu?(conv(x, weight) + bias (+ residual)), BN already folded into weight/bias; or,
+// with the optional fp32 scale and shift, y = relu?(conv(x, weight) * scale + shift + bias (+ residual)): BN applied
+// to the unfolded weight's sum (#24).
 // The op's contract between its files: conv_bn_act.cpp (schema, checks, stock composition, CPU kernel, counters),
 // conv_bn_act_cuda.cpp (CUDA kernel: operands -> dispatcher -> fused kernel or fallback), dispatch/autotune.cpp
 // and module.cpp (explain, counters).
@@ -27,7 +29,9 @@ struct ConvParams {
 // Validates every argument with an error that names it (the fake kernel in resnet_ext/ops.py mirrors it).
 ConvParams check_conv_bn_act_args(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                   const std::optional<at::Tensor>& residual, at::IntArrayRef stride,
-                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                  const std::optional<at::Tensor>& scale = std::nullopt,
+                                  const std::optional<at::Tensor>& shift = std::nullopt);
 
 // The output's memory format: x's suggested one (ATen's Tensor::suggest_memory_format, which the fake kernel in
 // ops.py reads as torch._prims_common.suggest_memory_format), with the strides at::empty gives it.
@@ -37,10 +41,13 @@ std::vector<int64_t> output_strides(at::IntArrayRef sizes, at::MemoryFormat fmt)
 // come back from a convolution with other strides).
 at::Tensor in_output_layout(const at::Tensor& y, at::MemoryFormat fmt);
 
-// The stock ATen composition (conv -> add -> relu) on checked arguments: the CPU kernel, the reference and the
-// fallback of every fused kernel. Zero input channels give relu?(bias + residual), the empty sum.
+// The stock ATen composition (conv -> add -> relu; with scale and shift the epilogue in fp32 after the conv) on
+// checked arguments: the CPU kernel, the reference and the fallback of every fused kernel. Zero input channels give
+// relu?(bias + residual), the empty sum.
 at::Tensor conv_bn_act_stock(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                             const std::optional<at::Tensor>& residual, const ConvParams& c, bool relu);
+                             const std::optional<at::Tensor>& residual, const ConvParams& c, bool relu,
+                             const std::optional<at::Tensor>& scale = std::nullopt,
+                             const std::optional<at::Tensor>& shift = std::nullopt);
 
 // Which path a call with these arguments takes on its device, and why (no kernel runs): `explain()`.
 struct PathChoice {
@@ -49,7 +56,8 @@ struct PathChoice {
 };
 PathChoice choose_path(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                        const std::optional<at::Tensor>& residual, at::IntArrayRef stride, at::IntArrayRef padding,
-                       at::IntArrayRef dilation, bool relu, int64_t groups);
+                       at::IntArrayRef dilation, bool relu, int64_t groups, const std::optional<at::Tensor>& scale,
+                       const std::optional<at::Tensor>& shift);
 
 // resnet_ext.prefer_cudnn(on): whether cuDNN's fused ops may take the layers they win (default on).
 bool prefer_cudnn();
@@ -65,13 +73,14 @@ void reset_path_counts();
 
 // The tensors a fused kernel is launched on: x and residual as given; the weight as KRSC (channels_last), copied
 // when it is not or its data pointer is misaligned; the bias dense and aligned (copied if strided or misaligned,
-// zeros when the call has none).
+// zeros when the call has none); scale and shift dense and aligned (copied if not) where given.
 struct ConvOperands {
   at::Tensor x, w, bias;
-  std::optional<at::Tensor> residual;
+  std::optional<at::Tensor> residual, scale, shift;
 };
 ConvOperands launch_operands(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                             const std::optional<at::Tensor>& residual);
+                             const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& scale,
+                             const std::optional<at::Tensor>& shift);
 
 // The problem a CUDA call poses, with the memory facts of its launch operands and the device's arch.
 ConvProblem describe_cuda_call(const ConvOperands& ops, const ConvParams& c, bool relu);
@@ -85,9 +94,9 @@ std::string launch_fused(const FusedKernelInfo& kernel, const ConvProblem& p, co
 
 // cuDNN's fused conv+bias+ReLU(+add) where p.cudnn_fused_ok, else the stock composition; also the stock
 // composition where cuDNN finds no engine for the problem. `ran`, if given, gets the path that ran.
-at::Tensor conv_bn_act_fallback(const ConvProblem& p, const at::Tensor& x, const at::Tensor& weight,
-                                const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
-                                const ConvParams& c, bool relu, std::string* ran = nullptr);
+at::Tensor conv_bn_act_fallback(const ConvProblem& p, const ConvOperands& ops, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, const ConvParams& c, bool relu,
+                                std::string* ran = nullptr);
 
 #ifdef RESNET_EXT_EXPERIMENTAL
 // Test switches (resnet_ext._C, RESNET_EXT_EXPERIMENTAL=1 builds): NaN-fill fused outputs before each launch; make

@@ -67,7 +67,8 @@ void set_failing_kernel(const std::string& name) {
 #endif
 
 ConvOperands launch_operands(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                             const std::optional<at::Tensor>& residual) {
+                             const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& scale,
+                             const std::optional<at::Tensor>& shift) {
   ConvOperands ops;
   ops.x = x;
   ops.residual = residual;
@@ -82,6 +83,11 @@ ConvOperands launch_operands(const at::Tensor& x, const at::Tensor& weight, cons
     ops.bias = fresh_copy(*bias, at::MemoryFormat::Contiguous);
   } else {
     ops.bias = *bias;
+  }
+  for (auto [from, to] : {std::pair{&scale, &ops.scale}, std::pair{&shift, &ops.shift}}) {
+    if (!from->has_value()) continue;
+    const at::Tensor& v = **from;
+    *to = v.is_contiguous() && aligned16(v) ? v : fresh_copy(v, at::MemoryFormat::Contiguous);
   }
   return ops;
 }
@@ -107,11 +113,16 @@ ConvProblem describe_cuda_call(const ConvOperands& ops, const ConvParams& c, boo
   p.Q = c.out_size[3];
   p.dtype = scalar_kind(x.scalar_type());
   p.has_residual = ops.residual.has_value();
+  p.has_scale_shift = ops.scale.has_value();
   p.relu = relu;
   p.x = operand_of(x);
   p.w = operand_of(ops.w);
   p.bias = operand_of(ops.bias);
   if (ops.residual.has_value()) p.residual = operand_of(*ops.residual);
+  if (p.has_scale_shift) {
+    p.scale = operand_of(*ops.scale);
+    p.shift = operand_of(*ops.shift);
+  }
   // The op allocates y in x's suggested format (what the fake kernel promises): NHWC-dense for a channels_last x.
   p.y.present = true;
   p.y.dim = 4;
@@ -122,7 +133,9 @@ ConvProblem describe_cuda_call(const ConvOperands& ops, const ConvParams& c, boo
   }
   p.allow_tf32 = at::globalContext().allowTF32CuDNN();
   p.prefer_cudnn = prefer_cudnn();
-  p.cudnn_fused_ok = relu && at::globalContext().userEnabledCuDNN() && x.numel() > 0 && p.K > 0 &&
+  // cuDNN's fused ops have no per-channel scale after the convolution.
+  p.cudnn_fused_ok = relu && !p.has_scale_shift && at::globalContext().userEnabledCuDNN() && x.numel() > 0 &&
+                     p.K > 0 &&
                      (p.dtype == ScalarKind::Float32 || p.dtype == ScalarKind::Float16 ||
                       p.dtype == ScalarKind::BFloat16);
   p.device = x.get_device();
@@ -147,6 +160,8 @@ std::string launch_fused(const FusedKernelInfo& kernel, const ConvProblem& p, co
   args.w = ops.w.data_ptr();
   args.bias = ops.bias.data_ptr();
   args.residual = ops.residual.has_value() ? ops.residual->data_ptr() : nullptr;
+  args.scale = ops.scale.has_value() ? ops.scale->data_ptr<float>() : nullptr;
+  args.shift = ops.shift.has_value() ? ops.shift->data_ptr<float>() : nullptr;
   args.y = y.data_ptr();
   const size_t ws = kernel.workspace_bytes ? kernel.workspace_bytes(p) : 0;
   at::Tensor workspace;
@@ -161,9 +176,11 @@ std::string launch_fused(const FusedKernelInfo& kernel, const ConvProblem& p, co
 
 // cuDNN's own fused conv+bias+ReLU (+ residual add): the fallback for ReLU layers without a fused kernel of ours,
 // and the choice on Hopper where it beats them.
-at::Tensor conv_bn_act_fallback(const ConvProblem& p, const at::Tensor& x, const at::Tensor& weight,
-                                const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
-                                const ConvParams& c, bool relu, std::string* ran) {
+at::Tensor conv_bn_act_fallback(const ConvProblem& p, const ConvOperands& ops, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, const ConvParams& c, bool relu,
+                                std::string* ran) {
+  const at::Tensor& x = ops.x;
+  const std::optional<at::Tensor>& residual = ops.residual;
   if (p.cudnn_fused_ok) {
     const auto fmt = output_format(x);
     // cuDNN's fused ops want the input's memory format on the weight and the residual too.
@@ -182,17 +199,19 @@ at::Tensor conv_bn_act_fallback(const ConvProblem& p, const at::Tensor& x, const
     }
   }
   if (ran) *ran = "stock";
-  return conv_bn_act_stock(x, weight, bias, residual, c, relu);
+  return conv_bn_act_stock(x, weight, bias, residual, c, relu, ops.scale, ops.shift);
 }
 
 namespace {
 
 at::Tensor conv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                             const std::optional<at::Tensor>& residual, at::IntArrayRef stride,
-                            at::IntArrayRef padding, at::IntArrayRef dilation, bool relu, int64_t groups) {
-  const ConvParams c = check_conv_bn_act_args(x, weight, bias, residual, stride, padding, dilation, groups);
+                            at::IntArrayRef padding, at::IntArrayRef dilation, bool relu, int64_t groups,
+                            const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift) {
+  const ConvParams c =
+      check_conv_bn_act_args(x, weight, bias, residual, stride, padding, dilation, groups, scale, shift);
   c10::cuda::CUDAGuard guard(x.device());
-  const ConvOperands ops = launch_operands(x, weight, bias, residual);
+  const ConvOperands ops = launch_operands(x, weight, bias, residual, scale, shift);
   const ConvProblem p = describe_cuda_call(ops, c, relu);
   // First call for this problem with the autotuner on: time the candidates now (never while a graph is captured,
   // where synchronising is not allowed: the dispatcher's other sources decide then).
@@ -205,7 +224,7 @@ at::Tensor conv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight, const
     // The fallbacks get the same dense, aligned bias a fused kernel would (not a strided view).
     const std::optional<at::Tensor> dense_bias = bias.has_value() ? std::optional<at::Tensor>(ops.bias) : std::nullopt;
     std::string ran;
-    at::Tensor y = conv_bn_act_fallback(p, x, weight, dense_bias, residual, c, relu, &ran);
+    at::Tensor y = conv_bn_act_fallback(p, ops, weight, dense_bias, c, relu, &ran);
     count_path(ran + ":cuda");  // what ran: cuDNN may have found no engine for a problem explain() sent to it
     return y;
   }
