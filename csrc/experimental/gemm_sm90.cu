@@ -243,7 +243,10 @@ auto visit(int index, F&& f) -> decltype(f(Gemm<0>{})) {
 
 }  // namespace
 
-Status can_implement(int index, const Problem& p, const char** reason) noexcept {
+// f(Gemm<I>{}) for the configuration `index`, in the API's noexcept terms: kUnknownConfig where there is none, an
+// exception as kInternalError with `what` as the reason.
+template <class F>
+Status call_config(int index, const char** reason, const char* what, F&& f) noexcept {
   try {
     if (!config(index)) {
       if (reason) *reason = "no such configuration";
@@ -253,13 +256,18 @@ Status can_implement(int index, const Problem& p, const char** reason) noexcept 
       if constexpr (std::is_same_v<decltype(g), std::nullptr_t>) {
         return Status::kUnknownConfig;
       } else {
-        return decltype(g)::can_implement(p, reason);
+        return f(g);
       }
     });
   } catch (...) {
-    if (reason) *reason = "exception in can_implement";
+    if (reason) *reason = what;
     return Status::kInternalError;
   }
+}
+
+Status can_implement(int index, const Problem& p, const char** reason) noexcept {
+  return call_config(index, reason, "exception in can_implement",
+                     [&](auto g) { return decltype(g)::can_implement(p, reason); });
 }
 
 size_t workspace_size(int index, const Problem& p) noexcept {
@@ -279,22 +287,9 @@ size_t workspace_size(int index, const Problem& p) noexcept {
 
 Status launch(int index, const Problem& p, void* workspace, size_t workspace_bytes, void* stream,
               const char** reason) noexcept {
-  try {
-    if (!config(index)) {
-      if (reason) *reason = "no such configuration";
-      return Status::kUnknownConfig;
-    }
-    return visit(index, [&](auto g) -> Status {
-      if constexpr (std::is_same_v<decltype(g), std::nullptr_t>) {
-        return Status::kUnknownConfig;
-      } else {
-        return decltype(g)::launch(p, workspace, workspace_bytes, static_cast<cudaStream_t>(stream), reason);
-      }
-    });
-  } catch (...) {
-    if (reason) *reason = "exception in launch";
-    return Status::kInternalError;
-  }
+  return call_config(index, reason, "exception in launch", [&](auto g) {
+    return decltype(g)::launch(p, workspace, workspace_bytes, static_cast<cudaStream_t>(stream), reason);
+  });
 }
 
 bool compiled() noexcept {
