@@ -11,8 +11,9 @@
 # by side; maxpool and flatcuda too) | hopper profile models (incl. autotuned) train (incl. the opt-in BN reduce)
 # latency graphs maxpool gemmepi flatcuda layers.
 # maxpool (opt-in NHWC max pool kernel, unverified): tests/test_max_pool.py, then benchmarks/max_pool_check.py.
-# gemmepi (the sm_90a GEMMs' fp32 scale/shift epilogue, unverified; its tests run in tests_sm90):
-# benchmarks/gemm_epilogue_check.py, against the folded epilogue and stock cuDNN + fp32 BN.
+# gemmepi (the sm_90a GEMMs' fp32 scale/shift epilogue, unverified, reached through conv_bn_act's scale and shift
+# with each GEMM forced; its tests run in tests_sm90): benchmarks/gemm_epilogue_check.py, against the folded
+# epilogue and stock cuDNN + fp32 BN.
 # flatcuda (opt-in switches.on_cuda, unverified): its tests in tests/test_flat.py (the module path's bits), then batch
 # 1 and 32 latencies with and without it (bench --flat-cuda).
 # The few-channel stem kernels (#24.1, sm80c4_*, unverified): their tests run in tests_sm90, their timing in hopper
