@@ -143,15 +143,10 @@ def _forward(model: nn.Module, x: Tensor) -> Tensor:
 
 def module_path(model: nn.Module, x: Tensor) -> Tensor:
     """The module path: the stem unit, the max pool, the layers (each block through its own forward), the head."""
-    x = units.unit(model.conv1, model.bn1, model.relu, x)
-    x = ops.max_pool(model.maxpool, x)
-    x = model.layer1(x)
-    x = model.layer2(x)
-    x = model.layer3(x)
-    x = model.layer4(x)
-    x = model.avgpool(x)
-    x = torch.flatten(x, 1)
-    return model.fc(x)
+    x = ops.max_pool(model.maxpool, units.unit(model.conv1, model.bn1, model.relu, x))
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        x = layer(x)
+    return model.fc(torch.flatten(model.avgpool(x), 1))
 
 
 def forward_state(model: nn.Module, x: Tensor) -> Optional[units.Forward]:
