@@ -39,7 +39,7 @@ def enabled(m: nn.Module, x) -> bool:
     device and none is marked by `convert_sync_batchnorm`): that runs torchvision's code as it stands, without the
     engine's dispatch per unit. A block decides for its own BNs (its downsample's included), the ResNet for its
     stem's; on the CPU the ResNet's forward enters all the same, for the memory reuse around it (`cpu.reused_memory`:
-    1.0-1.15x on a train step, 2 cores)."""
+    1.00-1.16x on a train step, 2 cores)."""
     if not units.enabled():
         return False
     if m.training and isinstance(x, Tensor) and not units.train_fused(x):
