@@ -99,9 +99,9 @@ def conv_bn_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residu
                 groups: int = 1, scale: Optional[Tensor] = None, shift: Optional[Tensor] = None) -> Tensor:
     """relu?(conv2d(x, weight, bias, stride, padding, dilation, groups) + residual) in one op (one fused kernel
     on CUDA where one applies, the stock ATen composition elsewhere); with `scale` and `shift` (float32, one per
-    output channel, given together) relu?(conv2d(x, weight) * scale + shift + bias + residual), the scaling in fp32
-    on the convolution's sum (only kernels with that epilogue take it; elsewhere the convolution, then the epilogue
-    in fp32). Differentiable. Takes the argument forms F.conv2d takes (ints or 1/2-tuples, padding "same"/"valid",
+    output channel, given together) relu?(conv2d(x, weight) * scale + shift + bias + residual), the scaling in at
+    least fp32 on the convolution's sum (only kernels with that epilogue take it; elsewhere the convolution, then
+    the epilogue in fp32, float64 for a float64 x). Differentiable. Takes the argument forms F.conv2d takes (ints or 1/2-tuples, padding "same"/"valid",
     an unbatched x) and rejects what it rejects."""
     x, residual, stride, padding, dilation, groups, unbatched = _conv_args(x, weight, residual, stride, padding,
                                                                            dilation, groups)

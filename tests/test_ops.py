@@ -484,13 +484,14 @@ def test_scale_shift_matches_float64_reference(case, residual, relu, bias, chann
     assert rel_err(y2, want) < 1e-5
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_scale_shift_on_16_bit_inputs_keeps_x_dtype_and_fp32_scale(dtype):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_scale_shift_on_other_dtypes_keeps_x_dtype_and_computes_in_at_least_fp32(dtype):
     (x, w, b, r), (s, p, d, g) = make_case(CASES[3], dtype=dtype, residual=True)
     scale, shift = _scale_shift(w.shape[0])
     y = conv_bn_act(x, w, b, r, s, p, d, True, g, scale=scale, shift=shift)
     assert y.dtype == dtype
-    assert rel_err(y, scale_shift_reference(x, w, b, r, scale, shift, s, p, d, True, g)) < 2e-2
+    tol = 1e-12 if dtype == torch.float64 else 2e-2  # float64: the epilogue in float64, not rounded to fp32
+    assert rel_err(y, scale_shift_reference(x, w, b, r, scale, shift, s, p, d, True, g)) < tol
 
 
 def test_scale_shift_gradients_float64():

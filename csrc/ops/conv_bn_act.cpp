@@ -138,9 +138,10 @@ at::Tensor conv_bn_act_stock(const at::Tensor& x, const at::Tensor& weight, cons
                          fmt);
   }
   if (scale.has_value()) {
-    // The epilogue in fp32 on the convolution's output (rounded to x's dtype once there, as a stock BN reads it):
-    // y * scale + shift + bias + residual, then the ReLU, rounded once.
-    at::Tensor acc = y.scalar_type() == at::kFloat ? y : y.to(at::kFloat);
+    // The epilogue in at least fp32 on the convolution's output (rounded to x's dtype once there, as a stock BN
+    // reads it): y * scale + shift + bias + residual, then the ReLU, rounded once.
+    const auto acc_type = at::promote_types(y.scalar_type(), at::kFloat);
+    at::Tensor acc = y.scalar_type() == acc_type ? y : y.to(acc_type);
     acc.mul_(scale->view({1, -1, 1, 1})).add_(shift->view({1, -1, 1, 1}));
     if (bias.has_value()) acc.add_(bias->view({1, -1, 1, 1}));
     if (residual.has_value()) acc.add_(*residual);

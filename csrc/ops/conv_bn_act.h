@@ -41,8 +41,8 @@ std::vector<int64_t> output_strides(at::IntArrayRef sizes, at::MemoryFormat fmt)
 // come back from a convolution with other strides).
 at::Tensor in_output_layout(const at::Tensor& y, at::MemoryFormat fmt);
 
-// The stock ATen composition (conv -> add -> relu; with scale and shift the epilogue in fp32 after the conv) on
-// checked arguments: the CPU kernel, the reference and the fallback of every fused kernel. Zero input channels give
+// The stock ATen composition (conv -> add -> relu; with scale and shift the epilogue in at least fp32 after the
+// conv) on checked arguments: the CPU kernel, the reference and the fallback of every fused kernel. Zero input channels give
 // relu?(bias + residual), the empty sum.
 at::Tensor conv_bn_act_stock(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                              const std::optional<at::Tensor>& residual, const ConvParams& c, bool relu,
