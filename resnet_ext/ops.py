@@ -149,26 +149,35 @@ def max_pool(pool: torch.nn.Module, x: Tensor) -> Tensor:
 
 @torch.library.register_fake("resnet_ext::winograd3x3")
 def _winograd3x3_fake(x, u, bias, residual, relu):
-    torch._check(x.dim() == 4 and u.dim() == 3, lambda: "winograd3x3: x must be 4-d and u 3-d")
+    torch._check(x.dim() == 4 and u.dim() in (3, 4), lambda: "winograd3x3: x must be 4-d and u 3-d or 4-d")
     return x.new_empty((x.shape[0], u.shape[2], x.shape[2], x.shape[3])).contiguous(
         memory_format=torch.channels_last)
 
 
 @torch.library.register_fake("resnet_ext::winograd_weight")
 def _winograd_weight_fake(w):
+    if w.dtype == torch.bfloat16:
+        return w.new_empty((16, w.shape[1] // 2, w.shape[0], 2))
     return w.new_empty((36, w.shape[1], w.shape[0]))
 
 
 def winograd_weight(weight: Tensor) -> Tensor:
-    """The transformed weight [36, C, K] that `winograd3x3` takes, G w G^T of a float32 [K, C, 3, 3] weight (CPU;
-    computed in float64, rounded once)."""
+    """The transformed weight G w G^T that `winograd3x3` takes for inputs of the weight's dtype (CPU; computed in
+    float64 from the [K, C, 3, 3] weight, rounded once): [36, C, K] for float32 (F(4x4, 3x3)), [16, C / 2, K, 2]
+    for bfloat16 (F(2x2, 3x3), channel pairs interleaved for AVX512-BF16's dot products)."""
     return torch.ops.resnet_ext.winograd_weight(weight.detach())
 
 
 def winograd3x3(x: Tensor, u: Tensor, bias: Tensor, residual: Optional[Tensor], relu: bool) -> Tensor:
-    """relu?(conv3x3(x) + bias (+ residual)), stride 1, padding 1, by Winograd F(4x4, 3x3) on `u =
-    winograd_weight(w)` (CPU, float32, channels_last, channels multiples of 16)."""
+    """relu?(conv3x3(x) + bias (+ residual)), stride 1, padding 1, by Winograd on `u = winograd_weight(w)` (CPU,
+    channels_last, channels multiples of 16): F(4x4, 3x3) for float32; F(2x2, 3x3) for bfloat16 (bf16 operands,
+    fp32 sums; CPUs with AVX512-BF16 only, `winograd_bf16_supported()`)."""
     return torch.ops.resnet_ext.winograd3x3(x, u, bias, residual, relu)
+
+
+def winograd_bf16_supported() -> bool:
+    """Whether this CPU runs `winograd3x3` on bfloat16 inputs (AVX512-BF16)."""
+    return torch.ops.resnet_ext.winograd_bf16_supported()
 
 
 @torch.library.register_fake("resnet_ext::conv_bn_act")

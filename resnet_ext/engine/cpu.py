@@ -83,18 +83,24 @@ WINOGRAD_MIN_TILES = 16  # see winograd_pays
 
 
 def winograd_pays(u: Unit, x: Tensor) -> bool:
-    """Whether a frozen unit runs as `ops.winograd3x3` (Winograd F(4x4, 3x3): 4x fewer multiplies) rather than
-    oneDNN's direct convolution: a 3x3 stride-1 conv with padding 1 on a channels_last float32 input, channels
-    multiples of 16, and at least 16 output tiles of 4x4 (N * ceil(H/4) * ceil(W/4)), below which the GEMMs only
-    stream the transformed weight (4x the weight's size). Measured on a 2-core AVX-512 machine against oneDNN on
-    prepacked weights: resnet50's 3x3 convs 1.6-2.2x faster at batch 1 (layers 1-3; layer 4 has 4 tiles and runs
-    2.5x slower) and 1.2-2.2x at batch 8. `resnet_ext.cpu_winograd(False)` turns it off."""
+    """Whether a frozen unit runs as `ops.winograd3x3` rather than oneDNN's direct convolution: a 3x3 stride-1 conv
+    with padding 1 on a channels_last input, channels multiples of 16. `resnet_ext.cpu_winograd(False)` turns it
+    off. Measured on a 2-core AVX-512 machine against oneDNN on prepacked weights:
+    - float32, F(4x4, 3x3) (4x fewer multiplies): at least 16 output tiles of 4x4 (N * ceil(H/4) * ceil(W/4)),
+      below which the GEMMs only stream the transformed weight (4x the weight's size). resnet50's 3x3 convs
+      1.6-2.2x faster at batch 1 (layers 1-3; layer 4 has 4 tiles and runs 2.5x slower) and 1.2-2.2x at batch 8.
+    - bfloat16, F(2x2, 3x3) (2.25x fewer multiplies; CPUs with AVX512-BF16): resnet50's 3x3 convs 1.4-1.9x faster
+      at batch 1 and 1.25-1.9x at batch 8, and every size down to a single tile (oneDNN's fixed cost per call,
+      about 35 us, outweighs the transformed weight's reads), so no minimum."""
     conv = u.conv
     if (not cpu_winograd.on or conv.kernel_size != (3, 3) or u.geometry != ((1, 1), (1, 1), (1, 1), 1)
-            or x.dtype != torch.float32 or not ops.wants_channels_last(x)
-            or conv.in_channels % 16 or conv.out_channels % 16):
+            or not x.is_contiguous(memory_format=torch.channels_last) or conv.in_channels % 16
+            or conv.out_channels % 16):
         return False
-    return x.shape[0] * (-(-x.shape[2] // 4)) * (-(-x.shape[3] // 4)) >= WINOGRAD_MIN_TILES
+    if x.dtype == torch.bfloat16:
+        return ops.winograd_bf16_supported()
+    return (x.dtype == torch.float32
+            and x.shape[0] * (-(-x.shape[2] // 4)) * (-(-x.shape[3] // 4)) >= WINOGRAD_MIN_TILES)
 
 
 CL_PIXELS = 150_000  # NCHW inputs with at least this many pixels (N*H*W) run channels_last inside
@@ -172,8 +178,8 @@ def _conv(u: Unit, x: Tensor, wb) -> Tensor:
 
 def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
     """relu(bn(conv(y)) + residual); a oneDNN one is written into `residual` (which only this forward holds)."""
-    if wb[0] is WINO:
-        return ops.winograd3x3(y, wb[1], wb[2], residual, True)
+    if wb[0] is WINO:  # the op takes a channels_last residual (a no-op where it is one: the model's own are)
+        return ops.winograd3x3(y, wb[1], wb[2], residual.contiguous(memory_format=torch.channels_last), True)
     if wb[0] is UNFOLDED:
         return ops.unfolded_unit(u.conv, u.bn, y, wb[1], wb[2], True, residual)
     if wb[0] is GEMM:
@@ -255,7 +261,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
 
         def wb(u, y):
             fold = folds[u.conv]
-            if winograd_pays(u, y) and fold.weight.dtype == torch.float32:
+            if winograd_pays(u, y):
                 program.append((WINO, fold.winograd_weight(), fold.bias))
             else:
                 program.append((packed_weight(fold, u.conv, y), fold.bias))
