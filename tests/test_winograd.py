@@ -1,6 +1,6 @@
 """resnet_ext::winograd3x3 (CPU): relu?(conv3x3(x) + bias (+ residual)) by Winograd (F(4x4, 3x3) in float32,
 F(2x2, 3x3) on bfloat16 operands), the frozen flat forward's 3x3 stride-1 units. Against a float64 reference on fresh random inputs: every ResNet 3x3 stride-1 layer
-shape, batch 1, odd sizes (partial tiles), more tiles than one workspace chunk; outputs poisoned (glibc's
+shape, batch 1, odd sizes (partial tiles), more tiles than one block or chunk of the workspace; outputs poisoned (glibc's
 MALLOC_PERTURB_) so an unwritten element shows; NaN passes through; every bad argument is a clear error; opcheck;
 and in the model: which units take it, and torchvision's answer."""
 import copy
@@ -40,7 +40,7 @@ def make(n, c, k, h, w, seed, with_residual=False):
 
 
 # (N, C, K, H, W): resnet18-152's 3x3 stride-1 shapes at 224x224 (batch 1 and 2), odd sizes with partial tiles,
-# a single pixel, K != C, and 3000+ tiles (more than one 4 MiB chunk of the workspace); for the AVX-512 GEMM's
+# a single pixel, K != C, and 3000+ tiles (many of the threads' own blocks of tiles); for the AVX-512 GEMM's
 # edges: K of 1 to 3 vectors past its 64-channel panels, C past its 64-channel depth chunks, tiles not a multiple
 # of its 6 rows.
 SHAPES = [(1, 64, 64, 56, 56), (2, 128, 128, 28, 28), (1, 256, 256, 14, 14), (2, 512, 512, 7, 7),
@@ -57,6 +57,24 @@ def test_matches_float64(shape, with_residual, relu):
     assert y.shape == (shape[0], shape[2], shape[3], shape[4])
     assert y.is_contiguous(memory_format=torch.channels_last)
     assert rel_err(y, reference(x, w, b, r, relu)) < TOL
+
+
+@pytest.mark.parametrize("dtype, shape", [
+    (torch.float32, (6, 176, 176, 60, 60)),   # u 4.5 MB: 1350 tiles, 1323 per chunk
+    (torch.bfloat16, (1, 1024, 128, 82, 82)),  # u 4 MiB: 1681 tiles, 1638 per chunk
+], ids=["fp32", "bf16"])
+def test_more_tiles_than_one_shared_chunk(dtype, shape):
+    """A transformed weight of 4 MiB or more is read once per chunk of up to 64 MiB of planes, every step split
+    between the threads (below that each thread takes its own small blocks): here two chunks, the second short."""
+    if dtype == torch.bfloat16 and not ops.winograd_bf16_supported():
+        pytest.skip("this CPU has no AVX512-BF16")
+    x, w, b, r = make(*shape, seed=7, with_residual=True)
+    x, r = x.to(dtype), r.to(dtype)
+    u = ops.winograd_weight(w.to(dtype))
+    assert u.numel() * u.element_size() >= 4 << 20
+    y = ops.winograd3x3(x, u, b, r, True)
+    err = rel_err(y, reference(x.float(), w, b, r.float(), True))
+    assert err < (TOL if dtype == torch.float32 else 2e-2), err
 
 
 # The F(4x4, 3x3) matrices, written out here as the test's own oracle.
