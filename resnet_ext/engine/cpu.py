@@ -89,9 +89,10 @@ def winograd_pays(u: Unit, x: Tensor) -> bool:
     - float32, F(4x4, 3x3) (4x fewer multiplies): at least 16 output tiles of 4x4 (N * ceil(H/4) * ceil(W/4)),
       below which the GEMMs only stream the transformed weight (4x the weight's size). resnet50's 3x3 convs
       1.6-2.2x faster at batch 1 (layers 1-3; layer 4 has 4 tiles and runs 2.5x slower) and 1.2-2.2x at batch 8.
-    - bfloat16, F(2x2, 3x3) (2.25x fewer multiplies; CPUs with AVX512-BF16): resnet50's 3x3 convs 1.4-1.9x faster
-      at batch 1 and 1.25-1.9x at batch 8, and every size down to a single tile (oneDNN's fixed cost per call,
-      about 35 us, outweighs the transformed weight's reads), so no minimum."""
+    - bfloat16, F(2x2, 3x3) (2.25x fewer multiplies; CPUs with AVX512-BF16): resnet50's 3x3 convs 1.06-1.82x
+      faster at batch 1 (layer 4 the least) and 1.08-1.70x at batch 8 (benchmarks/results/
+      2026-12-03-cpu-winograd-bf16/), 1.3-1.8x down to 4 tiles and level at a single one (oneDNN's fixed cost
+      per call, about 30 us, weighs against the transformed weight's reads), so no minimum."""
     conv = u.conv
     if (not cpu_winograd.on or conv.kernel_size != (3, 3) or u.geometry != ((1, 1), (1, 1), (1, 1), 1)
             or not x.is_contiguous(memory_format=torch.channels_last) or conv.in_channels % 16
