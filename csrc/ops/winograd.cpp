@@ -241,8 +241,10 @@ struct F23 {
     for (int64_t k0 = 0; k0 < g.k; k0 += kVec) {
       __m512 r[2][4];
       for (int j = 0; j < 4; ++j) {
-        const __m512 p0 = _mm512_loadu_ps(src + (0 + j) * plane + k0), p1 = _mm512_loadu_ps(src + (4 + j) * plane + k0),
-                     p2 = _mm512_loadu_ps(src + (8 + j) * plane + k0), p3 = _mm512_loadu_ps(src + (12 + j) * plane + k0);
+        const __m512 p0 = _mm512_loadu_ps(src + (0 + j) * plane + k0);
+        const __m512 p1 = _mm512_loadu_ps(src + (4 + j) * plane + k0);
+        const __m512 p2 = _mm512_loadu_ps(src + (8 + j) * plane + k0);
+        const __m512 p3 = _mm512_loadu_ps(src + (12 + j) * plane + k0);
         r[0][j] = _mm512_add_ps(_mm512_add_ps(p0, p1), p2);
         r[1][j] = _mm512_sub_ps(_mm512_sub_ps(p1, p2), p3);
       }
@@ -490,7 +492,8 @@ Tensor winograd3x3(const Tensor& x, const Tensor& u, const Tensor& bias, const s
   T* yp = y.mutable_data_ptr<T>();
 
   const int64_t tiles = g.tiles();
-  const int64_t per_tile = W::kElems * (g.c * static_cast<int64_t>(sizeof(T)) + g.k * static_cast<int64_t>(sizeof(float)));
+  const int64_t per_tile =
+      W::kElems * (g.c * static_cast<int64_t>(sizeof(T)) + g.k * static_cast<int64_t>(sizeof(float)));
   const int64_t u_bytes = u.numel() * static_cast<int64_t>(sizeof(T));
   const int64_t pad = kPlanePadBytes / static_cast<int64_t>(sizeof(T));
   const int64_t grain = std::max<int64_t>(1, 2048 / g.c);
@@ -537,7 +540,8 @@ Tensor winograd3x3(const Tensor& x, const Tensor& u, const Tensor& bias, const s
 Tensor winograd3x3_cpu(const Tensor& x, const Tensor& u, const Tensor& bias, const std::optional<Tensor>& residual,
                        bool relu) {
   TORCH_CHECK(x.device().is_cpu() && u.device().is_cpu() && bias.device().is_cpu(),
-              "winograd3x3: x, u and bias must be CPU tensors, got ", x.device(), ", ", u.device(), ", ", bias.device());
+              "winograd3x3: x, u and bias must be CPU tensors, got ", x.device(), ", ", u.device(), ", ",
+              bias.device());
   TORCH_CHECK(x.dim() == 4 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
               "winograd3x3: x must be a 4-d float32 or bfloat16 tensor (N, C, H, W), got ", x.dim(), "-d ",
               x.scalar_type());
@@ -550,8 +554,8 @@ Tensor winograd3x3_cpu(const Tensor& x, const Tensor& u, const Tensor& bias, con
 template <class W>
 Tensor winograd_weight(const Tensor& w) {
   const int64_t k_out = w.size(0), c_in = w.size(1);
-  TORCH_CHECK(c_in % W::kPack == 0, "winograd_weight: a ", W::kName, " weight needs an even number of input channels, got ",
-              c_in);
+  TORCH_CHECK(c_in % W::kPack == 0, "winograd_weight: a ", W::kName,
+              " weight needs an even number of input channels, got ", c_in);
   Tensor u = at::empty(u_shape<W>(c_in, k_out), w.options().memory_format(at::MemoryFormat::Contiguous));
   if (u.numel() == 0) return u;
   // [C, K, 3, 3]: read in place, the 16 filters of a block lie 18 KiB apart (C = 512) and every input channel

@@ -201,8 +201,9 @@ def _maxpool(pool: nn.Module, x: Tensor) -> Tensor:
 
 
 def run(model: nn.Module, s: structure.Structure, x: Tensor, wb, fc_dtype: Optional[torch.dtype] = None) -> Tensor:
-    """The forward, with `wb(unit, x)` giving each unit's `wb` (see `_conv`), in the order of `s.units`; the pooled
-    features cast to `fc_dtype` if given (freeze(dtype=torch.bfloat16): fc in the model's fp32)."""
+    """The forward, with `wb(unit, x)` giving each unit's `wb` (see `_conv`), in the order of `s.units`; the last
+    features cast to `fc_dtype` if given, then pooled (freeze(dtype=torch.bfloat16): the average pool and fc in
+    the model's fp32; pooled in bf16, the features would be rounded to bf16, 2.6-2.9e-3 of the largest)."""
     x = _maxpool(model.maxpool, _conv(s.stem, x, wb(s.stem, x)))
     for head, ds, tail in s.blocks:
         y = x
@@ -211,8 +212,7 @@ def run(model: nn.Module, s: structure.Structure, x: Tensor, wb, fc_dtype: Optio
         residual = x if ds is None else _conv(ds, x, wb(ds, x))
         x = _tail(tail, y, residual, wb(tail, y))
         del y, residual  # free the block's buffers now, for the next block's allocations (hot in cache)
-    x = torch.flatten(model.avgpool(x), 1)
-    return model.fc(x if fc_dtype is None else x.to(fc_dtype))
+    return model.fc(torch.flatten(model.avgpool(x if fc_dtype is None else x.to(fc_dtype)), 1))
 
 
 PACKED_LIMIT = 8  # prepacked weights kept per frozen unit (one per input size and geometry)
@@ -250,7 +250,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
     if dtype != x.dtype:
         if dtype != torch.bfloat16 or x.dtype != torch.float32:
             return None
-        fc_dtype, x = x.dtype, x.to(dtype)  # freeze(dtype=torch.bfloat16): the convolutions in bf16, fc in fp32
+        fc_dtype, x = x.dtype, x.to(dtype)  # freeze(dtype=torch.bfloat16): convolutions in bf16, pool and fc in fp32
     programs = cached[2]
     key = (tuple(x.shape), x.dtype, x.stride(), cpu_winograd.on)
     x = internal_layout(x)
@@ -262,8 +262,8 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
 
         def wb(u, y):
             fold = folds[u.conv]
-            if winograd_pays(u, y):
-                program.append((WINO, fold.winograd_weight(), fold.bias))
+            if winograd_pays(u, y):  # the op's bias in fp32 (a bf16 fold's is converted here once, not per call)
+                program.append((WINO, fold.winograd_weight(), fold.bias.float()))
             else:
                 program.append((packed_weight(fold, u.conv, y), fold.bias))
             return program[-1]
