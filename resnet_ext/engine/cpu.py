@@ -95,12 +95,11 @@ def winograd_pays(u: Unit, x: Tensor) -> bool:
       per call, about 30 us, weighs against the transformed weight's reads), so no minimum."""
     conv = u.conv
     if (not cpu_winograd.on or conv.kernel_size != (3, 3) or u.geometry != ((1, 1), (1, 1), (1, 1), 1)
-            or not x.is_contiguous(memory_format=torch.channels_last) or conv.in_channels % 16
-            or conv.out_channels % 16):
+            or conv.in_channels % 16 or conv.out_channels % 16):
         return False
-    if x.dtype == torch.bfloat16:
-        return ops.winograd_bf16_supported()
-    return (x.dtype == torch.float32
+    if x.dtype == torch.bfloat16:  # the op's own precondition: a 1x1 map (either layout) counts as channels_last
+        return x.is_contiguous(memory_format=torch.channels_last) and ops.winograd_bf16_supported()
+    return (x.dtype == torch.float32 and ops.wants_channels_last(x)
             and x.shape[0] * (-(-x.shape[2] // 4)) * (-(-x.shape[3] // 4)) >= WINOGRAD_MIN_TILES)
 
 
