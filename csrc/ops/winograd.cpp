@@ -448,8 +448,7 @@ std::vector<int64_t> u_shape(int64_t c, int64_t k) {
 template <class W>
 void check_args(const Tensor& x, const Tensor& u, const Tensor& bias, const std::optional<Tensor>& residual) {
   const int64_t c = x.size(1);
-  TORCH_CHECK(u.sizes().size() == u_shape<W>(c, 1).size() && u.size(0) == W::kElems &&
-                  u.size(1) * W::kPack == c && u.size(-1) == (W::kPack == 1 ? u.size(-1) : W::kPack) &&
+  TORCH_CHECK(u.dim() >= 3 && u.sizes() == at::IntArrayRef(u_shape<W>(c, u.size(2))) &&
                   u.scalar_type() == x.scalar_type() && u.is_contiguous(),
               "winograd3x3: u must be the contiguous ", W::kName, " transformed weight ",
               W::kPack == 1 ? "[36, C, K]" : "[16, C / 2, K, 2]", " of a ", W::kName,
