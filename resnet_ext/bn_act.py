@@ -189,6 +189,18 @@ def _group_of(bn: nn.Module):
     return group if dist.get_world_size(group) > 1 else None
 
 
+def count_batch(bn: nn.modules.batchnorm._BatchNorm) -> float:
+    """What a train-mode `bn(x)` does first: counts the batch in `num_batches_tracked` (where it tracks one) and
+    returns the factor by which the running statistics move (the momentum; for momentum None, the cumulative
+    average's 1 / num_batches_tracked, read back from the counter as nn.BatchNorm2d does)."""
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.track_running_stats and bn.num_batches_tracked is not None:  # nn.BatchNorm2d's order
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:  # cumulative moving average
+            factor = 1.0 / float(bn.num_batches_tracked)
+    return factor
+
+
 def bn_act(x: Tensor, bn: nn.modules.batchnorm._BatchNorm, residual: Optional[Tensor] = None,
            relu: bool = True) -> Tensor:
     """relu?(bn(x) + residual) with bn's own semantics. For a train-mode BatchNorm (batch statistics) in one fused
@@ -206,11 +218,7 @@ def bn_act(x: Tensor, bn: nn.modules.batchnorm._BatchNorm, residual: Optional[Te
         return torch.relu(out) if relu else out
     weight = bn.weight if bn.weight is not None else torch.ones(x.shape[1], device=x.device, dtype=x.dtype)
     bias = bn.bias if bn.bias is not None else torch.zeros(x.shape[1], device=x.device, dtype=x.dtype)
-    factor = 0.0 if bn.momentum is None else bn.momentum
-    if bn.track_running_stats and bn.num_batches_tracked is not None:  # nn.BatchNorm2d's order
-        bn.num_batches_tracked.add_(1)
-        if bn.momentum is None:  # cumulative moving average
-            factor = 1.0 / float(bn.num_batches_tracked)
+    factor = count_batch(bn)
     if x.dim() in (2, 4):
         F._verify_batch_size(x.size())  # F.batch_norm's ValueError, after the counter as there
     track = bn.track_running_stats and bn.running_mean is not None

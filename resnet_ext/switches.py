@@ -7,6 +7,7 @@ call. The hot paths read `switch.on`.
     on_cuda        a stock model's CUDA eval forward as the recorded sequence of fused units (opt-in)
     cpu_winograd   the frozen CPU mode's 3x3 convs by Winograd where it pays (default on)
     bn_optin       the training BN's opt-in CUDA kernels (experimental build, opt-in)
+    fused_train    train-mode Bottlenecks as the fused conv+statistics decomposition (opt-in; CUDA: experimental)
     autotune       the conv kernels' per-shape autotuner (off)               } kept in C++, where the
     prefer_cudnn   cuDNN's fused ops on the layers where they win (on)      } dispatcher reads them
 """
@@ -70,6 +71,13 @@ bn_optin = switch("bn_optin", experimental=True, native=("bn_optin", "set_bn_opt
 BN runs its opt-in CUDA kernels (csrc/experimental/bn_act_optin.cuh: a parallel final pass of the BN sums, not yet
 verified on a GPU; `bench --bn-optin`). Returns the setting in force before the call. Only an experimental build
 has them: turning them on elsewhere raises.""")
+
+fused_train = switch("fused_train", doc="""Whether a train-mode stock Bottleneck runs as the fused decomposition of
+`engine/fused_train.py` (each conv writes its output's BN sums and applies the previous BN + ReLU as it loads its
+input; backward fuses dgrad with the ReLU mask and BN's weight gradients): on CUDA through cuDNN graphs, which only
+an experimental build has (elsewhere the block keeps the stock path), on the CPU through the ops' ATen compositions
+(for tests: slower than the stock path). Returns the setting in force before the call. Off by default: not yet run
+on a GPU (`benchmarks/gpu_check.sh --only fusedtrain`); `explain_train(x, block)` says what a block gets.""")
 
 autotune = switch("autotune", native=("autotune_enabled", "set_autotune"), doc="""Whether the per-shape autotuner of
 the fused conv kernels runs (`bench --autotune`): each new problem is then timed once against every candidate and

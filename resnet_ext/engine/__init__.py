@@ -26,8 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from .. import switches
 from ..switches import on_cuda
-from . import cpu, cuda, frozen, units
+from . import cpu, cuda, frozen, fused_train, units
 from . import state as _state
 from .state import serves  # noqa: F401  (the models' ResNet registers itself)
 
@@ -42,6 +43,8 @@ def enabled(m: nn.Module, x) -> bool:
     1.00-1.16x on a train step, 2 cores)."""
     if not units.enabled():
         return False
+    if m.training and fused_block(m, x):
+        return True
     if m.training and isinstance(x, Tensor) and not units.train_fused(x):
         bns = units.own_bns(m)
         if all(units.trains_stock(bn) for bn in bns):
@@ -79,8 +82,32 @@ def all_finite(x: Tensor) -> bool:
 # Forwards
 # --------------------------------------------------------------------------------------------------------------
 
+def fused_block(b: nn.Module, x) -> bool:
+    """Whether a train-mode block's forward runs the fused decomposition (`switches.fused_train`, opt-in; eager
+    only: traced and compiled forwards keep the module path)."""
+    return (switches.fused_train.on and b.training and not (torch.compiler.is_compiling() or torch.jit.is_tracing())
+            and fused_train.why_not(b, x) is None)
+
+
+def explain_train(x: Tensor, block: Optional[nn.Module] = None):
+    """(path, reason): what a train-mode unit of the models runs for input `x` ("fused" or "stock" BN(+add)+ReLU,
+    see `units.train_bn`); with `block`, what that block runs: "fused_train" where the fused decomposition takes it
+    (`switches.fused_train`), else its units' choice, with why the decomposition does not apply."""
+    mode, reason = units.explain_train(x)
+    if block is None or not switches.fused_train.on:
+        return mode, reason
+    why = "traced or compiled" if torch.compiler.is_compiling() or torch.jit.is_tracing() else \
+        fused_train.why_not(block, x)
+    if why is None:
+        return "fused_train", "switches.fused_train: the fused conv + BN statistics decomposition"
+    return mode, f"fused_train does not apply ({why}); units: {reason}"
+
+
 def block(b: nn.Module, x: Tensor) -> Tensor:
-    """A BasicBlock's or Bottleneck's forward, unit by unit (`units.unit`), in torchvision's order."""
+    """A BasicBlock's or Bottleneck's forward: the fused training decomposition where it is on and applies, else
+    unit by unit (`units.unit`), in torchvision's order."""
+    if fused_block(b, x):
+        return fused_train.block(b, x)
     pairs = units.unit_pairs(b)
     out = x
     for conv, bn in pairs[:-1]:
