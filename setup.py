@@ -4,12 +4,14 @@ present, the fused CUDA kernels (CUTLASS). A GPU is not needed to build the CUDA
 Environment:
   RESNET_EXT_CUDA=0|1     force the CUDA kernels off / on (default: on when nvcc and a CUDA torch are found)
   RESNET_EXT_EXPERIMENTAL=1  also build csrc/experimental/ (kernels no GPU run has verified yet: the sm_90a conv
-                          and GEMM kernels, the NHWC max pool, the opt-in training-BN kernels) and the test hooks
+                          and GEMM kernels, the NHWC max pool, the opt-in training-BN kernels, the fused training
+                          decomposition's cuDNN graphs, which need nvidia-cudnn-frontend) and the test hooks
                           (poisoned outputs, failing launches, kernel selection on fake registries); what
                           benchmarks/gpu_check.sh and CI's experimental build use. Not in the default wheel.
   TORCH_CUDA_ARCH_LIST    archs to build for (default "8.0;9.0a")
   CUDA_HOME               the CUDA toolkit (default: found from /usr/local/cuda or nvcc's real location)
   CUTLASS_PATH            a CUTLASS checkout (default: the headers of the nvidia-cutlass wheel)
+  CUDNN_FRONTEND_PATH     a cudnn-frontend checkout (experimental build; default: the nvidia-cudnn-frontend wheel)
   RESNET_EXT_PTXAS_VERBOSE=1  print ptxas register/spill reports for every kernel
   MAX_JOBS                parallel compile jobs (torch's ninja build reads it)
 """
@@ -107,6 +109,30 @@ def cutlass_include_dirs():
              "(or build without CUDA kernels: RESNET_EXT_CUDA=0)")
 
 
+def cudnn_frontend_build():
+    """(include dirs, link args) for csrc/experimental/cudnn_train.cpp: cudnn-frontend's headers from the
+    `nvidia-cudnn-frontend` wheel (or CUDNN_FRONTEND_PATH, a checkout), linked against the libcudnn.so.9 that torch
+    itself loads (its `nvidia-cudnn` wheel; cuDNN's headers come from there too, see torch_cuda_include_dirs)."""
+    roots = [Path(os.environ["CUDNN_FRONTEND_PATH"])] if os.environ.get("CUDNN_FRONTEND_PATH") else []
+    spec = importlib.util.find_spec("cudnn")  # the wheel's Python package sits next to its include/
+    if spec and spec.origin:
+        roots.append(Path(spec.origin).parent.parent)
+    include = next((str(r / "include") for r in roots if (r / "include" / "cudnn_frontend.h").exists()), None)
+    if include is None:
+        sys.exit("cudnn-frontend headers not found (the experimental build's fused training graphs need them): pip "
+                 "install nvidia-cudnn-frontend, or set CUDNN_FRONTEND_PATH to a cudnn-frontend checkout")
+    libs = []
+    try:
+        import nvidia
+        for base in nvidia.__path__:
+            libs += glob.glob(os.path.join(base, "cudnn", "lib", "libcudnn.so.9"))
+    except ImportError:
+        pass
+    if not libs:
+        sys.exit("libcudnn.so.9 not found in the nvidia-cudnn wheel that torch depends on")
+    return [include], [f"-L{os.path.dirname(libs[0])}", "-l:libcudnn.so.9"]
+
+
 def source_build_id():
     """The build id of csrc/, by the function the loader checks it with (resnet_ext/_C_loader.py, loaded under a
     name that skips its import of the extension)."""
@@ -176,6 +202,10 @@ def build_extension():
     if os.environ.get("RESNET_EXT_PTXAS_VERBOSE") == "1":
         nvcc_flags.append("-Xptxas=-v")
     include_dirs += cutlass_include_dirs() + torch_cuda_include_dirs()
+    if experimental:
+        frontend_include, cudnn_link = cudnn_frontend_build()
+        include_dirs += frontend_include
+        link_flags += cudnn_link
     return CUDAExtension("resnet_ext._C", cpp_sources + cu_sources, define_macros=macros,
                          include_dirs=include_dirs, extra_link_args=link_flags,
                          extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags})

@@ -9,7 +9,12 @@
 #
 # Steps, in order: info cutlass build | tests (incl. tests_sm90, tests_bn_optin) graphs compile memcheck fuzz (side
 # by side; maxpool and flatcuda too) | hopper profile models (incl. autotuned) train (incl. the opt-in BN reduce)
-# latency graphs maxpool gemmepi flatcuda layers.
+# latency graphs maxpool gemmepi flatcuda fusedtrain layers.
+# fusedtrain (opt-in switches.fused_train, #23, unverified): tests/test_fused_train.py on CUDA (each cuDNN graph
+# against float64, blocks and a resnet50 step against torchvision), benchmarks/fused_train_check.py (which graphs
+# cuDNN builds on this card; per block error and fwd+bwd time against torchvision), then the AMP train step with it
+# (bench --train --fused-train). Its build needs cudnn-frontend's headers: nvidia-cudnn-frontend installed, or its
+# wheel in .whl/ (any Python tag: only include/ is read), or $CUDNN_FRONTEND_PATH.
 # maxpool (opt-in NHWC max pool kernel, unverified): tests/test_max_pool.py, then benchmarks/max_pool_check.py.
 # gemmepi (the sm_90a GEMMs' fp32 scale/shift epilogue, unverified, reached through conv_bn_act's scale and shift
 # with each GEMM forced; its tests run in tests_sm90): benchmarks/gemm_epilogue_check.py, against the folded
@@ -98,7 +103,24 @@ info() {
   nproc
 }
 
+frontend() {  # cudnn-frontend's headers from a carried wheel, unless installed or CUDNN_FRONTEND_PATH is set
+  if [ -n "${CUDNN_FRONTEND_PATH:-}" ] || "$PY" -c "import importlib.util as u, pathlib as p, sys; s = u.find_spec('cudnn'); sys.exit(not (s and (p.Path(s.origin).parent.parent / 'include' / 'cudnn_frontend.h').exists()))" 2>/dev/null; then
+    echo "cudnn-frontend present"; return 0
+  fi
+  local whl
+  whl=$(ls .whl/nvidia_cudnn_frontend-*.whl 2>/dev/null | head -n 1)
+  [ -n "$whl" ] || { echo "no cudnn-frontend: pip install nvidia-cudnn-frontend, set CUDNN_FRONTEND_PATH, or carry .whl/"; return 1; }
+  "$PY" - "$whl" <<'PY'
+import sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+names = [n for n in z.namelist() if n.startswith("include/")]
+z.extractall("/tmp/cudnn_frontend", names)
+print(f"extracted {len(names)} cudnn-frontend headers")
+PY
+}
+
 cutlass() {  # headers only, from the carried wheel, unless CUTLASS is already importable or CUTLASS_PATH is set
+  frontend || return 1
   if [ -n "${CUTLASS_PATH:-}" ] || "$PY" -c "import cutlass_library" 2>/dev/null; then echo "CUTLASS present"; return 0; fi
   local whl
   whl=$(ls .whl/nvidia_cutlass-*.whl 2>/dev/null | head -n 1)
@@ -147,7 +169,7 @@ build() {
   return $rc
 }
 
-export -f info cutlass build prebuilt elapsed
+export -f info frontend cutlass build prebuilt elapsed
 export START DEADLINE
 step info 30 info
 [ -d /tmp/cutlass/cutlass_library/source ] && export CUTLASS_PATH="${CUTLASS_PATH:-/tmp/cutlass/cutlass_library/source}"
@@ -158,6 +180,7 @@ else
   cat "$R/prebuilt.log" >> "$LOG"
   step cutlass 60 cutlass
   [ -d /tmp/cutlass/cutlass_library/source ] && export CUTLASS_PATH=/tmp/cutlass/cutlass_library/source
+  [ -f /tmp/cudnn_frontend/include/cudnn_frontend.h ] && export CUDNN_FRONTEND_PATH=/tmp/cudnn_frontend
   step build 240 build || { echo "build failed: see $R/build_full.log"; tail -n 40 "$R/build_full.log"; }
 fi
 
@@ -193,6 +216,10 @@ if wanted flatcuda; then  # the CUDA eval forward as the recorded sequence of fu
   run_step flatcuda_tests 120 "${PYTEST[@]}" -v tests/test_flat.py -k "fused or on_cuda" &
   pids+=($!)
 fi
+if wanted fusedtrain; then  # the fused training decomposition's cuDNN graphs against float64 and torchvision
+  run_step fusedtrain_tests 150 "${PYTEST[@]}" -v tests/test_fused_train.py &
+  pids+=($!)
+fi
 if wanted compile && [ "$QUICK" = 0 ]; then
   run_step compile 260 "${PYTEST[@]}" -v tests/test_cuda.py -k compile &
   pids+=($!)
@@ -209,7 +236,7 @@ elif [ "$QUICK" = 1 ] && wanted fuzz; then
   pids+=($!)
 fi
 for p in "${pids[@]}"; do wait "$p"; done
-for name in tests tests_sm90 tests_bn_optin graphs maxpool_tests flatcuda_tests compile memcheck fuzz; do [ -f "$R/$name.log" ] && cat "$R/$name.log" >> "$LOG"; done
+for name in tests tests_sm90 tests_bn_optin graphs maxpool_tests flatcuda_tests fusedtrain_tests compile memcheck fuzz; do [ -f "$R/$name.log" ] && cat "$R/$name.log" >> "$LOG"; done
 pack
 
 # ---- timed steps, one at a time ---------------------------------------------------------------------------------
@@ -241,6 +268,10 @@ fi
 if [ "$QUICK" = 0 ] && wanted flatcuda; then  # host time per forward: where the module tree costs most
   for b in 1 32; do bench "flatcuda_bs$b" "$b" 50 --flat-cuda; done
 fi
+if wanted fusedtrain; then  # which graphs cuDNN builds here, per block error and time, then the whole AMP step
+  step fusedtrain 150 "$PY" benchmarks/fused_train_check.py
+  [ "$QUICK" = 0 ] && bench train_bs256_fused 256 10 --train --fused-train
+fi
 if wanted layers; then
   step layers 150 "$PY" -m pytest benchmarks/test_conv_bn_act.py benchmarks/test_bn_act_train.py -q \
     -p no:cacheprovider --benchmark-only --benchmark-json="$R/bench_layers.json" --benchmark-columns=min,median,rounds
@@ -255,7 +286,7 @@ fi
   head -n 4 "$R/info.log" 2>/dev/null | tail -n 3
   grep -h "ptxas entries\|using the prebuilt" "$R/build.log" "$R/prebuilt.log" 2>/dev/null
   cat "$SUM"
-  for name in tests tests_sm90 tests_bn_optin graphs maxpool_tests flatcuda_tests compile fuzz; do
+  for name in tests tests_sm90 tests_bn_optin graphs maxpool_tests flatcuda_tests fusedtrain_tests compile fuzz; do
     [ -f "$R/$name.log" ] || continue
     local_summary=$(grep -E '[0-9]+ (passed|failed|skipped|errors?|deselected).* in [0-9.]+s' "$R/$name.log" | tail -n 1)
     echo "--- $name: $local_summary"
@@ -286,6 +317,17 @@ PY
   done
   [ -f "$R/maxpool.log" ] && grep -h "^verdict\|Error" "$R/maxpool.log"
   [ -f "$R/gemmepi.log" ] && grep -h "^verdict\|Error" "$R/gemmepi.log"
+  [ -f "$R/fusedtrain.log" ] && grep -h "^verdict\|no graph\|Error" "$R/fusedtrain.log" | cut -c1-300 | head -n 40
+  [ -f "$R/train_bs256_fused.json" ] && "$PY" - "$R/train_bs256_fused.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))["train"]["models"]
+tv, f = m["torchvision"], m["resnet_ext fused train"]
+s = tv["median_s"] / f["median_s"]
+mem = f.get("peak_mem_bytes", 0) / max(tv.get("peak_mem_bytes", 1), 1)
+print(f"verdict fusedtrain step: {f['median_s'] * 1e3:.1f} ms, {f['img_per_s']:.0f} img/s, {s:.2f}x torchvision "
+      f"({tv['median_s'] * 1e3:.1f} ms); peak memory {mem:.2f}x torchvision's; goal >= 1.6x (#23): "
+      f"{'met' if s >= 1.6 and mem <= 1.0 else 'missed'}")
+PY
   for b in 1 8 32; do  # one verdict per batch for the CUDA graphs (#25: resnet50 bs1 <= 0.8 ms, bs32 <= 1.6 ms)
     [ -f "$R/graphs_bs$b.json" ] && "$PY" - "$R/graphs_bs$b.json" "$b" <<'PY'
 import json, sys

@@ -9,6 +9,9 @@
 #include "ops/conv_bn_act.h"
 #ifdef RESNET_EXT_WITH_CUDA
 #include "kernels/bn_act_kernels.h"
+#ifdef RESNET_EXT_EXPERIMENTAL
+#include "experimental/cudnn_train.h"
+#endif
 #endif
 
 // setup.py generates this header (in its build directory) with the build id of the csrc/ sources.
@@ -235,6 +238,10 @@ PYBIND11_MODULE(_C, m) {
         "Training BN: the opt-in kernels (unverified on a GPU: parallel final pass of the sums, channel-stationary "
         "apply passes) instead of the verified ones");
   m.def("bn_optin", &resnet_ext::bn_act::optin);
+  m.def("cudnn_train_probe", &resnet_ext::cudnn_train::probe,
+        "'' where cuDNN takes a fused training graph on a problem (plans=False: validate only, no GPU), else why not",
+        py::arg("pattern"), py::arg("x"), py::arg("w"), py::arg("stride"), py::arg("padding"), py::arg("prologue"),
+        py::arg("dtype"), py::arg("plans"));
 #else  // a CPU build launches nothing: the switches have nothing to act on
   m.def("set_poison_outputs", [](bool) {});
   m.def("set_failing_kernel", [](const std::string&) {});

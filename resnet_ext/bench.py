@@ -28,6 +28,7 @@ ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 TV, OURS, FROZEN, COMPILED = "torchvision", "resnet_ext", "resnet_ext frozen", "torchvision+compile"
 FROZEN_BF16 = "resnet_ext frozen bf16"
 OURS_FUSED_BN = "resnet_ext fused BN"
+OURS_FUSED_TRAIN = "resnet_ext fused train"  # --fused-train: switches.fused_train(True) for its steps
 FROZEN_GRAPHS = "resnet_ext frozen graphs"  # freeze(model, cuda_graphs=True)
 OURS_FLAT, FROZEN_FLAT = "resnet_ext flat", "resnet_ext frozen flat"  # --flat-cuda: switches.on_cuda(True)
 ORT, OPENVINO, OPENVINO_BF16 = "onnxruntime", "openvino", "openvino bf16"  # CPU runtimes (--runtimes)  # train: the default model with train_bn("fused")
@@ -206,7 +207,8 @@ def run(args) -> dict:
     warm_n = {name: warmup_calls(name, warmup) for name in peers}
     total = sum(warm_n.values()) + args.iters * len(peers)
     if args.train:  # the frozen model does not train
-        train_names = [TV, OURS, OURS_FUSED_BN] + ([COMPILED] if args.compile else [])  # as train_bench times
+        train_names = [TV, OURS, OURS_FUSED_BN] + ([COMPILED] if args.compile else []) \
+            + ([OURS_FUSED_TRAIN] if args.fused_train else [])  # as train_bench times
         total += sum(warmup_calls(name, warmup) + args.iters for name in train_names)
     progress = Progress(total, enabled=not args.quiet)
     results: dict = {"kind": "resnet_ext.bench", "arch": args.arch, "device": str(device),
@@ -247,16 +249,19 @@ def run(args) -> dict:
     return results
 
 
-def train_step(forward, params, target, amp_dtype=None, train_mode=None):
+def train_step(forward, params, target, amp_dtype=None, train_mode=None, fused_train=None):
     """The training step every benchmark times: per call one SGD step (momentum 0.9) of cross-entropy on
     `forward(inp)` against `target`, under AMP autocast to `amp_dtype` if given, with the models' train-mode BN
-    set to `train_mode` (see `train_bn`; None: as it is) for the step."""
-    from .engine.units import train_bn  # here, not at the top: an argument error never loads the extension
+    set to `train_mode` (see `train_bn`; None: as it is) and `switches.fused_train` to `fused_train` (None: as it
+    is) for the step."""
+    from . import switches  # here, not at the top: an argument error never loads the extension
+    from .engine.units import train_bn
 
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
 
     def step(inp):
         previous = train_bn(train_mode)
+        previous_fused = switches.fused_train(fused_train)
         try:
             with torch.autocast(target.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = torch.nn.functional.cross_entropy(forward(inp), target)
@@ -265,27 +270,31 @@ def train_step(forward, params, target, amp_dtype=None, train_mode=None):
             opt.step()
         finally:
             train_bn(previous)
+            switches.fused_train(previous_fused)
     return step
 
 
 def train_bench(tv, ours, x, args, device, progress, warmup, compile_mode) -> dict:
     """One SGD step per call (forward, loss, backward, step), with AMP autocast for 16-bit dtypes; the contenders
     interleaved like eval. torchvision, resnet_ext in the default mode (a frozen model does not train) and a copy
-    of it with the fused training BN forced (`train_bn("fused")`: what decides the per-device default), and with
-    --compile a torch.compile of a copy of the torchvision model (no freezing: it trains)."""
+    of it with the fused training BN forced (`train_bn("fused")`: what decides the per-device default), with
+    --compile a torch.compile of a copy of the torchvision model (no freezing: it trains), and with --fused-train a
+    copy of ours with `fused_train(True)` (the Bottlenecks as the fused conv + BN statistics decomposition)."""
     target = torch.randint(0, 1000, (x.shape[0],), device=device)
     amp_dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else None
     xin = x.float() if amp_dtype else x
     models = {TV: tv, OURS: ours, OURS_FUSED_BN: copy.deepcopy(ours)}
     if args.compile:
         models[COMPILED] = copy.deepcopy(tv)
+    if args.fused_train:
+        models[OURS_FUSED_TRAIN] = copy.deepcopy(ours)
     steps = {}
     for name, model in models.items():
         model = model.float() if amp_dtype else model
         model.train()
         fwd = torch.compile(model, mode=compile_mode) if name == COMPILED else model
         steps[name] = train_step(fwd, model.parameters(), target, amp_dtype,
-                                 "fused" if name == OURS_FUSED_BN else None)
+                                 "fused" if name == OURS_FUSED_BN else None, True if name == OURS_FUSED_TRAIN else None)
     warm_s, peaks = {}, {}
     for name, step in steps.items():  # warm-up one contender at a time, so peak memory is each one's own
         if device.type == "cuda":
@@ -382,6 +391,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also time the CPU runtimes that are installed (onnxruntime; openvino, with --frozen-bf16 "
                         "also its bf16), each on torchvision's model exported to ONNX (CPU, fp32)")
     p.add_argument("--train", action="store_true", help="also time one SGD training step (and peak memory)")
+    p.add_argument("--fused-train", action="store_true",
+                   help="with --train, also time resnet_ext with fused_train(True): its Bottlenecks as the fused "
+                        "conv + BN statistics decomposition (on CUDA a build made with RESNET_EXT_EXPERIMENTAL=1)")
     p.add_argument("--autotune", action="store_true",
                    help="resnet_ext.autotune(True) for the run: every fused candidate timed per layer, the fastest "
                         "kept")
@@ -421,6 +433,11 @@ def main(args) -> int:
         if args.bn_optin and not resnet_ext.build_info().get("experimental"):
             raise UserError("--bn-optin: the opt-in BN kernels are only in a build made with "
                             "RESNET_EXT_EXPERIMENTAL=1")
+        if args.fused_train and not args.train:
+            raise UserError("--fused-train times a training step: add --train")
+        if args.fused_train and on_cuda and not resnet_ext.build_info().get("experimental"):
+            raise UserError("--fused-train on CUDA runs cuDNN graphs that only a build made with "
+                            "RESNET_EXT_EXPERIMENTAL=1 has")
         if args.json:
             check_writable(args.json, "--json")
     except UserError as e:

@@ -136,3 +136,21 @@ def activation_shapes(arch: str = "resnet50", batch: int = 1, image_size: int = 
     for s in conv_shapes(arch, batch, image_size):
         out.setdefault((s.N, s.K, s.P, s.Q, s.residual), None)
     return list(out)
+
+
+def fused_train_graphs(arch: str = "resnet50", batch: int = 256, image_size: int = 224) -> list[tuple]:
+    """Distinct (pattern, x (N, C, H, W), weight (K, C, R, S), stride, padding, prologue) of the cuDNN graphs the
+    fused training decomposition (`engine/fused_train.py`) runs for `arch`'s Bottlenecks (the stem keeps the stock
+    path): every conv's forward with its BN sums, the prologue (the previous BN + ReLU) on conv2 and conv3; their
+    dgrad fused with that ReLU and BN's weight gradients; their wgrad through the prologue."""
+    out: dict[tuple, None] = {}
+    for s in conv_shapes(arch, batch, image_size):
+        if s.C == 3:  # the stem
+            continue
+        prologue = s.R == 3 or s.residual  # conv2 and conv3 read the previous BN's output
+        geo = ((s.N, s.C, s.H, s.W), (s.K, s.C, s.R, s.S), (s.stride,) * 2, (s.padding,) * 2)
+        out.setdefault(("conv_stats", *geo, prologue), None)
+        if prologue:
+            out.setdefault(("dgrad_drelu_dbn", *geo, True), None)
+            out.setdefault(("wgrad", *geo, True), None)
+    return list(out)

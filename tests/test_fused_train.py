@@ -11,6 +11,8 @@ import torchvision
 from torch import nn
 
 import resnet_ext
+from resnet_ext._C_loader import _C
+from resnet_ext.shapes import fused_train_graphs
 
 from conftest import randomize_bn, requires_experimental
 
@@ -251,20 +253,24 @@ def test_whole_model_train_step_matches_torchvision(fused_on):
     assert resnet_ext.path_counts().get("train_graph", 0) == 16 * 3 + 4
 
 
-def test_bf16_autocast_error_no_worse_than_torchvision(fused_on):
-    """Under CPU autocast (bf16 convs) the block's output and gradients, judged against float64, within 2x
-    torchvision's own bf16 error."""
-    tv, ours = _block_pair(32, 8, 1, False, seed=4)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("downsample", [False, True])
+def test_bf16_autocast_error_no_worse_than_torchvision(fused_on, device, downsample):
+    """Under bf16 autocast the block's output and gradients, judged against float64, within 2x torchvision's own
+    bf16 error (on CUDA: through cuDNN's graphs)."""
+    tv, ours = _block_pair(32, 16, 2, True, seed=4) if downsample else _block_pair(64, 16, 1, False, seed=4)
+    tv, ours = tv.to(device), ours.to(device)
     ref64 = copy.deepcopy(tv).double()
-    x = torch.randn(4, 32, 8, 8)
+    x = torch.randn(4, tv.conv1.in_channels, 8, 8, device=device).contiguous(memory_format=CL)
     outs = {}
     for name, m, ac in (("tv", tv, True), ("ours", ours, True), ("ref", ref64, False)):
         xi = (x.double() if name == "ref" else x).detach().clone().requires_grad_()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=ac):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=ac):
             y = m(xi)
         y.float().square().sum().backward() if name != "ref" else y.square().sum().backward()
         outs[name] = (y.double(), xi.grad.double(), m.conv2.weight.grad.double())
-    assert resnet_ext.path_counts().get("train_graph", 0) == 3  # ours ran the decomposition (under autocast too)
+    # ours ran the decomposition (under autocast too)
+    assert resnet_ext.path_counts().get("train_graph", 0) == (4 if downsample else 3)
     for i, what in enumerate(("out", "dx", "dw2")):
         ref = outs["ref"][i]
         e_tv = (outs["tv"][i] - ref).norm() / ref.norm()
@@ -282,6 +288,13 @@ def test_falls_back_where_it_does_not_apply(fused_on):
     assert resnet_ext.path_counts().get("train_graph", 0) == 0
     handle.remove()
     assert resnet_ext.explain_train(x, ours)[0] == "fused_train"
+    # Mixed dtypes: torchvision's error, from its own path.
+    with pytest.raises(RuntimeError) as ours_err:
+        ours(x.double())
+    with pytest.raises(RuntimeError) as tv_err:
+        tv(x.double())
+    assert str(ours_err.value) == str(tv_err.value)
+    assert "mixed dtypes" in resnet_ext.explain_train(x.double(), ours)[1]
     # One value per channel: torchvision's ValueError, from its own path.
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         ours(torch.randn(1, 32, 1, 1))
@@ -305,6 +318,34 @@ def test_switch_is_off_by_default_and_checks_its_argument():
     assert resnet_ext.fused_train() is False
     with pytest.raises(TypeError, match="enabled must be True or False"):
         resnet_ext.fused_train("yes")
+
+
+@requires_experimental
+@pytest.mark.skipif(not hasattr(_C, "cudnn_train_probe"), reason="needs an experimental CUDA build")
+@pytest.mark.parametrize("arch", ["resnet50", "resnet101"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_every_graph_validates_without_a_gpu(arch, dtype):
+    """cudnn-frontend's own checks of every graph a train step builds (no GPU needed; the plans need one)."""
+    bad = {g: why for g in fused_train_graphs(arch, 256) if (why := _C.cudnn_train_probe(*g, dtype, False))}
+    assert not bad, bad
+
+
+@requires_experimental
+@pytest.mark.skipif(not hasattr(_C, "cudnn_train_probe"), reason="needs an experimental CUDA build")
+def test_probe_rejects_bad_arguments():
+    with pytest.raises(RuntimeError, match="pattern must be"):
+        _C.cudnn_train_probe("fprop", (2, 8, 4, 4), (8, 8, 1, 1), (1, 1), (0, 0), False, "bfloat16", False)
+    with pytest.raises(RuntimeError, match="dtype must be float16 or bfloat16"):
+        _C.cudnn_train_probe("wgrad", (2, 8, 4, 4), (8, 8, 1, 1), (1, 1), (0, 0), True, "float32", False)
+    with pytest.raises(RuntimeError, match="x must be"):
+        _C.cudnn_train_probe("wgrad", (2, 8, 4, 4), (8, 4, 1, 1), (1, 1), (0, 0), True, "float16", False)
+    with pytest.raises(RuntimeError, match="stride must be two positive ints"):
+        _C.cudnn_train_probe("dgrad_drelu_dbn", (2, 8, 8, 8), (8, 8, 3, 3), (0, 0), (1, 1), True, "float16", False)
+    with pytest.raises(RuntimeError, match="smaller than the kernel"):
+        _C.cudnn_train_probe("conv_stats", (2, 8, 2, 2), (8, 8, 3, 3), (1, 1), (0, 0), False, "float16", False)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="needs a CUDA device"):
+            _C.cudnn_train_probe("conv_stats", (2, 8, 8, 8), (8, 8, 3, 3), (1, 1), (1, 1), True, "float16", True)
 
 
 @requires_experimental

@@ -6,41 +6,15 @@
 
 #include <ATen/core/Tensor.h>
 
-#include <cmath>
 #include <functional>
 #include <optional>
 #include <tuple>
 #include <vector>
 
-#if defined(__CUDACC__)
-#define RESNET_EXT_HD __host__ __device__
-#else
-#define RESNET_EXT_HD
-#endif
+#include "ops/bn_finalize.h"
 
 namespace resnet_ext {
 namespace fused_train {
-
-// One channel's finalize, the only place its formula is written (the CPU loop and the CUDA kernel both call it):
-// batch mean and biased variance from the sums over n values, BN as y * scale + shift, and the running statistics
-// moved by `momentum` towards the batch mean and the unbiased variance, as nn.BatchNorm2d does.
-template <typename T>
-RESNET_EXT_HD inline void finalize_channel(T sum, T sqsum, T n, T gamma, T beta, T eps, T momentum, T* scale,
-                                           T* shift, T* mean, T* invstd, T* running_mean, T* running_var) {
-  using std::sqrt;
-  const T mu = sum / n;
-  T var = sqsum / n - mu * mu;
-  var = var > T(0) ? var : T(0);  // the rounding of E[y^2] - E[y]^2 may go below zero
-  const T inv = T(1) / sqrt(var + eps);
-  *mean = mu;
-  *invstd = inv;
-  *scale = gamma * inv;
-  *shift = beta - mu * gamma * inv;
-  if (running_mean != nullptr) {
-    *running_mean += momentum * (mu - *running_mean);
-    *running_var += momentum * (var * n / (n - T(1)) - *running_var);
-  }
-}
 
 using OptTensor = std::optional<at::Tensor>;
 

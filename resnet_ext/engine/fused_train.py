@@ -64,6 +64,17 @@ def why_not(b: nn.Module, x: Tensor) -> Optional[str]:
     if not (isinstance(x, Tensor) and x.dim() == 4 and x.is_floating_point() and x.shape[1] == b.conv1.in_channels
             and x.numel() > 0):
         return "an input the block's convs would reject (torchvision's error comes from its own path)"
+    convs = [c.weight for c, _ in pairs]
+    tensors = convs + [t for _, n in pairs for t in (n.weight, n.bias, n.running_mean, n.running_var)]
+    if any(t.device != x.device for t in tensors):
+        return "parameters on another device than x (torchvision's error comes from its own path)"
+    if torch.is_autocast_enabled(x.device.type):  # autocast casts fp32 (and its own dtype), nothing else
+        ok = (all(t.dtype == torch.float32 for t in tensors)
+              and x.dtype in (torch.float32, torch.get_autocast_dtype(x.device.type)))
+    else:
+        ok = all(t.dtype == x.dtype for t in tensors)
+    if not ok:
+        return "mixed dtypes (torchvision's answer or error comes from its own path)"
     if x.is_cuda and not switches.EXPERIMENTAL:
         return "CUDA needs the experimental build's cuDNN graphs (RESNET_EXT_EXPERIMENTAL=1)"
     # Shapes torchvision's own path rejects (a residual of another shape, one value per channel: its ValueError)
