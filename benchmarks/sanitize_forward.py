@@ -1,7 +1,7 @@
 """resnet50 at batch 8 through every CUDA code path resnet_ext has, for `compute-sanitizer --tool memcheck`
 (benchmarks/gpu_check.sh runs it): eval forwards (bf16, channels_last) with the default choice per layer and with
 resnet_ext's own sm80 kernels on every layer (prefer_cudnn(False)); AMP training steps through the fused
-BN(+add)+ReLU kernels (with the verified and the opt-in BN kernels); then eval forwards with each kind of sm_90a kernel forced where it can run (sm_90 only)."""
+BN(+add)+ReLU kernels (with the verified and the opt-in BN kernels) and the fused decomposition (fused_train); then eval forwards with each kind of sm_90a kernel forced where it can run (sm_90 only)."""
 import torch
 import torch.nn.functional as F
 
@@ -41,16 +41,22 @@ eval_forward("sm80 everywhere", False, "")
 # The training step before the unverified sm_90a kernels, so that a failure of theirs cannot hide it.
 model.float().train()
 resnet_ext.train_bn("fused")  # the models run the stock BN by default: force the fused op's kernels
-for optin in (False, True):  # the verified training-BN kernels, then the opt-in ones (unverified)
+for optin, fused in ((False, False), (True, False), (False, True)):
+    # the verified training-BN kernels, the opt-in ones (unverified), the fused decomposition's cuDNN graphs and
+    # finalize kernel (#23, unverified)
     resnet_ext.bn_optin(optin)
+    resnet_ext.fused_train(fused)
+    resnet_ext.reset_path_counts()
     model.zero_grad(set_to_none=True)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss = F.cross_entropy(model(x), torch.arange(8, device="cuda"))
     loss.backward()
     torch.cuda.synchronize()
     assert torch.isfinite(model.conv1.weight.grad).all()
-    print(f"AMP train step ok (opt-in BN kernels {optin}), loss", float(loss), flush=True)
+    print(f"AMP train step ok (opt-in BN kernels {optin}, fused_train {fused}), loss", float(loss),
+          {k: v for k, v in resnet_ext.path_counts().items() if "graph" in k}, flush=True)
 resnet_ext.bn_optin(False)
+resnet_ext.fused_train(False)
 resnet_ext.train_bn("auto")
 
 for k in sm90:

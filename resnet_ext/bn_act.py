@@ -6,7 +6,7 @@ all-reduces the per-channel sums like nn.SyncBatchNorm (also on CPU tensors with
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -115,9 +115,17 @@ torch.library.register_autograd("resnet_ext::bn_act_train", _backward, setup_con
 # The models' call: running statistics inside forward; cross-process statistics (SyncBN) from the same kernels
 # ---------------------------------------------------------------------------------------------------------------
 
-def _all_reduce(t: Tensor, group) -> Tensor:
+def all_reduce(t: Tensor, group) -> Tensor:
     dist.all_reduce(t, group=group)
     return t
+
+
+def all_reduce_sums(sums: Tensor, count: Tensor, group) -> Tuple[Tensor, Tensor]:
+    """Per-channel BN sums [2, C] and their count per channel (a one-element float64 tensor) summed across `group`
+    in one float64 all-reduce: the count stays exact (to 2^53) and on the device, so no layer waits for the host.
+    Returns (sums in their dtype, the count as a 0-d float64 tensor)."""
+    packed = all_reduce(torch.cat([sums.reshape(-1).double(), count.reshape(1).double()]), group)
+    return packed[:-1].reshape(sums.shape).to(sums.dtype), packed[-1]
 
 
 class _BnActTrain(torch.autograd.Function):
@@ -133,12 +141,8 @@ class _BnActTrain(torch.autograd.Function):
         else:  # the same kernels in pieces, with the per-channel sums all-reduced in between
             c = x.shape[1]
             sums = ops.bn_stats(x, running_mean)
-            # Sums and count all-reduced in float64 in one call: the count stays exact (to 2^53) and on the
-            # device, so no layer waits for the host.
             count = torch.full((1,), x.numel() // c, dtype=torch.float64, device=x.device)
-            packed = _all_reduce(torch.cat([sums.reshape(-1).double(), count]), group)
-            n = packed[-1]
-            sums = packed[:-1].reshape(2, c).to(sums.dtype)
+            sums, n = all_reduce_sums(sums, count, group)
             mu = sums[0] / n
             var = (sums[1] / n - mu * mu).clamp_min(0)
             mean = (running_mean.to(sums.dtype) if running_mean is not None else 0) + mu
@@ -165,7 +169,7 @@ class _BnActTrain(torch.autograd.Function):
         else:
             grad_y = grad_y.contiguous(memory_format=ctx.fmt)
             local = ops.bn_act_backward_reduce(grad_y, y, x, mean, invstd, ctx.relu)
-            total = _all_reduce(local.clone(), ctx.group)
+            total = all_reduce(local.clone(), ctx.group)
             # The op divides the sums by `count`; dividing them here by the device-side count (and passing 1)
             # keeps the backward free of host syncs too.
             dx, dres = ops.bn_act_backward_apply(grad_y, y, x, weight, mean, invstd, (total / n).to(total.dtype),
@@ -179,7 +183,9 @@ class _BnActTrain(torch.autograd.Function):
 # The module-facing function
 # ---------------------------------------------------------------------------------------------------------------
 
-def _group_of(bn: nn.Module):
+def group_of(bn: nn.Module):
+    """The process group whose statistics a train-mode `bn` computes (converted by `convert_sync_batchnorm` or an
+    nn.SyncBatchNorm, with torch.distributed initialised and more than one process), else None."""
     group = getattr(bn, "process_group", None)
     if not (dist.is_available() and dist.is_initialized()):
         return None
@@ -223,7 +229,7 @@ def bn_act(x: Tensor, bn: nn.modules.batchnorm._BatchNorm, residual: Optional[Te
         F._verify_batch_size(x.size())  # F.batch_norm's ValueError, after the counter as there
     track = bn.track_running_stats and bn.running_mean is not None
     running = (bn.running_mean, bn.running_var) if track else (None, None)
-    return _BnActTrain.apply(x, residual, weight, bias, *running, factor, bn.eps, relu, _group_of(bn))
+    return _BnActTrain.apply(x, residual, weight, bias, *running, factor, bn.eps, relu, group_of(bn))
 
 
 def sync_marked(bn: nn.Module) -> bool:

@@ -275,7 +275,7 @@ def _step(model, x, target, steps=2):
     return out.detach(), grads
 
 
-def _worker(rank, world, store_path, out_dir):
+def _worker(rank, world, store_path, out_dir, fused=False):
     import datetime
 
     import torch.distributed as dist
@@ -285,15 +285,16 @@ def _worker(rank, world, store_path, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=60))
     try:
+        resnet_ext.fused_train(fused)  # the Bottlenecks as the fused decomposition, its sums all-reduced
         model = resnet_ext.convert_sync_batchnorm(_small_model())
         ddp = DDP(model)
         x, target = _batch()
         half = slice(2 * rank, 2 * rank + 2)
-        # No host sync inside the cross-process BN: count .item() calls made from bn_act.py.
+        # No host sync inside the cross-process BN: count .item() calls made from bn_act.py (and fused_train.py).
         syncs, real_item = [], torch.Tensor.item
 
         def item(t):
-            if sys._getframe(1).f_code.co_filename.endswith("bn_act.py"):
+            if sys._getframe(1).f_code.co_filename.endswith(("bn_act.py", "fused_train.py")):
                 syncs.append(1)
             return real_item(t)
 
@@ -304,15 +305,17 @@ def _worker(rank, world, store_path, out_dir):
             torch.Tensor.item = real_item
         state = {k: v.clone() for k, v in model.state_dict().items()}
         torch.save({"out": out, "grads": {k.removeprefix("module."): v for k, v in grads.items()}, "state": state,
-                    "syncs": len(syncs)}, os.path.join(out_dir, f"rank{rank}.pt"))
+                    "syncs": len(syncs), "graph_units": resnet_ext.path_counts().get("train_graph", 0)},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("fused", [False, True], ids=["bn_act", "fused_train"])
+def test_two_gloo_processes_match_one_process(tmp_path, fused):
     import torch.multiprocessing as mp
 
-    ctx = mp.start_processes(_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=False,
+    ctx = mp.start_processes(_worker, args=(2, str(tmp_path / "store"), str(tmp_path), fused), nprocs=2, join=False,
                              start_method="spawn")
     deadline = time.time() + 240
     while not ctx.join(timeout=5):
@@ -325,6 +328,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     out, grads = _step(model, x, target)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert [r["syncs"] for r in ranks] == [0, 0]  # the SyncBN forward and backward never wait for the host
+    assert [r["graph_units"] for r in ranks] == ([2 * 4 * 4] * 2 if fused else [0, 0])  # 2 steps, 4 blocks
     assert rel_err(torch.cat([r["out"] for r in ranks]), out) < 1e-10
     for r in ranks:
         for k, g in grads.items():

@@ -150,14 +150,25 @@ def test_the_bn_kernels_are_the_ones_asked_for(request):
     assert _C.bn_optin() == want
 
 
-def test_cuda_graph_captures_a_whole_amp_training_step(train_mode):
-    """#22.3: forward, backward and optimizer step of an AMP training step captured as one CUDA graph (which fails
-    on any host sync: the BN statistics, running statistics and num_batches_tracked stay on the device), replayed on
-    new data, equal to the same steps run eagerly on a copy: parameters, running statistics, counters."""
+@pytest.fixture(params=[False, pytest.param(True, marks=requires_experimental)], ids=["units", "fused_train"])
+def decomposition(request):
+    """The training step's Bottlenecks as the units (False) or as the fused decomposition (`fused_train`, #23)."""
+    previous = resnet_ext.fused_train(request.param)
+    resnet_ext.reset_path_counts()
+    yield request.param
+    resnet_ext.fused_train(previous)
+
+
+def test_cuda_graph_captures_a_whole_amp_training_step(train_mode, decomposition):
+    """#22.3 (and #23): forward, backward and optimizer step of an AMP training step captured as one CUDA graph
+    (which fails on any host sync: the BN statistics, running statistics and num_batches_tracked stay on the
+    device), replayed on new data, equal to the same steps run eagerly on a copy: parameters, running statistics,
+    counters. With the fused decomposition, a resnet50's Bottlenecks through cuDNN's graphs."""
     import copy
 
     torch.manual_seed(0)
-    model = resnet_ext.resnet18(num_classes=10).cuda().to(memory_format=torch.channels_last).train()
+    arch = resnet_ext.resnet50 if decomposition else resnet_ext.resnet18
+    model = arch(num_classes=10).cuda().to(memory_format=torch.channels_last).train()
     eager = copy.deepcopy(model)
     opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in (model, eager)]
     batches = [(torch.randn(8, 3, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last),
@@ -198,3 +209,5 @@ def test_cuda_graph_captures_a_whole_amp_training_step(train_mode):
             assert int(a) == int(b) == len(batches), name
         else:
             torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-3, msg=name)
+    if decomposition:
+        assert resnet_ext.path_counts().get("train_graph", 0) > 0

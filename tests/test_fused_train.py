@@ -30,6 +30,11 @@ def fused_on():
     resnet_ext.fused_train(previous)
 
 
+def _n(count, device="cpu"):
+    """bn_finalize's count: one float64 on the device."""
+    return torch.tensor([float(count)], dtype=torch.float64, device=device)
+
+
 def _vec(c, lo, hi, dtype=torch.float32, device="cpu"):
     return torch.empty(c, dtype=dtype, device=device).uniform_(lo, hi)
 
@@ -110,7 +115,7 @@ def test_finalize_matches_batch_norm(device, dtype, running_dtype):
     if rdt is not None:
         rm, rv = _vec(12, -1, 1, rdt, device), _vec(12, 0.5, 2, rdt, device)
         rm_ref, rv_ref = rm.double().clone(), rv.double().clone()
-    scale, shift, mean, invstd = ops.bn_finalize(sums, float(n), gamma, beta, rm, rv, 0.1, 1e-5)
+    scale, shift, mean, invstd = ops.bn_finalize(sums, _n(n, device), gamma, beta, rm, rv, 0.1, 1e-5)
     ref = F.batch_norm(x.double(), rm_ref if rm is not None else None, rv_ref if rm is not None else None,
                        gamma.double(), beta.double(), True, 0.1, 1e-5)
     tol = 1e-12 if dtype == torch.float64 else 2e-5
@@ -128,7 +133,7 @@ def test_finalize_matches_batch_norm(device, dtype, running_dtype):
 def test_finalize_clamps_a_negative_variance():
     # sum^2 / n above the sum of squares by rounding: variance 0, not NaN.
     sums = torch.tensor([[3.0], [2.9999]])
-    scale, shift, mean, invstd = ops.bn_finalize(sums, 3.0, torch.ones(1), torch.zeros(1), None, None, 0.1, 1e-5)
+    scale, shift, mean, invstd = ops.bn_finalize(sums, _n(3), torch.ones(1), torch.zeros(1), None, None, 0.1, 1e-5)
     assert torch.isfinite(invstd).all() and invstd.item() == pytest.approx(1e-5 ** -0.5, rel=1e-4)
 
 
@@ -154,14 +159,16 @@ def test_finalize_clamps_a_negative_variance():
     (lambda: ops.fused_dgrad_drelu_dbn(torch.randn(2, 4, 4, 4), torch.randn(4, 3, 1, 1), torch.randn(2, 3, 4, 4),
                                        *[torch.ones(3)] * 3, torch.ones(2), [1, 1], [0, 0]),
      "invstd must have shape \\[3\\]"),
-    (lambda: ops.bn_finalize(torch.randn(3, 4), 8.0, torch.ones(4), torch.zeros(4), None, None, 0.1, 1e-5),
+    (lambda: ops.bn_finalize(torch.randn(3, 4), _n(8), torch.ones(4), torch.zeros(4), None, None, 0.1, 1e-5),
      "sums must have shape \\[2, C\\]"),
-    (lambda: ops.bn_finalize(torch.randn(2, 4), 1.0, torch.ones(4), torch.zeros(4), None, None, 0.1, 1e-5),
+    (lambda: ops.bn_finalize(torch.randn(2, 4), _n(1), torch.ones(4), torch.zeros(4), None, None, 0.1, 1e-5),
      "count must be more than 1"),
-    (lambda: ops.bn_finalize(torch.randn(2, 4), 8.0, torch.ones(4), torch.zeros(4), torch.zeros(4), None, 0.1,
+    (lambda: ops.bn_finalize(torch.randn(2, 4), _n(8), torch.ones(4), torch.zeros(4), torch.zeros(4), None, 0.1,
                              1e-5), "running_mean and running_var must be given together"),
-    (lambda: ops.bn_finalize(torch.randn(2, 4).half(), 8.0, torch.ones(4), torch.zeros(4), None, None, 0.1, 1e-5),
+    (lambda: ops.bn_finalize(torch.randn(2, 4).half(), _n(8), torch.ones(4), torch.zeros(4), None, None, 0.1, 1e-5),
      "sums must be float32 or float64"),
+    (lambda: ops.bn_finalize(torch.randn(2, 4), torch.ones(2), torch.ones(4), torch.zeros(4), None, None, 0.1, 1e-5),
+     "count must be a one-element floating-point tensor"),
 ])
 def test_bad_arguments_name_the_argument(call, match):
     with pytest.raises(RuntimeError, match=match):
@@ -177,7 +184,7 @@ def test_ops_pass_opcheck():
     torch.library.opcheck(ops.fused_conv_stats, (x, w, sc, sh, [1, 1], [1, 1]), test_utils=tests)
     torch.library.opcheck(ops.fused_dgrad_drelu_dbn, (dy, w, x, sc, sh, sc, sh, [1, 1], [1, 1]), test_utils=tests)
     torch.library.opcheck(ops.fused_wgrad, (dy, x, sc, sh, [6, 8, 3, 3], [1, 1], [1, 1]), test_utils=tests)
-    torch.library.opcheck(ops.bn_finalize, (torch.rand(2, 8) + 4, 25.0, sc, sh, torch.zeros(8), torch.ones(8), 0.1,
+    torch.library.opcheck(ops.bn_finalize, (torch.rand(2, 8) + 4, _n(25), sc, sh, torch.zeros(8), torch.ones(8), 0.1,
                                             1e-5), test_utils=tests)
 
 

@@ -21,7 +21,7 @@ __global__ void finalize_kernel(FinalizeArgs a) {
   for (int j = 0; j < 4; ++j) out[j] = static_cast<T*>(a.out[j]) + i;
   T* rm = a.running_mean ? static_cast<T*>(a.running_mean) + i : nullptr;
   T* rv = a.running_var ? static_cast<T*>(a.running_var) + i : nullptr;
-  finalize_channel<T>(s[i], s[a.channels + i], T(a.count), static_cast<const T*>(a.weight)[i],
+  finalize_channel<T>(s[i], s[a.channels + i], T(*a.count), static_cast<const T*>(a.weight)[i],
                       static_cast<const T*>(a.bias)[i], T(a.eps), T(a.momentum), out[0], out[1], out[2], out[3], rm,
                       rv);
 }

@@ -10,7 +10,7 @@ namespace resnet_ext {
 namespace fused_train {
 
 // Device pointers, all of the sums' type (float or double), one entry per channel; sums holds [2, channels];
-// out: scale, shift, mean, invstd; running statistics null when not tracked.
+// out: scale, shift, mean, invstd; running statistics null when not tracked; count: one double.
 struct FinalizeArgs {
   const void* sums;
   const void* weight;
@@ -18,8 +18,9 @@ struct FinalizeArgs {
   void* out[4];
   void* running_mean;
   void* running_var;
+  const double* count;
   int64_t channels;
-  double count, eps, momentum;
+  double eps, momentum;
 };
 
 // "" on success, else the CUDA error.

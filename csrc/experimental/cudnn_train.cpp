@@ -331,15 +331,17 @@ Tensor wgrad_cuda(const Tensor& dy, const Tensor& x, const OptTensor& scale, con
   return dw;
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> finalize_cuda(const Tensor& sums, double count, const Tensor& weight,
-                                                         const Tensor& bias, const OptTensor& running_mean,
-                                                         const OptTensor& running_var, double momentum, double eps) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> finalize_cuda(const Tensor& sums, const Tensor& count,
+                                                         const Tensor& weight, const Tensor& bias,
+                                                         const OptTensor& running_mean, const OptTensor& running_var,
+                                                         double momentum, double eps) {
   c10::cuda::CUDAGuard guard(sums.device());
   return fused_train::finalize_with(
       sums, count, weight, bias, running_mean, running_var,
-      [&](const Tensor& s, const Tensor& w, const Tensor& b, Tensor* rm, Tensor* rv, const std::vector<Tensor>& out) {
+      [&](const Tensor& s, const Tensor& n, const Tensor& w, const Tensor& b, Tensor* rm, Tensor* rv,
+          const std::vector<Tensor>& out) {
         fused_train::FinalizeArgs a{s.data_ptr(), w.data_ptr(), b.data_ptr(), {}, rm ? rm->data_ptr() : nullptr,
-                                    rv ? rv->data_ptr() : nullptr, s.size(1), count, eps, momentum};
+                                    rv ? rv->data_ptr() : nullptr, n.data_ptr<double>(), s.size(1), eps, momentum};
         for (int i = 0; i < 4; ++i) a.out[i] = out[i].data_ptr();
         const std::string err = fused_train::launch_finalize(a, s.scalar_type() == at::kDouble,
                                                              at::cuda::getCurrentCUDAStream(s.get_device()).stream());

@@ -147,14 +147,20 @@ Tensor wgrad_composite(const Tensor& dy, const Tensor& x, const OptTensor& scale
   return std::get<1>(grads).contiguous(x.suggest_memory_format());
 }
 
-void check_finalize(const Tensor& sums, double count, const Tensor& weight, const Tensor& bias,
+void check_finalize(const Tensor& sums, const Tensor& count, const Tensor& weight, const Tensor& bias,
                     const OptTensor& running_mean, const OptTensor& running_var) {
   const char* op = "bn_finalize";
   TORCH_CHECK(sums.dim() == 2 && sums.size(0) == 2, op, ": sums must have shape [2, C] (sum, sum of squares), got ",
               sums.sizes());
   TORCH_CHECK(sums.scalar_type() == at::kFloat || sums.scalar_type() == at::kDouble, op,
               ": sums must be float32 or float64, got ", sums.scalar_type());
-  TORCH_CHECK(count > 1, op, ": count must be more than 1 value per channel when training, got ", count);
+  TORCH_CHECK(count.numel() == 1 && at::isFloatingType(count.scalar_type()) && count.device() == sums.device(), op,
+              ": count must be a one-element floating-point tensor on the sums' device, got ", count.sizes(), " ",
+              count.scalar_type(), " on ", count.device());
+  // On the CPU only: on CUDA the check would wait for the device (the callers ensure it there).
+  if (count.is_cpu())
+    TORCH_CHECK(count.item<double>() > 1, op, ": count must be more than 1 value per channel when training, got ",
+                count.item<double>());
   const int64_t c = sums.size(1);
   check_vec(weight, c, sums, op, "weight");
   check_vec(bias, c, sums, op, "bias");
@@ -188,26 +194,29 @@ Tensor wgrad_cpu(const Tensor& dy, const Tensor& x, const OptTensor& scale, cons
 }
 
 template <typename T>
-void finalize_loop(const Tensor& sums, double count, const Tensor& w, const Tensor& b, Tensor* rm, Tensor* rv,
-                   double momentum, double eps, const std::vector<Tensor>& out) {
+void finalize_loop(const Tensor& sums, const Tensor& count, const Tensor& w, const Tensor& b, Tensor* rm,
+                   Tensor* rv, double momentum, double eps, const std::vector<Tensor>& out) {
   const T* s = sums.data_ptr<T>();
+  const T n = T(count.data_ptr<double>()[0]);
   const int64_t c = sums.size(1);
   T* m = rm ? rm->data_ptr<T>() : nullptr;
   T* v = rv ? rv->data_ptr<T>() : nullptr;
   for (int64_t i = 0; i < c; ++i)
-    finalize_channel<T>(s[i], s[c + i], T(count), w.data_ptr<T>()[i], b.data_ptr<T>()[i], T(eps), T(momentum),
+    finalize_channel<T>(s[i], s[c + i], n, w.data_ptr<T>()[i], b.data_ptr<T>()[i], T(eps), T(momentum),
                         out[0].data_ptr<T>() + i, out[1].data_ptr<T>() + i, out[2].data_ptr<T>() + i,
                         out[3].data_ptr<T>() + i, m ? m + i : nullptr, v ? v + i : nullptr);
 }
 
 }  // namespace
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> finalize_with(const Tensor& sums_in, double count, const Tensor& weight,
+std::tuple<Tensor, Tensor, Tensor, Tensor> finalize_with(const Tensor& sums_in, const Tensor& count_in,
+                                                         const Tensor& weight,
                                                          const Tensor& bias, const OptTensor& running_mean,
                                                          const OptTensor& running_var, const FinalizeRun& run) {
-  check_finalize(sums_in, count, weight, bias, running_mean, running_var);
+  check_finalize(sums_in, count_in, weight, bias, running_mean, running_var);
   const auto t = sums_in.scalar_type();
   Tensor sums = sums_in.contiguous(), w = weight.to(t).contiguous(), b = bias.to(t).contiguous();
+  Tensor count = count_in.to(at::kDouble).contiguous();
   std::vector<Tensor> out;
   for (int i = 0; i < 4; ++i) out.push_back(at::empty({sums.size(1)}, sums.options()));
   Tensor rm, rv;
@@ -215,7 +224,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> finalize_with(const Tensor& sums_in, 
     rm = running_mean->to(t).contiguous();
     rv = running_var->to(t).contiguous();
   }
-  run(sums, w, b, running_mean.has_value() ? &rm : nullptr, running_mean.has_value() ? &rv : nullptr, out);
+  run(sums, count, w, b, running_mean.has_value() ? &rm : nullptr, running_mean.has_value() ? &rv : nullptr, out);
   if (running_mean.has_value()) {
     if (!rm.is_same(*running_mean)) running_mean->copy_(rm);
     if (!rv.is_same(*running_var)) running_var->copy_(rv);
@@ -223,16 +232,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> finalize_with(const Tensor& sums_in, 
   return {out[0], out[1], out[2], out[3]};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> finalize_cpu(const Tensor& sums, double count, const Tensor& weight,
-                                                        const Tensor& bias, const OptTensor& running_mean,
-                                                        const OptTensor& running_var, double momentum, double eps) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> finalize_cpu(const Tensor& sums, const Tensor& count,
+                                                        const Tensor& weight, const Tensor& bias,
+                                                        const OptTensor& running_mean, const OptTensor& running_var,
+                                                        double momentum, double eps) {
   return finalize_with(sums, count, weight, bias, running_mean, running_var,
-                       [&](const Tensor& s, const Tensor& w, const Tensor& b, Tensor* rm, Tensor* rv,
-                           const std::vector<Tensor>& out) {
+                       [&](const Tensor& s, const Tensor& n, const Tensor& w, const Tensor& b, Tensor* rm,
+                           Tensor* rv, const std::vector<Tensor>& out) {
                          if (s.scalar_type() == at::kDouble)
-                           finalize_loop<double>(s, count, w, b, rm, rv, momentum, eps, out);
+                           finalize_loop<double>(s, n, w, b, rm, rv, momentum, eps, out);
                          else
-                           finalize_loop<float>(s, count, w, b, rm, rv, momentum, eps, out);
+                           finalize_loop<float>(s, n, w, b, rm, rv, momentum, eps, out);
                        });
 }
 
@@ -250,9 +260,10 @@ TORCH_LIBRARY_FRAGMENT(resnet_ext, m) {
   // The weight gradient of conv2d(relu(x * scale + shift) or x, weight), in x's dtype.
   m.def("fused_wgrad(Tensor grad, Tensor x, Tensor? scale, Tensor? shift, int[] weight_size, int[2] stride, "
         "int[2] padding) -> Tensor");
-  // (scale, shift, mean, invstd) of a training BN from sums [2, C] over `count` values per channel, in the sums'
-  // dtype; the running statistics, when given, updated in place as nn.BatchNorm2d does (unbiased variance).
-  m.def("bn_finalize(Tensor sums, float count, Tensor weight, Tensor bias, Tensor(a!)? running_mean, "
+  // (scale, shift, mean, invstd) of a training BN from sums [2, C] over `count` values per channel (a one-element
+  // tensor on the sums' device: a cross-process count stays there), in the sums' dtype; the running statistics,
+  // when given, updated in place as nn.BatchNorm2d does (unbiased variance).
+  m.def("bn_finalize(Tensor sums, Tensor count, Tensor weight, Tensor bias, Tensor(a!)? running_mean, "
         "Tensor(b!)? running_var, float momentum, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 

@@ -33,12 +33,14 @@ std::tuple<at::Tensor, at::Tensor> dgrad_drelu_dbn_composite(const at::Tensor& d
 at::Tensor wgrad_composite(const at::Tensor& dy, const at::Tensor& x, const OptTensor& scale, const OptTensor& shift,
                            at::IntArrayRef weight_size, at::IntArrayRef stride, at::IntArrayRef padding);
 
-// bn_finalize's frame, shared by its CPU and CUDA kernels: checks, the operands in the sums' dtype, the outputs
-// (scale, shift, mean, invstd) allocated, `run(sums, weight, bias, running_mean, running_var, outputs)` (running
-// statistics null when not given), and the running statistics written back where `run` got a converted copy.
-using FinalizeRun = std::function<void(const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor*,
-                                       at::Tensor*, const std::vector<at::Tensor>&)>;
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> finalize_with(const at::Tensor& sums, double count,
+// bn_finalize's frame, shared by its CPU and CUDA kernels: checks, the operands in the sums' dtype (the count in
+// float64), the outputs (scale, shift, mean, invstd) allocated, `run(sums, count, weight, bias, running_mean,
+// running_var, outputs)` (running statistics null when not given), and the running statistics written back where
+// `run` got a converted copy.
+using FinalizeRun = std::function<void(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                       at::Tensor*, at::Tensor*, const std::vector<at::Tensor>&)>;
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> finalize_with(const at::Tensor& sums,
+                                                                         const at::Tensor& count,
                                                                          const at::Tensor& weight,
                                                                          const at::Tensor& bias,
                                                                          const OptTensor& running_mean,
@@ -53,7 +55,7 @@ void check_dgrad_drelu_dbn(const at::Tensor& dy, const at::Tensor& w, const at::
                            at::IntArrayRef stride, at::IntArrayRef padding);
 void check_wgrad(const at::Tensor& dy, const at::Tensor& x, const OptTensor& scale, const OptTensor& shift,
                  at::IntArrayRef weight_size, at::IntArrayRef stride, at::IntArrayRef padding);
-void check_finalize(const at::Tensor& sums, double count, const at::Tensor& weight, const at::Tensor& bias,
+void check_finalize(const at::Tensor& sums, const at::Tensor& count, const at::Tensor& weight, const at::Tensor& bias,
                     const OptTensor& running_mean, const OptTensor& running_var);
 
 }  // namespace fused_train

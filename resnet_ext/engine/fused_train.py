@@ -11,10 +11,12 @@
               backward applied from those sums.
 
 It saves x, y1, y2, y3 (and the downsample's output) and the block's output: not the ReLU outputs torchvision
-keeps. The ops (`fused_conv_stats`, `bn_finalize`, `fused_dgrad_drelu_dbn`, `fused_wgrad`; csrc/ops/fused_train.cpp)
-run cuDNN graphs on CUDA in an experimental build (csrc/experimental/cudnn_train.cpp; unverified until a GPU run:
-`benchmarks/gpu_check.sh --only fusedtrain`) and their ATen compositions elsewhere, which is how the CPU tests check
-this decomposition against torchvision's block in float64 (slower than the stock path: for tests, not for use).
+keeps. A BN converted by `convert_sync_batchnorm` all-reduces its sums and count between the conv and the finalize
+(and its backward sums), on the device. The ops (`fused_conv_stats`, `bn_finalize`, `fused_dgrad_drelu_dbn`,
+`fused_wgrad`; csrc/ops/fused_train.cpp) run cuDNN graphs on CUDA in an experimental build
+(csrc/experimental/cudnn_train.cpp; unverified until a GPU run: `benchmarks/gpu_check.sh --only fusedtrain`) and
+their ATen compositions elsewhere, which is how the CPU tests check this decomposition against torchvision's block
+in float64 (slower than the stock path: for tests, not for use).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import switches
-from ..bn_act import count_batch, sync_marked
+from ..bn_act import all_reduce, all_reduce_sums, count_batch, group_of
 from . import units
 
 ops = torch.ops.resnet_ext
@@ -37,8 +39,9 @@ def _conv_ok(conv: nn.Module) -> bool:
 
 
 def _bn_ok(bn: nn.Module) -> bool:
-    return (units.train_fusable(bn) and type(bn) is nn.BatchNorm2d and bn.affine and not sync_marked(bn)
-            and bn.track_running_stats and bn.running_mean is not None)
+    # A BN marked by `convert_sync_batchnorm` is one too: its statistics are all-reduced between the ops.
+    return (units.train_fusable(bn) and type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats
+            and bn.running_mean is not None)
 
 
 def _pairs(b: nn.Module) -> Optional[List[Tuple[nn.Module, nn.Module]]]:
@@ -60,7 +63,7 @@ def why_not(b: nn.Module, x: Tensor) -> Optional[str]:
     if pairs is None:
         return "not the stock Bottleneck (a BasicBlock, a subclass, a swapped module or a hook)"
     if not all(_conv_ok(c) and _bn_ok(n) for c, n in pairs):
-        return "a conv or BN that is not the stock train-mode one (bias, groups, dilation, hooks, SyncBN, no affine)"
+        return "a conv or BN that is not the stock train-mode one (bias, groups, dilation, hooks, no affine)"
     if not (isinstance(x, Tensor) and x.dim() == 4 and x.is_floating_point() and x.shape[1] == b.conv1.in_channels
             and x.numel() > 0):
         return "an input the block's convs would reject (torchvision's error comes from its own path)"
@@ -105,33 +108,38 @@ def compute_dtype(x: Tensor) -> torch.dtype:
 
 
 class _Block(torch.autograd.Function):
+    """The block's forward and backward (module docstring). `spec`: per conv (stride, padding); per BN (running
+    mean, running var, momentum factor, eps, process group or None); the compute dtype; the parameters' dtypes."""
+
     @staticmethod
     def forward(ctx, spec, x, *params):
-        convs, running, dt, ctx.param_dtypes = spec
+        convs, bns, dt, ctx.param_dtypes = spec
         ws = [p.to(dt).contiguous(memory_format=_CL) for p in params[0::3]]
         gammas, betas = params[1::3], params[2::3]
         xin = x.to(dt).contiguous(memory_format=_CL)
-        ys, stats, norms = [], [], []
+        ys, stats, norms, counts = [], [], [], []
         inp, scale, shift = xin, None, None
         for i, (stride, padding) in enumerate(convs):
-            src = xin if i == 3 else inp
-            y, sums = ops.fused_conv_stats(src, ws[i], None if i == 3 else scale, None if i == 3 else shift,
-                                           stride, padding)
-            rm, rv, factor, eps = running[i]
-            sc, sh, mean, invstd = ops.bn_finalize(sums, float(y.numel() // y.shape[1]), gammas[i], betas[i], rm, rv,
-                                                   factor, eps)
+            src, pro = (xin, (None, None)) if i == 3 else (inp, (scale, shift))  # the downsample reads x
+            y, sums = ops.fused_conv_stats(src, ws[i], *pro, stride, padding)
+            rm, rv, factor, eps, group = bns[i]
+            count = torch.full((1,), y.numel() // y.shape[1], dtype=torch.float64, device=y.device)
+            if group is not None:  # SyncBN: the statistics over every process's batch
+                sums, count = all_reduce_sums(sums, count, group)
+            sc, sh, mean, invstd = ops.bn_finalize(sums, count, gammas[i], betas[i], rm, rv, factor, eps)
             ys.append(y)
             stats.append((sc, sh))
             norms.append((mean, invstd))
+            counts.append(count.reshape(1))
             inp, scale, shift = y, sc, sh
         if len(convs) == 4:
             residual = ops.bn_act_apply(ys[3], None, gammas[3], betas[3], *norms[3], False)
         else:
             residual = xin
         out = ops.bn_act_apply(ys[2], residual, gammas[2], betas[2], *norms[2], True)
-        ctx.convs, ctx.x_dtype = convs, x.dtype
+        ctx.convs, ctx.groups, ctx.x_dtype = convs, [b[4] for b in bns], x.dtype
         ctx.save_for_backward(xin, out, *ys, *ws, *gammas, *[t for s in stats for t in s],
-                              *[t for m in norms for t in m])
+                              *[t for m in norms for t in m], *counts)
         return out
 
     @staticmethod
@@ -146,26 +154,32 @@ class _Block(torch.autograd.Function):
         flat = saved[2 + 3 * k:]
         stats = [flat[2 * i:2 * i + 2] for i in range(k)]
         norms = [flat[2 * k + 2 * i:2 * k + 2 * i + 2] for i in range(k)]
-        count = [float(y.numel() // y.shape[1]) for y in ys]
+        counts = flat[4 * k:]
         dws, dgs, dbs = [None] * k, [None] * k, [None] * k
+
+        def bn_back(i, g, y_out, relu, residual_grad, sums=None):
+            """BN i's input gradient from the gradient at its output (through the ReLU mask of `y_out` when
+            `relu`); `sums` (sum g, sum g * xhat), computed here unless the dgrad graph gave them. Its weight and
+            bias gradients are the local sums (DDP averages them, as it does nn.SyncBatchNorm's)."""
+            if sums is None:
+                sums = ops.bn_act_backward_reduce(g, y_out, ys[i], *norms[i], relu)
+            dgs[i], dbs[i] = sums[1], sums[0]
+            total = sums if ctx.groups[i] is None else all_reduce(sums.clone(), ctx.groups[i])
+            # The means over the (all-reduced) count, kept on the device: no host sync.
+            return ops.bn_act_backward_apply(g, y_out, ys[i], gammas[i], *norms[i],
+                                             (total / counts[i]).to(total.dtype), 1.0, relu, residual_grad)
+
         g = grad.to(out.dtype).contiguous(memory_format=_CL)
         # The tail: bn3 through the output's ReLU mask, the residual's gradient (the masked one) alongside.
-        sums = ops.bn_act_backward_reduce(g, out, ys[2], *norms[2], True)
-        dy, dres = ops.bn_act_backward_apply(g, out, ys[2], gammas[2], *norms[2], sums, count[2], True, True)
-        dgs[2], dbs[2] = sums[1], sums[0]
+        dy, dres = bn_back(2, g, out, True, True)
         if k == 4:
-            sums_d = ops.bn_act_backward_reduce(dres, ys[3], ys[3], *norms[3], False)
-            dy_d, _ = ops.bn_act_backward_apply(dres, ys[3], ys[3], gammas[3], *norms[3], sums_d, count[3], False,
-                                                False)
-            dgs[3], dbs[3] = sums_d[1], sums_d[0]
+            dy_d, _ = bn_back(3, dres, ys[3], False, False)
         for i in (2, 1):  # conv i's input is relu(bn_{i-1}(y_{i-1})), recomputed by the prologue
             stride, padding = ctx.convs[i]
             prev = ys[i - 1]
             dws[i] = ops.fused_wgrad(dy, prev, *stats[i - 1], list(ws[i].shape), stride, padding)
             gp, sums = ops.fused_dgrad_drelu_dbn(dy, ws[i], prev, *stats[i - 1], *norms[i - 1], stride, padding)
-            dy, _ = ops.bn_act_backward_apply(gp, prev, prev, gammas[i - 1], *norms[i - 1], sums, count[i - 1], False,
-                                              False)
-            dgs[i - 1], dbs[i - 1] = sums[1], sums[0]
+            dy, _ = bn_back(i - 1, gp, prev, False, False, sums)
         heads = [(0, dy)] + ([(3, dy_d)] if k == 4 else [])
         dx = None if k == 4 else dres
         for i, d in heads:  # the convs that read x itself
@@ -187,12 +201,12 @@ def block(b: nn.Module, x: Tensor) -> Tensor:
     counter and running statistics updated as torchvision's forward updates them."""
     pairs = _pairs(b)
     units.count("train_graph", len(pairs))
-    running = [(bn.running_mean, bn.running_var, count_batch(bn), bn.eps) for _, bn in pairs]
+    bns = [(bn.running_mean, bn.running_var, count_batch(bn), bn.eps, group_of(bn)) for _, bn in pairs]
     convs = [(list(c.stride), list(c.padding)) for c, _ in pairs]
     params = []
     for conv, bn in pairs:
         params += [conv.weight, bn.weight, bn.bias]
-    return _Block.apply((convs, running, compute_dtype(x), [p.dtype for p in params]), x, *params)
+    return _Block.apply((convs, bns, compute_dtype(x), [p.dtype for p in params]), x, *params)
 
 
 @torch.library.register_fake("resnet_ext::bn_finalize")
