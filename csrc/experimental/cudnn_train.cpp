@@ -374,18 +374,16 @@ std::string probe(const std::string& pattern, const std::vector<int64_t>& x, con
   TORCH_CHECK(p.h + 2 * p.pad[0] >= p.r && p.w + 2 * p.pad[1] >= p.s_, "cudnn_train_probe: the padded input ", x,
               " is smaller than the kernel ", w);
   p.p = (p.h + 2 * p.pad[0] - p.r) / p.stride[0] + 1, p.q = (p.w + 2 * p.pad[1] - p.s_) / p.stride[1] + 1;
+  if (plans) {  // the op's own cached graph (built now if it is the first ask), so an op call finds it built
+    TORCH_CHECK(at::cuda::is_available(), "cudnn_train_probe: plans=True needs a CUDA device");
+    p.device = at::cuda::current_device();
+    return graph_for(p, at::empty({1}, at::TensorOptions().device(at::kCUDA, p.device))).error;
+  }
   Built b;
   try {
     describe(p, b);
-    if (!plans) {
-      auto e = b.graph->validate();
-      return e.is_good() ? "" : "validate: " + message(e);
-    }
-    TORCH_CHECK(at::cuda::is_available(), "cudnn_train_probe: plans=True needs a CUDA device");
-    p.device = at::cuda::current_device();
-    return build(b, stream_handle(at::empty({1}, at::TensorOptions().device(at::kCUDA, p.device))));
-  } catch (const c10::Error&) {
-    throw;
+    auto e = b.graph->validate();
+    return e.is_good() ? "" : "validate: " + message(e);
   } catch (const std::exception& e) {
     return e.what();
   }

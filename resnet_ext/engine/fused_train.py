@@ -25,7 +25,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .. import switches
+from .._C_loader import _C
 from ..bn_act import all_reduce, all_reduce_sums, count_batch, group_of
 from . import units
 
@@ -78,26 +78,51 @@ def why_not(b: nn.Module, x: Tensor) -> Optional[str]:
         ok = all(t.dtype == x.dtype for t in tensors)
     if not ok:
         return "mixed dtypes (torchvision's answer or error comes from its own path)"
-    if x.is_cuda and not switches.EXPERIMENTAL:
-        return "CUDA needs the experimental build's cuDNN graphs (RESNET_EXT_EXPERIMENTAL=1)"
+    if x.is_cuda and not hasattr(_C, "cudnn_train_probe"):
+        return "CUDA needs the cuDNN graphs of an experimental CUDA build (RESNET_EXT_EXPERIMENTAL=1)"
     # Shapes torchvision's own path rejects (a residual of another shape, one value per channel: its ValueError)
     # go there.
     def out_hw(conv, hw):
         return [(hw[i] + 2 * conv.padding[i] - conv.kernel_size[i]) // conv.stride[i] + 1 for i in (0, 1)]
-    hw = list(x.shape[2:])
-    sizes = []
+    hws = [list(x.shape[2:])]  # each conv's input size: conv1, conv2, conv3 chained; the downsample reads x
     for conv, _ in pairs[:3]:
-        hw = out_hw(conv, hw)
-        sizes.append(hw)
-    if b.downsample is not None:
-        sizes.append(out_hw(pairs[3][0], list(x.shape[2:])))
+        hws.append(out_hw(conv, hws[-1]))
+    sizes = hws[1:] + ([out_hw(pairs[3][0], hws[0])] if b.downsample is not None else [])
+    hws = hws[:3] + hws[:1]
     chain = [c.in_channels for c, _ in pairs[1:3]] == [c.out_channels for c, _ in pairs[:2]]
     shortcut = (pairs[3][0].in_channels == x.shape[1] and pairs[3][0].out_channels == b.conv3.out_channels
                 and sizes[3] == sizes[2]) if b.downsample is not None else \
         (x.shape[1] == b.conv3.out_channels and list(x.shape[2:]) == sizes[2])
     if not (chain and shortcut) or any(min(s) <= 0 or x.shape[0] * s[0] * s[1] <= 1 for s in sizes):
         return "shapes that torchvision's block rejects"
+    if x.is_cuda:
+        return _graphs_missing(pairs, hws, x)
     return None
+
+
+_GRAPH_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
+_ready: dict = {}  # (device, dtype, graphs) -> None, or the first graph cuDNN has no plan for and why
+
+
+def _graphs_missing(pairs, hws, x: Tensor) -> Optional[str]:
+    """On CUDA: None where cuDNN builds every graph this block's step runs (each built on the first ask and cached
+    with the ops), else which one it lacks: such a block runs unfused, not on the ops' slower compositions."""
+    dt = _GRAPH_DTYPES.get(compute_dtype(x))
+    if dt is None:
+        return "no cuDNN graphs for a float32 step (TF32 convs: the stock path)"
+    graphs = []
+    for i, ((conv, _), hw) in enumerate(zip(pairs, hws)):
+        geo = ((x.shape[0], conv.in_channels, *hw), tuple(conv.weight.shape), tuple(conv.stride), tuple(conv.padding))
+        prologue = i in (1, 2)  # conv2 and conv3 read the previous BN's output
+        graphs.append(("conv_stats", *geo, prologue))
+        if prologue:
+            graphs += [("dgrad_drelu_dbn", *geo, True), ("wgrad", *geo, True)]
+    key = (x.device, dt, tuple(graphs))
+    if key not in _ready:
+        with torch.cuda.device(x.device):
+            _ready[key] = next((f"cuDNN has no plan for {g[0]} on x {g[1]}, weight {g[2]}: {why[:160]}"
+                                for g in graphs if (why := _C.cudnn_train_probe(*g, dt, True))), None)
+    return _ready[key]
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:
