@@ -9,7 +9,9 @@
 #
 # Steps, in order: info cutlass build | tests (incl. tests_sm90, tests_bn_optin) graphs compile memcheck fuzz (side
 # by side; maxpool and flatcuda too) | hopper profile models (incl. autotuned) train (incl. the opt-in BN reduce)
-# latency graphs maxpool gemmepi flatcuda fusedtrain layers.
+# latency graphs maxpool gemmepi flatcuda fusedtrain stempool layers.
+# stempool (the fused stem op resnet_ext::stem_pool, #24 item 1, unverified): tests/test_stem_pool.py on CUDA, then
+# benchmarks/stem_pool_check.py (against the frozen mode's stem and torchvision's, batch 1/32/256).
 # fusedtrain (opt-in switches.fused_train, #23, unverified): tests/test_fused_train.py on CUDA (each cuDNN graph
 # against float64, blocks and a resnet50 step against torchvision), benchmarks/fused_train_check.py (which graphs
 # cuDNN builds on this card; per block error and fwd+bwd time against torchvision), then the AMP train step with it
@@ -220,6 +222,10 @@ if wanted fusedtrain; then  # the fused training decomposition's cuDNN graphs ag
   run_step fusedtrain_tests 150 "${PYTEST[@]}" -v tests/test_fused_train.py &
   pids+=($!)
 fi
+if wanted stempool; then
+  run_step stempool_tests 120 "${PYTEST[@]}" -v tests/test_stem_pool.py &
+  pids+=($!)
+fi
 if wanted compile && [ "$QUICK" = 0 ]; then
   run_step compile 260 "${PYTEST[@]}" -v tests/test_cuda.py -k compile &
   pids+=($!)
@@ -236,7 +242,7 @@ elif [ "$QUICK" = 1 ] && wanted fuzz; then
   pids+=($!)
 fi
 for p in "${pids[@]}"; do wait "$p"; done
-for name in tests tests_sm90 tests_bn_optin graphs maxpool_tests flatcuda_tests fusedtrain_tests compile memcheck fuzz; do [ -f "$R/$name.log" ] && cat "$R/$name.log" >> "$LOG"; done
+for name in tests tests_sm90 tests_bn_optin graphs maxpool_tests flatcuda_tests fusedtrain_tests stempool_tests compile memcheck fuzz; do [ -f "$R/$name.log" ] && cat "$R/$name.log" >> "$LOG"; done
 pack
 
 # ---- timed steps, one at a time ---------------------------------------------------------------------------------
@@ -262,6 +268,7 @@ if [ "$QUICK" = 0 ]; then  # eval peers; "compile" is torch.compile(mode="defaul
 fi
 wanted maxpool && step maxpool 90 "$PY" benchmarks/max_pool_check.py
 wanted gemmepi && step gemmepi 90 "$PY" benchmarks/gemm_epilogue_check.py
+wanted stempool && step stempool 90 "$PY" benchmarks/stem_pool_check.py
 if [ "$QUICK" = 0 ] && wanted graphs; then  # the CUDA graphs against compile's own CUDA graphs (with freezing)
   for b in 1 8 32; do bench "graphs_bs$b" "$b" 50 --cuda-graphs --compile --compile-mode default,reduce-overhead; done
 fi
@@ -286,7 +293,7 @@ fi
   head -n 4 "$R/info.log" 2>/dev/null | tail -n 3
   grep -h "ptxas entries\|using the prebuilt" "$R/build.log" "$R/prebuilt.log" 2>/dev/null
   cat "$SUM"
-  for name in tests tests_sm90 tests_bn_optin graphs maxpool_tests flatcuda_tests fusedtrain_tests compile fuzz; do
+  for name in tests tests_sm90 tests_bn_optin graphs maxpool_tests flatcuda_tests fusedtrain_tests stempool_tests compile fuzz; do
     [ -f "$R/$name.log" ] || continue
     local_summary=$(grep -E '[0-9]+ (passed|failed|skipped|errors?|deselected).* in [0-9.]+s' "$R/$name.log" | tail -n 1)
     echo "--- $name: $local_summary"
@@ -317,6 +324,7 @@ PY
   done
   [ -f "$R/maxpool.log" ] && grep -h "^verdict\|Error" "$R/maxpool.log"
   [ -f "$R/gemmepi.log" ] && grep -h "^verdict\|Error" "$R/gemmepi.log"
+  [ -f "$R/stempool.log" ] && grep -h "^verdict\|Error" "$R/stempool.log"
   [ -f "$R/fusedtrain.log" ] && grep -h "^verdict\|no graph\|Error" "$R/fusedtrain.log" | cut -c1-300 | head -n 40
   [ -f "$R/train_bs256_fused.json" ] && "$PY" - "$R/train_bs256_fused.json" <<'PY'
 import json, sys

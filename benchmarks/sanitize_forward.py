@@ -1,7 +1,8 @@
 """resnet50 at batch 8 through every CUDA code path resnet_ext has, for `compute-sanitizer --tool memcheck`
 (benchmarks/gpu_check.sh runs it): eval forwards (bf16, channels_last) with the default choice per layer and with
-resnet_ext's own sm80 kernels on every layer (prefer_cudnn(False)); AMP training steps through the fused
-BN(+add)+ReLU kernels (with the verified and the opt-in BN kernels) and the fused decomposition (fused_train); then eval forwards with each kind of sm_90a kernel forced where it can run (sm_90 only)."""
+resnet_ext's own sm80 kernels on every layer (prefer_cudnn(False)); the fused stem op (stem_pool); AMP training
+steps through the fused BN(+add)+ReLU kernels (with the verified and the opt-in BN kernels) and the fused
+decomposition (fused_train); then eval forwards with each kind of sm_90a kernel forced where it can run (sm_90 only)."""
 import torch
 import torch.nn.functional as F
 
@@ -37,6 +38,13 @@ def eval_forward(label, cudnn, forced):
 
 eval_forward("default", True, "")
 eval_forward("sm80 everywhere", False, "")
+# The fused stem op's kernel (#24, unverified) on the model's stem, bf16.
+with torch.inference_mode():
+    s = torch.ops.resnet_ext.stem_pool(x.to(torch.bfloat16), model.conv1.weight.to(torch.bfloat16).contiguous(
+        memory_format=torch.channels_last), torch.ones(64, device="cuda"), torch.zeros(64, device="cuda"))
+    torch.cuda.synchronize()
+assert torch.isfinite(s.float()).all()
+print("stem_pool ok", tuple(s.shape), flush=True)
 
 # The training step before the unverified sm_90a kernels, so that a failure of theirs cannot hide it.
 model.float().train()

@@ -127,23 +127,37 @@ def scale_shift_act_(y: Tensor, scale: Tensor, shift: Tensor, residual: Optional
     return y
 
 
-if EXPERIMENTAL:  # the op exists only there (csrc/experimental/max_pool.cpp)
+if EXPERIMENTAL:  # the ops exist only there (csrc/experimental/max_pool.cpp, stem_pool.cpp)
     @torch.library.register_fake("resnet_ext::max_pool_nhwc")
     def _max_pool_nhwc_fake(x, kernel_size, stride, padding, dilation):
         return torch.ops.aten.max_pool2d(x, kernel_size, stride, padding, dilation).contiguous(
             memory_format=torch.channels_last if x.dim() == 4 else torch.contiguous_format)
 
+    @torch.library.register_fake("resnet_ext::stem_pool")
+    def _stem_pool_fake(x, weight, scale, shift):
+        oh, ow = (x.shape[2] - 1) // 2 + 1, (x.shape[3] - 1) // 2 + 1  # conv 7x7/2 padding 3, then pool 3x3/2 pad 1
+        return x.new_empty((x.shape[0], weight.shape[0], (oh - 1) // 2 + 1, (ow - 1) // 2 + 1)).contiguous(
+            memory_format=torch._prims_common.suggest_memory_format(x))
+
+
+def plain_max_pool(pool: torch.nn.Module) -> Optional[Tuple[tuple, tuple, tuple, tuple]]:
+    """(kernel, stride, padding, dilation) as pairs of a stock nn.MaxPool2d without hooks, indices or ceil mode (what
+    resnet_ext's own pooling kernels compute), else None."""
+    if (type(pool) is not torch.nn.MaxPool2d or pool.return_indices or pool.ceil_mode
+            or pool._forward_hooks or pool._forward_pre_hooks):
+        return None
+    pair = torch.nn.modules.utils._pair
+    stride = pool.stride if pool.stride is not None else pool.kernel_size
+    return pair(pool.kernel_size), pair(stride), pair(pool.padding), pair(pool.dilation)
+
 
 def max_pool(pool: torch.nn.Module, x: Tensor) -> Tensor:
-    """pool(x) for the models: a stock nn.MaxPool2d without hooks, indices or ceil mode, on a CUDA input that needs
-    no gradient, runs `max_pool_nhwc` where `nhwc_max_pool(True)`; anything else the module itself."""
-    if (nhwc_max_pool.on and x.is_cuda and type(pool) is torch.nn.MaxPool2d and not pool.return_indices
-            and not pool.ceil_mode and not (pool._forward_hooks or pool._forward_pre_hooks)
-            and not (torch.is_grad_enabled() and x.requires_grad)):
-        pair = torch.nn.modules.utils._pair
-        stride = pool.stride if pool.stride is not None else pool.kernel_size
-        return torch.ops.resnet_ext.max_pool_nhwc(x, pair(pool.kernel_size), pair(stride), pair(pool.padding),
-                                                  pair(pool.dilation))
+    """pool(x) for the models: a plain max pool (`plain_max_pool`) on a CUDA input that needs no gradient runs
+    `max_pool_nhwc` where `nhwc_max_pool(True)`; anything else the module itself."""
+    if nhwc_max_pool.on and x.is_cuda and not (torch.is_grad_enabled() and x.requires_grad):
+        args = plain_max_pool(pool)
+        if args is not None:
+            return torch.ops.resnet_ext.max_pool_nhwc(x, *args)
     return pool(x)
 
 

@@ -5,6 +5,7 @@ call. The hot paths read `switch.on`.
 
     nhwc_max_pool  the models' CUDA inference max pool as resnet_ext's NHWC kernel (experimental build, opt-in)
     on_cuda        a stock model's CUDA eval forward as the recorded sequence of fused units (opt-in)
+    fused_stem     in that sequence, the stem's conv+BN+ReLU and max pool as one op (experimental build, opt-in)
     cpu_winograd   the frozen CPU mode's 3x3 convs by Winograd where it pays (default on)
     bn_optin       the training BN's opt-in CUDA kernels (experimental build, opt-in)
     fused_train    train-mode Bottlenecks as the fused conv+statistics decomposition (opt-in; CUDA: experimental)
@@ -62,6 +63,12 @@ on_cuda = switch("on_cuda", doc="""Whether a stock model's CUDA eval forward run
 `conv_bn_act` calls (engine/cuda.py) rather than through the module tree (`units.unit` per unit): the same ops on
 the same folds, with less host time per forward. Returns the setting in force before the call. Off by default: not
 yet run on a GPU (`benchmarks/gpu_check.sh --only flatcuda` checks it against the module path and times both).""")
+
+fused_stem = switch("fused_stem", experimental=True, doc="""Whether the recorded sequence of fused units
+(`on_cuda`, and the frozen mode's CUDA graphs) runs ResNet's stem -- conv 7x7/2 + BN + ReLU + max pool 3x3/2 -- as
+one `stem_pool` call on a 16-bit input (its fused kernel on CUDA for channels_last inputs; #24 item 1) instead of
+`conv_bn_act` and the max pool. Returns the setting in force before the call. Off by default and only in an
+experimental build: unverified on a GPU until `benchmarks/gpu_check.sh --only stempool` passes.""")
 
 cpu_winograd = switch("cpu_winograd", default=True, doc="""Whether the frozen CPU mode may run 3x3 convs by
 Winograd where it pays (`engine.cpu.winograd_pays`; default on); off, oneDNN runs every conv. Returns the setting

@@ -102,6 +102,7 @@ at::Tensor conv_bn_act_fallback(const ConvProblem& p, const ConvOperands& ops, c
 // Test switches (resnet_ext._C, RESNET_EXT_EXPERIMENTAL=1 builds): NaN-fill fused outputs before each launch; make
 // a named kernel's launch fail.
 void set_poison_outputs(bool on);
+bool poison_outputs();  // for the experimental ops' own outputs
 void set_failing_kernel(const std::string& name);
 #endif
 #endif

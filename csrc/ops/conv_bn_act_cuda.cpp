@@ -59,6 +59,7 @@ ScalarKind scalar_kind(at::ScalarType t) {
 
 #ifdef RESNET_EXT_EXPERIMENTAL
 void set_poison_outputs(bool on) { g_poison_outputs = on; }
+bool poison_outputs() { return g_poison_outputs.load(std::memory_order_relaxed); }
 
 void set_failing_kernel(const std::string& name) {
   std::lock_guard<std::mutex> lock(g_failing_mutex);

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ..switches import fused_stem
 from . import state as _state
 from . import structure, units
 from .structure import Unit
@@ -48,13 +49,33 @@ def run(model: nn.Module, s: structure.Structure, x: Tensor, wbs: List[Tuple[Ten
         return torch.ops.resnet_ext.conv_bn_act(y, w, b, residual, stride, padding, dilation,
                                                 u.relu or residual is not None, groups)
 
-    x = ops.max_pool(model.maxpool, unit(s.stem, x))
+    if takes_stem_pool(model, s.stem, x):
+        x = stem_pool(x, *next(it))
+    else:
+        x = ops.max_pool(model.maxpool, unit(s.stem, x))
     for head, ds, tail in s.blocks:
         y = x
         for u in head:
             y = unit(u, y)
         x = unit(tail, y, x if ds is None else unit(ds, x))  # the downsample's unit comes before the tail's in wbs
     return model.fc(torch.flatten(model.avgpool(x), 1))
+
+
+STEM_POOL = ((3, 3), (2, 2), (1, 1), (1, 1))  # the max pool stem_pool fuses: kernel, stride, padding, dilation
+
+
+def takes_stem_pool(model: nn.Module, stem: Unit, x: Tensor) -> bool:
+    """Whether `fused_stem(True)` and the stem and pool are the ones `stem_pool` computes: a 16-bit input, conv 7x7
+    stride 2 padding 3 over 3 channels to 64 without groups or dilation, ReLU, a plain max pool 3x3/2 padding 1."""
+    return (fused_stem.on and x.dtype in (torch.float16, torch.bfloat16) and stem.relu
+            and stem.geometry == ((3, 3), (2, 2), (1, 1), 1) and tuple(stem.conv.weight.shape) == (64, 3, 7, 7)
+            and ops.plain_max_pool(model.maxpool) == STEM_POOL)
+
+
+def stem_pool(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """The stem unit and the max pool as one `stem_pool` call on the folded weight: scale 1, shift the fold's bias."""
+    units.count("stem_pool")
+    return torch.ops.resnet_ext.stem_pool(x, w, torch.ones(w.shape[0], device=w.device), b)
 
 
 def _frozen_wbs(s: structure.Structure, folds: Dict[nn.Module, object], dtype: torch.dtype):
