@@ -9,24 +9,11 @@
 #include <cstdint>
 
 #include "experimental/max_pool_kernels.h"
+#include "kernels/float_convert.cuh"
 
 namespace resnet_ext {
 namespace max_pool {
 namespace {
-
-template <typename T>
-__device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
-template <>
-__device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v) { return static_cast<T>(v); }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 // The running max in fp32 (every 16-bit value is exact in fp32, so converting the result back is exact too); a
 // NaN, once seen, stays: torch's max pool propagates NaN.

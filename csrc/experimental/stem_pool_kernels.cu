@@ -16,6 +16,7 @@
 #include <string>
 
 #include "experimental/stem_pool_kernels.h"
+#include "kernels/float_convert.cuh"
 
 namespace resnet_ext {
 namespace stem_pool {
@@ -44,20 +45,6 @@ constexpr int kAccBytes = kRowsPad * kChannels * 4;
 constexpr int kPhaseBytes = (kPatchBytes + kChunkBytes > kAccBytes) ? kPatchBytes + kChunkBytes : kAccBytes;
 constexpr int kWeightBytes = kKPad * kChannels * 2;
 constexpr int kSmemBytes = kPhaseBytes + kWeightBytes + kKPad * 2;  // + the taps' offsets (int16)
-
-template <typename T>
-__device__ __forceinline__ float to_float(T v);
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <>
-__device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 1)

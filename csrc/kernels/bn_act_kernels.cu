@@ -12,6 +12,7 @@
 #include <numeric>
 
 #include "kernels/bn_act_kernels.h"
+#include "kernels/float_convert.cuh"
 
 namespace resnet_ext {
 namespace bn_act {
@@ -21,14 +22,6 @@ constexpr int kSumThreads = 256;      // NHWC sums: blockDim.x channel vectors x
 constexpr int64_t kMaxRowBlocks = 1024;  // per-block partials kept few, so the fp64 final pass is cheap
 constexpr int kNchwThreads = 256;
 constexpr int64_t kNchwChunk = 16384;  // values of one channel per NCHW block
-
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 // VEC consecutive elements through one 16-byte access when VEC * sizeof(T) == 16.
 template <typename T, int VEC>
@@ -46,13 +39,13 @@ __device__ __forceinline__ void load(const T* p, float (&out)[VEC]) {
     for (int i = 0; i < VEC; ++i) pk.v[i] = p[i];
   }
 #pragma unroll
-  for (int i = 0; i < VEC; ++i) out[i] = to_f(pk.v[i]);
+  for (int i = 0; i < VEC; ++i) out[i] = to_float(pk.v[i]);
 }
 template <typename T, int VEC>
 __device__ __forceinline__ void store(T* p, const float (&in)[VEC]) {
   Pack<T, VEC> pk;
 #pragma unroll
-  for (int i = 0; i < VEC; ++i) pk.v[i] = from_f<T>(in[i]);
+  for (int i = 0; i < VEC; ++i) pk.v[i] = from_float<T>(in[i]);
   if constexpr (VEC * sizeof(T) == 16) {
     uint4 raw;
     memcpy(&raw, &pk, 16);
@@ -70,7 +63,7 @@ __device__ __forceinline__ void unpack(const uint4& raw, float (&out)[VEC]) {
   Pack<T, VEC> pk;
   memcpy(&pk, &raw, 16);
 #pragma unroll
-  for (int i = 0; i < VEC; ++i) out[i] = to_f(pk.v[i]);
+  for (int i = 0; i < VEC; ++i) out[i] = to_float(pk.v[i]);
 }
 
 // The two per-element quantities each sums kernel accumulates.
