@@ -130,11 +130,27 @@ def _conv_reference(ref, ref_kwargs, relu):
     return F.relu(y) if relu else y
 
 
+def _torch_itself_wrong(args, kwargs, expected, tol) -> bool:
+    """Whether torch's own 16-bit CPU convolution on these inputs misses the float64 result by more than `tol` too.
+    Seen with torch 2.14.1 on an AMX Xeon: oneDNN's bf16 convolution returns unwritten memory (NaN or any value,
+    different each call) for some small problems with strides of 2-3 along a width of 1-6; conv_bn_act's stock
+    path is that convolution, as torchvision's modules are."""
+    x, w, b, r = args
+    if x.device.type != "cpu" or x.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    conv = {k: v for k, v in kwargs.items() if k in ("stride", "padding", "dilation", "groups")}
+    with torch.no_grad():
+        own = F.conv2d(x, w, b, **conv)
+        own = own + r if r is not None else own
+        own = F.relu(own) if kwargs["relu"] else own
+    return not rel_err(own, expected) <= tol
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_fuzz_conv_bn_act_against_float64(device):
     rng = random.Random(1234)
     resnet_ext.reset_path_counts()
-    failures = []
+    failures, torch_wrong = [], []
     for _ in range(N_CONV):
         seed = rng.randrange(2**31)
         args, kwargs, ref, ref_kwargs, relu = _conv_case(random.Random(seed), device)
@@ -155,7 +171,10 @@ def test_fuzz_conv_bn_act_against_float64(device):
         elif y.numel():
             err = rel_err(y.cpu(), expected)
             if not err <= CONV_TOL[(device, x.dtype)]:
-                problems.append(f"rel err {err:.2e}")
+                if _torch_itself_wrong(args, kwargs, expected, CONV_TOL[(device, x.dtype)]):
+                    torch_wrong.append(seed)  # torch's own answer is no better: not ours to fix here
+                else:
+                    problems.append(f"rel err {err:.2e}")
         fmt = memory_format_of(x)
         if y.stride() != torch.empty(y.shape, memory_format=fmt).stride():
             problems.append(f"strides {y.stride()} for {fmt}")
@@ -166,8 +185,10 @@ def test_fuzz_conv_bn_act_against_float64(device):
             failures.append(f"seed {seed}: {'; '.join(problems)} via {path}: x {tuple(x.shape)} {x.dtype} "
                             f"strides {x.stride()} w {tuple(args[1].shape)} {kwargs}")
     counts = resnet_ext.path_counts()
-    print(f"\n{device}: {N_CONV} conv_bn_act calls, paths {counts}")
+    print(f"\n{device}: {N_CONV} conv_bn_act calls, paths {counts}; torch's own 16-bit conv wrong too (not "
+          f"counted): {len(torch_wrong)} {torch_wrong[:20]}")
     assert not failures, f"{len(failures)} of {N_CONV} failed:\n" + "\n".join(failures[:20])
+    assert len(torch_wrong) <= N_CONV // 100, torch_wrong  # a rare torch bug, not a blanket excuse
     if device == "cuda" and resnet_ext.build_info()["cuda"]:
         assert any(p.startswith("fused:") for p in counts), counts  # the generator reaches the fused kernels
 
