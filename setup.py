@@ -110,7 +110,7 @@ def cutlass_include_dirs():
 
 
 def cudnn_frontend_build():
-    """(include dirs, link args) for csrc/experimental/cudnn_train.cpp: cudnn-frontend's headers from the
+    """(include dirs, link args) for csrc/experimental/cudnn_graphs.cpp: cudnn-frontend's headers from the
     `nvidia-cudnn-frontend` wheel (or CUDNN_FRONTEND_PATH, a checkout), linked against the libcudnn.so.9 that torch
     itself loads (its `nvidia-cudnn` wheel; cuDNN's headers come from there too, see torch_cuda_include_dirs)."""
     roots = [Path(os.environ["CUDNN_FRONTEND_PATH"])] if os.environ.get("CUDNN_FRONTEND_PATH") else []

@@ -1,7 +1,7 @@
 """GPU check of the fused training decomposition (`resnet_ext.fused_train`, #23; experimental build):
 
 1. engines: for every graph a resnet50/101 train step needs (`shapes.fused_train_graphs`) at batch 256, in bf16 and
-   fp16, whether cuDNN builds a plan on this GPU (`cudnn_train_probe`), and why not where it does not;
+   fp16, whether cuDNN builds a plan on this GPU (`cudnn_graph_probe`), and why not where it does not;
 2. per block (the first two blocks of each resnet50 layer, batch 256, bf16 AMP, channels_last): the fused block's
    output and gradients against an fp32 reference, judged against torchvision's own bf16 error, then forward +
    backward timed against torchvision's block (torch.utils.benchmark), with the paths that ran;
@@ -27,7 +27,7 @@ BLOCKS = [(64, 64, 1, True, 56), (256, 64, 1, False, 56), (256, 128, 2, True, 56
 def engines(n):
     graphs = list(dict.fromkeys(fused_train_graphs("resnet50", n) + fused_train_graphs("resnet101", n)))
     for dtype in ("bfloat16", "float16"):
-        missing = [(g, why) for g in graphs if (why := _C.cudnn_train_probe(*g, dtype, True))]
+        missing = [(g, why) for g in graphs if (why := _C.cudnn_graph_probe(*g, dtype, True))]
         for g, why in missing:
             print(f"  no graph: {dtype} {g[0]} x={g[1]} w={g[2]} stride={g[3]} prologue={g[5]}: {why[:200]}")
         print(f"verdict fusedtrain-engines {dtype}: cuDNN builds {len(graphs) - len(missing)} of {len(graphs)} "
@@ -111,7 +111,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch-size", type=int, default=256)
     args = p.parse_args()
-    if not (torch.cuda.is_available() and hasattr(_C, "cudnn_train_probe")):
+    if not (torch.cuda.is_available() and hasattr(_C, "cudnn_graph_probe")):
         raise SystemExit("fused_train_check.py needs a CUDA device and a RESNET_EXT_EXPERIMENTAL=1 build")
     engines(args.batch_size)
     blocks(args.batch_size)

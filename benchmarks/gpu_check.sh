@@ -9,7 +9,11 @@
 #
 # Steps, in order: info cutlass build | tests (incl. tests_sm90, tests_bn_optin) graphs compile memcheck fuzz (side
 # by side; maxpool and flatcuda too) | hopper profile models (incl. autotuned) train (incl. the opt-in BN reduce)
-# latency graphs maxpool gemmepi flatcuda fusedtrain stempool layers.
+# latency graphs maxpool gemmepi flatcuda fusedtrain stempool unfolded layers.
+# unfolded (opt-in switches.unfolded_bn, #24 item 2, unverified): tests/test_unfolded_bn.py on CUDA (each cuDNN
+# conv + scale + shift graph against fp32 on every resnet50/101 conv shape; the plan within 1.25x torchvision's
+# 16-bit error), then benchmarks/unfolded_check.py (accuracy per model and dtype against the folded plan, per layer
+# and whole-model time against the folded default).
 # stempool (the fused stem op resnet_ext::stem_pool, #24 item 1, unverified): tests/test_stem_pool.py on CUDA, then
 # benchmarks/stem_pool_check.py (against the frozen mode's stem and torchvision's, batch 1/32/256).
 # fusedtrain (opt-in switches.fused_train, #23, unverified): tests/test_fused_train.py on CUDA (each cuDNN graph
@@ -226,6 +230,10 @@ if wanted stempool; then
   run_step stempool_tests 120 "${PYTEST[@]}" -v tests/test_stem_pool.py &
   pids+=($!)
 fi
+if wanted unfolded; then
+  run_step unfolded_tests 180 "${PYTEST[@]}" -v tests/test_unfolded_bn.py &
+  pids+=($!)
+fi
 if wanted compile && [ "$QUICK" = 0 ]; then
   run_step compile 260 "${PYTEST[@]}" -v tests/test_cuda.py -k compile &
   pids+=($!)
@@ -242,7 +250,7 @@ elif [ "$QUICK" = 1 ] && wanted fuzz; then
   pids+=($!)
 fi
 for p in "${pids[@]}"; do wait "$p"; done
-for name in tests tests_sm90 tests_bn_optin graphs maxpool_tests flatcuda_tests fusedtrain_tests stempool_tests compile memcheck fuzz; do [ -f "$R/$name.log" ] && cat "$R/$name.log" >> "$LOG"; done
+for name in tests tests_sm90 tests_bn_optin graphs maxpool_tests flatcuda_tests fusedtrain_tests stempool_tests unfolded_tests compile memcheck fuzz; do [ -f "$R/$name.log" ] && cat "$R/$name.log" >> "$LOG"; done
 pack
 
 # ---- timed steps, one at a time ---------------------------------------------------------------------------------
@@ -269,6 +277,7 @@ fi
 wanted maxpool && step maxpool 90 "$PY" benchmarks/max_pool_check.py
 wanted gemmepi && step gemmepi 90 "$PY" benchmarks/gemm_epilogue_check.py
 wanted stempool && step stempool 90 "$PY" benchmarks/stem_pool_check.py
+wanted unfolded && step unfolded 150 "$PY" benchmarks/unfolded_check.py
 if [ "$QUICK" = 0 ] && wanted graphs; then  # the CUDA graphs against compile's own CUDA graphs (with freezing)
   for b in 1 8 32; do bench "graphs_bs$b" "$b" 50 --cuda-graphs --compile --compile-mode default,reduce-overhead; done
 fi
@@ -293,7 +302,7 @@ fi
   head -n 4 "$R/info.log" 2>/dev/null | tail -n 3
   grep -h "ptxas entries\|using the prebuilt" "$R/build.log" "$R/prebuilt.log" 2>/dev/null
   cat "$SUM"
-  for name in tests tests_sm90 tests_bn_optin graphs maxpool_tests flatcuda_tests fusedtrain_tests stempool_tests compile fuzz; do
+  for name in tests tests_sm90 tests_bn_optin graphs maxpool_tests flatcuda_tests fusedtrain_tests stempool_tests unfolded_tests compile fuzz; do
     [ -f "$R/$name.log" ] || continue
     local_summary=$(grep -E '[0-9]+ (passed|failed|skipped|errors?|deselected).* in [0-9.]+s' "$R/$name.log" | tail -n 1)
     echo "--- $name: $local_summary"
@@ -325,6 +334,7 @@ PY
   [ -f "$R/maxpool.log" ] && grep -h "^verdict\|Error" "$R/maxpool.log"
   [ -f "$R/gemmepi.log" ] && grep -h "^verdict\|Error" "$R/gemmepi.log"
   [ -f "$R/stempool.log" ] && grep -h "^verdict\|Error" "$R/stempool.log"
+  [ -f "$R/unfolded.log" ] && grep -h "^verdict\|Error" "$R/unfolded.log"
   [ -f "$R/fusedtrain.log" ] && grep -h "^verdict\|no graph\|Error" "$R/fusedtrain.log" | cut -c1-300 | head -n 40
   [ -f "$R/train_bs256_fused.json" ] && "$PY" - "$R/train_bs256_fused.json" <<'PY'
 import json, sys

@@ -10,7 +10,7 @@
 #ifdef RESNET_EXT_WITH_CUDA
 #include "kernels/bn_act_kernels.h"
 #ifdef RESNET_EXT_EXPERIMENTAL
-#include "experimental/cudnn_train.h"
+#include "experimental/cudnn_graphs.h"
 #endif
 #endif
 
@@ -102,6 +102,9 @@ ConvProblem problem_from_dict(const pybind11::dict& d) {
   p.relu = flag("relu", true);
   p.allow_tf32 = flag("allow_tf32", true);
   p.cudnn_fused_ok = p.relu && !p.has_scale_shift && flag("cudnn", true);  // as describe_cuda_call decides
+  p.cudnn_graph_ok = p.has_scale_shift && flag("cudnn", true) && p.groups == 1 && p.dil_h == 1 &&
+                     (p.dtype == ScalarKind::Float16 || p.dtype == ScalarKind::BFloat16) &&
+                     flag("channels_last", true);  // as describe_cuda_call decides for aligned operands
   p.prefer_cudnn = d.contains("prefer_cudnn") ? d["prefer_cudnn"].cast<bool>() : resnet_ext::prefer_cudnn();
   TORCH_CHECK(p.compute_output_size(), "select_kernel: empty output for ", p.to_string());
   p.set_packed_operands();
@@ -238,7 +241,7 @@ PYBIND11_MODULE(_C, m) {
         "Training BN: the opt-in kernels (unverified on a GPU: parallel final pass of the sums, channel-stationary "
         "apply passes) instead of the verified ones");
   m.def("bn_optin", &resnet_ext::bn_act::optin);
-  m.def("cudnn_train_probe", &resnet_ext::cudnn_train::probe,
+  m.def("cudnn_graph_probe", &resnet_ext::cudnn_graphs::probe,
         "'' where cuDNN takes a fused training graph on a problem (plans=False: validate only, no GPU), else why not",
         py::arg("pattern"), py::arg("x"), py::arg("w"), py::arg("stride"), py::arg("padding"), py::arg("prologue"),
         py::arg("dtype"), py::arg("plans"));

@@ -17,6 +17,14 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a64 - b64).abs().max() / b64.abs().max().clamp_min(1e-12)).item()
 
 
+def norm_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in float64 (steadier than `rel_err` over few outputs); NaN or inf in `a` makes it inf."""
+    a64, b64 = a.detach().double(), b.detach().double()
+    if not torch.isfinite(a64).all():
+        return float("inf")
+    return ((a64 - b64).norm() / b64.norm().clamp_min(1e-12)).item()
+
+
 @dataclass(frozen=True)
 class ConvShape:
     N: int

@@ -6,6 +6,7 @@ call. The hot paths read `switch.on`.
     nhwc_max_pool  the models' CUDA inference max pool as resnet_ext's NHWC kernel (experimental build, opt-in)
     on_cuda        a stock model's CUDA eval forward as the recorded sequence of fused units (opt-in)
     fused_stem     in that sequence, the stem's conv+BN+ReLU and max pool as one op (experimental build, opt-in)
+    unfolded_bn    in that sequence, BN as fp32 scale/shift on the unfolded weight's sum (experimental, opt-in)
     cpu_winograd   the frozen CPU mode's 3x3 convs by Winograd where it pays (default on)
     bn_optin       the training BN's opt-in CUDA kernels (experimental build, opt-in)
     fused_train    train-mode Bottlenecks as the fused conv+statistics decomposition (opt-in; CUDA: experimental)
@@ -69,6 +70,15 @@ fused_stem = switch("fused_stem", experimental=True, doc="""Whether the recorded
 one `stem_pool` call on a 16-bit input (its fused kernel on CUDA for channels_last inputs; #24 item 1) instead of
 `conv_bn_act` and the max pool. Returns the setting in force before the call. Off by default and only in an
 experimental build: unverified on a GPU until `benchmarks/gpu_check.sh --only stempool` passes.""")
+
+unfolded_bn = switch("unfolded_bn", experimental=True, doc="""Whether the recorded sequence of fused units
+(`on_cuda`, and the frozen mode's CUDA graphs) applies each BN on a 16-bit input as torchvision computes it: an
+fp32 per-channel scale and shift on the convolution's fp32 sum over the unfolded weight (`conv_bn_act`'s `scale`
+and `shift`; on CUDA one cuDNN graph per layer, conv + scale + shift (+ residual) (+ ReLU)), instead of folding
+the scale into the 16-bit weight (#24 item 2: rounding weight * scale to 16 bits is what puts resnet101 fp16 over
+the accuracy bound; and the default mode then folds no weight per forward, only the scales and shifts of all
+units in one batched pass). Returns the setting in force before the call. Off by default and only in an
+experimental build: unverified on a GPU until `benchmarks/gpu_check.sh --only unfolded` passes.""")
 
 cpu_winograd = switch("cpu_winograd", default=True, doc="""Whether the frozen CPU mode may run 3x3 convs by
 Winograd where it pays (`engine.cpu.winograd_pays`; default on); off, oneDNN runs every conv. Returns the setting

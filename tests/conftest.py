@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import resnet_ext
-from resnet_ext.shapes import rel_err  # noqa: F401  (the tests import it from here)
+from resnet_ext.shapes import norm_err, rel_err  # noqa: F401  (the tests import them from here)
 
 
 def pytest_addoption(parser):

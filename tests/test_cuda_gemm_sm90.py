@@ -484,10 +484,13 @@ def test_scale_shift_and_bias_compose_and_default_to_the_folded_epilogue(gpu_env
 @requires_hopper
 def test_scale_shift_is_never_the_dispatchers_own_choice_nor_cudnns():
     """Unforced, a scale/shift call runs no unverified kernel and not cuDNN's fused op (it has no per-channel
-    scale): the stock composition, with the epilogue in fp32."""
+    scale): cuDNN's graph with the fp32 epilogue (experimental/cudnn_graphs.cpp; the stock composition where cuDNN
+    has no engine for it)."""
     s = [t for t in GEMM_SHAPES if (t.H, t.C, t.K) == (28, 128, 512)][0].with_batch(2)
     x, w, bias, scale, shift, r, ref = _scale_shift_case(s, torch.bfloat16, True, False, 1)
     path, reason = resnet_ext.explain(x, w, None, r, 1, 0, 1, True, 1, scale, shift)
-    assert path == "stock", (path, reason)
+    assert path == "cudnn_graph", (path, reason)
+    resnet_ext.reset_path_counts()
     y = resnet_ext.conv_bn_act(x, w, None, r, 1, 0, 1, True, scale=scale, shift=shift)
+    assert set(resnet_ext.path_counts()) <= {"cudnn_graph:cuda", "stock:cuda"}, resnet_ext.path_counts()
     assert rel_err(y, torch.relu(ref)) <= TOL[torch.bfloat16]

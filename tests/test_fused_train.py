@@ -328,31 +328,31 @@ def test_switch_is_off_by_default_and_checks_its_argument():
 
 
 @requires_experimental
-@pytest.mark.skipif(not hasattr(_C, "cudnn_train_probe"), reason="needs an experimental CUDA build")
+@pytest.mark.skipif(not hasattr(_C, "cudnn_graph_probe"), reason="needs an experimental CUDA build")
 @pytest.mark.parametrize("arch", ["resnet50", "resnet101"])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_every_graph_validates_without_a_gpu(arch, dtype):
     """cudnn-frontend's own checks of every graph a train step builds (no GPU needed; the plans need one)."""
-    bad = {g: why for g in fused_train_graphs(arch, 256) if (why := _C.cudnn_train_probe(*g, dtype, False))}
+    bad = {g: why for g in fused_train_graphs(arch, 256) if (why := _C.cudnn_graph_probe(*g, dtype, False))}
     assert not bad, bad
 
 
 @requires_experimental
-@pytest.mark.skipif(not hasattr(_C, "cudnn_train_probe"), reason="needs an experimental CUDA build")
+@pytest.mark.skipif(not hasattr(_C, "cudnn_graph_probe"), reason="needs an experimental CUDA build")
 def test_probe_rejects_bad_arguments():
     with pytest.raises(RuntimeError, match="pattern must be"):
-        _C.cudnn_train_probe("fprop", (2, 8, 4, 4), (8, 8, 1, 1), (1, 1), (0, 0), False, "bfloat16", False)
+        _C.cudnn_graph_probe("fprop", (2, 8, 4, 4), (8, 8, 1, 1), (1, 1), (0, 0), False, "bfloat16", False)
     with pytest.raises(RuntimeError, match="dtype must be float16 or bfloat16"):
-        _C.cudnn_train_probe("wgrad", (2, 8, 4, 4), (8, 8, 1, 1), (1, 1), (0, 0), True, "float32", False)
+        _C.cudnn_graph_probe("wgrad", (2, 8, 4, 4), (8, 8, 1, 1), (1, 1), (0, 0), True, "float32", False)
     with pytest.raises(RuntimeError, match="x must be"):
-        _C.cudnn_train_probe("wgrad", (2, 8, 4, 4), (8, 4, 1, 1), (1, 1), (0, 0), True, "float16", False)
+        _C.cudnn_graph_probe("wgrad", (2, 8, 4, 4), (8, 4, 1, 1), (1, 1), (0, 0), True, "float16", False)
     with pytest.raises(RuntimeError, match="stride must be two positive ints"):
-        _C.cudnn_train_probe("dgrad_drelu_dbn", (2, 8, 8, 8), (8, 8, 3, 3), (0, 0), (1, 1), True, "float16", False)
+        _C.cudnn_graph_probe("dgrad_drelu_dbn", (2, 8, 8, 8), (8, 8, 3, 3), (0, 0), (1, 1), True, "float16", False)
     with pytest.raises(RuntimeError, match="smaller than the kernel"):
-        _C.cudnn_train_probe("conv_stats", (2, 8, 2, 2), (8, 8, 3, 3), (1, 1), (0, 0), False, "float16", False)
+        _C.cudnn_graph_probe("conv_stats", (2, 8, 2, 2), (8, 8, 3, 3), (1, 1), (0, 0), False, "float16", False)
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="needs a CUDA device"):
-            _C.cudnn_train_probe("conv_stats", (2, 8, 8, 8), (8, 8, 3, 3), (1, 1), (1, 1), True, "float16", True)
+            _C.cudnn_graph_probe("conv_stats", (2, 8, 8, 8), (8, 8, 3, 3), (1, 1), (1, 1), True, "float16", True)
 
 
 @requires_experimental

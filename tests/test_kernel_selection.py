@@ -108,12 +108,16 @@ def test_images_decide_which_archs_a_kernel_runs_on():
 
 def test_scale_shift_problems_take_only_kernels_with_that_epilogue():
     """#24 item 2: a call with fp32 scale and shift runs a kernel whose epilogue takes them, by no other source
-    either (forced, tuned, table); cuDNN's fused op has no per-channel scale, so the fallback is the stock path."""
+    either (forced, tuned, table); cuDNN's fused op has no per-channel scale, so the fallback is cuDNN's graph with
+    that epilogue where it may run (16-bit NHWC, groups and dilation 1), else the stock path."""
     epi = dict(VERIFIED, name="e_bf16", scale_shift=True, score=0)
     kernel, reason, path, *_ = choose(dict(scale_shift=True))
     assert kernel == "" and path == "stock" and "no fp32 scale/shift epilogue" in reason
     assert choose(dict(scale_shift=True), kernels=(VERIFIED, BETTER, epi))[0] == "e_bf16"
-    assert choose(dict(scale_shift=True, cudnn=True, relu=True), kernels=(VERIFIED,))[2] == "stock"
+    assert choose(dict(scale_shift=True, cudnn=True, relu=True), kernels=(VERIFIED,))[2] == "cudnn_graph"
+    assert choose(dict(scale_shift=True, cudnn=True, relu=False), kernels=(VERIFIED,))[2] == "cudnn_graph"
+    for over in (dict(dtype="float32"), dict(channels_last=False), dict(groups=2), dict(dilation=2), dict(cudnn=False)):
+        assert choose({**dict(scale_shift=True, cudnn=True), **over}, kernels=(VERIFIED,))[2] == "stock", over
     for source in ("forced", "tuned", "table"):
         kernel, reason, *_ = choose(dict(scale_shift=True), **{source: "w_bf16"})
         assert kernel == "" and "no fp32 scale/shift epilogue" in reason, source

@@ -12,7 +12,7 @@ import torchvision
 import resnet_ext
 from resnet_ext import switches
 from resnet_ext.engine import cuda, frozen, structure, units
-from conftest import randomize_bn, rel_err, requires_experimental
+from conftest import norm_err, randomize_bn, requires_experimental
 
 pytestmark = requires_experimental
 ops = torch.ops.resnet_ext
@@ -90,28 +90,22 @@ def _plan(model, x, fused):
     return out, resnet_ext.path_counts()
 
 
-def test_fused_stem_switch():
-    assert switches.fused_stem() is False  # off by default until a GPU run verifies the kernel
-    with pytest.raises(TypeError, match="fused_stem: enabled must be True or False"):
-        switches.fused_stem(1)
-    assert switches.fused_stem(False) is False
-
-
 @pytest.mark.parametrize("frozen_mode", [False, True], ids=["default", "frozen"])
 def test_plan_runs_the_stem_as_one_op(frozen_mode):
     ours, tv = _model()
     if frozen_mode:
         resnet_ext.freeze(ours)
-    x = torch.randn(2, 3, 64, 48).to(torch.bfloat16).contiguous(memory_format=CL)
+    g = torch.Generator().manual_seed(0)  # a fixed input: the error does not depend on the test order
+    x = torch.randn(4, 3, 64, 48, generator=g).to(torch.bfloat16).contiguous(memory_format=CL)
     fused, counts = _plan(ours, x, True)
     unfused, unfused_counts = _plan(ours, x, False)
     assert counts.get("stem_pool") == 1 and "stem_pool" not in unfused_counts
     with torch.no_grad():
         ref = tv(x.float())
-        tv_err = rel_err(copy.deepcopy(tv).to(torch.bfloat16)(x).float(), ref)
+        tv_err = norm_err(copy.deepcopy(tv).to(torch.bfloat16)(x).float(), ref)
     # Both within torchvision's own bf16 error of its fp32 logits (the two differ in where bf16 rounds).
-    assert rel_err(fused.float(), ref) <= 1.5 * tv_err + 1e-3
-    assert rel_err(unfused.float(), ref) <= 1.5 * tv_err + 1e-3
+    assert norm_err(fused.float(), ref) <= 1.5 * tv_err
+    assert norm_err(unfused.float(), ref) <= 1.5 * tv_err
 
 
 def test_plan_keeps_the_two_ops_where_stem_pool_does_not_apply():
@@ -201,4 +195,4 @@ def test_cuda_plan_with_the_fused_stem_matches_torchvision(dtype, poisoned):
         ref = tv(x.float())
         tv16 = tv.to(dtype).to(memory_format=CL)(x)
     assert counts.get("stem_pool") == 1 and torch.isfinite(fused.float()).all()
-    assert rel_err(fused.float(), ref) <= 1.25 * rel_err(tv16.float(), ref) + 1e-3
+    assert norm_err(fused.float(), ref) <= 1.25 * norm_err(tv16.float(), ref)

@@ -141,6 +141,7 @@ std::string ConvProblem::key() const {
          "|x " + facts(x) + "|w " + facts(w) + "|b " + facts(bias) + "|r " + facts(residual) + "|y " + facts(y) +
          "|s " + facts(scale) + "|t " + facts(shift) +
          "|tf32=" + to_string(allow_tf32) + " cudnn=" + to_string(cudnn_fused_ok) +
+         " cudnn_graph=" + to_string(cudnn_graph_ok) +
          " prefer_cudnn=" + to_string(prefer_cudnn);
 }
 

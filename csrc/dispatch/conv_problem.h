@@ -61,6 +61,8 @@ struct ConvProblem {
   // Settings and the device.
   bool allow_tf32 = true;      // torch.backends.cudnn.allow_tf32
   bool cudnn_fused_ok = false;  // cuDNN's fused conv+bias+ReLU(+add) can run it (CUDA, cuDNN on, ReLU, non-empty)
+  bool cudnn_graph_ok = false;  // a scale/shift problem the cuDNN graph conv_scale_shift may run (experimental
+                                // build: cuDNN on, 16-bit NHWC operands, groups and dilation 1)
   bool prefer_cudnn = true;     // resnet_ext.prefer_cudnn(): let cuDNN's fused ops take layers they win
   int device = -1;              // CUDA device index (-1: none / a host-side test)
   int sm = 0;                   // compute capability of the device, e.g. 80, 90 (0: unknown)

@@ -49,7 +49,7 @@ struct KernelChoice {
 
 struct Decision {
   const FusedKernelInfo* kernel = nullptr;  // the fused kernel to launch; null: the fallback path runs
-  std::string path;                         // "fused:<kernel>", "cudnn_fused" or "stock"
+  std::string path;                         // "fused:<kernel>", "cudnn_fused", "cudnn_graph" or "stock"
   std::string reason;
   ChoiceSource source = ChoiceSource::Heuristic;
   size_t workspace_bytes = 0;  // device workspace the kernel needs for this problem
@@ -66,9 +66,11 @@ struct DispatchInputs {
   std::optional<KernelChoice> table;   // a measured per-shape table's entry: must be verified, like the heuristic
 };
 
-// The fallback a problem without a fused kernel takes: cuDNN's fused conv+bias+ReLU(+add) where it applies, else
-// the stock composition (conv, add, relu).
-inline const char* fallback_path(const ConvProblem& p) { return p.cudnn_fused_ok ? "cudnn_fused" : "stock"; }
+// The fallback a problem without a fused kernel takes: cuDNN's fused conv+bias+ReLU(+add) where it applies, for a
+// scale/shift problem the cuDNN graph with that epilogue where it may, else the stock composition (conv, epilogue).
+inline const char* fallback_path(const ConvProblem& p) {
+  return p.cudnn_fused_ok ? "cudnn_fused" : p.cudnn_graph_ok ? "cudnn_graph" : "stock";
+}
 
 // Reasons that rule out every fused kernel: dtype, TF32 flag, groups, empty problems, the operands' sizes, layout,
 // alignment and extent. "" when there are none.

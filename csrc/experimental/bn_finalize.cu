@@ -1,5 +1,5 @@
 // bn_finalize on the device: one thread per channel through the formula in ops/bn_finalize.h (unverified on a GPU
-// until gpu_check.sh's fusedtrain step runs). Launched by experimental/cudnn_train.cpp.
+// until gpu_check.sh's fusedtrain step runs). Launched by experimental/cudnn_graphs.cpp.
 #include <cuda_runtime.h>
 
 #include <cstdint>

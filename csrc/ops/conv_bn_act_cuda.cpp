@@ -15,6 +15,9 @@
 
 #include "dispatch/autotune.h"
 #include "ops/conv_bn_act.h"
+#ifdef RESNET_EXT_EXPERIMENTAL
+#include "experimental/cudnn_graphs.h"
+#endif
 
 namespace resnet_ext {
 
@@ -139,6 +142,10 @@ ConvProblem describe_cuda_call(const ConvOperands& ops, const ConvParams& c, boo
                      p.K > 0 &&
                      (p.dtype == ScalarKind::Float32 || p.dtype == ScalarKind::Float16 ||
                       p.dtype == ScalarKind::BFloat16);
+#ifdef RESNET_EXT_EXPERIMENTAL
+  p.cudnn_graph_ok = p.has_scale_shift && at::globalContext().userEnabledCuDNN() && p.groups == 1 && p.dil_h == 1 &&
+                     p.dil_w == 1 && cudnn_graphs::takes_scale_shift(x, ops.w, ops.residual);
+#endif
   p.device = x.get_device();
   const auto* props = at::cuda::getDeviceProperties(p.device);
   p.sm = props->major * 10 + props->minor;
@@ -176,7 +183,8 @@ std::string launch_fused(const FusedKernelInfo& kernel, const ConvProblem& p, co
 }
 
 // cuDNN's own fused conv+bias+ReLU (+ residual add): the fallback for ReLU layers without a fused kernel of ours,
-// and the choice on Hopper where it beats them.
+// and the choice on Hopper where it beats them; for a scale/shift problem, the cuDNN graph with that epilogue
+// (experimental build).
 at::Tensor conv_bn_act_fallback(const ConvProblem& p, const ConvOperands& ops, const at::Tensor& weight,
                                 const std::optional<at::Tensor>& bias, const ConvParams& c, bool relu,
                                 std::string* ran) {
@@ -199,6 +207,15 @@ at::Tensor conv_bn_act_fallback(const ConvProblem& p, const ConvOperands& ops, c
       if (std::string(e.what()).find("unable to find an engine") == std::string::npos) throw;
     }
   }
+#ifdef RESNET_EXT_EXPERIMENTAL
+  if (p.cudnn_graph_ok) {  // none where cuDNN builds no plan for the graph: the stock composition then
+    if (auto y = cudnn_graphs::conv_scale_shift(x, ops.w, bias, residual, c.stride, c.padding, relu, *ops.scale,
+                                                *ops.shift)) {
+      if (ran) *ran = "cudnn_graph";
+      return *y;
+    }
+  }
+#endif
   if (ran) *ran = "stock";
   return conv_bn_act_stock(x, weight, bias, residual, c, relu, ops.scale, ops.shift);
 }

@@ -1,5 +1,5 @@
 // The fused training decomposition's ops (#23; see ops/fused_train.h): schemas, argument checks, and the ATen
-// compositions that serve every device (experimental/cudnn_train.cpp registers CUDA kernels built from cuDNN
+// compositions that serve every device (experimental/cudnn_graphs.cpp registers CUDA kernels built from cuDNN
 // graphs over them), and bn_finalize's CPU kernel.
 #include "ops/fused_train.h"
 

@@ -1,7 +1,7 @@
 // The ops of the fused training decomposition (#23; resnet_ext/engine/fused_train.py): convolutions that apply the
 // previous BN's scale + shift + ReLU to their input as they load it and write their output's per-channel sums, and
 // the finalize that turns those sums into BN's scale and shift. ops/fused_train.cpp: schemas, argument checks and
-// the ATen compositions (the CPU kernels, and the fallback of the cuDNN graphs in experimental/cudnn_train.cpp).
+// the ATen compositions (the CPU kernels, and the fallback of the cuDNN graphs in experimental/cudnn_graphs.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>

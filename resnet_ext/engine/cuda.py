@@ -1,5 +1,6 @@
 """The CUDA engine (opt-in until a GPU run verifies it): a stock model's eval forward as its recorded units
-(`structure.Structure`), each one `conv_bn_act` call on the frozen folds or on this forward's batched fold (`run`):
+(`structure.Structure`), each one `conv_bn_act` call on the frozen folds, on this forward's batched fold, or
+(`switches.unfolded_bn`) on the unfolded weight with BN as fp32 scale and shift (`plan_weights`, `run`):
 the same ops as the module path (`units.unit` per unit) without the module tree's host time
 (`switches.on_cuda`); and the frozen mode's CUDA graphs of that forward (`freeze(model, cuda_graphs=True)`).
 
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..switches import fused_stem
+from ..switches import fused_stem, unfolded_bn
 from . import state as _state
 from . import structure, units
 from .structure import Unit
@@ -39,15 +40,18 @@ def usable_fused(x: Tensor) -> bool:
             and not torch.is_autocast_enabled(x.device.type))
 
 
-def run(model: nn.Module, s: structure.Structure, x: Tensor, wbs: List[Tuple[Tensor, Tensor]]) -> Tensor:
-    """The forward with unit i of `s.units` one `conv_bn_act` call on wbs[i] (folded weight, bias)."""
+Weights = Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]  # weight, bias, scale, shift
+
+
+def run(model: nn.Module, s: structure.Structure, x: Tensor, wbs: List[Weights]) -> Tensor:
+    """The forward with unit i of `s.units` one `conv_bn_act` call on wbs[i] (`plan_weights`)."""
     it = iter(wbs)
 
     def unit(u: Unit, y: Tensor, residual: Optional[Tensor] = None) -> Tensor:
-        w, b = next(it)
+        w, b, scale, shift = next(it)
         padding, stride, dilation, groups = u.args
         return torch.ops.resnet_ext.conv_bn_act(y, w, b, residual, stride, padding, dilation,
-                                                u.relu or residual is not None, groups)
+                                                u.relu or residual is not None, groups, scale, shift)
 
     if takes_stem_pool(model, s.stem, x):
         x = stem_pool(x, *next(it))
@@ -72,10 +76,36 @@ def takes_stem_pool(model: nn.Module, stem: Unit, x: Tensor) -> bool:
             and ops.plain_max_pool(model.maxpool) == STEM_POOL)
 
 
-def stem_pool(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
-    """The stem unit and the max pool as one `stem_pool` call on the folded weight: scale 1, shift the fold's bias."""
+def stem_pool(x: Tensor, w: Tensor, b: Optional[Tensor], scale: Optional[Tensor], shift: Optional[Tensor]) -> Tensor:
+    """The stem unit and the max pool as one `stem_pool` call: on the unfolded weight with its scale and shift, or
+    on the folded weight with scale 1 and the fold's bias as the shift."""
     units.count("stem_pool")
-    return torch.ops.resnet_ext.stem_pool(x, w, torch.ones(w.shape[0], device=w.device), b)
+    if scale is None:
+        scale, shift = torch.ones(w.shape[0], device=w.device), b
+    return torch.ops.resnet_ext.stem_pool(x, w, scale, shift)
+
+
+def takes_unfolded(x: Tensor) -> bool:
+    """Whether `unfolded_bn(True)` and a 16-bit input: BN then runs as fp32 scale and shift on the unfolded weight."""
+    return unfolded_bn.on and x.dtype in (torch.float16, torch.bfloat16)
+
+
+def plan_weights(s: structure.Structure, folds: Optional[Dict[nn.Module, object]],
+                 x: Tensor) -> Optional[List[Weights]]:
+    """Each unit's (weight, bias, scale, shift) for `run`. `takes_unfolded`: the conv's own weight, BN as the fp32
+    (scale, shift) of all units in one batched pass (`ops.bn_affine_pairs`, now: no per-forward weight fold and no
+    16-bit rounding of weight * scale). Else the frozen folds if given (None where they are not these modules'),
+    else this forward's folds, all units in one batch (`ops.fold_pairs`, as the module path folds them)."""
+    fmt = torch.channels_last if ops.wants_channels_last(x) else torch.contiguous_format
+    if takes_unfolded(x):
+        scales, shifts = ops.bn_affine_pairs([(u.conv, u.bn) for u in s.units])
+        return [(u.conv.weight.contiguous(memory_format=fmt), None, sc, sh)
+                for u, sc, sh in zip(s.units, scales, shifts)]
+    if folds is None:
+        wbs = ops.fold_pairs([(u.conv, u.bn) for u in s.units], channels_last=fmt == torch.channels_last)
+    else:
+        wbs = _frozen_wbs(s, folds, x.dtype)
+    return None if wbs is None else [(w, b, None, None) for w, b in wbs]
 
 
 def _frozen_wbs(s: structure.Structure, folds: Dict[nn.Module, object], dtype: torch.dtype):
@@ -90,21 +120,18 @@ def _frozen_wbs(s: structure.Structure, folds: Dict[nn.Module, object], dtype: t
 
 
 def forward_fused(model: nn.Module, x: Tensor, folds: Optional[Dict[nn.Module, object]]) -> Optional[Tensor]:
-    """The eval forward with every unit one `conv_bn_act` call on a folded weight: the frozen folds if given, else
-    this forward's, all units folded now in one batch (`ops.fold_pairs`, as the module path folds them). None
-    where this does not apply (a gradient may be wanted, the structure changed, folds that are not these modules').
-    Runs on any device the op runs on (the CPU runs the op's stock composition); the models use it on CUDA."""
+    """The eval forward with every unit one `conv_bn_act` call (`plan_weights`: folded, or unfolded with BN as fp32
+    scale and shift). None where this does not apply (a gradient may be wanted, the structure changed, folds that
+    are not these modules'). Runs on any device the op runs on (the CPU runs the op's stock composition); the
+    models use it on CUDA."""
     if not usable_fused(x):
         return None
     s = structure.of(model, x.dtype, x.shape[1])
     if s is None:
         return None
-    if folds is None:
-        wbs = ops.fold_pairs([(u.conv, u.bn) for u in s.units], channels_last=ops.wants_channels_last(x))
-    else:
-        wbs = _frozen_wbs(s, folds, x.dtype)
-        if wbs is None:
-            return None
+    wbs = plan_weights(s, folds, x)
+    if wbs is None:
+        return None
     out = run(model, s, x, wbs)
     units.count("flat_forwards")
     return out
@@ -200,8 +227,8 @@ def _capture(fn: Callable[[Tensor], Tensor], x: Tensor, pool) -> tuple:
 
 
 def forward_graphs(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) -> Optional[Tensor]:
-    """The frozen forward of `x` by a CUDA graph (the fused plan on the frozen folds, captured on the first call of
-    a signature), or None where it runs eagerly (graphs off, `eager_reason`, folds that are not these modules', a
+    """The frozen forward of `x` by a CUDA graph (the fused plan on the frozen folds, or with `unfolded_bn` on the
+    weights and BN statistics as they are at each replay; captured on the first call of a signature), or None where it runs eagerly (graphs off, `eager_reason`, folds that are not these modules', a
     failed capture)."""
     if not wanted(model):
         return None
@@ -209,13 +236,12 @@ def forward_graphs(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
     reason, s = _check(model, x)
     if reason is not None:
         return None
-    wbs = _frozen_wbs(s, folds, x.dtype)
-    if wbs is None:
+    if not takes_unfolded(x) and _frozen_wbs(s, folds, x.dtype) is None:
         return None
     cache = st.graphs
     if cache is None:
         cache = st.graphs = GraphCache()
-    key = signature(x)
+    key = signature(x) + (fused_stem.on, unfolded_bn.on)  # the plan's switches: another plan, another graph
     entry = cache.get(key)
     if isinstance(entry, Graph) and (entry.folds is not folds or entry.structure is not s):
         entry = None  # captured on other folds or another recorded structure
@@ -224,8 +250,12 @@ def forward_graphs(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
             # Never inference tensors (a capture under inference_mode), which a later call outside it could not
             # copy into; torch.no_grad is what the captured forward runs under (no gradient is wanted here).
             with torch.inference_mode(False), torch.no_grad():
-                graph, static_in, static_out = _capture(
-                    lambda t: run(model, s, t.contiguous(memory_format=torch.channels_last), wbs), x, cache.pool)
+                # The weights inside the capture: unfolded, the BN scale and shift are computed by the graph.
+                def forward(t: Tensor) -> Tensor:
+                    t = t.contiguous(memory_format=torch.channels_last)
+                    return run(model, s, t, plan_weights(s, folds, t))
+
+                graph, static_in, static_out = _capture(forward, x, cache.pool)
         except Exception as e:  # noqa: BLE001  (whatever cannot be captured runs eagerly, as before)
             cache.put(key, f"capture failed: {type(e).__name__}: {e}")
             return None

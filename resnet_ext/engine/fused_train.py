@@ -14,7 +14,7 @@ It saves x, y1, y2, y3 (and the downsample's output) and the block's output: not
 keeps. A BN converted by `convert_sync_batchnorm` all-reduces its sums and count between the conv and the finalize
 (and its backward sums), on the device. The ops (`fused_conv_stats`, `bn_finalize`, `fused_dgrad_drelu_dbn`,
 `fused_wgrad`; csrc/ops/fused_train.cpp) run cuDNN graphs on CUDA in an experimental build
-(csrc/experimental/cudnn_train.cpp; unverified until a GPU run: `benchmarks/gpu_check.sh --only fusedtrain`) and
+(csrc/experimental/cudnn_graphs.cpp; unverified until a GPU run: `benchmarks/gpu_check.sh --only fusedtrain`) and
 their ATen compositions elsewhere, which is how the CPU tests check this decomposition against torchvision's block
 in float64 (slower than the stock path: for tests, not for use).
 """
@@ -78,7 +78,7 @@ def why_not(b: nn.Module, x: Tensor) -> Optional[str]:
         ok = all(t.dtype == x.dtype for t in tensors)
     if not ok:
         return "mixed dtypes (torchvision's answer or error comes from its own path)"
-    if x.is_cuda and not hasattr(_C, "cudnn_train_probe"):
+    if x.is_cuda and not hasattr(_C, "cudnn_graph_probe"):
         return "CUDA needs the cuDNN graphs of an experimental CUDA build (RESNET_EXT_EXPERIMENTAL=1)"
     # Shapes torchvision's own path rejects (a residual of another shape, one value per channel: its ValueError)
     # go there.
@@ -121,7 +121,7 @@ def _graphs_missing(pairs, hws, x: Tensor) -> Optional[str]:
     if key not in _ready:
         with torch.cuda.device(x.device):
             _ready[key] = next((f"cuDNN has no plan for {g[0]} on x {g[1]}, weight {g[2]}: {why[:160]}"
-                                for g in graphs if (why := _C.cudnn_train_probe(*g, dt, True))), None)
+                                for g in graphs if (why := _C.cudnn_graph_probe(*g, dt, True))), None)
     return _ready[key]
 
 

@@ -1,14 +1,16 @@
-// The fused training decomposition's ops on CUDA (#23; see ops/fused_train.h), as cuDNN graphs through
-// cudnn-frontend's C++ API: unverified until a GPU run (gpu_check.sh --only fusedtrain), hence experimental.
+// resnet_ext's cuDNN graphs, through cudnn-frontend's C++ API: unverified until a GPU run (gpu_check.sh --only
+// fusedtrain,unfolded), hence experimental. The fused training decomposition's ops on CUDA (#23; ops/fused_train.h):
 //   conv_stats        [scale * x + shift -> ReLU ->] conv_fprop -> y, genstats(y) -> sum, sum of squares
 //   dgrad_drelu_dbn   conv_dgrad -> ReLU backward at (y * scale + shift) -> g, dbn_weight(g, y) -> dbias, dscale
 //   wgrad             [scale * x + shift -> ReLU ->] conv_wgrad -> dw
+// and conv_bn_act's fp32 scale/shift epilogue (#24 item 2: BN applied to the unfolded weight's fp32 sum):
+//   conv_scale_shift  conv_fprop -> * scale -> + shift [-> + residual] [-> ReLU] -> y
 // One graph per (pattern, device, dtypes, shape), built once (validate, operation graph, heuristics A then
 // fallback, the first plan that builds) and cached with its workspace size. A problem the graphs do not take
 // (not NHWC, not 16-bit) or one without an engine runs the op's ATen composition; path_counts() says which ran
-// ("cudnn_graph:<pattern>" / "cudnn_graph_fallback:<pattern>"), `cudnn_train_probe` why one has no graph.
+// ("cudnn_graph:<pattern>" / "cudnn_graph_fallback:<pattern>"), `cudnn_graph_probe` why one has no graph.
 #ifdef RESNET_EXT_WITH_CUDA
-#include "experimental/cudnn_train.h"
+#include "experimental/cudnn_graphs.h"
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -17,6 +19,7 @@
 #include <cudnn_frontend.h>
 #include <torch/library.h>
 
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <sstream>
@@ -27,20 +30,21 @@
 #include "ops/fused_train.h"
 
 namespace resnet_ext {
-namespace cudnn_train {
+namespace cudnn_graphs {
 
 namespace fe = cudnn_frontend;
 using at::Tensor;
 using fused_train::OptTensor;
 using Attr = std::shared_ptr<fe::graph::Tensor_attributes>;
 
-enum class Pattern { ConvStats, DgradDreluDbn, Wgrad };
+enum class Pattern { ConvStats, DgradDreluDbn, Wgrad, ConvScaleShift };
 
 const char* pattern_name(Pattern p) {
   switch (p) {
     case Pattern::ConvStats: return "conv_stats";
     case Pattern::DgradDreluDbn: return "dgrad_drelu_dbn";
     case Pattern::Wgrad: return "wgrad";
+    case Pattern::ConvScaleShift: return "conv_scale_shift";
   }
   return "?";
 }
@@ -50,13 +54,15 @@ struct Problem {
   Pattern pattern = Pattern::ConvStats;
   at::ScalarType dtype = at::kHalf;
   bool prologue = false;
+  bool residual = false, relu = false;  // conv_scale_shift's epilogue
   int device = 0;
   int64_t n = 0, c = 0, h = 0, w = 0, k = 0, r = 0, s_ = 0, p = 0, q = 0;
   int64_t stride[2] = {1, 1}, pad[2] = {0, 0};
 
   std::string key() const {
     std::ostringstream s;
-    s << pattern_name(pattern) << ':' << device << ':' << int(dtype) << ':' << prologue << ':' << n << ',' << c
+    s << pattern_name(pattern) << ':' << device << ':' << int(dtype) << ':' << prologue << residual << relu << ':'
+      << n << ',' << c
       << ',' << h << ',' << w << ':' << k << ',' << r << ',' << s_ << ':' << stride[0] << ',' << stride[1] << ':'
       << pad[0] << ',' << pad[1];
     return s.str();
@@ -169,6 +175,22 @@ void describe(const Problem& p, Built& b) {
       b.t["dw"] = dw;
       break;
     }
+    case Pattern::ConvScaleShift: {
+      b.t["x"] = image(g, "x", x_dim, io);
+      b.t["w"] = image(g, "w", w_dim, io);
+      Attr acc = g.conv_fprop(b.t["x"], b.t["w"],
+                              fe::graph::Conv_fprop_attributes().set_padding(pad).set_stride(stride).set_dilation(dil));
+      acc->set_dim(y_dim);  // virtual: the fp32 accumulator the epilogue reads
+      Attr y = scale_shift(b, acc, p.k, false);
+      if (p.residual) {
+        b.t["residual"] = image(g, "residual", y_dim, io);
+        y = pointwise(g, y, b.t["residual"], fe::PointwiseMode_t::ADD);
+      }
+      if (p.relu) y = pointwise(g, y, nullptr, fe::PointwiseMode_t::RELU_FWD);
+      y->set_output(true).set_dim(y_dim).set_stride(nhwc(p.n, p.k, p.p, p.q)).set_data_type(io);
+      b.t["y"] = y;
+      break;
+    }
   }
 }
 
@@ -195,7 +217,7 @@ cudnnHandle_t stream_handle(const Tensor& like) {
   cudnnHandle_t handle = at::native::getCudnnHandle();
   TORCH_CHECK(cudnnSetStream(handle, at::cuda::getCurrentCUDAStream(like.get_device()).stream()) ==
                   CUDNN_STATUS_SUCCESS,
-              "cudnn_train: cudnnSetStream failed");
+              "cudnn_graphs: cudnnSetStream failed");
   return handle;
 }
 
@@ -223,7 +245,7 @@ void execute(const Built& b, std::initializer_list<std::pair<const char*, void*>
   for (const auto& [name, ptr] : named) pack[b.t.at(name)] = ptr;
   Tensor ws = at::empty({std::max<int64_t>(b.workspace, 1)}, like.options().dtype(at::kByte));
   auto e = b.graph->execute(stream_handle(like), pack, ws.data_ptr());
-  TORCH_CHECK(e.is_good(), "cudnn_train: executing a built cuDNN graph failed: ", message(e));
+  TORCH_CHECK(e.is_good(), "cudnn_graphs: executing a built cuDNN graph failed: ", message(e));
 }
 
 bool nhwc_dense(const Tensor& t) { return t.is_contiguous(at::MemoryFormat::ChannelsLast); }
@@ -351,6 +373,39 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> finalize_cuda(const Tensor& sums, con
 
 }  // namespace
 
+bool takes_scale_shift(const Tensor& x, const Tensor& w, const OptTensor& residual) {
+  // Channels in multiples of 8 (16 bytes), what cuDNN's fusion engines need: the 3-channel stem runs stock.
+  if (fe_type(x.scalar_type()) == fe::DataType_t::NOT_SET || x.numel() == 0 || w.size(0) % 8 || x.size(1) % 8 ||
+      w.size(0) == 0)
+    return false;
+  for (const Tensor* t : {&x, &w, residual.has_value() ? &*residual : &x})
+    if (!nhwc_dense(*t) || t->scalar_type() != x.scalar_type() || reinterpret_cast<uintptr_t>(t->data_ptr()) % 16)
+      return false;
+  return true;
+}
+
+std::optional<Tensor> conv_scale_shift(const Tensor& x, const Tensor& w, const OptTensor& bias,
+                                       const OptTensor& residual, at::IntArrayRef stride, at::IntArrayRef padding,
+                                       bool relu, const Tensor& scale, const Tensor& shift) {
+  if (!takes_scale_shift(x, w, residual)) return std::nullopt;
+  const auto y_size = out_size(x, w.sizes(), stride, padding);
+  auto p = problem(Pattern::ConvScaleShift, x, w.sizes(), y_size, false, stride, padding, {&x, &w});
+  p->residual = residual.has_value(), p->relu = relu;
+  const Built& b = graph_for(*p, x);
+  if (!b.error.empty()) return std::nullopt;
+  Tensor y = at::empty(y_size, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (poison_outputs()) y.fill_(std::numeric_limits<float>::quiet_NaN());
+  // conv * scale + shift + bias: the op's bias joins the shift, both fp32.
+  Tensor sc = f32(scale), sh = bias.has_value() ? (f32(shift) + bias->to(at::kFloat)).contiguous() : f32(shift);
+  if (residual.has_value())
+    execute(b, {{"x", x.data_ptr()}, {"w", w.data_ptr()}, {"scale", sc.data_ptr()}, {"shift", sh.data_ptr()},
+                {"residual", residual->data_ptr()}, {"y", y.data_ptr()}}, x);
+  else
+    execute(b, {{"x", x.data_ptr()}, {"w", w.data_ptr()}, {"scale", sc.data_ptr()}, {"shift", sh.data_ptr()},
+                {"y", y.data_ptr()}}, x);
+  return y;
+}
+
 std::string probe(const std::string& pattern, const std::vector<int64_t>& x, const std::vector<int64_t>& w,
                   const std::vector<int64_t>& stride, const std::vector<int64_t>& padding, bool prologue,
                   const std::string& dtype, bool plans) {
@@ -358,24 +413,33 @@ std::string probe(const std::string& pattern, const std::vector<int64_t>& x, con
   if (pattern == "conv_stats") p.pattern = Pattern::ConvStats;
   else if (pattern == "dgrad_drelu_dbn") p.pattern = Pattern::DgradDreluDbn;
   else if (pattern == "wgrad") p.pattern = Pattern::Wgrad;
-  else TORCH_CHECK(false, "cudnn_train_probe: pattern must be conv_stats, dgrad_drelu_dbn or wgrad, got ", pattern);
-  TORCH_CHECK(x.size() == 4 && w.size() == 4 && w[1] == x[1], "cudnn_train_probe: x must be [N, C, H, W] and w [K, C, "
+  else if (pattern.rfind("conv_scale_shift", 0) == 0) {
+    const std::string tail = pattern.substr(16);
+    TORCH_CHECK(tail.empty() || tail == "_relu" || tail == "_add_relu" || tail == "_add",
+                "cudnn_graph_probe: conv_scale_shift takes the suffixes _add, _relu or _add_relu, got ", pattern);
+    p.pattern = Pattern::ConvScaleShift;
+    p.residual = tail.find("_add") != std::string::npos, p.relu = tail.find("_relu") != std::string::npos;
+  } else {
+    TORCH_CHECK(false, "cudnn_graph_probe: pattern must be conv_stats, dgrad_drelu_dbn, wgrad or conv_scale_shift"
+                "[_add][_relu], got ", pattern);
+  }
+  TORCH_CHECK(x.size() == 4 && w.size() == 4 && w[1] == x[1], "cudnn_graph_probe: x must be [N, C, H, W] and w [K, C, "
               "R, S], got ", x, " and ", w);
   TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && stride[0] > 0 && stride[1] > 0 && padding[0] >= 0 &&
                   padding[1] >= 0,
-              "cudnn_train_probe: stride must be two positive ints and padding two non-negative ints, got ", stride,
+              "cudnn_graph_probe: stride must be two positive ints and padding two non-negative ints, got ", stride,
               " and ", padding);
   if (dtype == "float16") p.dtype = at::kHalf;
   else if (dtype == "bfloat16") p.dtype = at::kBFloat16;
-  else TORCH_CHECK(false, "cudnn_train_probe: dtype must be float16 or bfloat16, got ", dtype);
+  else TORCH_CHECK(false, "cudnn_graph_probe: dtype must be float16 or bfloat16, got ", dtype);
   p.prologue = prologue || p.pattern == Pattern::DgradDreluDbn;
   p.n = x[0], p.c = x[1], p.h = x[2], p.w = x[3], p.k = w[0], p.r = w[2], p.s_ = w[3];
   p.stride[0] = stride[0], p.stride[1] = stride[1], p.pad[0] = padding[0], p.pad[1] = padding[1];
-  TORCH_CHECK(p.h + 2 * p.pad[0] >= p.r && p.w + 2 * p.pad[1] >= p.s_, "cudnn_train_probe: the padded input ", x,
+  TORCH_CHECK(p.h + 2 * p.pad[0] >= p.r && p.w + 2 * p.pad[1] >= p.s_, "cudnn_graph_probe: the padded input ", x,
               " is smaller than the kernel ", w);
   p.p = (p.h + 2 * p.pad[0] - p.r) / p.stride[0] + 1, p.q = (p.w + 2 * p.pad[1] - p.s_) / p.stride[1] + 1;
   if (plans) {  // the op's own cached graph (built now if it is the first ask), so an op call finds it built
-    TORCH_CHECK(at::cuda::is_available(), "cudnn_train_probe: plans=True needs a CUDA device");
+    TORCH_CHECK(at::cuda::is_available(), "cudnn_graph_probe: plans=True needs a CUDA device");
     p.device = at::cuda::current_device();
     return graph_for(p, at::empty({1}, at::TensorOptions().device(at::kCUDA, p.device))).error;
   }
@@ -389,13 +453,13 @@ std::string probe(const std::string& pattern, const std::vector<int64_t>& x, con
   }
 }
 
-}  // namespace cudnn_train
+}  // namespace cudnn_graphs
 
 TORCH_LIBRARY_IMPL(resnet_ext, CUDA, m) {
-  m.impl("fused_conv_stats", &cudnn_train::conv_stats_cuda);
-  m.impl("fused_dgrad_drelu_dbn", &cudnn_train::dgrad_drelu_dbn_cuda);
-  m.impl("fused_wgrad", &cudnn_train::wgrad_cuda);
-  m.impl("bn_finalize", &cudnn_train::finalize_cuda);
+  m.impl("fused_conv_stats", &cudnn_graphs::conv_stats_cuda);
+  m.impl("fused_dgrad_drelu_dbn", &cudnn_graphs::dgrad_drelu_dbn_cuda);
+  m.impl("fused_wgrad", &cudnn_graphs::wgrad_cuda);
+  m.impl("bn_finalize", &cudnn_graphs::finalize_cuda);
 }
 
 }  // namespace resnet_ext
