@@ -194,6 +194,11 @@ def winograd_bf16_supported() -> bool:
     return torch.ops.resnet_ext.winograd_bf16_supported()
 
 
+def cpu_amx_bf16() -> bool:
+    """Whether this CPU has AMX-BF16 tiles that the OS keeps: oneDNN's bf16 convolutions then run on them."""
+    return torch.ops.resnet_ext.cpu_amx_bf16()
+
+
 @torch.library.register_fake("resnet_ext::conv_bn_act")
 def _conv_bn_act_fake(x, weight, bias, residual, stride, padding, dilation, relu, groups=1, scale=None, shift=None):
     # The checks of check_conv_bn_act_args (csrc/ops/conv_bn_act.cpp), in its order and with its messages.

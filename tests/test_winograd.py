@@ -16,7 +16,7 @@ import torchvision
 
 import resnet_ext
 from resnet_ext import ops
-from resnet_ext.engine import units
+from resnet_ext.engine import cpu, units
 from conftest import randomize_bn, rel_err
 
 # F(4x4, 3x3) in fp32 rounds about 5-10x more than the direct convolution (1e-6): 7e-6 to 1e-5 of the largest
@@ -429,12 +429,14 @@ def test_bf16_every_output_written_under_poisoned_allocations():
     ("resnet18", (2, 3, 64, 80), "channels_last", 13),     # every 3x3 conv but the stride-2 ones, the tails too
     ("resnet50", (1, 3, 32, 32), "channels_last", 13),     # layer 4's 1x1 map (either layout): one tile
 ])
-def test_frozen_bf16_model_takes_winograd_and_stays_within_torchvisions_bf16_error(arch, shape, layout, expected):
+def test_frozen_bf16_model_takes_winograd_and_stays_within_torchvisions_bf16_error(arch, shape, layout, expected,
+                                                                                  monkeypatch):
     """freeze(dtype=torch.bfloat16): every stride-1 3x3 conv by F(2x2, 3x3) (no minimum size), and the logits'
     distance from float64 within 2x of torchvision's own model in bf16 and of the same frozen model on oneDNN
     alone. Measured over 4 seeds each (resnet18/50, 10 and 1000 classes, batch 2, 128x128): on average 0.71-0.86x
     torchvision bf16's error and 1.03-1.28x oneDNN's; single draws up to 1.6x and 1.8x. A wrong tap or tile would
     be off by the logits' own size."""
+    monkeypatch.setattr(cpu, "AMX_BF16", False)  # on an AMX CPU the plan leaves them to oneDNN: the op still runs
     torch.manual_seed(sum(shape))  # fixed draws (errors 0.49-0.78x torchvision bf16's, 0.69-1.07x oneDNN's)
     tv = randomize_bn(getattr(torchvision.models, arch)(num_classes=10)).eval()
     x = torch.randn(*shape)
@@ -457,3 +459,27 @@ def test_frozen_bf16_model_takes_winograd_and_stays_within_torchvisions_bf16_err
                 resnet_ext.cpu_winograd(True)
             errs[on] = rel_err(y, ref)
     assert errs[True] <= 2 * tv_err and errs[True] <= 2 * errs[False], (errs, tv_err)
+
+
+def test_cpu_amx_bf16_agrees_with_the_kernels_cpu_flags():
+    """ops.cpu_amx_bf16 (cpuid and XCR0) against Linux's own view of the CPU, where there is one."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo")
+    assert ops.cpu_amx_bf16() == ("amx_bf16" in flags and "amx_tile" in flags)
+
+
+@bf16_only
+def test_frozen_bf16_plan_leaves_3x3_convs_to_onednn_on_amx_cpus(monkeypatch):
+    """Where oneDNN has AMX tiles its bf16 convolutions are faster than the op: the plan takes no Winograd unit."""
+    monkeypatch.setattr(cpu, "AMX_BF16", True)
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    ours = resnet_ext.freeze(resnet_ext.from_torchvision(tv), dtype=torch.bfloat16)
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        units.reset_path_counts()
+        y = ours(x)
+        assert "winograd" not in resnet_ext.path_counts(), resnet_ext.path_counts()
+        assert rel_err(y, tv(x)) < 5e-2

@@ -80,6 +80,7 @@ def gemm_pays(u: Unit, x: Tensor) -> bool:
 
 
 WINOGRAD_MIN_TILES = 16  # see winograd_pays
+AMX_BF16 = ops.cpu_amx_bf16()  # see winograd_pays: bf16 3x3 convs stay on oneDNN where it has AMX tiles
 
 
 def winograd_pays(u: Unit, x: Tensor) -> bool:
@@ -92,13 +93,17 @@ def winograd_pays(u: Unit, x: Tensor) -> bool:
     - bfloat16, F(2x2, 3x3) (2.25x fewer multiplies; CPUs with AVX512-BF16): resnet50's 3x3 convs 1.06-1.82x
       faster at batch 1 (layer 4 the least) and 1.08-1.70x at batch 8 (benchmarks/results/
       2026-12-03-cpu-winograd-bf16/), 1.3-1.8x down to 4 tiles and level at a single one (oneDNN's fixed cost
-      per call, about 30 us, weighs against the transformed weight's reads), so no minimum."""
+      per call, about 30 us, weighs against the transformed weight's reads), so no minimum. Not on CPUs with
+      AMX-BF16 (`AMX_BF16`): on a 2-core AMX Xeon oneDNN's bf16 convs on the tiles were 1.4-7x faster than the
+      op per layer and the frozen bf16 resnet50 2.1x (batch 8) and 1.7x (batch 1) faster without it
+      (benchmarks/results/2026-12-04-cpu-amx/)."""
     conv = u.conv
     if (not cpu_winograd.on or conv.kernel_size != (3, 3) or u.geometry != ((1, 1), (1, 1), (1, 1), 1)
             or conv.in_channels % 16 or conv.out_channels % 16):
         return False
     if x.dtype == torch.bfloat16:  # the op's own precondition: a 1x1 map (either layout) counts as channels_last
-        return x.is_contiguous(memory_format=torch.channels_last) and ops.winograd_bf16_supported()
+        return (x.is_contiguous(memory_format=torch.channels_last) and ops.winograd_bf16_supported()
+                and not AMX_BF16)
     return (x.dtype == torch.float32 and ops.wants_channels_last(x)
             and x.shape[0] * (-(-x.shape[2] // 4)) * (-(-x.shape[3] // 4)) >= WINOGRAD_MIN_TILES)
 
