@@ -509,7 +509,8 @@ def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: 
             stride: IntPair = 1, padding: Union[IntPair, str] = 0, dilation: IntPair = 1, relu: bool = True,
             groups: int = 1, scale: Optional[Tensor] = None, shift: Optional[Tensor] = None) -> tuple[str, str]:
     """Which path `conv_bn_act` takes with these arguments, and why: ("fused:<kernel>", "cudnn_fused",
-    "cudnn_graph" (scale and shift, experimental build) or "stock", reason). Runs no kernel; asks the same dispatcher, with the same operands, as the call itself."""
+    "cudnn_graph" (scale and shift, experimental build) or "stock", reason). Runs no kernel; asks the same
+    dispatcher, with the same operands, as the call itself."""
     x, residual, stride, padding, dilation, groups, _ = _conv_args(x, weight, residual, stride, padding, dilation,
                                                                    groups)
     return _C.explain(x, weight, bias, residual, stride, padding, dilation, relu, groups, scale, shift)

@@ -228,8 +228,8 @@ def _capture(fn: Callable[[Tensor], Tensor], x: Tensor, pool) -> tuple:
 
 def forward_graphs(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) -> Optional[Tensor]:
     """The frozen forward of `x` by a CUDA graph (the fused plan on the frozen folds, or with `unfolded_bn` on the
-    weights and BN statistics as they are at each replay; captured on the first call of a signature), or None where it runs eagerly (graphs off, `eager_reason`, folds that are not these modules', a
-    failed capture)."""
+    weights and BN statistics as they are at each replay; captured on the first call of a signature), or None
+    where it runs eagerly (graphs off, `eager_reason`, folds that are not these modules', a failed capture)."""
     if not wanted(model):
         return None
     st = _state.peek(model)
