@@ -196,3 +196,61 @@ def test_cuda_plan_with_the_fused_stem_matches_torchvision(dtype, poisoned):
         tv16 = tv.to(dtype).to(memory_format=CL)(x)
     assert counts.get("stem_pool") == 1 and torch.isfinite(fused.float()).all()
     assert norm_err(fused.float(), ref) <= 1.25 * norm_err(tv16.float(), ref)
+
+
+# ---- the CUDA kernel's tiling emulated on the CPU (experimental/stem_pool_kernels.cu, step by step) --------------
+
+def _emulate_kernel(x, w, scale, shift):
+    """stem_pool_kernel's arithmetic in torch: per 8x8 tile of pooled outputs, the 39x39x3 input patch (zeros
+    outside the image), the A operand [304, 160] gathered row by row through the tap-offset table (rows past 289
+    and taps past 147 zero), the fp32 GEMM with the weight repacked as [160, 64], then BN, ReLU and the 3x3/2
+    pool over the 17x17 accumulators with the pool's padding skipped. Float64 sums stand in for the fp32 MMA."""
+    tile, conv, rows, rows_pad, k_in, taps, k_pad = 8, 17, 289, 304, 39, 147, 160
+    n_, _, h, w_ = x.shape
+    oh, ow = (h - 1) // 2 + 1, (w_ - 1) // 2 + 1
+    ph_, pw_ = (oh - 1) // 2 + 1, (ow - 1) // 2 + 1
+    xs = x.permute(0, 2, 3, 1).double()  # NHWC
+    b = torch.zeros(k_pad, 64, dtype=torch.float64)
+    b[:taps] = w.double().permute(2, 3, 1, 0).reshape(taps, 64)
+    tap_at = [((t // 3) // 7 * k_in + (t // 3) % 7) * 3 + t % 3 for t in range(taps)]
+    y = torch.full((n_, ph_, pw_, 64), float("nan"), dtype=torch.float64)
+    for n in range(n_):
+        for ph0 in range(0, ph_, tile):
+            for pw0 in range(0, pw_, tile):
+                oh0, ow0 = 2 * ph0 - 1, 2 * pw0 - 1
+                ih0, iw0 = 2 * oh0 - 3, 2 * ow0 - 3
+                patch = torch.zeros(k_in, k_in, 3, dtype=torch.float64)
+                for r in range(k_in):
+                    for c in range(k_in):
+                        if 0 <= ih0 + r < h and 0 <= iw0 + c < w_:
+                            patch[r, c] = xs[n, ih0 + r, iw0 + c]
+                flat = patch.reshape(-1)
+                a = torch.zeros(rows_pad, k_pad, dtype=torch.float64)
+                for row in range(rows):
+                    base = (2 * (row // conv) * k_in + 2 * (row % conv)) * 3
+                    a[row, :taps] = flat[[base + t for t in tap_at]]
+                acc = (a @ b)[:rows].reshape(conv, conv, 64)
+                act = torch.relu(acc * scale.double() + shift.double())
+                for pi in range(tile):
+                    for pj in range(tile):
+                        if ph0 + pi >= ph_ or pw0 + pj >= pw_:
+                            continue
+                        best = torch.full((64,), float("-inf"), dtype=torch.float64)
+                        for di in range(3):
+                            for dj in range(3):
+                                ci, cj = 2 * pi + di, 2 * pj + dj
+                                if 0 <= oh0 + ci < oh and 0 <= ow0 + cj < ow:
+                                    best = torch.maximum(best, act[ci, cj])
+                        y[n, ph0 + pi, pw0 + pj] = best
+    return y.permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("n,h,w", [(1, 23, 23), (2, 9, 10), (1, 1, 1), (1, 40, 33)])
+def test_kernel_tiling_emulated_matches_the_reference(n, h, w):
+    """The kernel's tile, patch, gather and pool-window arithmetic (not its CUDA code, which only a GPU runs)
+    against the float64 composition, on sizes with partial tiles, a single pixel and more than one tile a side."""
+    x, wt, scale, shift = _operands(n, h, w, torch.float64, "cpu", seed=h * w)
+    got = _emulate_kernel(x, wt, scale, shift)
+    ref = _reference(x, wt, scale, shift)
+    assert got.shape == ref.shape and not torch.isnan(got).any()
+    assert (got - ref).abs().max() <= 1e-10 * ref.abs().max().clamp_min(1)
