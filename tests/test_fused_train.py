@@ -250,6 +250,24 @@ def test_bottleneck_matches_torchvision_in_float64(fused_on, inplanes, planes, s
     assert ours.bn1.num_batches_tracked.item() == 2
 
 
+@pytest.mark.parametrize("stride,downsample", [(1, False), (2, True)])
+def test_block_passes_gradcheck(fused_on, stride, downsample):
+    """torch.autograd.gradcheck of the decomposition's backward (float64, every parameter and the input): the
+    block's output in train mode as a function of x and all its weights, BN affine parameters included."""
+    _, ours = _block_pair(8, 2, stride, downsample)  # 8 = 4 * 2 in and out: an identity shortcut fits too
+    ours = ours.double()
+    names = [n for n, _ in ours.named_parameters()]
+    x = torch.randn(2, 8, 5, 4, dtype=torch.float64, requires_grad=True)
+
+    def f(x, *params):
+        return torch.func.functional_call(ours, dict(zip(names, params)), (x,))
+
+    params = tuple(p.detach().clone().requires_grad_() for p in ours.parameters())
+    resnet_ext.reset_path_counts()
+    assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-7, rtol=1e-5)
+    assert resnet_ext.path_counts().get("train_graph", 0) > 0  # the decomposition ran, not the stock block
+
+
 def test_whole_model_train_step_matches_torchvision(fused_on):
     torch.manual_seed(3)
     tv = randomize_bn(torchvision.models.resnet50(num_classes=10)).double().train()
