@@ -36,14 +36,19 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMPerWarp = (kMTiles + kWarps - 1) / kWarps;  // 3
 constexpr int kNTiles = kChannels / 16;       // 4
+// Shared-memory row pitches padded off multiples of 128 bytes, so that the rows a warp reads or writes at once fall
+// in different banks: the A chunk (80 B a row), the weight (144 B), the fp32 accumulators (272 B).
+constexpr int kChunkLd = kChunk + 8;
+constexpr int kWeightLd = kChannels + 8;
+constexpr int kAccLd = kChannels + 4;
 
 // Shared memory: the GEMM phase (patch, weight, A chunk) and the pool phase (fp32 accumulators) share the region,
 // but the weight stays put, so it sits after the larger of the two.
 constexpr int kPatchBytes = ((kIn * kIn * 3 * 2 + 127) / 128) * 128;
-constexpr int kChunkBytes = kRowsPad * kChunk * 2;
-constexpr int kAccBytes = kRowsPad * kChannels * 4;
+constexpr int kChunkBytes = kRowsPad * kChunkLd * 2;
+constexpr int kAccBytes = kRowsPad * kAccLd * 4;
 constexpr int kPhaseBytes = (kPatchBytes + kChunkBytes > kAccBytes) ? kPatchBytes + kChunkBytes : kAccBytes;
-constexpr int kWeightBytes = kKPad * kChannels * 2;
+constexpr int kWeightBytes = kKPad * kWeightLd * 2;
 constexpr int kSmemBytes = kPhaseBytes + kWeightBytes + kKPad * 2;  // + the taps' offsets (int16)
 
 template <typename T>
@@ -52,14 +57,14 @@ __global__ void __launch_bounds__(kThreads, 1)
                      const float* __restrict__ shift, T* __restrict__ y, Problem p) {
   extern __shared__ __align__(128) unsigned char smem[];
   T* patch = reinterpret_cast<T*>(smem);                      // [kIn][kIn][3]
-  T* chunk = reinterpret_cast<T*>(smem + kPatchBytes);        // [kRowsPad][kChunk]
-  float* acc_s = reinterpret_cast<float*>(smem);              // [kRowsPad][64], after the GEMM
+  T* chunk = reinterpret_cast<T*>(smem + kPatchBytes);        // [kRowsPad][kChunkLd]
+  float* acc_s = reinterpret_cast<float*>(smem);              // [kRowsPad][kAccLd], after the GEMM
   T* w_s = reinterpret_cast<T*>(smem + kPhaseBytes);          // [kKPad][64]
   int16_t* tap_at = reinterpret_cast<int16_t*>(smem + kPhaseBytes + kWeightBytes);  // [kKPad]
   const int tid = threadIdx.x, warp = tid / 32;
 
-  for (int i = tid; i < kKPad * kChannels * 2 / 16; i += kThreads)  // the weight, once per CTA (16-byte copies)
-    reinterpret_cast<uint4*>(w_s)[i] = reinterpret_cast<const uint4*>(weight)[i];
+  for (int i = tid; i < kKPad * kChannels / 8; i += kThreads)  // the weight, once per CTA (16-byte copies)
+    *reinterpret_cast<uint4*>(w_s + i / 8 * kWeightLd + i % 8 * 8) = reinterpret_cast<const uint4*>(weight)[i];
   for (int k = tid; k < kKPad; k += kThreads) {  // tap k = (r * 7 + s) * 3 + c sits at patch[r][s][c] from a row's base
     const int tap = k / 3, c = k % 3;
     tap_at[k] = k < kTaps ? int16_t(((tap / 7) * kIn + tap % 7) * 3 + c) : int16_t(0);
@@ -99,20 +104,20 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
           for (int q = 0; q < 8; ++q) v[q] = from_float<T>(0.f);
         }
-        *reinterpret_cast<uint4*>(chunk + row * kChunk + (k - k0)) = *reinterpret_cast<const uint4*>(v);
+        *reinterpret_cast<uint4*>(chunk + row * kChunkLd + (k - k0)) = *reinterpret_cast<const uint4*>(v);
       }
       __syncthreads();
 #pragma unroll
       for (int ks = 0; ks < kChunk; ks += 16) {
         wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b[kNTiles];
 #pragma unroll
-        for (int t = 0; t < kNTiles; ++t) wmma::load_matrix_sync(b[t], w_s + (k0 + ks) * kChannels + t * 16, kChannels);
+        for (int t = 0; t < kNTiles; ++t) wmma::load_matrix_sync(b[t], w_s + (k0 + ks) * kWeightLd + t * 16, kWeightLd);
 #pragma unroll
         for (int m = 0; m < kMPerWarp; ++m) {
           const int mt = warp + m * kWarps;
           if (mt >= kMTiles) break;
           wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-          wmma::load_matrix_sync(a, chunk + mt * 16 * kChunk + ks, kChunk);
+          wmma::load_matrix_sync(a, chunk + mt * 16 * kChunkLd + ks, kChunkLd);
 #pragma unroll
           for (int t = 0; t < kNTiles; ++t) wmma::mma_sync(acc[m][t], a, b[t], acc[m][t]);
         }
@@ -125,7 +130,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (mt >= kMTiles) break;
 #pragma unroll
       for (int t = 0; t < kNTiles; ++t)
-        wmma::store_matrix_sync(acc_s + mt * 16 * kChannels + t * 16, acc[m][t], kChannels, wmma::mem_row_major);
+        wmma::store_matrix_sync(acc_s + mt * 16 * kAccLd + t * 16, acc[m][t], kAccLd, wmma::mem_row_major);
     }
     __syncthreads();
     // The pool: a thread per (pooled pixel, 8 channels); BN and ReLU on each conv output it reads; NaN wins.
@@ -144,7 +149,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           const int ci = 2 * pi + di, cj = 2 * pj + dj;
           const int64_t oh = oh0 + ci, ow = ow0 + cj;
           if (oh < 0 || oh >= p.OH || ow < 0 || ow >= p.OW) continue;  // the pool's padding
-          const float* row = acc_s + (ci * kConv + cj) * kChannels + g * 8;
+          const float* row = acc_s + (ci * kConv + cj) * kAccLd + g * 8;
 #pragma unroll
           for (int q = 0; q < 8; ++q) {
             float v = row[q] * sc[q] + sh[q];
