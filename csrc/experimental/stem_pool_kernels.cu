@@ -59,7 +59,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   T* patch = reinterpret_cast<T*>(smem);                      // [kIn][kIn][3]
   T* chunk = reinterpret_cast<T*>(smem + kPatchBytes);        // [kRowsPad][kChunkLd]
   float* acc_s = reinterpret_cast<float*>(smem);              // [kRowsPad][kAccLd], after the GEMM
-  T* w_s = reinterpret_cast<T*>(smem + kPhaseBytes);          // [kKPad][64]
+  T* w_s = reinterpret_cast<T*>(smem + kPhaseBytes);          // [kKPad][kWeightLd]
   int16_t* tap_at = reinterpret_cast<int16_t*>(smem + kPhaseBytes + kWeightBytes);  // [kKPad]
   const int tid = threadIdx.x, warp = tid / 32;
 
