@@ -94,7 +94,7 @@ def winograd_pays(u: Unit, x: Tensor) -> bool:
       faster at batch 1 (layer 4 the least) and 1.08-1.70x at batch 8 (benchmarks/results/
       2026-12-03-cpu-winograd-bf16/), 1.3-1.8x down to 4 tiles and level at a single one (oneDNN's fixed cost
       per call, about 30 us, weighs against the transformed weight's reads), so no minimum. Not on CPUs with
-      AMX-BF16 (`AMX_BF16`): on a 2-core AMX Xeon oneDNN's bf16 convs on the tiles were 1.4-7x faster than the
+      AMX-BF16 (`AMX_BF16`): on a 2-core AMX Xeon oneDNN's bf16 convs on the tiles were 1.4-5.9x faster than the
       op per layer and the frozen bf16 resnet50 2.1x (batch 8) and 1.7x (batch 1) faster without it
       (benchmarks/results/2026-12-04-cpu-amx/)."""
     conv = u.conv
