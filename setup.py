@@ -111,8 +111,8 @@ def cutlass_include_dirs():
 
 def cudnn_frontend_build():
     """(include dirs, link args) for csrc/experimental/cudnn_graphs.cpp: cudnn-frontend's headers from the
-    `nvidia-cudnn-frontend` wheel (or CUDNN_FRONTEND_PATH, a checkout), linked against the libcudnn.so.9 that torch
-    itself loads (its `nvidia-cudnn` wheel; cuDNN's headers come from there too, see torch_cuda_include_dirs)."""
+    `nvidia-cudnn-frontend` wheel (or CUDNN_FRONTEND_PATH, a checkout), linked against the libcudnn.so.9 and libnvrtc
+    of torch's own nvidia-* wheels (cuDNN's headers come from there too, see torch_cuda_include_dirs)."""
     roots = [Path(os.environ["CUDNN_FRONTEND_PATH"])] if os.environ.get("CUDNN_FRONTEND_PATH") else []
     spec = importlib.util.find_spec("cudnn")  # the wheel's Python package sits next to its include/
     if spec and spec.origin:
@@ -121,16 +121,28 @@ def cudnn_frontend_build():
     if include is None:
         sys.exit("cudnn-frontend headers not found (the experimental build's fused training graphs need them): pip "
                  "install nvidia-cudnn-frontend, or set CUDNN_FRONTEND_PATH to a cudnn-frontend checkout")
-    libs = []
+    nvrtc = "libnvrtc.so.1[0-9]"
+    return [include], (wheel_library("cudnn/lib/libcudnn.so.9")
+                       + wheel_library(f"c*/lib/{nvrtc}", os.path.join(cuda_home or "", "lib64", nvrtc)))
+
+
+def wheel_library(pattern, fallback=None):
+    """Link args for the library that torch's nvidia-* wheels hold at nvidia/PATTERN (else at the FALLBACK glob),
+    with an rpath to it: torch need not have loaded it before us (torch 2.11 loads libnvrtc lazily, and
+    cudnn-frontend's headers call it)."""
+    found = []
     try:
         import nvidia
         for base in nvidia.__path__:
-            libs += glob.glob(os.path.join(base, "cudnn", "lib", "libcudnn.so.9"))
+            found += sorted(glob.glob(os.path.join(base, pattern)))
     except ImportError:
         pass
-    if not libs:
-        sys.exit("libcudnn.so.9 not found in the nvidia-cudnn wheel that torch depends on")
-    return [include], [f"-L{os.path.dirname(libs[0])}", "-l:libcudnn.so.9"]
+    found += sorted(glob.glob(fallback)) if fallback else []
+    if not found:
+        sys.exit(f"nvidia/{pattern} not found in the nvidia-* wheels that torch depends on" +
+                 (f", nor {fallback}" if fallback else ""))
+    where = os.path.dirname(found[0])
+    return [f"-L{where}", f"-l:{os.path.basename(found[0])}", f"-Wl,-rpath,{where}"]
 
 
 def source_build_id():

@@ -3,6 +3,9 @@ fp32 scale and shift on the conv's sum over the unfolded weight (`conv_bn_act`'s
 the scale into the 16-bit weight. On CUDA each unit is one cuDNN graph (conv + scale + shift (+ residual) (+ ReLU),
 experimental/cudnn_graphs.cpp); on the CPU the op's composition, so the plan's host side is tested here."""
 import copy
+import re
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -142,6 +145,27 @@ def test_every_scale_shift_graph_validates_without_a_gpu(arch, dtype):
 
 
 @has_graphs
+@has_graphs
+def test_the_extension_links_the_cuda_libraries_whose_symbols_it_uses():
+    """A libnvrtc or libcudnn symbol left for torch to have loaded first fails the import where torch has not: torch
+    2.11 loads libnvrtc lazily, and the first GPU run of this build could not import it (cudnn-frontend's headers
+    call NVRTC). Each must be a NEEDED library that the loader finds (setup.py's rpath)."""
+    if not (shutil.which("nm") and shutil.which("readelf") and shutil.which("ldd")):
+        pytest.skip("needs binutils' nm and readelf, and ldd")
+    so = _C.__file__
+    undefined = subprocess.run(["nm", "-D", "--undefined-only", so], capture_output=True, text=True).stdout
+    needed = re.findall(r"\(NEEDED\).*\[(.+?)\]", subprocess.run(["readelf", "-d", so], capture_output=True,
+                                                                   text=True).stdout)
+    resolved = subprocess.run(["ldd", so], capture_output=True, text=True).stdout
+    used = [lib for prefix, lib in (("nvrtc", "libnvrtc"), ("cudnn", "libcudnn"))
+            if re.search(rf"\bU {prefix}[A-Z]", undefined)]
+    assert used, "the experimental CUDA build calls cuDNN's graph API: no cudnn symbol found, is nm reading it?"
+    for lib in used:
+        names = [n for n in needed if n.startswith(lib + ".")]
+        assert names, f"{so} calls {lib} but does not link it (NEEDED: {needed})"
+        assert re.search(rf"{re.escape(names[0])} => /", resolved), f"{names[0]} not found by the loader:\n{resolved}"
+
+
 def test_probe_names_the_conv_scale_shift_variants():
     for pattern in ("conv_scale_shift", "conv_scale_shift_add", "conv_scale_shift_relu", "conv_scale_shift_add_relu"):
         assert _C.cudnn_graph_probe(pattern, (2, 16, 8, 8), (32, 16, 3, 3), (1, 1), (1, 1), False, "float16",
