@@ -190,6 +190,11 @@ else
   step build 240 build || { echo "build failed: see $R/build_full.log"; tail -n 40 "$R/build_full.log"; }
 fi
 
+if [ "$DRY" = 0 ] && ! "$PY" -c "import resnet_ext" >> "$LOG" 2>&1; then  # nothing below can run: spare the lease
+  echo "import resnet_ext failed: every later step skipped (the error is in gpu_check.log and build.log)" >> "$SUM"
+  ONLY=",none,"
+fi
+
 TIMEOUT_ARGS=()
 "$PY" -c "import pytest_timeout" 2>/dev/null && TIMEOUT_ARGS=(--timeout=120 --timeout-method=thread)
 PYTEST=("$PY" -m pytest -p no:cacheprovider -rfE --tb=short -s "${TIMEOUT_ARGS[@]}")
@@ -303,6 +308,7 @@ fi
   echo "=== summary ($(elapsed)s)"
   head -n 4 "$R/info.log" 2>/dev/null | tail -n 3
   grep -h "ptxas entries\|using the prebuilt" "$R/build.log" "$R/prebuilt.log" 2>/dev/null
+  grep -h -m1 "^ImportError" "$R/build.log" 2>/dev/null | cut -c1-300
   cat "$SUM"
   for name in tests tests_sm90 tests_bn_optin graphs maxpool_tests flatcuda_tests fusedtrain_tests stempool_tests unfolded_tests compile fuzz; do
     [ -f "$R/$name.log" ] || continue
