@@ -541,3 +541,28 @@ def test_scale_shift_explain_on_cpu():
     scale, shift = _scale_shift(w.shape[0])
     path, _ = resnet_ext.explain(x, w, b, r, s, p, d, True, g, scale, shift)
     assert path == "stock"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("hw", [1, 2, 5])
+def test_onednn_conv_with_a_residual_equals_the_composition(dtype, channels_last, packed, hw):
+    """The module path's oneDNN unit relu(conv(x) + b + residual), the weight plain or prepacked, on every layout,
+    down to a 1x1 output (a 32x32 image's layer4): torch 2.11's fused add failed there ("could not create a
+    memory")."""
+    from resnet_ext import ops
+    torch.manual_seed(hw)
+    conv = torch.nn.Conv2d(32, 48, 3, 1, 1, bias=False)
+    x, residual = torch.randn(2, 32, hw, hw), torch.randn(2, 48, hw, hw)
+    w, b = conv.weight.detach(), torch.randn(48)
+    want = torch.relu(F.conv2d(x, w, b, 1, 1) + residual)
+    x, residual, w, b = (t.to(dtype) for t in (x, residual, w, b))
+    if channels_last:
+        x, residual, w = (t.contiguous(memory_format=torch.channels_last) for t in (x, residual, w))
+    if packed:
+        w = torch.ops.mkldnn._reorder_convolution_weight(w, *ops.onednn_args(conv), list(x.shape))
+    with torch.no_grad():
+        got = ops.onednn_conv(x, w, b, conv, True, residual)
+    assert got.shape == want.shape and got.dtype == dtype
+    assert rel_err(got.float(), want) < (1e-5 if dtype == torch.float32 else 2e-2)

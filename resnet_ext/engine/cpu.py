@@ -189,7 +189,7 @@ def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
         return ops.unfolded_unit(u.conv, u.bn, y, wb[1], wb[2], True, residual)
     if wb[0] is GEMM:
         return gemm_unit(u, y, wb[1], wb[2], residual)
-    if not ops.onednn_add_fuses(y, wb[0]):
+    if not ops.onednn_add_fuses(y, wb[0], residual):
         out = torch.ops.mkldnn._convolution_pointwise.default(y, wb[0], wb[1], *u.args, "none", [], "")
         return ops.add_act_(out, residual, True)
     return torch.ops.mkldnn._convolution_pointwise_.binary(residual, y, wb[0], wb[1], *u.args, "add", 1.0, "relu",

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from .._C_loader import _C
 from ..bn_act import all_reduce, all_reduce_sums, count_batch, group_of
+from ..ops import conv_output_size
 from . import units
 
 ops = torch.ops.resnet_ext
@@ -83,7 +84,8 @@ def why_not(b: nn.Module, x: Tensor) -> Optional[str]:
     # Shapes torchvision's own path rejects (a residual of another shape, one value per channel: its ValueError)
     # go there.
     def out_hw(conv, hw):
-        return [(hw[i] + 2 * conv.padding[i] - conv.kernel_size[i]) // conv.stride[i] + 1 for i in (0, 1)]
+        return [conv_output_size(hw[i], conv.kernel_size[i], conv.stride[i], conv.padding[i], conv.dilation[i])
+                for i in (0, 1)]
     hws = [list(x.shape[2:])]  # each conv's input size: conv1, conv2, conv3 chained; the downsample reads x
     for conv, _ in pairs[:3]:
         hws.append(out_hw(conv, hws[-1]))
