@@ -1,5 +1,4 @@
 """resnet_ext::conv_bn_act on the CPU: numbers, opcheck, autograd, errors; fold_bn; build_info; explain."""
-import itertools
 
 import numpy as np
 import pytest
