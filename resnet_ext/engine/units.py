@@ -38,14 +38,15 @@ def enabled() -> bool:
     return not any(getattr(_module, name, None) for name in _GLOBAL_HOOKS)
 
 
-PATCHED = frozenset(("forward", "_conv_forward"))  # instance attributes that replace what a module computes
+PATCHED = ("forward", "_conv_forward")  # instance attributes that replace what a module computes
 
 
 def hookless(m: nn.Module) -> bool:
     """No hooks of its own and no forward set on the instance (accelerate's hooks, debugging tools): calling the
-    module computes what its class computes, so a fused path may stand in for it."""
+    module computes what its class computes, so a fused path may stand in for it. (`in` per name: torch 2.11's
+    dynamo cannot trace `__dict__.keys()` of a builtin module, a graph break under fullgraph compile.)"""
     return not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-                or PATCHED & m.__dict__.keys())
+                or any(k in m.__dict__ for k in PATCHED))
 
 
 def plain_relu(relu: Optional[nn.Module]) -> bool:
