@@ -127,12 +127,13 @@ def scale_shift_act_(y: Tensor, scale: Tensor, shift: Tensor, residual: Optional
     return y
 
 
-if EXPERIMENTAL:  # the ops exist only there (csrc/experimental/max_pool.cpp, stem_pool.cpp)
-    @torch.library.register_fake("resnet_ext::max_pool_nhwc")
-    def _max_pool_nhwc_fake(x, kernel_size, stride, padding, dilation):
-        return torch.ops.aten.max_pool2d(x, kernel_size, stride, padding, dilation).contiguous(
-            memory_format=torch.channels_last if x.dim() == 4 else torch.contiguous_format)
+@torch.library.register_fake("resnet_ext::max_pool_nhwc")
+def _max_pool_nhwc_fake(x, kernel_size, stride, padding, dilation):
+    return torch.ops.aten.max_pool2d(x, kernel_size, stride, padding, dilation).contiguous(
+        memory_format=torch.channels_last if x.dim() == 4 else torch.contiguous_format)
 
+
+if EXPERIMENTAL:  # the op exists only there (csrc/experimental/stem_pool.cpp)
     @torch.library.register_fake("resnet_ext::stem_pool")
     def _stem_pool_fake(x, weight, scale, shift):
         oh, ow = (x.shape[2] - 1) // 2 + 1, (x.shape[3] - 1) // 2 + 1  # conv 7x7/2 padding 3, then pool 3x3/2 pad 1
@@ -152,9 +153,11 @@ def plain_max_pool(pool: torch.nn.Module) -> Optional[Tuple[tuple, tuple, tuple,
 
 
 def max_pool(pool: torch.nn.Module, x: Tensor) -> Tensor:
-    """pool(x) for the models: a plain max pool (`plain_max_pool`) on a CUDA input that needs no gradient runs
-    `max_pool_nhwc` where `nhwc_max_pool(True)`; anything else the module itself."""
-    if nhwc_max_pool.on and x.is_cuda and not (torch.is_grad_enabled() and x.requires_grad):
+    """pool(x) for the models: a plain max pool (`plain_max_pool`) on an input that needs no gradient runs
+    `max_pool_nhwc` on the CPU (its kernel takes channels_last fp32/bf16 on AVX-512 CPUs, else ATen's pool), and on
+    CUDA where `nhwc_max_pool(True)`; anything else the module itself."""
+    cpu = x.device.type == "cpu" and not torch.compiler.is_compiling()  # inductor fuses its own pool
+    if (cpu or (nhwc_max_pool.on and x.is_cuda)) and not (torch.is_grad_enabled() and x.requires_grad):
         args = plain_max_pool(pool)
         if args is not None:
             return torch.ops.resnet_ext.max_pool_nhwc(x, *args)

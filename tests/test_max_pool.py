@@ -1,6 +1,8 @@
-"""resnet_ext::max_pool_nhwc (opt-in NHWC max pool without indices, built only with RESNET_EXT_EXPERIMENTAL=1):
-equal to F.max_pool2d on every path, NaN and inf as torch, the models' switch; the CUDA kernel against torch on odd
-sizes, every dtype, poisoned outputs. In a default build: the switch refuses, naming the build flag."""
+"""resnet_ext::max_pool_nhwc (NHWC max pool without indices): equal to F.max_pool2d on every path, NaN, inf and the
+sign of zero as torch; its CPU kernel (every build; channels_last fp32/bf16 on AVX-512 CPUs) on odd sizes and
+channel counts; the CUDA kernel (built only with RESNET_EXT_EXPERIMENTAL=1, opt-in through the models' switch)
+against torch on odd sizes, every dtype, poisoned outputs. In a default build: the switch refuses, naming the build
+flag."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,10 +10,13 @@ import torch.nn.functional as F
 import resnet_ext
 from conftest import requires_cuda, requires_experimental
 
-op = torch.ops.resnet_ext.max_pool_nhwc if resnet_ext.ops.EXPERIMENTAL else None
+op = torch.ops.resnet_ext.max_pool_nhwc
 CASES = [  # (N, C, H, W), kernel, stride, padding, dilation
     ((2, 64, 112, 112), 3, 2, 1, 1), ((1, 64, 113, 111), 3, 2, 1, 1), ((3, 16, 9, 7), 2, 2, 0, 1),
-    ((1, 8, 5, 5), 3, 1, 1, 1), ((2, 24, 11, 10), 3, 2, 1, 2), ((1, 64, 1, 1), 1, 1, 0, 1), ((4, 32, 6, 6), (3, 2), (1, 2), (1, 0), 1),
+    ((1, 8, 5, 5), 3, 1, 1, 1), ((2, 24, 11, 10), 3, 2, 1, 2), ((1, 64, 1, 1), 1, 1, 0, 1),
+    ((4, 32, 6, 6), (3, 2), (1, 2), (1, 0), 1),
+    # the CPU kernel's channel blocks (128 channels) and vector tails (16)
+    ((1, 3, 10, 9), 3, 2, 1, 1), ((2, 17, 7, 8), 3, 2, 1, 1), ((1, 130, 6, 5), 3, 1, 1, 1), ((1, 272, 4, 4), 2, 2, 0, 1),
 ]
 
 
@@ -35,6 +40,8 @@ def _same(y, ref):
     assert y.shape == ref.shape and y.dtype == ref.dtype
     assert torch.equal(torch.isnan(y), torch.isnan(ref))
     assert torch.equal(torch.nan_to_num(y), torch.nan_to_num(ref))
+    numbers = ~torch.isnan(ref)  # (a NaN's sign and payload are not torch's contract: its bf16 pool makes its own)
+    assert torch.equal(torch.signbit(y)[numbers], torch.signbit(ref)[numbers])  # -0 against +0: the same tap wins
 
 
 @pytest.mark.skipif(resnet_ext.ops.EXPERIMENTAL, reason="a default build's refusal")
@@ -43,10 +50,8 @@ def test_default_build_refuses_the_switch():
     with pytest.raises(RuntimeError, match="RESNET_EXT_EXPERIMENTAL=1"):
         resnet_ext.nhwc_max_pool(True)
     assert resnet_ext.nhwc_max_pool(False) is False  # turning it off is always allowed
-    assert not hasattr(torch.ops.resnet_ext, "max_pool_nhwc")
 
 
-@requires_experimental
 @pytest.mark.parametrize("case", CASES, ids=str)
 @pytest.mark.parametrize("cl", [True, False], ids=["channels_last", "nchw"])
 def test_equals_torch_on_the_cpu(case, cl):
@@ -56,7 +61,17 @@ def test_equals_torch_on_the_cpu(case, cl):
         _same(op(x, *_args(*rest)), F.max_pool2d(x, *_args(*rest)))
 
 
-@requires_experimental
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_kernel_keeps_torchs_choice_among_equal_values(dtype):
+    """Zeros of both signs, infinities and NaN in every window: the first of equal maxima, a NaN wherever one was."""
+    g = torch.Generator().manual_seed(1)
+    pick = torch.randint(0, 5, (2, 40, 15, 13), generator=g)
+    values = torch.tensor([0.0, -0.0, float("-inf"), float("nan"), 1.0])
+    x = values[pick].to(dtype).contiguous(memory_format=torch.channels_last)
+    for args in (([3, 3], [2, 2], [1, 1], [1, 1]), ([2, 3], [1, 2], [1, 0], [2, 1])):
+        _same(op(x, *args), F.max_pool2d(x, *args))
+
+
 def test_opcheck_and_torchs_errors():
     x = _input((2, 16, 8, 8), torch.float32, "cpu", special=False)  # opcheck compares outputs: no NaN
     torch.library.opcheck(op.default, (x, [3, 3], [2, 2], [1, 1], [1, 1]))
@@ -75,7 +90,7 @@ def test_models_switch():
         ref = model(x)
         previous = resnet_ext.nhwc_max_pool(True)
         try:
-            assert torch.equal(model(x), ref)  # a CPU input keeps the module
+            assert torch.equal(model(x), ref)  # the switch is CUDA's: a CPU input is pooled as without it
         finally:
             resnet_ext.nhwc_max_pool(previous)
 

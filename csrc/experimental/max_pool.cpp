@@ -1,7 +1,7 @@
-// resnet_ext::max_pool_nhwc(x, kernel_size, stride, padding, dilation) == F.max_pool2d(x, ...) (ceil_mode False, no
-// indices). On CUDA a channels_last-dense fp32/fp16/bf16 x with 16-byte aligned data and channels a multiple of
-// the 16-byte vector runs experimental/max_pool_kernels.cu (one pass, no indices; opt-in from Python, unverified until a
-// GPU run); everything else, and the CPU, runs ATen's max_pool2d, which also gives its errors.
+// resnet_ext::max_pool_nhwc on CUDA (the op and its CPU kernel: ops/max_pool.cpp): a channels_last-dense
+// fp32/fp16/bf16 x with 16-byte aligned data and channels a multiple of the 16-byte vector runs
+// experimental/max_pool_kernels.cu (one pass, no indices; opt-in from Python, unverified until a GPU run); everything
+// else runs ATen's max_pool2d, which also gives its errors.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -9,6 +9,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include "dispatch/conv_problem.h"
 #include "experimental/max_pool_kernels.h"
 #include "ops/kernel_dtype.h"
 #endif
@@ -35,8 +36,8 @@ Tensor max_pool_cuda(const Tensor& x, at::IntArrayRef k, at::IntArrayRef s, at::
   pr.N = x.size(0), pr.C = x.size(1), pr.H = x.size(2), pr.W = x.size(3);
   pr.R = int(k[0]), pr.S = int(k[1]), pr.stride_h = int(s[0]), pr.stride_w = int(s[1]);
   pr.pad_h = int(p[0]), pr.pad_w = int(p[1]), pr.dil_h = int(d[0]), pr.dil_w = int(d[1]);
-  pr.P = (pr.H + 2 * pr.pad_h - int64_t(pr.dil_h) * (pr.R - 1) - 1) / pr.stride_h + 1;
-  pr.Q = (pr.W + 2 * pr.pad_w - int64_t(pr.dil_w) * (pr.S - 1) - 1) / pr.stride_w + 1;
+  pr.P = conv_output_size(pr.H, pr.R, pr.stride_h, pr.pad_h, pr.dil_h);
+  pr.Q = conv_output_size(pr.W, pr.S, pr.stride_w, pr.pad_w, pr.dil_w);
   if (pr.P <= 0 || pr.Q <= 0) return max_pool_stock(x, k, s, p, d);
   c10::cuda::CUDAGuard guard(x.device());
   Tensor y = at::empty({pr.N, pr.C, pr.P, pr.Q}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
@@ -48,13 +49,6 @@ Tensor max_pool_cuda(const Tensor& x, at::IntArrayRef k, at::IntArrayRef s, at::
 #endif
 
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(resnet_ext, m) {
-  m.def("max_pool_nhwc(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor",
-        {at::Tag::pt2_compliant_tag});
-}
-
-TORCH_LIBRARY_IMPL(resnet_ext, CPU, m) { m.impl("max_pool_nhwc", &max_pool_stock); }
 
 TORCH_LIBRARY_IMPL(resnet_ext, CUDA, m) {
 #ifdef RESNET_EXT_WITH_CUDA

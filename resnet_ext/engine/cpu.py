@@ -197,11 +197,11 @@ def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
 
 
 def _maxpool(pool: nn.Module, x: Tensor) -> Tensor:
-    """pool(x); an NCHW x goes through channels_last and back: the same maxima, but ATen's NCHW max pooling is far
-    slower (the stem's 64x112x112 at batch 1 on 2 threads: 3.1 ms NCHW, 0.58 ms with both copies)."""
+    """pool(x) (`ops.max_pool`); an NCHW x goes through channels_last and back: the same maxima, but ATen's NCHW max
+    pooling is far slower (the stem's 64x112x112 at batch 1 on 2 threads: 3.1 ms NCHW, 0.58 ms with both copies)."""
     if x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last):
-        return pool(x.contiguous(memory_format=torch.channels_last)).contiguous()
-    return pool(x)
+        return ops.max_pool(pool, x.contiguous(memory_format=torch.channels_last)).contiguous()
+    return ops.max_pool(pool, x)
 
 
 def run(model: nn.Module, s: structure.Structure, x: Tensor, wb, fc_dtype: Optional[torch.dtype] = None) -> Tensor:
