@@ -14,6 +14,7 @@
 #include <limits>
 
 #include "dispatch/conv_problem.h"
+#include "ops/max_pool.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -21,7 +22,6 @@
 #endif
 
 namespace resnet_ext {
-namespace {
 
 using at::Tensor;
 
@@ -29,10 +29,24 @@ Tensor max_pool_stock(const Tensor& x, at::IntArrayRef k, at::IntArrayRef s, at:
   return at::max_pool2d(x, k, s, p, d, /*ceil_mode=*/false);
 }
 
+bool describe_pool(const Tensor& x, at::IntArrayRef k, at::IntArrayRef s, at::IntArrayRef p, at::IntArrayRef d,
+                   PoolProblem* pr) {
+  if (x.dim() != 4 || k.size() != 2 || s.size() != 2 || p.size() != 2 || d.size() != 2 || x.numel() == 0 ||
+      !x.is_contiguous(at::MemoryFormat::ChannelsLast))
+    return false;
+  for (int i = 0; i < 2; ++i)
+    if (k[i] <= 0 || s[i] <= 0 || d[i] <= 0 || p[i] < 0 || 2 * p[i] > k[i]) return false;
+  pr->N = x.size(0), pr->C = x.size(1), pr->H = x.size(2), pr->W = x.size(3);
+  pr->R = int(k[0]), pr->S = int(k[1]), pr->stride_h = int(s[0]), pr->stride_w = int(s[1]);
+  pr->pad_h = int(p[0]), pr->pad_w = int(p[1]), pr->dil_h = int(d[0]), pr->dil_w = int(d[1]);
+  pr->P = conv_output_size(pr->H, pr->R, pr->stride_h, pr->pad_h, pr->dil_h);  // a pool's size is a conv's
+  pr->Q = conv_output_size(pr->W, pr->S, pr->stride_w, pr->pad_w, pr->dil_w);
+  return pr->P > 0 && pr->Q > 0;
+}
+
+namespace {
+
 #ifdef RESNET_EXT_AVX512_POOL
-struct Geometry {
-  int64_t C, H, W, P, Q, R, S, sh, sw, ph, pw, dh, dw;
-};
 
 #define RESNET_EXT_POOL_TARGET __attribute__((target("avx512f,avx512bw,avx512vl")))  // bw, vl: 16-bit masks
 
@@ -53,18 +67,18 @@ RESNET_EXT_POOL_TARGET inline void store(c10::BFloat16* p, __m512 v, __mmask16 m
 // taking a tap where it is greater or NaN, from -inf: ATen's rule, so ties of -0/+0 and NaN payloads match too.
 // Channels in blocks of up to kBlock vectors, their maxima held in registers while the taps stream by.
 template <class T>
-RESNET_EXT_POOL_TARGET void pool_row(const T* x, T* y, const Geometry& g, int64_t oy) {
+RESNET_EXT_POOL_TARGET void pool_row(const T* x, T* y, const PoolProblem& g, int64_t oy) {
   constexpr int64_t kBlock = 8;
   const __m512 lowest = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  const int64_t iy0 = oy * g.sh - g.ph;
+  const int64_t iy0 = oy * g.stride_h - g.pad_h;
   int64_t r0 = 0, r1 = g.R;  // the window's rows inside the input
-  while (r0 < r1 && iy0 + r0 * g.dh < 0) ++r0;
-  while (r1 > r0 && iy0 + (r1 - 1) * g.dh >= g.H) --r1;
+  while (r0 < r1 && iy0 + r0 * g.dil_h < 0) ++r0;
+  while (r1 > r0 && iy0 + (r1 - 1) * g.dil_h >= g.H) --r1;
   for (int64_t ox = 0; ox < g.Q; ++ox) {
-    const int64_t ix0 = ox * g.sw - g.pw;
+    const int64_t ix0 = ox * g.stride_w - g.pad_w;
     int64_t s0 = 0, s1 = g.S;
-    while (s0 < s1 && ix0 + s0 * g.dw < 0) ++s0;
-    while (s1 > s0 && ix0 + (s1 - 1) * g.dw >= g.W) --s1;
+    while (s0 < s1 && ix0 + s0 * g.dil_w < 0) ++s0;
+    while (s1 > s0 && ix0 + (s1 - 1) * g.dil_w >= g.W) --s1;
     T* out = y + (oy * g.Q + ox) * g.C;
     for (int64_t c0 = 0; c0 < g.C; c0 += 16 * kBlock) {
       const int64_t nv = std::min<int64_t>(kBlock, (g.C - c0 + 15) / 16);
@@ -74,7 +88,7 @@ RESNET_EXT_POOL_TARGET void pool_row(const T* x, T* y, const Geometry& g, int64_
       for (int64_t j = 0; j < nv; ++j) acc[j] = lowest;
       for (int64_t r = r0; r < r1; ++r) {
         for (int64_t s = s0; s < s1; ++s) {
-          const T* in = x + ((iy0 + r * g.dh) * g.W + ix0 + s * g.dw) * g.C + c0;
+          const T* in = x + ((iy0 + r * g.dil_h) * g.W + ix0 + s * g.dil_w) * g.C + c0;
           for (int64_t j = 0; j < nv; ++j) {
             const __m512 v = load(in + 16 * j, j == nv - 1 ? last : __mmask16(0xFFFF));
             const __mmask16 take =
@@ -91,10 +105,10 @@ RESNET_EXT_POOL_TARGET void pool_row(const T* x, T* y, const Geometry& g, int64_
 #undef RESNET_EXT_POOL_TARGET
 
 template <class T>
-void pool(const Tensor& x, Tensor& y, const Geometry& g) {
+void pool(const Tensor& x, Tensor& y, const PoolProblem& g) {
   const T* xp = x.data_ptr<T>();
   T* yp = y.data_ptr<T>();
-  const int64_t rows = x.size(0) * g.P;
+  const int64_t rows = g.N * g.P;
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, g.Q * g.C));  // ~4k outputs a task
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
@@ -109,17 +123,11 @@ Tensor max_pool_cpu(const Tensor& x, at::IntArrayRef k, at::IntArrayRef s, at::I
 #ifdef RESNET_EXT_AVX512_POOL
   static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                              __builtin_cpu_supports("avx512vl");
-  const bool shaped = x.dim() == 4 && k.size() == 2 && s.size() == 2 && p.size() == 2 && d.size() == 2;
-  if (!avx512 || !shaped || (x.scalar_type() != at::kFloat && x.scalar_type() != at::kBFloat16) ||
-      !x.is_contiguous(at::MemoryFormat::ChannelsLast) || x.numel() == 0)
+  PoolProblem g;
+  if (!avx512 || (x.scalar_type() != at::kFloat && x.scalar_type() != at::kBFloat16) ||
+      !describe_pool(x, k, s, p, d, &g))
     return max_pool_stock(x, k, s, p, d);
-  for (int i = 0; i < 2; ++i)  // ATen's own argument rules (padding at most half the kernel: no empty window)
-    if (k[i] <= 0 || s[i] <= 0 || d[i] <= 0 || p[i] < 0 || 2 * p[i] > k[i]) return max_pool_stock(x, k, s, p, d);
-  Geometry g{x.size(1), x.size(2), x.size(3), 0, 0, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1]};
-  g.P = conv_output_size(g.H, g.R, g.sh, g.ph, g.dh);  // a pool's output size is a conv's (ceil_mode False)
-  g.Q = conv_output_size(g.W, g.S, g.sw, g.pw, g.dw);
-  if (g.P <= 0 || g.Q <= 0) return max_pool_stock(x, k, s, p, d);
-  Tensor y = at::empty({x.size(0), g.C, g.P, g.Q}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  Tensor y = at::empty({g.N, g.C, g.P, g.Q}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (x.scalar_type() == at::kFloat)
     pool<float>(x, y, g);
   else
