@@ -370,7 +370,45 @@ def test_frozen_keeps_a_bounded_number_of_packed_weights():
             x = torch.randn(1, 3, size, size)
             assert rel_err(ours(x), tv(x)) < TOL
     folds = resnet_ext.engine.frozen.folds_of(ours)
-    assert max(len(f.packed) for f in folds.values()) <= cpu.PACKED_LIMIT
+    assert max(len({id(w) for w in f.packed.values()}) for f in folds.values()) <= cpu.PACKED_LIMIT
+    assert max(len(f.packed) for f in folds.values()) <= cpu.PACKED_KEYS
+
+
+@pytest.mark.skipif(not hasattr(torch.ops.mkldnn, "_get_mkldnn_serialized_md"), reason="torch cannot tell formats")
+def test_frozen_packs_each_batch_size_in_the_format_onednn_picks_for_it():
+    """oneDNN may pack a conv's weight differently for another batch size (on a 2-core AMX Xeon: resnet50's layer2
+    128 -> 512 1x1 conv at 12x12, fp32, batch 1 against 2); a forward on a weight packed for another batch size
+    reorders it on every call. Batch 1, then 2, then 1: every prepacked unit of each forward runs on the format
+    oneDNN picks for that forward's input shape, and shapes of the same format share one copy. (On a CPU where no
+    format depends on the batch size this cannot fail; it did on the AMX Xeon before the key had the batch size.)"""
+    ours, tv = pair("resnet50", frozen=True)
+    fmt = torch.ops.mkldnn._get_mkldnn_serialized_md
+    names = {m: n for n, m in ours.named_modules()}
+    inputs = {}
+    for n, m in tv.named_modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(lambda m, a, out, n=n: inputs.__setitem__(n, a[0].shape[1:]))
+    with torch.no_grad():
+        for batch in (1, 2, 1):
+            x = torch.randn(batch, 3, 96, 96)
+            assert rel_err(ours(x), tv(x)) < TOL
+            s, folds = resnet_ext.engine.structure.of(ours, x.dtype, 3), resnet_ext.engine.frozen.folds_of(ours)
+            programs = state.of(ours).programs[2]
+            (program, _), = [v for k, v in programs.items() if k[0] == tuple(x.shape)]
+            checked = 0
+            for u, wb in zip(s.units, program):
+                if wb[0] is cpu.WINO:
+                    continue
+                expected = torch.ops.mkldnn._reorder_convolution_weight(
+                    folds[u.conv].weight, *resnet_ext.ops.onednn_args(u.conv), [batch, *inputs[names[u.conv]]])
+                assert torch.equal(fmt(wb[0]), fmt(expected)), (names[u.conv], batch)
+                checked += 1
+            assert checked > 20
+    for f in resnet_ext.engine.frozen.folds_of(ours).values():
+        by_format = {}
+        for w in f.packed.values():
+            by_format.setdefault(bytes(fmt(w).tolist()), set()).add(id(w))
+        assert all(len(ids) == 1 for ids in by_format.values())  # one copy per format
 
 
 # ------------------------------------------------------------------------------------------------------------
