@@ -539,6 +539,26 @@ def test_frozen_model_with_parameter_gradients_runs_as_default_mode():
 
 
 @pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_a_max_pool_returning_indices_fails_as_in_torchvision(frozen, layout):
+    """Set after the first forward: the next conv gets the pool's (values, indices) tuple, and torchvision's
+    conv2d raises TypeError (the flat forwards raised AttributeError from inside the engine)."""
+    ours, tv = pair("resnet18", frozen)
+    x = torch.randn(1, 3, 32, 32)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ours(x)
+        for m in (ours, tv):
+            m.maxpool.return_indices = True
+        with pytest.raises(TypeError) as theirs:
+            tv(x)
+        with pytest.raises(TypeError) as mine:
+            ours(x)
+    assert str(mine.value) == str(theirs.value)
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
 def test_an_fc_of_another_dtype_fails_as_in_torchvision(frozen):
     ours, tv = pair("resnet18", frozen)
     for m in (ours, tv):

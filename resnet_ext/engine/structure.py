@@ -58,6 +58,8 @@ class Structure:
         for m, kids in self.children:
             if tuple(m._modules.values()) != kids:
                 return False
+        if model.maxpool.return_indices:  # the next conv gets a tuple: torchvision's error, from the module path
+            return False
         for m, t in zip(self.modules, self.types):
             d = m.__dict__  # read directly: this runs on every forward, and nn.Module's attribute lookup is slow
             if (type(m) is not t or d["_forward_hooks"] or d["_forward_pre_hooks"] or d["_backward_hooks"]
@@ -87,7 +89,7 @@ def stock(model: nn.Module) -> bool:
     """Whether the model is a stock resnet_ext ResNet: torchvision's module types everywhere, plain convs/BNs."""
     if model.training or not units.hookless(model):
         return False
-    if not (type(model.relu) is nn.ReLU and type(model.maxpool) is nn.MaxPool2d
+    if not (type(model.relu) is nn.ReLU and type(model.maxpool) is nn.MaxPool2d and not model.maxpool.return_indices
             and type(model.avgpool) is nn.AdaptiveAvgPool2d and type(model.fc) is nn.Linear
             and units.foldable(model.conv1, model.bn1)):
         return False

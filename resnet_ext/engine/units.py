@@ -266,7 +266,8 @@ def unit(conv: nn.Module, bn: nn.Module, relu_mod: Optional[nn.Module], x: Tenso
     the modules exactly as torchvision's blocks call them. `shortcut`, a callable giving the residual, is called
     where torchvision calls the downsample: after conv and bn."""
     # An input the conv cannot take goes through the modules too: torchvision's error, not a kernel's.
-    relu_ok = plain_relu(relu_mod) and x.dim() == 4 and x.shape[1] == getattr(conv, "in_channels", -1)
+    relu_ok = (plain_relu(relu_mod) and isinstance(x, Tensor) and x.dim() == 4
+               and x.shape[1] == getattr(conv, "in_channels", -1))
     # Under CPU autocast the stock modules run, as autocast casts them (the fold would mix dtypes).
     if relu_ok and foldable(conv, bn) and not (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")):
         return eval_unit(conv, bn, x, relu_mod is not None, residual, shortcut)
