@@ -31,6 +31,7 @@ OURS_FUSED_BN = "resnet_ext fused BN"
 OURS_FUSED_TRAIN = "resnet_ext fused train"  # --fused-train: switches.fused_train(True) for its steps
 FROZEN_GRAPHS = "resnet_ext frozen graphs"  # freeze(model, cuda_graphs=True)
 OURS_FLAT, FROZEN_FLAT = "resnet_ext flat", "resnet_ext frozen flat"  # --flat-cuda: switches.on_cuda(True)
+FROZEN_GRAPH, FROZEN_BF16_GRAPH = "resnet_ext frozen graph", "resnet_ext frozen bf16 graph"  # --onednn-graph
 ORT, OPENVINO, OPENVINO_BF16 = "onnxruntime", "openvino", "openvino bf16"  # CPU runtimes (--runtimes)  # train: the default model with train_bn("fused")
 
 
@@ -155,20 +156,19 @@ def runtime_peers(tv, x, bf16: bool) -> tuple[dict, dict, dict]:
     return peers, setup, versions
 
 
-def _with_flat_on_cuda(model):
-    """model(x) with `switches.on_cuda(True)` for the call."""
-    from .switches import on_cuda
-
+def _with_switch(model, switch):
+    """model(x) with `switch(True)` (one of `resnet_ext.switches`) for the call."""
     def call(x):
-        previous = on_cuda(True)
+        previous = switch(True)
         try:
             return model(x)
         finally:
-            on_cuda(previous)
+            switch(previous)
     return call
 
 
 def run(args) -> dict:
+    from . import switches  # here, not at the top: an argument error never loads the extension
     device = default_device(args.device)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     channels_last = not args.nchw
@@ -189,7 +189,11 @@ def run(args) -> dict:
         setup_s[FROZEN_GRAPHS] = time.perf_counter() - t0
     if args.flat_cuda:  # the same models, their CUDA forward as the recorded sequence of fused units
         for name, model in ((OURS_FLAT, ours), (FROZEN_FLAT, frozen)):
-            peers[name], setup_s[name] = _with_flat_on_cuda(model), 0.0
+            peers[name], setup_s[name] = _with_switch(model, switches.on_cuda), 0.0
+    if args.onednn_graph:  # the frozen models' forward as one oneDNN Graph (its first call per shape builds it)
+        for name, base in ((FROZEN_GRAPH, FROZEN), (FROZEN_BF16_GRAPH, FROZEN_BF16)):
+            if base in peers:
+                peers[name], setup_s[name] = _with_switch(copy.deepcopy(peers[base]), switches.cpu_onednn_graph), 0.0
     if args.compile:
         for i, mode in enumerate(compile_modes):
             peers[compiled_name(mode, i == 0)] = compile_frozen(tv, mode)
@@ -240,7 +244,9 @@ def run(args) -> dict:
                 peer = compiled_name(mode, i == 0)
                 results["eval_speedups"][f"{name} vs {peer}"] = ratio(times[peer], times[name])
     for ours_name, peer in ((FROZEN, ORT), (FROZEN, OPENVINO), (FROZEN_BF16, OPENVINO_BF16), (OURS_FLAT, OURS),
-                            (FROZEN_FLAT, FROZEN)):
+                            (FROZEN_FLAT, FROZEN), (FROZEN_GRAPH, FROZEN), (FROZEN_GRAPH, ORT),
+                            (FROZEN_GRAPH, OPENVINO), (FROZEN_BF16_GRAPH, FROZEN_BF16),
+                            (FROZEN_BF16_GRAPH, OPENVINO_BF16)):
         if ours_name in peers and peer in peers:
             results["eval_speedups"][f"{ours_name} vs {peer}"] = ratio(times[peer], times[ours_name])
     results["eval_speedup"] = results["eval_speedups"][FROZEN]["median"]
@@ -387,6 +393,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flat-cuda", action="store_true",
                    help="also time the default and frozen models with resnet_ext.switches.on_cuda(True): the CUDA eval "
                         "forward as one recorded sequence of fused units instead of the module tree (CUDA)")
+    p.add_argument("--onednn-graph", action="store_true",
+                   help="also time the frozen model (and with --frozen-bf16 its bf16 one) with resnet_ext.switches."
+                        "cpu_onednn_graph(True): the forward as one oneDNN Graph per input shape (CPU)")
     p.add_argument("--runtimes", action="store_true",
                    help="also time the CPU runtimes that are installed (onnxruntime; openvino, with --frozen-bf16 "
                         "also its bf16), each on torchvision's model exported to ONNX (CPU, fp32)")
@@ -425,6 +434,8 @@ def main(args) -> int:
             raise UserError("--cuda-graphs needs a CUDA device (--device cuda)")
         if args.flat_cuda and not on_cuda:
             raise UserError("--flat-cuda needs a CUDA device (--device cuda)")
+        if args.onednn_graph and on_cuda:
+            raise UserError("--onednn-graph is for the CPU (--device cpu)")
         if args.frozen_bf16:
             if on_cuda or (args.dtype or "fp32") != "fp32":
                 raise UserError("--frozen-bf16 is for fp32 models on the CPU (--device cpu, --dtype fp32)")

@@ -8,6 +8,7 @@ call. The hot paths read `switch.on`.
     fused_stem     in that sequence, the stem's conv+BN+ReLU and max pool as one op (experimental build, opt-in)
     unfolded_bn    in that sequence, BN as fp32 scale/shift on the unfolded weight's sum (experimental, opt-in)
     cpu_winograd   the frozen CPU mode's 3x3 convs by Winograd where it pays (default on)
+    cpu_onednn_graph  the frozen CPU mode's convolutions as one oneDNN Graph where it pays (opt-in)
     bn_optin       the training BN's opt-in CUDA kernels (experimental build, opt-in)
     fused_train    train-mode Bottlenecks as the fused conv+statistics decomposition (opt-in; CUDA: experimental)
     autotune       the conv kernels' per-shape autotuner (off)               } kept in C++, where the
@@ -83,6 +84,16 @@ experimental build: unverified on a GPU until `benchmarks/gpu_check.sh --only un
 cpu_winograd = switch("cpu_winograd", default=True, doc="""Whether the frozen CPU mode may run 3x3 convs by
 Winograd where it pays (`engine.cpu.winograd_pays`; default on); off, oneDNN runs every conv. Returns the setting
 in force before the call; the next forward of each input size follows it.""")
+
+cpu_onednn_graph = switch("cpu_onednn_graph", doc="""Whether the frozen CPU mode runs its convolutions as one
+oneDNN Graph per input shape where that was faster than its per-unit plan (`engine.onednn_graph`: bf16 always,
+fp32 below 100,000 input pixels, i.e. batch 1 at 224x224; on a 2-core AMX Xeon resnet50 bf16 1.10-1.42x at batch
+8 to 1, fp32 1.13-1.14x at batch 1). Off by default: PyTorch makes the graph through TorchScript, which keeps every
+traced graph, with its weights and oneDNN's compiled partitions, until the process ends (pytorch/pytorch#35600), so
+each frozen model and input shape run this way holds its memory for good -- fine for a process that freezes once
+and serves, not for one that makes and drops models. Off, or where the graph cannot be made, the per-unit plan runs
+(`path_counts()`: `onednn_graph` or `onednn_prepacked`/`winograd`). Returns the setting in force before the call;
+the next forward of each input shape follows it.""")
 
 bn_optin = switch("bn_optin", experimental=True, native=("bn_optin", "set_bn_optin"), doc="""Whether the training
 BN runs its opt-in CUDA kernels (csrc/experimental/bn_act_optin.cuh: a parallel final pass of the BN sums, not yet

@@ -410,10 +410,16 @@ def test_frozen_mode_contract():
     ours, tv = pair()
     x = x_()
     resnet_ext.freeze(ours)
-    resnet_ext.reset_path_counts()
-    same(ours, tv, x)
-    assert resnet_ext.path_counts() == {"onednn_prepacked": sum(isinstance(m, nn.Conv2d) for m in ours.modules()),
-                                        "flat_forwards": 1}
+    for graph in (False, True):  # the per-unit plan; one oneDNN Graph where this torch can make it
+        was = resnet_ext.switches.cpu_onednn_graph(graph)
+        try:
+            resnet_ext.reset_path_counts()
+            same(ours, tv, x)
+        finally:
+            resnet_ext.switches.cpu_onednn_graph(was)
+        assert resnet_ext.path_counts() == (
+            {"onednn_graph": 1, "flat_forwards": 1} if graph and resnet_ext.engine.onednn_graph.supported() else
+            {"onednn_prepacked": sum(isinstance(m, nn.Conv2d) for m in ours.modules()), "flat_forwards": 1})
     with torch.no_grad():
         for p in ours.parameters():
             p.mul_(1.2)

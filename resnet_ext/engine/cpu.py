@@ -15,9 +15,9 @@ from torch import Tensor, nn
 
 from .. import ops
 from .._C_loader import _C
-from ..switches import cpu_winograd
+from ..switches import cpu_onednn_graph, cpu_winograd
 from . import state as _state
-from . import structure, units
+from . import onednn_graph, structure, units
 from .structure import Unit
 
 _DTYPES = (torch.float32, torch.bfloat16)
@@ -216,7 +216,12 @@ def run(model: nn.Module, s: structure.Structure, x: Tensor, wb, fc_dtype: Optio
         residual = x if ds is None else _conv(ds, x, wb(ds, x))
         x = _tail(tail, y, residual, wb(tail, y))
         del y, residual  # free the block's buffers now, for the next block's allocations (hot in cache)
-    return model.fc(torch.flatten(model.avgpool(x if fc_dtype is None else x.to(fc_dtype)), 1))
+    return logits(model, x if fc_dtype is None else x.to(fc_dtype))
+
+
+def logits(model: nn.Module, features: Tensor) -> Tensor:
+    """The logits from the last block's output: the model's own average pool and fc, read live."""
+    return model.fc(torch.flatten(model.avgpool(features), 1))
 
 
 PACKED_LIMIT = 8  # distinct prepacked weights kept per frozen unit (each a whole copy of the weight)
@@ -261,7 +266,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
     if s is None:
         return None
     st = _state.of(model)
-    cached = st.programs  # (folds, structure, {input key: (unit wbs, Winograd count)})
+    cached = st.programs  # (folds, structure, {input key: (unit wbs, Winograd count, oneDNN graph or None)})
     if cached is None or cached[0] is not folds or cached[1] is not s:
         # The folds must belong to these modules (a conv or weight replaced since `freeze` has none).
         own = all(u.conv in folds and folds[u.conv].belongs_to(u.conv, u.bn) for u in s.units)
@@ -273,10 +278,22 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
             return None
         fc_dtype, x = x.dtype, x.to(dtype)  # freeze(dtype=torch.bfloat16): convolutions in bf16, pool and fc in fp32
     programs = cached[2]
-    key = (tuple(x.shape), x.dtype, x.stride(), cpu_winograd.on)
+    pool = model.maxpool  # read live by the per-unit plan; a graph holds its parameters
+    key = (tuple(x.shape), x.dtype, x.stride(), cpu_winograd.on, cpu_onednn_graph.on,
+           (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode))
     x = internal_layout(x)
-    entry = programs.get(key)  # (each unit's wb, how many of them are Winograd units)
-    if entry is None:  # first call of this input: pack each unit's weight for its input size
+    entry = programs.get(key)  # (each unit's wb, how many of them are Winograd units, the oneDNN graph or None)
+    if entry is None and cpu_onednn_graph.on and onednn_graph.pays(x):
+        with reused_memory(False):  # the graph's compiled partitions and packed weights are kept with the model
+            graph = onednn_graph.build(model, s, folds, x, fc_dtype)
+        if graph is not None:
+            if len(programs) >= CACHE_LIMIT:
+                programs.clear()
+            entry = programs[key] = (None, 0, graph)
+    if entry is not None and entry[2] is not None:
+        out = logits(model, entry[2](x))
+        units.count("onednn_graph")
+    elif entry is None:  # first call of this input: pack each unit's weight for its input size
         if len(programs) >= CACHE_LIMIT:
             programs.clear()
         program = []
@@ -290,14 +307,15 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
             return program[-1]
 
         out = run(model, s, x, wb, fc_dtype)
-        entry = programs[key] = (program, sum(w[0] is WINO for w in program))
+        entry = programs[key] = (program, sum(w[0] is WINO for w in program), None)
     else:
         it = iter(entry[0])
         out = run(model, s, x, lambda u, y: next(it), fc_dtype)
-    n_wino = entry[1]
-    units.count("onednn_prepacked", len(s.units) - n_wino)
-    if n_wino:
-        units.count(WINO, n_wino)
+    if entry[2] is None:
+        n_wino = entry[1]
+        units.count("onednn_prepacked", len(s.units) - n_wino)
+        if n_wino:
+            units.count(WINO, n_wino)
     units.count("flat_forwards")
     return out
 
