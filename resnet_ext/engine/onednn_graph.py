@@ -10,9 +10,11 @@ benchmarks/results/2026-12-04-cpu-onednn-graph/): resnet50 bf16 1.42x faster at 
 the graph below `FP32_PIXELS`.
 
 PyTorch's route to the graph API is TorchScript (`torch.jit.trace`, `torch.jit.freeze`, deprecated but present),
-which keeps every traced graph and the tensors it holds as constants for the life of the process
-(pytorch/pytorch#35600, #96726; a private compilation unit does not help): a graph, with the folded weights and
-oneDNN's compiled partitions, is never freed. Hence opt-in (`switches.cpu_onednn_graph`). Where this torch lacks
+and a graph made so is never freed, nor the folded weights it holds as constants (pytorch/pytorch#35600, #96726).
+Measured with weakrefs: `torch.jit.freeze` keeps them even without the fuser, and the fuser keeps a traced graph's
+constant tensors even without freezing; a private compilation unit does not help. Weights as module buffers are
+freed, but the fuser then reorders them on every call (resnet50 fp32 at batch 1: 40.1 ms against the per-unit
+plan's 36.7 and 32 ms as constants). Hence opt-in (`switches.cpu_onednn_graph`). Where this torch lacks
 the route, tracing fails, or the compiled graph left a convolution outside oneDNN's partitions (the profiling
 executor switched off by the user, ...), `build` returns None and the per-unit plan runs. The fuser is a
 process-wide TorchScript setting: it is on only while a graph is made (under a lock), then restored; the graph
