@@ -348,24 +348,36 @@ def fold_bn(conv: torch.nn.Conv2d, bn: torch.nn.modules.batchnorm._BatchNorm) ->
 Fold = Tuple[Tensor, Tensor]  # (folded weight, folded bias)
 
 
-def _affine_vectors(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]],
-                    conv_bias: bool = True) -> Tuple[Tensor, Tensor, List[int]]:
+def bn_dtypes_ok(dtype: torch.dtype, dtypes) -> bool:
+    """ATen's rule for an eval BatchNorm's weight, bias and statistics (`dtypes`, the set of theirs) on an input of
+    `dtype`: all of that dtype, or all float32 for a bfloat16/float16 input; anything else is its error ("mixed
+    dtype"), which an unfolded unit must leave to the module to raise."""
+    return dtypes <= {dtype} or (dtype in (torch.bfloat16, torch.float16) and dtypes <= {torch.float32})
+
+
+def _affine_vectors(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]], conv_bias: bool = True,
+                    input_dtype: Optional[torch.dtype] = None) -> Optional[Tuple[Tensor, Tensor, List[int]]]:
     """Every pair's per-channel (scale, shift), bn(conv(x)) == conv(x) * scale + shift with conv(x) taken without
     its bias (`conv_bias`: the shift holds it; else BN's alone, for a conv output that has its bias), concatenated,
     in at least fp32, computed in one pass over the concatenated statistics of all the BNs (`bn_scale_shift`), and the
     channel count of each pair. All pairs must share the conv weights' dtype and device. A handful of launches
     whatever the depth: one cat and one cast per statistic (with a cast per tensor, some 300 launches, resnet50's
-    whole fold took 5.6 ms per forward on an H200, the GPU idle meanwhile)."""
+    whole fold took 5.6 ms per forward on an H200, the GPU idle meanwhile). With `input_dtype`: None where the BNs'
+    tensors together do not pass `bn_dtypes_ok` for it."""
     conv0, _ = pairs[0]
     dtype, device = conv0.weight.dtype, conv0.weight.device
     acc = torch.promote_types(dtype, torch.float32)
     sizes = [c.weight.shape[0] for c, _ in pairs]
+    means, variances = [b.running_mean for _, b in pairs], [b.running_var for _, b in pairs]
+    bn_weights, bn_biases = [b.weight for _, b in pairs], [b.bias for _, b in pairs]
+    if input_dtype is not None and not bn_dtypes_ok(input_dtype, {
+            t.dtype for ts in (means, variances, bn_weights, bn_biases) for t in ts if t is not None}):
+        return None
 
     def cat(tensors):
         return (torch.cat(tensors) if len(tensors) > 1 else tensors[0]).to(acc)
 
-    def vec(getter, fill):
-        got = [getter(c, b) for c, b in pairs]
+    def vec(got, fill):
         if all(t is None for t in got):  # e.g. no conv has a bias: one fill, not one per conv
             return torch.full((sum(sizes),), fill, dtype=acc, device=device)
         return cat([t if t is not None else torch.full((n,), fill, device=device) for t, n in zip(got, sizes)])
@@ -376,30 +388,39 @@ def _affine_vectors(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]],
     else:
         eps = torch.tensor([b.eps for _, b in pairs], dtype=acc, device=device).repeat_interleave(
             torch.tensor(sizes, device=device))
-    scale, shift = bn_scale_shift(cat([b.running_mean for _, b in pairs]), cat([b.running_var for _, b in pairs]),
-                                      eps, vec(lambda c, b: b.weight, 1.0), vec(lambda c, b: b.bias, 0.0),
-                                      vec(lambda c, b: c.bias if conv_bias else None, 0.0), acc)
+    scale, shift = bn_scale_shift(cat(means), cat(variances), eps, vec(bn_weights, 1.0), vec(bn_biases, 0.0),
+                                  vec([c.bias if conv_bias else None for c, _ in pairs], 0.0), acc)
     return scale, shift, sizes
 
 
-def bn_affine_pairs(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]],
-                    conv_bias: bool = True) -> Tuple[List[Tensor], List[Tensor]]:
+def bn_affine_pairs(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]], conv_bias: bool = True,
+                    input_dtype: Optional[torch.dtype] = None) -> Optional[Tuple[List[Tensor], List[Tensor]]]:
     """Each pair's per-channel (scale, shift), bn(conv(x)) == conv(x) * scale + shift, in at least fp32 (see
-    `_affine_vectors`; `conv_bias=False`: BN's own, for a conv output that has its bias, as ATen computes it)."""
-    scale, shift, sizes = _affine_vectors(pairs, conv_bias)
+    `_affine_vectors`; `conv_bias=False`: BN's own, for a conv output that has its bias, as ATen computes it; with
+    `input_dtype`, None where ATen's BN would refuse the BNs' dtypes for such an input)."""
+    got = _affine_vectors(pairs, conv_bias, input_dtype)
+    if got is None:
+        return None
+    scale, shift, sizes = got
     return list(scale.split(sizes)), list(shift.split(sizes))
 
 
-def fold_pairs(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]], channels_last: bool) -> List[Fold]:
+def fold_pairs(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]], channels_last: bool,
+               input_dtype: Optional[torch.dtype] = None) -> Optional[List[Fold]]:
     """BN folded into each conv of `pairs`, batched: the per-channel scale and shift of every BN are computed in
     one pass (`bn_affine_pairs`), then one multiply per weight writes the folded weight in the layout the kernels
-    want. Differentiable when grad mode is on."""
+    want. Differentiable when grad mode is on. With `input_dtype`: None where ATen's BN would refuse the BNs'
+    dtypes for such an input (`bn_dtypes_ok`)."""
     if not pairs:
         return []
     dtype, device = pairs[0][0].weight.dtype, pairs[0][0].weight.device
     if any(c.weight.dtype != dtype or c.weight.device != device for c, _ in pairs):
-        return [fold_pairs([p], channels_last)[0] for p in pairs]  # mixed dtypes/devices: one at a time
-    scale, shift, sizes = _affine_vectors(pairs)
+        folds = [fold_pairs([p], channels_last, input_dtype) for p in pairs]  # mixed dtypes/devices: one at a time
+        return None if any(f is None for f in folds) else [f[0] for f in folds]
+    got = _affine_vectors(pairs, input_dtype=input_dtype)
+    if got is None:
+        return None
+    scale, shift, sizes = got
     scales, shifts = scale.split(sizes), shift.to(dtype).split(sizes)  # one cast for all the biases
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     weights = []
@@ -489,18 +510,23 @@ def unfolded_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, scale: Optiona
                   relu: bool, residual: Optional[Tensor] = None, shortcut=None) -> Tensor:
     """relu?(bn(conv(x)) (+ residual)) with BN applied unfolded, as torchvision computes it: the stock conv, then
     BN's fp32 per-channel scale and shift (`bn_affine_pairs`, BN's own; computed here if not given), the residual add and the
-    ReLU in one in-place pass (`scale_shift_act_`) where no gradient is wanted and the output is a dense float32
-    tensor the residual matches; else torchvision's BN, add and ReLU (their autograd, their errors). `shortcut()`,
+    ReLU in one in-place pass (`scale_shift_act_`) where no gradient is wanted, the output is a dense float32 or
+    bfloat16 tensor the residual matches and ATen's BN takes BN's dtypes for it; else torchvision's BN, add and ReLU
+    (their autograd, their errors). `shortcut()`,
     if given, gives the residual after the conv, where torchvision calls the downsample. The one unfolded unit of
     both CPU paths, the flat forward and the module path."""
     out = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     if shortcut is not None:
         residual = shortcut()
-    if (out.dtype == torch.float32 and (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last))
+    bn_tensors = (bn.running_mean, bn.running_var, bn.weight, bn.bias)
+    if (out.dtype in (torch.float32, torch.bfloat16)
+            and (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last))
             and (residual is None or (residual.shape == out.shape and residual.dtype == out.dtype
                                       and residual.device == out.device and residual.stride() == out.stride()))
             and not needs_grad(x, conv, bn, residual)
-            and all(t is None or t.device == out.device for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias))):
+            and all(t is None or t.device == out.device for t in bn_tensors)
+            # Given a scale and shift, the caller checked the dtypes for the whole model (the flat forward, `unit`).
+            and (scale is not None or bn_dtypes_ok(out.dtype, {t.dtype for t in bn_tensors if t is not None}))):
         if scale is None:
             with torch.no_grad():
                 (scale,), (shift,) = bn_affine_pairs([(conv, bn)], conv_bias=False)

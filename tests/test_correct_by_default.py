@@ -5,6 +5,7 @@ Every comparison runs our model and a torchvision model holding the same Paramet
 (`from_torchvision` shares them), after the fused path has run once (so any cache would be warm)."""
 import io
 import pickle
+import re
 
 import pytest
 import torch
@@ -120,6 +121,35 @@ def test_dtype_conversion_and_functional_call():
         y = torch.func.functional_call(ours, params, (x.double(),))
         ref = torch.func.functional_call(tv, params, (x.double(),))
     assert rel_err(y, ref) < 1e-10
+
+
+@pytest.mark.parametrize("model_dtype, bn_dtype", [(torch.float32, torch.bfloat16), (torch.float32, torch.float64),
+                                                     (torch.bfloat16, torch.float32), (torch.bfloat16, torch.float64)])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("path", ["flat", "modules"])
+def test_a_bn_in_another_dtype_gives_torchvisions_answer_or_error(model_dtype, bn_dtype, layout, path):
+    """ATen's batch norm takes BN tensors of the input's dtype, or float32 ones for a bf16 input, and refuses any
+    other ("mixed dtype"); the default mode, which applies BN itself, must refuse the same (it answered before)."""
+    ours, tv = pair("resnet18")
+    x = x_(1, 40)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    warm(ours, x)
+    for m in (ours, tv):  # both: .to() replaces the buffers of the module it is called on
+        m.to(model_dtype)
+        m.layer2[0].bn1.to(bn_dtype)
+    if path == "modules":  # a hook elsewhere: the flat forward declines, each unit decides on its own
+        ours.layer4.register_forward_hook(lambda m, i, o: None)
+    x = x.to(model_dtype)
+    with torch.no_grad():
+        try:
+            ref = tv(x)
+        except RuntimeError as e:
+            with pytest.raises(RuntimeError, match=re.escape(str(e)[:40])):
+                ours(x)
+            return
+        out = ours(x)
+    assert bn_dtype == torch.float32 and torch.equal(out, ref)  # bf16 conv with fp32 BN: ATen's mixed case
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -605,6 +605,10 @@ def test_fused_sequence_declines_what_the_module_path_must_run():
         assert cuda.forward_fused(ours, x, None) is None  # a hook: not the recorded structure
         handle.remove()
         assert cuda.forward_fused(ours, x, None) is not None
+        bn = ours.layer2[0].bn1
+        bn.running_var = bn.running_var.double()  # a BN dtype ATen's batch norm refuses: its error, from the modules
+        assert cuda.forward_fused(ours, x, None) is None
+        bn.running_var = bn.running_var.float()
         resnet_ext.freeze(ours)
         folds = resnet_ext.engine.frozen.folds_of(ours)
         ours.layer2[0].conv1.weight = nn.Parameter(ours.layer2[0].conv1.weight.detach().clone())

@@ -1,6 +1,7 @@
 """What torchvision's own model tests (pytorch/vision test/test_models.py, test_extended_models.py) check of a
 builder, asked of resnet_ext's builders (issue #29): isinstance against torchvision's classes, the weights enum
 torchvision reads off a builder's annotation, the builders' signatures, and eager vs FX-traced outputs."""
+import copy
 import inspect
 
 import pytest
@@ -117,3 +118,44 @@ def test_default_mode_numerical_contract(layout, path):
         assert counts.get("gemm", 0) > 0
         err = ((y - ref).abs().max() / ref.abs().max()).item()
         assert 0 < err < 2e-6, err
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("path", ["flat", "modules"])
+def test_default_mode_bf16_model(layout, path, monkeypatch):
+    """A bf16 model (`model.bfloat16()`): each unit's BN, residual add and ReLU in one pass that rounds where
+    torchvision's ops round (after BN, after the add): NCHW inputs below the channels_last switch get torchvision's
+    bits; channels_last inputs' GEMM units sum in another order: within torchvision's own bf16 error."""
+    torch.manual_seed(0)
+    ours = _bn_randomized(resnet_ext.resnet50(num_classes=10)).eval()
+    theirs = torchvision.models.resnet50(num_classes=10).eval()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        ref64 = copy.deepcopy(theirs).double()(x.double())
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+        ours.to(memory_format=torch.channels_last), theirs.to(memory_format=torch.channels_last)
+    ours.bfloat16(), theirs.bfloat16()
+    x = x.bfloat16()
+    if path == "modules":
+        ours.layer3[1].register_forward_pre_hook(lambda m, a: None)
+    with torch.no_grad():
+        ref = theirs(x)
+        bn_calls = []
+        batch_norm = torch.nn.functional.batch_norm
+        monkeypatch.setattr(torch.nn.functional, "batch_norm",
+                            lambda *a, **k: bn_calls.append(1) or batch_norm(*a, **k))
+        resnet_ext.reset_path_counts()
+        y = ours(x)
+        counts = resnet_ext.path_counts()
+    assert not bn_calls  # BN applied by the one-pass op, not by torch's batch norm
+    assert y.dtype == torch.bfloat16 and counts.get("modules", 0) == 0, counts
+    assert counts.get("unfolded", 0) > 0 and counts.get("flat_forwards", 0) == (path == "flat")
+    if layout == "nchw" or path != "flat":
+        assert torch.equal(y, ref)
+    else:
+        assert counts.get("gemm", 0) > 0
+        tv_err = ((ref.double() - ref64).abs().max() / ref64.abs().max()).item()
+        err = ((y.double() - ref64).abs().max() / ref64.abs().max()).item()
+        assert err < 2 * tv_err, (err, tv_err)

@@ -154,7 +154,7 @@ def gemm_unit(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Option
         out = torch.mm(rows, wm.t())
     y = out.view(n, h, w, k).permute(0, 3, 1, 2)
     relu = u.relu or residual is not None
-    if out.dtype == torch.float32 and (residual is None or residual.stride() == y.stride()):
+    if residual is None or residual.stride() == y.stride():
         return ops.scale_shift_act_(y, scale, shift, residual, relu)  # BN as ATen computes it, add, ReLU: one pass
     out.mul_(scale).add_(shift)
     if residual is not None:
@@ -332,8 +332,11 @@ def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
         return None
     plans = _state.of(model).flat_plans  # per input, which units run as a GEMM (shapes only, never stale)
     key = (tuple(x.shape), x.dtype, x.stride())
+    affine = ops.bn_affine_pairs([(u.conv, u.bn) for u in s.units], conv_bias=False, input_dtype=x.dtype)
+    if affine is None:  # a BN whose dtypes ATen's batch norm refuses: its error comes from the module path
+        return None
     x = internal_layout(x)
-    scales, shifts = ops.bn_affine_pairs([(u.conv, u.bn) for u in s.units], conv_bias=False)
+    scales, shifts = affine
     affine = {id(u): (sc, sh) for u, sc, sh in zip(s.units, scales, shifts)}
     plan = plans.get(key)
     if plan is None or plan[0] is not s:  # learn on this call how each unit runs, from its input's shape

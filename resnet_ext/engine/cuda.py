@@ -95,14 +95,17 @@ def plan_weights(s: structure.Structure, folds: Optional[Dict[nn.Module, object]
     """Each unit's (weight, bias, scale, shift) for `run`. `takes_unfolded`: the conv's own weight, BN as the fp32
     (scale, shift) of all units in one batched pass (`ops.bn_affine_pairs`, now: no per-forward weight fold and no
     16-bit rounding of weight * scale). Else the frozen folds if given (None where they are not these modules'),
-    else this forward's folds, all units in one batch (`ops.fold_pairs`, as the module path folds them)."""
+    else this forward's folds, all units in one batch (`ops.fold_pairs`, as the module path folds them). None too
+    where ATen's BN would refuse a BN's dtypes for the input (`ops.bn_dtypes_ok`)."""
     fmt = torch.channels_last if ops.wants_channels_last(x) else torch.contiguous_format
     if takes_unfolded(x):
-        scales, shifts = ops.bn_affine_pairs([(u.conv, u.bn) for u in s.units])
-        return [(u.conv.weight.contiguous(memory_format=fmt), None, sc, sh)
-                for u, sc, sh in zip(s.units, scales, shifts)]
+        affine = ops.bn_affine_pairs([(u.conv, u.bn) for u in s.units], input_dtype=x.dtype)
+        if affine is None:  # BN dtypes ATen's batch norm refuses: its error comes from the module path
+            return None
+        return [(u.conv.weight.contiguous(memory_format=fmt), None, sc, sh) for u, sc, sh in zip(s.units, *affine)]
     if folds is None:
-        wbs = ops.fold_pairs([(u.conv, u.bn) for u in s.units], channels_last=fmt == torch.channels_last)
+        wbs = ops.fold_pairs([(u.conv, u.bn) for u in s.units], channels_last=fmt == torch.channels_last,
+                             input_dtype=x.dtype)
     else:
         wbs = _frozen_wbs(s, folds, x.dtype)
     return None if wbs is None else [(w, b, None, None) for w, b in wbs]

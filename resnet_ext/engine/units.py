@@ -268,8 +268,11 @@ def unit(conv: nn.Module, bn: nn.Module, relu_mod: Optional[nn.Module], x: Tenso
     # An input the conv cannot take goes through the modules too: torchvision's error, not a kernel's.
     relu_ok = (plain_relu(relu_mod) and isinstance(x, Tensor) and x.dim() == 4
                and x.shape[1] == getattr(conv, "in_channels", -1))
-    # Under CPU autocast the stock modules run, as autocast casts them (the fold would mix dtypes).
-    if relu_ok and foldable(conv, bn) and not (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")):
+    # Under CPU autocast the stock modules run, as autocast casts them (the fold would mix dtypes); so does a BN
+    # whose dtypes ATen's batch norm refuses for the conv's output (its error, where a fold would answer).
+    if (relu_ok and foldable(conv, bn) and not (x.device.type == "cpu" and torch.is_autocast_enabled("cpu"))
+            and ops.bn_dtypes_ok(conv.weight.dtype, {t.dtype for t in (bn.weight, bn.bias, bn.running_mean,
+                                                                        bn.running_var) if t is not None})):
         return eval_unit(conv, bn, x, relu_mod is not None, residual, shortcut)
     if relu_ok and train_fusable(bn) and x.numel() > 0:
         # A BN marked by `convert_sync_batchnorm` computes cross-process statistics only in the fused op.
