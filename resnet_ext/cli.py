@@ -184,11 +184,14 @@ def timer(fn, *args):
 
 
 def time_interleaved(fns: dict, x, iters: int, warmup: dict, progress: Progress | None = None,
-                     label: str = "") -> tuple[dict, dict]:
+                     label: str = "", rotate: bool = True) -> tuple[dict, dict]:
     """Warm each contender up (`warmup[name]` calls, timed together as its warm-up: compilation happens there),
-    then `iters` rounds of one timed call of each contender in turn: A, B, C, A, B, C, ..., so that a machine
-    that speeds up or slows down moves every contender alike. On torch.utils.benchmark's clock, which
-    synchronizes the accelerator. Returns ({name: per-round seconds}, {name: warm-up seconds})."""
+    then `iters` rounds of one timed call of each contender in turn, so that a machine that speeds up or slows
+    down moves every contender alike, each round starting one contender later (A, B, C; B, C, A; C, A, B; ...):
+    a contender's place matters (on a 2-core CPU a resnet_ext model timed right after torchvision's took 2-6%
+    longer than an identical one timed after it: benchmarks/results/2026-12-04-cpu-default-sweep/); `rotate=False`
+    keeps one order (A, B, C; A, B, C), as every timing before 2026-12-04 did. On torch.utils.benchmark's clock,
+    which synchronizes the accelerator. Returns ({name: per-round seconds}, {name: warm-up seconds})."""
     warm = {}
     for name, fn in fns.items():
         t0 = clock()
@@ -198,8 +201,11 @@ def time_interleaved(fns: dict, x, iters: int, warmup: dict, progress: Progress 
                 progress.step(f"{name} {label} warm-up")
         warm[name] = clock() - t0
     times: dict = {name: [] for name in fns}
-    for _ in range(iters):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(iters):
+        k = r % len(names) if rotate else 0
+        for name in names[k:] + names[:k]:
+            fn = fns[name]
             t0 = clock()
             fn(x)
             times[name].append(clock() - t0)

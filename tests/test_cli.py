@@ -225,8 +225,12 @@ def test_bench_interleaves_rounds():
     fns = {name: (lambda x, name=name: calls.append(name)) for name in "ABC"}
     times, warm = resnet_ext.cli.time_interleaved(fns, None, 3, {"A": 1, "B": 0, "C": 2},
                                                   resnet_ext.cli.Progress(0, enabled=False), "eval")
-    assert calls == ["A", "C", "C"] + ["A", "B", "C"] * 3
+    # Each round starts one contender later, so that none always follows the same one.
+    assert calls == ["A", "C", "C"] + ["A", "B", "C", "B", "C", "A", "C", "A", "B"]
     assert {k: len(v) for k, v in times.items()} == {"A": 3, "B": 3, "C": 3} and set(warm) == {"A", "B", "C"}
+    calls.clear()
+    resnet_ext.cli.time_interleaved(fns, None, 2, {"A": 0, "B": 0, "C": 0}, rotate=False)
+    assert calls == ["A", "B", "C"] * 2
     s = resnet_ext.cli.ratio([2.0, 4.0, 3.0], [1.0, 1.0, 3.0])
     assert s == {"median": 2.0, "min": 1.0, "max": 4.0}
 
