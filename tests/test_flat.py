@@ -264,7 +264,8 @@ def test_gemm_units_match_torchvision(dtype, shape):
         ours.to(dtype)
         for _ in range(2):
             y, counts = counts_of(lambda: ours(x.to(dtype)))
-            assert counts.get("gemm", 0) >= 8 and counts.get("flat_forwards") == 1, counts
+            # fp32 leaves layer4's smallest maps to oneDNN (gemm_pays): 6 units at these sizes, bf16 on AMX all.
+            assert counts.get("gemm", 0) >= 6 and counts.get("flat_forwards") == 1, counts
             assert y.dtype == dtype and torch.isfinite(y).all()
             if dtype == torch.float32:
                 assert rel_err(y, ref) < TOL, rel_err(y, ref)

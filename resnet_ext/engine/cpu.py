@@ -63,24 +63,44 @@ def memory_stats() -> dict:
 
 
 def gemm_pays(u: Unit, x: Tensor) -> bool:
-    """Whether a 1x1 conv runs faster as `gemm_unit` than through oneDNN (which reorders the weight on every call
-    unless it is prepacked) for a channels_last input: where the weight outweighs the output, the input channels
-    being at least twice the output pixels. Measured on a 2-core AVX-512 machine (benchmarks/cpu_gemm_units.py,
-    fp32 GEMM on oneDNN's matmul): every resnet50 1x1 shape this picks is 1.24-3.83x faster than the convolution at
-    batch 1 (layer4's 2048 -> 512: 1.56 -> 0.42 ms) and 1.40-1.50x at batch 8; of those it leaves, the early
-    layers' lose as a GEMM (0.82-0.99x) and the others gain little (at most 1.19x). On NCHW inputs oneDNN runs
-    these convs without the reorder and the GEMM loses (0.66 -> 0.87 ms, measured with torch.mm). Not for a conv
-    with a bias (the unit's shift is BN's alone: the bias belongs to the conv's output)."""
+    """Whether a 1x1 conv runs faster as `gemm_unit` than through ATen's convolution (oneDNN, which reorders the
+    weight on every call) for a channels_last input. Not for a conv with a bias (the unit's shift is BN's alone: the
+    bias belongs to the conv's output). On NCHW inputs oneDNN runs these convs without the reorder and the GEMM
+    loses (0.66 -> 0.87 ms, measured with torch.mm). Measured on 2 threads, per shape (benchmarks/
+    cpu_gemm_small_maps.py, cpu_gemm_units.py) and on whole models against the rule before 2026-12-04, the first
+    fp32 condition alone for both dtypes (benchmarks/cpu_gemm_rule_ab.py); results in benchmarks/results/
+    2026-12-03-cpu-gemm-units/ (2-core AMD) and 2026-12-04-cpu-default-sweep/ (2-core AMX Xeon):
+    - float32 (oneDNN's matmul): where the weight outweighs the output, the input channels at least twice the output
+      pixels: resnet50's such shapes 1.24-3.83x faster at batch 1 at 224x224 (layer4's 2048 -> 512: 1.56 -> 0.42 ms,
+      AMD) and 1.40-1.50x at batch 8. But not below 16 output pixels (a small input's late layers), where oneDNN
+      runs the convolution without the reorder and the GEMM is 1.1-5x slower; below 49 pixels only for a weight of
+      512K elements or more (4x4: 1024 -> 256 0.81x, 1024 -> 512 1.61x); below 100 pixels only from 512 input
+      channels (7x7: 256 -> 1024 0.86x, 512 -> 128 1.43x; 10x10: see gemm_small_maps.txt). On whole models at
+      batch 1, against the first condition alone: 1.06-1.24x faster at 32x32, 1.04-1.07x at 64x64, level
+      (0.97-1.01x) from 112x112 up.
+    - bfloat16 (torch.mm) on CPUs with AMX tiles (`AMX_BF16`): every such conv. ATen's bf16 convolution reorders
+      the weight to the tiles' blocked format on every call; over resnet50's twelve 1x1 shapes the GEMM was
+      1.1-4.9x faster at batch 1 on 1x1 to 14x14 maps and 1.2-1.5x on 56x56 (0.76-2.4x on 28x28), 1.0-2.4x at
+      batch 8 on 7x7 to 28x28 (0.73-1.3x on 56x56). Whole models (resnet18/50/101, batch 1 to 8, 32x32 to
+      224x224) against the first fp32 condition: 0.96-1.07x in one run, 0.97-1.08x in another (rotated rounds,
+      in which identical configurations differ by up to 3%): level or slightly faster. Elsewhere that condition
+      (no bf16 measurement without AMX)."""
     conv = u.conv
     if (conv.kernel_size != (1, 1) or conv.groups != 1 or conv.padding != (0, 0) or conv.bias is not None
             or not ops.wants_channels_last(x)):
         return False
-    out_pixels = x.shape[0] * (-(-x.shape[2] // conv.stride[0])) * (-(-x.shape[3] // conv.stride[1]))
-    return conv.in_channels >= 2 * out_pixels
+    if x.dtype == torch.bfloat16 and AMX_BF16:
+        return True
+    c, k = conv.in_channels, conv.out_channels
+    pixels = x.shape[0] * (-(-x.shape[2] // conv.stride[0])) * (-(-x.shape[3] // conv.stride[1]))
+    if c < 2 * pixels:
+        return False
+    return x.dtype != torch.float32 or (pixels >= 16 and (pixels >= 49 or c * k >= 1 << 19)
+                                        and (pixels >= 100 or c >= 512))
 
 
 WINOGRAD_MIN_TILES = 16  # see winograd_pays
-AMX_BF16 = ops.cpu_amx_bf16()  # see winograd_pays: bf16 3x3 convs stay on oneDNN where it has AMX tiles
+AMX_BF16 = ops.cpu_amx_bf16()  # see winograd_pays (bf16 3x3 convs stay on oneDNN there) and gemm_pays
 
 
 def winograd_pays(u: Unit, x: Tensor) -> bool:

@@ -1,0 +1,81 @@
+"""The CPU default mode's choice of 1x1 GEMM units (`engine.cpu.gemm_pays`, "new") against the rule before
+2026-12-04 ("old": input channels at least twice the output pixels, for fp32 and bf16 alike), optionally against
+every 1x1 conv as a GEMM ("all", bf16 only, `--all`), and against torchvision, on whole models with a channels_last
+model and input, interleaved rounds in one process (rotated); ratios per round, median (range).
+Usage: python benchmarks/cpu_gemm_rule_ab.py [--all]   (2 threads)."""
+import statistics
+import sys
+
+import torch
+import torchvision
+
+import resnet_ext
+from resnet_ext.cli import time_interleaved
+from resnet_ext.engine import cpu
+
+NEW = cpu.gemm_pays
+
+
+def old_rule(u, x):
+    conv = u.conv
+    if (conv.kernel_size != (1, 1) or conv.groups != 1 or conv.padding != (0, 0) or conv.bias is not None
+            or not resnet_ext.ops.wants_channels_last(x)):
+        return False
+    pixels = x.shape[0] * (-(-x.shape[2] // conv.stride[0])) * (-(-x.shape[3] // conv.stride[1]))
+    return conv.in_channels >= 2 * pixels
+
+
+def all_rule(u, x):
+    conv = u.conv
+    return (conv.kernel_size == (1, 1) and conv.groups == 1 and conv.padding == (0, 0) and conv.bias is None
+            and resnet_ext.ops.wants_channels_last(x))
+
+
+def with_rule(model, rule):
+    def f(x):
+        cpu.gemm_pays = rule
+        try:
+            return model(x)
+        finally:
+            cpu.gemm_pays = NEW
+    return f
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    print(f"torch {torch.__version__}, AMX_BF16 {cpu.AMX_BF16}")
+    for arch in ("resnet18", "resnet50", "resnet101"):
+        for dtype in (torch.float32, torch.bfloat16):
+            tv = getattr(torchvision.models, arch)().eval()
+            models = {"tv": tv}
+            for name in ("new", "old") + (("all",) if dtype == torch.bfloat16 and "--all" in sys.argv else ()):
+                models[name] = getattr(resnet_ext, arch)().eval()
+                models[name].load_state_dict(tv.state_dict())
+            for m in models.values():
+                m.to(dtype=dtype, memory_format=torch.channels_last)
+            rules = {"new": NEW, "old": old_rule, "all": all_rule}
+            fns = {name: m if name == "tv" else with_rule(m, rules[name]) for name, m in models.items()}
+            for bs, size in ((1, 32), (1, 64), (1, 112), (1, 160), (1, 224), (2, 224), (8, 224)):
+                x = torch.randn(bs, 3, size, size, dtype=dtype).contiguous(memory_format=torch.channels_last)
+                rounds = 30 if size < 224 else (9 if bs == 1 else 5)
+                with torch.no_grad():
+                    t, _ = time_interleaved(fns, x, rounds, {name: 2 for name in fns})
+                    units = {}
+                    for name in fns:
+                        resnet_ext.reset_path_counts()
+                        fns[name](x)
+                        units[name] = resnet_ext.path_counts().get("gemm", 0)
+
+                def ratio(a, b):
+                    r = [p / q for p, q in zip(t[a], t[b])]
+                    return f"{statistics.median(r):.3f} ({min(r):.2f}-{max(r):.2f})"
+                others = [n for n in fns if n not in ("tv", "new")]
+                print(f"{arch} {str(dtype)[6:]} batch {bs} {size}x{size}: gemm units "
+                      + " ".join(f"{n} {units[n]}" for n in fns if n != "tv") + "; ms "
+                      + " ".join(f"{n} {statistics.median(t[n]) * 1e3:.2f}" for n in fns) + "; "
+                      + ", ".join(f"{n}/new {ratio(n, 'new')}" for n in others)
+                      + f", tv/new {ratio('tv', 'new')}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
