@@ -541,6 +541,10 @@ def unfolded_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, scale: Optiona
     out = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     if shortcut is not None:
         residual = shortcut()
+    if (residual is not None and out.shape[2:] == (1, 1) and residual.shape == out.shape
+            and residual.stride() != out.stride() and residual.is_contiguous() and out.is_contiguous()):
+        # (N, C, 1, 1) maps: dense in both layouts, the same elements at the same offsets whatever the strides say.
+        residual = residual.as_strided(out.shape, out.stride(), residual.storage_offset())
     bn_tensors = (bn.running_mean, bn.running_var, bn.weight, bn.bias)
     if (out.dtype in (torch.float32, torch.bfloat16)
             and (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last))

@@ -657,3 +657,100 @@ def test_on_cuda_gives_the_module_paths_bits(frozen, dtype):
     assert "flat_forwards" not in hooked_counts and torch.equal(hooked, ref)
     # Every unit took the same kernel path as through the module tree.
     assert {k: v for k, v in counts.items() if k != "flat_forwards"} == ref_counts
+
+
+@pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(64, 64, 3, 1, 1, 7), (64, 128, 3, 2, 1, 9), (3, 16, 7, 2, 3, 11),
+                                   (48, 96, 1, 2, 0, 9), (37, 29, 3, 1, 1, 5), (8, 8, 3, 2, 1, 1)])
+def test_gemm_rows_is_the_convolution_on_the_weight_as_it_lies(weight_layout, shape):
+    """`gemm_rows`: rows @ weight.T is the convolution, in NHWC order, for any kernel, stride and weight layout,
+    and the weight it returns is the conv's own memory (a view, never a copy or a reorder)."""
+    c, k, ks, stride, pad, hw = shape
+    conv = nn.Conv2d(c, k, ks, stride, pad, bias=False)
+    if weight_layout == "channels_last":
+        conv = conv.to(memory_format=torch.channels_last)
+    x = torch.randn(2, c, hw, hw + 2).contiguous(memory_format=torch.channels_last)
+    rows, wm = cpu.gemm_rows(x, conv)
+    ref = conv(x).double()
+    got = (rows.double() @ wm.double().t()).view(2, ref.shape[2], ref.shape[3], k).permute(0, 3, 1, 2)
+    assert wm.data_ptr() == conv.weight.data_ptr()
+    assert (got - ref).abs().max() < 1e-4
+
+
+def test_gemm3x3_rule():
+    """`gemm3x3_pays` picks what was measured to pay (benchmarks/results/2026-12-05-cpu-gemm3x3/): large 3x3
+    weights on small maps, contiguous weights more readily than channels_last ones, never 64 channels in fp32
+    nor beyond 196 output pixels; bf16 on an AMX CPU stays with oneDNN."""
+    def pays(cin, cout, stride, hw, dtype=torch.float32, cl_weight=False, batch=1):
+        conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        if cl_weight:
+            conv = conv.to(memory_format=torch.channels_last)
+        return cpu.gemm3x3_pays(conv, torch.empty(batch, cin, hw, hw, dtype=dtype))
+    assert pays(512, 512, 1, 7) and pays(512, 512, 1, 7, cl_weight=True) and pays(256, 256, 1, 4)
+    assert not pays(256, 256, 1, 7) and not pays(256, 256, 1, 4, cl_weight=True) and not pays(64, 64, 1, 2)
+    assert pays(256, 512, 2, 14) and pays(256, 512, 2, 14, cl_weight=True) and not pays(256, 512, 2, 8, cl_weight=True)
+    assert not pays(512, 512, 1, 14) and not pays(512, 512, 1, 7, batch=8)
+    assert pays(128, 128, 1, 2, torch.bfloat16) != cpu.AMX_BF16
+    saved = cpu.AMX_BF16
+    try:
+        cpu.AMX_BF16 = True
+        assert not pays(512, 512, 1, 4, torch.bfloat16)
+        cpu.AMX_BF16 = False
+        assert pays(512, 512, 1, 4, torch.bfloat16) and not pays(64, 64, 1, 4, torch.bfloat16, cl_weight=True)
+    finally:
+        cpu.AMX_BF16 = saved
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cl_model", [False, True], ids=["model_nchw", "model_cl"])
+def test_3x3_gemm_units_match_torchvision(dtype, cl_model, monkeypatch):
+    """The default mode's 3x3 GEMM units (layer3/4 at a small input), with the model's weights as constructed or
+    converted, give torchvision's answer (fp32: its tolerance; bf16: within torchvision's own bf16 error)."""
+    monkeypatch.setattr(cpu, "AMX_BF16", False)  # the bf16 3x3 rule is for CPUs without AMX; the GEMM runs anywhere
+    ours, tv = pair("resnet18")
+    fmt = torch.channels_last if cl_model else torch.contiguous_format
+    ours, tv = ours.to(memory_format=fmt), tv.to(memory_format=fmt)
+    x = torch.randn(1, 3, 112, 112).contiguous(memory_format=torch.channels_last)
+    kinds = {}
+    real = cpu.gemm3x3_pays
+
+    def spy(conv, x):
+        kinds[conv] = real(conv, x)
+        return kinds[conv]
+    monkeypatch.setattr(cpu, "gemm3x3_pays", spy)
+    with torch.no_grad():
+        ref64 = copy.deepcopy(tv).double()(x.double())
+        ref = tv.to(dtype)(x.to(dtype))
+        ours.to(dtype)
+        for _ in range(2):
+            y, counts = counts_of(lambda: ours(x.to(dtype)))
+            assert any(kinds.values()) and counts.get("gemm", 0) >= sum(kinds.values()), (kinds, counts)
+            assert y.dtype == dtype and torch.isfinite(y).all()
+            if dtype == torch.float32:
+                assert rel_err(y, ref) < TOL, rel_err(y, ref)
+            else:
+                tv_err = rel_err(ref.double(), ref64)
+                assert rel_err(y.double(), ref64) < 2 * tv_err + 1e-3, (rel_err(y.double(), ref64), tv_err)
+
+
+@pytest.mark.parametrize("cl_model", [False, True], ids=["model_nchw", "model_cl"])
+def test_1x1_maps_run_as_torchvision_runs_them(cl_model):
+    """A 32x32 input leaves layer4 with 1x1 maps, dense in both layouts: the units hand ATen NCHW strides as
+    torchvision's BN does (no per-call copy of layer4's weights), and every BN still runs in the one fused pass
+    (no residual whose strides differ from the output's sends a unit to torchvision's BN module)."""
+    ours, tv = pair("resnet18")
+    fmt = torch.channels_last if cl_model else torch.contiguous_format
+    ours, tv = ours.to(memory_format=fmt), tv.to(memory_format=fmt)
+    x = torch.randn(1, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = tv(x)
+        ours(x)
+        with torch.profiler.profile(record_shapes=True) as prof:
+            y = ours(x)
+    ops_run = prof.key_averages(group_by_input_shape=True)
+    assert not [e for e in ops_run if e.key == "aten::batch_norm"]
+    assert not [e for e in ops_run if e.key == "aten::clone" and e.input_shapes[0] == [512, 512, 3, 3]]
+    if cl_model:
+        assert torch.equal(y, ref)  # the same convolutions in the same layouts: torchvision's bits
+    else:
+        assert rel_err(y, ref) < TOL

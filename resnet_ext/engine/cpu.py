@@ -1,16 +1,17 @@
 """The CPU engine: a stock model's eval forward as its recorded units (`structure.Structure`) in one flat sequence
 of calls (`run`), each unit as the plan for this input says. Two plan policies: the default mode (every BN read
-afresh and applied unfolded, as torchvision computes it; a channels_last 1x1 conv whose weight outweighs its output
-as one GEMM) and the frozen mode (BN folded once, weights prepacked for oneDNN per input size, 3x3 stride-1 convs
+afresh and applied unfolded, as torchvision computes it; a channels_last 1x1 or 3x3 conv whose weight outweighs its
+output as one GEMM) and the frozen mode (BN folded once, weights prepacked for oneDNN per input size, 3x3 stride-1 convs
 by Winograd where it pays). Also the memory reuse every CPU forward of the engine runs inside.
 """
 from __future__ import annotations
 
 import contextlib
 import operator
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
@@ -63,10 +64,10 @@ def memory_stats() -> dict:
 
 
 def gemm_pays(u: Unit, x: Tensor) -> bool:
-    """Whether a 1x1 conv runs faster as `gemm_unit` than through ATen's convolution (oneDNN, which reorders the
-    weight on every call) for a channels_last input. Not for a conv with a bias (the unit's shift is BN's alone: the
-    bias belongs to the conv's output). On NCHW inputs oneDNN runs these convs without the reorder and the GEMM
-    loses (0.66 -> 0.87 ms, measured with torch.mm). Measured on 2 threads, per shape (benchmarks/
+    """Whether a 1x1 conv (a 3x3 one: `gemm3x3_pays`) runs faster as `gemm_unit` than through ATen's convolution
+    (oneDNN, which reorders the weight on every call) for a channels_last input. Not for a conv with a bias (the
+    unit's shift is BN's alone: the bias belongs to the conv's output). On NCHW inputs oneDNN runs these convs
+    without the reorder and the GEMM loses (0.66 -> 0.87 ms, measured with torch.mm). Measured on 2 threads, per shape (benchmarks/
     cpu_gemm_small_maps.py, cpu_gemm_units.py) and on whole models against the rule before 2026-12-04, the first
     fp32 condition alone for both dtypes (benchmarks/cpu_gemm_rule_ab.py); results in benchmarks/results/
     2026-12-03-cpu-gemm-units/ (2-core AMD) and 2026-12-04-cpu-default-sweep/ (2-core AMX Xeon):
@@ -86,8 +87,11 @@ def gemm_pays(u: Unit, x: Tensor) -> bool:
       in which identical configurations differ by up to 3%): level or slightly faster. Elsewhere that condition
       (no bf16 measurement without AMX)."""
     conv = u.conv
-    if (conv.kernel_size != (1, 1) or conv.groups != 1 or conv.padding != (0, 0) or conv.bias is not None
-            or not ops.wants_channels_last(x)):
+    if conv.groups != 1 or conv.bias is not None or not ops.wants_channels_last(x):
+        return False
+    if conv.kernel_size == (3, 3) and conv.padding == (1, 1) and conv.dilation == (1, 1):
+        return gemm3x3_pays(conv, x)
+    if conv.kernel_size != (1, 1) or conv.padding != (0, 0):
         return False
     if x.dtype == torch.bfloat16 and AMX_BF16:
         return True
@@ -97,6 +101,34 @@ def gemm_pays(u: Unit, x: Tensor) -> bool:
         return False
     return x.dtype != torch.float32 or (pixels >= 16 and (pixels >= 49 or c * k >= 1 << 19)
                                         and (pixels >= 100 or c >= 512))
+
+
+def gemm3x3_pays(conv: nn.Conv2d, x: Tensor) -> bool:
+    """`gemm_pays` for a 3x3 conv (padding 1, stride 1 or 2), channels_last input: where oneDNN's per-call reorder
+    of a large weight outweighs the work, i.e. up to a number of output pixels P (all images) proportional to the
+    weight's W elements. Measured per shape on a 2-core AMD Zen 5 (no AMX), batch 1, 1x1 to 28x28 maps
+    (benchmarks/cpu_gemm3x3.py; results in benchmarks/results/2026-12-05-cpu-gemm3x3/), conv / GEMM:
+    - float32, weight as constructed (contiguous): P <= W / 16K from 256K elements (256 -> 256: 1.18-1.70x at
+      P 4-16, 0.93x at 49; 512 -> 512: 1.3-3.1x at P 4-196); smaller weights lose (0.2-0.9x). A channels_last
+      weight (the model converted) is reordered faster and the GEMM pays only for W >= 1M at 16 <= P <= 196,
+      P >= 49 below 2M (512 -> 512: 1.04-2.45x, 0.75-0.99x at P 1-4; 256 -> 512: 1.17x at 49, 0.65-0.96x below).
+    - bfloat16 without AMX tiles: P <= W / 24K for a contiguous weight (1.17-5.4x; 0.64-0.99x just beyond), and
+      W >= 256K with P <= W / 12K for a channels_last one (1.04-2.3x; 0.73-1.0x for 64 and 128 channels).
+      With AMX (`AMX_BF16`) ATen's convolution runs on the tiles: not measured, left to it.
+    Never beyond 196 pixels (the largest measured)."""
+    k, c = conv.out_channels, conv.in_channels
+    w = k * c * 9
+    p = x.shape[0] * ((x.shape[2] - 1) // conv.stride[0] + 1) * ((x.shape[3] - 1) // conv.stride[1] + 1)
+    if p > 196:
+        return False
+    contiguous = conv.weight.is_contiguous()
+    if x.dtype == torch.float32:
+        if contiguous:
+            return w >= 1 << 18 and p << 14 <= w
+        return w >= 1 << 20 and p >= 16 and (p >= 49 or w >= 1 << 21)
+    if x.dtype == torch.bfloat16 and not AMX_BF16:
+        return p * 24576 <= w if contiguous else w >= 1 << 18 and p * 12288 <= w
+    return False
 
 
 WINOGRAD_MIN_TILES = 16  # see winograd_pays
@@ -154,22 +186,36 @@ def usable(x: Tensor) -> bool:
 # Running a plan
 # --------------------------------------------------------------------------------------------------------------
 
+def gemm_rows(x: Tensor, conv: nn.Conv2d) -> Tuple[Tensor, Tensor]:
+    """A conv as a GEMM: (rows, weight) with conv(x) == rows @ weight.T as (N*OH*OW, K), in NHWC order, for a
+    channels_last x. A 1x1 conv's rows are x's pixels (strided: every s-th); a larger kernel's the im2col of x,
+    its columns in the order of the weight's own memory ((c, kh, kw) for a contiguous weight, (kh, kw, c) for a
+    channels_last one), so that the weight is used as it lies, never copied or reordered."""
+    sh, sw = conv.stride
+    k, c, kh, kw = conv.weight.shape
+    if (kh, kw) == (1, 1):
+        xs = x if (sh, sw) == (1, 1) else x[:, :, ::sh, ::sw]
+        return xs.permute(0, 2, 3, 1).reshape(-1, c), conv.weight.reshape(k, c)
+    ph, pw = conv.padding
+    patches = F.pad(x, (pw, pw, ph, ph)).unfold(2, kh, sh).unfold(3, kw, sw)  # (N, C, OH, OW, KH, KW), a view
+    if conv.weight.is_contiguous():
+        return patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * kh * kw), conv.weight.view(k, -1)
+    w = conv.weight.permute(0, 2, 3, 1)  # channels_last: (K, KH, KW, C) in memory
+    return patches.permute(0, 2, 3, 4, 5, 1).reshape(-1, kh * kw * c), w.reshape(k, -1)
+
+
 def gemm_unit(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor]) -> Tensor:
-    """relu?(bn(conv(x)) (+ residual)) for a 1x1 conv as one GEMM on the conv's own weight, BN as the per-channel
+    """relu?(bn(conv(x)) (+ residual)) as one GEMM on the conv's own weight (`gemm_rows`), BN as the per-channel
     scale and shift on the output: no weight copy at all, where oneDNN would reorder the whole weight on every
     call. Channels_last input and output."""
-    sh, sw = u.conv.stride
-    if sh != 1 or sw != 1:
-        x = x[:, :, ::sh, ::sw]
-    n, c, h, w = x.shape
-    k = u.conv.out_channels
-    wm = u.conv.weight.reshape(k, c).contiguous()  # a view of a contiguous or channels_last 1x1 weight, else a copy
-    # x is channels_last (gemm_pays), so (n*h*w, c) rows; the output (n*h*w, k) is channels_last too.
-    rows = x.permute(0, 2, 3, 1).reshape(-1, c)
+    rows, wm = gemm_rows(x, u.conv)
+    conv = u.conv
+    n, k = x.shape[0], wm.shape[0]
+    h, w = ((x.shape[2 + i] + 2 * conv.padding[i] - conv.kernel_size[i]) // conv.stride[i] + 1 for i in (0, 1))
     if rows.dtype == torch.float32:
         # oneDNN's matmul on the plain weight: 1.6-2.9x torch.mm (MKL's sgemm) on resnet50's 1x1 shapes here
         # (200-400 vs 120-185 GFLOP/s, 2-core AVX-512 AMD; benchmarks/results/2026-12-03-cpu-gemm-units/).
-        out = torch.ops.mkldnn._linear_pointwise.default(rows, wm, None, "none", [], "")
+        out = torch.ops.mkldnn._linear_pointwise.default(rows, wm.contiguous(), None, "none", [], "")
     else:
         out = torch.mm(rows, wm.t())
     y = out.view(n, h, w, k).permute(0, 3, 1, 2)
@@ -189,12 +235,21 @@ def gemm_unit(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Option
 GEMM, UNFOLDED, WINO = "gemm", "unfolded", "winograd"
 
 
+def _nchw_1x1(t: Tensor) -> Tensor:
+    """An (N, C, 1, 1) map with NCHW strides (a view): dense in both layouts, and ATen's convolution takes the
+    channels_last strides our units leave as a channels_last input, copying an NCHW weight on every call, where
+    torchvision's BN hands it NCHW strides (resnet18 at 32x32, layer4's 512 -> 512 3x3: 2.0 ms of copies)."""
+    if t.shape[2] == 1 and t.shape[3] == 1 and t.is_contiguous() and t.stride(2) != 1:
+        return t.as_strided(t.shape, (t.shape[1], 1, 1, 1), t.storage_offset())
+    return t
+
+
 def _conv(u: Unit, x: Tensor, wb) -> Tensor:
     """relu?(bn(conv(x)))."""
     if wb[0] is WINO:
         return ops.winograd3x3(x, wb[1], wb[2], None, u.relu)
     if wb[0] is UNFOLDED:
-        return ops.unfolded_unit(u.conv, u.bn, x, wb[1], wb[2], u.relu)
+        return ops.unfolded_unit(u.conv, u.bn, _nchw_1x1(x), wb[1], wb[2], u.relu)
     if wb[0] is GEMM:
         return gemm_unit(u, x, wb[1], wb[2], None)
     return torch.ops.mkldnn._convolution_pointwise.default(x, wb[0], wb[1], *u.args, "relu" if u.relu else "none",
@@ -206,7 +261,7 @@ def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
     if wb[0] is WINO:  # the op takes a channels_last residual (a no-op where it is one: the model's own are)
         return ops.winograd3x3(y, wb[1], wb[2], residual.contiguous(memory_format=torch.channels_last), True)
     if wb[0] is UNFOLDED:
-        return ops.unfolded_unit(u.conv, u.bn, y, wb[1], wb[2], True, residual)
+        return ops.unfolded_unit(u.conv, u.bn, _nchw_1x1(y), wb[1], wb[2], True, residual)
     if wb[0] is GEMM:
         return gemm_unit(u, y, wb[1], wb[2], residual)
     if not ops.onednn_add_fuses(y, wb[0], residual):
@@ -343,8 +398,9 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
 def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
     """The default mode's forward, every BN read afresh and applied as torchvision applies it, unfolded: each unit
     is the stock conv then BN (its fp32 scale and shift, all units' in one batch), residual add and ReLU in one
-    pass (`ops.unfolded_unit`), or, for a channels_last 1x1 conv whose weight outweighs its output, one GEMM on the
-    unreordered weight (`gemm_pays`); None where the flat forward does not apply (a gradient may be needed, ...)."""
+    pass (`ops.unfolded_unit`), or, for a channels_last 1x1 or 3x3 conv whose weight outweighs its output, one GEMM
+    on the unreordered weight (`gemm_pays`); None where the flat forward does not apply (a gradient may be needed,
+    ...)."""
     if not usable(x) or torch.is_grad_enabled():
         return None
     s = structure.of(model, x.dtype, x.shape[1])

@@ -179,8 +179,8 @@ def path_counts() -> dict:
     "train_fused" / "train_stock" (train-mode units: the stock conv, then the fused BN(+add)+ReLU op or
     torchvision's modules, see `train_bn`; a block whose BNs all train stock runs torchvision's code as it stands,
     its units counted "train_stock");
-    "gemm" (CPU default mode, a 1x1 conv whose weight outweighs its output: one GEMM on the unreordered weight,
-    then BN, residual and ReLU); and, counting whole forwards, not units, "flat_forwards": CPU eval forwards that
+    "gemm" (CPU default mode, a 1x1 or 3x3 conv whose weight outweighs its output: one GEMM on the unreordered
+    weight, then BN, residual and ReLU); and, counting whole forwards, not units, "flat_forwards": CPU eval forwards that
     ran as one flat sequence of calls (`engine.structure`)."""
     counts = ops.path_counts()
     for k, v in _counts.items():

@@ -1,0 +1,67 @@
+"""Whole models with and without the default mode's 3x3 GEMM units (`engine.cpu.gemm3x3_pays`): "new" (1x1 and 3x3
+GEMM units as `gemm_pays` picks them) against "1x1" (the 3x3 rule off) and torchvision, channels_last input, the
+model as constructed (NCHW weights) or converted to channels_last, interleaved rotated rounds in one process;
+ratios per round, median (range).
+Usage: python benchmarks/cpu_gemm3x3_ab.py [--archs resnet18,resnet50]   (2 threads)."""
+import argparse
+import statistics
+
+import torch
+import torchvision
+
+import resnet_ext
+from resnet_ext.cli import time_interleaved
+from resnet_ext.engine import cpu
+
+NEW = cpu.gemm3x3_pays
+
+
+def without_3x3(model):
+    def f(x):
+        cpu.gemm3x3_pays = lambda conv, x: False
+        try:
+            return model(x)
+        finally:
+            cpu.gemm3x3_pays = NEW
+    return f
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--archs", default="resnet18,resnet50")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    print(f"torch {torch.__version__}, AMX_BF16 {cpu.AMX_BF16}")
+    for arch in args.archs.split(","):
+        for dtype in (getattr(torch, d) for d in args.dtypes.split(",")):
+            for cl_model in (False, True):
+                tv = getattr(torchvision.models, arch)().eval()
+                models = {"tv": tv, "new": getattr(resnet_ext, arch)().eval(), "1x1": getattr(resnet_ext, arch)().eval()}
+                for name, m in models.items():
+                    if name != "tv":
+                        m.load_state_dict(tv.state_dict())
+                    m.to(dtype=dtype, memory_format=torch.channels_last if cl_model else torch.contiguous_format)
+                fns = {"tv": tv, "new": models["new"], "1x1": without_3x3(models["1x1"])}
+                for bs, size in ((1, 32), (1, 64), (1, 112), (1, 224), (2, 224)):
+                    x = torch.randn(bs, 3, size, size, dtype=dtype).contiguous(memory_format=torch.channels_last)
+                    rounds = 24 if size < 224 else 9
+                    with torch.no_grad():
+                        t, _ = time_interleaved(fns, x, rounds, {name: 2 for name in fns})
+                        units = {}
+                        for name in fns:
+                            resnet_ext.reset_path_counts()
+                            fns[name](x)
+                            units[name] = resnet_ext.path_counts().get("gemm", 0)
+
+                    def ratio(a, b):
+                        r = [p / q for p, q in zip(t[a], t[b])]
+                        return f"{statistics.median(r):.3f} ({min(r):.2f}-{max(r):.2f})"
+                    print(f"{arch} {str(dtype)[6:]} model {'CL' if cl_model else 'NCHW'} batch {bs} {size}x{size}: "
+                          f"gemm units new {units['new']} 1x1 {units['1x1']}; ms "
+                          + " ".join(f"{n} {statistics.median(t[n]) * 1e3:.2f}" for n in fns)
+                          + f"; 1x1/new {ratio('1x1', 'new')}, tv/new {ratio('tv', 'new')}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
