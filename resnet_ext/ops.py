@@ -385,7 +385,7 @@ def _affine_vectors(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]], conv_bias
     for c, b in pairs:
         w, bias = _attrs(c, _CONV_NAMES)
         mean, var, bn_w, bn_b = _attrs(b, _BN_NAMES)
-        sizes.append(w.shape[0])
+        sizes.append(mean.shape[0] if mean is not None else w.shape[0])  # BN's channels: its vectors' length
         conv_biases.append(bias)
         means.append(mean)
         variances.append(var)
@@ -547,6 +547,7 @@ def unfolded_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, scale: Optiona
         residual = residual.as_strided(out.shape, out.stride(), residual.storage_offset())
     bn_tensors = (bn.running_mean, bn.running_var, bn.weight, bn.bias)
     if (out.dtype in (torch.float32, torch.bfloat16)
+            and (scale is None or scale.numel() == out.shape[1])  # else BN's error, from the module
             and (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last))
             and (residual is None or (residual.shape == out.shape and residual.dtype == out.dtype
                                       and residual.device == out.device and residual.stride() == out.stride()))

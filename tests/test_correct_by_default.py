@@ -476,3 +476,43 @@ def test_frozen_mode_contract():
     assert not resnet_ext.is_frozen(ours)
     with pytest.raises(TypeError, match="resnet_ext ResNet"):
         resnet_ext.freeze(tv)
+
+
+WEIGHT_SWAPS = {  # conv.weight.data = ...: the Parameter object stays, so the flat forward's plan stays too
+    "dtype": lambda w: w.to(torch.float32 if w.dtype == torch.bfloat16 else torch.bfloat16),
+    "in_channels": lambda w: torch.randn(w.shape[0], w.shape[1] // 2, *w.shape[2:]).to(w.dtype),
+    "out_channels": lambda w: torch.randn(w.shape[0] // 2, *w.shape[1:]).to(w.dtype),
+    "kernel": lambda w: torch.randn(*w.shape[:2], *((3, 3) if w.shape[2] == 1 else (1, 1))).to(w.dtype),
+    "channels_last": lambda w: (torch.randn(w.shape) * 0.05).to(w.dtype).contiguous(memory_format=torch.channels_last),
+    "contiguous": lambda w: (torch.randn(w.shape) * 0.05).to(w.dtype),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("unit", ["layer4.0.conv2", "layer4.1.conv1", "layer3.0.downsample.0"])
+@pytest.mark.parametrize("swap", list(WEIGHT_SWAPS))
+def test_a_weight_swapped_under_a_gemm_unit_gives_torchvisions_answer_or_error(dtype, unit, swap):
+    """A conv the default mode runs as a GEMM (planned on the first call) whose weight is then replaced through
+    `.data` by one of another dtype, shape, kernel or layout: torchvision's output or its exact error, never a GEMM's
+    own error or a reshaped weight's silently wrong answer."""
+    ours, tv = pair("resnet18")
+    ours.eval().to(dtype)
+    tv.eval().to(dtype)
+    x = x_(1, 64).to(dtype).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        resnet_ext.reset_path_counts()
+        ours(x)  # the plan: the GEMM units, from this input's shapes
+        assert resnet_ext.path_counts().get("gemm", 0) > 0
+        conv = tv.get_submodule(unit)
+        torch.manual_seed(1)
+        conv.weight.data = WEIGHT_SWAPS[swap](conv.weight.data)  # the same Parameter in both models
+        try:
+            ref = tv(x)
+        except Exception as e:  # noqa: BLE001 (whatever torchvision raises, ours must raise alike)
+            with pytest.raises(type(e)) as got:
+                ours(x)
+            assert str(got.value).split("\n")[0] == str(e).split("\n")[0]
+            return
+        y = ours(x)
+    assert y.dtype == ref.dtype and torch.isfinite(y).all()
+    assert rel_err(y.float(), ref.float()) < (TOL if dtype == torch.float32 else 2e-2)

@@ -87,7 +87,7 @@ def gemm_pays(u: Unit, x: Tensor) -> bool:
       in which identical configurations differ by up to 3%): level or slightly faster. Elsewhere that condition
       (no bf16 measurement without AMX)."""
     conv = u.conv
-    if conv.groups != 1 or conv.bias is not None or not ops.wants_channels_last(x):
+    if conv.groups != 1 or conv.bias is not None or not ops.wants_channels_last(x) or not _gemm_fits(conv, x):
         return False
     if conv.kernel_size == (3, 3) and conv.padding == (1, 1) and conv.dilation == (1, 1):
         return gemm3x3_pays(conv, x)
@@ -186,6 +186,14 @@ def usable(x: Tensor) -> bool:
 # Running a plan
 # --------------------------------------------------------------------------------------------------------------
 
+def _gemm_fits(conv: nn.Conv2d, x: Tensor) -> bool:
+    """Whether the conv's weight, as it is now, is what a GEMM unit assumes: x's dtype and channels, the conv's
+    kernel size (a weight swapped through `.data` can change any of them; ATen's convolution then gives its error,
+    where a GEMM would give another one, or reshape the wrong weight into a silently wrong answer)."""
+    w = conv.weight
+    return w.dtype == x.dtype and w.dim() == 4 and w.shape[1] == x.shape[1] and tuple(w.shape[2:]) == conv.kernel_size
+
+
 def gemm_rows(x: Tensor, conv: nn.Conv2d) -> Tuple[Tensor, Tensor]:
     """A conv as a GEMM: (rows, weight) with conv(x) == rows @ weight.T as (N*OH*OW, K), in NHWC order, for a
     channels_last x. A 1x1 conv's rows are x's pixels (strided: every s-th); a larger kernel's the im2col of x,
@@ -208,6 +216,9 @@ def gemm_unit(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Option
     """relu?(bn(conv(x)) (+ residual)) as one GEMM on the conv's own weight (`gemm_rows`), BN as the per-channel
     scale and shift on the output: no weight copy at all, where oneDNN would reorder the whole weight on every
     call. Channels_last input and output."""
+    if not _gemm_fits(u.conv, x) or u.conv.weight.shape[0] != scale.numel():
+        # The weight changed since the plan chose a GEMM: the stock conv, torchvision's answer or its error.
+        return ops.unfolded_unit(u.conv, u.bn, x, scale, shift, u.relu or residual is not None, residual)
     rows, wm = gemm_rows(x, u.conv)
     conv = u.conv
     n, k = x.shape[0], wm.shape[0]
@@ -220,11 +231,11 @@ def gemm_unit(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Option
         out = torch.mm(rows, wm.t())
     y = out.view(n, h, w, k).permute(0, 3, 1, 2)
     relu = u.relu or residual is not None
-    if residual is None or residual.stride() == y.stride():
+    if residual is None or (residual.shape == y.shape and residual.stride() == y.stride()):
         return ops.scale_shift_act_(y, scale, shift, residual, relu)  # BN as ATen computes it, add, ReLU: one pass
     out.mul_(scale).add_(shift)
     if residual is not None:
-        out.add_(residual.permute(0, 2, 3, 1).reshape(-1, k))
+        y.add_(residual)  # as torchvision's `out += identity`, its broadcasting and its error
     if relu:
         out.relu_()
     return y
