@@ -1,8 +1,8 @@
 """The CPU engine: a stock model's eval forward as its recorded units (`structure.Structure`) in one flat sequence
 of calls (`run`), each unit as the plan for this input says. Two plan policies: the default mode (every BN read
 afresh and applied unfolded, as torchvision computes it; a channels_last 1x1 or 3x3 conv whose weight outweighs its
-output as one GEMM) and the frozen mode (BN folded once, weights prepacked for oneDNN per input size, 3x3 stride-1 convs
-by Winograd where it pays). Also the memory reuse every CPU forward of the engine runs inside.
+output as one GEMM) and the frozen mode (BN folded once, weights prepacked for oneDNN per input size, 3x3 stride-1
+convs by Winograd where it pays). Also the memory reuse every CPU forward of the engine runs inside.
 """
 from __future__ import annotations
 
@@ -67,10 +67,10 @@ def gemm_pays(u: Unit, x: Tensor) -> bool:
     """Whether a 1x1 conv (a 3x3 one: `gemm3x3_pays`) runs faster as `gemm_unit` than through ATen's convolution
     (oneDNN, which reorders the weight on every call) for a channels_last input. Not for a conv with a bias (the
     unit's shift is BN's alone: the bias belongs to the conv's output). On NCHW inputs oneDNN runs these convs
-    without the reorder and the GEMM loses (0.66 -> 0.87 ms, measured with torch.mm). Measured on 2 threads, per shape (benchmarks/
-    cpu_gemm_small_maps.py, cpu_gemm_units.py) and on whole models against the rule before 2026-12-04, the first
-    fp32 condition alone for both dtypes (benchmarks/cpu_gemm_rule_ab.py); results in benchmarks/results/
-    2026-12-03-cpu-gemm-units/ (2-core AMD) and 2026-12-04-cpu-default-sweep/ (2-core AMX Xeon):
+    without the reorder and the GEMM loses (0.66 -> 0.87 ms, measured with torch.mm). Measured on 2 threads, per
+    shape (benchmarks/cpu_gemm_small_maps.py, cpu_gemm_units.py) and on whole models against the rule before
+    2026-12-04, the first fp32 condition alone for both dtypes (benchmarks/cpu_gemm_rule_ab.py); results in
+    benchmarks/results/2026-12-03-cpu-gemm-units/ (2-core AMD) and 2026-12-04-cpu-default-sweep/ (2-core AMX Xeon):
     - float32 (oneDNN's matmul): where the weight outweighs the output, the input channels at least twice the output
       pixels: resnet50's such shapes 1.24-3.83x faster at batch 1 at 224x224 (layer4's 2048 -> 512: 1.56 -> 0.42 ms,
       AMD) and 1.40-1.50x at batch 8. But not below 16 output pixels (a small input's late layers), where oneDNN
@@ -84,8 +84,9 @@ def gemm_pays(u: Unit, x: Tensor) -> bool:
       1.1-4.9x faster at batch 1 on 1x1 to 14x14 maps and 1.2-1.5x on 56x56 (0.76-2.4x on 28x28), 1.0-2.4x at
       batch 8 on 7x7 to 28x28 (0.73-1.3x on 56x56). Whole models (resnet18/50/101, batch 1 to 8, 32x32 to
       224x224) against the first fp32 condition: 0.96-1.07x in one run, 0.97-1.08x in another (rotated rounds,
-      in which identical configurations differ by up to 3%): level or slightly faster. Elsewhere that condition
-      (no bf16 measurement without AMX)."""
+      in which identical configurations differ by up to 3%): level or slightly faster. Elsewhere that condition:
+      on a Zen 5 without AMX every bf16 1x1 up to 400 output pixels as a GEMM was 1.1-9.8x faster per conv on
+      small maps but whole models level with this rule (0.97-1.05x; 2026-12-05-cpu-gemm3x3/)."""
     conv = u.conv
     if conv.groups != 1 or conv.bias is not None or not ops.wants_channels_last(x) or not _gemm_fits(conv, x):
         return False
@@ -191,7 +192,8 @@ def _gemm_fits(conv: nn.Conv2d, x: Tensor) -> bool:
     kernel size (a weight swapped through `.data` can change any of them; ATen's convolution then gives its error,
     where a GEMM would give another one, or reshape the wrong weight into a silently wrong answer)."""
     w = conv.weight
-    return w.dtype == x.dtype and w.dim() == 4 and w.shape[1] == x.shape[1] and tuple(w.shape[2:]) == conv.kernel_size
+    return (w.dtype == x.dtype and w.dim() == 4 and w.shape[1] == x.shape[1]
+            and tuple(w.shape[2:]) == conv.kernel_size)
 
 
 def gemm_rows(x: Tensor, conv: nn.Conv2d) -> Tuple[Tensor, Tensor]:
