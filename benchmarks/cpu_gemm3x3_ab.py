@@ -2,7 +2,8 @@
 GEMM units as `gemm_pays` picks them) against "1x1" (the 3x3 rule off) and torchvision, channels_last input, the
 model as constructed (NCHW weights) or converted to channels_last, interleaved rotated rounds in one process;
 ratios per round, median (range).
-Usage: python benchmarks/cpu_gemm3x3_ab.py [--archs resnet18,resnet50]   (2 threads)."""
+Usage: python benchmarks/cpu_gemm3x3_ab.py [--archs resnet18,resnet50] [--dtypes float32,bfloat16]
+       [--models nchw,cl] [--inputs 1x32,1x64,1x112,1x224,2x224] [--repeat 1]   (2 threads)."""
 import argparse
 import statistics
 
@@ -30,12 +31,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--archs", default="resnet18,resnet50")
     ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--models", default="nchw,cl", help="the model's layouts: as constructed (nchw), converted (cl)")
+    ap.add_argument("--inputs", default="1x32,1x64,1x112,1x224,2x224", help="BATCHxSIZE, each a configuration")
+    ap.add_argument("--repeat", type=int, default=1, help="each configuration this many times, fresh models each")
     args = ap.parse_args()
+    inputs = [tuple(int(v) for v in c.split("x")) for c in args.inputs.split(",")]
     torch.set_num_threads(2)
     print(f"torch {torch.__version__}, AMX_BF16 {cpu.AMX_BF16}")
     for arch in args.archs.split(","):
         for dtype in (getattr(torch, d) for d in args.dtypes.split(",")):
-            for cl_model in (False, True):
+            for cl_model in [{"nchw": False, "cl": True}[m] for m in args.models.split(",")] * args.repeat:
                 tv = getattr(torchvision.models, arch)().eval()
                 models = {"tv": tv, "new": getattr(resnet_ext, arch)().eval(), "1x1": getattr(resnet_ext, arch)().eval()}
                 for name, m in models.items():
@@ -43,7 +48,7 @@ def main() -> None:
                         m.load_state_dict(tv.state_dict())
                     m.to(dtype=dtype, memory_format=torch.channels_last if cl_model else torch.contiguous_format)
                 fns = {"tv": tv, "new": models["new"], "1x1": without_3x3(models["1x1"])}
-                for bs, size in ((1, 32), (1, 64), (1, 112), (1, 224), (2, 224)):
+                for bs, size in inputs:
                     x = torch.randn(bs, 3, size, size, dtype=dtype).contiguous(memory_format=torch.channels_last)
                     rounds = 24 if size < 224 else 9
                     with torch.no_grad():
