@@ -11,8 +11,8 @@ import torch
 import torchvision
 
 import resnet_ext
-from resnet_ext.cli import time_interleaved
 from resnet_ext.engine import cpu
+from cpu_gemm_rule_ab import ratio_text, time_with_units  # run as a script: benchmarks/ is on the path
 
 NEW = cpu.gemm3x3_pays
 
@@ -51,17 +51,10 @@ def main() -> None:
                 for bs, size in inputs:
                     x = torch.randn(bs, 3, size, size, dtype=dtype).contiguous(memory_format=torch.channels_last)
                     rounds = 24 if size < 224 else 9
-                    with torch.no_grad():
-                        t, _ = time_interleaved(fns, x, rounds, {name: 2 for name in fns})
-                        units = {}
-                        for name in fns:
-                            resnet_ext.reset_path_counts()
-                            fns[name](x)
-                            units[name] = resnet_ext.path_counts().get("gemm", 0)
+                    t, units = time_with_units(fns, x, rounds)
 
                     def ratio(a, b):
-                        r = [p / q for p, q in zip(t[a], t[b])]
-                        return f"{statistics.median(r):.3f} ({min(r):.2f}-{max(r):.2f})"
+                        return ratio_text(t, a, b)
                     print(f"{arch} {str(dtype)[6:]} model {'CL' if cl_model else 'NCHW'} batch {bs} {size}x{size}: "
                           f"gemm units new {units['new']} 1x1 {units['1x1']}; ms "
                           + " ".join(f"{n} {statistics.median(t[n]) * 1e3:.2f}" for n in fns)

@@ -41,6 +41,24 @@ def with_rule(model, rule):
     return f
 
 
+def time_with_units(fns: dict, x, rounds: int):
+    """Interleaved times per contender (`time_interleaved`, 2 warm-up calls each) and each one's GEMM unit count."""
+    with torch.no_grad():
+        t, _ = time_interleaved(fns, x, rounds, {name: 2 for name in fns})
+        units = {}
+        for name in fns:
+            resnet_ext.reset_path_counts()
+            fns[name](x)
+            units[name] = resnet_ext.path_counts().get("gemm", 0)
+    return t, units
+
+
+def ratio_text(t: dict, a: str, b: str) -> str:
+    """a / b per round: median (range)."""
+    r = [p / q for p, q in zip(t[a], t[b])]
+    return f"{statistics.median(r):.3f} ({min(r):.2f}-{max(r):.2f})"
+
+
 def main() -> None:
     torch.set_num_threads(2)
     print(f"torch {torch.__version__}, AMX_BF16 {cpu.AMX_BF16}")
@@ -58,17 +76,10 @@ def main() -> None:
             for bs, size in ((1, 32), (1, 64), (1, 112), (1, 160), (1, 224), (2, 224), (8, 224)):
                 x = torch.randn(bs, 3, size, size, dtype=dtype).contiguous(memory_format=torch.channels_last)
                 rounds = 30 if size < 224 else (9 if bs == 1 else 5)
-                with torch.no_grad():
-                    t, _ = time_interleaved(fns, x, rounds, {name: 2 for name in fns})
-                    units = {}
-                    for name in fns:
-                        resnet_ext.reset_path_counts()
-                        fns[name](x)
-                        units[name] = resnet_ext.path_counts().get("gemm", 0)
+                t, units = time_with_units(fns, x, rounds)
 
                 def ratio(a, b):
-                    r = [p / q for p, q in zip(t[a], t[b])]
-                    return f"{statistics.median(r):.3f} ({min(r):.2f}-{max(r):.2f})"
+                    return ratio_text(t, a, b)
                 others = [n for n in fns if n not in ("tv", "new")]
                 print(f"{arch} {str(dtype)[6:]} batch {bs} {size}x{size}: gemm units "
                       + " ".join(f"{n} {units[n]}" for n in fns if n != "tv") + "; ms "
