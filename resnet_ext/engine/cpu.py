@@ -63,6 +63,11 @@ def memory_stats() -> dict:
     return dict(_C.cpu_memory_stats())
 
 
+def _out_size(conv: nn.Conv2d, x: Tensor) -> Tuple[int, int]:
+    """The conv's output height and width for x (numeric padding, dilation 1: what the GEMM units take)."""
+    return tuple((x.shape[2 + i] + 2 * conv.padding[i] - conv.kernel_size[i]) // conv.stride[i] + 1 for i in (0, 1))
+
+
 def gemm_pays(u: Unit, x: Tensor) -> bool:
     """Whether a 1x1 conv (a 3x3 one: `gemm3x3_pays`) runs faster as `gemm_unit` than through ATen's convolution
     (oneDNN, which reorders the weight on every call) for a channels_last input. Not for a conv with a bias (the
@@ -97,7 +102,8 @@ def gemm_pays(u: Unit, x: Tensor) -> bool:
     if x.dtype == torch.bfloat16 and AMX_BF16:
         return True
     c, k = conv.in_channels, conv.out_channels
-    pixels = x.shape[0] * (-(-x.shape[2] // conv.stride[0])) * (-(-x.shape[3] // conv.stride[1]))
+    h, w = _out_size(conv, x)
+    pixels = x.shape[0] * h * w
     if c < 2 * pixels:
         return False
     return x.dtype != torch.float32 or (pixels >= 16 and (pixels >= 49 or c * k >= 1 << 19)
@@ -119,7 +125,8 @@ def gemm3x3_pays(conv: nn.Conv2d, x: Tensor) -> bool:
     Never beyond 196 pixels (the largest measured)."""
     k, c = conv.out_channels, conv.in_channels
     w = k * c * 9
-    p = x.shape[0] * ((x.shape[2] - 1) // conv.stride[0] + 1) * ((x.shape[3] - 1) // conv.stride[1] + 1)
+    oh, ow = _out_size(conv, x)
+    p = x.shape[0] * oh * ow
     if p > 196:
         return False
     contiguous = conv.weight.is_contiguous()
@@ -224,7 +231,7 @@ def gemm_unit(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Option
     rows, wm = gemm_rows(x, u.conv)
     conv = u.conv
     n, k = x.shape[0], wm.shape[0]
-    h, w = ((x.shape[2 + i] + 2 * conv.padding[i] - conv.kernel_size[i]) // conv.stride[i] + 1 for i in (0, 1))
+    h, w = _out_size(conv, x)
     if rows.dtype == torch.float32:
         # oneDNN's matmul on the plain weight: 1.6-2.9x torch.mm (MKL's sgemm) on resnet50's 1x1 shapes here
         # (200-400 vs 120-185 GFLOP/s, 2-core AVX-512 AMD; benchmarks/results/2026-12-03-cpu-gemm-units/).
