@@ -12,19 +12,11 @@ import torchvision
 
 import resnet_ext
 from resnet_ext.engine import cpu
-from cpu_gemm_rule_ab import ratio_text, time_with_units  # run as a script: benchmarks/ is on the path
-
-NEW = cpu.gemm3x3_pays
+from cpu_gemm_rule_ab import patched, ratio_text, time_with_units  # run as a script: benchmarks/ is on the path
 
 
 def without_3x3(model):
-    def f(x):
-        cpu.gemm3x3_pays = lambda conv, x: False
-        try:
-            return model(x)
-        finally:
-            cpu.gemm3x3_pays = NEW
-    return f
+    return patched(model, cpu, "gemm3x3_pays", lambda conv, x: False)
 
 
 def main() -> None:

@@ -31,14 +31,20 @@ def all_rule(u, x):
             and resnet_ext.ops.wants_channels_last(x))
 
 
-def with_rule(model, rule):
+def patched(model, module, name: str, value):
+    """model(x) with `module.name` set to `value` for the call (a contender with another rule), then restored."""
     def f(x):
-        cpu.gemm_pays = rule
+        saved = getattr(module, name)
+        setattr(module, name, value)
         try:
             return model(x)
         finally:
-            cpu.gemm_pays = NEW
+            setattr(module, name, saved)
     return f
+
+
+def with_rule(model, rule):
+    return patched(model, cpu, "gemm_pays", rule)
 
 
 def time_with_units(fns: dict, x, rounds: int):
