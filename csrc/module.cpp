@@ -7,6 +7,7 @@
 #include "dispatch/dispatch.h"
 #include "ops/cpu_memory.h"
 #include "ops/conv_bn_act.h"
+#include "ops/same_bytes.h"
 #ifdef RESNET_EXT_WITH_CUDA
 #include "kernels/bn_act_kernels.h"
 #ifdef RESNET_EXT_EXPERIMENTAL
@@ -216,6 +217,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_memory_scope", &resnet_ext::cpu_memory::scope, "Open or close the CPU memory-reuse scope on this thread");
   m.def("set_cpu_memory_limit", &resnet_ext::cpu_memory::set_limit);
   m.def("empty_cpu_cache", &resnet_ext::cpu_memory::empty_cache);
+  m.def("same_bytes", &resnet_ext::same_bytes, "Whether CPU tensors are byte for byte what the snapshot recorded");
   m.def("cpu_memory_stats", []() {
     const auto s = resnet_ext::cpu_memory::stats();
     pybind11::dict d;

@@ -190,7 +190,10 @@ def forward_state(model: nn.Module, x: Tensor) -> Optional[units.Forward]:
         if len(homes) != 1:  # mixed devices or dtypes: each unit computes its own (or meets torchvision's error)
             return None
         with torch.no_grad():
-            scales, shifts = ops.bn_affine_pairs(pairs, conv_bias=False)
+            affine = ops.bn_affine_pairs(pairs, conv_bias=False, input_dtype=x.dtype, memo=_state.of(model).memo)
+        if affine is None:  # a BN ATen's batch norm refuses for x: each unit meets torchvision's error
+            return None
+        scales, shifts = affine
         return units.Forward({p: units.Affine(sc, sh) for p, sc, sh in zip(pairs, scales, shifts)})
     grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters()))
     with torch.set_grad_enabled(grad):

@@ -426,9 +426,11 @@ def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
     s = structure.of(model, x.dtype, x.shape[1])
     if s is None:
         return None
-    plans = _state.of(model).flat_plans  # per input, which units run as a GEMM (shapes only, never stale)
+    st = _state.of(model)
+    plans = st.flat_plans  # per input, which units run as a GEMM (shapes only, never stale)
     key = (tuple(x.shape), x.dtype, x.stride())
-    affine = ops.bn_affine_pairs([(u.conv, u.bn) for u in s.units], conv_bias=False, input_dtype=x.dtype)
+    affine = ops.bn_affine_pairs([(u.conv, u.bn) for u in s.units], conv_bias=False, input_dtype=x.dtype,
+                                 memo=st.memo)
     if affine is None:  # a BN whose dtypes ATen's batch norm refuses: its error comes from the module path
         return None
     x = internal_layout(x)

@@ -38,17 +38,19 @@ def is_block(m: nn.Module) -> bool:
 class ExtState:
     """`frozen`: False, True, or the compute dtype `freeze(model, dtype=...)` asked for; `cuda_graphs`: whether the
     frozen forward on CUDA replays graphs (`freeze(model, cuda_graphs=True)`). The caches: `graphs` (the
-    `cuda.GraphCache`, which holds the folds' memory), `folds` (the
-    frozen folds, `frozen.FrozenUnit` per conv), `programs` (the frozen flat forward's per-input programs on those
-    folds), `structure` (`structure.Structure`, what the flat forward recorded), `flat_plans` (the default flat forward's
-    per-input unit kinds). The last two depend on shapes and module identity only, never on weight values."""
+    `cuda.GraphCache`, which holds the folds' memory), `folds` (the frozen folds, `frozen.FrozenUnit` per conv),
+    `programs` (the frozen flat forward's per-input programs on those folds), `structure` (`structure.Structure`,
+    what the flat forward recorded), `flat_plans` (the default flat forward's per-input unit kinds). The last two
+    depend on shapes and module identity only, never on weight values. `memo`: results checked against their
+    inputs' bytes on every use (`ops.bn_affine_pairs`), never stale."""
 
-    __slots__ = ("frozen", "cuda_graphs", "folds", "programs", "graphs", "structure", "flat_plans")
+    __slots__ = ("frozen", "cuda_graphs", "folds", "programs", "graphs", "structure", "flat_plans", "memo")
 
     def __init__(self, frozen=False, cuda_graphs: bool = False):
         self.frozen, self.cuda_graphs = frozen, cuda_graphs
         self.folds = self.programs = self.graphs = self.structure = None
         self.flat_plans: dict = {}
+        self.memo: dict = {}
 
     def invalidate(self) -> None:
         """Drops what depends on weight values: the frozen folds and the programs and graphs made on them."""

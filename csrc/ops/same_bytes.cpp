@@ -1,0 +1,68 @@
+// resnet_ext._C.same_bytes: whether a list of (optional) CPU tensors is, byte for byte, what it was at the last call
+// with the same snapshot, and the snapshot brought up to date where it is not. The default mode's BN scale and
+// shift are reused only when this says every BN tensor is unchanged (ops.bn_affine_pairs): a write through `.data`
+// leaves a parameter's version counter as it was, so the bytes are the only proof. One pass of memcmp, where
+// the same check in Python (a cat of resnet18's 80 BN vectors, torch.equal, per-tensor checks) cost more than
+// the fold it would save.
+#include "ops/same_bytes.h"
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace resnet_ext {
+namespace {
+
+// Compares `n` bytes at `src` with the snapshot at `*pos`; from the first difference on, copies instead.
+inline void check_or_copy(uint8_t* snap, size_t* pos, const void* src, size_t n, bool* same) {
+  if (n == 0) return;
+  if (*same && std::memcmp(snap + *pos, src, n) != 0) *same = false;
+  if (!*same) std::memcpy(snap + *pos, src, n);
+  *pos += n;
+}
+
+}  // namespace
+
+// The snapshot: a header (per tensor: -1 where absent, else its dtype, dim and sizes) then every tensor's bytes.
+// A tensor that is not a plain dense CPU tensor (a subclass, or a lazy negation/conjugation) cannot be compared:
+// the result is false and the snapshot emptied, so that no later call can match it.
+bool same_bytes(const std::vector<std::optional<at::Tensor>>& tensors, at::Tensor& snapshot) {
+  using at::Tensor;
+  TORCH_CHECK(snapshot.scalar_type() == at::kByte && snapshot.dim() == 1 && snapshot.is_contiguous() &&
+                  snapshot.device().is_cpu(),
+              "same_bytes: snapshot must be a 1-d contiguous uint8 CPU tensor, got ", snapshot.scalar_type(), " ",
+              snapshot.sizes(), " on ", snapshot.device());
+  std::vector<int64_t> header;
+  header.reserve(4 * tensors.size());
+  std::vector<const Tensor*> present;
+  present.reserve(tensors.size());
+  size_t data_bytes = 0;
+  for (const std::optional<Tensor>& o : tensors) {
+    if (!o.has_value() || !o->defined()) {
+      header.push_back(-1);
+      continue;
+    }
+    const Tensor& t = *o;
+    if (t.layout() != at::kStrided || !t.device().is_cpu() || t.key_set().has(c10::DispatchKey::Python) ||
+        !t.is_contiguous() || t.is_neg() || t.is_conj()) {  // (a Python subclass's bytes are not its values)
+      snapshot.resize_({0});
+      return false;
+    }
+    header.push_back(static_cast<int64_t>(t.scalar_type()));
+    header.push_back(t.dim());
+    for (int64_t s : t.sizes()) header.push_back(s);
+    data_bytes += t.nbytes();
+    present.push_back(&t);
+  }
+  const size_t header_bytes = header.size() * sizeof(int64_t);
+  bool same = snapshot.numel() == static_cast<int64_t>(header_bytes + data_bytes);
+  if (!same) snapshot.resize_({static_cast<int64_t>(header_bytes + data_bytes)});
+  uint8_t* snap = snapshot.data_ptr<uint8_t>();
+  size_t pos = 0;
+  check_or_copy(snap, &pos, header.data(), header_bytes, &same);
+  for (const Tensor* t : present) check_or_copy(snap, &pos, t->const_data_ptr(), t->nbytes(), &same);
+  return same;
+}
+
+}  // namespace resnet_ext

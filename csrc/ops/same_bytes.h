@@ -1,0 +1,16 @@
+// resnet_ext._C.same_bytes (same_bytes.cpp): whether CPU tensors are, byte for byte, what a snapshot recorded.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <vector>
+
+namespace resnet_ext {
+
+// True where every tensor (dtype, shape and bytes; absent where absent) is what `snapshot` (1-d uint8, CPU)
+// recorded at the last call; else false, and the snapshot rewritten to record them now (emptied where one is not a
+// dense CPU tensor, so that no later call matches).
+bool same_bytes(const std::vector<std::optional<at::Tensor>>& tensors, at::Tensor& snapshot);
+
+}  // namespace resnet_ext
