@@ -139,7 +139,8 @@ def gemm3x3_pays(conv: nn.Conv2d, x: Tensor) -> bool:
     return False
 
 
-WINOGRAD_MIN_TILES = 16  # see winograd_pays
+WINOGRAD_MIN_TILES = 16  # F(4x4) output tiles, fp32; see winograd_pays
+WINOGRAD_MIN_TILES_BF16 = 32  # F(2x2) output tiles, bf16
 AMX_BF16 = ops.cpu_amx_bf16()  # see winograd_pays (bf16 3x3 convs stay on oneDNN there) and gemm_pays
 
 
@@ -152,9 +153,12 @@ def winograd_pays(u: Unit, x: Tensor) -> bool:
       1.6-2.2x faster at batch 1 (layers 1-3; layer 4 has 4 tiles and runs 2.5x slower) and 1.2-2.2x at batch 8.
     - bfloat16, F(2x2, 3x3) (2.25x fewer multiplies; CPUs with AVX512-BF16): resnet50's 3x3 convs 1.06-1.82x
       faster at batch 1 (layer 4 the least) and 1.08-1.70x at batch 8 (benchmarks/results/
-      2026-12-03-cpu-winograd-bf16/), 1.3-1.8x down to 4 tiles and level at a single one (oneDNN's fixed cost
-      per call, about 30 us, weighs against the transformed weight's reads), so no minimum. Not on CPUs with
-      AMX-BF16 (`AMX_BF16`): on a 2-core AMX Xeon oneDNN's bf16 convs on the tiles were 1.4-5.9x faster than the
+      2026-12-03-cpu-winograd-bf16/), 1.3-1.8x down to 4 tiles and level at a single one, one layer's call at a
+      time. Inside a forward each layer's weight comes cold from memory and the transformed one is 16/9 its
+      bytes: at batch 1 resnet50's layer-4 calls took 780 us against oneDNN's 530-550. From 32 tiles of 2x2
+      (N * ceil(H/2) * ceil(W/2); layer 4 at batch 1 has 16) whole models ran 1.01-1.035x faster than with
+      every 3x3 as Winograd (resnet50 and resnet101 at batch 1, 224x224, Zen 5;
+      benchmarks/cpu_winograd_min_tiles_ab.py). Not on CPUs with AMX-BF16 (`AMX_BF16`): on a 2-core AMX Xeon oneDNN's bf16 convs on the tiles were 1.4-5.9x faster than the
       op per layer and the frozen bf16 resnet50 2.1x (batch 8) and 1.7x (batch 1) faster without it
       (benchmarks/results/2026-12-04-cpu-amx/)."""
     conv = u.conv
@@ -163,9 +167,13 @@ def winograd_pays(u: Unit, x: Tensor) -> bool:
         return False
     if x.dtype == torch.bfloat16:  # the op's own precondition: a 1x1 map (either layout) counts as channels_last
         return (x.is_contiguous(memory_format=torch.channels_last) and ops.winograd_bf16_supported()
-                and not AMX_BF16)
-    return (x.dtype == torch.float32 and ops.wants_channels_last(x)
-            and x.shape[0] * (-(-x.shape[2] // 4)) * (-(-x.shape[3] // 4)) >= WINOGRAD_MIN_TILES)
+                and not AMX_BF16 and _tiles(x, 2) >= WINOGRAD_MIN_TILES_BF16)
+    return x.dtype == torch.float32 and ops.wants_channels_last(x) and _tiles(x, 4) >= WINOGRAD_MIN_TILES
+
+
+def _tiles(x: Tensor, m: int) -> int:
+    """How many m x m output tiles a padded 3x3 stride-1 conv of x has: N * ceil(H/m) * ceil(W/m)."""
+    return x.shape[0] * (-(-x.shape[2] // m)) * (-(-x.shape[3] // m))
 
 
 CL_PIXELS = 150_000  # NCHW inputs with at least this many pixels (N*H*W) run channels_last inside
