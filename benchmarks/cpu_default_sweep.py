@@ -3,7 +3,8 @@ replaces). Every builder family at batch 1 and 8, NCHW and channels_last inputs,
 converted to channels_last, fp32 and a bf16 model (`model.to(torch.bfloat16)`), eval forwards under no_grad, and a
 train-mode forward + backward: torchvision and resnet_ext on the same weights, interleaved rounds in one process,
 torchvision / default per round (median and range), and whether the outputs are bitwise equal.
-Usage: python benchmarks/cpu_default_sweep.py [--archs resnet18,resnet50] [--rounds 7]   (2 threads, 224x224)."""
+Usage: python benchmarks/cpu_default_sweep.py [--archs resnet18,resnet50] [--rounds 7] [--sizes 224] [--batches 1,8]
+[--no-train]   (2 threads)."""
 import argparse
 import statistics
 
@@ -46,6 +47,7 @@ def main() -> None:
     ap.add_argument("--archs", default=ARCHS)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--sizes", default="224", help="input heights (= widths), comma-separated")
     ap.add_argument("--no-train", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(2)
@@ -57,16 +59,16 @@ def main() -> None:
         for dtype in (torch.float32, torch.bfloat16):
             for cl_model in (False, True):
                 tv, ours = pair(arch, dtype, cl_model)
-                for bs in map(int, a.batches.split(",")):
+                for bs, size in ((b, z) for b in map(int, a.batches.split(",")) for z in map(int, a.sizes.split(","))):
                     for cl_in in (False, True):
-                        x = torch.randn(bs, 3, 224, 224, dtype=dtype)
+                        x = torch.randn(bs, 3, size, size, dtype=dtype)
                         if cl_in:
                             x = x.contiguous(memory_format=torch.channels_last)
                         with torch.no_grad():
                             times, _ = time_interleaved({"tv": tv, "ours": ours}, x, a.rounds, {"tv": 2, "ours": 2})
                             same = torch.equal(tv(x), ours(x))
                         label = (f"{arch} {str(dtype)[6:]} model {'CL' if cl_model else 'NCHW'}, batch {bs} "
-                                 f"{'CL' if cl_in else 'NCHW'} input, eval")
+                                 f"{size}x{size} {'CL' if cl_in else 'NCHW'} input, eval")
                         worst.append((report(label, times, same), label))
         if a.no_train:
             continue

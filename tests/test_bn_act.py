@@ -200,11 +200,12 @@ def test_model_train_mode_runs_the_chosen_bn(monkeypatch, mode):
     assert len(calls) == (n_bn if expected == "fused" else 0)
 
 
-def test_stock_training_runs_torchvisions_code(monkeypatch):
+@pytest.mark.parametrize("shape", [(2, 3, 64, 64), (1, 3, 128, 128)], ids=["small", "reuse"])
+def test_stock_training_runs_torchvisions_code(monkeypatch, shape):
     """A train-mode forward whose BNs all train stock runs torchvision's block code, not the engine's units (on the
-    CPU the ResNet's own forward enters, for the memory reuse: the stem is its one unit); a block with a BN in eval
-    mode (a frozen BN in fine-tuning) hands over to the engine, which folds that unit; the numbers stay
-    torchvision's."""
+    CPU the ResNet's own forward enters where the memory reuse pays, `cpu.reuse_pays`: the stem is then its one
+    unit); a block with a BN in eval mode (a frozen BN in fine-tuning) hands over to the engine, which folds that
+    unit; the numbers stay torchvision's."""
     import torchvision
 
     calls = []
@@ -214,15 +215,17 @@ def test_stock_training_runs_torchvisions_code(monkeypatch):
     model = resnet_ext.resnet18(num_classes=10).train()
     tv = torchvision.models.resnet18(num_classes=10).train()
     tv.load_state_dict(model.state_dict())
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(shape)
+    stem = int(resnet_ext.engine.cpu.reuse_pays(x))
+    assert stem == (shape[0] * shape[2] * shape[3] >= 128 * 128)
     resnet_ext.reset_path_counts()
     torch.testing.assert_close(model(x), tv(x), rtol=0, atol=0)
-    assert len(calls) == 1 and resnet_ext.path_counts() == {"train_stock": 20}, (calls, resnet_ext.path_counts())
+    assert len(calls) == stem and resnet_ext.path_counts() == {"train_stock": 20}, (calls, resnet_ext.path_counts())
     for m in (model, tv):
         m.layer2[0].bn1.eval()
     calls.clear()
     torch.testing.assert_close(model(x), tv(x), rtol=1e-5, atol=1e-5)
-    assert len(calls) == 1 + 3, calls  # the stem and layer2[0]'s three units (downsample included)
+    assert len(calls) == stem + 3, calls  # (the stem and) layer2[0]'s three units (downsample included)
 
 
 def test_train_bn_rejects_an_unknown_mode():

@@ -15,6 +15,13 @@ from conftest import randomize_bn
 MiB = 1 << 20
 
 
+@pytest.fixture(autouse=True)
+def reuse_at_every_size(monkeypatch):
+    """The allocator's own behaviour, on inputs small enough to be quick: the scope opens at any size here (where
+    it opens by default, `cpu.reuse_pays`, is tested at the end)."""
+    monkeypatch.setattr(cpu, "REUSE_PIXELS", 1)
+
+
 @pytest.fixture
 def limit():
     """Restores the default limit (and an empty cache) after a test that changes it."""
@@ -204,3 +211,27 @@ def test_torch_profiler_sees_the_reused_blocks(limit):
             ours(x)
     sizes = [e.cpu_memory_usage for e in prof.events()]  # allocations under the op that made them
     assert any(s >= 64 * 1024 for s in sizes) and any(s <= -64 * 1024 for s in sizes)
+
+
+def test_reuse_pays_from_the_pixel_threshold():
+    n = cpu.REUSE_PIXELS = 128 * 128  # (the autouse fixture restores its value)
+    assert cpu.reuse_pays(torch.empty(1, 3, 128, 128)) and cpu.reuse_pays(torch.empty(4, 3, 64, 64))
+    assert not cpu.reuse_pays(torch.empty(1, 3, 127, 128)) and not cpu.reuse_pays(torch.empty(8, 3, 32, 32))
+    assert cpu.reuse_pays(torch.empty(3, 128, 128)) and not cpu.reuse_pays(torch.empty(3, 64, 64))  # unbatched
+    assert not cpu.reuse_pays(torch.empty(n)) and not cpu.reuse_pays(torch.empty(0, 3, 128, 128))
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_a_small_input_runs_outside_the_scope(train, limit):
+    """Below the threshold no block is made or kept (glibc keeps such blocks itself); above it they are."""
+    cpu.REUSE_PIXELS = 128 * 128
+    ours, _ = pair(False)
+    ours.train(train)
+    resnet_ext.empty_cpu_cache()
+    made = resnet_ext.cpu_memory_stats()["blocks"]
+    with torch.set_grad_enabled(train):
+        for _ in range(2):
+            ours(torch.randn(2, 3, 64, 64))
+        assert resnet_ext.cpu_memory_stats()["blocks"] == made and resnet_ext.cpu_memory_stats()["kept_bytes"] == 0
+        ours(torch.randn(1, 3, 128, 128))
+    assert resnet_ext.cpu_memory_stats()["kept_bytes"] > 0

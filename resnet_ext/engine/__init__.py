@@ -39,8 +39,8 @@ def enabled(m: nn.Module, x) -> bool:
     train-mode forward whose own BNs all train as torchvision's do (`train_bn` gives the stock composition on this
     device and none is marked by `convert_sync_batchnorm`): that runs torchvision's code as it stands, without the
     engine's dispatch per unit. A block decides for its own BNs (its downsample's included), the ResNet for its
-    stem's; on the CPU the ResNet's forward enters all the same, for the memory reuse around it (`cpu.reused_memory`:
-    1.00-1.16x on a train step, 2 cores)."""
+    stem's; on the CPU the ResNet's forward enters all the same where the memory reuse around it pays
+    (`cpu.reuse_pays`; `cpu.reused_memory`: 1.00-1.16x on a train step, 2 cores)."""
     if not units.enabled():
         return False
     if m.training and fused_block(m, x):
@@ -48,7 +48,7 @@ def enabled(m: nn.Module, x) -> bool:
     if m.training and isinstance(x, Tensor) and not units.train_fused(x):
         bns = units.own_bns(m)
         if all(units.trains_stock(bn) for bn in bns):
-            if x.device.type == "cpu" and _state.is_model(m):
+            if x.device.type == "cpu" and _state.is_model(m) and cpu.reuse_pays(x):
                 return True  # the stem's unit then counts itself
             units.count("train_stock", len(bns))
             return False
@@ -127,7 +127,7 @@ def frozen_folds(model: nn.Module):
 def forward(model: nn.Module, x: Tensor) -> Tensor:
     """A resnet_ext ResNet's forward where fusion is enabled (see `units.enabled`)."""
     if x.device.type == "cpu" and not torch.compiler.is_compiling():
-        with cpu.reused_memory():
+        with cpu.reused_memory(cpu.reuse_pays(x)):
             return _forward(model, x)
     return _forward(model, x)
 

@@ -39,6 +39,20 @@ def reused_memory(on: bool = True):
         _C.cpu_memory_scope(was)
 
 
+REUSE_PIXELS = 128 * 128  # inputs of fewer pixels (N*H*W) run without the memory reuse (`reuse_pays`)
+
+
+def reuse_pays(x: Tensor) -> bool:
+    """Whether a forward of `x` runs inside `reused_memory`: from `REUSE_PIXELS` input pixels. Below, glibc keeps
+    the activations' blocks itself (no page faults to save), and the reuse, which only hands a block back for the
+    same size, spreads a forward over more memory: the default mode interleaved with and without it (2-core Zen 5,
+    fp32 unless said, time with / without): resnet18 NCHW at batch 1 32x32 1.01-1.04, 64x64 1.02-1.06, 80x80
+    0.98-1.01, 128x128 0.96-0.99; at batch 8 32x32 1.03-1.05, 48x48 0.93-1.02, 64x64 0.89-0.94; resnet50 NCHW
+    batch 1 112x112 1.00-1.02, resnet50 bf16 channels_last 32x32 1.01; at 224x224 it made resnet50 1.07-1.29x
+    faster (benchmarks/results/2026-12-03-cpu-memory-reuse/). An unbatched (C, H, W) input counts H*W."""
+    return x.dim() >= 3 and x.numel() // max(1, x.shape[-3]) >= REUSE_PIXELS
+
+
 def set_memory_limit(nbytes: int) -> None:
     """Keep at most `nbytes` of freed CPU blocks for the next forwards (default 1 GiB; 0 keeps none, every block
     is freed as before), the least recently kept freed first. Lowering it frees what is kept beyond it."""
