@@ -35,6 +35,19 @@ def assert_like_torchvision(y, ref, ref64, dtype):
         assert rel_err(y.double(), ref64) < 2 * tv_err + 1e-3, (rel_err(y.double(), ref64), tv_err)
 
 
+def recorded_and_replayed_like_torchvision(ours, tv, x, dtype):
+    """Both models in `dtype`; ours run twice on x (the first call records the plan, the second replays it), each
+    output `assert_like_torchvision`; yields each call's path counts for the caller's own checks."""
+    with torch.no_grad():
+        ref64 = copy.deepcopy(tv).double()(x.double())
+        ref = tv.to(dtype)(x.to(dtype))
+        ours.to(dtype)
+        for _ in range(2):
+            y, counts = counts_of(lambda: ours(x.to(dtype)))
+            assert_like_torchvision(y, ref, ref64, dtype)
+            yield counts
+
+
 def counts_of(fn):
     units.reset_path_counts()
     out = fn()
@@ -268,15 +281,9 @@ def test_gemm_units_match_torchvision(dtype, shape):
     ours, tv = pair("resnet50")
     x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
     ours, tv = ours.to(memory_format=torch.channels_last), tv.to(memory_format=torch.channels_last)
-    with torch.no_grad():
-        ref64 = copy.deepcopy(tv).double()(x.double())
-        ref = tv.to(dtype)(x.to(dtype))
-        ours.to(dtype)
-        for _ in range(2):
-            y, counts = counts_of(lambda: ours(x.to(dtype)))
-            # fp32 leaves layer4's smallest maps to oneDNN (gemm_pays): 6 units at these sizes, bf16 on AMX all.
-            assert counts.get("gemm", 0) >= 6 and counts.get("flat_forwards") == 1, counts
-            assert_like_torchvision(y, ref, ref64, dtype)
+    for counts in recorded_and_replayed_like_torchvision(ours, tv, x, dtype):
+        # fp32 leaves layer4's smallest maps to oneDNN (gemm_pays): 6 units at these sizes, bf16 on AMX all.
+        assert counts.get("gemm", 0) >= 6 and counts.get("flat_forwards") == 1, counts
 
 
 def test_freeze_bf16_option():
@@ -723,14 +730,8 @@ def test_3x3_gemm_units_match_torchvision(dtype, cl_model, monkeypatch):
         kinds[conv] = real(conv, x)
         return kinds[conv]
     monkeypatch.setattr(cpu, "gemm3x3_pays", spy)
-    with torch.no_grad():
-        ref64 = copy.deepcopy(tv).double()(x.double())
-        ref = tv.to(dtype)(x.to(dtype))
-        ours.to(dtype)
-        for _ in range(2):
-            y, counts = counts_of(lambda: ours(x.to(dtype)))
-            assert any(kinds.values()) and counts.get("gemm", 0) >= sum(kinds.values()), (kinds, counts)
-            assert_like_torchvision(y, ref, ref64, dtype)
+    for counts in recorded_and_replayed_like_torchvision(ours, tv, x, dtype):
+        assert any(kinds.values()) and counts.get("gemm", 0) >= sum(kinds.values()), (kinds, counts)
 
 
 @pytest.mark.parametrize("cl_model", [False, True], ids=["model_nchw", "model_cl"])
