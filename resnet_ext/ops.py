@@ -369,6 +369,12 @@ def bn_dtypes_ok(dtype: torch.dtype, dtypes) -> bool:
     return dtypes <= {dtype} or (dtype in (torch.bfloat16, torch.float16) and dtypes <= {torch.float32})
 
 
+def _allocated(tensors: List[Optional[Tensor]]) -> bool:
+    """Whether every tensor's storage still holds its elements (`_C.allocated`; under the compiler, fake tensors:
+    true)."""
+    return torch.compiler.is_compiling() or _C.allocated(tensors)
+
+
 def _bn_tensors(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]],
                 conv_bias: bool = True) -> Tuple[List[int], List[list]]:
     """Each pair's BN channel count and its tensors, read afresh: ([n], [means, variances, bn weights, bn biases,
@@ -395,13 +401,19 @@ def _affine_vectors(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]], conv_bias
     channel count of each pair. All pairs must share the conv weights' dtype and device. A handful of launches
     whatever the depth: one cat and one cast per statistic (with a cast per tensor, some 300 launches, resnet50's
     whole fold took 5.6 ms per forward on an H200, the GPU idle meanwhile). With `input_dtype`: None where ATen's BN
-    would refuse the BNs' tensors for such an input (their dtypes together fail `bn_dtypes_ok`, or one is not a
-    vector of its BN's channels: its error then comes from the modules). `read`: `_bn_tensors(pairs)`, if the
+    would refuse the BNs' tensors for such an input (their dtypes together fail `bn_dtypes_ok`, one is not a
+    vector of its BN's channels, or its storage was freed: its error then comes from the modules). `read`: `_bn_tensors(pairs)`, if the
     caller has it."""
     conv0, _ = pairs[0]
     dtype, device = conv0.weight.dtype, conv0.weight.device
     acc = torch.promote_types(dtype, torch.float32)
-    sizes, (means, variances, bn_weights, bn_biases, conv_biases) = read or _bn_tensors(pairs, conv_bias)
+    sizes, cols = read or _bn_tensors(pairs, conv_bias)
+    means, variances, bn_weights, bn_biases, conv_biases = cols
+    if not _allocated([t for col in cols for t in col]):  # a storage freed under a tensor: ATen would read past it
+        if input_dtype is not None:
+            return None  # the modules raise ATen's error
+        raise RuntimeError("The tensor has a non-zero number of elements, but its data is not allocated yet "
+                           "(a conv bias or BatchNorm tensor whose storage was freed)")
     if input_dtype is not None:
         bn = [(t, n) for ts in (means, variances, bn_weights, bn_biases) for t, n in zip(ts, sizes) if t is not None]
         if (not bn_dtypes_ok(input_dtype, {t.dtype for t, _ in bn})
@@ -447,7 +459,11 @@ def bn_affine_pairs(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]], conv_bias
         w = pairs[0][0].weight
         key = (conv_bias, input_dtype, w.dtype, tuple(b.eps for _, b in pairs))
         last = memo.pop("bn_affine", None)  # back only with a result for the snapshot's bytes
-        snapshot = last[1] if last is not None else torch.empty(0, dtype=torch.uint8)
+        if last is not None:
+            snapshot = last[1]
+        else:  # a normal tensor even under inference_mode: same_bytes resizes it in place on later calls
+            with torch.inference_mode(False):
+                snapshot = torch.empty(0, dtype=torch.uint8)
         if _C.same_bytes([t for col in read[1] for t in col], snapshot) and last[0] == key:
             memo["bn_affine"] = last
             return last[2]
@@ -586,6 +602,7 @@ def unfolded_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, scale: Optiona
                                       and residual.device == out.device and residual.stride() == out.stride()))
             and not needs_grad(x, conv, bn, residual)
             and all(t is None or (t.device == out.device and t.shape == out.shape[1:2]) for t in bn_tensors)
+            and _allocated(list(bn_tensors))
             # Given a scale and shift, the caller checked the dtypes for the whole model (the flat forward, `unit`).
             and (scale is not None or bn_dtypes_ok(out.dtype, {t.dtype for t in bn_tensors if t is not None}))):
         if scale is None:

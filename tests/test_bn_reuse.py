@@ -39,6 +39,9 @@ MUTATIONS = {  # each on tv's BN objects, which ours shares; none bumps a versio
     "var_float64": lambda b: setattr(b.running_var, "data", b.running_var.data.double()),
     "mean_as_row": lambda b: setattr(b.running_mean, "data", b.running_mean.data.view(1, -1)),
     "bias_longer": lambda b: setattr(b.bias, "data", torch.zeros(b.num_features + 1, dtype=b.bias.dtype)),
+    "var_storage_freed": lambda b: b.running_var.untyped_storage().resize_(0),  # as FSDP-style code frees it
+    "mean_zero_tensor": lambda b: setattr(b, "running_mean", torch._efficientzerotensor(
+        b.num_features, dtype=b.running_mean.dtype)),
     "all_bns_doubled": None,  # every BN's bias through .data (the whole concatenation changes)
 }
 
@@ -71,13 +74,15 @@ def test_a_bn_changed_behind_autograd_is_seen(name, path, layout, dtype):
                     m.bias.data.mul_(2)
         else:
             MUTATIONS[name](_bn(tv))
-            if name in ("eps", "weight_none"):  # module attributes, not shared tensors
+            if name in ("eps", "weight_none", "mean_zero_tensor"):  # module attributes, not shared tensors
                 MUTATIONS[name](_bn(ours))
-    out, ref, fresh = _run(ours, x), _run(tv, x), _run(copy.deepcopy(ours), x)  # the copy has no memo
+    out, ref = _run(ours, x), _run(tv, x)
     if isinstance(ref, Exception):
         assert isinstance(out, RuntimeError) and str(out) == str(ref), (out, ref)
         return
     assert not isinstance(out, Exception), out
+    state.of(ours).memo.clear()
+    fresh = _run(ours, x)  # computed afresh
     assert torch.equal(out.isnan(), fresh.isnan()) and torch.equal(out.nan_to_num(), fresh.nan_to_num())
     assert not torch.equal(out.nan_to_num(), before.nan_to_num())  # the change shows: a stale reuse would not
     tol = 1e-4 if dtype == torch.float32 else 3e-2
@@ -95,6 +100,20 @@ def test_an_unchanged_model_reuses_its_scale_and_shift():
         _bn(tv).running_mean.data[0] += 1  # one element of one BN
     _run(ours, x)
     assert state.of(ours).memo["bn_affine"][2] is not kept
+
+
+def test_inference_mode_then_a_plain_forward_of_another_dtype():
+    """The snapshot made under inference_mode is resized in place by a later call outside it (found in review: an
+    inference tensor there raised 'Inplace update to inference tensor outside InferenceMode')."""
+    ours, tv = _pair(torch.float32, "nchw")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        ours(x)
+    for m in (ours, tv):
+        m.bfloat16()
+    with torch.no_grad():
+        assert torch.equal(ours(x.bfloat16()), copy.deepcopy(ours)(x.bfloat16()))
+        assert rel_err(ours(x.bfloat16()), tv(x.bfloat16())) < 3e-2
 
 
 def test_a_trace_records_the_fold_not_a_reused_result():
@@ -129,5 +148,11 @@ def test_same_bytes():
     z = torch.randn(3, dtype=torch.complex64)
     assert not _C.same_bytes([z], snap) and _C.same_bytes([z], snap)
     assert not _C.same_bytes([z.conj()], snap) and not _C.same_bytes([z.conj()], snap)  # a lazy conjugate
+    zero = torch._efficientzerotensor(4)
+    assert not _C.same_bytes([zero], snap) and not _C.same_bytes([zero], snap)  # no memory to compare
+    freed = torch.ones(4)
+    assert not _C.same_bytes([freed], snap) and _C.same_bytes([freed], snap)
+    freed.untyped_storage().resize_(0)  # the tensor still says 4 elements
+    assert not _C.same_bytes([freed], snap) and not _C.same_bytes([freed], snap) and snap.numel() == 0
     with pytest.raises(RuntimeError, match="snapshot must be a 1-d contiguous uint8 CPU tensor"):
         _C.same_bytes([a], torch.empty(0))

@@ -22,11 +22,27 @@ inline void check_or_copy(uint8_t* snap, size_t* pos, const void* src, size_t n,
   *pos += n;
 }
 
+// Whether t's values are its bytes, all of them there to read: a plain dense CPU tensor (not a Python subclass, a
+// lazy negation/conjugation or a zero tensor without memory) whose storage holds every element (FSDP-style code
+// frees a tensor's storage by resizing it to 0; reading it then would run past its end).
+bool holds_its_elements(const at::Tensor& t) {
+  if (t.numel() == 0) return true;
+  const c10::Storage& st = t.storage();
+  return st.data() != nullptr &&
+         st.nbytes() >= static_cast<size_t>(t.storage_offset() + t.numel()) * t.element_size();
+}
+
+bool comparable(const at::Tensor& t) {
+  return t.layout() == at::kStrided && t.device().is_cpu() && !t.key_set().has(c10::DispatchKey::Python) &&
+         !t._is_zerotensor() && t.has_storage() && t.is_contiguous() && !t.is_neg() && !t.is_conj() &&
+         holds_its_elements(t);
+}
+
 }  // namespace
 
 // The snapshot: a header (per tensor: -1 where absent, else its dtype, dim and sizes) then every tensor's bytes.
-// A tensor that is not a plain dense CPU tensor (a subclass, or a lazy negation/conjugation) cannot be compared:
-// the result is false and the snapshot emptied, so that no later call can match it.
+// A tensor that cannot be compared (`comparable`) makes the result false and empties the snapshot, so that no later
+// call can match it.
 bool same_bytes(const std::vector<std::optional<at::Tensor>>& tensors, at::Tensor& snapshot) {
   using at::Tensor;
   TORCH_CHECK(snapshot.scalar_type() == at::kByte && snapshot.dim() == 1 && snapshot.is_contiguous() &&
@@ -44,8 +60,7 @@ bool same_bytes(const std::vector<std::optional<at::Tensor>>& tensors, at::Tenso
       continue;
     }
     const Tensor& t = *o;
-    if (t.layout() != at::kStrided || !t.device().is_cpu() || t.key_set().has(c10::DispatchKey::Python) ||
-        !t.is_contiguous() || t.is_neg() || t.is_conj()) {  // (a Python subclass's bytes are not its values)
+    if (!comparable(t)) {
       snapshot.resize_({0});
       return false;
     }
@@ -63,6 +78,20 @@ bool same_bytes(const std::vector<std::optional<at::Tensor>>& tensors, at::Tenso
   check_or_copy(snap, &pos, header.data(), header_bytes, &same);
   for (const Tensor* t : present) check_or_copy(snap, &pos, t->const_data_ptr(), t->nbytes(), &same);
   return same;
+}
+
+bool allocated(const std::vector<std::optional<at::Tensor>>& tensors) {
+  for (const std::optional<at::Tensor>& o : tensors) {
+    if (!o.has_value() || !o->defined()) continue;
+    const at::Tensor& t = *o;
+    // Tensors whose elements are not bytes in a storage (a Python subclass, a zero tensor, meta, sparse) are
+    // their own ops' business.
+    if (t.layout() != at::kStrided || t.key_set().has(c10::DispatchKey::Python) || t._is_zerotensor() ||
+        t.is_meta() || !t.has_storage())
+      continue;
+    if (!holds_its_elements(t)) return false;
+  }
+  return true;
 }
 
 }  // namespace resnet_ext

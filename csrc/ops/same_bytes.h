@@ -1,4 +1,5 @@
-// resnet_ext._C.same_bytes (same_bytes.cpp): whether CPU tensors are, byte for byte, what a snapshot recorded.
+// resnet_ext._C.same_bytes (same_bytes.cpp): whether CPU tensors are, byte for byte, what a snapshot recorded;
+// resnet_ext._C.allocated: whether tensors' storages still hold their elements.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -12,5 +13,9 @@ namespace resnet_ext {
 // recorded at the last call; else false, and the snapshot rewritten to record them now (emptied where one is not a
 // dense CPU tensor, so that no later call matches).
 bool same_bytes(const std::vector<std::optional<at::Tensor>>& tensors, at::Tensor& snapshot);
+
+// False where a strided tensor's storage no longer holds all its elements (freed by resizing it, as FSDP-style
+// code does): ATen's own kernels read such a tensor out of bounds; its modules raise a clean error.
+bool allocated(const std::vector<std::optional<at::Tensor>>& tensors);
 
 }  // namespace resnet_ext
