@@ -402,8 +402,8 @@ def _affine_vectors(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]], conv_bias
     whatever the depth: one cat and one cast per statistic (with a cast per tensor, some 300 launches, resnet50's
     whole fold took 5.6 ms per forward on an H200, the GPU idle meanwhile). With `input_dtype`: None where ATen's BN
     would refuse the BNs' tensors for such an input (their dtypes together fail `bn_dtypes_ok`, one is not a
-    vector of its BN's channels, or its storage was freed: its error then comes from the modules). `read`: `_bn_tensors(pairs)`, if the
-    caller has it."""
+    vector of its BN's channels, or its storage was freed: its error then comes from the modules). `read`:
+    `_bn_tensors(pairs)`, if the caller has it."""
     conv0, _ = pairs[0]
     dtype, device = conv0.weight.dtype, conv0.weight.device
     acc = torch.promote_types(dtype, torch.float32)
