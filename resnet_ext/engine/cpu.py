@@ -172,9 +172,9 @@ def winograd_pays(u: Unit, x: Tensor) -> bool:
       bytes: at batch 1 resnet50's layer-4 calls took 780 us against oneDNN's 530-550. From 32 tiles of 2x2
       (N * ceil(H/2) * ceil(W/2); layer 4 at batch 1 has 16) whole models ran 1.01-1.035x faster than with
       every 3x3 as Winograd (resnet50 and resnet101 at batch 1, 224x224, Zen 5;
-      benchmarks/cpu_winograd_min_tiles_ab.py). Not on CPUs with AMX-BF16 (`AMX_BF16`): on a 2-core AMX Xeon oneDNN's bf16 convs on the tiles were 1.4-5.9x faster than the
-      op per layer and the frozen bf16 resnet50 2.1x (batch 8) and 1.7x (batch 1) faster without it
-      (benchmarks/results/2026-12-04-cpu-amx/)."""
+      benchmarks/cpu_winograd_min_tiles_ab.py). Not on CPUs with AMX-BF16 (`AMX_BF16`): on a 2-core AMX Xeon
+      oneDNN's bf16 convs on the tiles were 1.4-5.9x faster than the op per layer and the frozen bf16 resnet50
+      2.1x (batch 8) and 1.7x (batch 1) faster without it (benchmarks/results/2026-12-04-cpu-amx/)."""
     conv = u.conv
     if (not cpu_winograd.on or conv.kernel_size != (3, 3) or u.geometry != ((1, 1), (1, 1), (1, 1), 1)
             or conv.in_channels % 16 or conv.out_channels % 16):
