@@ -601,10 +601,12 @@ def unfolded_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, scale: Optiona
             and (residual is None or (residual.shape == out.shape and residual.dtype == out.dtype
                                       and residual.device == out.device and residual.stride() == out.stride()))
             and not needs_grad(x, conv, bn, residual)
-            and all(t is None or (t.device == out.device and t.shape == out.shape[1:2]) for t in bn_tensors)
-            and _allocated(list(bn_tensors))
-            # Given a scale and shift, the caller checked the dtypes for the whole model (the flat forward, `unit`).
-            and (scale is not None or bn_dtypes_ok(out.dtype, {t.dtype for t in bn_tensors if t is not None}))):
+            and all(t is None or t.device == out.device for t in bn_tensors)
+            # Given a scale and shift, the caller checked the BN tensors for the whole model, dtypes, shapes and
+            # storage (the flat forward, `unit`: `_affine_vectors` with its input dtype): not again per unit.
+            and (scale is not None or (bn_dtypes_ok(out.dtype, {t.dtype for t in bn_tensors if t is not None})
+                                       and all(t is None or t.shape == out.shape[1:2] for t in bn_tensors)
+                                       and _allocated(list(bn_tensors))))):
         if scale is None:
             with torch.no_grad():
                 (scale,), (shift,) = bn_affine_pairs([(conv, bn)], conv_bias=False)
