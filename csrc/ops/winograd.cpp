@@ -18,11 +18,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <cpuid.h>
-#include <immintrin.h>
-#define RESNET_EXT_AVX512_GEMM 1
 #endif
-
-#include <c10/util/BFloat16.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -30,13 +26,15 @@
 #include <memory>
 
 #include "cpu_clones.h"
+#include "cpu_gemm.h"
 
 namespace {
 
 using at::Tensor;
-using bf16 = c10::BFloat16;
-
-constexpr int64_t kVec = 16;              // channels per step
+using resnet_ext::cpu_gemm::bf16;
+using resnet_ext::cpu_gemm::kPanelVecs;
+using resnet_ext::cpu_gemm::kRows;
+using resnet_ext::cpu_gemm::kVec;  // channels per step
 constexpr int64_t kPlanePadBytes = 64;    // between the input planes: without it their common stride is a multiple of
                                           // 4 KiB and the planes' write streams share one L1 set (up to 3x slower)
 // Input and product planes per block of tiles (winograd3x3 below): a thread's own block while the transformed
@@ -175,12 +173,6 @@ struct F43 {
 
 // ---- F(2x2, 3x3), bfloat16 -------------------------------------------------------------------------------------
 
-#ifdef RESNET_EXT_AVX512_GEMM
-#define RESNET_EXT_BF16_TARGET __attribute__((target("avx512f,avx512bf16")))
-#else
-#define RESNET_EXT_BF16_TARGET
-#endif
-
 // Only on CPUs with AVX512-BF16 (check_args): the transforms are written for it, one tile's channels per call
 // (written per 16 channels and cloned like F(4x4)'s, they took 2.5x the GEMMs' time).
 // GCC 12 warns about the undefined vectors inside its own AVX-512 intrinsics (a false positive).
@@ -193,14 +185,8 @@ struct F23 {
   static constexpr double G[4][3] = {{1., 0., 0.}, {.5, .5, .5}, {.5, -.5, .5}, {0., 0., 1.}};
 
 #ifdef RESNET_EXT_AVX512_GEMM
-  RESNET_EXT_BF16_TARGET static __m512 load(const bf16* p) {
-    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  }
-  // Rounded to nearest even; a NaN stays a NaN.
-  RESNET_EXT_BF16_TARGET static void store(bf16* p, __m512 v) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh(v));
-  }
+  RESNET_EXT_BF16_TARGET static __m512 load(const bf16* p) { return resnet_ext::cpu_gemm::load_bf16(p); }
+  RESNET_EXT_BF16_TARGET static void store(bf16* p, __m512 v) { resnet_ext::cpu_gemm::store_bf16(p, v); }
 
   // V[e][t - t0][0 .. C) = (B^T d B)[e] of tile t's 4x4 input patch (zero outside the image: padding 1), with
   // B^T d = (d0 - d2, d1 + d2, d2 - d1, d1 - d3) on the rows, then on the columns.
@@ -302,61 +288,33 @@ RESNET_EXT_CLONES void weight_block(const float* w, typename W::T* u, int64_t c_
 // ---- The GEMMs -------------------------------------------------------------------------------------------------
 
 #ifdef RESNET_EXT_AVX512_GEMM
-// The GEMMs M[e] = V[e] U[e] (n_t x C by C x K) on AVX-512: ATen's bmm goes to MKL, whose sgemm runs at about a
-// quarter of AVX-512's peak on the AMD CPUs this was measured on. Register tiles of R tiles by NV vectors of 16
-// output channels (6 x 64: 24 accumulators), kDepth input channels at a time: per channel (fp32) or channel pair
-// (bf16) NV loads of U's row, R broadcasts of V, R * NV fused multiply-adds (fp32) or dot products (bf16 pairs
-// summed into fp32). Each item of work is one e and one 64-channel panel of U (C x 64, reused from cache by every
-// row of V[e]).
+// The GEMMs M[e] = V[e] U[e] (n_t x C by C x K) on AVX-512 register tiles (cpu_gemm.h): ATen's bmm goes to MKL,
+// whose sgemm runs at about a quarter of AVX-512's peak on the AMD CPUs this was measured on. Each item of work is
+// one e and one 64-channel panel of U (C x 64, reused from cache by every row of V[e]).
 template <int R, int NV>
-__attribute__((target("avx512f"))) void gemm_tile(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-                                                  int64_t ldc, int64_t depth, bool accumulate) {
+RESNET_EXT_F32_TARGET void gemm_tile(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+                                     int64_t depth, bool accumulate) {
   __m512 acc[R][NV];
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[r][j] = accumulate ? _mm512_loadu_ps(c + r * ldc + 16 * j) : _mm512_setzero_ps();
-  for (int64_t i = 0; i < depth; ++i) {
-    __m512 bv[NV];
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) bv[j] = _mm512_loadu_ps(b + i * ldb + 16 * j);
-#pragma GCC unroll 6
-    for (int r = 0; r < R; ++r) {
-      const __m512 av = _mm512_set1_ps(a[r * lda + i]);
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) acc[r][j] = _mm512_fmadd_ps(av, bv[j], acc[r][j]);
-    }
-  }
+  resnet_ext::cpu_gemm::dot_f32<R, NV>(a, lda, b, ldb, depth, acc);
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) _mm512_storeu_ps(c + r * ldc + 16 * j, acc[r][j]);
 }
 
-// The same on bf16 operands: b holds channel pairs interleaved (row i / 2 of pairs is b + i * ldb, ldb = K), and
-// each step broadcasts one pair of a's channels.
 template <int R, int NV>
-__attribute__((target("avx512f,avx512bf16"))) void gemm_tile_bf16(const bf16* a, int64_t lda, const bf16* b,
-                                                                  int64_t ldb, float* c, int64_t ldc, int64_t depth,
-                                                                  bool accumulate) {
+RESNET_EXT_BF16_TARGET void gemm_tile_bf16(const bf16* a, int64_t lda, const bf16* b, int64_t ldb, float* c,
+                                           int64_t ldc, int64_t depth, bool accumulate) {
   __m512 acc[R][NV];
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[r][j] = accumulate ? _mm512_loadu_ps(c + r * ldc + 16 * j) : _mm512_setzero_ps();
-  for (int64_t i = 0; i < depth; i += 2) {
-    __m512i bv[NV];
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) bv[j] = _mm512_loadu_si512(b + i * ldb + 32 * j);
-#pragma GCC unroll 6
-    for (int r = 0; r < R; ++r) {
-      int32_t pair;
-      std::memcpy(&pair, a + r * lda + i, sizeof(pair));
-      const __m512i av = _mm512_set1_epi32(pair);
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], (__m512bh)av, (__m512bh)bv[j]);
-    }
-  }
+  resnet_ext::cpu_gemm::dot_bf16<R, NV>(a, lda, b, ldb, depth, acc);
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
@@ -365,7 +323,6 @@ __attribute__((target("avx512f,avx512bf16"))) void gemm_tile_bf16(const bf16* a,
 
 template <class T>
 using GemmTile = void (*)(const T*, int64_t, const T*, int64_t, float*, int64_t, int64_t, bool);
-constexpr int64_t kRows = 6, kPanelVecs = 4;
 #define RESNET_EXT_TILES(F, R) {&F<R, 1>, &F<R, 2>, &F<R, 3>, &F<R, 4>}
 #define RESNET_EXT_TABLE(F) \
   {RESNET_EXT_TILES(F, 1), RESNET_EXT_TILES(F, 2), RESNET_EXT_TILES(F, 3), \
@@ -380,9 +337,7 @@ const GemmTile<bf16> (&tiles_of(const F23&))[kRows][kPanelVecs] { return kTilesB
 
 template <class W>
 bool gemm_runs_here() {
-  static const bool ok = __builtin_cpu_supports("avx512f") &&
-                         (W::kPack == 1 || __builtin_cpu_supports("avx512bf16"));
-  return ok;
+  return W::kPack == 1 ? resnet_ext::cpu_gemm::runs_f32() : resnet_ext::cpu_gemm::runs_bf16();
 }
 
 // m[e] = v[e] u[e] for every e: v planes `plane` elements apart, rows of c; u [e][c][k] (in pairs of c for bf16);
@@ -469,7 +424,8 @@ void check_args(const Tensor& x, const Tensor& u, const Tensor& bias, const std:
     TORCH_CHECK(r.device().is_cpu() && r.scalar_type() == x.scalar_type() && r.sizes() == at::IntArrayRef(shape) &&
                     r.is_contiguous(at::MemoryFormat::ChannelsLast),
                 "winograd3x3: residual must be a channels_last ", W::kName, " CPU tensor of the output's shape ",
-                shape, ", got ", r.scalar_type(), " ", r.sizes(), " strides ", r.strides(), " on ", r.device());
+                at::IntArrayRef(shape), ", got ", r.scalar_type(), " ", r.sizes(), " strides ", r.strides(), " on ",
+                r.device());
   }
   TORCH_CHECK(W::kPack == 1 || gemm_runs_here<W>(),
               "winograd3x3: bfloat16 needs a CPU with AVX512-BF16, which this one lacks (use oneDNN's convolution)");
