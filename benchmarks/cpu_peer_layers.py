@@ -95,7 +95,7 @@ def main() -> None:
     model = resnet_ext.freeze(model.eval().to(memory_format=torch.channels_last),
                               dtype=torch.bfloat16 if bf16 else None)
     ours = ours_per_op(model, x.contiguous(memory_format=torch.channels_last), args.rounds)
-    our_convs = [o for o in ours if "convolution" in o[0] or "winograd" in o[0]]
+    our_convs = [o for o in ours if any(n in o[0] for n in ("convolution", "winograd", "conv1x1"))]
     peer_convs = [q for q in peer if q[1] in ("Conv", "FusedConv", "Convolution")]
     print(f"resnet50 batch {args.batch}, {'bf16 vs OpenVINO bf16' if bf16 else 'fp32 vs ONNX Runtime'}, "
           f"{torch.get_num_threads()} threads; us per call")

@@ -197,6 +197,36 @@ def winograd_bf16_supported() -> bool:
     return torch.ops.resnet_ext.winograd_bf16_supported()
 
 
+@torch.library.register_fake("resnet_ext::conv1x1")
+def _conv1x1_fake(x, w, bias, residual, relu, stride=1):
+    torch._check(x.dim() == 4 and bias.dim() == 1, lambda: "conv1x1: x must be 4-d and bias 1-d")
+    return x.new_empty((x.shape[0], bias.shape[0], (x.shape[2] - 1) // stride + 1,
+                        (x.shape[3] - 1) // stride + 1)).contiguous(memory_format=torch.channels_last)
+
+
+def conv1x1_weight(weight: Tensor) -> Tensor:
+    """A [K, C, 1, 1] weight packed for `conv1x1` (a copy), K a multiple of 64, in panels of 64 output channels:
+    [K / 64, C, 64] for float32, [K / 64, C / 2, 64, 2] for bfloat16 (channel pairs interleaved for AVX512-BF16's
+    dot products)."""
+    k, c = weight.shape[:2]
+    w = weight.detach().reshape(k // 64, 64, c)
+    if w.dtype == torch.bfloat16:
+        return w.reshape(k // 64, 64, c // 2, 2).permute(0, 2, 1, 3).contiguous()
+    return w.permute(0, 2, 1).contiguous()
+
+
+def conv1x1(x: Tensor, w: Tensor, bias: Tensor, residual: Optional[Tensor], relu: bool, stride: int = 1) -> Tensor:
+    """relu?(conv1x1(x) + bias (+ residual)) with the given stride, no padding, as one GEMM on `w =
+    conv1x1_weight(weight)` with the epilogue fused (CPU, channels_last, float32 or bfloat16, output channels a
+    multiple of 64; CPUs where `conv1x1_supported(dtype)`)."""
+    return torch.ops.resnet_ext.conv1x1(x, w, bias, residual, relu, stride)
+
+
+def conv1x1_supported(dtype: torch.dtype) -> bool:
+    """Whether this CPU runs `conv1x1` on inputs of `dtype` (AVX-512; AVX512-BF16 for bfloat16)."""
+    return torch.ops.resnet_ext.conv1x1_supported(dtype)
+
+
 def cpu_amx_bf16() -> bool:
     """Whether this CPU has AMX-BF16 tiles that the OS keeps: oneDNN's bf16 convolutions then run on them."""
     return torch.ops.resnet_ext.cpu_amx_bf16()

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from .._C_loader import _C
-from ..switches import cpu_onednn_graph, cpu_winograd
+from ..switches import cpu_conv1x1, cpu_onednn_graph, cpu_winograd
 from . import state as _state
 from . import onednn_graph, structure, units
 from .structure import Unit
@@ -155,7 +155,7 @@ def gemm3x3_pays(conv: nn.Conv2d, x: Tensor) -> bool:
 
 WINOGRAD_MIN_TILES = 16  # F(4x4) output tiles, fp32; see winograd_pays
 WINOGRAD_MIN_TILES_BF16 = 32  # F(2x2) output tiles, bf16
-AMX_BF16 = ops.cpu_amx_bf16()  # see winograd_pays (bf16 3x3 convs stay on oneDNN there) and gemm_pays
+AMX_BF16 = ops.cpu_amx_bf16()  # see winograd_pays and conv1x1_pays (those stay on oneDNN there) and gemm_pays
 
 
 def winograd_pays(u: Unit, x: Tensor) -> bool:
@@ -188,6 +188,36 @@ def winograd_pays(u: Unit, x: Tensor) -> bool:
 def _tiles(x: Tensor, m: int) -> int:
     """How many m x m output tiles a padded 3x3 stride-1 conv of x has: N * ceil(H/m) * ceil(W/m)."""
     return x.shape[0] * (-(-x.shape[2] // m)) * (-(-x.shape[3] // m))
+
+
+# conv1x1_pays: the most multiply-adds (N * OH * OW * C * K) of a 1x1 conv that runs as `ops.conv1x1`, per dtype.
+CONV1X1_MAX_MACS = {torch.bfloat16: 1 << 28, torch.float32: 1 << 26}
+
+
+def conv1x1_pays(u: Unit, x: Tensor) -> bool:
+    """Whether a frozen 1x1 unit runs as `ops.conv1x1` (one GEMM on resnet_ext's AVX-512 tiles with the bias,
+    residual and ReLU in its stores, no call into ATen's oneDNN convolution) rather than oneDNN's convolution: a 1x1
+    conv, no padding, equal strides, channels_last input, output channels a multiple of 64 (bf16: even input
+    channels), on a CPU that runs the op and has no AMX tiles, up to CONV1X1_MAX_MACS multiply-adds.
+    `resnet_ext.cpu_conv1x1(False)` turns it off. ATen's oneDNN call costs 30-45 us whatever the work, which the
+    op saves; on larger problems oneDNN's kernels are the faster. Measured on a 2-core Zen 5 (no AMX), resnet50 at
+    224x224, frozen copies with every 1x1 on oneDNN against the op's units, interleaved
+    (benchmarks/cpu_conv1x1_ab.py; benchmarks/results/2026-12-05-cpu-conv1x1/):
+    - bfloat16 (the op's sums are the same dot products in the same order as oneDNN's avx512_core_bf16 kernels:
+      the logits came out bitwise equal): every 1x1 at batch 1 (51-103M multiply-adds) 1.05-1.06x faster, at
+      batch 2 1.01-1.03x, every 1x1 at batch 4 (51-411M) 1.01-1.04x; at batch 8 (103-822M) 0.95-1.00x.
+    - float32: batch 1 1.02-1.03x; batch 2 (103M and up) 0.98-1.00x.
+    Not on CPUs with AMX: oneDNN's bf16 convolutions run on the tiles there, and a plain AVX-512 1x1 kernel
+    measured 0.44-0.55x oneDNN's fp32 speed per shape on a 2-core AMX Xeon (2026-12-04-cpu-onednn-graph/)."""
+    conv = u.conv
+    if (not cpu_conv1x1.on or AMX_BF16 or conv.kernel_size != (1, 1) or u.geometry[0] != (0, 0)
+            or u.geometry[2] != (1, 1) or u.geometry[3] != 1 or conv.stride[0] != conv.stride[1]
+            or conv.out_channels % 64 or x.dtype not in CONV1X1_MAX_MACS
+            or (x.dtype == torch.bfloat16 and conv.in_channels % 2)
+            or not x.is_contiguous(memory_format=torch.channels_last) or not ops.conv1x1_supported(x.dtype)):
+        return False
+    oh, ow = _out_size(conv, x)
+    return x.shape[0] * oh * ow * conv.in_channels * conv.out_channels <= CONV1X1_MAX_MACS[x.dtype]
 
 
 CL_PIXELS = 150_000  # NCHW inputs with at least this many pixels (N*H*W) run channels_last inside
@@ -273,8 +303,9 @@ def gemm_unit(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Option
 
 
 # A unit's `wb`: (folded weight, bias), run by oneDNN (prepacked for the input size: frozen mode); or (GEMM or
-# UNFOLDED, scale, shift) (default mode); or (WINO, transformed weight, bias) (frozen mode).
-GEMM, UNFOLDED, WINO = "gemm", "unfolded", "winograd"
+# UNFOLDED, scale, shift) (default mode); or (WINO, transformed weight, bias) or (CONV1X1, packed weight, bias)
+# (frozen mode).
+GEMM, UNFOLDED, WINO, CONV1X1 = "gemm", "unfolded", "winograd", "conv1x1"
 
 
 def _nchw_1x1(t: Tensor) -> Tensor:
@@ -290,6 +321,8 @@ def _conv(u: Unit, x: Tensor, wb) -> Tensor:
     """relu?(bn(conv(x)))."""
     if wb[0] is WINO:
         return ops.winograd3x3(x, wb[1], wb[2], None, u.relu)
+    if wb[0] is CONV1X1:
+        return ops.conv1x1(x, wb[1], wb[2], None, u.relu, u.conv.stride[0])
     if wb[0] is UNFOLDED:
         return ops.unfolded_unit(u.conv, u.bn, _nchw_1x1(x), wb[1], wb[2], u.relu)
     if wb[0] is GEMM:
@@ -302,6 +335,9 @@ def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
     """relu(bn(conv(y)) + residual); a oneDNN one is written into `residual` (which only this forward holds)."""
     if wb[0] is WINO:  # the op takes a channels_last residual (a no-op where it is one: the model's own are)
         return ops.winograd3x3(y, wb[1], wb[2], residual.contiguous(memory_format=torch.channels_last), True)
+    if wb[0] is CONV1X1:
+        return ops.conv1x1(y, wb[1], wb[2], residual.contiguous(memory_format=torch.channels_last), True,
+                           u.conv.stride[0])
     if wb[0] is UNFOLDED:
         return ops.unfolded_unit(u.conv, u.bn, _nchw_1x1(y), wb[1], wb[2], True, residual)
     if wb[0] is GEMM:
@@ -383,7 +419,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
     if s is None:
         return None
     st = _state.of(model)
-    cached = st.programs  # (folds, structure, {input key: (unit wbs, Winograd count, oneDNN graph or None)})
+    cached = st.programs  # (folds, structure, {input key: (unit wbs, own-op counts, oneDNN graph or None)})
     if cached is None or cached[0] is not folds or cached[1] is not s:
         # The folds must belong to these modules (a conv or weight replaced since `freeze` has none).
         own = all(u.conv in folds and folds[u.conv].belongs_to(u.conv, u.bn) for u in s.units)
@@ -396,17 +432,17 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
         fc_dtype, x = x.dtype, x.to(dtype)  # freeze(dtype=torch.bfloat16): convolutions in bf16, pool and fc in fp32
     programs = cached[2]
     pool = model.maxpool  # read live by the per-unit plan; a graph holds its parameters
-    key = (tuple(x.shape), x.dtype, x.stride(), cpu_winograd.on, cpu_onednn_graph.on,
+    key = (tuple(x.shape), x.dtype, x.stride(), cpu_winograd.on, cpu_conv1x1.on, cpu_onednn_graph.on,
            (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode))
     x = internal_layout(x)
-    entry = programs.get(key)  # (each unit's wb, how many of them are Winograd units, the oneDNN graph or None)
+    entry = programs.get(key)  # (unit wbs, {kind: units on resnet_ext's own op}, the oneDNN graph or None)
     if entry is None and cpu_onednn_graph.on and onednn_graph.pays(x):
         with reused_memory(False):  # the graph's compiled partitions and packed weights are kept with the model
             graph = onednn_graph.build(model, s, folds, x, fc_dtype)
         if graph is not None:
             if len(programs) >= CACHE_LIMIT:
                 programs.clear()
-            entry = programs[key] = (None, 0, graph)
+            entry = programs[key] = (None, {}, graph)
     if entry is not None and entry[2] is not None:
         out = logits(model, entry[2](x))
         units.count("onednn_graph")
@@ -417,22 +453,26 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
 
         def wb(u, y):
             fold = folds[u.conv]
-            if winograd_pays(u, y):  # the op's bias in fp32 (a bf16 fold's is converted here once, not per call)
+            if winograd_pays(u, y):  # the ops' bias in fp32 (a bf16 fold's is converted here once, not per call)
                 program.append((WINO, fold.winograd_weight(), fold.bias.float()))
+            elif conv1x1_pays(u, y):
+                program.append((CONV1X1, fold.conv1x1_weight(), fold.bias.float()))
             else:
                 program.append((packed_weight(fold, u.conv, y), fold.bias))
             return program[-1]
 
         out = run(model, s, x, wb, fc_dtype)
-        entry = programs[key] = (program, sum(w[0] is WINO for w in program), None)
+        entry = programs[key] = (program, {kind: sum(w[0] is kind for w in program) for kind in (WINO, CONV1X1)},
+                                 None)
     else:
         it = iter(entry[0])
         out = run(model, s, x, lambda u, y: next(it), fc_dtype)
     if entry[2] is None:
-        n_wino = entry[1]
-        units.count("onednn_prepacked", len(s.units) - n_wino)
-        if n_wino:
-            units.count(WINO, n_wino)
+        own = entry[1]  # units on resnet_ext's own ops, per kind
+        units.count("onednn_prepacked", len(s.units) - sum(own.values()))
+        for kind, n in own.items():
+            if n:
+                units.count(kind, n)
     units.count("flat_forwards")
     return out
 

@@ -22,15 +22,17 @@ from . import units
 
 
 class FrozenUnit:
-    """The frozen fold of one (conv, bn): the weight and bias, and per input size the oneDNN-prepacked weight
-    (`packed`, filled by `cpu.packed_weight`)."""
+    """The frozen fold of one (conv, bn): the weight and bias, per input size the oneDNN-prepacked weight
+    (`packed`, filled by `cpu.packed_weight`), and the weight as the frozen plan's own ops take it (`winograd`,
+    `gemm`: made on first use)."""
 
-    __slots__ = ("bn", "param", "bias_param", "weight", "bias", "packed", "winograd")
+    __slots__ = ("bn", "param", "bias_param", "weight", "bias", "packed", "winograd", "gemm")
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, weight: Tensor, bias: Tensor):
         self.bn, self.param, self.bias_param, self.weight, self.bias = bn, conv.weight, conv.bias, weight, bias
         self.packed: Dict[tuple, Tensor] = {}
         self.winograd: Optional[Tensor] = None
+        self.gemm: Optional[Tensor] = None
 
     def winograd_weight(self) -> Tensor:
         """The folded weight transformed for `ops.winograd3x3` (made once)."""
@@ -38,6 +40,13 @@ class FrozenUnit:
             with torch.inference_mode(False), torch.no_grad(), cpu.reused_memory(False):
                 self.winograd = ops.winograd_weight(self.weight)
         return self.winograd
+
+    def conv1x1_weight(self) -> Tensor:
+        """The folded 1x1 weight packed for `ops.conv1x1` (made once)."""
+        if self.gemm is None:
+            with torch.inference_mode(False), torch.no_grad(), cpu.reused_memory(False):
+                self.gemm = ops.conv1x1_weight(self.weight)
+        return self.gemm
 
     def belongs_to(self, conv: nn.Module, bn: nn.Module) -> bool:
         """Whether this fold is of these modules and parameter objects (a replaced weight or bias has none)."""

@@ -1,0 +1,65 @@
+"""The frozen mode's 1x1 units on resnet_ext's own GEMM (ops.conv1x1; engine/cpu.py: conv1x1_pays) inside whole
+models, against oneDNN's convolution for every 1x1 ("onednn", the plan before the op). Contenders: "rule" (the
+plan as it stands), "all" (every 1x1 the op takes), "heads" (only the blocks' first 1x1, the ones without a
+residual that do not widen: K <= C, stride 1). Deep copies of one frozen model, interleaved rotated rounds,
+per-round ratios against "onednn" (median, range); the logits' difference from "onednn" first.
+Usage: python benchmarks/cpu_conv1x1_ab.py [ARCH] [BATCH] [cl|nchw] [bf16|fp32]   (2 threads; idle machine)."""
+import copy
+import statistics
+import sys
+
+import torch
+import torchvision
+
+import resnet_ext
+from resnet_ext.cli import time_interleaved
+from resnet_ext.engine import cpu
+from cpu_gemm_rule_ab import patched  # run as a script: benchmarks/ is on the path
+
+RULE = cpu.conv1x1_pays
+
+
+def patched_all(u, x):
+    saved = dict(cpu.CONV1X1_MAX_MACS)
+    cpu.CONV1X1_MAX_MACS.update({k: 1 << 62 for k in saved})
+    try:
+        return RULE(u, x)
+    finally:
+        cpu.CONV1X1_MAX_MACS.update(saved)
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    arch = sys.argv[1] if len(sys.argv) > 1 else "resnet50"
+    batch = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    layout = sys.argv[3] if len(sys.argv) > 3 else "cl"
+    fmt = torch.channels_last if layout == "cl" else torch.contiguous_format
+    bf16 = (sys.argv[4] if len(sys.argv) > 4 else "bf16") == "bf16"
+    tv = getattr(torchvision.models, arch)().eval()
+    base = resnet_ext.from_torchvision(tv).eval().to(memory_format=fmt)
+    resnet_ext.freeze(base, dtype=torch.bfloat16 if bf16 else None)
+    x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=fmt)
+    rules = {"onednn": lambda u, x: False, "rule": RULE, "all": patched_all,
+             "heads": lambda u, x: (c := u.conv).stride == (1, 1) and c.out_channels <= c.in_channels
+             and patched_all(u, x)}
+    fns = {k: patched(copy.deepcopy(base), cpu, "conv1x1_pays", r) for k, r in rules.items()}
+    print(f"torch {torch.__version__}, {arch} frozen {'bf16' if bf16 else 'fp32'}, batch {batch}, {layout}")
+    with torch.no_grad():
+        ref = fns["onednn"](x).float()
+        for k, f in fns.items():
+            resnet_ext.reset_path_counts()
+            y = f(x).float()
+            print(f"  {k}: conv1x1 units {resnet_ext.path_counts().get('conv1x1', 0)}, "
+                  f"max |diff| vs onednn / its max {((y - ref).abs().max() / ref.abs().max()).item():.1e}")
+        for _ in range(3):
+            t, _ = time_interleaved(fns, x, 20 if batch == 1 else 8, {k: 2 for k in fns})
+            line = " ".join(f"{k} {1e3 * statistics.median(v):.1f}" for k, v in t.items())
+            for k in fns:
+                if k != "onednn":
+                    r = [a / b for a, b in zip(t["onednn"], t[k])]
+                    line += f" | onednn/{k} {statistics.median(r):.3f} [{min(r):.2f}-{max(r):.2f}]"
+            print("ms " + line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

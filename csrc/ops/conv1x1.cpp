@@ -1,0 +1,200 @@
+// resnet_ext::conv1x1: y = relu?(conv1x1(x, w, stride s) + bias (+ residual)) on the CPU as one GEMM of x's pixels
+// (channels_last: each pixel a row of C) by the weight packed once per frozen fold (conv1x1_weight in ops.py: in
+// panels of 64 output channels, each contiguous -- [K / 64, C, 64] float32, [K / 64, C / 2, 64, 2] bfloat16 with
+// channel pairs interleaved for AVX512-BF16's dot products: a panel read with a stride of K rows took a TLB miss per
+// row, and resnet50's layer-4 1x1 convs ran 1.2-1.4x slower than oneDNN's inside a forward), on
+// cpu_gemm.h's register tiles with the bias, residual and ReLU applied as the tiles store. Where it runs in place of
+// oneDNN's convolution it saves ATen's cost per call (ideep builds the primitive descriptor on every call) and
+// oneDNN's 1x1 kernels' shortfall from the machine's peak at small maps; the frozen plan picks it per unit where
+// measured faster (engine/cpu.py, conv1x1_pays).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+#include "cpu_gemm.h"
+
+namespace {
+
+using at::Tensor;
+using resnet_ext::cpu_gemm::bf16;
+using resnet_ext::cpu_gemm::kPanelVecs;
+using resnet_ext::cpu_gemm::kRows;
+using resnet_ext::cpu_gemm::kVec;
+
+constexpr int64_t kBlockRows = 96;  // rows of A per item of work, at most (reused from cache by every panel of B)
+
+// GCC 12 warns about the undefined vectors inside its own AVX-512 intrinsics (a false positive, as in winograd.cpp).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// ReLU as torch.relu: NaN stays NaN. _mm512_max_ps(v, 0) returns its second operand when either is NaN, so the
+// operands go (0, v): max(0, NaN) = NaN.
+#ifdef RESNET_EXT_AVX512_GEMM
+RESNET_EXT_F32_TARGET inline __m512 relu_nan(__m512 v) { return _mm512_max_ps(_mm512_setzero_ps(), v); }
+#endif
+
+template <int R, int NV>
+RESNET_EXT_F32_TARGET void tile_f32(const float* a, int64_t c, const float* b, float* y, int64_t k,
+                                    const float* bias, const float* res, bool relu) {
+#ifdef RESNET_EXT_AVX512_GEMM
+  __m512 acc[R][NV];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) acc[r][j] = _mm512_setzero_ps();
+  // One chain of fused multiply-adds over the input channels in order, as oneDNN's 1x1 kernels sum them.
+  resnet_ext::cpu_gemm::dot_f32<R, NV>(a, c, b, NV * kVec, c, acc);
+#pragma GCC unroll 4
+  for (int j = 0; j < NV; ++j) {
+    const __m512 bv = _mm512_loadu_ps(bias + kVec * j);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      __m512 v = _mm512_add_ps(acc[r][j], bv);
+      if (res != nullptr) v = _mm512_add_ps(v, _mm512_loadu_ps(res + r * k + kVec * j));
+      _mm512_storeu_ps(y + r * k + kVec * j, relu ? relu_nan(v) : v);
+    }
+  }
+#endif
+}
+
+template <int R, int NV>
+RESNET_EXT_BF16_TARGET void tile_bf16(const bf16* a, int64_t c, const bf16* b, bf16* y, int64_t k,
+                                      const float* bias, const bf16* res, bool relu) {
+#ifdef RESNET_EXT_AVX512_GEMM
+  using resnet_ext::cpu_gemm::load_bf16;
+  using resnet_ext::cpu_gemm::store_bf16;
+  __m512 acc[R][NV];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) acc[r][j] = _mm512_setzero_ps();
+  // One chain over all C: fp32 sums of exact bf16 products, rounded to bf16 once at the end.
+  resnet_ext::cpu_gemm::dot_bf16<R, NV>(a, c, b, NV * kVec, c, acc);
+#pragma GCC unroll 4
+  for (int j = 0; j < NV; ++j) {
+    const __m512 bv = _mm512_loadu_ps(bias + kVec * j);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      __m512 v = _mm512_add_ps(acc[r][j], bv);
+      if (res != nullptr) v = _mm512_add_ps(v, load_bf16(res + r * k + kVec * j));
+      store_bf16(y + r * k + kVec * j, relu ? relu_nan(v) : v);
+    }
+  }
+#endif
+}
+
+#pragma GCC diagnostic pop
+
+// Tiles of 1 to 6 rows by a whole panel.
+template <class T>
+using Tile = void (*)(const T*, int64_t, const T*, T*, int64_t, const float*, const T*, bool);
+#define RESNET_EXT_TABLE(F) {&F<1, 4>, &F<2, 4>, &F<3, 4>, &F<4, 4>, &F<5, 4>, &F<6, 4>}
+constexpr Tile<float> kTilesF32[kRows] = RESNET_EXT_TABLE(tile_f32);
+constexpr Tile<bf16> kTilesBF16[kRows] = RESNET_EXT_TABLE(tile_bf16);
+#undef RESNET_EXT_TABLE
+
+const Tile<float> (&tiles_of(float))[kRows] { return kTilesF32; }
+const Tile<bf16> (&tiles_of(bf16))[kRows] { return kTilesBF16; }
+
+bool runs_here(at::ScalarType t) {
+  return t == at::kFloat ? resnet_ext::cpu_gemm::runs_f32() : resnet_ext::cpu_gemm::runs_bf16();
+}
+
+constexpr int64_t kPanel = kPanelVecs * kVec;  // output channels per panel of the packed weight
+
+// The packed weight's shape for C input and K output channels.
+std::vector<int64_t> w_shape(at::ScalarType t, int64_t c, int64_t k) {
+  if (t == at::kFloat) return {k / kPanel, c, kPanel};
+  return {k / kPanel, c / 2, kPanel, 2};
+}
+
+template <class T>
+Tensor conv1x1(const Tensor& x_in, const Tensor& w, const Tensor& bias, const std::optional<Tensor>& residual,
+               bool relu, int64_t stride) {
+  // Every s-th pixel of every s-th row, copied into rows (resnet's downsamples; a quarter of the input).
+  const Tensor x = stride == 1 ? x_in
+                               : x_in.slice(2, 0, std::nullopt, stride).slice(3, 0, std::nullopt, stride)
+                                     .contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), wd = x.size(3), k = bias.size(0);
+  const int64_t p = n * h * wd;
+  Tensor y = at::empty({n, k, h, wd}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (y.numel() == 0) return y;
+  const Tensor b = bias.to(at::kFloat).contiguous();
+  const T* xp = x.const_data_ptr<T>();
+  const T* wp = w.const_data_ptr<T>();
+  const float* bp = b.const_data_ptr<float>();
+  const T* rp = residual.has_value() ? residual->const_data_ptr<T>() : nullptr;
+  T* yp = y.mutable_data_ptr<T>();
+  const auto& tiles = tiles_of(T{});
+  // Items: blocks of rows (balanced, multiples of a tile's rows) by 64-channel panels of the weight, rows outer,
+  // so that each thread takes whole blocks of rows (read once, from cache for every panel).
+  const int64_t blocks = (p + kBlockRows - 1) / kBlockRows;
+  const int64_t rows = ((p + blocks - 1) / blocks + kRows - 1) / kRows * kRows;
+  const int64_t panels = k / kPanel;
+  at::parallel_for(0, blocks * panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t r0 = item / panels * rows, r1 = std::min(p, r0 + rows);
+      const int64_t k0 = item % panels * kPanel;
+      for (int64_t t = r0; t < r1; t += kRows) {
+        const auto tile = tiles[std::min<int64_t>(kRows, r1 - t) - 1];
+        tile(xp + t * c, c, wp + k0 * c, yp + t * k + k0, k, bp + k0, rp ? rp + t * k + k0 : nullptr, relu);
+      }
+    }
+  });
+  return y;
+}
+
+const char* name(at::ScalarType t) { return t == at::kFloat ? "float32" : "bfloat16"; }
+
+Tensor conv1x1_cpu(const Tensor& x, const Tensor& w, const Tensor& bias, const std::optional<Tensor>& residual,
+                   bool relu, int64_t stride) {
+  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu() && bias.device().is_cpu(),
+              "conv1x1: x, w and bias must be CPU tensors, got ", x.device(), ", ", w.device(), ", ", bias.device());
+  TORCH_CHECK(x.dim() == 4 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
+              "conv1x1: x must be a 4-d float32 or bfloat16 tensor (N, C, H, W), got ", x.dim(), "-d ",
+              x.scalar_type());
+  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "conv1x1: x must be channels_last contiguous, got strides ", x.strides());
+  TORCH_CHECK(stride >= 1, "conv1x1: stride must be positive, got ", stride);
+  const at::ScalarType t = x.scalar_type();
+  const bool f32 = t == at::kFloat;
+  TORCH_CHECK(runs_here(t), "conv1x1: ", name(t), " needs a CPU with AVX-512", f32 ? "" : " and AVX512-BF16",
+              ", which this one lacks (use oneDNN's convolution)");
+  const int64_t c = x.size(1), k = bias.dim() == 1 ? bias.size(0) : -1;
+  TORCH_CHECK(k > 0 && k % kPanel == 0 && (bias.scalar_type() == at::kFloat || bias.scalar_type() == t),
+              "conv1x1: bias must be a ", f32 ? "float32" : "float32 or bfloat16",
+              " vector of the output channels, a positive multiple of 64, got ", bias.scalar_type(), " ",
+              bias.sizes());
+  TORCH_CHECK(c > 0 && (f32 || c % 2 == 0), "conv1x1: x must have a positive", f32 ? "" : ", even",
+              " number of channels, got ", c);
+  TORCH_CHECK(w.scalar_type() == t && w.sizes() == at::IntArrayRef(w_shape(t, c, k)) && w.is_contiguous(),
+              "conv1x1: w must be the contiguous packed ", name(t), " weight ",
+              f32 ? "[K / 64, C, 64]" : "[K / 64, C / 2, 64, 2]", " (ops.conv1x1_weight) for C=", c, ", K=", k,
+              ", got ", w.scalar_type(), " ", w.sizes(), " strides ", w.strides());
+  if (residual.has_value()) {
+    const Tensor& r = *residual;
+    const std::vector<int64_t> shape{x.size(0), k, (x.size(2) - 1) / stride + 1, (x.size(3) - 1) / stride + 1};
+    TORCH_CHECK(r.device().is_cpu() && r.scalar_type() == t && r.sizes() == at::IntArrayRef(shape) &&
+                    r.is_contiguous(at::MemoryFormat::ChannelsLast),
+                "conv1x1: residual must be a channels_last ", name(t), " CPU tensor of the output's shape ",
+                at::IntArrayRef(shape), ", got ", r.scalar_type(), " ", r.sizes(), " strides ", r.strides(), " on ",
+                r.device());
+  }
+  return f32 ? conv1x1<float>(x, w, bias, residual, relu, stride) : conv1x1<bf16>(x, w, bias, residual, relu, stride);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(resnet_ext, m) {
+  // y = relu?(conv1x1(x, w, stride) + bias (+ residual)) as one GEMM with a fused epilogue, w packed by
+  // ops.conv1x1_weight. CPU, channels_last, float32 or bfloat16; the frozen CPU plan's 1x1 units.
+  m.def("conv1x1(Tensor x, Tensor w, Tensor bias, Tensor? residual, bool relu, int stride=1) -> Tensor");
+  // Whether this CPU runs conv1x1 for inputs of this dtype (AVX-512; AVX512-BF16 for bfloat16).
+  m.def("conv1x1_supported(ScalarType dtype) -> bool",
+        [](at::ScalarType t) { return (t == at::kFloat || t == at::kBFloat16) && runs_here(t); });
+}
+
+TORCH_LIBRARY_IMPL(resnet_ext, CPU, m) { m.impl("conv1x1", &conv1x1_cpu); }
