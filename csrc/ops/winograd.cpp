@@ -475,7 +475,12 @@ Tensor winograd3x3(const Tensor& x, const Tensor& u, const Tensor& bias, const s
       for (int64_t t = begin; t < end; ++t) W::output_tile(m, bp, rp, yp, g, n_t, t, t0, relu);
     });
   };
-  if (u_bytes < kSharedMinUBytes) {
+  // bf16 with u of 1 MiB or more and all tiles' planes within 2 MiB (resnet50's layer 3 at batch 1: u 2 MiB, 49
+  // tiles) runs as one shared chunk: in blocks each thread read all of u for every 10 tiles, 545 -> 356 us per call
+  // inside the forward, the forward 1.03-1.05x faster (benchmarks/results/2026-12-05-cpu-conv1x1/). fp32's layer 2
+  // at batch 1 (u 2.3 MiB, 49 tiles) measured level (0.96-1.02x) and stays in blocks.
+  const bool one_chunk = W::kPack == 2 && u_bytes >= (1 << 20) && tiles * per_tile <= (2 << 20);
+  if (u_bytes < kSharedMinUBytes && !one_chunk) {
     // A small u (resnet50's layers 1-2, and layer 3 in bf16) stays in each core's cache: each thread takes its own
     // blocks of tiles through all three steps, in its own workspace, so that the planes stay in its core's cache.
     // Measured on a 2-core AVX-512 machine (resnet50's 3x3 convs, batch 1 and 8, interleaved in one process,
