@@ -211,8 +211,10 @@ def conv1x1_weight(weight: Tensor) -> Tensor:
     k, c = weight.shape[:2]
     w = weight.detach().reshape(k // 64, 64, c)
     if w.dtype == torch.bfloat16:
-        return w.reshape(k // 64, 64, c // 2, 2).permute(0, 2, 1, 3).contiguous()
-    return w.permute(0, 2, 1).contiguous()
+        w = w.reshape(k // 64, 64, c // 2, 2).permute(0, 2, 1, 3)
+    else:
+        w = w.permute(0, 2, 1)
+    return w.clone(memory_format=torch.contiguous_format)  # a copy even where the permute is already contiguous
 
 
 def conv1x1(x: Tensor, w: Tensor, bias: Tensor, residual: Optional[Tensor], relu: bool, stride: int = 1) -> Tensor:

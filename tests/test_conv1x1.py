@@ -159,9 +159,9 @@ print("ok")
 
 @f32_only
 def test_every_output_written_under_poisoned_allocations():
-    """glibc fills every fresh allocation with a byte pattern (MALLOC_PERTURB_): an output element the op did not
-    write would keep it."""
-    env = dict(os.environ, MALLOC_PERTURB_="90")
+    """glibc fills every fresh heap allocation with a byte pattern (MALLOC_PERTURB_): an output element the op did
+    not write would keep it and fail the error bound (blocks glibc maps anew come zeroed, which fails it too)."""
+    env = dict(os.environ, MALLOC_PERTURB_="128")  # 0x7f bytes: 3.4e38 in fp32 and bf16, far off any output
     out = subprocess.run([sys.executable, "-c", _POISON_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
@@ -365,3 +365,88 @@ def test_plan_without_the_op_on_this_cpu(monkeypatch):
         y = ours(x)
     assert "conv1x1" not in resnet_ext.path_counts(), resnet_ext.path_counts()
     assert rel_err(y, tv(x)) < 1e-4
+
+
+# ---- Cases found in review: each crashed where torchvision runs ------------------------------------------------
+
+
+def _prune(tv, block, k):
+    """Cut block.conv1's output channels to k through `.data` (with bn1's and conv2's matching channels), the way a
+    channel-pruning tool does: the modules' attributes (out_channels, num_features) keep their old values."""
+    b = tv.layer1[block] if isinstance(block, int) else block
+    with torch.no_grad():
+        b.conv1.weight.data = b.conv1.weight.data[:k].clone()
+        for t in (b.bn1.weight, b.bn1.bias, b.bn1.running_mean, b.bn1.running_var):
+            t.data = t.data[:k].clone()
+        b.conv2.weight.data = b.conv2.weight.data[:, :k].clone()
+    return tv
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("k", [48, 63])  # layer 1's first head: not a multiple of 64; odd (bf16 takes pairs)
+def test_weights_pruned_through_data_before_freeze(dtype, k, no_amx):
+    """The plan's rules read the convs' attributes; a fold whose weight they do not describe runs on oneDNN's
+    convolution (which takes it as torchvision's does), never on resnet_ext's own ops."""
+    if dtype is not None and not ops.conv1x1_supported(dtype):
+        pytest.skip("this CPU does not run the op for this dtype")
+    tv = _prune(randomize_bn(torchvision.models.resnet50(num_classes=10)).eval(), 0, k)
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)), dtype=dtype)
+    with torch.no_grad():
+        ref = tv(x)
+        units.reset_path_counts()
+        y = ours(x)
+    counts = resnet_ext.path_counts()
+    assert counts.get("conv1x1", 0) == 35 and counts.get("onednn_prepacked", 0) >= 2, counts  # conv1, conv2
+    assert rel_err(y, ref) < (1e-4 if dtype is None else 3e-2)
+
+
+@f32_only
+def test_a_larger_kernel_behind_a_1x1_conv_s_attributes(no_amx):
+    """A 2x2 weight swapped into a 1x1 stride-2 downsample through `.data` (kernel_size stays (1, 1)): on an even
+    map the shapes still agree and torchvision runs it; so does the frozen model, on oneDNN for that unit."""
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    with torch.no_grad():
+        tv.layer2[0].downsample[0].weight.data = torch.randn(128, 64, 2, 2) * 0.05
+    ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)))
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        units.reset_path_counts()
+        y = ours(x)
+        assert resnet_ext.path_counts().get("conv1x1", 0) == 2, resnet_ext.path_counts()  # layers 3-4's
+        assert rel_err(y, tv(x)) < 1e-4
+
+
+@f32_only
+@pytest.mark.parametrize("arch, size, own", [("resnet50", 64, "conv1x1"), ("resnet18", 224, "winograd")])
+def test_an_identity_the_residual_add_broadcasts(arch, size, own, no_amx):
+    """layer2's downsample with a stride as large as its map gives a (N, C, 1, 1) identity, which torchvision's
+    `out += identity` broadcasts: the tails on resnet_ext's own ops (resnet50's 1x1, resnet18's 3x3 by Winograd)
+    add it after the op, as there, instead of rejecting it."""
+    tv = randomize_bn(getattr(torchvision.models, arch)(num_classes=10)).eval()
+    tv.layer2[0].downsample[0].stride = (size, size)
+    ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)))
+    x = torch.randn(1, 3, size, size).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = tv(x)
+        units.reset_path_counts()
+        y = ours(x)
+    assert resnet_ext.path_counts().get(own, 0) > 0, resnet_ext.path_counts()
+    assert rel_err(y, ref) < 1e-4
+
+
+def test_weight_packing_is_always_a_copy():
+    """Also where the permute is already contiguous (one input channel in fp32, one pair in bf16)."""
+    for w in (torch.randn(64, 1, 1, 1), torch.randn(64, 2, 1, 1).bfloat16()):
+        p = ops.conv1x1_weight(w)
+        assert p.untyped_storage().data_ptr() != w.untyped_storage().data_ptr()
+
+
+@f32_only
+def test_empty_maps():
+    """No rows: an empty output of the right shape, and the residual's expected shape computed as the output's."""
+    x = torch.randn(1, 16, 0, 4).contiguous(memory_format=torch.channels_last)
+    w = ops.conv1x1_weight(torch.randn(64, 16, 1, 1))
+    r = torch.randn(1, 64, 0, 2).contiguous(memory_format=torch.channels_last)
+    y = ops.conv1x1(x, w, torch.randn(64), r, True, 2)
+    assert y.shape == (1, 64, 0, 2)

@@ -176,7 +176,8 @@ Tensor conv1x1_cpu(const Tensor& x, const Tensor& w, const Tensor& bias, const s
               ", got ", w.scalar_type(), " ", w.sizes(), " strides ", w.strides());
   if (residual.has_value()) {
     const Tensor& r = *residual;
-    const std::vector<int64_t> shape{x.size(0), k, (x.size(2) - 1) / stride + 1, (x.size(3) - 1) / stride + 1};
+    const int64_t oh = (x.size(2) + stride - 1) / stride, ow = (x.size(3) + stride - 1) / stride;
+    const std::vector<int64_t> shape{x.size(0), k, oh, ow};
     TORCH_CHECK(r.device().is_cpu() && r.scalar_type() == t && r.sizes() == at::IntArrayRef(shape) &&
                     r.is_contiguous(at::MemoryFormat::ChannelsLast),
                 "conv1x1: residual must be a channels_last ", name(t), " CPU tensor of the output's shape ",

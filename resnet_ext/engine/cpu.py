@@ -185,6 +185,16 @@ def winograd_pays(u: Unit, x: Tensor) -> bool:
     return x.dtype == torch.float32 and ops.wants_channels_last(x) and _tiles(x, 4) >= WINOGRAD_MIN_TILES
 
 
+def _fold_as_declared(conv: nn.Conv2d, weight: Tensor, x: Tensor) -> bool:
+    """Whether a frozen fold's weight is what the conv's attributes say (shape, groups 1) and of x's dtype and
+    channels: `winograd_pays` and `conv1x1_pays` read the attributes, and a `.data` swap before `freeze` (channel
+    pruning, another kernel size) leaves a weight they do not describe, which oneDNN's convolution takes as
+    torchvision's does and resnet_ext's own ops would not."""
+    return (conv.groups == 1 and weight.dtype == x.dtype and x.dim() == 4
+            and tuple(weight.shape) == (conv.out_channels, conv.in_channels, *conv.kernel_size)
+            and weight.shape[1] == x.shape[1])
+
+
 def _tiles(x: Tensor, m: int) -> int:
     """How many m x m output tiles a padded 3x3 stride-1 conv of x has: N * ceil(H/m) * ceil(W/m)."""
     return x.shape[0] * (-(-x.shape[2] // m)) * (-(-x.shape[3] // m))
@@ -333,11 +343,14 @@ def _conv(u: Unit, x: Tensor, wb) -> Tensor:
 
 def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
     """relu(bn(conv(y)) + residual); a oneDNN one is written into `residual` (which only this forward holds)."""
-    if wb[0] is WINO:  # the op takes a channels_last residual (a no-op where it is one: the model's own are)
-        return ops.winograd3x3(y, wb[1], wb[2], residual.contiguous(memory_format=torch.channels_last), True)
-    if wb[0] is CONV1X1:
-        return ops.conv1x1(y, wb[1], wb[2], residual.contiguous(memory_format=torch.channels_last), True,
-                           u.conv.stride[0])
+    if wb[0] is WINO or wb[0] is CONV1X1:
+        # The ops take a channels_last residual of the output's shape (a no-op where it is one: the model's own
+        # are); an identity that torchvision's `out += identity` broadcasts is added after the op, as there.
+        s = u.conv.stride[0] if wb[0] is CONV1X1 else 1
+        own = ops.winograd3x3 if wb[0] is WINO else lambda *a: ops.conv1x1(*a, s)
+        if residual.shape != (y.shape[0], wb[2].shape[0], -(-y.shape[2] // s), -(-y.shape[3] // s)):
+            return ops.add_act_(own(y, wb[1], wb[2], None, False), residual, True)
+        return own(y, wb[1], wb[2], residual.contiguous(memory_format=torch.channels_last), True)
     if wb[0] is UNFOLDED:
         return ops.unfolded_unit(u.conv, u.bn, _nchw_1x1(y), wb[1], wb[2], True, residual)
     if wb[0] is GEMM:
@@ -453,9 +466,10 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
 
         def wb(u, y):
             fold = folds[u.conv]
-            if winograd_pays(u, y):  # the ops' bias in fp32 (a bf16 fold's is converted here once, not per call)
+            own = _fold_as_declared(u.conv, fold.weight, y)  # else only oneDNN's convolution
+            if own and winograd_pays(u, y):  # the ops' bias in fp32 (a bf16 fold's is converted here once)
                 program.append((WINO, fold.winograd_weight(), fold.bias.float()))
-            elif conv1x1_pays(u, y):
+            elif own and conv1x1_pays(u, y):
                 program.append((CONV1X1, fold.conv1x1_weight(), fold.bias.float()))
             else:
                 program.append((packed_weight(fold, u.conv, y), fold.bias))
