@@ -93,11 +93,13 @@ them. Returns the setting in force before the call; the next forward of each inp
 cpu_onednn_graph = switch("cpu_onednn_graph", doc="""Whether the frozen CPU mode runs its convolutions as one
 oneDNN Graph per input shape where that was faster than its per-unit plan (`engine.onednn_graph`: bf16 always,
 fp32 below 100,000 input pixels, i.e. batch 1 at 224x224; on a 2-core AMX Xeon resnet50 bf16 1.10-1.42x at batch
-8 to 1, fp32 1.13-1.14x at batch 1). Off by default: PyTorch makes the graph through TorchScript, which keeps every
+8 to 1, fp32 1.13-1.14x at batch 1; on a 2-core Zen 5 without AMX, since the plan runs small 1x1 convs on
+resnet_ext's own GEMM, the graph is the slower: bf16 0.87-0.96x the plan, benchmarks/results/
+2026-12-05-cpu-bench-conv1x1/). Off by default: PyTorch makes the graph through TorchScript, which keeps every
 traced graph, with its weights and oneDNN's compiled partitions, until the process ends (pytorch/pytorch#35600), so
 each frozen model and input shape run this way holds its memory for good -- fine for a process that freezes once
 and serves, not for one that makes and drops models. Off, or where the graph cannot be made, the per-unit plan runs
-(`path_counts()`: `onednn_graph` or `onednn_prepacked`/`winograd`). Returns the setting in force before the call;
+(`path_counts()`: `onednn_graph` or `onednn_prepacked`/`winograd`/`conv1x1`). Returns the setting in force before the call;
 the next forward of each input shape follows it.""")
 
 bn_optin = switch("bn_optin", experimental=True, native=("bn_optin", "set_bn_optin"), doc="""Whether the training
