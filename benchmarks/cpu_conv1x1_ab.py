@@ -3,7 +3,8 @@ models, against oneDNN's convolution for every 1x1 ("onednn", the plan before th
 plan as it stands), "all" (every 1x1 the op takes), "heads" (only the blocks' first 1x1, the ones without a
 residual that do not widen: K <= C, stride 1). Deep copies of one frozen model, interleaved rotated rounds,
 per-round ratios against "onednn" (median, range); the logits' difference from "onednn" first.
-Usage: python benchmarks/cpu_conv1x1_ab.py [ARCH] [BATCH] [cl|nchw] [bf16|fp32]   (2 threads; idle machine)."""
+Usage: python benchmarks/cpu_conv1x1_ab.py [ARCH] [BATCH] [cl|nchw] [bf16|fp32] [SIZE]   (2 threads; idle
+machine; SIZE: the input's height and width, 224 unless given)."""
 import copy
 import statistics
 import sys
@@ -35,15 +36,17 @@ def main() -> None:
     layout = sys.argv[3] if len(sys.argv) > 3 else "cl"
     fmt = torch.channels_last if layout == "cl" else torch.contiguous_format
     bf16 = (sys.argv[4] if len(sys.argv) > 4 else "bf16") == "bf16"
+    size = int(sys.argv[5]) if len(sys.argv) > 5 else 224
     tv = getattr(torchvision.models, arch)().eval()
     base = resnet_ext.from_torchvision(tv).eval().to(memory_format=fmt)
     resnet_ext.freeze(base, dtype=torch.bfloat16 if bf16 else None)
-    x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=fmt)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
     rules = {"onednn": lambda u, x: False, "rule": RULE, "all": patched_all,
              "heads": lambda u, x: (c := u.conv).stride == (1, 1) and c.out_channels <= c.in_channels
              and patched_all(u, x)}
     fns = {k: patched(copy.deepcopy(base), cpu, "conv1x1_pays", r) for k, r in rules.items()}
-    print(f"torch {torch.__version__}, {arch} frozen {'bf16' if bf16 else 'fp32'}, batch {batch}, {layout}")
+    print(f"torch {torch.__version__}, {arch} frozen {'bf16' if bf16 else 'fp32'}, batch {batch}, {layout}, "
+          f"{size}x{size}")
     with torch.no_grad():
         ref = fns["onednn"](x).float()
         for k, f in fns.items():
@@ -52,7 +55,7 @@ def main() -> None:
             print(f"  {k}: conv1x1 units {resnet_ext.path_counts().get('conv1x1', 0)}, "
                   f"max |diff| vs onednn / its max {((y - ref).abs().max() / ref.abs().max()).item():.1e}")
         for _ in range(3):
-            t, _ = time_interleaved(fns, x, 20 if batch == 1 else 8, {k: 2 for k in fns})
+            t, _ = time_interleaved(fns, x, 20 if batch * size * size <= 224 * 224 else 8, {k: 2 for k in fns})
             line = " ".join(f"{k} {1e3 * statistics.median(v):.1f}" for k, v in t.items())
             for k in fns:
                 if k != "onednn":

@@ -103,6 +103,25 @@ def test_bf16_bias_may_be_bf16():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("threads", [1, 3, 8])
+def test_any_number_of_threads(dtype, threads):
+    """Few items for the threads (a 7x7 or smaller map) are split into smaller blocks of rows: every split covers
+    every row once (the sums themselves do not depend on it)."""
+    if not ops.conv1x1_supported(dtype):
+        pytest.skip("this CPU does not run the op for this dtype")
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for n, c, k, h, w, s in [(1, 2048, 512, 7, 7, 1), (1, 64, 64, 8, 8, 1), (2, 32, 128, 3, 5, 2),
+                                 (1, 16, 64, 1, 1, 1), (1, 64, 256, 13, 13, 1)]:
+            x, wt, b, r = make(n, c, k, h, w, s, seed=n + c + k + h, with_residual=True, dtype=dtype)
+            y = ops.conv1x1(x, ops.conv1x1_weight(wt), b, r, True, s)
+            assert rel_err(y, reference(x, wt, b, r, True, s)) < (TOL if dtype == torch.float32 else 1e-2)
+    finally:
+        torch.set_num_threads(prev)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_weight_packing(dtype):
     """Panels of 64 output channels, each contiguous: [K / 64, C, 64] (fp32) or [K / 64, C / 2, 64, 2] (bf16, the
     pair of channels 2i, 2i + 1 of one output channel adjacent)."""

@@ -131,9 +131,14 @@ Tensor conv1x1(const Tensor& x_in, const Tensor& w, const Tensor& bias, const st
   const auto& tiles = tiles_of(T{});
   // Items: blocks of rows (balanced, multiples of a tile's rows) by 64-channel panels of the weight, rows outer,
   // so that each thread takes whole blocks of rows (read once, from cache for every panel).
-  const int64_t blocks = (p + kBlockRows - 1) / kBlockRows;
-  const int64_t rows = ((p + blocks - 1) / blocks + kRows - 1) / kRows * kRows;
   const int64_t panels = k / kPanel;
+  int64_t blocks = (p + kBlockRows - 1) / kBlockRows;
+  // At least 4 items per thread where the rows allow: a small map's few items (a 7x7 map at batch 1: one block of
+  // rows by 8 panels; with 16 threads, half of them idle) are split into smaller blocks of rows. The sums do not
+  // depend on the split.
+  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
+  if (blocks * panels < want) blocks = std::min((p + kRows - 1) / kRows, (want + panels - 1) / panels);
+  const int64_t rows = ((p + blocks - 1) / blocks + kRows - 1) / kRows * kRows;
   at::parallel_for(0, blocks * panels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t r0 = item / panels * rows, r1 = std::min(p, r0 + rows);
