@@ -766,3 +766,43 @@ def test_1x1_maps_run_as_torchvision_runs_them(cl_model):
         assert torch.equal(y, ref)  # the same convolutions in the same layouts: torchvision's bits
     else:
         assert rel_err(y, ref) < TOL
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("value", [2, [2, 2]], ids=["int", "list"])
+def test_conv_geometry_set_to_an_int_or_a_list(frozen, when, value):
+    """F.conv2d takes an int or a list stride; nn.Conv2d stores tuples. Set afterwards, an int raised TypeError in
+    both modes and a list was unhashable in the frozen plan's keys (found in review): such a conv's unit now runs
+    through its modules, with torchvision's answer."""
+    ours, tv = pair("resnet50", frozen)
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        if when == "after":
+            ours(x)
+        for m in (ours, tv):
+            m.layer2[0].downsample[0].stride = value
+            m.layer3[0].conv2.stride = value
+            m.layer1[1].conv2.dilation = [1, 1]
+        assert rel_err(ours(x), tv(x)) < TOL
+        assert rel_err(ours(x), tv(x)) < TOL  # replayed
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_frozen_bn_eps_changed_after_freeze(when):
+    """eps is a module attribute, not a value behind the freeze contract: the frozen forward gives torchvision's
+    answer with the new eps (it kept the folds' eps, 1.2e-2 off; found in review)."""
+    ours, tv = pair("resnet50", frozen=True)
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        if when == "after":
+            ours(x)
+        for m in (ours, tv):
+            m.layer1[0].bn3.eps = 0.5
+            m.layer2[0].downsample[1].eps = 0.25
+        y = ours(x)
+        assert rel_err(y, tv(x)) < TOL
+        resnet_ext.freeze(ours)  # refolded with the new eps: the whole flat plan again
+        units.reset_path_counts()
+        assert rel_err(ours(x), tv(x)) < TOL
+        assert resnet_ext.path_counts().get("flat_forwards") == 1

@@ -26,10 +26,11 @@ class FrozenUnit:
     (`packed`, filled by `cpu.packed_weight`), and the weight as the frozen plan's own ops take it (`winograd`,
     `gemm`: made on first use)."""
 
-    __slots__ = ("bn", "param", "bias_param", "weight", "bias", "packed", "winograd", "gemm")
+    __slots__ = ("bn", "param", "bias_param", "eps", "weight", "bias", "packed", "winograd", "gemm")
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, weight: Tensor, bias: Tensor):
         self.bn, self.param, self.bias_param, self.weight, self.bias = bn, conv.weight, conv.bias, weight, bias
+        self.eps = bn.eps
         self.packed: Dict[tuple, Tensor] = {}
         self.winograd: Optional[Tensor] = None
         self.gemm: Optional[Tensor] = None
@@ -49,8 +50,10 @@ class FrozenUnit:
         return self.gemm
 
     def belongs_to(self, conv: nn.Module, bn: nn.Module) -> bool:
-        """Whether this fold is of these modules and parameter objects (a replaced weight or bias has none)."""
-        return bn is self.bn and conv.weight is self.param and conv.bias is self.bias_param
+        """Whether this fold is of these modules and parameter objects (a replaced weight or bias has none) and of
+        the BN's eps (an attribute, not a value behind the freeze contract: a changed eps is honoured)."""
+        return (bn is self.bn and conv.weight is self.param and conv.bias is self.bias_param
+                and bn.eps == self.eps)
 
     def run(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool,
             residual: Optional[Tensor]) -> Optional[Tensor]:

@@ -50,11 +50,12 @@ class Structure:
         self.types = [type(m) for m in self.modules]
         self.children = [(m, tuple(m._modules.values())) for m in self.modules if m._modules]
         self.weights = [(u, u.conv.weight, u.conv.bias) for u in self.units]
+        self.eps = [u.bn.eps for u in self.units]  # the frozen folds were made with them (FrozenUnit.belongs_to)
 
     def matches(self, model: nn.Module) -> bool:
         """Whether the model is still exactly what was recorded: same modules in the same places, same types, no
         hooks or instance-level forward, same conv weight and bias objects and geometry, BNs in eval mode with running
-        statistics."""
+        statistics and the same eps."""
         for m, kids in self.children:
             if tuple(m._modules.values()) != kids:
                 return False
@@ -76,10 +77,10 @@ class Structure:
                     or conv.padding_mode != "zeros"
                     or (conv.padding, conv.stride, conv.dilation, conv.groups) != u.geometry):
                 return False
-        for u in self.units:
+        for u, eps in zip(self.units, self.eps):
             d = u.bn.__dict__
             buffers = d["_buffers"]
-            if (d["training"] or (d["running_mean"] if "running_mean" in d else buffers.get("running_mean")) is None
+            if (d["training"] or d["eps"] != eps or (d["running_mean"] if "running_mean" in d else buffers.get("running_mean")) is None
                     or (d["running_var"] if "running_var" in d else buffers.get("running_var")) is None):
                 return False
         return True

@@ -54,9 +54,11 @@ def plain_relu(relu: Optional[nn.Module]) -> bool:
 
 
 def _plain_conv(conv: nn.Module) -> bool:
-    # A parametrized conv has another type; legacy weight_norm / spectral_norm are forward pre-hooks.
-    return type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple) \
-        and hookless(conv)
+    # A parametrized conv has another type; legacy weight_norm / spectral_norm are forward pre-hooks. Geometry set
+    # to an int or a list after construction (F.conv2d takes both) runs through the module: the fused paths take
+    # nn.Conv2d's own tuples (an int stride raised TypeError, a list one was unhashable in the frozen plan's keys).
+    return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
+            and isinstance(conv.stride, tuple) and isinstance(conv.dilation, tuple) and hookless(conv))
 
 
 def foldable(conv: nn.Module, bn: nn.Module) -> bool:
