@@ -214,9 +214,10 @@ def conv1x1_pays(u: Unit, x: Tensor) -> bool:
     224x224, frozen copies with every 1x1 on oneDNN against the op's units, interleaved
     (benchmarks/cpu_conv1x1_ab.py; benchmarks/results/2026-12-05-cpu-conv1x1/):
     - bfloat16 (the op's sums are the same dot products in the same order as oneDNN's avx512_core_bf16 kernels:
-      the logits came out bitwise equal): every 1x1 at batch 1 (51-103M multiply-adds) 1.05-1.06x faster, at
-      batch 2 1.01-1.03x, every 1x1 at batch 4 (51-411M) 1.01-1.04x; at batch 8 (103-822M) 0.95-1.00x.
-    - float32: batch 1 1.02-1.03x; batch 2 (103M and up) 0.98-1.00x.
+      the logits came out bitwise equal): every 1x1 at batch 1 (51-103M multiply-adds) 1.06-1.07x faster
+      (resnet101 1.08-1.09x), at batch 2 1.01-1.03x, at batch 4 this rule's 30 units 0.99-1.02x (every 1x1,
+      51-411M, 1.00-1.02x); at batch 8 every 1x1 (103-822M) 0.95-1.00x.
+    - float32: batch 1 1.02-1.03x (resnet101 1.04-1.05x); batch 2 (103M and up) 0.98-1.00x.
     - small inputs at batch 1: resnet50 at 32x32 1.32-1.34x (both dtypes), at 64x64 1.26-1.28x bf16, 1.20x fp32.
     Not on CPUs with AMX: oneDNN's bf16 convolutions run on the tiles there, and a plain AVX-512 1x1 kernel
     measured 0.44-0.55x oneDNN's fp32 speed per shape on a 2-core AMX Xeon (2026-12-04-cpu-onednn-graph/)."""
