@@ -2,8 +2,8 @@
 // of A by NV vectors of 16 output channels (6 x 64 at most: 24 accumulators), `depth` input channels deep. Per
 // input channel (fp32) or channel pair (bf16): NV loads of B's row, R broadcasts of A, R * NV fused multiply-adds
 // (fp32) or dot products (bf16 pairs summed into fp32). Measured alone on one core of a Zen 5 (B's panel in cache):
-// 90% of the core's dot-product peak in bf16 and 94% of its FMA peak in fp32. Each caller sets the accumulators
-// up and stores them (its own epilogue).
+// 83-91% of the core's dot-product peak in bf16 and 90-95% of its FMA peak in fp32. Each caller sets the
+// accumulators up and stores them (its own epilogue).
 #pragma once
 
 #include <c10/util/BFloat16.h>
