@@ -329,12 +329,17 @@ def _nchw_1x1(t: Tensor) -> Tensor:
     return t
 
 
+def _own(u: Unit, x: Tensor, wb, residual: Optional[Tensor], relu: bool) -> Tensor:
+    """A WINO or CONV1X1 unit on resnet_ext's own op."""
+    if wb[0] is WINO:
+        return ops.winograd3x3(x, wb[1], wb[2], residual, relu)
+    return ops.conv1x1(x, wb[1], wb[2], residual, relu, u.conv.stride[0])
+
+
 def _conv(u: Unit, x: Tensor, wb) -> Tensor:
     """relu?(bn(conv(x)))."""
-    if wb[0] is WINO:
-        return ops.winograd3x3(x, wb[1], wb[2], None, u.relu)
-    if wb[0] is CONV1X1:
-        return ops.conv1x1(x, wb[1], wb[2], None, u.relu, u.conv.stride[0])
+    if wb[0] is WINO or wb[0] is CONV1X1:
+        return _own(u, x, wb, None, u.relu)
     if wb[0] is UNFOLDED:
         return ops.unfolded_unit(u.conv, u.bn, _nchw_1x1(x), wb[1], wb[2], u.relu)
     if wb[0] is GEMM:
@@ -348,11 +353,9 @@ def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
     if wb[0] is WINO or wb[0] is CONV1X1:
         # The ops take a channels_last residual of the output's shape (a no-op where it is one: the model's own
         # are); an identity that torchvision's `out += identity` broadcasts is added after the op, as there.
-        s = u.conv.stride[0] if wb[0] is CONV1X1 else 1
-        own = ops.winograd3x3 if wb[0] is WINO else lambda *a: ops.conv1x1(*a, s)
-        if residual.shape != (y.shape[0], wb[2].shape[0], -(-y.shape[2] // s), -(-y.shape[3] // s)):
-            return ops.add_act_(own(y, wb[1], wb[2], None, False), residual, True)
-        return own(y, wb[1], wb[2], residual.contiguous(memory_format=torch.channels_last), True)
+        if residual.shape != (y.shape[0], wb[2].shape[0], *_out_size(u.conv, y)):
+            return ops.add_act_(_own(u, y, wb, None, False), residual, True)
+        return _own(u, y, wb, residual.contiguous(memory_format=torch.channels_last), True)
     if wb[0] is UNFOLDED:
         return ops.unfolded_unit(u.conv, u.bn, _nchw_1x1(y), wb[1], wb[2], True, residual)
     if wb[0] is GEMM:
