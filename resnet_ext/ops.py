@@ -224,8 +224,35 @@ def conv1x1(x: Tensor, w: Tensor, bias: Tensor, residual: Optional[Tensor], relu
     return torch.ops.resnet_ext.conv1x1(x, w, bias, residual, relu, stride)
 
 
+@torch.library.register_fake("resnet_ext::conv_stem")
+def _conv_stem_fake(x, w, bias, relu, kernel_size, stride, padding):
+    torch._check(x.dim() == 4 and bias.dim() == 1, lambda: "conv_stem: x must be 4-d and bias 1-d")
+    oh, ow = ((x.shape[2 + i] + 2 * padding[i] - kernel_size[i]) // stride[i] + 1 for i in (0, 1))
+    return x.new_empty((x.shape[0], bias.shape[0], oh, ow)).contiguous(memory_format=torch.channels_last)
+
+
+def conv_stem_weight(weight: Tensor) -> Tensor:
+    """A [K, C, KH, KW] weight packed for `conv_stem` (a copy), K a multiple of 64: each kernel row's KW * C values
+    in NHWC order (zero-padded to an even count for bfloat16), the KH rows one after another, packed as
+    `conv1x1_weight` packs a 1x1 weight of that many input channels."""
+    k, c, kh, kw = weight.shape
+    w = weight.detach().permute(0, 2, 3, 1).reshape(k, kh, kw * c)
+    if w.dtype == torch.bfloat16 and kw * c % 2:
+        w = F.pad(w, (0, 1))
+    return conv1x1_weight(w.reshape(k, -1, 1, 1))
+
+
+def conv_stem(x: Tensor, w: Tensor, bias: Tensor, relu: bool, kernel_size: IntPair, stride: IntPair,
+              padding: IntPair) -> Tensor:
+    """relu?(conv(x) + bias) for a conv on few input channels (the stem), dilation 1, one group, on `w =
+    conv_stem_weight(weight)`: each output pixel's kernel rows read in place from a zero-padded NHWC copy of x
+    (any layout), on `conv1x1`'s register tiles with the epilogue fused (CPU, float32 or bfloat16, output channels
+    a multiple of 64, channels_last output; CPUs where `conv1x1_supported(dtype)`)."""
+    return torch.ops.resnet_ext.conv_stem(x, w, bias, relu, kernel_size, stride, padding)
+
+
 def conv1x1_supported(dtype: torch.dtype) -> bool:
-    """Whether this CPU runs `conv1x1` on inputs of `dtype` (AVX-512; AVX512-BF16 for bfloat16)."""
+    """Whether this CPU runs `conv1x1` and `conv_stem` on inputs of `dtype` (AVX-512; AVX512-BF16 for bfloat16)."""
     return torch.ops.resnet_ext.conv1x1_supported(dtype)
 
 

@@ -9,6 +9,7 @@ call. The hot paths read `switch.on`.
     unfolded_bn    in that sequence, BN as fp32 scale/shift on the unfolded weight's sum (experimental, opt-in)
     cpu_winograd   the frozen CPU mode's 3x3 convs by Winograd where it pays (default on)
     cpu_conv1x1    the frozen CPU mode's 1x1 convs as resnet_ext's own GEMM where it pays (default on)
+    cpu_stem       the frozen CPU mode's stem conv as resnet_ext's own op where it pays (default on)
     cpu_onednn_graph  the frozen CPU mode's convolutions as one oneDNN Graph where it pays (opt-in)
     bn_optin       the training BN's opt-in CUDA kernels (experimental build, opt-in)
     fused_train    train-mode Bottlenecks as the fused conv+statistics decomposition (opt-in; CUDA: experimental)
@@ -89,6 +90,11 @@ in force before the call; the next forward of each input size follows it.""")
 cpu_conv1x1 = switch("cpu_conv1x1", default=True, doc="""Whether the frozen CPU mode may run 1x1 convs as
 resnet_ext's own GEMM with a fused epilogue where it pays (`engine.cpu.conv1x1_pays`; default on); off, oneDNN runs
 them. Returns the setting in force before the call; the next forward of each input size follows it.""")
+
+cpu_stem = switch("cpu_stem", default=True, doc="""Whether the frozen CPU mode may run the stem's conv (few input
+channels: the 7x7 on RGB) as resnet_ext's own op, `ops.conv_stem`, where it pays (`engine.cpu.stem_pays`; default
+on); off, oneDNN runs it. Returns the setting in force before the call; the next forward of each input size follows
+it.""")
 
 cpu_onednn_graph = switch("cpu_onednn_graph", doc="""Whether the frozen CPU mode runs its convolutions as one
 oneDNN Graph per input shape where that was faster than its per-unit plan (`engine.onednn_graph`: bf16 always,

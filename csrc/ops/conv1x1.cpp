@@ -7,6 +7,10 @@
 // oneDNN's convolution it saves ATen's cost per call (ideep builds the primitive descriptor on every call) and
 // oneDNN's 1x1 kernels' shortfall from the machine's peak at small maps; the frozen plan picks it per unit where
 // measured faster (engine/cpu.py, conv1x1_pays).
+// resnet_ext::conv_stem: the same tiles for a conv on few input channels (the stem's 7x7 on RGB; oneDNN's bf16
+// kernel ran it at 67% of a 2-core Zen 5's dot-product peak, this op at 87%): each output pixel's kernel rows are
+// runs of KW * C values of a zero-padded NHWC copy of the input, read in place as the tile's rows (no im2col); the
+// plan picks it per dtype where measured faster (stem_pays).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -36,8 +40,14 @@ constexpr int64_t kBlockRows = 96;  // rows of A per item of work, at most (reus
 RESNET_EXT_F32_TARGET inline __m512 relu_nan(__m512 v) { return _mm512_max_ps(_mm512_setzero_ps(), v); }
 #endif
 
+// The tiles' operand A: R rows, row r at a + r * lda, each `segs` segments of `depth` values (kernel rows of
+// conv_stem; one for a 1x1 conv), segment s at + s * seg; the panel holds the segments' weights one after another.
+struct Rows {
+  int64_t lda, segs, seg, depth;
+};
+
 template <int R, int NV>
-RESNET_EXT_F32_TARGET void tile_f32(const float* a, int64_t c, const float* b, float* y, int64_t k,
+RESNET_EXT_F32_TARGET void tile_f32(const float* a, Rows ar, const float* b, float* y, int64_t k,
                                     const float* bias, const float* res, bool relu) {
 #ifdef RESNET_EXT_AVX512_GEMM
   __m512 acc[R][NV];
@@ -46,7 +56,9 @@ RESNET_EXT_F32_TARGET void tile_f32(const float* a, int64_t c, const float* b, f
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[r][j] = _mm512_setzero_ps();
   // One chain of fused multiply-adds over the input channels in order, as oneDNN's 1x1 kernels sum them.
-  resnet_ext::cpu_gemm::dot_f32<R, NV>(a, c, b, NV * kVec, c, acc);
+  for (int64_t s = 0; s < ar.segs; ++s)
+    resnet_ext::cpu_gemm::dot_f32<R, NV>(a + s * ar.seg, ar.lda, b + s * ar.depth * NV * kVec, NV * kVec, ar.depth,
+                                         acc);
 #pragma GCC unroll 4
   for (int j = 0; j < NV; ++j) {
     const __m512 bv = _mm512_loadu_ps(bias + kVec * j);
@@ -61,7 +73,7 @@ RESNET_EXT_F32_TARGET void tile_f32(const float* a, int64_t c, const float* b, f
 }
 
 template <int R, int NV>
-RESNET_EXT_BF16_TARGET void tile_bf16(const bf16* a, int64_t c, const bf16* b, bf16* y, int64_t k,
+RESNET_EXT_BF16_TARGET void tile_bf16(const bf16* a, Rows ar, const bf16* b, bf16* y, int64_t k,
                                       const float* bias, const bf16* res, bool relu) {
 #ifdef RESNET_EXT_AVX512_GEMM
   using resnet_ext::cpu_gemm::load_bf16;
@@ -72,7 +84,9 @@ RESNET_EXT_BF16_TARGET void tile_bf16(const bf16* a, int64_t c, const bf16* b, b
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[r][j] = _mm512_setzero_ps();
   // One chain over all C: fp32 sums of exact bf16 products, rounded to bf16 once at the end.
-  resnet_ext::cpu_gemm::dot_bf16<R, NV>(a, c, b, NV * kVec, c, acc);
+  for (int64_t s = 0; s < ar.segs; ++s)
+    resnet_ext::cpu_gemm::dot_bf16<R, NV>(a + s * ar.seg, ar.lda, b + s * ar.depth * NV * kVec, NV * kVec,
+                                          ar.depth, acc);
 #pragma GCC unroll 4
   for (int j = 0; j < NV; ++j) {
     const __m512 bv = _mm512_loadu_ps(bias + kVec * j);
@@ -90,7 +104,7 @@ RESNET_EXT_BF16_TARGET void tile_bf16(const bf16* a, int64_t c, const bf16* b, b
 
 // Tiles of 1 to 6 rows by a whole panel.
 template <class T>
-using Tile = void (*)(const T*, int64_t, const T*, T*, int64_t, const float*, const T*, bool);
+using Tile = void (*)(const T*, Rows, const T*, T*, int64_t, const float*, const T*, bool);
 #define RESNET_EXT_TABLE(F) {&F<1, 4>, &F<2, 4>, &F<3, 4>, &F<4, 4>, &F<5, 4>, &F<6, 4>}
 constexpr Tile<float> kTilesF32[kRows] = RESNET_EXT_TABLE(tile_f32);
 constexpr Tile<bf16> kTilesBF16[kRows] = RESNET_EXT_TABLE(tile_bf16);
@@ -145,7 +159,48 @@ Tensor conv1x1(const Tensor& x_in, const Tensor& w, const Tensor& bias, const st
       const int64_t k0 = item % panels * kPanel;
       for (int64_t t = r0; t < r1; t += kRows) {
         const auto tile = tiles[std::min<int64_t>(kRows, r1 - t) - 1];
-        tile(xp + t * c, c, wp + k0 * c, yp + t * k + k0, k, bp + k0, rp ? rp + t * k + k0 : nullptr, relu);
+        tile(xp + t * c, Rows{c, 1, 0, c}, wp + k0 * c, yp + t * k + k0, k, bp + k0, rp ? rp + t * k + k0 : nullptr,
+             relu);
+      }
+    }
+  });
+  return y;
+}
+
+// The depth of conv_stem's segments: a kernel row's KW * C input values, even for bf16's channel pairs (the weight's
+// extra row is zero, and the row it reads is a zero of the padded copy's tail).
+int64_t stem_depth(at::ScalarType t, int64_t kw, int64_t c) { return t == at::kFloat ? kw * c : (kw * c + 1) / 2 * 2; }
+
+template <class T>
+Tensor conv_stem(const Tensor& x, const Tensor& w, const Tensor& bias, bool relu, int64_t kh, int64_t kw, int64_t sh,
+                 int64_t sw, int64_t ph, int64_t pw) {
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), wd = x.size(3), k = bias.size(0);
+  const int64_t oh = (h + 2 * ph - kh) / sh + 1, ow = (wd + 2 * pw - kw) / sw + 1;
+  const int64_t depth = stem_depth(x.scalar_type(), kw, c);
+  // A zero-padded NHWC copy of x, each row of (W + 2 pw) pixels followed by the zeros the last segment's pair may
+  // reach: output pixel (oh, ow)'s values for kernel row i are then one run of `depth` values, row oh * sh + i from
+  // ow * sw pixels on, read in place (no im2col).
+  const int64_t hp = h + 2 * ph, row = (wd + 2 * pw) * c + (depth - kw * c);
+  Tensor xpad = at::zeros({n, hp, row}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  xpad.narrow(1, ph, h).narrow(2, pw * c, wd * c).unflatten(2, {wd, c}).copy_(x.permute({0, 2, 3, 1}));
+  Tensor y = at::empty({n, k, oh, ow}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const Tensor b = bias.to(at::kFloat).contiguous();
+  const T* ap = xpad.const_data_ptr<T>();
+  const T* wp = w.const_data_ptr<T>();
+  const float* bp = b.const_data_ptr<float>();
+  T* yp = y.mutable_data_ptr<T>();
+  const auto& tiles = tiles_of(T{});
+  const int64_t panels = k / kPanel, rows = n * oh;
+  const Rows ar{sw * c, kh, row, depth};
+  // Items: output rows by panels; a tile's rows are pixels of one output row.
+  at::parallel_for(0, rows * panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t r = item / panels, k0 = item % panels * kPanel;
+      const T* a = ap + (r / oh * hp + r % oh * sh) * row;
+      T* yr = yp + r * ow * k + k0;
+      for (int64_t t = 0; t < ow; t += kRows) {
+        tiles[std::min<int64_t>(kRows, ow - t) - 1](a + t * sw * c, ar, wp + k0 * kh * depth, yr + t * k, k, bp + k0,
+                                                    nullptr, relu);
       }
     }
   });
@@ -192,15 +247,62 @@ Tensor conv1x1_cpu(const Tensor& x, const Tensor& w, const Tensor& bias, const s
   return f32 ? conv1x1<float>(x, w, bias, residual, relu, stride) : conv1x1<bf16>(x, w, bias, residual, relu, stride);
 }
 
+
+Tensor conv_stem_cpu(const Tensor& x, const Tensor& w, const Tensor& bias, bool relu, at::IntArrayRef kernel_size,
+                     at::IntArrayRef stride, at::IntArrayRef padding) {
+  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu() && bias.device().is_cpu(),
+              "conv_stem: x, w and bias must be CPU tensors, got ", x.device(), ", ", w.device(), ", ", bias.device());
+  TORCH_CHECK(x.dim() == 4 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
+              "conv_stem: x must be a 4-d float32 or bfloat16 tensor (N, C, H, W), got ", x.dim(), "-d ",
+              x.scalar_type());
+  TORCH_CHECK(kernel_size.size() == 2 && kernel_size[0] > 0 && kernel_size[1] > 0,
+              "conv_stem: kernel_size must be two positive ints, got ", kernel_size);
+  TORCH_CHECK(stride.size() == 2 && stride[0] > 0 && stride[1] > 0, "conv_stem: stride must be two positive ints, got ",
+              stride);
+  TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0,
+              "conv_stem: padding must be two non-negative ints, got ", padding);
+  const at::ScalarType t = x.scalar_type();
+  const bool f32 = t == at::kFloat;
+  TORCH_CHECK(runs_here(t), "conv_stem: ", name(t), " needs a CPU with AVX-512", f32 ? "" : " and AVX512-BF16",
+              ", which this one lacks (use oneDNN's convolution)");
+  const int64_t c = x.size(1), k = bias.dim() == 1 ? bias.size(0) : -1;
+  const int64_t kh = kernel_size[0], kw = kernel_size[1];
+  TORCH_CHECK(k > 0 && k % kPanel == 0 && (bias.scalar_type() == at::kFloat || bias.scalar_type() == t),
+              "conv_stem: bias must be a ", f32 ? "float32" : "float32 or bfloat16",
+              " vector of the output channels, a positive multiple of 64, got ", bias.scalar_type(), " ",
+              bias.sizes());
+  TORCH_CHECK(c > 0, "conv_stem: x must have channels, got ", x.sizes());
+  TORCH_CHECK(x.size(2) + 2 * padding[0] >= kh && x.size(3) + 2 * padding[1] >= kw,
+              "conv_stem: the padded input (", x.size(2) + 2 * padding[0], " x ", x.size(3) + 2 * padding[1],
+              ") is smaller than the kernel (", kh, " x ", kw, ")");
+  const int64_t depth = stem_depth(t, kw, c);
+  const std::vector<int64_t> shape = f32 ? std::vector<int64_t>{k / kPanel, kh * depth, kPanel}
+                                         : std::vector<int64_t>{k / kPanel, kh * depth / 2, kPanel, 2};
+  TORCH_CHECK(w.scalar_type() == t && w.sizes() == at::IntArrayRef(shape) && w.is_contiguous(),
+              "conv_stem: w must be the contiguous packed ", name(t), " weight ", at::IntArrayRef(shape),
+              " (ops.conv_stem_weight) for C=", c, ", K=", k, ", kernel ", kh, "x", kw, ", got ", w.scalar_type(), " ",
+              w.sizes(), " strides ", w.strides());
+  return f32 ? conv_stem<float>(x, w, bias, relu, kh, kw, stride[0], stride[1], padding[0], padding[1])
+             : conv_stem<bf16>(x, w, bias, relu, kh, kw, stride[0], stride[1], padding[0], padding[1]);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(resnet_ext, m) {
   // y = relu?(conv1x1(x, w, stride) + bias (+ residual)) as one GEMM with a fused epilogue, w packed by
   // ops.conv1x1_weight. CPU, channels_last, float32 or bfloat16; the frozen CPU plan's 1x1 units.
   m.def("conv1x1(Tensor x, Tensor w, Tensor bias, Tensor? residual, bool relu, int stride=1) -> Tensor");
-  // Whether this CPU runs conv1x1 for inputs of this dtype (AVX-512; AVX512-BF16 for bfloat16).
+  // y = relu?(conv(x, w, stride, padding) + bias) for a conv on few input channels (the stem's 7x7 on RGB), each
+  // output pixel's kernel rows read in place from a zero-padded NHWC copy of x (any layout), w packed by
+  // ops.conv_stem_weight; channels_last output. CPU, float32 or bfloat16; the frozen CPU plan's stem.
+  m.def("conv_stem(Tensor x, Tensor w, Tensor bias, bool relu, int[2] kernel_size, int[2] stride, int[2] padding) "
+        "-> Tensor");
+  // Whether this CPU runs conv1x1 and conv_stem for inputs of this dtype (AVX-512; AVX512-BF16 for bfloat16).
   m.def("conv1x1_supported(ScalarType dtype) -> bool",
         [](at::ScalarType t) { return (t == at::kFloat || t == at::kBFloat16) && runs_here(t); });
 }
 
-TORCH_LIBRARY_IMPL(resnet_ext, CPU, m) { m.impl("conv1x1", &conv1x1_cpu); }
+TORCH_LIBRARY_IMPL(resnet_ext, CPU, m) {
+  m.impl("conv1x1", &conv1x1_cpu);
+  m.impl("conv_stem", &conv_stem_cpu);
+}

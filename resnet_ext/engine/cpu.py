@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from .._C_loader import _C
-from ..switches import cpu_conv1x1, cpu_onednn_graph, cpu_winograd
+from ..switches import cpu_conv1x1, cpu_onednn_graph, cpu_stem, cpu_winograd
 from . import state as _state
 from . import onednn_graph, structure, units
 from .structure import Unit
@@ -232,6 +232,24 @@ def conv1x1_pays(u: Unit, x: Tensor) -> bool:
     return x.shape[0] * oh * ow * conv.in_channels * conv.out_channels <= CONV1X1_MAX_MACS[x.dtype]
 
 
+STEM_MAX_RUN = 32  # stem_pays: the most values in one kernel row of the input (KW * C)
+STEM_DTYPES = (torch.bfloat16,)  # stem_pays: the dtypes measured faster than oneDNN in whole models
+
+
+def stem_pays(u: Unit, x: Tensor) -> bool:
+    """Whether a frozen unit runs as `ops.conv_stem` rather than oneDNN's convolution: a conv of a kernel larger
+    than 1x1 on few input channels (a kernel row's KW * C values at most STEM_MAX_RUN: resnet's 7x7 stem on RGB),
+    numeric padding, dilation 1, one group, output channels a multiple of 64, on a CPU that runs the op and has no
+    AMX tiles, input in either layout. `resnet_ext.cpu_stem(False)` turns it off. Measured on a 2-core Zen 5: the
+    stem's 7x7 conv alone, 2 threads, bf16: 1.26-1.31x oneDNN on prepacked weights at batch 1 and 8, either layout
+    (0.58 against 0.75 ms at batch 1; 91% of the machine's dot-product peak); fp32 level (0.98-1.06x)."""
+    conv = u.conv
+    pad, _, dilation, groups = u.geometry
+    return (cpu_stem.on and not AMX_BF16 and x.dtype in STEM_DTYPES and conv.kernel_size != (1, 1)
+            and isinstance(pad, tuple) and dilation == (1, 1) and groups == 1 and conv.out_channels % 64 == 0
+            and conv.kernel_size[1] * conv.in_channels <= STEM_MAX_RUN and ops.conv1x1_supported(x.dtype))
+
+
 CL_PIXELS = 150_000  # NCHW inputs with at least this many pixels (N*H*W) run channels_last inside
 
 
@@ -315,9 +333,16 @@ def gemm_unit(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Option
 
 
 # A unit's `wb`: (folded weight, bias), run by oneDNN (prepacked for the input size: frozen mode); or (GEMM or
-# UNFOLDED, scale, shift) (default mode); or (WINO, transformed weight, bias) or (CONV1X1, packed weight, bias)
-# (frozen mode).
-GEMM, UNFOLDED, WINO, CONV1X1 = "gemm", "unfolded", "winograd", "conv1x1"
+# UNFOLDED, scale, shift) (default mode); or (WINO, transformed weight, bias), (CONV1X1, packed weight, bias) or
+# (STEM, packed weight, bias): resnet_ext's own ops (frozen mode).
+GEMM, UNFOLDED, WINO, CONV1X1, STEM = "gemm", "unfolded", "winograd", "conv1x1", "conv_stem"
+OWN = (WINO, CONV1X1, STEM)
+
+
+def _is_own(wb) -> bool:
+    """Whether a unit's `wb` is for one of resnet_ext's own ops (by identity: a oneDNN unit's is a tensor)."""
+    k = wb[0]
+    return k is WINO or k is CONV1X1 or k is STEM
 
 
 def _nchw_1x1(t: Tensor) -> Tensor:
@@ -330,15 +355,17 @@ def _nchw_1x1(t: Tensor) -> Tensor:
 
 
 def _own(u: Unit, x: Tensor, wb, residual: Optional[Tensor], relu: bool) -> Tensor:
-    """A WINO or CONV1X1 unit on resnet_ext's own op."""
+    """A unit on resnet_ext's own op (`OWN`); STEM takes no residual."""
     if wb[0] is WINO:
         return ops.winograd3x3(x, wb[1], wb[2], residual, relu)
+    if wb[0] is STEM:
+        return ops.conv_stem(x, wb[1], wb[2], relu, u.conv.kernel_size, u.conv.stride, u.conv.padding)
     return ops.conv1x1(x, wb[1], wb[2], residual, relu, u.conv.stride[0])
 
 
 def _conv(u: Unit, x: Tensor, wb) -> Tensor:
     """relu?(bn(conv(x)))."""
-    if wb[0] is WINO or wb[0] is CONV1X1:
+    if _is_own(wb):
         return _own(u, x, wb, None, u.relu)
     if wb[0] is UNFOLDED:
         return ops.unfolded_unit(u.conv, u.bn, _nchw_1x1(x), wb[1], wb[2], u.relu)
@@ -350,10 +377,11 @@ def _conv(u: Unit, x: Tensor, wb) -> Tensor:
 
 def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
     """relu(bn(conv(y)) + residual); a oneDNN one is written into `residual` (which only this forward holds)."""
-    if wb[0] is WINO or wb[0] is CONV1X1:
+    if _is_own(wb):
         # The ops take a channels_last residual of the output's shape (a no-op where it is one: the model's own
-        # are); an identity that torchvision's `out += identity` broadcasts is added after the op, as there.
-        if residual.shape != (y.shape[0], wb[2].shape[0], *_out_size(u.conv, y)):
+        # are); an identity that torchvision's `out += identity` broadcasts is added after the op, as there (and
+        # after STEM, which takes none).
+        if wb[0] is STEM or residual.shape != (y.shape[0], wb[2].shape[0], *_out_size(u.conv, y)):
             return ops.add_act_(_own(u, y, wb, None, False), residual, True)
         return _own(u, y, wb, residual.contiguous(memory_format=torch.channels_last), True)
     if wb[0] is UNFOLDED:
@@ -450,7 +478,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
         fc_dtype, x = x.dtype, x.to(dtype)  # freeze(dtype=torch.bfloat16): convolutions in bf16, pool and fc in fp32
     programs = cached[2]
     pool = model.maxpool  # read live by the per-unit plan; a graph holds its parameters
-    key = (tuple(x.shape), x.dtype, x.stride(), cpu_winograd.on, cpu_conv1x1.on, cpu_onednn_graph.on,
+    key = (tuple(x.shape), x.dtype, x.stride(), cpu_winograd.on, cpu_conv1x1.on, cpu_stem.on, cpu_onednn_graph.on,
            (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode))
     x = internal_layout(x)
     entry = programs.get(key)  # (unit wbs, {kind: units on resnet_ext's own op}, the oneDNN graph or None)
@@ -476,13 +504,14 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
                 program.append((WINO, fold.winograd_weight(), fold.bias.float()))
             elif own and conv1x1_pays(u, y):
                 program.append((CONV1X1, fold.conv1x1_weight(), fold.bias.float()))
+            elif own and stem_pays(u, y):
+                program.append((STEM, fold.stem_weight(), fold.bias.float()))
             else:
                 program.append((packed_weight(fold, u.conv, y), fold.bias))
             return program[-1]
 
         out = run(model, s, x, wb, fc_dtype)
-        entry = programs[key] = (program, {kind: sum(w[0] is kind for w in program) for kind in (WINO, CONV1X1)},
-                                 None)
+        entry = programs[key] = (program, {kind: sum(w[0] is kind for w in program) for kind in OWN}, None)
     else:
         it = iter(entry[0])
         out = run(model, s, x, lambda u, y: next(it), fc_dtype)
