@@ -113,18 +113,23 @@ def test_weight_packing(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_nan_and_inf_as_the_direct_convolution(dtype):
-    """A NaN input makes every output pixel whose window holds it NaN (ReLU too); an inf gives +-inf or NaN there
-    as the direct convolution does; the padded pair's extra zero never meets a non-finite input (the next pixel's
-    first channel: x's last column holds an inf)."""
+@pytest.mark.parametrize("c, ks, stride, padding, where", [
+    (3, 7, 2, 3, [(1, 5, 5), (0, 2, 11)]),  # the stem: a NaN inside, an inf in the last column
+    (3, 7, 2, 3, [(0, 5, 4), (0, 9, 6)]),   # channel 0 right after a kernel row's 21 values: bf16's padded pair
+    (1, 3, 1, 1, [(0, 3, 2), (0, 0, 7)]),   # C = 1, an odd run of 3: every pixel follows some window's run
+])
+def test_nan_and_inf_as_the_direct_convolution(dtype, c, ks, stride, padding, where):
+    """A NaN input makes every output pixel whose window holds it NaN (ReLU too), an inf gives +-inf or NaN there,
+    exactly where the direct convolution has them: in bf16 a kernel row's odd run of KW * C values is padded with a
+    zero weight, which must not meet the value after the run (0 * inf is NaN)."""
     if not ops.conv1x1_supported(dtype):
         pytest.skip("this CPU does not run the op for this dtype")
-    x, w, b = make(1, 3, 64, 12, 12, (7, 7), seed=3, dtype=dtype)
-    x[0, 1, 5, 5] = float("nan")
-    x[0, 0, 2, 11] = float("inf")
-    y = ops.conv_stem(x, ops.conv_stem_weight(w), b, True, 7, 2, 3)
-    ref = F.conv2d(x.float(), w.float(), b, 2, 3).relu()
-    assert ref.isnan().any() and ref.isinf().any()  # the test means something
+    x, w, b = make(1, c, 64, 12, 12, (ks, ks), seed=3, dtype=dtype)
+    for (ch, i, j), v in zip(where, (float("nan"), float("inf"))):
+        x[0, ch, i, j] = v
+    y = ops.conv_stem(x, ops.conv_stem_weight(w), b, True, ks, stride, padding)
+    ref = F.conv2d(x.float(), w.float(), b, stride, padding).relu()
+    assert ref.isnan().any() and not ref.isnan().all()  # the test means something
     assert torch.equal(y.isnan(), ref.isnan()) and torch.equal(y.isinf(), ref.isinf())
 
 
@@ -166,7 +171,8 @@ print("ok")
 @f32_only
 def test_every_output_written_under_poisoned_allocations():
     """glibc fills every fresh heap allocation with a byte pattern (MALLOC_PERTURB_): an output element the op did
-    not write, or a padding zero it did not write, would show in the error bound."""
+    not write, or a padding zero it did not write, would show in the error bound (blocks glibc maps anew, like the
+    224x224 output, come zeroed instead, which fails it too: the outputs have no ReLU)."""
     env = dict(os.environ, MALLOC_PERTURB_="128")  # 0x7f bytes: 3.4e38 in fp32 and bf16, far off any output
     out = subprocess.run([sys.executable, "-c", _POISON_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
@@ -188,7 +194,8 @@ def _call(a):
 @pytest.mark.parametrize("change, needle", [
     (lambda: dict(x=torch.randn(3, 16, 16)), "x must be a 4-d float32 or bfloat16"),
     (lambda: dict(x=torch.randn(1, 3, 16, 16).double()), "x must be a 4-d float32 or bfloat16"),
-    (lambda: dict(x=torch.randn(1, 0, 16, 16)), "x must have channels"),
+    (lambda: dict(x=torch.randn(1, 0, 16, 16)), "x must have channels, height and width"),
+    (lambda: dict(x=torch.randn(1, 3, 0, 8), padding=[4, 4]), "x must have channels, height and width"),
     (lambda: dict(x=torch.randn(1, 4, 16, 16)), r"w must be the contiguous packed float32 weight \[1, 196, 64\]"),
     (lambda: dict(w=torch.randn(1, 147, 64).bfloat16()), "w must be the contiguous packed float32"),
     (lambda: dict(w=torch.randn(1, 64, 147).transpose(1, 2)), "w must be the contiguous packed"),

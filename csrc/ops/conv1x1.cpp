@@ -42,8 +42,10 @@ RESNET_EXT_F32_TARGET inline __m512 relu_nan(__m512 v) { return _mm512_max_ps(_m
 
 // The tiles' operand A: R rows, row r at a + r * lda, each `segs` segments of `depth` values (kernel rows of
 // conv_stem; one for a 1x1 conv), segment s at + s * seg; the panel holds the segments' weights one after another.
+// `odd` (bf16): each segment's last value is a pad whose weight is zero, not to be multiplied with a's value there.
 struct Rows {
   int64_t lda, segs, seg, depth;
+  bool odd;
 };
 
 template <int R, int NV>
@@ -84,9 +86,13 @@ RESNET_EXT_BF16_TARGET void tile_bf16(const bf16* a, Rows ar, const bf16* b, bf1
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[r][j] = _mm512_setzero_ps();
   // One chain over all C: fp32 sums of exact bf16 products, rounded to bf16 once at the end.
-  for (int64_t s = 0; s < ar.segs; ++s)
-    resnet_ext::cpu_gemm::dot_bf16<R, NV>(a + s * ar.seg, ar.lda, b + s * ar.depth * NV * kVec, NV * kVec,
-                                          ar.depth, acc);
+  const int64_t full = ar.odd ? ar.depth - 2 : ar.depth;  // pairs with both values real
+  for (int64_t s = 0; s < ar.segs; ++s) {
+    const bf16 *as = a + s * ar.seg, *bs = b + s * ar.depth * NV * kVec;
+    resnet_ext::cpu_gemm::dot_bf16<R, NV>(as, ar.lda, bs, NV * kVec, full, acc);
+    if (ar.odd)
+      resnet_ext::cpu_gemm::dot_bf16<R, NV, true>(as + full, ar.lda, bs + full * NV * kVec, NV * kVec, 2, acc);
+  }
 #pragma GCC unroll 4
   for (int j = 0; j < NV; ++j) {
     const __m512 bv = _mm512_loadu_ps(bias + kVec * j);
@@ -159,7 +165,7 @@ Tensor conv1x1(const Tensor& x_in, const Tensor& w, const Tensor& bias, const st
       const int64_t k0 = item % panels * kPanel;
       for (int64_t t = r0; t < r1; t += kRows) {
         const auto tile = tiles[std::min<int64_t>(kRows, r1 - t) - 1];
-        tile(xp + t * c, Rows{c, 1, 0, c}, wp + k0 * c, yp + t * k + k0, k, bp + k0, rp ? rp + t * k + k0 : nullptr,
+        tile(xp + t * c, Rows{c, 1, 0, c, false}, wp + k0 * c, yp + t * k + k0, k, bp + k0, rp ? rp + t * k + k0 : nullptr,
              relu);
       }
     }
@@ -191,7 +197,7 @@ Tensor conv_stem(const Tensor& x, const Tensor& w, const Tensor& bias, bool relu
   T* yp = y.mutable_data_ptr<T>();
   const auto& tiles = tiles_of(T{});
   const int64_t panels = k / kPanel, rows = n * oh;
-  const Rows ar{sw * c, kh, row, depth};
+  const Rows ar{sw * c, kh, row, depth, depth != kw * c};
   // Items: output rows by panels; a tile's rows are pixels of one output row.
   at::parallel_for(0, rows * panels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
@@ -271,7 +277,8 @@ Tensor conv_stem_cpu(const Tensor& x, const Tensor& w, const Tensor& bias, bool 
               "conv_stem: bias must be a ", f32 ? "float32" : "float32 or bfloat16",
               " vector of the output channels, a positive multiple of 64, got ", bias.scalar_type(), " ",
               bias.sizes());
-  TORCH_CHECK(c > 0, "conv_stem: x must have channels, got ", x.sizes());
+  TORCH_CHECK(c > 0 && x.size(2) > 0 && x.size(3) > 0, "conv_stem: x must have channels, height and width, got ",
+              x.sizes());
   TORCH_CHECK(x.size(2) + 2 * padding[0] >= kh && x.size(3) + 2 * padding[1] >= kw,
               "conv_stem: the padded input (", x.size(2) + 2 * padding[0], " x ", x.size(3) + 2 * padding[1],
               ") is smaller than the kernel (", kh, " x ", kw, ")");

@@ -58,8 +58,10 @@ RESNET_EXT_F32_TARGET [[gnu::always_inline]] inline void dot_f32(const float* a,
 }
 
 // The same on bf16 operands, depth even: b holds channel pairs interleaved (the pair of channels i, i + 1 is at
-// b + i * ldb, ldb = K), and each step broadcasts one pair of a's channels.
-template <int R, int NV>
+// b + i * ldb, ldb = K), and each step broadcasts one pair of a's channels. FirstOnly: each pair's second value is
+// taken as +0 (a run of odd length padded with a zero weight, whose pad would pair with whatever value follows the
+// run in a: 0 * inf is NaN).
+template <int R, int NV, bool FirstOnly = false>
 RESNET_EXT_BF16_TARGET [[gnu::always_inline]] inline void dot_bf16(const bf16* a, int64_t lda, const bf16* b,
                                                                    int64_t ldb, int64_t depth,
                                                                    __m512 (&acc)[R][NV]) {
@@ -71,6 +73,7 @@ RESNET_EXT_BF16_TARGET [[gnu::always_inline]] inline void dot_bf16(const bf16* a
     for (int r = 0; r < R; ++r) {
       int32_t pair;
       std::memcpy(&pair, a + r * lda + i, sizeof(pair));
+      if constexpr (FirstOnly) pair &= 0xffff;  // x86 is little-endian: the first value is the low half
       const __m512i av = _mm512_set1_epi32(pair);
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], (__m512bh)av, (__m512bh)bv[j]);
