@@ -6,7 +6,8 @@ the output transform in fp32: F(2x2, 3x3) (what ops.winograd3x3 runs in bf16 tod
 against F(4x4, 3x3) (what its fp32 path runs), against direct convolution, the real frozen bf16 model and
 torchvision's bf16 model. Error: max |logits - float64| / max |float64 logits| (torchvision's weights, random, with
 randomized BN statistics as the tests use), per seed.
-Usage: python benchmarks/winograd_bf16_error.py [ARCH] [BATCH] [SEEDS] [SIZE]"""
+Usage: python benchmarks/winograd_bf16_error.py [ARCH] [BATCH] [SEEDS] [SIZE]
+       python benchmarks/winograd_bf16_error.py layers   (per layer: resnet50's 3x3 stride-1 shapes, batch 1)"""
 import copy
 import sys
 
@@ -79,8 +80,23 @@ def rel_err(y, ref):
     return ((y.double() - ref).abs().max() / ref.abs().max()).item()
 
 
+def layers() -> None:
+    """Per layer: relative error of the output's norm from float64, random bf16 inputs after ReLU, He-scaled bf16
+    weights."""
+    torch.manual_seed(0)
+    print("C=K, map | direct, output rounded to bf16 | F(2x2) | F(4x4)")
+    for c, h in ((64, 56), (128, 28), (256, 14), (512, 7)):
+        x = bf16(torch.randn(1, c, h, h).relu())
+        w = bf16(torch.randn(c, c, 3, 3) * (2 / (9 * c)) ** 0.5)
+        ref = F.conv2d(x.double(), w.double(), padding=1)
+        errs = [bf16(F.conv2d(x, w, padding=1)), winograd(x, w, F2), winograd(x, w, F4)]
+        print(f"{c}, {h}x{h} | " + " | ".join(f"{((e.double() - ref).norm() / ref.norm()).item():.2e}" for e in errs))
+
+
 def main() -> None:
     torch.set_num_threads(2)
+    if len(sys.argv) > 1 and sys.argv[1] == "layers":
+        return layers()
     arch = sys.argv[1] if len(sys.argv) > 1 else "resnet50"
     batch = int(sys.argv[2]) if len(sys.argv) > 2 else 2
     seeds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
