@@ -105,7 +105,7 @@ resnet_ext's own GEMM, the graph is the slower: bf16 0.87-0.96x the plan, benchm
 traced graph, with its weights and oneDNN's compiled partitions, until the process ends (pytorch/pytorch#35600), so
 each frozen model and input shape run this way holds its memory for good -- fine for a process that freezes once
 and serves, not for one that makes and drops models. Off, or where the graph cannot be made, the per-unit plan runs
-(`path_counts()`: `onednn_graph` or `onednn_prepacked`/`winograd`/`conv1x1`). Returns the setting in force before the call;
+(`path_counts()`: `onednn_graph` or `onednn_prepacked`/`winograd`/`conv1x1`/`conv_stem`). Returns the setting in force before the call;
 the next forward of each input shape follows it.""")
 
 bn_optin = switch("bn_optin", experimental=True, native=("bn_optin", "set_bn_optin"), doc="""Whether the training
