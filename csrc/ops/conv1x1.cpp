@@ -8,7 +8,7 @@
 // oneDNN's 1x1 kernels' shortfall from the machine's peak at small maps; the frozen plan picks it per unit where
 // measured faster (engine/cpu.py, conv1x1_pays).
 // resnet_ext::conv_stem: the same tiles for a conv on few input channels (the stem's 7x7 on RGB; oneDNN's bf16
-// kernel ran it at 67% of a 2-core Zen 5's dot-product peak, this op at 87%): each output pixel's kernel rows are
+// kernel ran it at 63% of a 2-core Zen 5's dot-product peak, this op at 83%): each output pixel's kernel rows are
 // runs of KW * C values of a zero-padded NHWC copy of the input, read in place as the tile's rows (no im2col); the
 // plan picks it per dtype where measured faster (stem_pays).
 #include <ATen/Parallel.h>
@@ -40,27 +40,11 @@ constexpr int64_t kBlockRows = 96;  // rows of A per item of work, at most (reus
 RESNET_EXT_F32_TARGET inline __m512 relu_nan(__m512 v) { return _mm512_max_ps(_mm512_setzero_ps(), v); }
 #endif
 
-// The tiles' operand A: R rows, row r at a + r * lda, each `segs` segments of `depth` values (kernel rows of
-// conv_stem; one for a 1x1 conv), segment s at + s * seg; the panel holds the segments' weights one after another.
-// `odd` (bf16): each segment's last value is a pad whose weight is zero, not to be multiplied with a's value there.
-struct Rows {
-  int64_t lda, segs, seg, depth;
-  bool odd;
-};
-
-template <int R, int NV>
-RESNET_EXT_F32_TARGET void tile_f32(const float* a, Rows ar, const float* b, float* y, int64_t k,
-                                    const float* bias, const float* res, bool relu) {
 #ifdef RESNET_EXT_AVX512_GEMM
-  __m512 acc[R][NV];
-#pragma GCC unroll 6
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) acc[r][j] = _mm512_setzero_ps();
-  // One chain of fused multiply-adds over the input channels in order, as oneDNN's 1x1 kernels sum them.
-  for (int64_t s = 0; s < ar.segs; ++s)
-    resnet_ext::cpu_gemm::dot_f32<R, NV>(a + s * ar.seg, ar.lda, b + s * ar.depth * NV * kVec, NV * kVec, ar.depth,
-                                         acc);
+// The tiles' epilogue: y[r][16 j ..] = relu?(acc[r][j] + bias (+ res)), rounded once to y's dtype.
+template <int R, int NV>
+RESNET_EXT_F32_TARGET [[gnu::always_inline]] inline void store_tile(__m512 (&acc)[R][NV], float* y, int64_t k,
+                                                                    const float* bias, const float* res, bool relu) {
 #pragma GCC unroll 4
   for (int j = 0; j < NV; ++j) {
     const __m512 bv = _mm512_loadu_ps(bias + kVec * j);
@@ -71,21 +55,84 @@ RESNET_EXT_F32_TARGET void tile_f32(const float* a, Rows ar, const float* b, flo
       _mm512_storeu_ps(y + r * k + kVec * j, relu ? relu_nan(v) : v);
     }
   }
-#endif
 }
 
 template <int R, int NV>
-RESNET_EXT_BF16_TARGET void tile_bf16(const bf16* a, Rows ar, const bf16* b, bf16* y, int64_t k,
-                                      const float* bias, const bf16* res, bool relu) {
-#ifdef RESNET_EXT_AVX512_GEMM
-  using resnet_ext::cpu_gemm::load_bf16;
-  using resnet_ext::cpu_gemm::store_bf16;
-  __m512 acc[R][NV];
+RESNET_EXT_BF16_TARGET [[gnu::always_inline]] inline void store_tile(__m512 (&acc)[R][NV], bf16* y, int64_t k,
+                                                                     const float* bias, const bf16* res, bool relu) {
+#pragma GCC unroll 4
+  for (int j = 0; j < NV; ++j) {
+    const __m512 bv = _mm512_loadu_ps(bias + kVec * j);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      __m512 v = _mm512_add_ps(acc[r][j], bv);
+      if (res != nullptr) v = _mm512_add_ps(v, resnet_ext::cpu_gemm::load_bf16(res + r * k + kVec * j));
+      resnet_ext::cpu_gemm::store_bf16(y + r * k + kVec * j, relu ? relu_nan(v) : v);
+    }
+  }
+}
+
+template <int R, int NV>
+RESNET_EXT_F32_TARGET [[gnu::always_inline]] inline void zero_tile(__m512 (&acc)[R][NV]) {
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[r][j] = _mm512_setzero_ps();
-  // One chain over all C: fp32 sums of exact bf16 products, rounded to bf16 once at the end.
+}
+#endif
+
+// conv1x1's tiles: R rows of A, c apart, by a panel, one chain of c values (fp32: fused multiply-adds in order, as
+// oneDNN's 1x1 kernels sum them; bf16: fp32 sums of exact bf16 products).
+template <int R, int NV>
+RESNET_EXT_F32_TARGET void tile_f32(const float* a, int64_t c, const float* b, float* y, int64_t k,
+                                    const float* bias, const float* res, bool relu) {
+#ifdef RESNET_EXT_AVX512_GEMM
+  __m512 acc[R][NV];
+  zero_tile(acc);
+  resnet_ext::cpu_gemm::dot_f32<R, NV>(a, c, b, NV * kVec, c, acc);
+  store_tile<R, NV>(acc, y, k, bias, res, relu);
+#endif
+}
+
+template <int R, int NV>
+RESNET_EXT_BF16_TARGET void tile_bf16(const bf16* a, int64_t c, const bf16* b, bf16* y, int64_t k,
+                                      const float* bias, const bf16* res, bool relu) {
+#ifdef RESNET_EXT_AVX512_GEMM
+  __m512 acc[R][NV];
+  zero_tile(acc);
+  resnet_ext::cpu_gemm::dot_bf16<R, NV>(a, c, b, NV * kVec, c, acc);
+  store_tile<R, NV>(acc, y, k, bias, res, relu);
+#endif
+}
+
+// conv_stem's operand A: R rows, row r at a + r * lda, each `segs` segments of `depth` values (kernel rows),
+// segment s at + s * seg; the panel holds the segments' weights one after another. `odd` (bf16): each segment's
+// last value is a pad whose weight is zero, not to be multiplied with a's value there. (conv1x1's tiles do not take
+// this loop over segments: with it they ran 2-4% slower on resnet50's 1x1 shapes of C <= 256.)
+struct Rows {
+  int64_t lda, segs, seg, depth;
+  bool odd;
+};
+
+template <int R, int NV>
+RESNET_EXT_F32_TARGET void stem_tile_f32(const float* a, Rows ar, const float* b, float* y, int64_t k,
+                                         const float* bias, bool relu) {
+#ifdef RESNET_EXT_AVX512_GEMM
+  __m512 acc[R][NV];
+  zero_tile(acc);
+  for (int64_t s = 0; s < ar.segs; ++s)
+    resnet_ext::cpu_gemm::dot_f32<R, NV>(a + s * ar.seg, ar.lda, b + s * ar.depth * NV * kVec, NV * kVec, ar.depth,
+                                         acc);
+  store_tile<R, NV>(acc, y, k, bias, nullptr, relu);
+#endif
+}
+
+template <int R, int NV>
+RESNET_EXT_BF16_TARGET void stem_tile_bf16(const bf16* a, Rows ar, const bf16* b, bf16* y, int64_t k,
+                                           const float* bias, bool relu) {
+#ifdef RESNET_EXT_AVX512_GEMM
+  __m512 acc[R][NV];
+  zero_tile(acc);
   const int64_t full = ar.odd ? ar.depth - 2 : ar.depth;  // pairs with both values real
   for (int64_t s = 0; s < ar.segs; ++s) {
     const bf16 *as = a + s * ar.seg, *bs = b + s * ar.depth * NV * kVec;
@@ -93,16 +140,7 @@ RESNET_EXT_BF16_TARGET void tile_bf16(const bf16* a, Rows ar, const bf16* b, bf1
     if (ar.odd)
       resnet_ext::cpu_gemm::dot_bf16<R, NV, true>(as + full, ar.lda, bs + full * NV * kVec, NV * kVec, 2, acc);
   }
-#pragma GCC unroll 4
-  for (int j = 0; j < NV; ++j) {
-    const __m512 bv = _mm512_loadu_ps(bias + kVec * j);
-#pragma GCC unroll 6
-    for (int r = 0; r < R; ++r) {
-      __m512 v = _mm512_add_ps(acc[r][j], bv);
-      if (res != nullptr) v = _mm512_add_ps(v, load_bf16(res + r * k + kVec * j));
-      store_bf16(y + r * k + kVec * j, relu ? relu_nan(v) : v);
-    }
-  }
+  store_tile<R, NV>(acc, y, k, bias, nullptr, relu);
 #endif
 }
 
@@ -110,14 +148,20 @@ RESNET_EXT_BF16_TARGET void tile_bf16(const bf16* a, Rows ar, const bf16* b, bf1
 
 // Tiles of 1 to 6 rows by a whole panel.
 template <class T>
-using Tile = void (*)(const T*, Rows, const T*, T*, int64_t, const float*, const T*, bool);
+using Tile = void (*)(const T*, int64_t, const T*, T*, int64_t, const float*, const T*, bool);
+template <class T>
+using StemTile = void (*)(const T*, Rows, const T*, T*, int64_t, const float*, bool);
 #define RESNET_EXT_TABLE(F) {&F<1, 4>, &F<2, 4>, &F<3, 4>, &F<4, 4>, &F<5, 4>, &F<6, 4>}
 constexpr Tile<float> kTilesF32[kRows] = RESNET_EXT_TABLE(tile_f32);
 constexpr Tile<bf16> kTilesBF16[kRows] = RESNET_EXT_TABLE(tile_bf16);
+constexpr StemTile<float> kStemTilesF32[kRows] = RESNET_EXT_TABLE(stem_tile_f32);
+constexpr StemTile<bf16> kStemTilesBF16[kRows] = RESNET_EXT_TABLE(stem_tile_bf16);
 #undef RESNET_EXT_TABLE
 
 const Tile<float> (&tiles_of(float))[kRows] { return kTilesF32; }
 const Tile<bf16> (&tiles_of(bf16))[kRows] { return kTilesBF16; }
+const StemTile<float> (&stem_tiles_of(float))[kRows] { return kStemTilesF32; }
+const StemTile<bf16> (&stem_tiles_of(bf16))[kRows] { return kStemTilesBF16; }
 
 bool runs_here(at::ScalarType t) {
   return t == at::kFloat ? resnet_ext::cpu_gemm::runs_f32() : resnet_ext::cpu_gemm::runs_bf16();
@@ -165,8 +209,7 @@ Tensor conv1x1(const Tensor& x_in, const Tensor& w, const Tensor& bias, const st
       const int64_t k0 = item % panels * kPanel;
       for (int64_t t = r0; t < r1; t += kRows) {
         const auto tile = tiles[std::min<int64_t>(kRows, r1 - t) - 1];
-        tile(xp + t * c, Rows{c, 1, 0, c, false}, wp + k0 * c, yp + t * k + k0, k, bp + k0, rp ? rp + t * k + k0 : nullptr,
-             relu);
+        tile(xp + t * c, c, wp + k0 * c, yp + t * k + k0, k, bp + k0, rp ? rp + t * k + k0 : nullptr, relu);
       }
     }
   });
@@ -195,7 +238,7 @@ Tensor conv_stem(const Tensor& x, const Tensor& w, const Tensor& bias, bool relu
   const T* wp = w.const_data_ptr<T>();
   const float* bp = b.const_data_ptr<float>();
   T* yp = y.mutable_data_ptr<T>();
-  const auto& tiles = tiles_of(T{});
+  const auto& tiles = stem_tiles_of(T{});
   const int64_t panels = k / kPanel, rows = n * oh;
   const Rows ar{sw * c, kh, row, depth, depth != kw * c};
   // Items: output rows by panels; a tile's rows are pixels of one output row.
@@ -206,7 +249,7 @@ Tensor conv_stem(const Tensor& x, const Tensor& w, const Tensor& bias, bool relu
       T* yr = yp + r * ow * k + k0;
       for (int64_t t = 0; t < ow; t += kRows) {
         tiles[std::min<int64_t>(kRows, ow - t) - 1](a + t * sw * c, ar, wp + k0 * kh * depth, yr + t * k, k, bp + k0,
-                                                    nullptr, relu);
+                                                    relu);
       }
     }
   });

@@ -241,8 +241,9 @@ def stem_pays(u: Unit, x: Tensor) -> bool:
     than 1x1 on few input channels (a kernel row's KW * C values at most STEM_MAX_RUN: resnet's 7x7 stem on RGB),
     numeric padding, dilation 1, one group, output channels a multiple of 64, on a CPU that runs the op and has no
     AMX tiles, input in either layout. `resnet_ext.cpu_stem(False)` turns it off. Measured on a 2-core Zen 5: the
-    stem's 7x7 conv alone, 2 threads, bf16: 1.26-1.31x oneDNN on prepacked weights at batch 1 and 8, either layout
-    (0.58 against 0.75 ms at batch 1; 87% of the machine's dot-product peak); fp32 level (1.00-1.06x)."""
+    stem's 7x7 conv alone, 2 threads, bf16: 1.27-1.33x oneDNN on prepacked weights at batch 1 and 8, either layout
+    (0.61 against 0.81 ms at batch 1; 83% of the machine's dot-product peak); fp32 level (0.96-1.02x);
+    benchmarks/results/2026-12-05-cpu-stem/."""
     conv = u.conv
     pad, _, dilation, groups = u.geometry
     return (cpu_stem.on and not AMX_BF16 and x.dtype in STEM_DTYPES and conv.kernel_size != (1, 1)
