@@ -247,7 +247,8 @@ def conv_stem(x: Tensor, w: Tensor, bias: Tensor, relu: bool, kernel_size: IntPa
     """relu?(conv(x) + bias) for a conv on few input channels (the stem), dilation 1, one group, on `w =
     conv_stem_weight(weight)`: each output pixel's kernel rows read in place from a zero-padded NHWC copy of x
     (any layout), on `conv1x1`'s register tiles with the epilogue fused (CPU, float32 or bfloat16, output channels
-    a multiple of 64, channels_last output; CPUs where `conv1x1_supported(dtype)`)."""
+    a multiple of 64, channels_last output; CPUs where `conv1x1_supported(dtype)`). A bf16 `w` holds a zero after
+    each odd kernel row (the pad `conv_stem_weight` writes): a hand-made one with anything else there is not checked."""
     return torch.ops.resnet_ext.conv_stem(x, w, bias, relu, kernel_size, stride, padding)
 
 
