@@ -43,6 +43,22 @@ def patched(model, module, name: str, value):
     return f
 
 
+def frozen_setup(argv):
+    """A frozen-mode A/B's setup from its arguments [ARCH] [BATCH] [cl|nchw] [bf16|fp32] [SIZE] (resnet50, 1, cl,
+    bf16, 224): (title, torchvision's ARCH converted and frozen in the layout and dtype, an input of SIZE)."""
+    arch = argv[1] if len(argv) > 1 else "resnet50"
+    batch = int(argv[2]) if len(argv) > 2 else 1
+    layout = argv[3] if len(argv) > 3 else "cl"
+    fmt = torch.channels_last if layout == "cl" else torch.contiguous_format
+    bf16 = (argv[4] if len(argv) > 4 else "bf16") == "bf16"
+    size = int(argv[5]) if len(argv) > 5 else 224
+    base = resnet_ext.from_torchvision(getattr(torchvision.models, arch)().eval()).eval().to(memory_format=fmt)
+    resnet_ext.freeze(base, dtype=torch.bfloat16 if bf16 else None)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
+    title = f"{arch} frozen {'bf16' if bf16 else 'fp32'}, batch {batch}, {layout}, {size}x{size}"
+    return title, base, x
+
+
 def with_rule(model, rule):
     return patched(model, cpu, "gemm_pays", rule)
 

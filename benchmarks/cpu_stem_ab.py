@@ -9,30 +9,19 @@ import statistics
 import sys
 
 import torch
-import torchvision
 
 import resnet_ext
 from resnet_ext.cli import time_interleaved
 from resnet_ext.engine import cpu
-from cpu_gemm_rule_ab import patched  # run as a script: benchmarks/ is on the path
+from cpu_gemm_rule_ab import frozen_setup, patched  # run as a script: benchmarks/ is on the path
 
 
 def main() -> None:
     torch.set_num_threads(2)
-    arch = sys.argv[1] if len(sys.argv) > 1 else "resnet50"
-    batch = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-    layout = sys.argv[3] if len(sys.argv) > 3 else "cl"
-    fmt = torch.channels_last if layout == "cl" else torch.contiguous_format
-    bf16 = (sys.argv[4] if len(sys.argv) > 4 else "bf16") == "bf16"
-    size = int(sys.argv[5]) if len(sys.argv) > 5 else 224
-    tv = getattr(torchvision.models, arch)().eval()
-    base = resnet_ext.from_torchvision(tv).eval().to(memory_format=fmt)
-    resnet_ext.freeze(base, dtype=torch.bfloat16 if bf16 else None)
-    x = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
+    title, base, x = frozen_setup(sys.argv)
     fns = {"onednn": patched(copy.deepcopy(base), cpu, "STEM_DTYPES", ()),
            "stem": patched(copy.deepcopy(base), cpu, "STEM_DTYPES", (torch.float32, torch.bfloat16))}
-    print(f"torch {torch.__version__}, {arch} frozen {'bf16' if bf16 else 'fp32'}, batch {batch}, {layout}, "
-          f"{size}x{size}")
+    print(f"torch {torch.__version__}, {title}")
     with torch.no_grad():
         ref = fns["onednn"](x).float()
         for k, f in fns.items():
@@ -41,7 +30,7 @@ def main() -> None:
             print(f"  {k}: conv_stem units {resnet_ext.path_counts().get('conv_stem', 0)}, "
                   f"max |diff| vs onednn / its max {((y - ref).abs().max() / ref.abs().max()).item():.1e}")
         for _ in range(3):
-            t, _ = time_interleaved(fns, x, 20 if batch * size * size <= 224 * 224 else 8, {k: 2 for k in fns})
+            t, _ = time_interleaved(fns, x, 20 if x.numel() <= 3 * 224 * 224 else 8, {k: 2 for k in fns})
             r = [a / b for a, b in zip(t["onednn"], t["stem"])]
             print(" ".join(f"{k} {1e3 * statistics.median(v):.1f}" for k, v in t.items())
                   + f" ms | onednn/stem {statistics.median(r):.3f} [{min(r):.2f}-{max(r):.2f}]", flush=True)
