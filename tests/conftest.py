@@ -1,5 +1,8 @@
+import copy
+
 import pytest
 import torch
+import torchvision
 
 import resnet_ext
 from resnet_ext.shapes import norm_err, rel_err  # noqa: F401  (the tests import them from here)
@@ -46,3 +49,17 @@ def train_mode(request):
     previous = resnet_ext.train_bn(request.param)
     yield request.param
     resnet_ext.train_bn(previous)
+
+
+def frozen_pair(arch: str, dtype=None, **kw):
+    """(resnet_ext's frozen copy, torchvision's model): torchvision's ARCH with 10 classes and randomized BN (`kw`
+    to its builder), frozen in `dtype` (None: the model's fp32)."""
+    tv = randomize_bn(getattr(torchvision.models, arch)(num_classes=10, **kw)).eval()
+    return resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)), dtype=dtype), tv
+
+
+@pytest.fixture
+def no_amx(monkeypatch):
+    """The CPU plan as on a CPU without AMX tiles (with them, the bf16 rules leave convs to oneDNN's AMX kernels)."""
+    from resnet_ext.engine import cpu
+    monkeypatch.setattr(cpu, "AMX_BF16", False)

@@ -18,7 +18,7 @@ import torchvision
 import resnet_ext
 from resnet_ext import ops
 from resnet_ext.engine import cpu, units
-from conftest import randomize_bn, rel_err
+from conftest import frozen_pair, randomize_bn, rel_err
 
 f32_only = pytest.mark.skipif(not ops.conv1x1_supported(torch.float32), reason="this CPU has no AVX-512")
 bf16_only = pytest.mark.skipif(not ops.conv1x1_supported(torch.bfloat16), reason="this CPU has no AVX512-BF16")
@@ -265,17 +265,6 @@ def test_opcheck(dtype, with_residual):
 # ---- In the frozen model -------------------------------------------------------------------------------------
 
 
-def _frozen_pair(arch, dtype=None, **kw):
-    tv = randomize_bn(getattr(torchvision.models, arch)(num_classes=10, **kw)).eval()
-    ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)), dtype=dtype)
-    return ours, tv
-
-
-@pytest.fixture
-def no_amx(monkeypatch):
-    monkeypatch.setattr(cpu, "AMX_BF16", False)  # the plan's bf16 rule on an AMX CPU is its own test
-
-
 @f32_only
 @pytest.mark.parametrize("arch, shape, layout, expected", [
     ("resnet50", (1, 3, 224, 224), "channels_last", 30),  # all but the 103M-MAC ones: downsamples, 3 first heads
@@ -284,7 +273,7 @@ def no_amx(monkeypatch):
     ("resnet18", (2, 3, 64, 80), "channels_last", 3),     # the three downsamples, stride 2
 ])
 def test_frozen_model_takes_conv1x1_where_it_pays_and_matches_torchvision(arch, shape, layout, expected, no_amx):
-    ours, tv = _frozen_pair(arch)
+    ours, tv = frozen_pair(arch)
     x = torch.randn(*shape)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -307,7 +296,7 @@ def test_frozen_bf16_model_with_conv1x1_equals_it_without(arch, shape, expected,
     """freeze(dtype=torch.bfloat16): the op's units against the same model with every 1x1 on oneDNN (the switch
     off), both against float64: within torchvision's own bf16 error (on AVX512-BF16 both sum the same dot products
     in the same order; measured bitwise equal on Zen 5)."""
-    ours, tv = _frozen_pair(arch, torch.bfloat16)
+    ours, tv = frozen_pair(arch, torch.bfloat16)
     x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         ref = copy.deepcopy(tv).double()(x.double())
@@ -328,7 +317,7 @@ def test_frozen_bf16_model_with_conv1x1_equals_it_without(arch, shape, expected,
 @f32_only
 def test_switch_off_and_on_again(no_amx):
     """cpu_conv1x1(False) holds from the next forward of an input size already planned, and back on again."""
-    ours, tv = _frozen_pair("resnet50")
+    ours, tv = frozen_pair("resnet50")
     x = torch.randn(1, 3, 96, 96).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         ref = tv(x)
@@ -350,7 +339,7 @@ def test_switch_off_and_on_again(no_amx):
 def test_units_the_op_cannot_take_stay_on_onednn(no_amx):
     """width_per_group=40: heads of 40, 80 and 160 output channels (not multiples of the op's 64-channel panels)
     run on oneDNN; the other 1x1 convs take the op."""
-    ours, tv = _frozen_pair("resnet50", width_per_group=40)
+    ours, tv = frozen_pair("resnet50", width_per_group=40)
     x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         units.reset_path_counts()
@@ -365,7 +354,7 @@ def test_units_the_op_cannot_take_stay_on_onednn(no_amx):
 def test_frozen_bf16_plan_leaves_1x1_convs_to_onednn_on_amx_cpus(monkeypatch):
     """Where oneDNN has AMX tiles its bf16 convolutions run on them: the plan takes no bf16 conv1x1 unit."""
     monkeypatch.setattr(cpu, "AMX_BF16", True)
-    ours, tv = _frozen_pair("resnet18", torch.bfloat16)
+    ours, tv = frozen_pair("resnet18", torch.bfloat16)
     x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         units.reset_path_counts()
@@ -377,7 +366,7 @@ def test_frozen_bf16_plan_leaves_1x1_convs_to_onednn_on_amx_cpus(monkeypatch):
 def test_plan_without_the_op_on_this_cpu(monkeypatch):
     """A CPU the op does not run on (no AVX-512) gets oneDNN's convolution for every 1x1 unit, never an error."""
     monkeypatch.setattr(ops, "conv1x1_supported", lambda dtype: False)
-    ours, tv = _frozen_pair("resnet18")
+    ours, tv = frozen_pair("resnet18")
     x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         units.reset_path_counts()

@@ -14,12 +14,11 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 
 import resnet_ext
 from resnet_ext import ops
 from resnet_ext.engine import cpu, units
-from conftest import randomize_bn, rel_err
+from conftest import frozen_pair, rel_err
 
 f32_only = pytest.mark.skipif(not ops.conv1x1_supported(torch.float32), reason="this CPU has no AVX-512")
 bf16_only = pytest.mark.skipif(not ops.conv1x1_supported(torch.bfloat16), reason="this CPU has no AVX512-BF16")
@@ -241,16 +240,6 @@ def test_opcheck(dtype):
 # ---- In the frozen model -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def no_amx(monkeypatch):
-    monkeypatch.setattr(cpu, "AMX_BF16", False)  # the plan leaves bf16 convs to oneDNN's AMX kernels there
-
-
-def _frozen_pair(arch, dtype=None, **kw):
-    tv = randomize_bn(getattr(torchvision.models, arch)(num_classes=10, **kw)).eval()
-    return resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)), dtype=dtype), tv
-
-
 @bf16_only
 @pytest.mark.parametrize("arch, shape, layout", [("resnet50", (1, 3, 224, 224), "cl"),
                                                  ("resnet18", (2, 3, 64, 80), "nchw"),
@@ -258,7 +247,7 @@ def _frozen_pair(arch, dtype=None, **kw):
 def test_frozen_bf16_stem_takes_the_op_and_matches_it_off(arch, shape, layout, no_amx):
     """freeze(dtype=torch.bfloat16): the stem on the op (one unit) against the same model with the switch off (the
     stem on oneDNN), both against float64: within torchvision's own bf16 error; record and replay."""
-    ours, tv = _frozen_pair(arch, torch.bfloat16)
+    ours, tv = frozen_pair(arch, torch.bfloat16)
     x = torch.randn(*shape)
     if layout == "cl":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -282,7 +271,7 @@ def test_frozen_bf16_stem_takes_the_op_and_matches_it_off(arch, shape, layout, n
 @f32_only
 def test_frozen_fp32_stem_stays_on_onednn(no_amx):
     """fp32: the op measured level with oneDNN on the stem, which keeps it (STEM_DTYPES)."""
-    ours, tv = _frozen_pair("resnet18")
+    ours, tv = frozen_pair("resnet18")
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         units.reset_path_counts()
@@ -294,7 +283,7 @@ def test_frozen_fp32_stem_stays_on_onednn(no_amx):
 def test_stem_rule_leaves_what_the_op_does_not_take(no_amx):
     """The rule's conditions, on the stem's unit: a dilated or grouped stem, output channels not a multiple of 64,
     a wide input (a kernel row of more than STEM_MAX_RUN values), a 1x1 kernel, an AMX CPU: each stays on oneDNN."""
-    ours, _ = _frozen_pair("resnet18", torch.bfloat16)
+    ours, _ = frozen_pair("resnet18", torch.bfloat16)
     from resnet_ext.engine import structure
     x = torch.randn(1, 3, 64, 64, dtype=torch.bfloat16)
     u = structure.of(ours, torch.float32, 3).stem
