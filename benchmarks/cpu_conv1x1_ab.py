@@ -11,10 +11,9 @@ import sys
 
 import torch
 
-import resnet_ext
 from resnet_ext.cli import time_interleaved
 from resnet_ext.engine import cpu
-from cpu_gemm_rule_ab import frozen_setup, patched  # run as a script: benchmarks/ is on the path
+from cpu_gemm_rule_ab import describe, frozen_setup, patched  # run as a script: benchmarks/ is on the path
 
 RULE = cpu.conv1x1_pays
 
@@ -36,13 +35,8 @@ def main() -> None:
              and patched_all(u, x)}
     fns = {k: patched(copy.deepcopy(base), cpu, "conv1x1_pays", r) for k, r in rules.items()}
     print(f"torch {torch.__version__}, {title}")
+    describe(fns, x, "onednn", "conv1x1")
     with torch.no_grad():
-        ref = fns["onednn"](x).float()
-        for k, f in fns.items():
-            resnet_ext.reset_path_counts()
-            y = f(x).float()
-            print(f"  {k}: conv1x1 units {resnet_ext.path_counts().get('conv1x1', 0)}, "
-                  f"max |diff| vs onednn / its max {((y - ref).abs().max() / ref.abs().max()).item():.1e}")
         for _ in range(3):
             t, _ = time_interleaved(fns, x, 20 if x.numel() <= 3 * 224 * 224 else 8, {k: 2 for k in fns})
             line = " ".join(f"{k} {1e3 * statistics.median(v):.1f}" for k, v in t.items())

@@ -59,6 +59,18 @@ def frozen_setup(argv):
     return title, base, x
 
 
+def describe(fns: dict, x, ref: str, path: str) -> None:
+    """Prints each contender's units on `path` (path_counts) and its logits' max difference from contender `ref`'s,
+    relative to their largest."""
+    with torch.no_grad():
+        base = fns[ref](x).float()
+        for k, f in fns.items():
+            resnet_ext.reset_path_counts()
+            y = f(x).float()
+            print(f"  {k}: {path} units {resnet_ext.path_counts().get(path, 0)}, "
+                  f"max |diff| vs {ref} / its max {((y - base).abs().max() / base.abs().max()).item():.1e}")
+
+
 def with_rule(model, rule):
     return patched(model, cpu, "gemm_pays", rule)
 

@@ -10,10 +10,9 @@ import sys
 
 import torch
 
-import resnet_ext
 from resnet_ext.cli import time_interleaved
 from resnet_ext.engine import cpu
-from cpu_gemm_rule_ab import frozen_setup, patched  # run as a script: benchmarks/ is on the path
+from cpu_gemm_rule_ab import describe, frozen_setup, patched  # run as a script: benchmarks/ is on the path
 
 
 def main() -> None:
@@ -22,13 +21,8 @@ def main() -> None:
     fns = {"onednn": patched(copy.deepcopy(base), cpu, "STEM_DTYPES", ()),
            "stem": patched(copy.deepcopy(base), cpu, "STEM_DTYPES", (torch.float32, torch.bfloat16))}
     print(f"torch {torch.__version__}, {title}")
+    describe(fns, x, "onednn", "conv_stem")
     with torch.no_grad():
-        ref = fns["onednn"](x).float()
-        for k, f in fns.items():
-            resnet_ext.reset_path_counts()
-            y = f(x).float()
-            print(f"  {k}: conv_stem units {resnet_ext.path_counts().get('conv_stem', 0)}, "
-                  f"max |diff| vs onednn / its max {((y - ref).abs().max() / ref.abs().max()).item():.1e}")
         for _ in range(3):
             t, _ = time_interleaved(fns, x, 20 if x.numel() <= 3 * 224 * 224 else 8, {k: 2 for k in fns})
             r = [a / b for a, b in zip(t["onednn"], t["stem"])]
