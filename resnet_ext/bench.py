@@ -2,7 +2,9 @@
 
 The contenders run in interleaved rounds (one timed call of each per round, A, B, C, A, B, C, ...), so a machine
 that speeds up or slows down during the run moves every contender alike; each row shows the median over the rounds
-and its spread (min-max), and each ratio is the median of the per-round ratios with their min-max.
+and its spread (min-max), and each ratio is the median of the per-round ratios with their min-max. On the CPU each
+timed eval call follows an untimed one of the same contender (`cli.time_interleaved`'s `settle`): ONNX Runtime's and
+OpenVINO's worker threads spin after their calls and would take the cores of whoever is timed next.
 
 Eval rows: torchvision eager; resnet_ext in its default mode (every forward reads the live weights); resnet_ext in
 its explicit frozen mode (`resnet_ext.freeze(model)`); with --compile, torch.compile of the torchvision model with
@@ -209,6 +211,7 @@ def run(args) -> dict:
         setup_s.update(more_setup)
     warmup = args.warmup if args.warmup is not None else (3 if device.type == "cuda" else 1)
     warm_n = {name: warmup_calls(name, warmup) for name in peers}
+    settle = 1 if device.type == "cpu" else 0  # see time_interleaved
     total = sum(warm_n.values()) + args.iters * len(peers)
     if args.train:  # the frozen model does not train
         train_names = [TV, OURS, OURS_FUSED_BN] + ([COMPILED] if args.compile else []) \
@@ -219,7 +222,7 @@ def run(args) -> dict:
                      "dtype": str(dtype).replace("torch.", ""), "batch_size": args.batch_size,
                      "image_size": args.image_size, "channels_last": channels_last, "torch": torch.__version__,
                      "threads": torch.get_num_threads(), "iters": args.iters, "warmup": warmup,
-                     "order": "interleaved", "autotune": args.autotune, "bn_optin": args.bn_optin, "eval": {}}
+                     "order": "interleaved", "settle": settle, "autotune": args.autotune, "bn_optin": args.bn_optin, "eval": {}}
     if args.compile:
         results["compile"] = {"mode": compile_mode, "modes": compile_modes, "eval_freezing": True}
     if versions:
@@ -227,7 +230,7 @@ def run(args) -> dict:
     if device.type == "cuda":
         results["gpu"] = torch.cuda.get_device_name(device)
     with torch.inference_mode():
-        times, warm = time_interleaved(peers, x, args.iters, warm_n, progress, "eval")
+        times, warm = time_interleaved(peers, x, args.iters, warm_n, progress, "eval", settle=settle)
         ref = tv(x).float()
         for name, fn in peers.items():
             rec = summarize(times[name])
@@ -340,7 +343,8 @@ def format_results(r: dict) -> str:
     lines = [f"{r['arch']} on {r.get('gpu', r['device'])}, {r['dtype']}, batch {r['batch_size']}, "
              f"{r['image_size']}x{r['image_size']}, {'channels_last' if r['channels_last'] else 'NCHW'}, "
              f"torch {r['torch']}, {r['threads']} threads; median of {r['iters']} interleaved rounds after "
-             f"{r['warmup']} warm-up call(s)"]
+             f"{r['warmup']} warm-up call(s)"
+             + ("; each timed call right after an untimed one of its own" if r.get("settle") else "")]
     if "compile" in r:
         for i, mode in enumerate(r["compile"].get("modes", [r["compile"]["mode"]])):
             lines.append(f"{compiled_name(mode, i == 0)}: torch.compile(mode={mode!r}) with inductor freezing for "

@@ -184,14 +184,19 @@ def timer(fn, *args):
 
 
 def time_interleaved(fns: dict, x, iters: int, warmup: dict, progress: Progress | None = None,
-                     label: str = "", rotate: bool = True) -> tuple[dict, dict]:
+                     label: str = "", rotate: bool = True, settle: int = 0) -> tuple[dict, dict]:
     """Warm each contender up (`warmup[name]` calls, timed together as its warm-up: compilation happens there),
     then `iters` rounds of one timed call of each contender in turn, so that a machine that speeds up or slows
     down moves every contender alike, each round starting one contender later (A, B, C; B, C, A; C, A, B; ...):
     a contender's place matters (on a 2-core CPU a resnet_ext model timed right after torchvision's took 2-6%
     longer than an identical one timed after it: benchmarks/results/2026-12-04-cpu-default-sweep/); `rotate=False`
-    keeps one order (A, B, C; A, B, C), as every timing before 2026-12-04 did. On torch.utils.benchmark's clock,
-    which synchronizes the accelerator. Returns ({name: per-round seconds}, {name: warm-up seconds})."""
+    keeps one order (A, B, C; A, B, C), as every timing before 2026-12-04 did. `settle`: untimed calls of the
+    same contender right before each timed one, so that each timed call follows its own, as in a deployment that
+    runs one model: a runtime with its own worker threads (ONNX Runtime's and OpenVINO's pools spin after a call)
+    otherwise takes cores from whoever is timed next (on a 2-core CPU OpenVINO's fp32 resnet50 at batch 1 took
+    60 ms timed right after ONNX Runtime's call and 39-41 ms after its own: benchmarks/results/
+    2026-12-05-cpu-bench-settled/). On torch.utils.benchmark's clock, which synchronizes the accelerator. Returns
+    ({name: per-round seconds}, {name: warm-up seconds})."""
     warm = {}
     for name, fn in fns.items():
         t0 = clock()
@@ -206,6 +211,8 @@ def time_interleaved(fns: dict, x, iters: int, warmup: dict, progress: Progress 
         k = r % len(names) if rotate else 0
         for name in names[k:] + names[:k]:
             fn = fns[name]
+            for _ in range(settle):
+                fn(x)
             t0 = clock()
             fn(x)
             times[name].append(clock() - t0)

@@ -231,6 +231,10 @@ def test_bench_interleaves_rounds():
     calls.clear()
     resnet_ext.cli.time_interleaved(fns, None, 2, {"A": 0, "B": 0, "C": 0}, rotate=False)
     assert calls == ["A", "B", "C"] * 2
+    calls.clear()  # settle: each timed call right after an untimed one of the same contender
+    times, _ = resnet_ext.cli.time_interleaved(fns, None, 2, {"A": 0, "B": 0, "C": 0}, settle=1)
+    assert calls == ["A", "A", "B", "B", "C", "C", "B", "B", "C", "C", "A", "A"]
+    assert {k: len(v) for k, v in times.items()} == {"A": 2, "B": 2, "C": 2}
     s = resnet_ext.cli.ratio([2.0, 4.0, 3.0], [1.0, 1.0, 3.0])
     assert s == {"median": 2.0, "min": 1.0, "max": 4.0}
 
