@@ -596,6 +596,35 @@ def test_an_fc_of_another_dtype_fails_as_in_torchvision(frozen):
     assert str(got.value).split("\n")[0] == str(ref.value).split("\n")[0]
 
 
+@pytest.mark.parametrize("change, fits", [
+    (None, True), ("no bias", True), ("strided weight", False), ("float64 weight", False), ("other in_features", False)])
+def test_frozen_fc_on_onednn_or_the_module(change, fits, monkeypatch):
+    """The frozen mode's fc runs as oneDNN's linear where that takes it as nn.Linear would (fp32, dense, shapes
+    that fit), else as the module: torchvision's answer or its error either way, a weight swapped through `.data`
+    after freeze included."""
+    ours, tv = pair("resnet18", frozen=True)
+    w = torch.randn(10, 256 if change == "other in_features" else 512, generator=torch.Generator().manual_seed(0))
+    for m in (ours, tv):
+        if change == "no bias":
+            m.fc.bias = None
+        elif change is not None:
+            m.fc.weight.data = {"strided weight": w.t().contiguous().t(), "float64 weight": w.double()}.get(change, w)
+    seen = []
+    real = cpu._onednn_fc_fits
+    monkeypatch.setattr(cpu, "_onednn_fc_fits", lambda *a: seen.append(real(*a)) or seen[-1])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        if change in ("float64 weight", "other in_features"):
+            with pytest.raises(RuntimeError) as ref:
+                tv(x)
+            with pytest.raises(RuntimeError) as got:
+                ours(x)
+            assert str(got.value).split("\n")[0] == str(ref.value).split("\n")[0]
+        else:
+            assert rel_err(ours(x), tv(x)) < TOL
+    assert seen == [fits]
+
+
 # ---- the recorded sequence of fused units (cuda.forward_fused: the CUDA models' opt-in path) ----------------------
 # On the CPU the op runs its stock composition, so every host-side decision is testable here; on CUDA the same
 # sequence must give the module path's bits (same ops on the same folds).

@@ -404,10 +404,12 @@ def _maxpool(pool: nn.Module, x: Tensor) -> Tensor:
     return ops.max_pool(pool, x)
 
 
-def run(model: nn.Module, s: structure.Structure, x: Tensor, wb, fc_dtype: Optional[torch.dtype] = None) -> Tensor:
+def run(model: nn.Module, s: structure.Structure, x: Tensor, wb, fc_dtype: Optional[torch.dtype] = None,
+        onednn_fc: bool = False) -> Tensor:
     """The forward, with `wb(unit, x)` giving each unit's `wb` (see `_conv`), in the order of `s.units`; the last
-    features cast to `fc_dtype` if given, then pooled (freeze(dtype=torch.bfloat16): the average pool and fc in
-    the model's fp32; pooled in bf16, the features would be rounded to bf16, 2.6-2.9e-3 of the largest)."""
+    features cast to `fc_dtype` if given, then pooled and the fc (`logits`, with `onednn_fc`) (freeze(dtype=
+    torch.bfloat16): the average pool and fc in the model's fp32; pooled in bf16, the features would be rounded to
+    bf16, 2.6-2.9e-3 of the largest)."""
     x = _maxpool(model.maxpool, _conv(s.stem, x, wb(s.stem, x)))
     for head, ds, tail in s.blocks:
         y = x
@@ -416,12 +418,29 @@ def run(model: nn.Module, s: structure.Structure, x: Tensor, wb, fc_dtype: Optio
         residual = x if ds is None else _conv(ds, x, wb(ds, x))
         x = _tail(tail, y, residual, wb(tail, y))
         del y, residual  # free the block's buffers now, for the next block's allocations (hot in cache)
-    return logits(model, x if fc_dtype is None else x.to(fc_dtype))
+    return logits(model, x if fc_dtype is None else x.to(fc_dtype), onednn_fc)
 
 
-def logits(model: nn.Module, features: Tensor) -> Tensor:
-    """The logits from the last block's output: the model's own average pool and fc, read live."""
-    return model.fc(torch.flatten(model.avgpool(features), 1))
+def logits(model: nn.Module, features: Tensor, onednn_fc: bool = False) -> Tensor:
+    """The logits from the last block's output: the model's own average pool and fc, read live. `onednn_fc` (the
+    frozen mode; the default mode keeps nn.Linear's bits): an fp32 fc as oneDNN's linear on its weight as it lies,
+    where nn.Linear runs MKL's addmm: resnet50's 2048 -> 1000 fc alone 1.6-2.2x faster (batch 1: 84-89 against
+    143-146 us), the whole frozen resnet50 at batch 1 1.01-1.02x in fp32, level in bf16 and at batch 8 (2-core
+    Zen 5; benchmarks/cpu_fc_ab.py, benchmarks/results/2026-12-05-cpu-bench-settled/)."""
+    pooled = torch.flatten(model.avgpool(features), 1)
+    fc = model.fc
+    if onednn_fc and _onednn_fc_fits(fc.weight, fc.bias, pooled):
+        return torch.ops.mkldnn._linear_pointwise.default(pooled, fc.weight, fc.bias, "none", [], "")
+    return fc(pooled)
+
+
+def _onednn_fc_fits(w: Tensor, b: Optional[Tensor], x: Tensor) -> bool:
+    """Whether oneDNN's linear takes this fc as nn.Linear would (anything else, a weight swapped through `.data`
+    included, runs the module: its answer or its error)."""
+    return (x.dtype == torch.float32 and x.dim() == 2 and x.is_contiguous() and w.dtype == torch.float32
+            and w.dim() == 2 and w.device.type == "cpu" and w.is_contiguous() and w.shape[1] == x.shape[1]
+            and (b is None or (b.dtype == torch.float32 and b.device.type == "cpu" and b.dim() == 1
+                               and b.shape[0] == w.shape[0] and b.is_contiguous())))
 
 
 PACKED_LIMIT = 8  # distinct prepacked weights kept per frozen unit (each a whole copy of the weight)
@@ -491,7 +510,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
                 programs.clear()
             entry = programs[key] = (None, {}, graph)
     if entry is not None and entry[2] is not None:
-        out = logits(model, entry[2](x))
+        out = logits(model, entry[2](x), True)
         units.count("onednn_graph")
     elif entry is None:  # first call of this input: pack each unit's weight for its input size
         if len(programs) >= CACHE_LIMIT:
@@ -511,11 +530,11 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
                 program.append((packed_weight(fold, u.conv, y), fold.bias))
             return program[-1]
 
-        out = run(model, s, x, wb, fc_dtype)
+        out = run(model, s, x, wb, fc_dtype, True)
         entry = programs[key] = (program, {kind: sum(w[0] is kind for w in program) for kind in OWN}, None)
     else:
         it = iter(entry[0])
-        out = run(model, s, x, lambda u, y: next(it), fc_dtype)
+        out = run(model, s, x, lambda u, y: next(it), fc_dtype, True)
     if entry[2] is None:
         own = entry[1]  # units on resnet_ext's own ops, per kind
         units.count("onednn_prepacked", len(s.units) - sum(own.values()))
