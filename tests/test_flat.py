@@ -324,7 +324,7 @@ def test_freeze_bf16_pools_and_classifies_in_fp32():
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             name = func.overloadpacket.__name__
-            if name in ("mean", "_adaptive_avg_pool2d", "addmm", "linear", "mm"):
+            if name in ("mean", "_adaptive_avg_pool2d", "addmm", "linear", "mm", "_linear_pointwise"):
                 self.dtypes.setdefault(name, set()).add(args[0].dtype if name != "addmm" else args[1].dtype)
             return func(*args, **(kwargs or {}))
 
@@ -339,8 +339,8 @@ def test_freeze_bf16_pools_and_classifies_in_fp32():
     assert counts.get("flat_forwards") == 1, counts
     pools = spy.dtypes.get("mean", set()) | spy.dtypes.get("_adaptive_avg_pool2d", set())
     assert pools == {torch.float32}, spy.dtypes
-    assert spy.dtypes.get("addmm", set()) | spy.dtypes.get("linear", set()) | spy.dtypes.get("mm", set()) == \
-        {torch.float32}, spy.dtypes
+    fcs = ("addmm", "linear", "mm", "_linear_pointwise")  # the frozen mode's fc: oneDNN's linear (logits)
+    assert set().union(*(spy.dtypes.get(k, set()) for k in fcs)) == {torch.float32}, spy.dtypes
 
 
 def test_freeze_dtype_errors():
