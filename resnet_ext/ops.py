@@ -172,29 +172,36 @@ def _winograd3x3_fake(x, u, bias, residual, relu):
 
 
 @torch.library.register_fake("resnet_ext::winograd_weight")
-def _winograd_weight_fake(w):
+def _winograd_weight_fake(w, m=0):
     if w.dtype == torch.bfloat16:
         return w.new_empty((16, w.shape[1] // 2, w.shape[0], 2))
-    return w.new_empty((36, w.shape[1], w.shape[0]))
+    return w.new_empty((16 if m == 2 else 36, w.shape[1], w.shape[0]))
 
 
-def winograd_weight(weight: Tensor) -> Tensor:
-    """The transformed weight G w G^T that `winograd3x3` takes for inputs of the weight's dtype (CPU; computed in
-    float64 from the [K, C, 3, 3] weight, rounded once): [36, C, K] for float32 (F(4x4, 3x3)), [16, C / 2, K, 2]
-    for bfloat16 (F(2x2, 3x3), channel pairs interleaved for AVX512-BF16's dot products)."""
-    return torch.ops.resnet_ext.winograd_weight(weight.detach())
+def winograd_weight(weight: Tensor, m: int = 0) -> Tensor:
+    """The transformed weight G w G^T that `winograd3x3` takes for inputs of the weight's dtype, for output tiles of
+    m x m (CPU; computed in float64 from the [K, C, 3, 3] weight, rounded once): for float32 [36, C, K] (m 4, the
+    default: F(4x4, 3x3)) or [16, C, K] (m 2: F(2x2, 3x3)); for bfloat16 [16, C / 2, K, 2] (m 2, the only one:
+    channel pairs interleaved for AVX512-BF16's dot products)."""
+    return torch.ops.resnet_ext.winograd_weight(weight.detach(), m)
 
 
 def winograd3x3(x: Tensor, u: Tensor, bias: Tensor, residual: Optional[Tensor], relu: bool) -> Tensor:
-    """relu?(conv3x3(x) + bias (+ residual)), stride 1, padding 1, by Winograd on `u = winograd_weight(w)` (CPU,
-    channels_last, channels multiples of 16): F(4x4, 3x3) for float32; F(2x2, 3x3) for bfloat16 (bf16 operands,
-    fp32 sums; CPUs with AVX512-BF16 only, `winograd_bf16_supported()`)."""
+    """relu?(conv3x3(x) + bias (+ residual)), stride 1, padding 1, by Winograd on `u = winograd_weight(w, m)` (CPU,
+    channels_last, channels multiples of 16): for float32 F(4x4, 3x3) or F(2x2, 3x3) as u was made (F(2x2) on
+    CPUs with AVX-512 only, `winograd_f23_supported()`); for bfloat16 F(2x2, 3x3) (bf16 operands, fp32 sums; CPUs
+    with AVX512-BF16 only, `winograd_bf16_supported()`)."""
     return torch.ops.resnet_ext.winograd3x3(x, u, bias, residual, relu)
 
 
 def winograd_bf16_supported() -> bool:
     """Whether this CPU runs `winograd3x3` on bfloat16 inputs (AVX512-BF16)."""
     return torch.ops.resnet_ext.winograd_bf16_supported()
+
+
+def winograd_f23_supported() -> bool:
+    """Whether this CPU runs `winograd3x3`'s float32 F(2x2, 3x3) (AVX-512)."""
+    return torch.ops.resnet_ext.winograd_f23_supported()
 
 
 @torch.library.register_fake("resnet_ext::conv1x1")

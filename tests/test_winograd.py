@@ -16,7 +16,7 @@ import torchvision
 
 import resnet_ext
 from resnet_ext import ops
-from resnet_ext.engine import cpu, units
+from resnet_ext.engine import cpu, state, units
 from conftest import randomize_bn, rel_err
 
 # F(4x4, 3x3) in fp32 rounds about 5-10x more than the direct convolution (1e-6): 7e-6 to 1e-5 of the largest
@@ -49,29 +49,36 @@ SHAPES = [(1, 64, 64, 56, 56), (2, 128, 128, 28, 28), (1, 256, 256, 14, 14), (2,
           (1, 80, 112, 9, 7), (2, 144, 48, 6, 10), (1, 16, 80, 17, 5)]
 
 
+f23_only = pytest.mark.skipif(not ops.winograd_f23_supported(), reason="this CPU has no AVX-512")
+# The float32 variants by the output tile's side m: F(4x4, 3x3) and F(2x2, 3x3) (AVX-512 only).
+M_FP32 = [4, pytest.param(2, marks=f23_only)]
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("with_residual", [False, True])
 @pytest.mark.parametrize("relu", [False, True])
-def test_matches_float64(shape, with_residual, relu):
+@pytest.mark.parametrize("m", M_FP32)
+def test_matches_float64(shape, with_residual, relu, m):
     x, w, b, r = make(*shape, seed=sum(shape), with_residual=with_residual)
-    y = ops.winograd3x3(x, ops.winograd_weight(w), b, r, relu)
+    y = ops.winograd3x3(x, ops.winograd_weight(w, m), b, r, relu)
     assert y.shape == (shape[0], shape[2], shape[3], shape[4])
     assert y.is_contiguous(memory_format=torch.channels_last)
     assert rel_err(y, reference(x, w, b, r, relu)) < TOL
 
 
-@pytest.mark.parametrize("dtype, shape", [
-    (torch.float32, (6, 176, 176, 60, 60)),   # u 4.5 MB: 1350 tiles, 1323 per chunk
-    (torch.bfloat16, (1, 1024, 128, 82, 82)),  # u 4 MiB: 1681 tiles, 1638 per chunk
-], ids=["fp32", "bf16"])
-def test_more_tiles_than_one_shared_chunk(dtype, shape):
+@pytest.mark.parametrize("dtype, m, shape", [
+    (torch.float32, 4, (6, 176, 176, 60, 60)),   # u 4.5 MB: 1350 tiles, 1323 per chunk
+    pytest.param(torch.float32, 2, (1, 256, 256, 100, 100), marks=f23_only),  # u 4 MiB: 2500 tiles, 2048 per chunk
+    (torch.bfloat16, 2, (1, 1024, 128, 82, 82)),  # u 4 MiB: 1681 tiles, 1638 per chunk
+], ids=["fp32", "fp32-f23", "bf16"])
+def test_more_tiles_than_one_shared_chunk(dtype, m, shape):
     """A transformed weight of 4 MiB or more is read once per chunk of up to 64 MiB of planes, every step split
     between the threads (below that each thread takes its own small blocks): here two chunks, the second short."""
     if dtype == torch.bfloat16 and not ops.winograd_bf16_supported():
         pytest.skip("this CPU has no AVX512-BF16")
     x, w, b, r = make(*shape, seed=7, with_residual=True)
     x, r = x.to(dtype), r.to(dtype)
-    u = ops.winograd_weight(w.to(dtype))
+    u = ops.winograd_weight(w.to(dtype), m)
     assert u.numel() * u.element_size() >= 4 << 20
     y = ops.winograd3x3(x, u, b, r, True)
     err = rel_err(y, reference(x.float(), w, b, r.float(), True))
@@ -108,12 +115,29 @@ def test_weight_transform_matches_float64(k, c, layout):
     assert rel_err(u, ref) < 1e-6
 
 
-def test_nan_and_inf_propagate():
+@pytest.mark.parametrize("k, c", [(64, 64), (17, 5), (512, 256), (1, 1)])
+def test_f23_fp32_weight_transform_matches_float64(k, c):
+    """[16, C, K]: each element G w G^T of the weight for F(2x2, 3x3), computed in float64 and rounded once."""
+    w = torch.randn(k, c, 3, 3)
+    u = ops.winograd_weight(w, 2)
+    ref = torch.einsum("ai,kcij,bj->abck", G2, w.double(), G2).reshape(16, c, k)
+    assert u.dtype == torch.float32 and u.shape == (16, c, k) and u.is_contiguous()
+    assert torch.equal(u, ref.float())
+
+
+@pytest.mark.parametrize("dtype, m", [(torch.float32, 3), (torch.float32, -1), (torch.bfloat16, 4)])
+def test_weight_transform_bad_tile_side(dtype, m):
+    with pytest.raises(RuntimeError, match="m \\(the output tile's side\\) must be 0"):
+        ops.winograd_weight(torch.randn(8, 8, 3, 3).to(dtype), m)
+
+
+@pytest.mark.parametrize("m", M_FP32)
+def test_nan_and_inf_propagate(m):
     """A NaN input reaches every output of its tiles' 3x3 neighbourhood (the GEMMs mix the tile), never leaves a
     finite value where the direct convolution has a NaN."""
     x, w, b, _ = make(1, 16, 16, 9, 9, seed=3)
     x[0, 5, 4, 4] = float("nan")
-    y = ops.winograd3x3(x, ops.winograd_weight(w), b, None, True)
+    y = ops.winograd3x3(x, ops.winograd_weight(w, m), b, None, True)
     ref = F.conv2d(x, w, b, padding=1).relu()
     assert (y.isnan() | ~ref.isnan()).all()  # NaN wherever the reference has one
 
@@ -122,11 +146,14 @@ _POISON_SCRIPT = r"""
 import torch
 from resnet_ext import ops
 torch.manual_seed(0)
-for n, c, k, h, w in [(1, 16, 32, 13, 11), (2, 64, 64, 30, 30)]:
+for (n, c, k, h, w), m in [((1, 16, 32, 13, 11), 4), ((2, 64, 64, 30, 30), 4), ((1, 16, 32, 13, 11), 2),
+                           ((2, 64, 64, 29, 30), 2)]:
+    if m == 2 and not ops.winograd_f23_supported():
+        continue
     x = torch.randn(n, c, h, w).contiguous(memory_format=torch.channels_last)
     wt = torch.randn(k, c, 3, 3) * 0.1
     b = torch.randn(k)
-    y = ops.winograd3x3(x, ops.winograd_weight(wt), b, None, False)
+    y = ops.winograd3x3(x, ops.winograd_weight(wt, m), b, None, False)
     ref = torch.nn.functional.conv2d(x.double(), wt.double(), b.double(), padding=1)
     err = ((y.double() - ref).abs().max() / ref.abs().max()).item()
     assert torch.isfinite(y).all() and err < 5e-5, err
@@ -161,6 +188,8 @@ def _args(**kw):
     (lambda: dict(residual=torch.randn(1, 32, 6, 5).contiguous(memory_format=torch.channels_last)),
      "residual must be a channels_last float32"),
     (lambda: dict(residual=torch.randn(1, 32, 6, 6)), "residual must be a channels_last float32"),
+    (lambda: dict(u=torch.randn(16, 8, 32)), r"u must be the contiguous float32 transformed weight \[36, C, K\] or "
+                                               r"\[16, C, K\]"),
 ])
 def test_bad_arguments_are_clear_errors(change, needle):
     a = _args(**change())
@@ -181,6 +210,11 @@ def test_opcheck(with_residual):
     torch.library.opcheck(torch.ops.resnet_ext.winograd3x3.default,
                           (a["x"], a["u"], a["bias"], a["residual"] if with_residual else None, True))
     torch.library.opcheck(torch.ops.resnet_ext.winograd_weight.default, (torch.randn(32, 16, 3, 3),))
+    if ops.winograd_f23_supported():
+        u2 = ops.winograd_weight(torch.randn(32, 16, 3, 3), 2)
+        torch.library.opcheck(torch.ops.resnet_ext.winograd3x3.default,
+                              (a["x"], u2, a["bias"], a["residual"] if with_residual else None, True))
+        torch.library.opcheck(torch.ops.resnet_ext.winograd_weight.default, (torch.randn(32, 16, 3, 3), 2))
 
 
 def _frozen_pair(arch):
@@ -205,6 +239,29 @@ def test_frozen_model_takes_winograd_where_it_pays_and_matches_torchvision(arch,
             y = ours(x)
             assert resnet_ext.path_counts().get("winograd", 0) == expected, resnet_ext.path_counts()
             assert rel_err(y, ref) < 1e-4
+
+
+def _f23_units(model) -> int:
+    """The units of a frozen model's last planned input that run F(2x2, 3x3) in float32 ([16, C, K] weight)."""
+    program = list(state.of(model).programs[2].values())[-1][0]
+    return sum(wb[0] is cpu.WINO and wb[1].dim() == 3 and wb[1].shape[0] == 16 for wb in program)
+
+
+@f23_only
+@pytest.mark.parametrize("arch, shape, f23", [
+    ("resnet50", (1, 3, 224, 224), 5),  # layer 3 (14x14: 49 tiles of 2x2, 16 of 4x4): 16 * 49 - 36 * 16 = 208
+    ("resnet18", (1, 3, 224, 224), 3),  # layer 3's three stride-1 3x3 convs
+    ("resnet50", (2, 3, 224, 224), 0),  # 416 extra multiplies per weight element: F(4x4) everywhere
+])
+def test_frozen_fp32_runs_f23_where_it_pays_and_matches_torchvision(arch, shape, f23):
+    ours, tv = _frozen_pair(arch)
+    x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = tv(x)
+        for _ in range(2):  # record, replay
+            y = ours(x)
+            assert _f23_units(ours) == f23
+            assert rel_err(y, ref) < 1e-5
 
 
 def test_switch_off_and_on_again():
@@ -361,8 +418,15 @@ def test_bf16_nan_and_inf_propagate():
 @pytest.mark.skipif(ops.winograd_bf16_supported(), reason="this CPU has AVX512-BF16")
 def test_bf16_without_avx512_bf16_is_a_clear_error():
     x, w, b, _ = make_bf16(1, 16, 16, 4, 4, seed=1)
-    with pytest.raises(RuntimeError, match="bfloat16 needs a CPU with AVX512-BF16"):
+    with pytest.raises(RuntimeError, match=r"bfloat16 F\(2x2, 3x3\) needs a CPU with AVX512-BF16"):
         ops.winograd3x3(x, ops.winograd_weight(w.bfloat16()), b, None, True)
+
+
+@pytest.mark.skipif(ops.winograd_f23_supported(), reason="this CPU has AVX-512")
+def test_f23_fp32_without_avx512_is_a_clear_error():
+    x, w, b, _ = make(1, 16, 16, 4, 4, seed=1)
+    with pytest.raises(RuntimeError, match=r"float32 F\(2x2, 3x3\) needs a CPU with AVX-512"):
+        ops.winograd3x3(x, ops.winograd_weight(w, 2), b, None, True)
 
 
 def _bf16_args(**kw):

@@ -5,6 +5,9 @@
 // input tiles (B^T d B), runs the GEMMs (AVX-512 register tiles below, else ATen's bmm), and transforms the products
 // back (A^T m A) with the bias, residual and ReLU fused. Two variants, by x's dtype:
 // - float32: F(4x4, 3x3), 36 GEMMs, 4x fewer multiplies than the direct convolution.
+// - float32 with a [16, C, K] u (winograd_weight(w, 2)): F(2x2, 3x3), 16 GEMMs, 2.25x fewer multiplies, on a
+//   transformed weight of 16/9 the weight's bytes against F(4x4)'s 4x (where few tiles share a large weight, as in
+//   resnet's layer 3 at batch 1, streaming u costs more than the multiplies F(4x4) saves).
 // - bfloat16: F(2x2, 3x3), 16 GEMMs of bf16 operands with fp32 sums (AVX512-BF16 dot products), 2.25x fewer
 //   multiplies. F(4x4)'s larger transform coefficients would multiply the error of the bf16 operands about 5x (CPU
 //   emulation on resnet50's 3x3 shapes: 1.7-2.1e-2 of the output's norm against 2.9e-3 for oneDNN's direct bf16
@@ -85,6 +88,7 @@ struct Geometry {
 struct F43 {
   using T = float;                 // x, y, residual and the GEMM operands
   static constexpr int64_t kTile = 4, kElems = 36, kDepth = 64, kPack = 1;
+  static constexpr bool kAvx512Only = false;  // its transforms are plain loops (cloned); its GEMMs fall back to bmm
   static constexpr const char* kName = "float32";
 
   // V[e][t - t0][0 .. C) = (B^T d B)[e] of tile t's 6x6 input patch (zero outside the image: padding 1), 16
@@ -171,7 +175,20 @@ struct F43 {
 #undef RESNET_EXT_BT
 #undef RESNET_EXT_AT
 
-// ---- F(2x2, 3x3), bfloat16 -------------------------------------------------------------------------------------
+// ---- F(2x2, 3x3): float32 and bfloat16 -------------------------------------------------------------------------
+
+// B^T d on four values (each row of the 4x4 tile, then each column), and A^T m, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]];
+// on AVX-512 vectors through GCC's vector operators, in this order of operations (the results depend on it).
+#define RESNET_EXT_BT2(d0, d1, d2, d3, o0, o1, o2, o3) \
+  o0 = (d0) - (d2);                                    \
+  o1 = (d1) + (d2);                                    \
+  o2 = (d2) - (d1);                                    \
+  o3 = (d1) - (d3);
+#define RESNET_EXT_AT2(m0, m1, m2, m3, o0, o1) \
+  o0 = ((m0) + (m1)) + (m2);                   \
+  o1 = ((m1) - (m2)) - (m3);
+
+constexpr double kG23[4][3] = {{1., 0., 0.}, {.5, .5, .5}, {.5, -.5, .5}, {0., 0., 1.}};
 
 // Only on CPUs with AVX512-BF16 (check_args): the transforms are written for it, one tile's channels per call
 // (written per 16 channels and cloned like F(4x4)'s, they took 2.5x the GEMMs' time).
@@ -181,76 +198,38 @@ struct F43 {
 struct F23 {
   using T = bf16;
   static constexpr int64_t kTile = 2, kElems = 16, kDepth = 128, kPack = 2;
+  static constexpr bool kAvx512Only = true;  // AVX512-BF16 (gemm_runs_here)
   static constexpr const char* kName = "bfloat16";
-  static constexpr double G[4][3] = {{1., 0., 0.}, {.5, .5, .5}, {.5, -.5, .5}, {0., 0., 1.}};
+  static constexpr const double (&G)[4][3] = kG23;
 
 #ifdef RESNET_EXT_AVX512_GEMM
-  RESNET_EXT_BF16_TARGET static __m512 load(const bf16* p) { return resnet_ext::cpu_gemm::load_bf16(p); }
-  RESNET_EXT_BF16_TARGET static void store(bf16* p, __m512 v) { resnet_ext::cpu_gemm::store_bf16(p, v); }
-
-  // V[e][t - t0][0 .. C) = (B^T d B)[e] of tile t's 4x4 input patch (zero outside the image: padding 1), with
-  // B^T d = (d0 - d2, d1 + d2, d2 - d1, d1 - d3) on the rows, then on the columns.
-  RESNET_EXT_BF16_TARGET static void input_tile(const bf16* x, bf16* v, const Geometry& g, int64_t plane, int64_t t,
-                                                int64_t t0) {
-    const bf16* p[4][4];
-    g.patch(x, t, kTile, p);
-    bf16* dst = v + (t - t0) * g.c;
-    for (int64_t c0 = 0; c0 < g.c; c0 += kVec) {
-      __m512 r[4][4];
-      for (int j = 0; j < 4; ++j) {
-        __m512 d[4];
-        for (int i = 0; i < 4; ++i) d[i] = p[i][j] ? load(p[i][j] + c0) : _mm512_setzero_ps();
-        r[0][j] = _mm512_sub_ps(d[0], d[2]);
-        r[1][j] = _mm512_add_ps(d[1], d[2]);
-        r[2][j] = _mm512_sub_ps(d[2], d[1]);
-        r[3][j] = _mm512_sub_ps(d[1], d[3]);
-      }
-      for (int i = 0; i < 4; ++i) {
-        store(dst + (i * 4 + 0) * plane + c0, _mm512_sub_ps(r[i][0], r[i][2]));
-        store(dst + (i * 4 + 1) * plane + c0, _mm512_add_ps(r[i][1], r[i][2]));
-        store(dst + (i * 4 + 2) * plane + c0, _mm512_sub_ps(r[i][2], r[i][1]));
-        store(dst + (i * 4 + 3) * plane + c0, _mm512_sub_ps(r[i][1], r[i][3]));
-      }
-    }
+  // Its values as fp32 vectors (exact), and fp32 vectors rounded to it (to nearest even).
+  RESNET_EXT_BF16_TARGET [[gnu::always_inline]] static __m512 load(const bf16* p) {
+    return resnet_ext::cpu_gemm::load_bf16(p);
   }
-
-  // y[tile t, 0 .. K) = relu?(A^T M A + bias (+ residual)), A^T = [[1, 1, 1, 0], [0, 1, -1, -1]], the tile's
-  // in-image pixels only.
-  RESNET_EXT_BF16_TARGET static void output_tile(const float* m, const float* bias, const bf16* res, bf16* y,
-                                                 const Geometry& g, int64_t chunk_tiles, int64_t t, int64_t t0,
-                                                 bool relu) {
-    const int64_t tn = g.tn(t), th = g.th(t), tw = g.tw(t);
-    const int64_t plane = chunk_tiles * g.k;
-    const bool down = th * kTile + 1 < g.h, right = tw * kTile + 1 < g.w;  // the tile's second row, column
-    const int64_t at = ((tn * g.h + th * kTile) * g.w + tw * kTile) * g.k;
-    const int64_t at_pixel[2][2] = {{at, at + g.k}, {at + g.w * g.k, at + (g.w + 1) * g.k}};
-    const float* src = m + (t - t0) * g.k;
-    for (int64_t k0 = 0; k0 < g.k; k0 += kVec) {
-      __m512 r[2][4];
-      for (int j = 0; j < 4; ++j) {
-        const __m512 p0 = _mm512_loadu_ps(src + (0 + j) * plane + k0);
-        const __m512 p1 = _mm512_loadu_ps(src + (4 + j) * plane + k0);
-        const __m512 p2 = _mm512_loadu_ps(src + (8 + j) * plane + k0);
-        const __m512 p3 = _mm512_loadu_ps(src + (12 + j) * plane + k0);
-        r[0][j] = _mm512_add_ps(_mm512_add_ps(p0, p1), p2);
-        r[1][j] = _mm512_sub_ps(_mm512_sub_ps(p1, p2), p3);
-      }
-      const __m512 b = _mm512_loadu_ps(bias + k0);
-      for (int i = 0; i < 2; ++i) {
-        if (i == 1 && !down) break;
-        const __m512 out[2] = {_mm512_add_ps(_mm512_add_ps(r[i][0], r[i][1]), r[i][2]),
-                               _mm512_sub_ps(_mm512_sub_ps(r[i][1], r[i][2]), r[i][3])};
-        for (int j = 0; j < 2; ++j) {
-          if (j == 1 && !right) break;
-          const int64_t o = at_pixel[i][j] + k0;
-          __m512 row = _mm512_add_ps(out[j], b);
-          if (res) row = _mm512_add_ps(row, load(res + o));
-          if (relu) row = _mm512_max_ps(_mm512_setzero_ps(), row);  // max(0, NaN) is NaN, as torch.relu
-          store(y + o, row);
-        }
-      }
-    }
+  RESNET_EXT_BF16_TARGET [[gnu::always_inline]] static void store(bf16* p, __m512 v) {
+    resnet_ext::cpu_gemm::store_bf16(p, v);
   }
+#define RESNET_EXT_F23_TARGET RESNET_EXT_BF16_TARGET
+#include "winograd_f23.inc"
+#undef RESNET_EXT_F23_TARGET
+#endif
+};
+
+// F(2x2, 3x3) in float32 (AVX-512; the F(4x4) variant's GEMM tiles).
+struct F23F32 {
+  using T = float;
+  static constexpr int64_t kTile = 2, kElems = 16, kDepth = 64, kPack = 1;
+  static constexpr bool kAvx512Only = true;
+  static constexpr const char* kName = "float32";
+  static constexpr const double (&G)[4][3] = kG23;
+
+#ifdef RESNET_EXT_AVX512_GEMM
+  RESNET_EXT_F32_TARGET [[gnu::always_inline]] static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
+  RESNET_EXT_F32_TARGET [[gnu::always_inline]] static void store(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+#define RESNET_EXT_F23_TARGET RESNET_EXT_F32_TARGET
+#include "winograd_f23.inc"
+#undef RESNET_EXT_F23_TARGET
 #endif
 };
 #pragma GCC diagnostic pop
@@ -333,6 +312,7 @@ constexpr GemmTile<bf16> kTilesBF16[kRows][kPanelVecs] = RESNET_EXT_TABLE(gemm_t
 #undef RESNET_EXT_TILES
 
 const GemmTile<float> (&tiles_of(const F43&))[kRows][kPanelVecs] { return kTilesF32; }
+const GemmTile<float> (&tiles_of(const F23F32&))[kRows][kPanelVecs] { return kTilesF32; }
 const GemmTile<bf16> (&tiles_of(const F23&))[kRows][kPanelVecs] { return kTilesBF16; }
 
 template <class W>
@@ -407,7 +387,7 @@ void check_args(const Tensor& x, const Tensor& u, const Tensor& bias, const std:
   TORCH_CHECK(u.dim() >= 3 && u.sizes() == at::IntArrayRef(u_shape<W>(c, u.size(2))) &&
                   u.scalar_type() == x.scalar_type() && u.is_contiguous(),
               "winograd3x3: u must be the contiguous ", W::kName, " transformed weight ",
-              W::kPack == 1 ? "[36, C, K]" : "[16, C / 2, K, 2]", " of a ", W::kName,
+              W::kPack == 1 ? "[36, C, K] or [16, C, K]" : "[16, C / 2, K, 2]", " of a ", W::kName,
               " weight (ops.winograd_weight) for C=", c, " input channels, got ", u.scalar_type(), " ", u.sizes(),
               " strides ", u.strides());
   const int64_t k = u.size(2);
@@ -427,8 +407,8 @@ void check_args(const Tensor& x, const Tensor& u, const Tensor& bias, const std:
                 at::IntArrayRef(shape), ", got ", r.scalar_type(), " ", r.sizes(), " strides ", r.strides(), " on ",
                 r.device());
   }
-  TORCH_CHECK(W::kPack == 1 || gemm_runs_here<W>(),
-              "winograd3x3: bfloat16 needs a CPU with AVX512-BF16, which this one lacks (use oneDNN's convolution)");
+  TORCH_CHECK(!W::kAvx512Only || gemm_runs_here<W>(), "winograd3x3: ", W::kName, " F(2x2, 3x3) needs a CPU with ",
+              W::kPack == 1 ? "AVX-512" : "AVX512-BF16", ", which this one lacks (use oneDNN's convolution)");
 }
 
 template <class W>
@@ -508,8 +488,10 @@ Tensor winograd3x3_cpu(const Tensor& x, const Tensor& u, const Tensor& bias, con
               x.scalar_type());
   TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast),
               "winograd3x3: x must be channels_last contiguous, got strides ", x.strides());
-  return x.scalar_type() == at::kFloat ? winograd3x3<F43>(x, u, bias, residual, relu)
-                                       : winograd3x3<F23>(x, u, bias, residual, relu);
+  if (x.scalar_type() != at::kFloat) return winograd3x3<F23>(x, u, bias, residual, relu);
+  // float32: the variant u was made for (its first dimension: 36 or 16 elements per tile).
+  return u.dim() == 3 && u.size(0) == F23F32::kElems ? winograd3x3<F23F32>(x, u, bias, residual, relu)
+                                                     : winograd3x3<F43>(x, u, bias, residual, relu);
 }
 
 template <class W>
@@ -531,12 +513,17 @@ Tensor winograd_weight(const Tensor& w) {
   return u;
 }
 
-Tensor winograd_weight_cpu(const Tensor& w) {
+Tensor winograd_weight_cpu(const Tensor& w, int64_t m) {
   TORCH_CHECK(w.device().is_cpu() && (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16) &&
                   w.dim() == 4 && w.size(2) == 3 && w.size(3) == 3,
               "winograd_weight: w must be a float32 or bfloat16 CPU weight [K, C, 3, 3], got ", w.scalar_type(), " ",
               w.sizes(), " on ", w.device());
-  return w.scalar_type() == at::kFloat ? winograd_weight<F43>(w) : winograd_weight<F23>(w);
+  const bool fp32 = w.scalar_type() == at::kFloat;
+  TORCH_CHECK(m == 0 || m == 2 || (m == 4 && fp32), "winograd_weight: m (the output tile's side) must be 0 (the ",
+              "dtype's default: 4 for float32, 2 for bfloat16), 2, or 4 for float32, got ", m, " for ",
+              w.scalar_type());
+  if (!fp32) return winograd_weight<F23>(w);
+  return m == 2 ? winograd_weight<F23F32>(w) : winograd_weight<F43>(w);
 }
 
 // Whether the CPU has AMX-BF16 and the OS keeps its tile state (XCR0 bits 17 and 18): oneDNN's bf16
@@ -557,14 +544,16 @@ bool cpu_amx_bf16() {
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(resnet_ext, m) {
-  // y = relu?(conv3x3(x, w, stride 1, padding 1) + bias (+ residual)) by Winograd (F(4x4, 3x3) for float32,
-  // F(2x2, 3x3) for bfloat16), with u the transformed weight of ops.winograd_weight. CPU, channels_last; the flat
+  // y = relu?(conv3x3(x, w, stride 1, padding 1) + bias (+ residual)) by Winograd (F(4x4, 3x3) or F(2x2, 3x3) for
+  // float32, as u was made, F(2x2, 3x3) for bfloat16), with u the transformed weight of ops.winograd_weight. CPU, channels_last; the flat
   // CPU forward's 3x3 units.
   m.def("winograd3x3(Tensor x, Tensor u, Tensor bias, Tensor? residual, bool relu) -> Tensor");
-  // u = G w G^T for a weight of x's dtype: [36, C, K] (float32) or [16, C / 2, K, 2] (bfloat16).
-  m.def("winograd_weight(Tensor w) -> Tensor");
-  // Whether this CPU runs the bfloat16 variant (AVX512-BF16).
+  // u = G w G^T for a weight of x's dtype and output tiles of m x m (0: the dtype's default): [36, C, K] (float32,
+  // m 4), [16, C, K] (float32, m 2) or [16, C / 2, K, 2] (bfloat16, m 2).
+  m.def("winograd_weight(Tensor w, int m=0) -> Tensor");
+  // Whether this CPU runs the bfloat16 variant (AVX512-BF16), and float32's F(2x2, 3x3) (AVX-512).
   m.def("winograd_bf16_supported() -> bool", [] { return gemm_runs_here<F23>(); });
+  m.def("winograd_f23_supported() -> bool", [] { return gemm_runs_here<F23F32>(); });
   // Whether this CPU has AMX-BF16 tiles the OS keeps (the frozen bf16 plan leaves its 3x3 convs to oneDNN there).
   m.def("cpu_amx_bf16() -> bool", [] { return cpu_amx_bf16(); });
 }

@@ -163,7 +163,8 @@ def winograd_pays(u: Unit, x: Tensor) -> bool:
     with padding 1 on a channels_last input, channels multiples of 16. `resnet_ext.cpu_winograd(False)` turns it
     off. Measured on a 2-core AVX-512 machine against oneDNN on prepacked weights:
     - float32, F(4x4, 3x3) (4x fewer multiplies): at least 16 output tiles of 4x4 (N * ceil(H/4) * ceil(W/4)),
-      below which the GEMMs only stream the transformed weight (4x the weight's size). resnet50's 3x3 convs
+      below which the GEMMs only stream the transformed weight (4x the weight's size); F(2x2, 3x3) instead where
+      few tiles share a large weight (`winograd_tile`). resnet50's 3x3 convs
       1.6-2.2x faster at batch 1 (layers 1-3; layer 4 has 4 tiles and runs 2.5x slower) and 1.2-2.2x at batch 8.
     - bfloat16, F(2x2, 3x3) (2.25x fewer multiplies; CPUs with AVX512-BF16): resnet50's 3x3 convs 1.06-1.82x
       faster at batch 1 (layer 4 the least) and 1.08-1.70x at batch 8 (benchmarks/results/
@@ -183,6 +184,27 @@ def winograd_pays(u: Unit, x: Tensor) -> bool:
         return (x.is_contiguous(memory_format=torch.channels_last) and ops.winograd_bf16_supported()
                 and not AMX_BF16 and _tiles(x, 2) >= WINOGRAD_MIN_TILES_BF16)
     return x.dtype == torch.float32 and ops.wants_channels_last(x) and _tiles(x, 4) >= WINOGRAD_MIN_TILES
+
+
+WINOGRAD_F23_MAX_EXTRA = 256  # winograd_tile: F(2x2)'s extra multiplies per weight element that its lighter weight pays
+
+
+def winograd_tile(u: Unit, x: Tensor) -> int:
+    """The output tile side m of a Winograd unit (`winograd_pays`): 2 for bf16; for fp32 F(4x4, 3x3) (m 4) unless
+    F(2x2, 3x3) (m 2; CPUs with AVX-512) pays. Per element of the conv's weight, F(2x2) multiplies 16 times per 2x2
+    tile and F(4x4) 36 times per 4x4 tile, but F(4x4)'s transformed weight is 36 floats to F(2x2)'s 16, streamed
+    from memory on every call: F(2x2) where its extra multiplies, 16 * tiles(2) - 36 * tiles(4), stay within
+    WINOGRAD_F23_MAX_EXTRA (about what the 80 bytes cost at a 2-core Zen 5's ratio of multiply rate to memory
+    bandwidth, ~200 GFLOP/s to ~15 GB/s). Measured there per layer inside resnet50's forward: layer 3 at batch 1
+    (16 tiles of 4x4, 49 of 2x2: 208) 1.16-1.27x faster by F(2x2); layer 2 at batch 1 (1372) 0.80-0.85x, layer 1
+    0.71-0.76x; every layer at batch 8 0.74-0.93x. Whole models at batch 1 with layer 3 by F(2x2), per-round medians of six runs
+    in two processes: resnet101 1.005-1.06x, resnet50 0.997-1.014x; at batch 2 (layer 3: 416) resnet101 0.98-1.03x,
+    hence the bound
+    (benchmarks/cpu_winograd_f23_ab.py; benchmarks/results/2026-12-05-cpu-bench-settled/)."""
+    if x.dtype != torch.float32:
+        return 2
+    extra = 16 * _tiles(x, 2) - 36 * _tiles(x, 4)
+    return 2 if extra <= WINOGRAD_F23_MAX_EXTRA and ops.winograd_f23_supported() else 4
 
 
 def _fold_as_declared(conv: nn.Conv2d, weight: Tensor, x: Tensor) -> bool:
@@ -521,7 +543,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
             fold = folds[u.conv]
             own = _fold_as_declared(u.conv, fold.weight, y)  # else only oneDNN's convolution
             if own and winograd_pays(u, y):  # the ops' bias in fp32 (a bf16 fold's is converted here once)
-                program.append((WINO, fold.winograd_weight(), fold.bias.float()))
+                program.append((WINO, fold.winograd_weight(winograd_tile(u, y)), fold.bias.float()))
             elif own and conv1x1_pays(u, y):
                 program.append((CONV1X1, fold.conv1x1_weight(), fold.bias.float()))
             elif own and stem_pays(u, y):

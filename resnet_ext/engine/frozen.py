@@ -32,16 +32,17 @@ class FrozenUnit:
         self.bn, self.param, self.bias_param, self.weight, self.bias = bn, conv.weight, conv.bias, weight, bias
         self.eps = bn.eps
         self.packed: Dict[tuple, Tensor] = {}
-        self.winograd: Optional[Tensor] = None
+        self.winograd: Dict[int, Tensor] = {}  # per output tile side m
         self.gemm: Optional[Tensor] = None
         self.stem: Optional[Tensor] = None
 
-    def winograd_weight(self) -> Tensor:
-        """The folded weight transformed for `ops.winograd3x3` (made once)."""
-        if self.winograd is None:  # kept with the model: not from the forwards' reused memory
+    def winograd_weight(self, m: int) -> Tensor:
+        """The folded weight transformed for `ops.winograd3x3` with output tiles of m x m (made once per m)."""
+        u = self.winograd.get(m)
+        if u is None:  # kept with the model: not from the forwards' reused memory
             with torch.inference_mode(False), torch.no_grad(), cpu.reused_memory(False):
-                self.winograd = ops.winograd_weight(self.weight)
-        return self.winograd
+                u = self.winograd[m] = ops.winograd_weight(self.weight, m)
+        return u
 
     def conv1x1_weight(self) -> Tensor:
         """The folded 1x1 weight packed for `ops.conv1x1` (made once)."""
