@@ -211,8 +211,11 @@ def time_interleaved(fns: dict, x, iters: int, warmup: dict, progress: Progress 
         k = r % len(names) if rotate else 0
         for name in names[k:] + names[:k]:
             fn = fns[name]
+            t0 = clock()
             for _ in range(settle):
                 fn(x)
+            if r == 0:  # with no warm-up calls the first settling call is the first call: its cost is warm-up
+                warm[name] += clock() - t0
             t0 = clock()
             fn(x)
             times[name].append(clock() - t0)

@@ -173,6 +173,8 @@ def _winograd3x3_fake(x, u, bias, residual, relu):
 
 @torch.library.register_fake("resnet_ext::winograd_weight")
 def _winograd_weight_fake(w, m=0):
+    torch._check(m in (0, 2) or (m == 4 and w.dtype == torch.float32),
+                 lambda: f"winograd_weight: m (the output tile's side) must be 0, 2, or 4 for float32, got {m}")
     if w.dtype == torch.bfloat16:
         return w.new_empty((16, w.shape[1] // 2, w.shape[0], 2))
     return w.new_empty((16 if m == 2 else 36, w.shape[1], w.shape[0]))

@@ -143,7 +143,9 @@ def bench_tables(b: dict) -> tuple[str, str, dict]:
             f"{b.get('batch_size', '?')}, {b.get('image_size', '?')}x{b.get('image_size', '?')}, "
             f"{'channels_last' if b.get('channels_last') else 'NCHW'}; torch {b.get('torch', '?')}; "
             f"{b.get('threads', '?')} threads; median of {b.get('iters', '?')} "
-            f"{'interleaved ' if b.get('order') == 'interleaved' else ''}rounds (python -m resnet_ext bench)")
+            f"{'interleaved ' if b.get('order') == 'interleaved' else ''}rounds"
+            f"{', each timed call right after an untimed one of its own' if b.get('settle') else ''} "
+            f"(python -m resnet_ext bench)")
     lines, speedups = [], {}
     sections = [("model_eval", b["eval"], b.get("eval_speedups", {}))]
     if isinstance(b.get("train"), dict):

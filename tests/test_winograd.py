@@ -129,6 +129,9 @@ def test_f23_fp32_weight_transform_matches_float64(k, c):
 def test_weight_transform_bad_tile_side(dtype, m):
     with pytest.raises(RuntimeError, match="m \\(the output tile's side\\) must be 0"):
         ops.winograd_weight(torch.randn(8, 8, 3, 3).to(dtype), m)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode(), pytest.raises(RuntimeError, match="m \\(the output tile's side\\) must be 0"):
+        ops.winograd_weight(torch.empty(8, 8, 3, 3, dtype=dtype), m)  # tracing refuses it as the op does
 
 
 @pytest.mark.parametrize("m", M_FP32)
