@@ -194,7 +194,7 @@ def time_interleaved(fns: dict, x, iters: int, warmup: dict, progress: Progress 
     same contender right before each timed one, so that each timed call follows its own, as in a deployment that
     runs one model: a runtime with its own worker threads (ONNX Runtime's and OpenVINO's pools spin after a call)
     otherwise takes cores from whoever is timed next (on a 2-core CPU OpenVINO's fp32 resnet50 at batch 1 took
-    60 ms timed right after ONNX Runtime's call and 39-41 ms after its own: benchmarks/results/
+    59-61 ms timed right after ONNX Runtime's call and 38-41 ms after its own: benchmarks/results/
     2026-12-05-cpu-bench-settled/). On torch.utils.benchmark's clock, which synchronizes the accelerator. Returns
     ({name: per-round seconds}, {name: warm-up seconds})."""
     warm = {}

@@ -196,8 +196,8 @@ def winograd_tile(u: Unit, x: Tensor) -> int:
     from memory on every call: F(2x2) where its extra multiplies, 16 * tiles(2) - 36 * tiles(4), stay within
     WINOGRAD_F23_MAX_EXTRA (about what the 80 bytes cost at a 2-core Zen 5's ratio of multiply rate to memory
     bandwidth, ~200 GFLOP/s to ~15 GB/s). Measured there per layer inside resnet50's forward: layer 3 at batch 1
-    (16 tiles of 4x4, 49 of 2x2: 208) 1.16-1.27x faster by F(2x2); layer 2 at batch 1 (1372) 0.80-0.85x, layer 1
-    0.71-0.76x; every layer at batch 8 0.74-0.93x. Whole models at batch 1 with layer 3 by F(2x2), per-round medians of six runs
+    (16 tiles of 4x4, 49 of 2x2: 208) 1.19-1.27x faster by F(2x2); layer 2 at batch 1 (1372) 0.79-0.83x, layer 1
+    0.72-0.79x; every layer at batch 8 0.72-0.97x. Whole models at batch 1 with layer 3 by F(2x2), per-round medians of six runs
     in two processes: resnet101 1.005-1.06x, resnet50 0.997-1.014x; at batch 2 (layer 3: 416) resnet101 0.98-1.03x,
     hence the bound
     (benchmarks/cpu_winograd_f23_ab.py; benchmarks/results/2026-12-05-cpu-bench-settled/)."""
@@ -446,9 +446,9 @@ def run(model: nn.Module, s: structure.Structure, x: Tensor, wb, fc_dtype: Optio
 def logits(model: nn.Module, features: Tensor, onednn_fc: bool = False) -> Tensor:
     """The logits from the last block's output: the model's own average pool and fc, read live. `onednn_fc` (the
     frozen mode; the default mode keeps nn.Linear's bits): an fp32 fc as oneDNN's linear on its weight as it lies,
-    where nn.Linear runs MKL's addmm: resnet50's 2048 -> 1000 fc alone 1.6-2.2x faster (batch 1: 84-89 against
-    143-146 us), the whole frozen resnet50 at batch 1 1.01-1.02x in fp32, level in bf16 and at batch 8 (2-core
-    Zen 5; benchmarks/cpu_fc_ab.py, benchmarks/results/2026-12-05-cpu-bench-settled/)."""
+    where nn.Linear runs MKL's addmm: resnet50's 2048 -> 1000 fc alone 1.7-1.9x faster (batch 1: 82-85 against
+    144-150 us; batch 8: 340-347 against 598-610), the whole frozen resnet50 0.98-1.03x per run, level within the
+    noise (2-core Zen 5; benchmarks/cpu_fc_ab.py, benchmarks/results/2026-12-05-cpu-bench-settled/)."""
     pooled = torch.flatten(model.avgpool(features), 1)
     fc = model.fc
     if onednn_fc and _onednn_fc_fits(fc.weight, fc.bias, pooled):
