@@ -7,7 +7,7 @@ call. The hot paths read `switch.on`.
     on_cuda        a stock model's CUDA eval forward as the recorded sequence of fused units (opt-in)
     fused_stem     in that sequence, the stem's conv+BN+ReLU and max pool as one op (experimental build, opt-in)
     unfolded_bn    in that sequence, BN as fp32 scale/shift on the unfolded weight's sum (experimental, opt-in)
-    cpu_winograd   the frozen CPU mode's 3x3 convs by Winograd where it pays (default on)
+    cpu_winograd   the CPU modes' 3x3 convs by Winograd where it pays (default on)
     cpu_conv1x1    the frozen CPU mode's 1x1 convs as resnet_ext's own GEMM where it pays (default on)
     cpu_stem       the frozen CPU mode's stem conv as resnet_ext's own op where it pays (default on)
     cpu_onednn_graph  the frozen CPU mode's convolutions as one oneDNN Graph where it pays (opt-in)
@@ -83,9 +83,10 @@ the accuracy bound; and the default mode then folds no weight per forward, only 
 units in one batched pass). Returns the setting in force before the call. Off by default and only in an
 experimental build: unverified on a GPU until `benchmarks/gpu_check.sh --only unfolded` passes.""")
 
-cpu_winograd = switch("cpu_winograd", default=True, doc="""Whether the frozen CPU mode may run 3x3 convs by
-Winograd where it pays (`engine.cpu.winograd_pays`; default on); off, oneDNN runs every conv. Returns the setting
-in force before the call; the next forward of each input size follows it.""")
+cpu_winograd = switch("cpu_winograd", default=True, doc="""Whether the CPU modes may run 3x3 convs by Winograd
+where it pays (the frozen mode: `engine.cpu.winograd_pays`; the default mode, fp32 F(2x2) on the live weight:
+`engine.cpu.winograd_default_pays`; default on); off, oneDNN runs every conv. Returns the setting in force before
+the call; the next forward of each input size follows it.""")
 
 cpu_conv1x1 = switch("cpu_conv1x1", default=True, doc="""Whether the frozen CPU mode may run 1x1 convs as
 resnet_ext's own GEMM with a fused epilogue where it pays (`engine.cpu.conv1x1_pays`; default on); off, oneDNN runs

@@ -774,6 +774,68 @@ def test_3x3_gemm_units_match_torchvision(dtype, cl_model, monkeypatch):
         assert any(kinds.values()) and counts.get("gemm", 0) >= sum(kinds.values()), (kinds, counts)
 
 
+f23_only = pytest.mark.skipif(not torch.ops.resnet_ext.winograd_f23_supported(), reason="this CPU has no AVX-512")
+
+
+@f23_only
+@pytest.mark.parametrize("cl_model", [False, True], ids=["model_nchw", "model_cl"])
+def test_default_mode_winograd_units_match_torchvision(cl_model):
+    """The default mode's fp32 3x3 stride-1 convs of 196 or more 2x2 tiles by F(2x2) on the live weight: resnet18
+    at 4x112x112 has them in layers 1 (28x28: 784 tiles) and 2 (14x14: 196), not 3 (64); torchvision's answer,
+    no further from float64 than torchvision is; cpu_winograd(False) turns them off from the next forward."""
+    ours, tv = pair("resnet18")
+    fmt = torch.channels_last if cl_model else torch.contiguous_format
+    ours, tv = ours.to(memory_format=fmt), tv.to(memory_format=fmt)
+    x = torch.randn(4, 3, 112, 112).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref64 = copy.deepcopy(tv).double()(x.double())
+        ref = tv(x)
+        for _ in range(2):  # record, replay
+            y, counts = counts_of(lambda: ours(x))
+            assert counts.get("winograd_unfolded") == 7, counts
+            assert rel_err(y, ref) < TOL
+            assert rel_err(y.double(), ref64) < 2 * rel_err(ref.double(), ref64) + 1e-7
+        try:
+            assert resnet_ext.cpu_winograd(False) is True
+            y, counts = counts_of(lambda: ours(x))
+            assert "winograd_unfolded" not in counts and rel_err(y, ref) < TOL
+        finally:
+            resnet_ext.cpu_winograd(True)
+        _, counts = counts_of(lambda: ours(x))
+        assert counts.get("winograd_unfolded") == 7
+
+
+@f23_only
+@pytest.mark.parametrize("change", ["kernel 1x1", "fewer input channels", "float64", "with bias"])
+def test_default_mode_winograd_unit_after_a_weight_change(change):
+    """A weight swapped through `.data` (or a bias added) after the plan chose F(2x2) for the unit: the stock conv
+    runs it, torchvision's answer or its error."""
+    ours, tv = pair("resnet18")
+    x = torch.randn(4, 3, 112, 112).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        _, counts = counts_of(lambda: ours(x))
+        assert counts.get("winograd_unfolded") == 7
+        for m in (ours, tv):
+            conv = m.layer1[1].conv1
+            w = torch.randn(64, 64, 3, 3, generator=torch.Generator().manual_seed(1)) * 0.05
+            if change == "kernel 1x1":
+                conv.weight.data = w[:, :, :1, :1].contiguous()
+            elif change == "fewer input channels":
+                conv.weight.data = w[:, :32].contiguous()
+            elif change == "float64":
+                conv.weight.data = w.double()
+            else:
+                conv.bias = nn.Parameter(torch.full((64,), 0.5))
+        try:
+            ref = tv(x)
+        except RuntimeError as e:
+            with pytest.raises(RuntimeError) as got:
+                ours(x)
+            assert str(got.value).split("\n")[0] == str(e).split("\n")[0]
+            return
+        assert rel_err(ours(x), ref) < TOL
+
+
 @pytest.mark.parametrize("cl_model", [False, True], ids=["model_nchw", "model_cl"])
 def test_1x1_maps_run_as_torchvision_runs_them(cl_model):
     """A 32x32 input leaves layer4 with 1x1 maps, dense in both layouts: the units hand ATen NCHW strides as
