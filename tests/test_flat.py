@@ -806,6 +806,33 @@ def test_default_mode_winograd_units_match_torchvision(cl_model):
 
 
 @f23_only
+def test_default_mode_winograd_plan_after_the_weights_change_layout():
+    """A channels_last model's NCHW input: the stem hands layer 1 channels_last maps and the plan takes F(2x2)
+    there; the weights made NCHW afterwards (the same Parameters, so the same plan) hand NCHW maps instead, which
+    the units then give to the stock conv: torchvision's answer, no error."""
+    ours, tv = pair("resnet18")
+    ours, tv = ours.to(memory_format=torch.channels_last), tv.to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 112, 112)
+    with torch.no_grad():
+        _, counts = counts_of(lambda: ours(x))
+        assert counts.get("winograd_unfolded", 0) > 0, counts
+        ours, tv = ours.to(memory_format=torch.contiguous_format), tv.to(memory_format=torch.contiguous_format)
+        assert rel_err(ours(x), tv(x)) < TOL
+
+
+@f23_only
+def test_default_mode_winograd_leaves_1x1_maps_of_nchw_inputs_to_the_stock_conv():
+    """An NCHW input below the channels_last switch keeps torchvision's bits, also where a late layer's (N, C, 1, 1)
+    maps (dense in both layouts) have 196 or more tiles: resnet18 at 256x3x16x16."""
+    ours, tv = pair("resnet18")
+    x = torch.randn(256, 3, 16, 16)
+    with torch.no_grad():
+        y, counts = counts_of(lambda: ours(x))
+        assert "winograd_unfolded" not in counts and counts.get("flat_forwards") == 1, counts
+        assert torch.equal(y, tv(x))
+
+
+@f23_only
 @pytest.mark.parametrize("change", ["kernel 1x1", "fewer input channels", "float64", "with bias"])
 def test_default_mode_winograd_unit_after_a_weight_change(change):
     """A weight swapped through `.data` (or a bias added) after the plan chose F(2x2) for the unit: the stock conv

@@ -359,32 +359,39 @@ def _bn_epilogue(u: Unit, y: Tensor, scale: Tensor, shift: Tensor, residual: Opt
     return y
 
 
-WINOGRAD_DEFAULT_MIN_TILES = 196  # winograd_default_pays: 2x2 output tiles (N * ceil(H/2) * ceil(W/2)) at least
+WINOGRAD_DEFAULT_MIN_TILES = 196  # winograd_default_pays: 2x2 output tiles (N * ceil(H/2) * ceil(W/2)) at least,
+WINOGRAD_DEFAULT_WEIGHT_PER_TILE = 256  # and at least one per this many of C * K (the transform's cost per call)
 
 
 def winograd_default_pays(u: Unit, x: Tensor) -> bool:
     """Whether a default-mode unit runs as `winograd_unit`: an fp32 3x3 stride-1 conv with padding 1, no bias, one
-    group, channels multiples of 16, on a channels_last input, on a CPU with AVX-512 (`cpu_winograd` on), with at
-    least WINOGRAD_DEFAULT_MIN_TILES output tiles of 2x2. F(2x2, 3x3) rounds as the direct convolution does (2-6e-7
-    of the largest output per layer), where F(4x4)'s 5-10x would leave torchvision's numbers; its weight is
-    transformed on every call from the live weight (the default mode reads weights afresh), so it pays only where
-    enough tiles share the transform: per call on a 2-core Zen 5, against ATen's convolution (which reorders a
-    channels_last weight on every call), layer 1 at batch 1 (784 tiles) 1.12 -> 0.69 ms, layer 2 (196) 1.10 ->
-    0.88, layer 3 (49) 1.08 -> 1.77; at batch 8 layers 1-3 8.3-8.7 -> 4.7-7.5 ms, layer 4 (128) 9.7 -> 15.2."""
+    group, channels multiples of 16, on a channels_last input (not an (N, C, 1, 1) map, dense in both layouts), on
+    a CPU with AVX-512 (`cpu_winograd` on), with at least WINOGRAD_DEFAULT_MIN_TILES output tiles of 2x2 and one
+    per WINOGRAD_DEFAULT_WEIGHT_PER_TILE of C * K. F(2x2, 3x3) rounds as the direct convolution does (2-6e-7 of the
+    largest output per layer), where F(4x4)'s 5-10x would leave torchvision's numbers; its weight is transformed on
+    every call from the live weight (the default mode reads weights afresh), so it pays only where enough tiles
+    share the transform. Per call on a 2-core Zen 5 against ATen's convolution (which reorders a channels_last
+    weight on every call): layer 1 at batch 1 (784 tiles) 1.12 -> 0.69 ms, layer 2 (196) 1.10 -> 0.88, layer 3
+    (49) 1.08 -> 1.77; at batch 8 layers 1-3 8.3-8.7 -> 4.7-7.5 ms, layer 4 (128) 9.7 -> 15.2. The transform
+    (0.05, 0.19, 1.6 and 8.3 ms for layers 1-4's channels_last weights) against what each tile saves puts the break
+    even at about 80 tiles for layers 1-2, 240 for layer 3 and 390 for layer 4."""
     conv = u.conv
     return (cpu_winograd.on and x.dtype == torch.float32 and conv.kernel_size == (3, 3) and conv.bias is None
             and u.geometry == ((1, 1), (1, 1), (1, 1), 1) and conv.in_channels % 16 == 0
-            and conv.out_channels % 16 == 0 and x.is_contiguous(memory_format=torch.channels_last)
-            and _tiles(x, 2) >= WINOGRAD_DEFAULT_MIN_TILES and ops.winograd_f23_supported())
+            and conv.out_channels % 16 == 0 and ops.wants_channels_last(x)
+            and _tiles(x, 2) >= max(WINOGRAD_DEFAULT_MIN_TILES,
+                                    conv.in_channels * conv.out_channels / WINOGRAD_DEFAULT_WEIGHT_PER_TILE)
+            and ops.winograd_f23_supported())
 
 
 def winograd_unit(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor]) -> Tensor:
     """relu?(bn(conv(x)) (+ residual)) with the conv by F(2x2, 3x3) Winograd on the conv's weight as it is now
     (transformed on this call), BN as the per-channel scale and shift on its output (`_bn_epilogue`)."""
     w = u.conv.weight
-    if (not _gemm_fits(u.conv, x) or w.shape[0] != scale.numel() or w.shape[0] % 16
-            or w.device.type != "cpu" or u.conv.bias is not None):
-        # The weight changed since the plan chose this: the stock conv, torchvision's answer or its error.
+    if (not _gemm_fits(u.conv, x) or w.shape[0] != scale.numel() or w.shape[0] % 16 or x.shape[1] % 16
+            or w.device.type != "cpu" or not ops.wants_channels_last(x) or u.conv.bias is not None):
+        # The weight changed since the plan chose this (its shape, dtype, device, or its layout and with it the
+        # maps' between layers): the stock conv, torchvision's answer or its error.
         return ops.unfolded_unit(u.conv, u.bn, x, scale, shift, u.relu or residual is not None, residual)
     y = ops.winograd3x3(x, ops.winograd_weight(w, 2), x.new_zeros(w.shape[0]), None, False)
     return _bn_epilogue(u, y, scale, shift, residual)
