@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 import resnet_ext
-from resnet_ext import switches
+from resnet_ext import ops, switches
 from resnet_ext.engine import cpu, cuda, state, units
 from conftest import randomize_bn, rel_err
 
@@ -806,18 +806,24 @@ def test_default_mode_winograd_units_match_torchvision(cl_model):
 
 
 @f23_only
-def test_default_mode_winograd_plan_after_the_weights_change_layout():
+def test_default_mode_winograd_plan_after_the_weights_change_layout(monkeypatch):
     """A channels_last model's NCHW input: the stem hands layer 1 channels_last maps and the plan takes F(2x2)
     there; the weights made NCHW afterwards (the same Parameters, so the same plan) hand NCHW maps instead, which
     the units then give to the stock conv: torchvision's answer, no error."""
     ours, tv = pair("resnet18")
     ours, tv = ours.to(memory_format=torch.channels_last), tv.to(memory_format=torch.channels_last)
     x = torch.randn(4, 3, 112, 112)
+    calls = []
+    real = ops.winograd3x3
+    monkeypatch.setattr(ops, "winograd3x3", lambda *a: calls.append(1) or real(*a))
     with torch.no_grad():
         _, counts = counts_of(lambda: ours(x))
-        assert counts.get("winograd_unfolded", 0) > 0, counts
+        assert counts.get("winograd_unfolded", 0) > 0 and len(calls) == counts["winograd_unfolded"], counts
+        (key, plan), = state.of(ours).flat_plans.items()
         ours, tv = ours.to(memory_format=torch.contiguous_format), tv.to(memory_format=torch.contiguous_format)
+        calls.clear()
         assert rel_err(ours(x), tv(x)) < TOL
+        assert state.of(ours).flat_plans.get(key) is plan and not calls  # the same plan, every unit on the stock conv
 
 
 @f23_only
