@@ -51,7 +51,8 @@ def main() -> None:
             vs16 = [a / b for a, b in zip(t["frozen bf16"], t["openvino bf16"])]
             print(f"{scheme:8s} " + " ".join(f"{n} {statistics.median(v) * 1e3:.1f}" for n, v in t.items())
                   + f" | time frozen / fastest fp32 peer {statistics.median(vs):.3f} ({min(vs):.2f}-{max(vs):.2f})"
-                  + f", time frozen bf16 / OpenVINO bf16 {statistics.median(vs16):.3f} ({min(vs16):.2f}-{max(vs16):.2f})",
+                  + f", time frozen bf16 / OpenVINO bf16 {statistics.median(vs16):.3f} "
+                    f"({min(vs16):.2f}-{max(vs16):.2f})",
                   flush=True)
 
 

@@ -222,7 +222,8 @@ def run(args) -> dict:
                      "dtype": str(dtype).replace("torch.", ""), "batch_size": args.batch_size,
                      "image_size": args.image_size, "channels_last": channels_last, "torch": torch.__version__,
                      "threads": torch.get_num_threads(), "iters": args.iters, "warmup": warmup,
-                     "order": "interleaved", "settle": settle, "autotune": args.autotune, "bn_optin": args.bn_optin, "eval": {}}
+                     "order": "interleaved", "settle": settle, "autotune": args.autotune, "bn_optin": args.bn_optin,
+                     "eval": {}}
     if args.compile:
         results["compile"] = {"mode": compile_mode, "modes": compile_modes, "eval_freezing": True}
     if versions:

@@ -545,8 +545,8 @@ bool cpu_amx_bf16() {
 
 TORCH_LIBRARY_FRAGMENT(resnet_ext, m) {
   // y = relu?(conv3x3(x, w, stride 1, padding 1) + bias (+ residual)) by Winograd (F(4x4, 3x3) or F(2x2, 3x3) for
-  // float32, as u was made, F(2x2, 3x3) for bfloat16), with u the transformed weight of ops.winograd_weight. CPU, channels_last; the flat
-  // CPU forward's 3x3 units.
+  // float32, as u was made, F(2x2, 3x3) for bfloat16), with u the transformed weight of ops.winograd_weight. CPU,
+  // channels_last; the flat CPU forward's 3x3 units.
   m.def("winograd3x3(Tensor x, Tensor u, Tensor bias, Tensor? residual, bool relu) -> Tensor");
   // u = G w G^T for a weight of x's dtype and output tiles of m x m (0: the dtype's default): [36, C, K] (float32,
   // m 4), [16, C, K] (float32, m 2) or [16, C / 2, K, 2] (bfloat16, m 2).
