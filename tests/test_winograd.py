@@ -226,12 +226,6 @@ def _frozen_pair(arch):
     return ours.to(memory_format=torch.channels_last), tv.to(memory_format=torch.channels_last)
 
 
-def _f23_units(model) -> int:
-    """The units of a frozen model's last planned input that run F(2x2, 3x3) in float32 ([16, C, K] weight)."""
-    program = list(state.of(model).programs[2].values())[-1][0]
-    return sum(wb[0] is cpu.WINO and wb[1].dim() == 3 and wb[1].shape[0] == 16 for wb in program)
-
-
 @pytest.mark.parametrize("arch, shape, expected, f23", [
     # layers 1-3 (16+ tiles of 4x4); layer 4's 7x7 has 4: oneDNN. Layer 3 (49 tiles of 2x2, 16 of 4x4:
     # 16 * 49 - 36 * 16 = 208 extra multiplies per weight element) by F(2x2)
@@ -251,8 +245,12 @@ def test_frozen_model_takes_winograd_where_it_pays_and_matches_torchvision(arch,
         for _ in range(2):  # record, replay
             units.reset_path_counts()
             y = ours(x)
-            assert resnet_ext.path_counts().get("winograd", 0) == expected, resnet_ext.path_counts()
-            assert _f23_units(ours) == (f23 if ops.winograd_f23_supported() else 0)
+            counts = resnet_ext.path_counts()
+            assert counts.get("winograd", 0) == expected, counts
+            assert counts.get("winograd_f23", 0) == (f23 if ops.winograd_f23_supported() else 0), counts
+            # the program's fp32 F(2x2) units are those with a [16, C, K] transformed weight
+            program = list(state.of(ours).programs[2].values())[-1][0]
+            assert sum(wb[0] is cpu.WINO and wb[1].shape[0] == 16 for wb in program) == counts.get("winograd_f23", 0)
             assert rel_err(y, ref) < 1e-5
 
 

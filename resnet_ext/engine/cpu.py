@@ -403,6 +403,7 @@ def winograd_unit(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Op
 # weight, bias) or (STEM, packed weight, bias): resnet_ext's own ops (frozen mode).
 GEMM, UNFOLDED, WINO, CONV1X1, STEM = "gemm", "unfolded", "winograd", "conv1x1", "conv_stem"
 WINO_UNFOLDED = "winograd_unfolded"  # default mode: F(2x2) on the live weight, then BN unfolded (winograd_unit)
+WINO_F23 = "winograd_f23"  # path_counts: of the frozen mode's fp32 Winograd units, those on F(2x2) (winograd_tile)
 OWN = (WINO, CONV1X1, STEM)
 
 
@@ -601,13 +602,15 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
             return program[-1]
 
         out = run(model, s, x, wb, fc_dtype, True)
-        entry = programs[key] = (program, {kind: sum(w[0] is kind for w in program) for kind in OWN}, None)
+        own = {kind: sum(w[0] is kind for w in program) for kind in OWN}
+        own[WINO_F23] = sum(w[0] is WINO and w[1].dim() == 3 and w[1].shape[0] == 16 for w in program)  # fp32 F(2x2)
+        entry = programs[key] = (program, own, None)
     else:
         it = iter(entry[0])
         out = run(model, s, x, lambda u, y: next(it), fc_dtype, True)
     if entry[2] is None:
-        own = entry[1]  # units on resnet_ext's own ops, per kind
-        units.count("onednn_prepacked", len(s.units) - sum(own.values()))
+        own = entry[1]  # units on resnet_ext's own ops, per kind, and how many of the Winograd ones ran F(2x2) in fp32
+        units.count("onednn_prepacked", len(s.units) - sum(own[kind] for kind in OWN))
         for kind, n in own.items():
             if n:
                 units.count(kind, n)
