@@ -432,8 +432,10 @@ def test_default_mode_runs_every_conv_unfolded():
             same(ours, tv, x)
             counts = resnet_ext.path_counts()
             assert counts.pop("flat_forwards") == 1, counts  # the whole forward as one flat sequence
-            assert set(counts) <= {"unfolded", "gemm"} and sum(counts.values()) == n_convs, counts
+            assert set(counts) <= {"unfolded", "gemm", "unfolded_nchw"} and sum(counts.values()) == n_convs, counts
             assert ("gemm" in counts) == (not x.is_contiguous())  # GEMMs for channels_last 1x1 convs only
+            # and large NCHW 3x3 weights in NCHW inside a channels_last forward (cpu.nchw_unit_pays)
+            assert ("unfolded_nchw" in counts) == (not x.is_contiguous())
 
 
 def test_frozen_mode_contract():

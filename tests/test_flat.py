@@ -762,7 +762,10 @@ def test_3x3_gemm_units_match_torchvision(dtype, cl_model, monkeypatch):
     ours, tv = pair("resnet18")
     fmt = torch.channels_last if cl_model else torch.contiguous_format
     ours, tv = ours.to(memory_format=fmt), tv.to(memory_format=fmt)
-    x = torch.randn(1, 3, 112, 112).contiguous(memory_format=torch.channels_last)
+    # An fp32 model as constructed runs its large 3x3 convs of 16 or more output pixels in NCHW (`nchw_unit_pays`):
+    # at 64x64 layer 4's maps are 2x2.
+    size = 64 if dtype == torch.float32 and not cl_model else 112
+    x = torch.randn(1, 3, size, size).contiguous(memory_format=torch.channels_last)
     kinds = {}
     real = cpu.gemm3x3_pays
 
@@ -772,6 +775,52 @@ def test_3x3_gemm_units_match_torchvision(dtype, cl_model, monkeypatch):
     monkeypatch.setattr(cpu, "gemm3x3_pays", spy)
     for counts in recorded_and_replayed_like_torchvision(ours, tv, x, dtype):
         assert any(kinds.values()) and counts.get("gemm", 0) >= sum(kinds.values()), (kinds, counts)
+
+
+def test_nchw_units_match_torchvision():
+    """A model as constructed (NCHW weights) on a channels_last fp32 input: the large 3x3 convs (weight at least
+    NCHW_UNIT_WEIGHT_RATIO times their input, 16 or more output pixels) run in NCHW, the rest channels_last;
+    torchvision's answer, recorded and replayed. resnet18 at 2x112x112: layers 3 and 4's 3x3 convs (weights of
+    5.9-47 times their input's elements), not layers 1 and 2's (0.4-2.9)."""
+    ours, tv = pair("resnet18")
+    x = torch.randn(2, 3, 112, 112).contiguous(memory_format=torch.channels_last)
+    chosen = {}
+    real = cpu.nchw_unit_pays
+
+    def spy(u, y):
+        chosen[u.conv] = real(u, y)
+        return chosen[u.conv]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cpu, "nchw_unit_pays", spy)
+        for counts in recorded_and_replayed_like_torchvision(ours, tv, x, torch.float32):
+            assert counts.get("unfolded_nchw") == sum(chosen.values()) > 0, (counts, chosen)
+    big = {c for c, yes in chosen.items() if yes}
+    assert len(big) == 8 and all(c.kernel_size == (3, 3) and c.out_channels >= 256 for c in big), big
+    # Converted to channels_last, the same model runs no NCHW units (from its next plan on: a new input shape).
+    ours, tv = ours.to(memory_format=torch.channels_last), tv.to(memory_format=torch.channels_last)
+    for counts in recorded_and_replayed_like_torchvision(ours, tv, x[:1], torch.float32):
+        assert "unfolded_nchw" not in counts, counts
+
+
+def test_nchw_unit_rule():
+    """`nchw_unit_pays`: fp32, channels_last input, an NCHW weight larger than 1x1 with at least
+    NCHW_UNIT_WEIGHT_RATIO times the input's elements; below NCHW_UNIT_GEMM_PIXELS output pixels only where no
+    GEMM unit pays."""
+    def pays(cin, cout, ks, stride, hw, batch=1, dtype=torch.float32, cl_weight=False, cl_input=True):
+        conv = nn.Conv2d(cin, cout, ks, stride, ks // 2, bias=False).to(dtype)
+        if cl_weight:
+            conv = conv.to(memory_format=torch.channels_last)
+        x = torch.empty(batch, cin, hw, hw, dtype=dtype)
+        if cl_input:
+            x = x.contiguous(memory_format=torch.channels_last)
+        u = type("U", (), {"conv": conv})()
+        return cpu.nchw_unit_pays(u, x)
+    assert pays(256, 256, 3, 1, 14) and pays(512, 512, 3, 1, 7, batch=4) and pays(256, 512, 3, 2, 14)
+    assert not pays(128, 128, 3, 1, 28) and not pays(64, 64, 3, 1, 56)  # ratio 1.5 and 0.2
+    assert not pays(512, 512, 3, 1, 7, cl_weight=True) and not pays(512, 512, 3, 1, 7, cl_input=False)
+    assert not pays(512, 512, 3, 1, 7, dtype=torch.bfloat16) and not pays(1024, 2048, 1, 1, 2)
+    assert not pays(512, 512, 3, 1, 2)  # 4 output pixels: the GEMM unit pays there
+    assert pays(512, 512, 3, 1, 4)  # 16
 
 
 f23_only = pytest.mark.skipif(not torch.ops.resnet_ext.winograd_f23_supported(), reason="this CPU has no AVX-512")

@@ -40,7 +40,7 @@ def test_eval_matches_torchvision(arch, kwargs):
     n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in ours.modules())
     counts = resnet_ext.path_counts()
     assert counts.pop("flat_forwards") == 2, counts  # both forwards as one flat sequence of calls
-    assert set(counts) <= {"unfolded", "gemm"} and sum(counts.values()) == 2 * n_convs, counts
+    assert set(counts) <= {"unfolded", "gemm", "unfolded_nchw"} and sum(counts.values()) == 2 * n_convs, counts
 
 
 def test_state_dict_keys_strict_both_ways():

@@ -282,7 +282,12 @@ def internal_layout(x: Tensor) -> Tensor:
     copy of the input; nothing inside is visible to anyone, and the logits have no layout). Measured on resnet50
     in the default mode (2-core AVX-512 machine, fp32, 224x224 NCHW input and weights): batch 1 0.97x -> 0.76x
     torchvision, batch 2 1.19x -> 1.12x, batch 4 1.13x -> 1.34x, batch 8 0.97x -> 1.40x: oneDNN's channels_last
-    convolutions are faster, but reorder NCHW weights on every call, which only a large batch amortizes."""
+    convolutions are faster, but reorder NCHW weights on every call, which only a large batch amortizes. With the
+    default mode's own units (2026-12-05) channels_last also pays at batch 1 and 2 at 224x224 (resnet50 at batch 1
+    1.04-1.36x -> 1.11-1.48x torchvision), but it leaves torchvision's bits: then resnet101's and deeper models'
+    logits at 1x3x224x224 (torchvision's FX test: random init, BN as identity) differ from the traced modules' by
+    more than torch.testing's fp32 tolerances (up to 1.9e-4 relative), so a small NCHW input keeps torchvision's
+    convolutions (benchmarks/results/2026-12-05-cpu-nchw-units/)."""
     if x.shape[0] * x.shape[2] * x.shape[3] >= CL_PIXELS and not ops.wants_channels_last(x):
         return x.contiguous(memory_format=torch.channels_last)
     return x
@@ -385,6 +390,38 @@ def winograd_default_pays(u: Unit, x: Tensor) -> bool:
             and ops.winograd_f23_supported())
 
 
+NCHW_UNIT_WEIGHT_RATIO = 4  # nchw_unit_pays: weight elements per element of the unit's input, at least
+NCHW_UNIT_GEMM_PIXELS = 16  # nchw_unit_pays: below this many output pixels a GEMM unit that pays goes first
+
+
+def nchw_unit_pays(u: Unit, x: Tensor) -> bool:
+    """Whether a default-mode unit on a channels_last fp32 input runs its conv in NCHW (`nchw_unit`): a conv larger
+    than 1x1 whose weight is NCHW (as constructed) and has at least NCHW_UNIT_WEIGHT_RATIO times the elements of the
+    input. ATen's convolution of a channels_last input copies such a weight to channels_last on every call before
+    oneDNN reorders it; in NCHW it reorders the input and output instead, which is cheaper where the weight is the
+    larger. Per 3x3 conv on a 2-core Zen 5 (fp32, batch 1-4, resnet's 3x3 shapes and small maps; ATen's time
+    channels_last / NCHW with the two copies of the maps; benchmarks/cpu_nchw_units_shapes.py): 0.87-3.8x where
+    this picks NCHW (24 of 26 shapes 1.02x or more), 0.68-0.99x at weight/input ratios of 2.9 and under. Against a
+    GEMM unit (`gemm3x3_pays`) on such a weight: the GEMM took 0.81-1.41x the NCHW unit's time from 16 output
+    pixels up (14 shapes), 0.22-1.09x below (6), hence NCHW_UNIT_GEMM_PIXELS
+    (benchmarks/results/2026-12-05-cpu-nchw-units/)."""
+    w = u.conv.weight
+    if not (x.dtype == torch.float32 and w.dim() == 4 and w.shape[2:] != (1, 1) and w.is_contiguous()
+            and not w.is_contiguous(memory_format=torch.channels_last) and ops.wants_channels_last(x)
+            and w.numel() >= NCHW_UNIT_WEIGHT_RATIO * x.numel()):
+        return False
+    h, w_out = _out_size(u.conv, x) if isinstance(u.conv.padding, tuple) else x.shape[2:]
+    return x.shape[0] * h * w_out >= NCHW_UNIT_GEMM_PIXELS or not gemm_pays(u, x)
+
+
+def nchw_unit(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor]) -> Tensor:
+    """relu?(bn(conv(x)) (+ residual)) as `ops.unfolded_unit` on NCHW copies of x (and the residual), the output
+    copied back to channels_last for the next unit: the conv as torchvision runs it on an NCHW input."""
+    residual = None if residual is None else residual.contiguous()
+    y = ops.unfolded_unit(u.conv, u.bn, x.contiguous(), scale, shift, u.relu or residual is not None, residual)
+    return y.contiguous(memory_format=torch.channels_last)
+
+
 def winograd_unit(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor]) -> Tensor:
     """relu?(bn(conv(x)) (+ residual)) with the conv by F(2x2, 3x3) Winograd on the conv's weight as it is now
     (transformed on this call), BN as the per-channel scale and shift on its output (`_bn_epilogue`)."""
@@ -403,6 +440,7 @@ def winograd_unit(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Op
 # weight, bias) or (STEM, packed weight, bias): resnet_ext's own ops (frozen mode).
 GEMM, UNFOLDED, WINO, CONV1X1, STEM = "gemm", "unfolded", "winograd", "conv1x1", "conv_stem"
 WINO_UNFOLDED = "winograd_unfolded"  # default mode: F(2x2) on the live weight, then BN unfolded (winograd_unit)
+NCHW_UNFOLDED = "unfolded_nchw"  # default mode: a unit of a channels_last forward run in NCHW (nchw_unit)
 WINO_F23 = "winograd_f23"  # path_counts: of the frozen mode's fp32 Winograd units, those on F(2x2) (winograd_tile)
 OWN = (WINO, CONV1X1, STEM)
 
@@ -441,6 +479,8 @@ def _conv(u: Unit, x: Tensor, wb) -> Tensor:
         return gemm_unit(u, x, wb[1], wb[2], None)
     if wb[0] is WINO_UNFOLDED:
         return winograd_unit(u, x, wb[1], wb[2], None)
+    if wb[0] is NCHW_UNFOLDED:
+        return nchw_unit(u, x, wb[1], wb[2], None)
     return torch.ops.mkldnn._convolution_pointwise.default(x, wb[0], wb[1], *u.args, "relu" if u.relu else "none",
                                                            [], "")
 
@@ -460,6 +500,8 @@ def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
         return gemm_unit(u, y, wb[1], wb[2], residual)
     if wb[0] is WINO_UNFOLDED:
         return winograd_unit(u, y, wb[1], wb[2], residual)
+    if wb[0] is NCHW_UNFOLDED:
+        return nchw_unit(u, y, wb[1], wb[2], residual)
     if not ops.onednn_add_fuses(y, wb[0], residual):
         out = torch.ops.mkldnn._convolution_pointwise.default(y, wb[0], wb[1], *u.args, "none", [], "")
         return ops.add_act_(out, residual, True)
@@ -647,7 +689,8 @@ def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
         kinds = {}
 
         def wb(u, y):
-            kinds[id(u)] = GEMM if gemm_pays(u, y) else WINO_UNFOLDED if winograd_default_pays(u, y) else UNFOLDED
+            kinds[id(u)] = (NCHW_UNFOLDED if nchw_unit_pays(u, y) else GEMM if gemm_pays(u, y)
+                            else WINO_UNFOLDED if winograd_default_pays(u, y) else UNFOLDED)
             return (kinds[id(u)], *affine[id(u)])
 
         out = run(model, s, x, wb)
@@ -656,7 +699,7 @@ def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
         kinds = plan[1]
         out = run(model, s, x, lambda u, y: (kinds[id(u)], *affine[id(u)]))
     units.count("flat_forwards")
-    for kind in (GEMM, WINO_UNFOLDED, UNFOLDED):
+    for kind in (GEMM, WINO_UNFOLDED, NCHW_UNFOLDED, UNFOLDED):
         n = sum(k == kind for k in plan[1].values())
         if n:
             units.count(kind, n)

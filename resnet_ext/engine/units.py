@@ -183,7 +183,10 @@ def path_counts() -> dict:
     torchvision's modules, see `train_bn`; a block whose BNs all train stock runs torchvision's code as it stands,
     its units counted "train_stock");
     "gemm" (CPU default mode, a 1x1 or 3x3 conv whose weight outweighs its output: one GEMM on the unreordered
-    weight, then BN, residual and ReLU); and, counting whole forwards, not units, "flat_forwards": CPU eval forwards that
+    weight, then BN, residual and ReLU); "winograd_unfolded" (CPU default mode, an fp32 3x3 stride-1 conv by
+    F(2x2, 3x3) on the live weight, then BN unfolded); "unfolded_nchw" (CPU default mode, channels_last forward: a
+    large NCHW weight's conv run on NCHW copies of its maps, `cpu.nchw_unit_pays`); "winograd_f23" (of the frozen
+    mode's fp32 "winograd" units, those on F(2x2, 3x3)); and, counting whole forwards, not units, "flat_forwards": CPU eval forwards that
     ran as one flat sequence of calls (`engine.structure`)."""
     counts = ops.path_counts()
     for k, v in _counts.items():
