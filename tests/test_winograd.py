@@ -115,14 +115,35 @@ def test_weight_transform_matches_float64(k, c, layout):
     assert rel_err(u, ref) < 1e-6
 
 
-@pytest.mark.parametrize("k, c", [(64, 64), (17, 5), (512, 256), (1, 1)])
-def test_f23_fp32_weight_transform_matches_float64(k, c):
-    """[16, C, K]: each element G w G^T of the weight for F(2x2, 3x3), computed in float64 and rounded once."""
-    w = torch.randn(k, c, 3, 3)
+@pytest.mark.parametrize("k, c", [(64, 64), (17, 5), (512, 256), (1, 1), (32, 48), (16, 16)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_f23_fp32_weight_transform_matches_float64(k, c, layout):
+    """[16, C, K]: each element G w G^T of the weight for F(2x2, 3x3), computed in float64 and rounded once, for
+    the weight as it lies (the AVX-512 path for channels multiples of 16, in either layout or strided: the default
+    mode's live weights; the general one otherwise). The output is poisoned first: every element is written."""
+    w = torch.randn(k, 2 * c, 3, 3)[:, ::2] if layout == "strided" else torch.randn(k, c, 3, 3)
+    if layout == "channels_last":
+        w = w.contiguous(memory_format=torch.channels_last)
     u = ops.winograd_weight(w, 2)
     ref = torch.einsum("ai,kcij,bj->abck", G2, w.double(), G2).reshape(16, c, k)
     assert u.dtype == torch.float32 and u.shape == (16, c, k) and u.is_contiguous()
     assert torch.equal(u, ref.float())
+
+
+def test_f23_fp32_weight_transform_keeps_nan_and_inf():
+    """A non-finite weight value makes its filter's transformed elements non-finite where it enters them, and no
+    other filter's: the rest is the float64 transform rounded once."""
+    w = torch.randn(32, 32, 3, 3)
+    w[3, 5, 1, 1], w[7, 2, 0, 2] = float("nan"), float("inf")
+    u = ops.winograd_weight(w.contiguous(memory_format=torch.channels_last), 2)
+    bad = torch.zeros(32, 32, dtype=torch.bool)  # [c, k]
+    bad[5, 3] = bad[2, 7] = True
+    assert not torch.isfinite(u[:, 5, 3]).all() and torch.isnan(u[:, 5, 3]).any()
+    assert not torch.isfinite(u[:, 2, 7]).all() and torch.isinf(u[:, 2, 7]).any()
+    clean = w.clone()
+    clean[3, 5], clean[7, 2] = 0, 0
+    ref = torch.einsum("ai,kcij,bj->abck", G2, clean.double(), G2).reshape(16, 32, 32).float()
+    assert torch.equal(u[:, ~bad], ref[:, ~bad])
 
 
 @pytest.mark.parametrize("dtype, m", [(torch.float32, 3), (torch.float32, -1), (torch.bfloat16, 4)])

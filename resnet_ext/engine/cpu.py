@@ -378,9 +378,12 @@ def winograd_default_pays(u: Unit, x: Tensor) -> bool:
     every call from the live weight (the default mode reads weights afresh), so it pays only where enough tiles
     share the transform. Per call on a 2-core Zen 5 against ATen's convolution (which reorders a channels_last
     weight on every call): layer 1 at batch 1 (784 tiles) 1.12 -> 0.69 ms, layer 2 (196) 1.10 -> 0.88, layer 3
-    (49) 1.08 -> 1.77; at batch 8 layers 1-3 8.3-8.7 -> 4.7-7.5 ms, layer 4 (128) 9.7 -> 15.2. The transform
-    (0.05, 0.19, 1.6 and 8.3 ms for layers 1-4's channels_last weights) against what each tile saves puts the break
-    even at about 80 tiles for layers 1-2, 240 for layer 3 and 390 for layer 4."""
+    (49) 1.08 -> 1.77; at batch 8 layers 1-3 8.3-8.7 -> 4.7-7.5 ms, layer 4 (128) 9.7 -> 15.2. Since the transform
+    got faster (layers 3 and 4's channels_last weights 1.06 -> 0.47 and 8.5 -> 4.0 ms; benchmarks/results/
+    2026-12-05-cpu-default-winograd-weight/) layer 3 pays per conv from batch 1 (49 tiles: 1.21-1.37x, the
+    weight hot in cache), but in whole models that bound measured level or slower (resnet50 and resnet101 at
+    batch 1, channels_last: 0.96-0.99x, where the transformed weight goes to memory and back), so the bound stays;
+    layer 4 (512 x 512: 1024 tiles under this bound, batch 64 at 224x224) paid per conv from 512 (1.03-1.16x)."""
     conv = u.conv
     return (cpu_winograd.on and x.dtype == torch.float32 and conv.kernel_size == (3, 3) and conv.bias is None
             and u.geometry == ((1, 1), (1, 1), (1, 1), 1) and conv.in_channels % 16 == 0
@@ -388,6 +391,19 @@ def winograd_default_pays(u: Unit, x: Tensor) -> bool:
             and _tiles(x, 2) >= max(WINOGRAD_DEFAULT_MIN_TILES,
                                     conv.in_channels * conv.out_channels / WINOGRAD_DEFAULT_WEIGHT_PER_TILE)
             and ops.winograd_f23_supported())
+
+
+def winograd_unit(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor]) -> Tensor:
+    """relu?(bn(conv(x)) (+ residual)) with the conv by F(2x2, 3x3) Winograd on the conv's weight as it is now
+    (transformed on this call), BN as the per-channel scale and shift on its output (`_bn_epilogue`)."""
+    w = u.conv.weight
+    if (not _gemm_fits(u.conv, x) or w.shape[0] != scale.numel() or w.shape[0] % 16 or x.shape[1] % 16
+            or w.device.type != "cpu" or not ops.wants_channels_last(x) or u.conv.bias is not None):
+        # The weight changed since the plan chose this (its shape, dtype, device, or its layout and with it the
+        # maps' between layers): the stock conv, torchvision's answer or its error.
+        return ops.unfolded_unit(u.conv, u.bn, x, scale, shift, u.relu or residual is not None, residual)
+    y = ops.winograd3x3(x, ops.winograd_weight(w, 2), x.new_zeros(w.shape[0]), None, False)
+    return _bn_epilogue(u, y, scale, shift, residual)
 
 
 NCHW_UNIT_WEIGHT_RATIO = 4  # nchw_unit_pays: weight elements per element of the unit's input, at least
@@ -420,19 +436,6 @@ def nchw_unit(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Option
     residual = None if residual is None else residual.contiguous()
     y = ops.unfolded_unit(u.conv, u.bn, x.contiguous(), scale, shift, u.relu or residual is not None, residual)
     return y.contiguous(memory_format=torch.channels_last)
-
-
-def winograd_unit(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor]) -> Tensor:
-    """relu?(bn(conv(x)) (+ residual)) with the conv by F(2x2, 3x3) Winograd on the conv's weight as it is now
-    (transformed on this call), BN as the per-channel scale and shift on its output (`_bn_epilogue`)."""
-    w = u.conv.weight
-    if (not _gemm_fits(u.conv, x) or w.shape[0] != scale.numel() or w.shape[0] % 16 or x.shape[1] % 16
-            or w.device.type != "cpu" or not ops.wants_channels_last(x) or u.conv.bias is not None):
-        # The weight changed since the plan chose this (its shape, dtype, device, or its layout and with it the
-        # maps' between layers): the stock conv, torchvision's answer or its error.
-        return ops.unfolded_unit(u.conv, u.bn, x, scale, shift, u.relu or residual is not None, residual)
-    y = ops.winograd3x3(x, ops.winograd_weight(w, 2), x.new_zeros(w.shape[0]), None, False)
-    return _bn_epilogue(u, y, scale, shift, residual)
 
 
 # A unit's `wb`: (folded weight, bias), run by oneDNN (prepacked for the input size: frozen mode); or (GEMM,
@@ -689,8 +692,8 @@ def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
         kinds = {}
 
         def wb(u, y):
-            kinds[id(u)] = (NCHW_UNFOLDED if nchw_unit_pays(u, y) else GEMM if gemm_pays(u, y)
-                            else WINO_UNFOLDED if winograd_default_pays(u, y) else UNFOLDED)
+            kinds[id(u)] = (WINO_UNFOLDED if winograd_default_pays(u, y) else NCHW_UNFOLDED if nchw_unit_pays(u, y)
+                            else GEMM if gemm_pays(u, y) else UNFOLDED)
             return (kinds[id(u)], *affine[id(u)])
 
         out = run(model, s, x, wb)
