@@ -1,9 +1,9 @@
 """Per conv: the default mode's fp32 F(2x2, 3x3) unit (engine/cpu.py: winograd_unit; the weight transformed on the
 call) against the stock convolution of a channels_last input, for resnet's 3x3 stride-1 shapes at several batch
 sizes, the weight channels_last (a converted model) and NCHW (as constructed; there also the NCHW unit, nchw_unit,
-where nchw_unit_pays). BN is left out (the same in all). Inside the engine's reused memory, as in a forward (else
-the transformed weight's fresh pages cost a fault each: up to 2x on a call). Medians of 5 interleaved rounds, us per call; the 2x2
-tiles and the rule's choice (winograd_default_pays) per shape.
+where nchw_unit_pays). BN is left out (the same in all). Inside the engine's reused memory, as in a forward.
+Medians of 5 interleaved rounds, us per call; the 2x2 tiles and the rule's choice (winograd_default_pays) per
+shape.
 Usage: python benchmarks/cpu_default_winograd_shapes.py [N,C,SIDE ...]   (2 threads; idle machine; default: batch
 1, 2, 4 and 8 at SHAPES); with "weight": the transform alone (ops.winograd_weight(w, 2)) for C = K of 64 to 512."""
 import statistics

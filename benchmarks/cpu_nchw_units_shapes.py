@@ -52,7 +52,8 @@ def main() -> None:
             print(f"n{n} {c}->{c} {hw}x{hw} s{s} P={p:4d} W/x={9 * c / (n * hw * hw):7.1f} "
                   f"nchw_unit_pays={cpu.nchw_unit_pays(u, x)!s:5} gemm_pays={cpu.gemm_pays(u, x)!s:5}: "
                   f"cl {med['cl']:6.0f} nchw_unit {med['nchw_unit']:6.0f} gemm {med['gemm']:6.0f} | "
-                  f"cl/nchw_unit {med['cl'] / med['nchw_unit']:.2f} gemm/nchw_unit {med['gemm'] / med['nchw_unit']:.2f}",
+                  f"cl/nchw_unit {med['cl'] / med['nchw_unit']:.2f} "
+                  f"gemm/nchw_unit {med['gemm'] / med['nchw_unit']:.2f}",
                   flush=True)
 
 

@@ -781,7 +781,7 @@ def test_nchw_units_match_torchvision():
     """A model as constructed (NCHW weights) on a channels_last fp32 input: the large 3x3 convs (weight at least
     NCHW_UNIT_WEIGHT_RATIO times their input, 16 or more output pixels) run in NCHW, the rest channels_last;
     torchvision's answer, recorded and replayed. resnet18 at 2x112x112: layers 3 and 4's 3x3 convs (weights of
-    5.9-47 times their input's elements), not layers 1 and 2's (0.4-2.9)."""
+    5.9-144 times their input's elements), not layers 1 and 2's (0.4-2.9)."""
     ours, tv = pair("resnet18")
     x = torch.randn(2, 3, 112, 112).contiguous(memory_format=torch.channels_last)
     chosen = {}
@@ -796,9 +796,9 @@ def test_nchw_units_match_torchvision():
             assert counts.get("unfolded_nchw") == sum(chosen.values()) > 0, (counts, chosen)
     big = {c for c, yes in chosen.items() if yes}
     assert len(big) == 8 and all(c.kernel_size == (3, 3) and c.out_channels >= 256 for c in big), big
-    # Converted to channels_last, the same model runs no NCHW units (from its next plan on: a new input shape).
+    # Converted to channels_last (which drops the plans), the same model runs no NCHW units.
     ours, tv = ours.to(memory_format=torch.channels_last), tv.to(memory_format=torch.channels_last)
-    for counts in recorded_and_replayed_like_torchvision(ours, tv, x[:1], torch.float32):
+    for counts in recorded_and_replayed_like_torchvision(ours, tv, x, torch.float32):
         assert "unfolded_nchw" not in counts, counts
 
 
@@ -857,8 +857,9 @@ def test_default_mode_winograd_units_match_torchvision(cl_model):
 @f23_only
 def test_default_mode_winograd_plan_after_the_weights_change_layout(monkeypatch):
     """A channels_last model's NCHW input: the stem hands layer 1 channels_last maps and the plan takes F(2x2)
-    there; the weights made NCHW afterwards (the same Parameters, so the same plan) hand NCHW maps instead, which
-    the units then give to the stock conv: torchvision's answer, no error."""
+    there; the weights made NCHW afterwards through `.data` (the same Parameters, so the same plan) hand NCHW maps
+    instead, which the units then give to the stock conv: torchvision's answer, no error. Made NCHW through
+    `model.to`, the plan is dropped and learned again."""
     ours, tv = pair("resnet18")
     ours, tv = ours.to(memory_format=torch.channels_last), tv.to(memory_format=torch.channels_last)
     x = torch.randn(4, 3, 112, 112)
@@ -869,10 +870,15 @@ def test_default_mode_winograd_plan_after_the_weights_change_layout(monkeypatch)
         _, counts = counts_of(lambda: ours(x))
         assert counts.get("winograd_unfolded", 0) > 0 and len(calls) == counts["winograd_unfolded"], counts
         (key, plan), = state.of(ours).flat_plans.items()
-        ours, tv = ours.to(memory_format=torch.contiguous_format), tv.to(memory_format=torch.contiguous_format)
+        for m in (ours, tv):
+            for conv in (c for c in m.modules() if isinstance(c, nn.Conv2d)):
+                conv.weight.data = conv.weight.data.contiguous()
         calls.clear()
         assert rel_err(ours(x), tv(x)) < TOL
         assert state.of(ours).flat_plans.get(key) is plan and not calls  # the same plan, every unit on the stock conv
+        ours.to(memory_format=torch.contiguous_format)  # _apply: the plans are dropped
+        assert not state.of(ours).flat_plans
+        assert rel_err(ours(x), tv(x)) < TOL and state.of(ours).flat_plans.get(key) is not plan
 
 
 @f23_only

@@ -116,12 +116,19 @@ def test_weight_transform_matches_float64(k, c, layout):
 
 
 @pytest.mark.parametrize("k, c", [(64, 64), (17, 5), (512, 256), (1, 1), (32, 48), (16, 16)])
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided", "expanded", "channels_last_sliced"])
 def test_f23_fp32_weight_transform_matches_float64(k, c, layout):
     """[16, C, K]: each element G w G^T of the weight for F(2x2, 3x3), computed in float64 and rounded once, for
-    the weight as it lies (the AVX-512 path for channels multiples of 16, in either layout or strided: the default
-    mode's live weights; the general one otherwise). The output is poisoned first: every element is written."""
-    w = torch.randn(k, 2 * c, 3, 3)[:, ::2] if layout == "strided" else torch.randn(k, c, 3, 3)
+    the weight as it lies (the AVX-512 path for channels multiples of 16, in either layout, strided or expanded:
+    the default mode's live weights; the general one otherwise)."""
+    if layout == "strided":
+        w = torch.randn(k, 2 * c, 3, 3)[:, ::2]
+    elif layout == "expanded":  # stride 0 along K: every filter the same
+        w = torch.randn(1, c, 3, 3).expand(k, c, 3, 3)
+    elif layout == "channels_last_sliced":  # a channels_last weight's first C of 2C input channels
+        w = torch.randn(k, 2 * c, 3, 3).contiguous(memory_format=torch.channels_last)[:, :c]
+    else:
+        w = torch.randn(k, c, 3, 3)
     if layout == "channels_last":
         w = w.contiguous(memory_format=torch.channels_last)
     u = ops.winograd_weight(w, 2)
@@ -131,8 +138,9 @@ def test_f23_fp32_weight_transform_matches_float64(k, c, layout):
 
 
 def test_f23_fp32_weight_transform_keeps_nan_and_inf():
-    """A non-finite weight value makes its filter's transformed elements non-finite where it enters them, and no
-    other filter's: the rest is the float64 transform rounded once."""
+    """A non-finite weight value makes its filter's transformed elements non-finite (which ones, NaN or inf, can
+    differ between the AVX-512 path, which skips G's zeros, and the general one, where 0 * inf is NaN), and no other
+    filter's: the rest is the float64 transform rounded once."""
     w = torch.randn(32, 32, 3, 3)
     w[3, 5, 1, 1], w[7, 2, 0, 2] = float("nan"), float("inf")
     u = ops.winograd_weight(w.contiguous(memory_format=torch.channels_last), 2)

@@ -269,12 +269,13 @@ RESNET_EXT_CLONES void weight_block(const float* w, typename W::T* u, int64_t c_
 #ifdef RESNET_EXT_AVX512_GEMM
 // F(2x2, 3x3)'s U = G w G^T in float32 ([16, C, K]) for a float32 weight as it lies (NCHW or channels_last, any
 // strides), C and K multiples of 16: the default mode transforms the live weight on every call, where
-// weight_block's transposed copy and general G cost 0.9 ms (NCHW) and 1.2 ms (channels_last) for a 256 x 256
-// weight and 4.6 / 8.8 ms for 512 x 512. Per block of 16 input by 16 output channels: the 16 x 16 x 9 values
-// gathered into a local block by the weight's strides (the loop along its unit stride innermost), then G's rows
-// (0, 1/2 (g0 + g1 + g2), 1/2 (g0 - g1 + g2), g2) on both sides in float64 over 16 output channels, rounded
-// once to float32: the sums of float32 values are exact in float64 (short of 29 binary orders between the
-// terms), so U is the float64 G w G^T rounded once, as weight_block's.
+// weight_block's transposed copy and general G cost 0.55 ms (NCHW) and 1.06 ms (channels_last) for a 256 x 256
+// weight and 4.6 / 8.5 ms for 512 x 512 (benchmarks/results/2026-12-05-cpu-default-winograd-weight/). Per block
+// of 16 input by 16 output channels: the 16 x 16 x 9 values gathered into a local block by the weight's strides
+// (the loop along its unit stride innermost), then G's rows (g0, 1/2 (g0 + g1 + g2), 1/2 (g0 - g1 + g2), g2) on
+// both sides in float64 over 16 output channels, rounded once to float32: the sums of float32 values are exact in
+// float64 (short of 29 binary orders between the terms), so for a finite weight U is the float64 G w G^T rounded once, as weight_block's (a non-finite value
+// reaches only its own filter's elements; this skips G's zeros, weight_block multiplies by them: 0 * inf is NaN).
 // GCC 12 warns about the undefined upper half inside its own _mm512_cvtps_pd / _mm512_cvtpd_ps (a false positive).
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"

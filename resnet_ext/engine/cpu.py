@@ -439,7 +439,7 @@ def nchw_unit(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Option
 
 
 # A unit's `wb`: (folded weight, bias), run by oneDNN (prepacked for the input size: frozen mode); or (GEMM,
-# WINO_UNFOLDED or UNFOLDED, scale, shift) (default mode); or (WINO, transformed weight, bias), (CONV1X1, packed
+# WINO_UNFOLDED, NCHW_UNFOLDED or UNFOLDED, scale, shift) (default mode); or (WINO, transformed weight, bias), (CONV1X1, packed
 # weight, bias) or (STEM, packed weight, bias): resnet_ext's own ops (frozen mode).
 GEMM, UNFOLDED, WINO, CONV1X1, STEM = "gemm", "unfolded", "winograd", "conv1x1", "conv_stem"
 WINO_UNFOLDED = "winograd_unfolded"  # default mode: F(2x2) on the live weight, then BN unfolded (winograd_unit)
@@ -668,7 +668,8 @@ def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
     is the stock conv then BN (its fp32 scale and shift, all units' in one batch), residual add and ReLU in one
     pass (`ops.unfolded_unit`), or, for a channels_last 1x1 or 3x3 conv whose weight outweighs its output, one GEMM
     on the unreordered weight (`gemm_pays`), or an fp32 3x3 stride-1 conv by F(2x2) Winograd
-    (`winograd_default_pays`); None where the flat forward does not apply (a gradient may be needed,
+    (`winograd_default_pays`), or, in a channels_last forward, a conv whose NCHW weight outweighs its input on NCHW
+    copies of its maps (`nchw_unit_pays`); None where the flat forward does not apply (a gradient may be needed,
     ...)."""
     if not usable(x) or torch.is_grad_enabled():
         return None
@@ -676,7 +677,7 @@ def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
     if s is None:
         return None
     st = _state.of(model)
-    plans = st.flat_plans  # per input, which units run as a GEMM or by Winograd (shapes only, never stale)
+    plans = st.flat_plans  # per input, each unit's kind (from shapes and weight layouts; see state.ExtState)
     key = (tuple(x.shape), x.dtype, x.stride(), cpu_winograd.on)
     affine = ops.bn_affine_pairs([(u.conv, u.bn) for u in s.units], conv_bias=False, input_dtype=x.dtype,
                                  memo=st.memo)

@@ -40,9 +40,10 @@ class ExtState:
     frozen forward on CUDA replays graphs (`freeze(model, cuda_graphs=True)`). The caches: `graphs` (the
     `cuda.GraphCache`, which holds the folds' memory), `folds` (the frozen folds, `frozen.FrozenUnit` per conv),
     `programs` (the frozen flat forward's per-input programs on those folds), `structure` (`structure.Structure`,
-    what the flat forward recorded), `flat_plans` (the default flat forward's per-input unit kinds). The last two
-    depend on shapes and module identity only, never on weight values. `memo`: results checked against their
-    inputs' bytes on every use (`ops.bn_affine_pairs`), never stale."""
+    what the flat forward recorded), `flat_plans` (the default flat forward's per-input unit kinds: chosen from
+    shapes and the weights' layouts, dropped with the folds; a weight swapped through `.data` since then is checked
+    by the unit that runs it). `structure` depends on module identity only, never on weight values. `memo`: results
+    checked against their inputs' bytes on every use (`ops.bn_affine_pairs`), never stale."""
 
     __slots__ = ("frozen", "cuda_graphs", "folds", "programs", "graphs", "structure", "flat_plans", "memo")
 
@@ -53,8 +54,11 @@ class ExtState:
         self.memo: dict = {}
 
     def invalidate(self) -> None:
-        """Drops what depends on weight values: the frozen folds and the programs and graphs made on them."""
+        """Drops what depends on weight values and layouts: the frozen folds and the programs and graphs made on
+        them, and the default mode's plans (which unit kinds pay depends on the weights' layouts, which
+        `model.to(memory_format=...)` changes)."""
         self.folds = self.programs = self.graphs = None
+        self.flat_plans = {}
 
     def __getstate__(self):
         return {"frozen": self.frozen, "cuda_graphs": self.cuda_graphs}
