@@ -25,14 +25,20 @@ def pair(arch="resnet18", frozen=False):
     return ours, tv
 
 
+BF16_SLACK = 2 ** -8  # bf16's unit roundoff: the largest error of one sample varies by 2x and more between two
+# equally accurate computations (resnet50's bf16 logits, ours / torchvision's over 24 seeds: 0.67-1.92; one test
+# order 2.5 with torchvision's error 2.5e-3), so twice torchvision's error alone is no bound for a small one
+
+
 def assert_like_torchvision(y, ref, ref64, dtype):
-    """fp32: torchvision's output within TOL; bf16: no further from float64 than twice torchvision's own bf16 error."""
+    """fp32: torchvision's output within TOL; bf16: no further from float64 than twice torchvision's own bf16 error
+    (plus BF16_SLACK)."""
     assert y.dtype == dtype and torch.isfinite(y).all()
     if dtype == torch.float32:
         assert rel_err(y, ref) < TOL, rel_err(y, ref)
     else:
         tv_err = rel_err(ref.double(), ref64)
-        assert rel_err(y.double(), ref64) < 2 * tv_err + 1e-3, (rel_err(y.double(), ref64), tv_err)
+        assert rel_err(y.double(), ref64) < 2 * tv_err + BF16_SLACK, (rel_err(y.double(), ref64), tv_err)
 
 
 def recorded_and_replayed_like_torchvision(ours, tv, x, dtype):
@@ -257,7 +263,7 @@ def test_bf16_error_within_torchvision_bf16_error():
         y, counts = counts_of(lambda: ours(x.bfloat16()))
     assert counts.get("flat_forwards") == 1 and y.dtype == torch.bfloat16
     assert torch.isfinite(y).all()
-    assert rel_err(y.double(), ref) < 2 * tv_err + 1e-3, (rel_err(y.double(), ref), tv_err)
+    assert rel_err(y.double(), ref) < 2 * tv_err + BF16_SLACK, (rel_err(y.double(), ref), tv_err)
 
 
 @pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
@@ -301,7 +307,7 @@ def test_freeze_bf16_option():
             y, counts = counts_of(lambda: ours(x))
             assert counts.get("flat_forwards") == 1 and y.dtype == torch.float32, counts
             assert torch.isfinite(y).all()
-            assert rel_err(y.double(), ref64) < 2 * tv_err + 1e-3, (rel_err(y.double(), ref64), tv_err)
+            assert rel_err(y.double(), ref64) < 2 * tv_err + BF16_SLACK, (rel_err(y.double(), ref64), tv_err)
         assert rel_err(y, tv(x)) > 1e-4  # it did run in bf16
         twin = pickle.loads(pickle.dumps(ours))
         assert resnet_ext.is_frozen(twin) and torch.equal(twin(x), y)
