@@ -14,7 +14,7 @@ import torchvision
 import resnet_ext
 from resnet_ext.cli import time_interleaved
 from resnet_ext.engine import cpu
-from cpu_gemm_rule_ab import patched  # run as a script: benchmarks/ is on the path
+from cpu_gemm_rule_ab import describe_float64, patched  # run as a script: benchmarks/ is on the path
 
 
 def main() -> None:
@@ -32,14 +32,7 @@ def main() -> None:
           f"{'channels_last' if fmt == torch.channels_last else 'NCHW'} 224x224; "
           f"WINOGRAD_DEFAULT_MIN_TILES {cpu.WINOGRAD_DEFAULT_MIN_TILES}")
     with torch.no_grad():
-        ref64 = copy.deepcopy(tv).double()(x.double())
-        for k, f in fns.items():
-            resnet_ext.reset_path_counts()
-            f(x)
-            resnet_ext.reset_path_counts()
-            y = f(x).double()
-            print(f"  {k}: winograd_unfolded units {resnet_ext.path_counts().get('winograd_unfolded', 0)}, "
-                  f"max |y - float64| / max |float64| {((y - ref64).abs().max() / ref64.abs().max()).item():.1e}")
+        describe_float64(fns, x, copy.deepcopy(tv).double()(x.double()))
         for _ in range(3):
             t, _ = time_interleaved(fns, x, 12 if batch == 1 else 5, {k: 1 for k in fns})
             r = {k: [a / b for a, b in zip(t[k], t["winograd"])] for k in ("stock", "torchvision")}

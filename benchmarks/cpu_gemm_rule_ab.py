@@ -71,6 +71,19 @@ def describe(fns: dict, x, ref: str, path: str) -> None:
                   f"max |diff| vs {ref} / its max {((y - base).abs().max() / base.abs().max()).item():.1e}")
 
 
+def describe_float64(fns: dict, x, ref64) -> None:
+    """Prints each contender's unit kinds (path_counts of its second call: the first may plan) and its logits' max
+    difference from the float64 reference `ref64`, relative to its largest."""
+    with torch.no_grad():
+        for k, f in fns.items():
+            f(x)
+            resnet_ext.reset_path_counts()
+            y = f(x).double()
+            kinds = {p: n for p, n in resnet_ext.path_counts().items() if p != "flat_forwards"}
+            print(f"  {k}: {kinds}, max |y - float64| / max |float64| "
+                  f"{((y - ref64).abs().max() / ref64.abs().max()).item():.1e}")
+
+
 def with_rule(model, rule):
     return patched(model, cpu, "gemm_pays", rule)
 

@@ -17,19 +17,7 @@ import torchvision
 import resnet_ext
 from resnet_ext.cli import time_interleaved
 from resnet_ext.engine import cpu
-
-def patched(model, **values):
-    """model(x) with the engine's module constants set to `values` for the call, then restored."""
-    def f(x):
-        saved = {k: getattr(cpu, k) for k in values}
-        for k, v in values.items():
-            setattr(cpu, k, v)
-        try:
-            return model(x)
-        finally:
-            for k, v in saved.items():
-                setattr(cpu, k, v)
-    return f
+from cpu_gemm_rule_ab import describe_float64, patched  # run as a script: benchmarks/ is on the path
 
 
 def main() -> None:
@@ -38,28 +26,23 @@ def main() -> None:
     batch = int(sys.argv[2]) if len(sys.argv) > 2 else 1
     size = int(sys.argv[3]) if len(sys.argv) > 3 else 224
     layout = sys.argv[4] if len(sys.argv) > 4 else "nchw"
-    inside = {"CL_PIXELS": 0} if len(sys.argv) > 5 and sys.argv[5] == "cl_inside" else {}
+    cl_inside = len(sys.argv) > 5 and sys.argv[5] == "cl_inside"
     tv = getattr(torchvision.models, arch)().eval()
     base = resnet_ext.from_torchvision(copy.deepcopy(tv)).eval()
     x = torch.randn(batch, 3, size, size)
     if layout == "cl":
         x = x.contiguous(memory_format=torch.channels_last)
+
+    def inside(model):  # CL_PIXELS 0 for "cl_inside": every NCHW input channels_last inside
+        return patched(model, cpu, "CL_PIXELS", 0) if cl_inside else model
     fns = {"torchvision": tv,
-           "before": patched(copy.deepcopy(base), NCHW_UNIT_WEIGHT_RATIO=float("inf"), **inside),
-           "now": patched(copy.deepcopy(base), **inside)}
+           "before": inside(patched(copy.deepcopy(base), cpu, "NCHW_UNIT_WEIGHT_RATIO", float("inf"))),
+           "now": inside(copy.deepcopy(base))}
     print(f"torch {torch.__version__}, {arch} default mode fp32, NCHW weights, batch {batch}, {layout} input "
           f"{size}x{size}; NCHW_UNIT_WEIGHT_RATIO {cpu.NCHW_UNIT_WEIGHT_RATIO}, NCHW_UNIT_GEMM_PIXELS "
-          f"{cpu.NCHW_UNIT_GEMM_PIXELS}, CL_PIXELS {inside.get('CL_PIXELS', cpu.CL_PIXELS)}")
+          f"{cpu.NCHW_UNIT_GEMM_PIXELS}, CL_PIXELS {0 if cl_inside else cpu.CL_PIXELS}")
     with torch.no_grad():
-        ref64 = copy.deepcopy(tv).double()(x.double())
-        for k, f in fns.items():
-            resnet_ext.reset_path_counts()
-            f(x)
-            resnet_ext.reset_path_counts()
-            y = f(x).double()
-            kinds = {p: n for p, n in resnet_ext.path_counts().items() if p != "flat_forwards"}
-            print(f"  {k}: {kinds}, max |y - float64| / max |float64| "
-                  f"{((y - ref64).abs().max() / ref64.abs().max()).item():.1e}")
+        describe_float64(fns, x, copy.deepcopy(tv).double()(x.double()))
         for _ in range(3):
             t, _ = time_interleaved(fns, x, 10 if batch * size * size <= 2 * 224 * 224 else 5,
                                     {k: 1 for k in fns}, settle=1)
