@@ -196,8 +196,9 @@ def winograd_tile(u: Unit, x: Tensor) -> int:
     tile and F(4x4) 36 times per 4x4 tile, but F(4x4)'s transformed weight is 36 floats to F(2x2)'s 16, streamed
     from memory on every call: F(2x2) where its extra multiplies, 16 * tiles(2) - 36 * tiles(4), stay within
     WINOGRAD_F23_MAX_EXTRA (about what the 80 bytes cost at a 2-core Zen 5's ratio of multiply rate to memory
-    bandwidth: ~200 GFLOP/s to ~11-15 GB/s, layer 4's 16.8 MB F(2x2) weight took 1.5 ms a call at batch 1). Measured there per layer inside resnet50's forward: layer 3 at batch 1
-    (16 tiles of 4x4, 49 of 2x2: 208) 1.19-1.27x faster by F(2x2); layer 2 at batch 1 (1372) 0.79-0.83x, layer 1
+    bandwidth: ~200 GFLOP/s to ~11-15 GB/s, layer 4's 16.8 MB F(2x2) weight took 1.5 ms a call at batch 1).
+    Measured there per layer inside resnet50's forward: layer 3 at batch 1 (16 tiles of 4x4, 49 of 2x2: 208)
+    1.19-1.27x faster by F(2x2); layer 2 at batch 1 (1372) 0.79-0.83x, layer 1
     0.72-0.79x; every layer at batch 8 0.72-0.97x. Whole models at batch 1 with layer 3 by F(2x2), per-round medians
     of six runs in two processes: resnet101 1.005-1.06x, resnet50 0.997-1.014x; at batch 2 (layer 3: 416) resnet101
     0.98-1.03x, hence the bound (benchmarks/cpu_winograd_f23_ab.py;
@@ -439,8 +440,8 @@ def nchw_unit(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Option
 
 
 # A unit's `wb`: (folded weight, bias), run by oneDNN (prepacked for the input size: frozen mode); or (GEMM,
-# WINO_UNFOLDED, NCHW_UNFOLDED or UNFOLDED, scale, shift) (default mode); or (WINO, transformed weight, bias), (CONV1X1, packed
-# weight, bias) or (STEM, packed weight, bias): resnet_ext's own ops (frozen mode).
+# WINO_UNFOLDED, NCHW_UNFOLDED or UNFOLDED, scale, shift) (default mode); or (WINO, transformed weight, bias),
+# (CONV1X1, packed weight, bias) or (STEM, packed weight, bias): resnet_ext's own ops (frozen mode).
 GEMM, UNFOLDED, WINO, CONV1X1, STEM = "gemm", "unfolded", "winograd", "conv1x1", "conv_stem"
 WINO_UNFOLDED = "winograd_unfolded"  # default mode: F(2x2) on the live weight, then BN unfolded (winograd_unit)
 NCHW_UNFOLDED = "unfolded_nchw"  # default mode: a unit of a channels_last forward run in NCHW (nchw_unit)
