@@ -280,6 +280,11 @@ RESNET_EXT_CLONES void weight_block(const float* w, typename W::T* u, int64_t c_
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// f23_weight_block writes G's rows out as adds and halves: G must be what they say.
+static_assert(kG23[0][0] == 1. && kG23[0][1] == 0. && kG23[0][2] == 0. && kG23[1][0] == .5 && kG23[1][1] == .5 &&
+                  kG23[1][2] == .5 && kG23[2][0] == .5 && kG23[2][1] == -.5 && kG23[2][2] == .5 &&
+                  kG23[3][0] == 0. && kG23[3][1] == 0. && kG23[3][2] == 1.,
+              "f23_weight_block hard-codes F(2x2, 3x3)'s G");
 RESNET_EXT_F32_TARGET void f23_weight_block(const float* w, const std::array<int64_t, 4>& st, float* u,
                                             int64_t c_in, int64_t k_out, int64_t c0, int64_t k0, int i0, int i1) {
   alignas(64) float g[kVec][9][kVec];  // [input channel][tap][output channel]
