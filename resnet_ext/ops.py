@@ -165,7 +165,7 @@ def max_pool(pool: torch.nn.Module, x: Tensor) -> Tensor:
 
 
 @torch.library.register_fake("resnet_ext::winograd3x3")
-def _winograd3x3_fake(x, u, bias, residual, relu):
+def _winograd3x3_fake(x, u, bias, residual, relu, prefetch_addr=0, prefetch_bytes=0):
     torch._check(x.dim() == 4 and u.dim() in (3, 4), lambda: "winograd3x3: x must be 4-d and u 3-d or 4-d")
     return x.new_empty((x.shape[0], u.shape[2], x.shape[2], x.shape[3])).contiguous(
         memory_format=torch.channels_last)
@@ -188,12 +188,33 @@ def winograd_weight(weight: Tensor, m: int = 0) -> Tensor:
     return torch.ops.resnet_ext.winograd_weight(weight.detach(), m)
 
 
-def winograd3x3(x: Tensor, u: Tensor, bias: Tensor, residual: Optional[Tensor], relu: bool) -> Tensor:
+def prefetch_range(t: Union[Tensor, Tuple[int, int], None]) -> Tuple[int, int]:
+    """(address, bytes) of a CPU tensor's memory, the CPU ops' `prefetch_addr` and `prefetch_bytes` ((0, 0) for
+    None; a pair given is returned as it is): a strided tensor's whole storage, or a oneDNN tensor's buffer (a weight
+    prepacked for oneDNN's convolution). The ops only issue prefetches there, which never fault: the range changes
+    no value."""
+    if t is None:
+        return 0, 0
+    if isinstance(t, tuple) and len(t) == 2 and all(isinstance(v, int) for v in t):
+        return t
+    if not isinstance(t, Tensor) or t.device.type != "cpu" or t.layout not in (torch.strided, torch._mkldnn):
+        raise TypeError(f"prefetch must be a CPU tensor (strided or oneDNN) or None, got "
+                        f"{type(t).__name__ if not isinstance(t, Tensor) else f'{t.layout} on {t.device}'}")
+    if t.is_mkldnn:
+        return torch.ops.mkldnn.data_ptr(t), torch.ops.mkldnn._nbytes(t)
+    s = t.untyped_storage()
+    return s.data_ptr(), s.nbytes()
+
+
+def winograd3x3(x: Tensor, u: Tensor, bias: Tensor, residual: Optional[Tensor], relu: bool,
+                prefetch: Union[Tensor, Tuple[int, int], None] = None) -> Tensor:
     """relu?(conv3x3(x) + bias (+ residual)), stride 1, padding 1, by Winograd on `u = winograd_weight(w, m)` (CPU,
     channels_last, channels multiples of 16): for float32 F(4x4, 3x3) or F(2x2, 3x3) as u was made (F(2x2) on
     CPUs with AVX-512 only, `winograd_f23_supported()`); for bfloat16 F(2x2, 3x3) (bf16 operands, fp32 sums; CPUs
-    with AVX512-BF16 only, `winograd_bf16_supported()`)."""
-    return torch.ops.resnet_ext.winograd3x3(x, u, bias, residual, relu)
+    with AVX512-BF16 only, `winograd_bf16_supported()`). `prefetch`: a CPU tensor (strided or oneDNN), or its
+    `prefetch_range`, whose memory the op fetches into cache as it computes (the next unit's weight); it changes no
+    value."""
+    return torch.ops.resnet_ext.winograd3x3(x, u, bias, residual, relu, *prefetch_range(prefetch))
 
 
 def winograd_bf16_supported() -> bool:
@@ -207,7 +228,7 @@ def winograd_f23_supported() -> bool:
 
 
 @torch.library.register_fake("resnet_ext::conv1x1")
-def _conv1x1_fake(x, w, bias, residual, relu, stride=1):
+def _conv1x1_fake(x, w, bias, residual, relu, stride=1, prefetch_addr=0, prefetch_bytes=0):
     torch._check(x.dim() == 4 and bias.dim() == 1, lambda: "conv1x1: x must be 4-d and bias 1-d")
     return x.new_empty((x.shape[0], bias.shape[0], (x.shape[2] - 1) // stride + 1,
                         (x.shape[3] - 1) // stride + 1)).contiguous(memory_format=torch.channels_last)
@@ -226,11 +247,12 @@ def conv1x1_weight(weight: Tensor) -> Tensor:
     return w.clone(memory_format=torch.contiguous_format)  # a copy even where the permute is already contiguous
 
 
-def conv1x1(x: Tensor, w: Tensor, bias: Tensor, residual: Optional[Tensor], relu: bool, stride: int = 1) -> Tensor:
+def conv1x1(x: Tensor, w: Tensor, bias: Tensor, residual: Optional[Tensor], relu: bool, stride: int = 1,
+            prefetch: Union[Tensor, Tuple[int, int], None] = None) -> Tensor:
     """relu?(conv1x1(x) + bias (+ residual)) with the given stride, no padding, as one GEMM on `w =
     conv1x1_weight(weight)` with the epilogue fused (CPU, channels_last, float32 or bfloat16, output channels a
-    multiple of 64; CPUs where `conv1x1_supported(dtype)`)."""
-    return torch.ops.resnet_ext.conv1x1(x, w, bias, residual, relu, stride)
+    multiple of 64; CPUs where `conv1x1_supported(dtype)`). `prefetch` as in `winograd3x3`."""
+    return torch.ops.resnet_ext.conv1x1(x, w, bias, residual, relu, stride, *prefetch_range(prefetch))
 
 
 @torch.library.register_fake("resnet_ext::conv_stem")

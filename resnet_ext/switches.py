@@ -10,6 +10,7 @@ call. The hot paths read `switch.on`.
     cpu_winograd   the CPU modes' 3x3 convs by Winograd where it pays (default on)
     cpu_conv1x1    the frozen CPU mode's 1x1 convs as resnet_ext's own GEMM where it pays (default on)
     cpu_stem       the frozen CPU mode's stem conv as resnet_ext's own op where it pays (default on)
+    cpu_prefetch   the frozen CPU mode's own ops fetch the next unit's weight into cache where it pays (default on)
     cpu_onednn_graph  the frozen CPU mode's convolutions as one oneDNN Graph where it pays (opt-in)
     bn_optin       the training BN's opt-in CUDA kernels (experimental build, opt-in)
     fused_train    train-mode Bottlenecks as the fused conv+statistics decomposition (opt-in; CUDA: experimental)
@@ -96,6 +97,12 @@ cpu_stem = switch("cpu_stem", default=True, doc="""Whether the frozen CPU mode m
 channels: the 7x7 on RGB) as resnet_ext's own op, `ops.conv_stem`, where it pays (`engine.cpu.stem_pays`; default
 on); off, oneDNN runs it. Returns the setting in force before the call; the next forward of each input size follows
 it.""")
+
+cpu_prefetch = switch("cpu_prefetch", default=True, doc="""Whether the frozen CPU mode's Winograd and 1x1 units on
+resnet_ext's own ops fetch the next unit's weight into cache as they compute, where it pays
+(`engine.cpu.prefetch_pays`: batch 1 at 224x224 and smaller inputs; default on); off, each unit's weight is read
+from memory when that unit starts. It changes no value. Returns the setting in force before the call; the next
+forward of each input size follows it.""")
 
 cpu_onednn_graph = switch("cpu_onednn_graph", doc="""Whether the frozen CPU mode runs its convolutions as one
 oneDNN Graph per input shape where that was faster than its per-unit plan (`engine.onednn_graph`: bf16 always,

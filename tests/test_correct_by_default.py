@@ -453,9 +453,11 @@ def test_frozen_mode_contract():
         if graph and resnet_ext.engine.onednn_graph.supported():
             assert counts == {"onednn_graph": 1, "flat_forwards": 1}
         else:  # every conv on oneDNN's prepacked weights or one of resnet_ext's own CPU ops
-            assert set(counts) <= {"onednn_prepacked", "winograd", "conv1x1", "flat_forwards"}, counts
+            # ("winograd_f23" and "prefetch" count some of the units already counted by their path)
+            paths = {k: v for k, v in counts.items() if k not in ("flat_forwards", "winograd_f23", "prefetch")}
+            assert set(paths) <= {"onednn_prepacked", "winograd", "conv1x1"}, counts
             assert counts["flat_forwards"] == 1
-            assert sum(counts.values()) - 1 == sum(isinstance(m, nn.Conv2d) for m in ours.modules()), counts
+            assert sum(paths.values()) == sum(isinstance(m, nn.Conv2d) for m in ours.modules()), counts
     with torch.no_grad():
         for p in ours.parameters():
             p.mul_(1.2)

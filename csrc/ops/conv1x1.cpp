@@ -17,6 +17,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "cpu_gemm.h"
 
@@ -27,6 +28,7 @@ using resnet_ext::cpu_gemm::bf16;
 using resnet_ext::cpu_gemm::kPanelVecs;
 using resnet_ext::cpu_gemm::kRows;
 using resnet_ext::cpu_gemm::kVec;
+using resnet_ext::cpu_gemm::Prefetch;
 
 constexpr int64_t kBlockRows = 96;  // rows of A per item of work, at most (reused from cache by every panel of B)
 
@@ -85,22 +87,26 @@ RESNET_EXT_F32_TARGET [[gnu::always_inline]] inline void zero_tile(__m512 (&acc)
 // oneDNN's 1x1 kernels sum them; bf16: fp32 sums of exact bf16 products).
 template <int R, int NV>
 RESNET_EXT_F32_TARGET void tile_f32(const float* a, int64_t c, const float* b, float* y, int64_t k,
-                                    const float* bias, const float* res, bool relu) {
+                                    const float* bias, const float* res, bool relu, Prefetch& pf) {
 #ifdef RESNET_EXT_AVX512_GEMM
   __m512 acc[R][NV];
   zero_tile(acc);
-  resnet_ext::cpu_gemm::dot_f32<R, NV>(a, c, b, NV * kVec, c, acc);
+  Prefetch f = pf;  // in registers through the loop
+  resnet_ext::cpu_gemm::dot_f32<R, NV>(a, c, b, NV * kVec, c, acc, f);
+  pf = f;
   store_tile<R, NV>(acc, y, k, bias, res, relu);
 #endif
 }
 
 template <int R, int NV>
 RESNET_EXT_BF16_TARGET void tile_bf16(const bf16* a, int64_t c, const bf16* b, bf16* y, int64_t k,
-                                      const float* bias, const bf16* res, bool relu) {
+                                      const float* bias, const bf16* res, bool relu, Prefetch& pf) {
 #ifdef RESNET_EXT_AVX512_GEMM
   __m512 acc[R][NV];
   zero_tile(acc);
-  resnet_ext::cpu_gemm::dot_bf16<R, NV>(a, c, b, NV * kVec, c, acc);
+  Prefetch f = pf;
+  resnet_ext::cpu_gemm::dot_bf16<R, NV>(a, c, b, NV * kVec, c, acc, f);
+  pf = f;
   store_tile<R, NV>(acc, y, k, bias, res, relu);
 #endif
 }
@@ -120,9 +126,10 @@ RESNET_EXT_F32_TARGET void stem_tile_f32(const float* a, Rows ar, const float* b
 #ifdef RESNET_EXT_AVX512_GEMM
   __m512 acc[R][NV];
   zero_tile(acc);
+  Prefetch none = Prefetch::none();
   for (int64_t s = 0; s < ar.segs; ++s)
     resnet_ext::cpu_gemm::dot_f32<R, NV>(a + s * ar.seg, ar.lda, b + s * ar.depth * NV * kVec, NV * kVec, ar.depth,
-                                         acc);
+                                         acc, none);
   store_tile<R, NV>(acc, y, k, bias, nullptr, relu);
 #endif
 }
@@ -134,11 +141,12 @@ RESNET_EXT_BF16_TARGET void stem_tile_bf16(const bf16* a, Rows ar, const bf16* b
   __m512 acc[R][NV];
   zero_tile(acc);
   const int64_t full = ar.odd ? ar.depth - 2 : ar.depth;  // pairs with both values real
+  Prefetch none = Prefetch::none();
   for (int64_t s = 0; s < ar.segs; ++s) {
     const bf16 *as = a + s * ar.seg, *bs = b + s * ar.depth * NV * kVec;
-    resnet_ext::cpu_gemm::dot_bf16<R, NV>(as, ar.lda, bs, NV * kVec, full, acc);
+    resnet_ext::cpu_gemm::dot_bf16<R, NV>(as, ar.lda, bs, NV * kVec, full, acc, none);
     if (ar.odd)
-      resnet_ext::cpu_gemm::dot_bf16<R, NV, true>(as + full, ar.lda, bs + full * NV * kVec, NV * kVec, 2, acc);
+      resnet_ext::cpu_gemm::dot_bf16<R, NV, true>(as + full, ar.lda, bs + full * NV * kVec, NV * kVec, 2, acc, none);
   }
   store_tile<R, NV>(acc, y, k, bias, nullptr, relu);
 #endif
@@ -148,7 +156,7 @@ RESNET_EXT_BF16_TARGET void stem_tile_bf16(const bf16* a, Rows ar, const bf16* b
 
 // Tiles of 1 to 6 rows by a whole panel.
 template <class T>
-using Tile = void (*)(const T*, int64_t, const T*, T*, int64_t, const float*, const T*, bool);
+using Tile = void (*)(const T*, int64_t, const T*, T*, int64_t, const float*, const T*, bool, Prefetch&);
 template <class T>
 using StemTile = void (*)(const T*, Rows, const T*, T*, int64_t, const float*, bool);
 #define RESNET_EXT_TABLE(F) {&F<1, 4>, &F<2, 4>, &F<3, 4>, &F<4, 4>, &F<5, 4>, &F<6, 4>}
@@ -177,7 +185,7 @@ std::vector<int64_t> w_shape(at::ScalarType t, int64_t c, int64_t k) {
 
 template <class T>
 Tensor conv1x1(const Tensor& x_in, const Tensor& w, const Tensor& bias, const std::optional<Tensor>& residual,
-               bool relu, int64_t stride) {
+               bool relu, int64_t stride, const void* pf_base, int64_t pf_lines) {
   // Every s-th pixel of every s-th row, copied into rows (resnet's downsamples; a quarter of the input).
   const Tensor x = stride == 1 ? x_in
                                : x_in.slice(2, 0, std::nullopt, stride).slice(3, 0, std::nullopt, stride)
@@ -203,13 +211,16 @@ Tensor conv1x1(const Tensor& x_in, const Tensor& w, const Tensor& bias, const st
   const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
   if (blocks * panels < want) blocks = std::min((p + kRows - 1) / kRows, (want + panels - 1) / panels);
   const int64_t rows = ((p + blocks - 1) / blocks + kRows - 1) / kRows * kRows;
-  at::parallel_for(0, blocks * panels, 1, [&](int64_t begin, int64_t end) {
+  const int64_t items = blocks * panels, steps = (c + 1) / (std::is_same_v<T, float> ? 1 : 2);
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t r0 = item / panels * rows, r1 = std::min(p, r0 + rows);
       const int64_t k0 = item % panels * kPanel;
+      Prefetch pf = Prefetch::span(pf_base, pf_lines * item / items, pf_lines * (item + 1) / items,
+                                   (r1 - r0 + kRows - 1) / kRows * steps);
       for (int64_t t = r0; t < r1; t += kRows) {
         const auto tile = tiles[std::min<int64_t>(kRows, r1 - t) - 1];
-        tile(xp + t * c, c, wp + k0 * c, yp + t * k + k0, k, bp + k0, rp ? rp + t * k + k0 : nullptr, relu);
+        tile(xp + t * c, c, wp + k0 * c, yp + t * k + k0, k, bp + k0, rp ? rp + t * k + k0 : nullptr, relu, pf);
       }
     }
   });
@@ -259,7 +270,7 @@ Tensor conv_stem(const Tensor& x, const Tensor& w, const Tensor& bias, bool relu
 const char* name(at::ScalarType t) { return t == at::kFloat ? "float32" : "bfloat16"; }
 
 Tensor conv1x1_cpu(const Tensor& x, const Tensor& w, const Tensor& bias, const std::optional<Tensor>& residual,
-                   bool relu, int64_t stride) {
+                   bool relu, int64_t stride, int64_t prefetch_addr, int64_t prefetch_bytes) {
   TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu() && bias.device().is_cpu(),
               "conv1x1: x, w and bias must be CPU tensors, got ", x.device(), ", ", w.device(), ", ", bias.device());
   TORCH_CHECK(x.dim() == 4 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
@@ -293,7 +304,10 @@ Tensor conv1x1_cpu(const Tensor& x, const Tensor& w, const Tensor& bias, const s
                 at::IntArrayRef(shape), ", got ", r.scalar_type(), " ", r.sizes(), " strides ", r.strides(), " on ",
                 r.device());
   }
-  return f32 ? conv1x1<float>(x, w, bias, residual, relu, stride) : conv1x1<bf16>(x, w, bias, residual, relu, stride);
+  const int64_t pf_lines = Prefetch::lines("conv1x1", prefetch_addr, prefetch_bytes);
+  const void* pf_base = reinterpret_cast<const void*>(prefetch_addr);
+  return f32 ? conv1x1<float>(x, w, bias, residual, relu, stride, pf_base, pf_lines)
+             : conv1x1<bf16>(x, w, bias, residual, relu, stride, pf_base, pf_lines);
 }
 
 
@@ -341,7 +355,8 @@ Tensor conv_stem_cpu(const Tensor& x, const Tensor& w, const Tensor& bias, bool 
 TORCH_LIBRARY_FRAGMENT(resnet_ext, m) {
   // y = relu?(conv1x1(x, w, stride) + bias (+ residual)) as one GEMM with a fused epilogue, w packed by
   // ops.conv1x1_weight. CPU, channels_last, float32 or bfloat16; the frozen CPU plan's 1x1 units.
-  m.def("conv1x1(Tensor x, Tensor w, Tensor bias, Tensor? residual, bool relu, int stride=1) -> Tensor");
+  m.def("conv1x1(Tensor x, Tensor w, Tensor bias, Tensor? residual, bool relu, int stride=1, int prefetch_addr=0, "
+        "int prefetch_bytes=0) -> Tensor");
   // y = relu?(conv(x, w, stride, padding) + bias) for a conv on few input channels (the stem's 7x7 on RGB), each
   // output pixel's kernel rows read in place from a zero-padded NHWC copy of x (any layout), w packed by
   // ops.conv_stem_weight; channels_last output. CPU, float32 or bfloat16; the frozen CPU plan's stem.

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
 
 #include <cstdint>
 #include <cstring>
@@ -29,6 +30,45 @@ constexpr int64_t kVec = 16;       // output channels per vector
 constexpr int64_t kRows = 6;       // rows of A per register tile
 constexpr int64_t kPanelVecs = 4;  // vectors of output channels per register tile (a 64-channel panel of B)
 
+// Cache lines to fetch while a tile computes, one every `every` steps of its depth loop: the next unit's weight,
+// which a forward at batch 1 would otherwise read from memory only when that unit starts (prefetcht0; prefetcht1,
+// to L2, measured slower in whole models: benchmarks/results/2026-12-05-cpu-prefetch/). `none()` fetches nothing
+// (its countdown never reaches 0).
+struct Prefetch {
+  const char* p = nullptr;
+  const char* end = nullptr;
+  int64_t every = 1;
+  int64_t count = INT64_MAX;
+  static Prefetch none() { return {}; }
+  // The whole lines of an op's `prefetch_addr` and `prefetch_bytes` arguments (0, 0: none). Any address is safe: a
+  // prefetch never faults, and one of memory not mapped is dropped.
+  static int64_t lines(const char* op, int64_t addr, int64_t bytes) {
+    TORCH_CHECK(bytes >= 0 && (addr != 0 || bytes == 0), op,
+                ": prefetch_bytes must be non-negative, and 0 where prefetch_addr is 0, got prefetch_addr ", addr,
+                ", prefetch_bytes ", bytes);
+    return bytes / 64;
+  }
+  // Lines [lo, hi) at `base`, spread over the first half of `steps` depth steps (at most one line a step).
+  static Prefetch span(const void* base, int64_t lo, int64_t hi, int64_t steps) {
+    Prefetch f;
+    if (base == nullptr || hi <= lo || steps <= 0) return f;
+    f.p = static_cast<const char*>(base) + lo * 64;
+    f.end = static_cast<const char*>(base) + hi * 64;
+    f.every = steps > 2 * (hi - lo) ? steps / (2 * (hi - lo)) : 1;
+    f.count = f.every;
+    return f;
+  }
+  [[gnu::always_inline]] inline void step() {
+    if (--count == 0) {
+#if defined(__x86_64__) && defined(__GNUC__)
+      _mm_prefetch(p, _MM_HINT_T0);
+#endif
+      p += 64;
+      count = p < end ? every : INT64_MAX;
+    }
+  }
+};
+
 #ifdef RESNET_EXT_AVX512_GEMM
 // Whether this CPU runs the tiles: AVX-512 (fp32), and AVX512-BF16 for bf16 operands.
 inline bool runs_f32() {
@@ -43,8 +83,10 @@ inline bool runs_bf16() {
 // acc[r][j] += sum over i < depth of a[r * lda + i] * b[i * ldb + 16 j .. + 16).
 template <int R, int NV>
 RESNET_EXT_F32_TARGET [[gnu::always_inline]] inline void dot_f32(const float* a, int64_t lda, const float* b,
-                                                                 int64_t ldb, int64_t depth, __m512 (&acc)[R][NV]) {
+                                                                 int64_t ldb, int64_t depth, __m512 (&acc)[R][NV],
+                                                                 Prefetch& pf) {
   for (int64_t i = 0; i < depth; ++i) {
+    pf.step();
     __m512 bv[NV];
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) bv[j] = _mm512_loadu_ps(b + i * ldb + kVec * j);
@@ -64,8 +106,9 @@ RESNET_EXT_F32_TARGET [[gnu::always_inline]] inline void dot_f32(const float* a,
 template <int R, int NV, bool FirstOnly = false>
 RESNET_EXT_BF16_TARGET [[gnu::always_inline]] inline void dot_bf16(const bf16* a, int64_t lda, const bf16* b,
                                                                    int64_t ldb, int64_t depth,
-                                                                   __m512 (&acc)[R][NV]) {
+                                                                   __m512 (&acc)[R][NV], Prefetch& pf) {
   for (int64_t i = 0; i < depth; i += 2) {
+    pf.step();
     __m512i bv[NV];
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) bv[j] = _mm512_loadu_si512(b + i * ldb + 2 * kVec * j);

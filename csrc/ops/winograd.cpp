@@ -341,6 +341,12 @@ void f23_weight_f32(const float* w, const std::array<int64_t, 4>& st, float* u, 
 }
 #endif
 
+// Lines [lo, hi) of the 64-byte lines at base: one GEMM's share of the op's prefetch (cpu_gemm::Prefetch).
+struct Lines {
+  const void* base = nullptr;
+  int64_t lo = 0, hi = 0;
+};
+
 // ---- The GEMMs -------------------------------------------------------------------------------------------------
 
 #ifdef RESNET_EXT_AVX512_GEMM
@@ -349,13 +355,15 @@ void f23_weight_f32(const float* w, const std::array<int64_t, 4>& st, float* u, 
 // one e and one 64-channel panel of U (C x 64, reused from cache by every row of V[e]).
 template <int R, int NV>
 RESNET_EXT_F32_TARGET void gemm_tile(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
-                                     int64_t depth, bool accumulate) {
+                                     int64_t depth, bool accumulate, resnet_ext::cpu_gemm::Prefetch& pf) {
   __m512 acc[R][NV];
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[r][j] = accumulate ? _mm512_loadu_ps(c + r * ldc + 16 * j) : _mm512_setzero_ps();
-  resnet_ext::cpu_gemm::dot_f32<R, NV>(a, lda, b, ldb, depth, acc);
+  resnet_ext::cpu_gemm::Prefetch f = pf;  // in registers through the loop
+  resnet_ext::cpu_gemm::dot_f32<R, NV>(a, lda, b, ldb, depth, acc, f);
+  pf = f;
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
@@ -364,13 +372,16 @@ RESNET_EXT_F32_TARGET void gemm_tile(const float* a, int64_t lda, const float* b
 
 template <int R, int NV>
 RESNET_EXT_BF16_TARGET void gemm_tile_bf16(const bf16* a, int64_t lda, const bf16* b, int64_t ldb, float* c,
-                                           int64_t ldc, int64_t depth, bool accumulate) {
+                                           int64_t ldc, int64_t depth, bool accumulate,
+                                           resnet_ext::cpu_gemm::Prefetch& pf) {
   __m512 acc[R][NV];
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[r][j] = accumulate ? _mm512_loadu_ps(c + r * ldc + 16 * j) : _mm512_setzero_ps();
-  resnet_ext::cpu_gemm::dot_bf16<R, NV>(a, lda, b, ldb, depth, acc);
+  resnet_ext::cpu_gemm::Prefetch f = pf;
+  resnet_ext::cpu_gemm::dot_bf16<R, NV>(a, lda, b, ldb, depth, acc, f);
+  pf = f;
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
@@ -378,7 +389,8 @@ RESNET_EXT_BF16_TARGET void gemm_tile_bf16(const bf16* a, int64_t lda, const bf1
 }
 
 template <class T>
-using GemmTile = void (*)(const T*, int64_t, const T*, int64_t, float*, int64_t, int64_t, bool);
+using GemmTile = void (*)(const T*, int64_t, const T*, int64_t, float*, int64_t, int64_t, bool,
+                          resnet_ext::cpu_gemm::Prefetch&);
 #define RESNET_EXT_TILES(F, R) {&F<R, 1>, &F<R, 2>, &F<R, 3>, &F<R, 4>}
 #define RESNET_EXT_TABLE(F) \
   {RESNET_EXT_TILES(F, 1), RESNET_EXT_TILES(F, 2), RESNET_EXT_TILES(F, 3), \
@@ -402,20 +414,24 @@ bool gemm_runs_here() {
 // over all 512 channels of layer4 doubled the op's rounding error: 1.2e-5 of the largest output vs MKL's 4.8e-6).
 template <class W>
 void gemm(const typename W::T* v, int64_t plane, const typename W::T* u, float* m, int64_t n_t, int64_t c,
-          int64_t k) {
+          int64_t k, const Lines& pf) {
   const auto& tiles = tiles_of(W{});
   const int64_t panels = (k + kPanelVecs * kVec - 1) / (kPanelVecs * kVec);
-  at::parallel_for(0, W::kElems * panels, 1, [&](int64_t begin, int64_t end) {
+  const int64_t items = W::kElems * panels, steps = (n_t + kRows - 1) / kRows * (c / W::kPack);
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t e = item / panels, k0 = (item % panels) * kPanelVecs * kVec;
       const int64_t vecs = std::min<int64_t>(kPanelVecs, (k - k0) / kVec);
       const typename W::T* a = v + e * plane;
       const typename W::T* b = u + e * c * k + k0 * W::kPack;
       float* out = m + e * n_t * k + k0;
+      const int64_t span = pf.hi - pf.lo;
+      auto f = resnet_ext::cpu_gemm::Prefetch::span(pf.base, pf.lo + span * item / items,
+                                                    pf.lo + span * (item + 1) / items, steps);
       for (int64_t t = 0; t < n_t; t += kRows) {
         const auto tile = tiles[std::min<int64_t>(kRows, n_t - t) - 1][vecs - 1];
         for (int64_t i = 0; i < c; i += W::kDepth)
-          tile(a + t * c + i, c, b + i * k, k, out + t * k, k, std::min<int64_t>(W::kDepth, c - i), i > 0);
+          tile(a + t * c + i, c, b + i * k, k, out + t * k, k, std::min<int64_t>(W::kDepth, c - i), i > 0, f);
       }
     }
   });
@@ -425,7 +441,7 @@ void gemm(const typename W::T* v, int64_t plane, const typename W::T* u, float* 
 template <class W>
 bool gemm_runs_here() { return false; }
 template <class W>
-void gemm(const typename W::T*, int64_t, const typename W::T*, float*, int64_t, int64_t, int64_t) {}
+void gemm(const typename W::T*, int64_t, const typename W::T*, float*, int64_t, int64_t, int64_t, const Lines&) {}
 #endif
 
 // ---- The op ----------------------------------------------------------------------------------------------------
@@ -490,8 +506,10 @@ void check_args(const Tensor& x, const Tensor& u, const Tensor& bias, const std:
 
 template <class W>
 Tensor winograd3x3(const Tensor& x, const Tensor& u, const Tensor& bias, const std::optional<Tensor>& residual,
-                   bool relu) {
+                   bool relu, int64_t prefetch_addr, int64_t prefetch_bytes) {
   using T = typename W::T;
+  const void* pf_base = reinterpret_cast<const void*>(prefetch_addr);
+  const int64_t pf_lines = resnet_ext::cpu_gemm::Prefetch::lines("winograd3x3", prefetch_addr, prefetch_bytes);
   check_args<W>(x, u, bias, residual);
   constexpr int64_t tile = W::kTile;
   const Geometry g{x.size(0), x.size(2), x.size(3), x.size(1), u.size(2), (x.size(2) + tile - 1) / tile,
@@ -512,7 +530,9 @@ Tensor winograd3x3(const Tensor& x, const Tensor& u, const Tensor& bias, const s
   const int64_t grain = std::max<int64_t>(1, 2048 / g.c);
   // Tiles t0 .. t0 + n_t through the three steps, in the calling thread's workspace (its parallel loops run inline
   // where the caller is itself one of a parallel loop's threads).
+  // Each chunk's GEMM prefetches its share of the lines, by the tiles it covers.
   auto run_chunk = [&](int64_t t0, int64_t n_t, int64_t chunk) {
+    const Lines pf{pf_base, pf_lines * t0 / tiles, pf_lines * (t0 + n_t) / tiles};
     const int64_t v_bytes = W::kElems * (chunk * g.c + pad) * static_cast<int64_t>(sizeof(T));
     char* ws = static_cast<char*>(workspace(v_bytes + W::kElems * chunk * g.k * static_cast<int64_t>(sizeof(float))));
     T* v = reinterpret_cast<T*>(ws);
@@ -522,7 +542,7 @@ Tensor winograd3x3(const Tensor& x, const Tensor& u, const Tensor& bias, const s
       for (int64_t t = begin; t < end; ++t) W::input_tile(xp, v, g, plane, t, t0);
     });
     if (gemm_runs_here<W>()) {
-      gemm<W>(v, plane, u.const_data_ptr<T>(), m, n_t, g.c, g.k);
+      gemm<W>(v, plane, u.const_data_ptr<T>(), m, n_t, g.c, g.k, pf);
     } else {  // float32 only (check_args)
       const Tensor vt = at::from_blob(v, {W::kElems, n_t, g.c}, {plane, g.c, 1}, x.options());
       Tensor mt = at::from_blob(m, {W::kElems, n_t, g.k}, x.options());
@@ -556,7 +576,7 @@ Tensor winograd3x3(const Tensor& x, const Tensor& u, const Tensor& bias, const s
 }
 
 Tensor winograd3x3_cpu(const Tensor& x, const Tensor& u, const Tensor& bias, const std::optional<Tensor>& residual,
-                       bool relu) {
+                       bool relu, int64_t prefetch_addr, int64_t prefetch_bytes) {
   TORCH_CHECK(x.device().is_cpu() && u.device().is_cpu() && bias.device().is_cpu(),
               "winograd3x3: x, u and bias must be CPU tensors, got ", x.device(), ", ", u.device(), ", ",
               bias.device());
@@ -565,10 +585,11 @@ Tensor winograd3x3_cpu(const Tensor& x, const Tensor& u, const Tensor& bias, con
               x.scalar_type());
   TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast),
               "winograd3x3: x must be channels_last contiguous, got strides ", x.strides());
-  if (x.scalar_type() != at::kFloat) return winograd3x3<F23>(x, u, bias, residual, relu);
+  const int64_t pa = prefetch_addr, pb = prefetch_bytes;
+  if (x.scalar_type() != at::kFloat) return winograd3x3<F23>(x, u, bias, residual, relu, pa, pb);
   // float32: the variant u was made for (its first dimension: 36 or 16 elements per tile).
-  return u.dim() == 3 && u.size(0) == F23F32::kElems ? winograd3x3<F23F32>(x, u, bias, residual, relu)
-                                                     : winograd3x3<F43>(x, u, bias, residual, relu);
+  return u.dim() == 3 && u.size(0) == F23F32::kElems ? winograd3x3<F23F32>(x, u, bias, residual, relu, pa, pb)
+                                                     : winograd3x3<F43>(x, u, bias, residual, relu, pa, pb);
 }
 
 template <class W>
@@ -633,7 +654,8 @@ TORCH_LIBRARY_FRAGMENT(resnet_ext, m) {
   // y = relu?(conv3x3(x, w, stride 1, padding 1) + bias (+ residual)) by Winograd (F(4x4, 3x3) or F(2x2, 3x3) for
   // float32, as u was made, F(2x2, 3x3) for bfloat16), with u the transformed weight of ops.winograd_weight. CPU,
   // channels_last; the flat CPU forward's 3x3 units.
-  m.def("winograd3x3(Tensor x, Tensor u, Tensor bias, Tensor? residual, bool relu) -> Tensor");
+  m.def("winograd3x3(Tensor x, Tensor u, Tensor bias, Tensor? residual, bool relu, int prefetch_addr=0, "
+        "int prefetch_bytes=0) -> Tensor");
   // u = G w G^T for a weight of x's dtype and output tiles of m x m (0: the dtype's default): [36, C, K] (float32,
   // m 4), [16, C, K] (float32, m 2) or [16, C / 2, K, 2] (bfloat16, m 2).
   m.def("winograd_weight(Tensor w, int m=0) -> Tensor");

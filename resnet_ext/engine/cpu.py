@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from .._C_loader import _C
-from ..switches import cpu_conv1x1, cpu_onednn_graph, cpu_stem, cpu_winograd
+from ..switches import cpu_conv1x1, cpu_onednn_graph, cpu_prefetch, cpu_stem, cpu_winograd
 from . import state as _state
 from . import onednn_graph, structure, units
 from .structure import Unit
@@ -446,6 +446,8 @@ GEMM, UNFOLDED, WINO, CONV1X1, STEM = "gemm", "unfolded", "winograd", "conv1x1",
 WINO_UNFOLDED = "winograd_unfolded"  # default mode: F(2x2) on the live weight, then BN unfolded (winograd_unit)
 NCHW_UNFOLDED = "unfolded_nchw"  # default mode: a unit of a channels_last forward run in NCHW (nchw_unit)
 WINO_F23 = "winograd_f23"  # path_counts: of the frozen mode's fp32 Winograd units, those on F(2x2) (winograd_tile)
+PREFETCHED = "prefetch"  # path_counts: of the frozen mode's units on resnet_ext's own ops, those that fetched the next
+# unit's weight (prefetch_pays)
 OWN = (WINO, CONV1X1, STEM)
 
 
@@ -465,12 +467,13 @@ def _nchw_1x1(t: Tensor) -> Tensor:
 
 
 def _own(u: Unit, x: Tensor, wb, residual: Optional[Tensor], relu: bool) -> Tensor:
-    """A unit on resnet_ext's own op (`OWN`); STEM takes no residual."""
+    """A unit on resnet_ext's own op (`OWN`); STEM takes no residual. wb[3], where there is one: the next unit's
+    weight, which the op fetches into cache as it computes (`with_prefetch`)."""
     if wb[0] is WINO:
-        return ops.winograd3x3(x, wb[1], wb[2], residual, relu)
+        return ops.winograd3x3(x, wb[1], wb[2], residual, relu, wb[3] if len(wb) > 3 else None)
     if wb[0] is STEM:
         return ops.conv_stem(x, wb[1], wb[2], relu, u.conv.kernel_size, u.conv.stride, u.conv.padding)
-    return ops.conv1x1(x, wb[1], wb[2], residual, relu, u.conv.stride[0])
+    return ops.conv1x1(x, wb[1], wb[2], residual, relu, u.conv.stride[0], wb[3] if len(wb) > 3 else None)
 
 
 def _conv(u: Unit, x: Tensor, wb) -> Tensor:
@@ -594,6 +597,32 @@ def packed_weight(fold, conv: nn.Conv2d, x: Tensor) -> Tensor:
     return w
 
 
+PREFETCH_PIXELS = 224 * 224  # prefetch_pays: forward inputs of at most this many pixels (N * H * W)
+
+
+def prefetch_pays(x: Tensor) -> bool:
+    """Whether the frozen plan's Winograd and 1x1 units fetch the next unit's weight into cache as they compute
+    (`with_prefetch`): forward inputs of at most PREFETCH_PIXELS pixels, where each weight is read for few pixels and
+    the forward waits on memory at the start of every unit. `resnet_ext.cpu_prefetch(False)` turns it off. Measured
+    on a 2-core Zen 5 (frozen plan with and without, interleaved, per-run medians of three runs;
+    benchmarks/cpu_prefetch_ab.py, benchmarks/results/2026-12-05-cpu-prefetch/): batch 1 at 224x224 resnet50
+    1.01-1.04x (fp32 and bf16, both layouts), resnet101 1.02-1.05x; batches 2 and 4 0.97-1.00x, batch 8 level
+    (the compute per weight byte grows with the batch), hence the bound. Bitwise the same logits."""
+    return cpu_prefetch.on and x.shape[0] * x.shape[2] * x.shape[3] <= PREFETCH_PIXELS
+
+
+def with_prefetch(program: list) -> list:
+    """The plan (unit wbs in the order they run) with each Winograd and 1x1 unit's wb given the next unit's weight
+    (the op's `prefetch`: resnet_ext's packed one or the oneDNN-packed tensor, as its `ops.prefetch_range`) to fetch
+    into cache as it computes."""
+    out = []
+    for wb, nxt in zip(program, program[1:] + [None]):
+        if (wb[0] is WINO or wb[0] is CONV1X1) and nxt is not None:
+            wb = (*wb[:3], ops.prefetch_range(nxt[1] if _is_own(nxt) else nxt[0]))  # the plan holds nxt's weight
+        out.append(wb)
+    return out
+
+
 def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) -> Optional[Tensor]:
     """The frozen model's forward on prepacked weights, or None where the flat forward does not apply."""
     if not usable(x):
@@ -616,6 +645,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
     programs = cached[2]
     pool = model.maxpool  # read live by the per-unit plan; a graph holds its parameters
     key = (tuple(x.shape), x.dtype, x.stride(), cpu_winograd.on, cpu_conv1x1.on, cpu_stem.on, cpu_onednn_graph.on,
+           cpu_prefetch.on,
            (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode))
     x = internal_layout(x)
     entry = programs.get(key)  # (unit wbs, {kind: units on resnet_ext's own op}, the oneDNN graph or None)
@@ -648,7 +678,10 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
             return program[-1]
 
         out = run(model, s, x, wb, fc_dtype, True)
+        if prefetch_pays(x):
+            program = with_prefetch(program)
         own = {kind: sum(w[0] is kind for w in program) for kind in OWN}
+        own[PREFETCHED] = sum(len(w) > 3 for w in program if _is_own(w))
         own[WINO_F23] = sum(w[0] is WINO and w[1].dim() == 3 and w[1].shape[0] == 16 for w in program)  # fp32 F(2x2)
         entry = programs[key] = (program, own, None)
     else:

@@ -1,0 +1,47 @@
+"""The frozen mode's prefetch of the next unit's weight (engine/cpu.py: prefetch_pays, with_prefetch; the ops'
+prefetch_addr/prefetch_bytes) inside whole models, against the same plan without it. Contenders: "none"
+(cpu_prefetch(False)), "prefetch" (cpu_prefetch(True), whatever PREFETCH_PIXELS says). Deep copies of one frozen
+model, interleaved rotated rounds, each timed call right after an untimed one of its own (settle), per-round ratios
+against "none" (median, range); the logits' difference first (a prefetch changes no value: 0).
+Usage: python benchmarks/cpu_prefetch_ab.py [ARCH] [BATCH] [cl|nchw] [bf16|fp32] [SIZE]   (2 threads; idle machine;
+SIZE: the input's height and width, 224 unless given)."""
+import copy
+import statistics
+import sys
+
+import torch
+
+import resnet_ext
+from resnet_ext.cli import time_interleaved
+from resnet_ext.engine import cpu
+from cpu_gemm_rule_ab import describe, frozen_setup, patched  # run as a script: benchmarks/ is on the path
+
+
+def switched(model, on: bool):
+    """model(x) with cpu_prefetch(on) for the call, then the setting restored."""
+    def f(x):
+        before = resnet_ext.cpu_prefetch(on)
+        try:
+            return model(x)
+        finally:
+            resnet_ext.cpu_prefetch(before)
+    return f
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    title, base, x = frozen_setup(sys.argv)
+    fns = {"none": switched(copy.deepcopy(base), False),
+           "prefetch": switched(patched(copy.deepcopy(base), cpu, "PREFETCH_PIXELS", 1 << 40), True)}
+    print(f"torch {torch.__version__}, {title}")
+    describe(fns, x, "none", "prefetch")
+    with torch.no_grad():
+        for _ in range(3):
+            t, _ = time_interleaved(fns, x, 20 if x.numel() <= 3 * 224 * 224 else 8, {k: 2 for k in fns}, settle=1)
+            r = [a / b for a, b in zip(t["none"], t["prefetch"])]
+            print(" ".join(f"{k} {1e3 * statistics.median(v):.1f}" for k, v in t.items())
+                  + f" ms | none/prefetch {statistics.median(r):.3f} [{min(r):.2f}-{max(r):.2f}]", flush=True)
+
+
+if __name__ == "__main__":
+    main()
