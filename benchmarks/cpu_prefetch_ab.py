@@ -2,7 +2,8 @@
 prefetch_addr/prefetch_bytes) inside whole models, against the same plan without it. Contenders: "none"
 (cpu_prefetch(False)), "prefetch" (cpu_prefetch(True), whatever PREFETCH_PIXELS says). Deep copies of one frozen
 model, interleaved rotated rounds, each timed call right after an untimed one of its own (settle), per-round ratios
-against "none" (median, range); the logits' difference first (a prefetch changes no value: 0).
+against "none" (median, range); first, on each contender's second call (the first plans, without
+prefetches), its prefetching units and the logits' difference (a prefetch changes no value: 0).
 Usage: python benchmarks/cpu_prefetch_ab.py [ARCH] [BATCH] [cl|nchw] [bf16|fp32] [SIZE]   (2 threads; idle machine;
 SIZE: the input's height and width, 224 unless given)."""
 import copy
@@ -34,6 +35,9 @@ def main() -> None:
     fns = {"none": switched(copy.deepcopy(base), False),
            "prefetch": switched(patched(copy.deepcopy(base), cpu, "PREFETCH_PIXELS", 1 << 40), True)}
     print(f"torch {torch.__version__}, {title}")
+    with torch.no_grad():  # plan first: the call that plans runs without prefetches
+        for f in fns.values():
+            f(x)
     describe(fns, x, "none", "prefetch")
     with torch.no_grad():
         for _ in range(3):

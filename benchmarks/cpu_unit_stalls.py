@@ -15,55 +15,74 @@ import torch
 import resnet_ext
 from resnet_ext.engine import cpu
 
-torch.set_num_threads(2)
-resnet_ext.cpu_prefetch(os.environ.get("PREFETCH", "1") == "1")
-arch, b, dt = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-dtype = torch.bfloat16 if dt == "bf16" else torch.float32
-m = getattr(resnet_ext, arch)().eval()
-f = resnet_ext.freeze(m, dtype=dtype) if dtype != torch.float32 else resnet_ext.freeze(m)
-x = torch.randn(b, 3, 224, 224).contiguous(memory_format=torch.channels_last)
-calls = []
-TOUCH = os.environ.get("TOUCH") == "1"
-rec = [False]
-o_conv, o_tail = cpu._conv, cpu._tail
-def conv(u, y, wb):
-    if TOUCH and isinstance(wb[0], str):
-        wb[1].sum(), y.sum()
-    t0 = time.perf_counter(); out = o_conv(u, y, wb); t = time.perf_counter() - t0
-    if rec[0]: calls.append(("c", u, y, wb, None, t))
-    return out
-def tail(u, y, r, wb):
-    if TOUCH and isinstance(wb[0], str):
-        wb[1].sum(), y.sum(), r.sum()
-    rr = r.clone() if rec[0] else None
-    t0 = time.perf_counter(); out = o_tail(u, y, r, wb); t = time.perf_counter() - t0
-    if rec[0]: calls.append(("t", u, y, wb, rr, t))
-    return out
-cpu._conv, cpu._tail = conv, tail
-with torch.no_grad():
-    for _ in range(3): f(x)
-    fwd = []
-    for _ in range(5):
-        t0 = time.perf_counter(); f(x); fwd.append(time.perf_counter() - t0)
-    runs = []
-    for _ in range(5):
-        calls.clear(); rec[0] = True; f(x); rec[0] = False
-        runs.append([c[5] for c in calls])
-    per_unit = [statistics.median(r[i] for r in runs) for i in range(len(calls))]
-    hot = []
-    for kind, u, y, wb, rr, _ in calls:
-        ts = []
-        for _ in range(6):
-            r2 = rr.clone() if rr is not None else None
+
+def main() -> None:
+    torch.set_num_threads(2)
+    resnet_ext.cpu_prefetch(os.environ.get("PREFETCH", "1") == "1")
+    touch = os.environ.get("TOUCH") == "1"
+    arch, batch, dt = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    model = resnet_ext.freeze(getattr(resnet_ext, arch)().eval(),
+                              dtype=torch.bfloat16 if dt == "bf16" else None)
+    x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    calls, recording = [], [False]
+    conv0, tail0 = cpu._conv, cpu._tail
+
+    def conv(u, y, wb):
+        if touch and isinstance(wb[0], str):
+            wb[1].sum(), y.sum()
+        t0 = time.perf_counter()
+        out = conv0(u, y, wb)
+        if recording[0]:
+            calls.append((u, y, wb, None, time.perf_counter() - t0))
+        return out
+
+    def tail(u, y, r, wb):
+        if touch and isinstance(wb[0], str):
+            wb[1].sum(), y.sum(), r.sum()
+        saved = r.clone() if recording[0] else None  # a oneDNN tail writes into r
+        t0 = time.perf_counter()
+        out = tail0(u, y, r, wb)
+        if recording[0]:
+            calls.append((u, y, wb, saved, time.perf_counter() - t0))
+        return out
+
+    cpu._conv, cpu._tail = conv, tail
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+        fwd = []
+        for _ in range(5):
             t0 = time.perf_counter()
-            (o_conv(u, y, wb) if kind == "c" else o_tail(u, y, r2, wb))
-            ts.append(time.perf_counter() - t0)
-        hot.append(min(ts[1:]))
-groups = collections.defaultdict(lambda: [0.0, 0.0, 0])
-for (kind, u, y, wb, rr, _), t, h in zip(calls, per_unit, hot):
-    k = wb[0] if isinstance(wb[0], str) else "oneDNN"
-    key = (k, tuple(u.conv.kernel_size), u.conv.stride[0], y.shape[2])
-    g = groups[key]; g[0] += t; g[1] += h; g[2] += 1
-print(f"{arch} b{b} {dt}: forward median {statistics.median(fwd)*1e3:.2f} ms; units in-forward {sum(per_unit)*1e3:.2f} ms, hot {sum(hot)*1e3:.2f} ms")
-for key, (t, h, n) in sorted(groups.items(), key=lambda kv: -kv[1][0]):
-    print(f"  {str(key):45s} n={n:2d} in-forward {t*1e3:6.2f} ms  hot {h*1e3:6.2f} ms  diff {(t-h)*1e3:5.2f}")
+            model(x)
+            fwd.append(time.perf_counter() - t0)
+        runs = []
+        for _ in range(5):
+            calls.clear()
+            recording[0] = True
+            model(x)
+            recording[0] = False
+            runs.append([c[4] for c in calls])
+        inside = [statistics.median(r[i] for r in runs) for i in range(len(calls))]
+        hot = []
+        for u, y, wb, saved, _ in calls:
+            times = []
+            for _ in range(6):
+                r = None if saved is None else saved.clone()
+                t0 = time.perf_counter()
+                conv0(u, y, wb) if saved is None else tail0(u, y, r, wb)
+                times.append(time.perf_counter() - t0)
+            hot.append(min(times[1:]))
+    groups = collections.defaultdict(lambda: [0.0, 0.0, 0])
+    for (u, y, wb, _, _), t, h in zip(calls, inside, hot):
+        key = (wb[0] if isinstance(wb[0], str) else "oneDNN", tuple(u.conv.kernel_size), u.conv.stride[0], y.shape[2])
+        g = groups[key]
+        g[0], g[1], g[2] = g[0] + t, g[1] + h, g[2] + 1
+    print(f"{arch} b{batch} {dt}: forward median {statistics.median(fwd) * 1e3:.2f} ms; units in-forward "
+          f"{sum(inside) * 1e3:.2f} ms, hot {sum(hot) * 1e3:.2f} ms")
+    for key, (t, h, n) in sorted(groups.items(), key=lambda kv: -kv[1][0]):
+        print(f"  {str(key):45s} n={n:2d} in-forward {t * 1e3:6.2f} ms  hot {h * 1e3:6.2f} ms  diff "
+              f"{(t - h) * 1e3:5.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -198,8 +198,10 @@ def prefetch_range(t: Union[Tensor, Tuple[int, int], None]) -> Tuple[int, int]:
     if isinstance(t, tuple) and len(t) == 2 and all(isinstance(v, int) for v in t):
         return t
     if not isinstance(t, Tensor) or t.device.type != "cpu" or t.layout not in (torch.strided, torch._mkldnn):
-        raise TypeError(f"prefetch must be a CPU tensor (strided or oneDNN) or None, got "
+        raise TypeError(f"prefetch must be a CPU tensor (strided or oneDNN), its (address, bytes) or None, got "
                         f"{type(t).__name__ if not isinstance(t, Tensor) else f'{t.layout} on {t.device}'}")
+    if torch.compiler.is_compiling():  # a traced tensor has no address: a prefetch is only a hint
+        return 0, 0
     if t.is_mkldnn:
         return torch.ops.mkldnn.data_ptr(t), torch.ops.mkldnn._nbytes(t)
     s = t.untyped_storage()

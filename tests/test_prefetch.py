@@ -16,11 +16,12 @@ bf16_ok = ops.conv1x1_supported(torch.bfloat16) and ops.winograd_bf16_supported(
 
 
 def targets():
-    """Tensors to prefetch: none, one element (no whole line), 16 MB, a strided view, a oneDNN-packed weight."""
+    """Tensors to prefetch: none, no element, one (no whole line), 16 MB, a strided view, a oneDNN-packed weight."""
     big = torch.randn(4 << 20)
     packed = torch.ops.mkldnn._reorder_convolution_weight(torch.randn(256, 64, 3, 3), [1, 1], [1, 1], [1, 1], 1,
                                                           [1, 64, 14, 14])
-    return {"none": None, "one": torch.randn(1), "16MB": big, "view": big[17::3], "onednn": packed}
+    return {"none": None, "empty": torch.empty(0), "one": torch.randn(1), "16MB": big, "view": big[17::3],
+            "onednn": packed}
 
 
 DTYPES = [torch.float32] + ([torch.bfloat16] if bf16_ok else [])
@@ -37,19 +38,19 @@ def _conv1x1_args(dtype, n=1, c=256, k=128, h=14, w=13, residual=True):
 
 @f32_only
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(1, 256, 128, 14, 13), (3, 64, 64, 5, 7), (1, 16, 64, 1, 1)],
-                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", [(1, 256, 128, 14, 13, 1), (3, 64, 64, 5, 7, 1), (1, 16, 64, 1, 1, 1),
+                                   (1, 128, 256, 15, 14, 2)], ids=lambda s: "x".join(map(str, s)))
 def test_conv1x1_output_is_bitwise_the_same_with_any_prefetch(dtype, shape):
-    n, c, k, h, w = shape
-    x, wt, b, r = _conv1x1_args(dtype, n, c, k, h, w)
-    want = ops.conv1x1(x, wt, b, r, True)
+    n, c, k, h, w, stride = shape
+    x, wt, b, r = _conv1x1_args(dtype, n, c, k, h, w, residual=stride == 1)
+    want = ops.conv1x1(x, wt, b, r, True, stride)
     for name, t in targets().items():
-        got = ops.conv1x1(x, wt, b, r, True, 1, t)
+        got = ops.conv1x1(x, wt, b, r, True, stride, t)
         assert torch.equal(got, want), name
 
 
 @f32_only
-@pytest.mark.parametrize("dtype, m", [(torch.float32, 4), (torch.float32, 2)] + ([(torch.bfloat16, 2)] if bf16_ok else []))
+@pytest.mark.parametrize("dtype, m", [(torch.float32, 4), (torch.float32, 2)] + [(torch.bfloat16, 2)] * bf16_ok)
 @pytest.mark.parametrize("shape", [(1, 64, 64, 56, 56), (1, 256, 256, 14, 14), (2, 32, 48, 7, 9)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_winograd_output_is_bitwise_the_same_with_any_prefetch(dtype, m, shape):
@@ -69,16 +70,16 @@ def test_a_prefetch_it_cannot_read_is_a_clear_error():
     x, wt, b, r = _conv1x1_args(torch.float32)
     xw = torch.randn(1, 64, 8, 8).contiguous(memory_format=torch.channels_last)
     u = ops.winograd_weight(torch.randn(64, 64, 3, 3))
-    for bad in (torch.randn(8, 8).to_sparse(), torch.empty(10, device="meta"), [1, 2], 3):
+    for bad in (torch.randn(8, 8).to_sparse(), torch.empty(10, device="meta"), [1, 2], (1, 2.0), 3):
         with pytest.raises(TypeError, match="prefetch must be a CPU tensor"):
             ops.conv1x1(x, wt, b, r, True, 1, bad)
         with pytest.raises(TypeError, match="prefetch must be a CPU tensor"):
             ops.winograd3x3(xw, u, torch.zeros(64), None, True, bad)
-    # The ops' own arguments: a negative byte count, or bytes at address 0.
-    for addr, nbytes in ((1 << 20, -1), (0, 64)):
-        with pytest.raises(RuntimeError, match="conv1x1: prefetch_bytes must be non-negative"):
+    # The ops' own arguments: a negative byte count, more than 2^47 bytes, or bytes at address 0.
+    for addr, nbytes in ((1 << 20, -1), (1 << 20, (1 << 47) + 1), (0, 64)):
+        with pytest.raises(RuntimeError, match=r"conv1x1: prefetch_bytes must be in \[0, 2\^47\]"):
             torch.ops.resnet_ext.conv1x1(x, wt, b, r, True, 1, addr, nbytes)
-        with pytest.raises(RuntimeError, match="winograd3x3: prefetch_bytes must be non-negative"):
+        with pytest.raises(RuntimeError, match=r"winograd3x3: prefetch_bytes must be in \[0, 2\^47\]"):
             torch.ops.resnet_ext.winograd3x3(xw, u, torch.zeros(64), None, True, addr, nbytes)
 
 
@@ -96,7 +97,8 @@ def test_any_address_is_safe():
 @f32_only
 def test_opcheck_with_a_prefetch():
     x, wt, b, r = _conv1x1_args(torch.float32, c=64, k=64, h=5, w=5)
-    torch.library.opcheck(torch.ops.resnet_ext.conv1x1.default, (x, wt, b, r, True, 1, *ops.prefetch_range(torch.randn(100))))
+    torch.library.opcheck(torch.ops.resnet_ext.conv1x1.default,
+                          (x, wt, b, r, True, 1, *ops.prefetch_range(torch.randn(100))))
     xw = torch.randn(1, 32, 6, 6).contiguous(memory_format=torch.channels_last)
     torch.library.opcheck(torch.ops.resnet_ext.winograd3x3.default,
                           (xw, ops.winograd_weight(torch.randn(32, 32, 3, 3)), torch.zeros(32), None, True,
@@ -110,8 +112,8 @@ def test_opcheck_with_a_prefetch():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_the_plan_prefetches_each_next_weight_and_changes_no_bit(dtype, no_amx):
     """Batch 1 at 64x64 (within PREFETCH_PIXELS): each Winograd and 1x1 unit but the last is given the next unit's
-    weight (its own op's packed one or the oneDNN-packed tensor), counted "prefetch"; the logits are bitwise those
-    of the same frozen model with the switch off (a plan of its own, without)."""
+    weight (its own op's packed one or the oneDNN-packed tensor), counted "prefetch" from the call after the one
+    that plans; the logits are bitwise those of the same frozen model with the switch off (a plan of its own)."""
     ours, tv = frozen_pair("resnet50", None if dtype == torch.float32 else dtype)
     x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     out, counts = {}, {}
@@ -136,7 +138,7 @@ def test_the_plan_prefetches_each_next_weight_and_changes_no_bit(dtype, no_amx):
         nxt = program[i + 1]
         assert program[i][3] == ops.prefetch_range(nxt[1] if cpu._is_own(nxt) else nxt[0])
     assert any(program[i + 1][0].is_mkldnn for i in expected if not cpu._is_own(program[i + 1]))
-    assert counts[True] == [len(expected)] * 4 and counts[False] == [0, 0]
+    assert counts[True] == [0] + [len(expected)] * 3 and counts[False] == [0, 0]
     assert torch.equal(out[True], out[False])
     if dtype == torch.float32:
         assert rel_err(out[True], tv(x)) < 1e-4

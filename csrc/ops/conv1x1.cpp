@@ -92,7 +92,10 @@ RESNET_EXT_F32_TARGET void tile_f32(const float* a, int64_t c, const float* b, f
   __m512 acc[R][NV];
   zero_tile(acc);
   Prefetch f = pf;  // in registers through the loop
-  resnet_ext::cpu_gemm::dot_f32<R, NV>(a, c, b, NV * kVec, c, acc, f);
+  if (f.active())
+    resnet_ext::cpu_gemm::dot_f32<R, NV, true>(a, c, b, NV * kVec, c, acc, &f);
+  else
+    resnet_ext::cpu_gemm::dot_f32<R, NV>(a, c, b, NV * kVec, c, acc);
   pf = f;
   store_tile<R, NV>(acc, y, k, bias, res, relu);
 #endif
@@ -105,7 +108,10 @@ RESNET_EXT_BF16_TARGET void tile_bf16(const bf16* a, int64_t c, const bf16* b, b
   __m512 acc[R][NV];
   zero_tile(acc);
   Prefetch f = pf;
-  resnet_ext::cpu_gemm::dot_bf16<R, NV>(a, c, b, NV * kVec, c, acc, f);
+  if (f.active())
+    resnet_ext::cpu_gemm::dot_bf16<R, NV, false, true>(a, c, b, NV * kVec, c, acc, &f);
+  else
+    resnet_ext::cpu_gemm::dot_bf16<R, NV>(a, c, b, NV * kVec, c, acc);
   pf = f;
   store_tile<R, NV>(acc, y, k, bias, res, relu);
 #endif
@@ -126,10 +132,9 @@ RESNET_EXT_F32_TARGET void stem_tile_f32(const float* a, Rows ar, const float* b
 #ifdef RESNET_EXT_AVX512_GEMM
   __m512 acc[R][NV];
   zero_tile(acc);
-  Prefetch none = Prefetch::none();
   for (int64_t s = 0; s < ar.segs; ++s)
     resnet_ext::cpu_gemm::dot_f32<R, NV>(a + s * ar.seg, ar.lda, b + s * ar.depth * NV * kVec, NV * kVec, ar.depth,
-                                         acc, none);
+                                         acc);
   store_tile<R, NV>(acc, y, k, bias, nullptr, relu);
 #endif
 }
@@ -141,12 +146,11 @@ RESNET_EXT_BF16_TARGET void stem_tile_bf16(const bf16* a, Rows ar, const bf16* b
   __m512 acc[R][NV];
   zero_tile(acc);
   const int64_t full = ar.odd ? ar.depth - 2 : ar.depth;  // pairs with both values real
-  Prefetch none = Prefetch::none();
   for (int64_t s = 0; s < ar.segs; ++s) {
     const bf16 *as = a + s * ar.seg, *bs = b + s * ar.depth * NV * kVec;
-    resnet_ext::cpu_gemm::dot_bf16<R, NV>(as, ar.lda, bs, NV * kVec, full, acc, none);
+    resnet_ext::cpu_gemm::dot_bf16<R, NV>(as, ar.lda, bs, NV * kVec, full, acc);
     if (ar.odd)
-      resnet_ext::cpu_gemm::dot_bf16<R, NV, true>(as + full, ar.lda, bs + full * NV * kVec, NV * kVec, 2, acc, none);
+      resnet_ext::cpu_gemm::dot_bf16<R, NV, true>(as + full, ar.lda, bs + full * NV * kVec, NV * kVec, 2, acc);
   }
   store_tile<R, NV>(acc, y, k, bias, nullptr, relu);
 #endif
@@ -211,13 +215,12 @@ Tensor conv1x1(const Tensor& x_in, const Tensor& w, const Tensor& bias, const st
   const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
   if (blocks * panels < want) blocks = std::min((p + kRows - 1) / kRows, (want + panels - 1) / panels);
   const int64_t rows = ((p + blocks - 1) / blocks + kRows - 1) / kRows * kRows;
-  const int64_t items = blocks * panels, steps = (c + 1) / (std::is_same_v<T, float> ? 1 : 2);
+  const int64_t items = blocks * panels, steps = std::is_same_v<T, float> ? c : c / 2;  // depth steps a row
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t r0 = item / panels * rows, r1 = std::min(p, r0 + rows);
       const int64_t k0 = item % panels * kPanel;
-      Prefetch pf = Prefetch::span(pf_base, pf_lines * item / items, pf_lines * (item + 1) / items,
-                                   (r1 - r0 + kRows - 1) / kRows * steps);
+      Prefetch pf = Prefetch::share(pf_base, 0, pf_lines, item, items, (r1 - r0 + kRows - 1) / kRows * steps);
       for (int64_t t = r0; t < r1; t += kRows) {
         const auto tile = tiles[std::min<int64_t>(kRows, r1 - t) - 1];
         tile(xp + t * c, c, wp + k0 * c, yp + t * k + k0, k, bp + k0, rp ? rp + t * k + k0 : nullptr, relu, pf);

@@ -31,36 +31,38 @@ constexpr int64_t kRows = 6;       // rows of A per register tile
 constexpr int64_t kPanelVecs = 4;  // vectors of output channels per register tile (a 64-channel panel of B)
 
 // Cache lines to fetch while a tile computes, one every `every` steps of its depth loop: the next unit's weight,
-// which a forward at batch 1 would otherwise read from memory only when that unit starts (prefetcht0; prefetcht1,
-// to L2, measured slower in whole models: benchmarks/results/2026-12-05-cpu-prefetch/). `none()` fetches nothing
-// (its countdown never reaches 0).
+// which a forward at batch 1 would otherwise read from memory only when that unit starts (prefetcht0; see
+// benchmarks/results/2026-12-05-cpu-prefetch/). Inactive (no lines, or once they are issued), the tiles run the
+// loop without it.
 struct Prefetch {
   const char* p = nullptr;
   const char* end = nullptr;
   int64_t every = 1;
   int64_t count = INT64_MAX;
-  static Prefetch none() { return {}; }
+  bool active() const { return count != INT64_MAX; }
   // The whole lines of an op's `prefetch_addr` and `prefetch_bytes` arguments (0, 0: none). Any address is safe: a
   // prefetch never faults, and one of memory not mapped is dropped.
   static int64_t lines(const char* op, int64_t addr, int64_t bytes) {
-    TORCH_CHECK(bytes >= 0 && (addr != 0 || bytes == 0), op,
-                ": prefetch_bytes must be non-negative, and 0 where prefetch_addr is 0, got prefetch_addr ", addr,
+    TORCH_CHECK(bytes >= 0 && bytes <= (int64_t{1} << 47) && (addr != 0 || bytes == 0), op,
+                ": prefetch_bytes must be in [0, 2^47], and 0 where prefetch_addr is 0, got prefetch_addr ", addr,
                 ", prefetch_bytes ", bytes);
     return bytes / 64;
   }
-  // Lines [lo, hi) at `base`, spread over the first half of `steps` depth steps (at most one line a step).
-  static Prefetch span(const void* base, int64_t lo, int64_t hi, int64_t steps) {
+  // Part i of n of lines [lo, hi) at `base` (each item of an op's work fetches its share), spread over the first
+  // half of the item's `steps` depth steps where there are that many, else one a step until the steps run out.
+  static Prefetch share(const void* base, int64_t lo, int64_t hi, int64_t i, int64_t n, int64_t steps) {
     Prefetch f;
-    if (base == nullptr || hi <= lo || steps <= 0) return f;
-    f.p = static_cast<const char*>(base) + lo * 64;
-    f.end = static_cast<const char*>(base) + hi * 64;
-    f.every = steps > 2 * (hi - lo) ? steps / (2 * (hi - lo)) : 1;
+    const int64_t first = lo + (hi - lo) * i / n, last = lo + (hi - lo) * (i + 1) / n;
+    if (base == nullptr || last <= first || steps <= 0) return f;
+    f.p = static_cast<const char*>(base) + first * 64;
+    f.end = static_cast<const char*>(base) + last * 64;
+    f.every = steps > 2 * (last - first) ? steps / (2 * (last - first)) : 1;
     f.count = f.every;
     return f;
   }
   [[gnu::always_inline]] inline void step() {
     if (--count == 0) {
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef RESNET_EXT_AVX512_GEMM
       _mm_prefetch(p, _MM_HINT_T0);
 #endif
       p += 64;
@@ -81,12 +83,13 @@ inline bool runs_bf16() {
 }
 
 // acc[r][j] += sum over i < depth of a[r * lda + i] * b[i * ldb + 16 j .. + 16).
-template <int R, int NV>
+// PF: one step of `pf` per depth step.
+template <int R, int NV, bool PF = false>
 RESNET_EXT_F32_TARGET [[gnu::always_inline]] inline void dot_f32(const float* a, int64_t lda, const float* b,
                                                                  int64_t ldb, int64_t depth, __m512 (&acc)[R][NV],
-                                                                 Prefetch& pf) {
+                                                                 Prefetch* pf = nullptr) {
   for (int64_t i = 0; i < depth; ++i) {
-    pf.step();
+    if constexpr (PF) pf->step();
     __m512 bv[NV];
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) bv[j] = _mm512_loadu_ps(b + i * ldb + kVec * j);
@@ -103,12 +106,12 @@ RESNET_EXT_F32_TARGET [[gnu::always_inline]] inline void dot_f32(const float* a,
 // b + i * ldb, ldb = K), and each step broadcasts one pair of a's channels. FirstOnly: each pair's second value is
 // taken as +0 (a run of odd length padded with a zero weight, whose pad would pair with whatever value follows the
 // run in a: 0 * inf is NaN).
-template <int R, int NV, bool FirstOnly = false>
+template <int R, int NV, bool FirstOnly = false, bool PF = false>
 RESNET_EXT_BF16_TARGET [[gnu::always_inline]] inline void dot_bf16(const bf16* a, int64_t lda, const bf16* b,
                                                                    int64_t ldb, int64_t depth,
-                                                                   __m512 (&acc)[R][NV], Prefetch& pf) {
+                                                                   __m512 (&acc)[R][NV], Prefetch* pf = nullptr) {
   for (int64_t i = 0; i < depth; i += 2) {
-    pf.step();
+    if constexpr (PF) pf->step();
     __m512i bv[NV];
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) bv[j] = _mm512_loadu_si512(b + i * ldb + 2 * kVec * j);

@@ -362,7 +362,10 @@ RESNET_EXT_F32_TARGET void gemm_tile(const float* a, int64_t lda, const float* b
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[r][j] = accumulate ? _mm512_loadu_ps(c + r * ldc + 16 * j) : _mm512_setzero_ps();
   resnet_ext::cpu_gemm::Prefetch f = pf;  // in registers through the loop
-  resnet_ext::cpu_gemm::dot_f32<R, NV>(a, lda, b, ldb, depth, acc, f);
+  if (f.active())
+    resnet_ext::cpu_gemm::dot_f32<R, NV, true>(a, lda, b, ldb, depth, acc, &f);
+  else
+    resnet_ext::cpu_gemm::dot_f32<R, NV>(a, lda, b, ldb, depth, acc);
   pf = f;
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r)
@@ -380,7 +383,10 @@ RESNET_EXT_BF16_TARGET void gemm_tile_bf16(const bf16* a, int64_t lda, const bf1
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[r][j] = accumulate ? _mm512_loadu_ps(c + r * ldc + 16 * j) : _mm512_setzero_ps();
   resnet_ext::cpu_gemm::Prefetch f = pf;
-  resnet_ext::cpu_gemm::dot_bf16<R, NV>(a, lda, b, ldb, depth, acc, f);
+  if (f.active())
+    resnet_ext::cpu_gemm::dot_bf16<R, NV, false, true>(a, lda, b, ldb, depth, acc, &f);
+  else
+    resnet_ext::cpu_gemm::dot_bf16<R, NV>(a, lda, b, ldb, depth, acc);
   pf = f;
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r)
@@ -425,9 +431,7 @@ void gemm(const typename W::T* v, int64_t plane, const typename W::T* u, float* 
       const typename W::T* a = v + e * plane;
       const typename W::T* b = u + e * c * k + k0 * W::kPack;
       float* out = m + e * n_t * k + k0;
-      const int64_t span = pf.hi - pf.lo;
-      auto f = resnet_ext::cpu_gemm::Prefetch::span(pf.base, pf.lo + span * item / items,
-                                                    pf.lo + span * (item + 1) / items, steps);
+      auto f = resnet_ext::cpu_gemm::Prefetch::share(pf.base, pf.lo, pf.hi, item, items, steps);
       for (int64_t t = 0; t < n_t; t += kRows) {
         const auto tile = tiles[std::min<int64_t>(kRows, n_t - t) - 1][vecs - 1];
         for (int64_t i = 0; i < c; i += W::kDepth)

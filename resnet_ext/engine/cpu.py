@@ -608,7 +608,9 @@ def prefetch_pays(x: Tensor) -> bool:
     benchmarks/cpu_prefetch_ab.py, benchmarks/results/2026-12-05-cpu-prefetch/): batch 1 at 224x224 resnet50
     1.01-1.04x (fp32 and bf16, both layouts), resnet101 1.02-1.05x; batches 2 and 4 0.97-1.00x, batch 8 level
     (the compute per weight byte grows with the batch), hence the bound. Bitwise the same logits."""
-    return cpu_prefetch.on and x.shape[0] * x.shape[2] * x.shape[3] <= PREFETCH_PIXELS
+    # (on a CPU without AVX-512 the ops' GEMMs are not resnet_ext's tiles, which issue the prefetches)
+    return (cpu_prefetch.on and x.shape[0] * x.shape[2] * x.shape[3] <= PREFETCH_PIXELS
+            and ops.conv1x1_supported(torch.float32))
 
 
 def with_prefetch(program: list) -> list:
@@ -643,6 +645,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
             return None
         fc_dtype, x = x.dtype, x.to(dtype)  # freeze(dtype=torch.bfloat16): convolutions in bf16, pool and fc in fp32
     programs = cached[2]
+    planned = False
     pool = model.maxpool  # read live by the per-unit plan; a graph holds its parameters
     key = (tuple(x.shape), x.dtype, x.stride(), cpu_winograd.on, cpu_conv1x1.on, cpu_stem.on, cpu_onednn_graph.on,
            cpu_prefetch.on,
@@ -678,8 +681,9 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
             return program[-1]
 
         out = run(model, s, x, wb, fc_dtype, True)
-        if prefetch_pays(x):
+        if prefetch_pays(x):  # from the next call on: this one ran without
             program = with_prefetch(program)
+            planned = True
         own = {kind: sum(w[0] is kind for w in program) for kind in OWN}
         own[PREFETCHED] = sum(len(w) > 3 for w in program if _is_own(w))
         own[WINO_F23] = sum(w[0] is WINO and w[1].dim() == 3 and w[1].shape[0] == 16 for w in program)  # fp32 F(2x2)
@@ -691,7 +695,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
         own = entry[1]  # units on resnet_ext's own ops, per kind, and how many of the Winograd ones ran F(2x2) in fp32
         units.count("onednn_prepacked", len(s.units) - sum(own[kind] for kind in OWN))
         for kind, n in own.items():
-            if n:
+            if n and not (planned and kind is PREFETCHED):
                 units.count(kind, n)
     units.count("flat_forwards")
     return out

@@ -187,8 +187,8 @@ def path_counts() -> dict:
     F(2x2, 3x3) on the live weight, then BN unfolded); "unfolded_nchw" (CPU default mode, channels_last forward: a
     large NCHW weight's conv run on NCHW copies of its maps, `cpu.nchw_unit_pays`); "winograd_f23" (of the frozen
     mode's fp32 "winograd" units, those on F(2x2, 3x3)); "prefetch" (of the frozen mode's units on resnet_ext's
-    own ops, those that fetched the next unit's weight, `cpu.prefetch_pays`); and, counting whole forwards, not units, "flat_forwards":
-    CPU eval forwards that ran as one flat sequence of calls (`engine.structure`)."""
+    own ops, those that fetched the next unit's weight, `cpu.prefetch_pays`); and, counting whole forwards, not
+    units, "flat_forwards": CPU eval forwards that ran as one flat sequence of calls (`engine.structure`)."""
     counts = ops.path_counts()
     for k, v in _counts.items():
         counts[k] = counts.get(k, 0) + v
