@@ -106,6 +106,17 @@ def ratio_text(t: dict, a: str, b: str) -> str:
     return f"{statistics.median(r):.3f} ({min(r):.2f}-{max(r):.2f})"
 
 
+def frozen_rounds(fns: dict, x, ref: str, settle: int = 0, runs: int = 3) -> None:
+    """`runs` interleaved runs of the frozen-mode A/Bs (20 rounds at batch 1's size, else 8; 2 warm-up calls each),
+    each printed as every contender's median ms and `ref` / each other contender per round (`ratio_text`)."""
+    with torch.no_grad():
+        for _ in range(runs):
+            t, _ = time_interleaved(fns, x, 20 if x.numel() <= 3 * 224 * 224 else 8, {k: 2 for k in fns},
+                                    settle=settle)
+            print(" ".join(f"{k} {1e3 * statistics.median(v):.1f}" for k, v in t.items()) + " ms | "
+                  + " ".join(f"{ref}/{k} {ratio_text(t, ref, k)}" for k in fns if k != ref), flush=True)
+
+
 def main() -> None:
     torch.set_num_threads(2)
     print(f"torch {torch.__version__}, AMX_BF16 {cpu.AMX_BF16}")

@@ -7,15 +7,13 @@ prefetches), its prefetching units and the logits' difference (a prefetch change
 Usage: python benchmarks/cpu_prefetch_ab.py [ARCH] [BATCH] [cl|nchw] [bf16|fp32] [SIZE]   (2 threads; idle machine;
 SIZE: the input's height and width, 224 unless given)."""
 import copy
-import statistics
 import sys
 
 import torch
 
 import resnet_ext
-from resnet_ext.cli import time_interleaved
 from resnet_ext.engine import cpu
-from cpu_gemm_rule_ab import describe, frozen_setup, patched  # run as a script: benchmarks/ is on the path
+from cpu_gemm_rule_ab import describe, frozen_rounds, frozen_setup, patched  # run as a script: benchmarks/ is on the path
 
 
 def switched(model, on: bool):
@@ -39,12 +37,7 @@ def main() -> None:
         for f in fns.values():
             f(x)
     describe(fns, x, "none", "prefetch")
-    with torch.no_grad():
-        for _ in range(3):
-            t, _ = time_interleaved(fns, x, 20 if x.numel() <= 3 * 224 * 224 else 8, {k: 2 for k in fns}, settle=1)
-            r = [a / b for a, b in zip(t["none"], t["prefetch"])]
-            print(" ".join(f"{k} {1e3 * statistics.median(v):.1f}" for k, v in t.items())
-                  + f" ms | none/prefetch {statistics.median(r):.3f} [{min(r):.2f}-{max(r):.2f}]", flush=True)
+    frozen_rounds(fns, x, "none", settle=1)
 
 
 if __name__ == "__main__":
