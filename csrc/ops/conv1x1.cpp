@@ -91,12 +91,7 @@ RESNET_EXT_F32_TARGET void tile_f32(const float* a, int64_t c, const float* b, f
 #ifdef RESNET_EXT_AVX512_GEMM
   __m512 acc[R][NV];
   zero_tile(acc);
-  Prefetch f = pf;  // in registers through the loop
-  if (f.active())
-    resnet_ext::cpu_gemm::dot_f32<R, NV, true>(a, c, b, NV * kVec, c, acc, &f);
-  else
-    resnet_ext::cpu_gemm::dot_f32<R, NV>(a, c, b, NV * kVec, c, acc);
-  pf = f;
+  resnet_ext::cpu_gemm::dot_f32_pf<R, NV>(a, c, b, NV * kVec, c, acc, pf);
   store_tile<R, NV>(acc, y, k, bias, res, relu);
 #endif
 }
@@ -107,12 +102,7 @@ RESNET_EXT_BF16_TARGET void tile_bf16(const bf16* a, int64_t c, const bf16* b, b
 #ifdef RESNET_EXT_AVX512_GEMM
   __m512 acc[R][NV];
   zero_tile(acc);
-  Prefetch f = pf;
-  if (f.active())
-    resnet_ext::cpu_gemm::dot_bf16<R, NV, false, true>(a, c, b, NV * kVec, c, acc, &f);
-  else
-    resnet_ext::cpu_gemm::dot_bf16<R, NV>(a, c, b, NV * kVec, c, acc);
-  pf = f;
+  resnet_ext::cpu_gemm::dot_bf16_pf<R, NV>(a, c, b, NV * kVec, c, acc, pf);
   store_tile<R, NV>(acc, y, k, bias, res, relu);
 #endif
 }

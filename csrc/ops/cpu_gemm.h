@@ -127,6 +127,32 @@ RESNET_EXT_BF16_TARGET [[gnu::always_inline]] inline void dot_bf16(const bf16* a
   }
 }
 
+// dot_f32 / dot_bf16 advancing the tile's prefetch stream `pf` while it has lines left (a copy, so that it stays
+// in registers through the loop), else the loop without it.
+template <int R, int NV>
+RESNET_EXT_F32_TARGET [[gnu::always_inline]] inline void dot_f32_pf(const float* a, int64_t lda, const float* b,
+                                                                    int64_t ldb, int64_t depth,
+                                                                    __m512 (&acc)[R][NV], Prefetch& pf) {
+  Prefetch f = pf;
+  if (f.active())
+    dot_f32<R, NV, true>(a, lda, b, ldb, depth, acc, &f);
+  else
+    dot_f32<R, NV>(a, lda, b, ldb, depth, acc);
+  pf = f;
+}
+
+template <int R, int NV>
+RESNET_EXT_BF16_TARGET [[gnu::always_inline]] inline void dot_bf16_pf(const bf16* a, int64_t lda, const bf16* b,
+                                                                      int64_t ldb, int64_t depth,
+                                                                      __m512 (&acc)[R][NV], Prefetch& pf) {
+  Prefetch f = pf;
+  if (f.active())
+    dot_bf16<R, NV, false, true>(a, lda, b, ldb, depth, acc, &f);
+  else
+    dot_bf16<R, NV>(a, lda, b, ldb, depth, acc);
+  pf = f;
+}
+
 // 16 bf16 values widened to fp32 (exact).
 RESNET_EXT_BF16_TARGET inline __m512 load_bf16(const bf16* p) {
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));

@@ -361,12 +361,7 @@ RESNET_EXT_F32_TARGET void gemm_tile(const float* a, int64_t lda, const float* b
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[r][j] = accumulate ? _mm512_loadu_ps(c + r * ldc + 16 * j) : _mm512_setzero_ps();
-  resnet_ext::cpu_gemm::Prefetch f = pf;  // in registers through the loop
-  if (f.active())
-    resnet_ext::cpu_gemm::dot_f32<R, NV, true>(a, lda, b, ldb, depth, acc, &f);
-  else
-    resnet_ext::cpu_gemm::dot_f32<R, NV>(a, lda, b, ldb, depth, acc);
-  pf = f;
+  resnet_ext::cpu_gemm::dot_f32_pf<R, NV>(a, lda, b, ldb, depth, acc, pf);
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
@@ -382,12 +377,7 @@ RESNET_EXT_BF16_TARGET void gemm_tile_bf16(const bf16* a, int64_t lda, const bf1
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[r][j] = accumulate ? _mm512_loadu_ps(c + r * ldc + 16 * j) : _mm512_setzero_ps();
-  resnet_ext::cpu_gemm::Prefetch f = pf;
-  if (f.active())
-    resnet_ext::cpu_gemm::dot_bf16<R, NV, false, true>(a, lda, b, ldb, depth, acc, &f);
-  else
-    resnet_ext::cpu_gemm::dot_bf16<R, NV>(a, lda, b, ldb, depth, acc);
-  pf = f;
+  resnet_ext::cpu_gemm::dot_bf16_pf<R, NV>(a, lda, b, ldb, depth, acc, pf);
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
