@@ -1,6 +1,7 @@
 """The frozen mode's prefetch of the next unit's weight (engine/cpu.py: prefetch_pays, with_prefetch; the ops'
 prefetch_addr/prefetch_bytes) inside whole models, against the same plan without it. Contenders: "none"
-(cpu_prefetch(False)), "prefetch" (cpu_prefetch(True), whatever PREFETCH_PIXELS says). Deep copies of one frozen
+(cpu_prefetch(False)), "units" (cpu_prefetch(True) with the last unit fetching nothing: PREFETCH_FC False),
+"prefetch" (cpu_prefetch(True), the last unit fetching the fc's weight), both whatever PREFETCH_PIXELS says. Deep copies of one frozen
 model, interleaved rotated rounds, each timed call right after an untimed one of its own (settle), per-round ratios
 against "none" (median, range); first, on each contender's second call (the first plans, without
 prefetches), its prefetching units and the logits' difference (a prefetch changes no value: 0).
@@ -31,6 +32,8 @@ def main() -> None:
     torch.set_num_threads(2)
     title, base, x = frozen_setup(sys.argv)
     fns = {"none": switched(copy.deepcopy(base), False),
+           "units": switched(patched(patched(copy.deepcopy(base), cpu, "PREFETCH_PIXELS", 1 << 40), cpu,
+                                     "PREFETCH_FC", False), True),
            "prefetch": switched(patched(copy.deepcopy(base), cpu, "PREFETCH_PIXELS", 1 << 40), True)}
     print(f"torch {torch.__version__}, {title}")
     with torch.no_grad():  # plan first: the call that plans runs without prefetches

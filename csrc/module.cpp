@@ -219,6 +219,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("empty_cpu_cache", &resnet_ext::cpu_memory::empty_cache);
   m.def("same_bytes", &resnet_ext::same_bytes, "Whether CPU tensors are byte for byte what the snapshot recorded");
   m.def("allocated", &resnet_ext::allocated, "Whether every strided tensor's storage still holds its elements");
+  m.def("all_finite", &resnet_ext::all_finite, "Whether every element of a floating-point tensor is finite");
   m.def("cpu_memory_stats", []() {
     const auto s = resnet_ext::cpu_memory::stats();
     pybind11::dict d;

@@ -286,8 +286,28 @@ def conv_stem(x: Tensor, w: Tensor, bias: Tensor, relu: bool, kernel_size: IntPa
 
 
 def conv1x1_supported(dtype: torch.dtype) -> bool:
-    """Whether this CPU runs `conv1x1` and `conv_stem` on inputs of `dtype` (AVX-512; AVX512-BF16 for bfloat16)."""
-    return torch.ops.resnet_ext.conv1x1_supported(dtype)
+    """Whether this CPU runs `conv1x1` and `conv_stem` on inputs of `dtype` (AVX-512; AVX512-BF16 for bfloat16).
+    Asked once per dtype: the frozen head asks it on every forward, where an op call's cold code costs."""
+    ok = _SUPPORTED.get(dtype)
+    if ok is None:
+        ok = _SUPPORTED[dtype] = torch.ops.resnet_ext.conv1x1_supported(dtype)
+    return ok
+
+
+_SUPPORTED: dict = {}
+
+
+@torch.library.register_fake("resnet_ext::pool_linear")
+def _pool_linear_fake(x, weight, bias):
+    torch._check(x.dim() == 4 and weight.dim() == 2, lambda: "pool_linear: x must be 4-d and weight 2-d")
+    return x.new_empty((x.shape[0], weight.shape[0]), dtype=torch.float32)
+
+
+def pool_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """F.linear(x.float().mean((2, 3)), weight, bias): a ResNet's global average pool and fc as one op, the sums in
+    fp32 (CPU; x float32 or bfloat16, NCHW or channels_last; weight and bias float32). On CPUs with AVX-512 its own
+    loops (a GEMV: the weight read once for all of x's rows), elsewhere ATen's ops."""
+    return torch.ops.resnet_ext.pool_linear(x, weight, bias)
 
 
 def cpu_amx_bf16() -> bool:

@@ -316,11 +316,18 @@ def test_freeze_bf16_option():
         handle.remove()
 
 
-def test_freeze_bf16_pools_and_classifies_in_fp32():
+@pytest.mark.parametrize("head", ["modules", "op"])
+def test_freeze_bf16_pools_and_classifies_in_fp32(head, monkeypatch):
     """freeze(dtype=torch.bfloat16): the last features go to fp32 before the average pool, not after (pooled in
-    bf16 they would be rounded to bf16: 2.6-2.9e-3 of the largest), and fc runs in fp32."""
+    bf16 they would be rounded to bf16: 2.6-2.9e-3 of the largest), and fc runs in fp32: on the modules' path
+    (HEAD_MAX_BATCH -1) ATen's pool and oneDNN's linear see fp32 inputs; as one op (`ops.pool_linear`, whose fp32
+    sums tests/test_head.py checks) the op gets the bf16 features and the fp32 fc weight."""
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         pytest.skip("this CPU has no native bf16")
+    if head == "modules":
+        monkeypatch.setattr(cpu, "HEAD_MAX_BATCH", -1)
+    elif not resnet_ext.ops.conv1x1_supported(torch.float32):
+        pytest.skip("this CPU has no AVX-512")
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Spy(TorchDispatchMode):
@@ -332,6 +339,8 @@ def test_freeze_bf16_pools_and_classifies_in_fp32():
             name = func.overloadpacket.__name__
             if name in ("mean", "_adaptive_avg_pool2d", "addmm", "linear", "mm", "_linear_pointwise"):
                 self.dtypes.setdefault(name, set()).add(args[0].dtype if name != "addmm" else args[1].dtype)
+            elif name == "pool_linear":
+                self.dtypes.setdefault(name, set()).add((args[0].dtype, args[1].dtype))
             return func(*args, **(kwargs or {}))
 
     ours, _ = pair("resnet18")
@@ -343,6 +352,9 @@ def test_freeze_bf16_pools_and_classifies_in_fp32():
         with spy:
             _, counts = counts_of(lambda: ours(x))
     assert counts.get("flat_forwards") == 1, counts
+    if head == "op":
+        assert counts.get("pool_linear") == 1 and spy.dtypes == {"pool_linear": {(torch.bfloat16, torch.float32)}}
+        return
     pools = spy.dtypes.get("mean", set()) | spy.dtypes.get("_adaptive_avg_pool2d", set())
     assert pools == {torch.float32}, spy.dtypes
     fcs = ("addmm", "linear", "mm", "_linear_pointwise")  # the frozen mode's fc: oneDNN's linear (logits)
@@ -605,9 +617,11 @@ def test_an_fc_of_another_dtype_fails_as_in_torchvision(frozen):
 @pytest.mark.parametrize("change, fits", [
     (None, True), ("no bias", True), ("strided weight", False), ("float64 weight", False), ("other in_features", False)])
 def test_frozen_fc_on_onednn_or_the_module(change, fits, monkeypatch):
-    """The frozen mode's fc runs as oneDNN's linear where that takes it as nn.Linear would (fp32, dense, shapes
-    that fit), else as the module: torchvision's answer or its error either way, a weight swapped through `.data`
-    after freeze included."""
+    """The frozen mode's fc on the modules' path (the head as one op off: HEAD_MAX_BATCH -1; tests/test_head.py has
+    the op's rule) runs as oneDNN's linear where that takes it as nn.Linear would (fp32, dense, shapes that fit),
+    else as the module: torchvision's answer or its error either way, a weight swapped through `.data` after freeze
+    included."""
+    monkeypatch.setattr(cpu, "HEAD_MAX_BATCH", -1)
     ours, tv = pair("resnet18", frozen=True)
     w = torch.randn(10, 256 if change == "other in_features" else 512, generator=torch.Generator().manual_seed(0))
     for m in (ours, tv):

@@ -10,6 +10,9 @@
 
 #include <cstdint>
 #include <cstring>
+#include <atomic>
+
+#include <ATen/Parallel.h>
 
 namespace resnet_ext {
 namespace {
@@ -92,6 +95,43 @@ bool allocated(const std::vector<std::optional<at::Tensor>>& tensors) {
     if (!holds_its_elements(t)) return false;
   }
   return true;
+}
+
+namespace {
+
+// Whether any of n values has all exponent bits set (inf or NaN): one OR over the whole range, which the compiler
+// vectorizes (integer ops: no reassociation to forbid it), in chunks of 2^18 values across the threads.
+template <class U>
+bool any_exponent_full(const U* v, int64_t n, U exponent) {
+  std::atomic<bool> found{false};
+  at::parallel_for(0, n, int64_t(1) << 18, [&](int64_t begin, int64_t end) {
+    bool bad = false;
+    for (int64_t i = begin; i < end; ++i) bad |= (v[i] & exponent) == exponent;
+    if (bad) found = true;
+  });
+  return found;
+}
+
+}  // namespace
+
+bool all_finite(const at::Tensor& x) {
+  if (x.device().is_cpu() && x.layout() == at::kStrided && !x.key_set().has(c10::DispatchKey::Python) &&
+      x.has_storage() && x.is_non_overlapping_and_dense()) {  // its elements: numel values from data_ptr on
+    const void* p = x.const_data_ptr();
+    switch (x.scalar_type()) {
+      case at::kFloat:
+        return !any_exponent_full(static_cast<const uint32_t*>(p), x.numel(), uint32_t(0x7f800000));
+      case at::kBFloat16:
+        return !any_exponent_full(static_cast<const uint16_t*>(p), x.numel(), uint16_t(0x7f80));
+      case at::kHalf:
+        return !any_exponent_full(static_cast<const uint16_t*>(p), x.numel(), uint16_t(0x7c00));
+      case at::kDouble:
+        return !any_exponent_full(static_cast<const uint64_t*>(p), x.numel(), uint64_t(0x7ff0000000000000ull));
+      default:
+        break;
+    }
+  }
+  return at::isfinite(x).all().item<bool>();
 }
 
 }  // namespace resnet_ext

@@ -1,5 +1,5 @@
 // resnet_ext._C.same_bytes (same_bytes.cpp): whether CPU tensors are, byte for byte, what a snapshot recorded;
-// resnet_ext._C.allocated: whether tensors' storages still hold their elements.
+// resnet_ext._C.allocated: whether tensors' storages still hold their elements; resnet_ext._C.all_finite.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -17,5 +17,9 @@ bool same_bytes(const std::vector<std::optional<at::Tensor>>& tensors, at::Tenso
 // False where a strided tensor's storage no longer holds all its elements (freed by resizing it, as FSDP-style
 // code does): ATen's own kernels read such a tensor out of bounds; its modules raise a clean error.
 bool allocated(const std::vector<std::optional<at::Tensor>>& tensors);
+
+// Whether every element of a floating-point CPU tensor is finite: for a dense float32, bfloat16, float16 or
+// float64 one pass over the exponent bits (no sum, so no overflow), else ATen's isfinite().all().
+bool all_finite(const at::Tensor& x);
 
 }  // namespace resnet_ext

@@ -446,6 +446,7 @@ GEMM, UNFOLDED, WINO, CONV1X1, STEM = "gemm", "unfolded", "winograd", "conv1x1",
 WINO_UNFOLDED = "winograd_unfolded"  # default mode: F(2x2) on the live weight, then BN unfolded (winograd_unit)
 NCHW_UNFOLDED = "unfolded_nchw"  # default mode: a unit of a channels_last forward run in NCHW (nchw_unit)
 WINO_F23 = "winograd_f23"  # path_counts: of the frozen mode's fp32 Winograd units, those on F(2x2) (winograd_tile)
+HEAD = "pool_linear"  # path_counts: frozen forwards whose average pool and fc ran as one op (head_fits)
 PREFETCHED = "prefetch"  # path_counts: of the frozen mode's units on resnet_ext's own ops, those that fetched the next
 # unit's weight (prefetch_pays)
 OWN = (WINO, CONV1X1, STEM)
@@ -538,20 +539,50 @@ def run(model: nn.Module, s: structure.Structure, x: Tensor, wb, fc_dtype: Optio
         residual = x if ds is None else _conv(ds, x, wb(ds, x))
         x = _tail(tail, y, residual, wb(tail, y))
         del y, residual  # free the block's buffers now, for the next block's allocations (hot in cache)
-    return logits(model, x if fc_dtype is None else x.to(fc_dtype), onednn_fc)
+    return logits(model, x, onednn_fc, fc_dtype)
 
 
-def logits(model: nn.Module, features: Tensor, onednn_fc: bool = False) -> Tensor:
-    """The logits from the last block's output: the model's own average pool and fc, read live. `onednn_fc` (the
-    frozen mode; the default mode keeps nn.Linear's bits): an fp32 fc as oneDNN's linear on its weight as it lies,
-    where nn.Linear runs MKL's addmm: resnet50's 2048 -> 1000 fc alone 1.7-1.9x faster (batch 1: 82-85 against
-    144-150 us; batch 8: 340-347 against 598-610), the whole frozen resnet50 0.98-1.03x per run, level within the
-    noise (2-core Zen 5; benchmarks/cpu_fc_ab.py, benchmarks/results/2026-12-05-cpu-bench-settled/)."""
+HEAD_MAX_BATCH = 8  # head_fits: pool_linear's GEMV for batches up to this, oneDNN's GEMM beyond
+
+
+def logits(model: nn.Module, features: Tensor, onednn_fc: bool = False,
+           fc_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """The logits from the last block's output (cast to `fc_dtype` if given): the model's own average pool and fc,
+    read live. `onednn_fc` (the frozen mode; the default mode keeps nn.Linear's bits): the pool and an fp32 fc as one
+    op, `ops.pool_linear`, where `head_fits`; else the fc as oneDNN's linear on its weight as it lies, where
+    nn.Linear runs MKL's addmm: resnet50's 2048 -> 1000 fc alone 1.7-1.9x faster (batch 1: 82-85 against 144-150 us;
+    batch 8: 340-347 against 598-610), the whole frozen resnet50 0.98-1.03x per run, level within the noise (2-core
+    Zen 5; benchmarks/cpu_fc_ab.py, benchmarks/results/2026-12-05-cpu-bench-settled/)."""
+    if onednn_fc and head_fits(model, features, fc_dtype):
+        units.count(HEAD)
+        return ops.pool_linear(features, model.fc.weight, model.fc.bias)
+    if fc_dtype is not None:
+        features = features.to(fc_dtype)
     pooled = torch.flatten(model.avgpool(features), 1)
     fc = model.fc
     if onednn_fc and _onednn_fc_fits(fc.weight, fc.bias, pooled):
         return torch.ops.mkldnn._linear_pointwise.default(pooled, fc.weight, fc.bias, "none", [], "")
     return fc(pooled)
+
+
+def head_fits(model: nn.Module, features: Tensor, fc_dtype: Optional[torch.dtype]) -> bool:
+    """Whether the frozen mode's head runs as `ops.pool_linear`: an average pool to 1x1 and an fp32 fc that take the
+    features (fp32, or bf16 cast to fp32 for the fc) as the modules would, at most HEAD_MAX_BATCH rows, on a CPU
+    with AVX-512 (elsewhere the op is ATen's ops). At batch 1 the forward's code run once per forward is fetched
+    from memory (the weights streamed through the L3 evict it): ATen's cast, pool and oneDNN's linear took
+    0.56 ms there, the op 0.22-0.28 ms (resnet50, 2-core Zen 5; benchmarks/cpu_forward_segments.py,
+    benchmarks/results/2026-12-05-cpu-head/; batch 8 level). Anything else (a swapped weight, another pool size)
+    keeps the modules' path, with their errors."""
+    pool, fc = model.avgpool, model.fc
+    if (features.shape[0] > HEAD_MAX_BATCH or type(pool) is not nn.AdaptiveAvgPool2d
+            or pool.output_size not in (1, (1, 1)) or type(fc) is not nn.Linear
+            or (fc_dtype or features.dtype) != torch.float32 or features.dim() != 4
+            or not ops.conv1x1_supported(torch.float32)):
+        return False
+    w, b = fc.weight, fc.bias
+    return (w.dtype == torch.float32 and w.dim() == 2 and w.shape[1] == features.shape[1] and w.device.type == "cpu"
+            and w.layout == torch.strided and (b is None or (b.dtype == torch.float32 and b.shape == (w.shape[0],)
+                                                             and b.device.type == "cpu")))
 
 
 def _onednn_fc_fits(w: Tensor, b: Optional[Tensor], x: Tensor) -> bool:
@@ -613,16 +644,34 @@ def prefetch_pays(x: Tensor) -> bool:
             and ops.conv1x1_supported(torch.float32))
 
 
-def with_prefetch(program: list) -> list:
+PREFETCH_FC = True  # with_prefetch: the last unit fetches the fc's weight (a switch for benchmarks/cpu_prefetch_ab.py)
+
+
+def with_prefetch(program: list, fc: nn.Module) -> list:
     """The plan (unit wbs in the order they run) with each Winograd and 1x1 unit's wb given the next unit's weight
     (the op's `prefetch`: resnet_ext's packed one or the oneDNN-packed tensor, as its `ops.prefetch_range`) to fetch
-    into cache as it computes."""
-    out = []
+    into cache as it computes; the last unit, the fc's weight (`fc_prefetch`)."""
+    out, tail = [], fc_prefetch(fc) if PREFETCH_FC else None
     for wb, nxt in zip(program, program[1:] + [None]):
-        if (wb[0] is WINO or wb[0] is CONV1X1) and nxt is not None:
-            wb = (*wb[:3], ops.prefetch_range(nxt[1] if _is_own(nxt) else nxt[0]))  # the plan holds nxt's weight
+        if wb[0] is WINO or wb[0] is CONV1X1:
+            if nxt is not None:
+                wb = (*wb[:3], ops.prefetch_range(nxt[1] if _is_own(nxt) else nxt[0]))  # the plan holds nxt's weight
+            elif tail is not None:
+                wb = (*wb[:3], tail)
         out.append(wb)
     return out
+
+
+def fc_prefetch(fc: nn.Module) -> Optional[tuple]:
+    """(address, bytes) of the fc's weight as it lies now, for the last unit to fetch into cache (at batch 1 the fc
+    read its 8 MB fp32 weight in 0.30-0.45 ms from memory against 0.10-0.12 ms warm); None for an fc without a
+    strided CPU weight. Only the address is kept, not the tensor: after a swap of the fc's weight the plan prefetches
+    a stale range, which never faults and changes no value (only the next freeze(), or a new input size, refreshes
+    it)."""
+    w = getattr(fc, "weight", None)
+    if not isinstance(w, Tensor) or w.device.type != "cpu" or w.layout != torch.strided:
+        return None
+    return ops.prefetch_range(w)
 
 
 def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) -> Optional[Tensor]:
@@ -682,7 +731,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
 
         out = run(model, s, x, wb, fc_dtype, True)
         if prefetch_pays(x):  # from the next call on: this one ran without
-            program = with_prefetch(program)
+            program = with_prefetch(program, model.fc)
             planned = True
         own = {kind: sum(w[0] is kind for w in program) for kind in OWN}
         own[PREFETCHED] = sum(len(w) > 3 for w in program if _is_own(w))

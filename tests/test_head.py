@@ -1,0 +1,197 @@
+"""The frozen CPU mode's head as one op: `ops.pool_linear` (F.linear(x.float().mean((2, 3)), weight, bias)) against a
+float64 reference for every batch-row count of its GEMV blocks, both layouts, odd channel and class counts, NaN and
+inf propagated, clear errors naming the argument; the plan's rule (`engine.cpu.head_fits`): where it runs, that it
+answers as the modules' path does, and that anything it does not take (a swapped fc weight, another pool size,
+batches above HEAD_MAX_BATCH) keeps the modules' answer or error. Also `engine.all_finite`, the input check it sits
+beside, on the inputs its own pass takes and the ones it hands to ATen."""
+import pytest
+import torch
+from torch import nn
+
+import resnet_ext
+from resnet_ext import ops
+from resnet_ext.engine import all_finite, cpu, units
+from conftest import frozen_pair, rel_err
+
+f32_only = pytest.mark.skipif(not ops.conv1x1_supported(torch.float32), reason="this CPU has no AVX-512")
+
+
+def _reference(x, w, b):
+    return nn.functional.linear(x.double().mean((2, 3)), w.double(), None if b is None else b.double())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("c, h, w_, o", [(2048, 7, 7, 1000), (129, 2, 3, 33), (17, 1, 1, 7), (1, 4, 5, 3)],
+                         ids=lambda v: str(v))
+def test_pool_linear_matches_float64_for_every_row_count(dtype, layout, c, h, w_, o):
+    """Batches 1 to 10: every GEMV block of 1..8 rows, and 8 + 2. The error is judged against ATen's own fp32 one
+    (the same sums in another order) on the same data."""
+    g = torch.Generator().manual_seed(c + o)
+    for n in range(1, 11):
+        x = torch.randn(n, c, h, w_, generator=g).to(dtype)
+        if layout == "cl":
+            x = x.contiguous(memory_format=torch.channels_last)
+        w, b = torch.randn(o, c, generator=g), torch.randn(o, generator=g)
+        for bias in (b, None):
+            ref = _reference(x, w, bias)
+            got = ops.pool_linear(x, w, bias)
+            assert got.dtype == torch.float32 and got.shape == (n, o)
+            aten = nn.functional.linear(x.float().mean((2, 3)), w, bias)
+            assert rel_err(got.double(), ref) <= 4 * rel_err(aten.double(), ref) + 1e-6, (n, bias is None)
+
+
+def test_pool_linear_takes_any_strides_through_aten():
+    """A view that is dense in neither layout (every other column) gives the same answer, by ATen's ops."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 64, 7, 14, generator=g)[..., ::2]
+    w, b = torch.randn(10, 64, generator=g), torch.randn(10, generator=g)
+    assert rel_err(ops.pool_linear(x, w, b).double(), _reference(x, w, b)) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_pool_linear_propagates_nan_and_inf(dtype, bad):
+    x = torch.randn(3, 48, 5, 5).to(dtype).contiguous(memory_format=torch.channels_last)
+    x[1, 40, 2, 3] = bad
+    w = torch.rand(9, 48) + 0.1  # positive weights: an inf stays inf in every class
+    y = ops.pool_linear(x, w, torch.zeros(9))
+    ref = nn.functional.linear(x.float().mean((2, 3)), w)
+    assert torch.isfinite(y[[0, 2]]).all()
+    assert torch.equal(torch.isnan(y), torch.isnan(ref)) and torch.equal(torch.isinf(y), torch.isinf(ref))
+    assert not torch.isfinite(y[1]).any()
+
+
+@pytest.mark.parametrize("args, match", [
+    (lambda: (torch.randn(2, 8, 3), torch.randn(4, 8), None), "x must be a 4-d"),
+    (lambda: (torch.randn(2, 8, 3, 3).double(), torch.randn(4, 8), None), "x must be a 4-d float32 or bfloat16"),
+    (lambda: (torch.randn(2, 8, 0, 3), torch.randn(4, 8), None), "x must have a height and width"),
+    (lambda: (torch.randn(2, 8, 3, 3), torch.randn(4, 9), None), "weight must be a float32 matrix"),
+    (lambda: (torch.randn(2, 8, 3, 3), torch.randn(4, 8).bfloat16(), None), "weight must be a float32 matrix"),
+    (lambda: (torch.randn(2, 8, 3, 3), torch.randn(4, 8), torch.randn(5)), "bias must be a float32 vector of 4"),
+    (lambda: (torch.randn(2, 8, 3, 3), torch.randn(4, 8), torch.randn(4).double()), "bias must be a float32"),
+])
+def test_pool_linear_errors_name_the_argument(args, match):
+    with pytest.raises(RuntimeError, match=match):
+        ops.pool_linear(*args())
+
+
+# ---- In the frozen plan ------------------------------------------------------------------------------------------
+
+
+@f32_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_frozen_head_runs_as_one_op_and_answers_as_the_modules(dtype, monkeypatch):
+    """Batch 1 and HEAD_MAX_BATCH: counted `pool_linear` once per forward; the logits those of the modules' head
+    (HEAD_MAX_BATCH -1) to fp32 rounding, and torchvision's (fp32) to the frozen mode's tolerance."""
+    if dtype == torch.bfloat16 and not ops.conv1x1_supported(dtype):
+        pytest.skip("this CPU has no AVX512-BF16")
+    ours, tv = frozen_pair("resnet50", None if dtype == torch.float32 else dtype)
+    for n in (1, cpu.HEAD_MAX_BATCH):
+        x = torch.randn(n, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            units.reset_path_counts()
+            y = ours(x)
+            assert resnet_ext.path_counts().get(cpu.HEAD) == 1
+            with monkeypatch.context() as m:
+                m.setattr(cpu, "HEAD_MAX_BATCH", -1)
+                units.reset_path_counts()
+                modules = ours(x)
+                assert cpu.HEAD not in resnet_ext.path_counts()
+            assert y.dtype == modules.dtype == torch.float32
+            assert rel_err(y, modules) < 1e-5
+            if dtype == torch.float32:
+                assert rel_err(y, tv(x)) < 1e-4
+
+
+@f32_only
+def test_the_frozen_head_leaves_what_it_does_not_take_to_the_modules():
+    """Above HEAD_MAX_BATCH, an fc weight swapped for a float64 one, and a pool to 2x2: the modules' path, with its
+    answer or its error (torchvision's), never pool_linear."""
+    ours, tv = frozen_pair("resnet18")
+    with torch.no_grad():
+        x = torch.randn(cpu.HEAD_MAX_BATCH + 1, 3, 32, 32)
+        units.reset_path_counts()
+        assert rel_err(ours(x), tv(x)) < 1e-4
+        assert cpu.HEAD not in resnet_ext.path_counts()
+        x = x[:1]
+        for m in (ours, tv):
+            m.fc.weight = nn.Parameter(m.fc.weight.double())
+        units.reset_path_counts()
+        with pytest.raises(RuntimeError) as theirs:
+            tv(x)
+        with pytest.raises(type(theirs.value)):
+            ours(x)
+        assert cpu.HEAD not in resnet_ext.path_counts()
+        for m in (ours, tv):
+            m.fc.weight = nn.Parameter(m.fc.weight.float())
+            m.avgpool.output_size = (2, 2)
+        with pytest.raises(RuntimeError) as theirs:
+            tv(x)
+        with pytest.raises(type(theirs.value), match="shapes cannot be multiplied"):
+            ours(x)
+        for m in (ours, tv):
+            m.avgpool.output_size = (1, 1)
+        units.reset_path_counts()
+        assert rel_err(ours(x), tv(x)) < 1e-4
+        assert resnet_ext.path_counts().get(cpu.HEAD) == 1
+
+
+@f32_only
+@pytest.mark.parametrize("change, runs", [(None, True), ("no bias", True), ("strided weight", True),
+                                          ("float64 weight", False), ("other in_features", False)])
+def test_the_frozen_head_after_fc_changes(change, runs):
+    """The fc changed after freeze (its bias dropped, its weight swapped through `.data`): the head runs as one op
+    where it takes the fc as nn.Linear would (a strided weight read as its values), torchvision's answer; else the
+    modules' path, torchvision's answer or its error."""
+    ours, tv = frozen_pair("resnet18")
+    w = torch.randn(10, 256 if change == "other in_features" else 512, generator=torch.Generator().manual_seed(0))
+    for m in (ours, tv):
+        if change == "no bias":
+            m.fc.bias = None
+        elif change is not None:
+            m.fc.weight.data = {"strided weight": w.t().contiguous().t(), "float64 weight": w.double()}.get(change, w)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        units.reset_path_counts()
+        if runs:
+            assert rel_err(ours(x), tv(x)) < 1e-4
+        else:
+            with pytest.raises(RuntimeError) as ref:
+                tv(x)
+            with pytest.raises(RuntimeError) as got:
+                ours(x)
+            assert str(got.value).split("\n")[0] == str(ref.value).split("\n")[0]
+        assert resnet_ext.path_counts().get(cpu.HEAD, 0) == int(runs)
+
+
+@f32_only
+def test_the_last_unit_prefetches_the_fc_weight(no_amx):
+    """Batch 1 (prefetch_pays): the plan's last unit, on resnet_ext's own op, is given the fc weight's range."""
+    ours, _ = frozen_pair("resnet50")
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ours(x)
+    program = next(iter(cpu._state.of(ours).programs[2].values()))[0]
+    assert cpu._is_own(program[-1]) and program[-1][3] == ops.prefetch_range(ours.fc.weight)
+
+
+# ---- all_finite --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_all_finite_on_every_path(dtype):
+    """Its own pass on dense tensors in any layout (one chunk, and chunks across threads), ATen's for the rest (a
+    strided view); each finds a NaN, inf or -inf at its first or last element, and the largest finite value is
+    finite (no sum to overflow)."""
+    views = {"dense": ((2, 3, 17, 19), lambda t: t), "large": (((1 << 19) + 5,), lambda t: t),
+             "channels_last": ((2, 5, 4, 3), lambda t: t.permute(0, 3, 1, 2)),
+             "transposed": ((7, 5), lambda t: t.t()), "strided": ((8, 9), lambda t: t[:, ::2])}
+    for name, (shape, view) in views.items():
+        assert all_finite(view(torch.randn(shape).to(dtype))), name
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            for at in (0, -1):
+                base = torch.randn(shape).to(dtype)
+                base.view(-1)[at] = bad
+                assert not all_finite(view(base)), (name, bad, at)
+    assert all_finite(torch.full((64,), torch.finfo(dtype).max, dtype=dtype))
