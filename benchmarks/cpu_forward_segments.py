@@ -5,7 +5,7 @@ between units, the head (the cast for a bf16 model, pool and fc), and the return
 weight bytes than the L3 holds, so code and Python objects used once per forward come from memory on every forward;
 each segment here is that cold cost.
 Usage: python benchmarks/cpu_forward_segments.py ARCH BATCH cl|nchw fp32|bf16 [modules] [aten_finite] [no_fc_prefetch]
-(2 threads, idle machine; `modules`: the head as the modules' path, HEAD_MAX_BATCH -1; `aten_finite`: the input check as ATen's
+[default]   (2 threads, idle machine; `default`: the default mode, not frozen; `modules`: the head as the modules' path, HEAD_MAX_BATCH -1; `aten_finite`: the input check as ATen's
 sum, the check before 2026-12-05's own pass; `no_fc_prefetch`: the last unit fetches nothing, PREFETCH_FC False)."""
 import statistics
 import sys
@@ -28,7 +28,11 @@ def main() -> None:
     if "aten_finite" in sys.argv[5:]:
         engine.all_finite = lambda x: (bool(torch.isfinite(x.sum(dtype=torch.float32)))
                                        or bool(torch.isfinite(x).all()))
-    model = resnet_ext.freeze(getattr(resnet_ext, arch)().eval(), dtype=torch.bfloat16 if dt == "bf16" else None)
+    model = getattr(resnet_ext, arch)().eval()
+    if "default" in sys.argv[5:]:
+        model.to(torch.bfloat16 if dt == "bf16" else torch.float32)
+    else:
+        model = resnet_ext.freeze(model, dtype=torch.bfloat16 if dt == "bf16" else None)
     x = torch.randn(batch, 3, 224, 224)
     if layout == "cl":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -46,8 +50,8 @@ def main() -> None:
     cpu._maxpool = timed("maxpool", cpu._maxpool)
     run0 = cpu.run
 
-    def run(model, s, x, wb, fc_dtype=None, onednn_fc=False):  # the head: from the last unit's end to run's return
-        out = run0(model, s, x, wb, fc_dtype, onednn_fc)
+    def run(*args, **kwargs):  # the head: from the last unit's end to run's return
+        out = run0(*args, **kwargs)
         events.append(("return", pc()))
         return out
     cpu.run = run
@@ -71,7 +75,8 @@ def main() -> None:
                  "head": events[ret][1] - events[last + 1][1], "return": t1 - events[ret][1], "forward": t1 - t0}
             for k, v in d.items():
                 seg.setdefault(k, []).append(v)
-    print(f"torch {torch.__version__}, {arch} frozen {dt}, batch {batch}, {layout}"
+    print(f"torch {torch.__version__}, {arch} {'default' if 'default' in sys.argv[5:] else 'frozen'} {dt}, "
+          f"batch {batch}, {layout}"
           + (", head as modules" if cpu.HEAD_MAX_BATCH < 0 else "")
           + (", ATen's finiteness check" if "aten_finite" in sys.argv[5:] else "")
           + (", no fc prefetch" if not cpu.PREFETCH_FC else "") + ": "
