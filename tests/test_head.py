@@ -228,3 +228,25 @@ def test_all_finite_on_every_path(dtype):
                 base.view(-1)[at] = bad
                 assert not all_finite(view(base)), (name, bad, at)
     assert all_finite(torch.full((64,), torch.finfo(dtype).max, dtype=dtype))
+
+
+@f32_only
+def test_a_large_nchw_input_goes_to_the_stem_op_without_a_channels_last_copy(monkeypatch, no_amx):
+    """Frozen bf16, an NCHW input above CL_PIXELS: the stem's own op (any layout) takes it as it is from the second
+    call on (the first plans on the channels_last copy), with the same logits to the bit."""
+    if not ops.conv1x1_supported(torch.bfloat16):
+        pytest.skip("this CPU has no AVX512-BF16")
+    ours, _ = frozen_pair("resnet18", torch.bfloat16)
+    x = torch.randn(6, 3, 160, 160)
+    assert 6 * 160 * 160 >= cpu.CL_PIXELS
+    calls = []
+    real = cpu.internal_layout
+    monkeypatch.setattr(cpu, "internal_layout", lambda t: calls.append(t.shape) or real(t))
+    with torch.no_grad():
+        units.reset_path_counts()
+        first = ours(x)
+        assert len(calls) == 1 and resnet_ext.path_counts().get("conv_stem") == 1
+        units.reset_path_counts()
+        second = ours(x)
+        assert len(calls) == 1 and resnet_ext.path_counts().get("conv_stem") == 1
+    assert torch.equal(first, second)

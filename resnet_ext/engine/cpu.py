@@ -700,8 +700,9 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
     key = (tuple(x.shape), x.dtype, x.stride(), cpu_winograd.on, cpu_conv1x1.on, cpu_stem.on, cpu_onednn_graph.on,
            cpu_prefetch.on,
            (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode))
-    x = internal_layout(x)
     entry = programs.get(key)  # (unit wbs, {kind: units on resnet_ext's own op}, the oneDNN graph or None)
+    if entry is None or not entry[1].get(STEM):  # the stem's own op reads its input in any layout, into a padded
+        x = internal_layout(x)                    # NHWC copy: a channels_last copy first is one more pass
     if entry is None and cpu_onednn_graph.on and onednn_graph.pays(x):
         with reused_memory(False):  # the graph's compiled partitions and packed weights are kept with the model
             graph = onednn_graph.build(model, s, folds, x, fc_dtype)
