@@ -4,11 +4,8 @@ inf propagated, clear errors naming the argument; the plan's rule (`engine.cpu.h
 answers as the modules' path does, and that anything it does not take (a swapped fc weight, another pool size,
 batches above HEAD_MAX_BATCH) keeps the modules' answer or error. Also `engine.all_finite`, the input check it sits
 beside, on the inputs its own pass takes and the ones it hands to ATen."""
-import copy
-
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import resnet_ext
@@ -166,36 +163,6 @@ def test_the_frozen_head_after_fc_changes(change, runs):
                 ours(x)
             assert str(got.value).split("\n")[0] == str(ref.value).split("\n")[0]
         assert resnet_ext.path_counts().get(cpu.HEAD, 0) == int(runs)
-
-
-@f32_only
-@pytest.mark.parametrize("case", ["own units", "model channels_last", "nchw"])
-def test_the_default_mode_runs_the_head_as_one_op_where_its_bits_are_not_torchvisions(case):
-    """The default mode, from the second forward of an input size (the first learns the units' kinds): a forward
-    with some unit off torchvision's stock convolution (a channels_last input to an NCHW model: GEMM, Winograd or
-    NCHW-copy units) runs the head as one op, torchvision's answer to fp32 rounding; a forward of stock convolutions
-    only (a channels_last model and input; an NCHW input below the channels_last switch) keeps nn.Linear and with it
-    torchvision's bits."""
-    tv = torchvision.models.resnet18(num_classes=10).eval()
-    ours = resnet_ext.from_torchvision(copy.deepcopy(tv)).eval()
-    x = torch.randn(2, 3, 32, 32)
-    if case != "nchw":
-        x = x.contiguous(memory_format=torch.channels_last)
-    if case == "model channels_last":
-        ours, tv = ours.to(memory_format=torch.channels_last), tv.to(memory_format=torch.channels_last)
-    with torch.no_grad():
-        for call in range(2):
-            units.reset_path_counts()
-            y = ours(x)
-            counts = resnet_ext.path_counts()
-            assert counts.get("flat_forwards") == 1
-            own = case == "own units"
-            assert (set(counts) - {"flat_forwards", cpu.HEAD} != {cpu.UNFOLDED}) == own, counts
-            assert counts.get(cpu.HEAD, 0) == int(own and call == 1), counts
-            if own:
-                assert rel_err(y, tv(x)) < 1e-4
-            else:
-                assert torch.equal(y, tv(x))
 
 
 @f32_only

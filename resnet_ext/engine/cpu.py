@@ -526,11 +526,11 @@ def _maxpool(pool: nn.Module, x: Tensor) -> Tensor:
 
 
 def run(model: nn.Module, s: structure.Structure, x: Tensor, wb, fc_dtype: Optional[torch.dtype] = None,
-        onednn_fc: bool = False, own_head: bool = False) -> Tensor:
+        onednn_fc: bool = False) -> Tensor:
     """The forward, with `wb(unit, x)` giving each unit's `wb` (see `_conv`), in the order of `s.units`; the last
-    features cast to `fc_dtype` if given, then pooled and the fc (`logits`, with `onednn_fc` and `own_head`)
-    (freeze(dtype=torch.bfloat16): the average pool and fc in the model's fp32; pooled in bf16, the features would be
-    rounded to bf16, 2.6-2.9e-3 of the largest)."""
+    features cast to `fc_dtype` if given, then pooled and the fc (`logits`, with `onednn_fc`) (freeze(dtype=
+    torch.bfloat16): the average pool and fc in the model's fp32; pooled in bf16, the features would be rounded to
+    bf16, 2.6-2.9e-3 of the largest)."""
     x = _maxpool(model.maxpool, _conv(s.stem, x, wb(s.stem, x)))
     for head, ds, tail in s.blocks:
         y = x
@@ -539,22 +539,21 @@ def run(model: nn.Module, s: structure.Structure, x: Tensor, wb, fc_dtype: Optio
         residual = x if ds is None else _conv(ds, x, wb(ds, x))
         x = _tail(tail, y, residual, wb(tail, y))
         del y, residual  # free the block's buffers now, for the next block's allocations (hot in cache)
-    return logits(model, x, onednn_fc, fc_dtype, own_head)
+    return logits(model, x, onednn_fc, fc_dtype)
 
 
 HEAD_MAX_BATCH = 8  # head_fits: pool_linear's GEMV for batches up to this, oneDNN's GEMM beyond
 
 
 def logits(model: nn.Module, features: Tensor, onednn_fc: bool = False,
-           fc_dtype: Optional[torch.dtype] = None, own_head: bool = False) -> Tensor:
+           fc_dtype: Optional[torch.dtype] = None) -> Tensor:
     """The logits from the last block's output (cast to `fc_dtype` if given): the model's own average pool and fc,
-    read live. `own_head` (the frozen mode, and the default mode's channels_last forwards, whose bits are not
-    torchvision's anyway): the pool and an fp32 fc as one op, `ops.pool_linear`, where `head_fits`. Else, with
-    `onednn_fc` (the frozen mode; the default mode keeps nn.Linear's bits), the fc as oneDNN's linear on its weight
-    as it lies, where nn.Linear runs MKL's addmm: resnet50's 2048 -> 1000 fc alone 1.7-1.9x faster (batch 1: 82-85
-    against 144-150 us; batch 8: 340-347 against 598-610), the whole frozen resnet50 0.98-1.03x per run, level within
-    the noise (2-core Zen 5; benchmarks/cpu_fc_ab.py, benchmarks/results/2026-12-05-cpu-bench-settled/)."""
-    if own_head and head_fits(model, features, fc_dtype):
+    read live. `onednn_fc` (the frozen mode; the default mode keeps nn.Linear's bits): the pool and an fp32 fc as one
+    op, `ops.pool_linear`, where `head_fits`; else the fc as oneDNN's linear on its weight as it lies, where
+    nn.Linear runs MKL's addmm: resnet50's 2048 -> 1000 fc alone 1.7-1.9x faster (batch 1: 82-85 against 144-150 us;
+    batch 8: 340-347 against 598-610), the whole frozen resnet50 0.98-1.03x per run, level within the noise (2-core
+    Zen 5; benchmarks/cpu_fc_ab.py, benchmarks/results/2026-12-05-cpu-bench-settled/)."""
+    if onednn_fc and head_fits(model, features, fc_dtype):
         units.count(HEAD)
         return ops.pool_linear(features, model.fc.weight, model.fc.bias)
     if fc_dtype is not None:
@@ -567,7 +566,7 @@ def logits(model: nn.Module, features: Tensor, onednn_fc: bool = False,
 
 
 def head_fits(model: nn.Module, features: Tensor, fc_dtype: Optional[torch.dtype]) -> bool:
-    """Whether the head (`logits`, `own_head`) runs as `ops.pool_linear`: an average pool to 1x1 and an fp32 fc that take the
+    """Whether the frozen mode's head runs as `ops.pool_linear`: an average pool to 1x1 and an fp32 fc that take the
     features (fp32, or bf16 cast to fp32 for the fc) as the modules would, at most HEAD_MAX_BATCH rows, on a CPU
     with AVX-512 (elsewhere the op is ATen's ops). At batch 1 the forward's code run once per forward is fetched
     from memory (the weights streamed through the L3 evict it): ATen's cast, pool and oneDNN's linear took
@@ -711,7 +710,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
                 programs.clear()
             entry = programs[key] = (None, {}, graph)
     if entry is not None and entry[2] is not None:
-        out = logits(model, entry[2](x), True, own_head=True)
+        out = logits(model, entry[2](x), True)
         units.count("onednn_graph")
     elif entry is None:  # first call of this input: pack each unit's weight for its input size
         if len(programs) >= CACHE_LIMIT:
@@ -731,7 +730,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
                 program.append((packed_weight(fold, u.conv, y), fold.bias))
             return program[-1]
 
-        out = run(model, s, x, wb, fc_dtype, True, True)
+        out = run(model, s, x, wb, fc_dtype, True)
         if prefetch_pays(x):  # from the next call on: this one ran without
             program = with_prefetch(program, model.fc)
             planned = True
@@ -741,7 +740,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
         entry = programs[key] = (program, own, None)
     else:
         it = iter(entry[0])
-        out = run(model, s, x, lambda u, y: next(it), fc_dtype, True, True)
+        out = run(model, s, x, lambda u, y: next(it), fc_dtype, True)
     if entry[2] is None:
         own = entry[1]  # units on resnet_ext's own ops, per kind, and how many of the Winograd ones ran F(2x2) in fp32
         units.count("onednn_prepacked", len(s.units) - sum(own[kind] for kind in OWN))
@@ -775,7 +774,7 @@ def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
     x = internal_layout(x)
     scales, shifts = affine
     affine = {id(u): (sc, sh) for u, sc, sh in zip(s.units, scales, shifts)}
-    plan = plans.get(key)  # (structure, each unit's kind, units per kind, own_head)
+    plan = plans.get(key)
     if plan is None or plan[0] is not s:  # learn on this call how each unit runs, from its input's shape
         if len(plans) >= CACHE_LIMIT:
             plans.clear()
@@ -786,16 +785,14 @@ def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
                             else GEMM if gemm_pays(u, y) else UNFOLDED)
             return (kinds[id(u)], *affine[id(u)])
 
-        out = run(model, s, x, wb)  # (the head as the modules': which units leave torchvision's bits is learnt now)
-        per_kind = {kind: sum(k == kind for k in kinds.values()) for kind in (GEMM, WINO_UNFOLDED, NCHW_UNFOLDED,
-                                                                               UNFOLDED)}
-        # The head as one op (`logits`) only where some unit already leaves torchvision's bits: a forward of
-        # stock convs in the weights' own layout, BN applied as ATen's, keeps them to the last bit.
-        plan = plans[key] = (s, kinds, {k: n for k, n in per_kind.items() if n}, per_kind[UNFOLDED] < len(kinds))
+        out = run(model, s, x, wb)
+        plan = plans[key] = (s, kinds)
     else:
         kinds = plan[1]
-        out = run(model, s, x, lambda u, y: (kinds[id(u)], *affine[id(u)]), own_head=plan[3])
+        out = run(model, s, x, lambda u, y: (kinds[id(u)], *affine[id(u)]))
     units.count("flat_forwards")
-    for kind, n in plan[2].items():
-        units.count(kind, n)
+    for kind in (GEMM, WINO_UNFOLDED, NCHW_UNFOLDED, UNFOLDED):
+        n = sum(k == kind for k in plan[1].values())
+        if n:
+            units.count(kind, n)
     return out
