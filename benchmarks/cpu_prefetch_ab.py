@@ -1,7 +1,8 @@
 """The frozen mode's prefetch of the next unit's weight (engine/cpu.py: prefetch_pays, with_prefetch; the ops'
 prefetch_addr/prefetch_bytes) inside whole models, against the same plan without it. Contenders: "none"
 (cpu_prefetch(False)), "units" (cpu_prefetch(True) with the last unit fetching nothing: PREFETCH_FC False),
-"prefetch" (cpu_prefetch(True), the last unit fetching the fc's weight), both whatever PREFETCH_PIXELS says. Deep copies of one frozen
+"prefetch" (cpu_prefetch(True), the last unit fetching the fc's weight); both with PREFETCH_PIXELS lifted, so
+they prefetch at any input size. Deep copies of one frozen
 model, interleaved rotated rounds, each timed call right after an untimed one of its own (settle), per-round ratios
 against "none" (median, range); first, on each contender's second call (the first plans, without
 prefetches), its prefetching units and the logits' difference (a prefetch changes no value: 0).

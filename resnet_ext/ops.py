@@ -310,6 +310,14 @@ def pool_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     return torch.ops.resnet_ext.pool_linear(x, weight, bias)
 
 
+def pool_linear_supported() -> bool:
+    """Whether `pool_linear` runs its own loops on this CPU (AVX-512 F, BW and VL), not ATen's ops. Asked once."""
+    ok = _SUPPORTED.get("pool_linear")
+    if ok is None:
+        ok = _SUPPORTED["pool_linear"] = torch.ops.resnet_ext.pool_linear_supported()
+    return ok
+
+
 def cpu_amx_bf16() -> bool:
     """Whether this CPU has AMX-BF16 tiles that the OS keeps: oneDNN's bf16 convolutions then run on them."""
     return torch.ops.resnet_ext.cpu_amx_bf16()

@@ -4,8 +4,8 @@
 //
 // Why one op: a frozen batch-1 forward streams more weight bytes than the L3 holds, so code run once per forward
 // is fetched from memory each time: ATen's cast, average pool and oneDNN's linear took 0.56 ms there, this op
-// 0.22-0.28 ms (resnet50 on 2 Zen 5 cores; ATen's pool alone 134-167 us in the forward, 31 us with its code kept
-// warm; benchmarks/results/2026-12-05-cpu-head/). This op's code is a few small loops. The fc's weight is read once, every
+// 0.22-0.28 ms (resnet50 on 2 Zen 5 cores; benchmarks/results/2026-12-05-cpu-head/). This op's code is a few small
+// loops. The fc's weight is read once, every
 // batch row's dot product taking each 16 of its values as they come: a GEMV for few rows (the plan's bound,
 // engine.cpu.HEAD_MAX_BATCH), oneDNN's GEMM beyond.
 #include <ATen/ATen.h>
@@ -133,6 +133,17 @@ void head(const Tensor& x, const Tensor& w, const float* bias, Tensor& out, bool
 }
 #endif
 
+// Whether this CPU runs the loops above (AVX-512 F for the arithmetic, BW and VL for the 16-bit masked loads).
+bool own_loops_run_here() {
+#ifdef RESNET_EXT_AVX512_HEAD
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512vl");
+  return ok;
+#else
+  return false;
+#endif
+}
+
 Tensor pool_linear_cpu(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias) {
   TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu() && (!bias.has_value() || bias->device().is_cpu()),
               "pool_linear: x, weight and bias must be CPU tensors");
@@ -148,8 +159,7 @@ Tensor pool_linear_cpu(const Tensor& x, const Tensor& weight, const std::optiona
                 "pool_linear: bias must be a float32 vector of ", weight.size(0), " values, got ",
                 bias->scalar_type(), " ", bias->sizes());
 #ifdef RESNET_EXT_AVX512_HEAD
-  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                             __builtin_cpu_supports("avx512vl");
+  const bool avx512 = own_loops_run_here();
   const bool nhwc = x.is_contiguous(at::MemoryFormat::ChannelsLast), nchw = x.is_contiguous();
   if (avx512 && (nhwc || nchw) && x.size(0) > 0) {
     const Tensor w = weight.contiguous();
@@ -173,6 +183,8 @@ Tensor pool_linear_cpu(const Tensor& x, const Tensor& weight, const std::optiona
 TORCH_LIBRARY_FRAGMENT(resnet_ext, m) {
   // F.linear(x.float().mean((2, 3)), weight, bias): the average pool and fc of a ResNet's head in one op (CPU).
   m.def("pool_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor", {at::Tag::pt2_compliant_tag});
+  // Whether pool_linear runs its own loops on this CPU (else ATen's ops).
+  m.def("pool_linear_supported() -> bool", &own_loops_run_here);
 }
 
 TORCH_LIBRARY_IMPL(resnet_ext, CPU, m) { m.impl("pool_linear", &pool_linear_cpu); }

@@ -527,10 +527,10 @@ def _maxpool(pool: nn.Module, x: Tensor) -> Tensor:
 
 def run(model: nn.Module, s: structure.Structure, x: Tensor, wb, fc_dtype: Optional[torch.dtype] = None,
         onednn_fc: bool = False) -> Tensor:
-    """The forward, with `wb(unit, x)` giving each unit's `wb` (see `_conv`), in the order of `s.units`; the last
-    features cast to `fc_dtype` if given, then pooled and the fc (`logits`, with `onednn_fc`) (freeze(dtype=
-    torch.bfloat16): the average pool and fc in the model's fp32; pooled in bf16, the features would be rounded to
-    bf16, 2.6-2.9e-3 of the largest)."""
+    """The forward, with `wb(unit, x)` giving each unit's `wb` (see `_conv`), in the order of `s.units`; then the
+    average pool and the fc in `fc_dtype` if given (`logits`, with `onednn_fc`) (freeze(dtype=torch.bfloat16): the
+    average pool and fc in the model's fp32, the bf16 features cast before the pool or pooled with fp32 sums by
+    `ops.pool_linear`; pooled in bf16, they would be rounded to bf16, 2.6-2.9e-3 of the largest)."""
     x = _maxpool(model.maxpool, _conv(s.stem, x, wb(s.stem, x)))
     for head, ds, tail in s.blocks:
         y = x
@@ -568,16 +568,17 @@ def logits(model: nn.Module, features: Tensor, onednn_fc: bool = False,
 def head_fits(model: nn.Module, features: Tensor, fc_dtype: Optional[torch.dtype]) -> bool:
     """Whether the frozen mode's head runs as `ops.pool_linear`: an average pool to 1x1 and an fp32 fc that take the
     features (fp32, or bf16 cast to fp32 for the fc) as the modules would, at most HEAD_MAX_BATCH rows, on a CPU
-    with AVX-512 (elsewhere the op is ATen's ops). At batch 1 the forward's code run once per forward is fetched
-    from memory (the weights streamed through the L3 evict it): ATen's cast, pool and oneDNN's linear took
-    0.56 ms there, the op 0.22-0.28 ms (resnet50, 2-core Zen 5; benchmarks/cpu_forward_segments.py,
-    benchmarks/results/2026-12-05-cpu-head/; batch 8 level). Anything else (a swapped weight, another pool size)
-    keeps the modules' path, with their errors."""
+    with AVX-512 (F, BW, VL: `ops.pool_linear_supported`; elsewhere the op is ATen's ops). At batch 1 the forward's
+    code run once per forward is fetched from memory (the weights streamed through the L3 evict it): ATen's cast,
+    pool and oneDNN's linear took 0.56 ms there, the op 0.22-0.28 ms (resnet50, 2-core Zen 5;
+    benchmarks/cpu_forward_segments.py, benchmarks/results/2026-12-05-cpu-head/; batch 8 level). Anything else (an
+    fc weight of another dtype, shape or device, another pool size, a larger batch) keeps the modules' path, with
+    their errors; a weight swapped for one of the same dtype and shape is read as it lies now."""
     pool, fc = model.avgpool, model.fc
     if (features.shape[0] > HEAD_MAX_BATCH or type(pool) is not nn.AdaptiveAvgPool2d
             or pool.output_size not in (1, (1, 1)) or type(fc) is not nn.Linear
             or (fc_dtype or features.dtype) != torch.float32 or features.dim() != 4
-            or not ops.conv1x1_supported(torch.float32)):
+            or not ops.pool_linear_supported()):
         return False
     w, b = fc.weight, fc.bias
     return (w.dtype == torch.float32 and w.dim() == 2 and w.shape[1] == features.shape[1] and w.device.type == "cpu"
@@ -663,14 +664,17 @@ def with_prefetch(program: list, fc: nn.Module) -> list:
 
 
 def fc_prefetch(fc: nn.Module) -> Optional[tuple]:
-    """(address, bytes) of the fc's weight as it lies now, for the last unit to fetch into cache (at batch 1 the fc
-    read its 8 MB fp32 weight in 0.30-0.45 ms from memory against 0.10-0.12 ms warm); None for an fc without a
-    strided CPU weight. Only the address is kept, not the tensor: after a swap of the fc's weight the plan prefetches
-    a stale range, which never faults and changes no value (only the next freeze(), or a new input size, refreshes
-    it)."""
+    """(address, bytes) of the fc's weight as it lies now, for the last unit to fetch into cache (at batch 1 the head
+    took 0.37 ms inside a resnet50 fp32 forward without it, 0.24-0.29 ms with it; benchmarks/results/
+    2026-12-05-cpu-head/); None for an fc without a strided CPU weight. A contiguous weight's own bytes (not its
+    storage's: it may be a view into a larger buffer). Only the address is kept, not the tensor: after a swap of the
+    fc's weight the plan prefetches a stale range, which never faults and changes no value (the next freeze(), or a
+    new input size, refreshes it)."""
     w = getattr(fc, "weight", None)
     if not isinstance(w, Tensor) or w.device.type != "cpu" or w.layout != torch.strided:
         return None
+    if w.is_contiguous():
+        return w.data_ptr(), w.numel() * w.element_size()
     return ops.prefetch_range(w)
 
 
@@ -699,9 +703,8 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
     key = (tuple(x.shape), x.dtype, x.stride(), cpu_winograd.on, cpu_conv1x1.on, cpu_stem.on, cpu_onednn_graph.on,
            cpu_prefetch.on,
            (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode))
+    x = internal_layout(x)
     entry = programs.get(key)  # (unit wbs, {kind: units on resnet_ext's own op}, the oneDNN graph or None)
-    if entry is None or not entry[1].get(STEM):  # the stem's own op reads its input in any layout, into a padded
-        x = internal_layout(x)                    # NHWC copy: a channels_last copy first is one more pass
     if entry is None and cpu_onednn_graph.on and onednn_graph.pays(x):
         with reused_memory(False):  # the graph's compiled partitions and packed weights are kept with the model
             graph = onednn_graph.build(model, s, folds, x, fc_dtype)
