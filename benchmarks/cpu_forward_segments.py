@@ -5,7 +5,8 @@ between units, the head (the cast for a bf16 model, pool and fc), and the return
 weight bytes than the L3 holds, so code and Python objects used once per forward come from memory on every forward;
 each segment here is that cold cost.
 Usage: python benchmarks/cpu_forward_segments.py ARCH BATCH cl|nchw fp32|bf16 [modules] [aten_finite] [no_fc_prefetch]
-[default]   (2 threads, idle machine; `default`: the default mode, not frozen; `modules`: the head as the modules' path, HEAD_MAX_BATCH -1; `aten_finite`: the input check as ATen's
+[default]   (2 threads, idle machine; `default`: the default mode, not frozen, whose head is always the modules';
+`modules`: the head as the modules' path, HEAD_MAX_BATCH -1; `aten_finite`: the input check as ATen's
 sum, the check before 2026-12-05's own pass; `no_fc_prefetch`: the last unit fetches nothing, PREFETCH_FC False)."""
 import statistics
 import sys

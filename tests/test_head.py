@@ -4,18 +4,20 @@ inf propagated, clear errors naming the argument; the plan's rule (`engine.cpu.h
 answers as the modules' path does, and that anything it does not take (a swapped fc weight, another pool size,
 batches above HEAD_MAX_BATCH) keeps the modules' answer or error. Also `engine.all_finite`, the input check it sits
 beside, on the inputs its own pass takes and the ones it hands to ATen."""
+import copy
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 import resnet_ext
 from resnet_ext import ops
 from resnet_ext.engine import all_finite, cpu, units
-from conftest import frozen_pair, rel_err
+from conftest import frozen_pair, randomize_bn, rel_err
 
 f32_only = pytest.mark.skipif(not ops.conv1x1_supported(torch.float32), reason="this CPU has no AVX-512")
 own_loops = pytest.mark.skipif(not ops.pool_linear_supported(), reason="this CPU runs pool_linear as ATen's ops")
@@ -107,8 +109,9 @@ print("ok")
 
 @own_loops
 def test_every_output_written_under_poisoned_allocations():
-    """glibc fills every fresh heap allocation with a byte pattern (MALLOC_PERTURB_): an output element (or pooled
-    value) the op did not write would keep it and fail the error bound."""
+    """glibc fills every fresh heap allocation with a byte pattern (MALLOC_PERTURB_): an output element the op did
+    not write would keep it and fail the error bound (the pooled values' buffer starts zeroed: one left unwritten
+    fails the bound too)."""
     env = dict(os.environ, MALLOC_PERTURB_="128")  # 0x7f bytes: 3.4e38 in fp32, far off any output
     out = subprocess.run([sys.executable, "-c", _POISON_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
@@ -141,7 +144,7 @@ def test_pool_linear_errors_name_the_argument(args, match):
 # ---- In the frozen plan ------------------------------------------------------------------------------------------
 
 
-@f32_only
+@own_loops
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_frozen_head_runs_as_one_op_and_answers_as_the_modules(dtype, monkeypatch):
     """Batch 1 and HEAD_MAX_BATCH: counted `pool_linear` once per forward; the logits those of the modules' head
@@ -166,7 +169,7 @@ def test_the_frozen_head_runs_as_one_op_and_answers_as_the_modules(dtype, monkey
                 assert rel_err(y, tv(x)) < 1e-4
 
 
-@f32_only
+@own_loops
 def test_the_frozen_head_leaves_what_it_does_not_take_to_the_modules():
     """Above HEAD_MAX_BATCH, an fc weight swapped for a float64 one, and a pool to 2x2: the modules' path, with its
     answer or its error (torchvision's), never pool_linear."""
@@ -200,7 +203,7 @@ def test_the_frozen_head_leaves_what_it_does_not_take_to_the_modules():
         assert resnet_ext.path_counts().get(cpu.HEAD) == 1
 
 
-@f32_only
+@own_loops
 @pytest.mark.parametrize("change, runs", [(None, True), ("no bias", True), ("strided weight", True),
                                           ("float64 weight", False), ("other in_features", False)])
 def test_the_frozen_head_after_fc_changes(change, runs):
@@ -239,15 +242,20 @@ def test_the_last_unit_prefetches_the_fc_weight(no_amx):
     assert cpu._is_own(program[-1]) and program[-1][3] == ops.prefetch_range(ours.fc.weight)
 
 
-@f32_only
+@own_loops
 def test_a_stale_fc_prefetch_after_a_weight_swap_changes_nothing(no_amx):
-    """The plan keeps only the fc weight's address for the last unit's prefetch: after the weight is swapped (the old
-    one freed) the next forwards prefetch a stale range, and still give torchvision's answer with the new weight."""
-    ours, tv = frozen_pair("resnet50")
+    """The plan keeps only the fc weight's address for the last unit's prefetch. After the weight is swapped (the old
+    one, 8 MB with 1000 classes, freed and unmapped) the plan still holds the old range, the next forwards prefetch
+    it, and they give torchvision's answer with the new weight."""
+    tv = randomize_bn(torchvision.models.resnet50()).eval()
+    ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)))
     x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         ours(x)
         ours(x)  # planned, with the prefetch of the fc weight as it was
+        program = next(iter(cpu._state.of(ours).programs[2].values()))[0]
+        old = program[-1][3]
+        assert old == cpu.fc_prefetch(ours.fc)
         w = torch.randn_like(tv.fc.weight)
         for m in (ours, tv):
             m.fc.weight = nn.Parameter(w.clone())
@@ -255,6 +263,25 @@ def test_a_stale_fc_prefetch_after_a_weight_swap_changes_nothing(no_amx):
             units.reset_path_counts()
             assert rel_err(ours(x), tv(x)) < 1e-4
             assert resnet_ext.path_counts().get(cpu.HEAD) == 1
+        program = next(iter(cpu._state.of(ours).programs[2].values()))[0]
+        assert program[-1][3] == old != cpu.fc_prefetch(ours.fc)
+
+
+def test_fc_prefetch_is_the_weights_own_bytes():
+    """A contiguous fc weight that is a view into a larger buffer: its own address and bytes, not the buffer's."""
+    fc = nn.Linear(16, 4)
+    buf = torch.randn(200)
+    fc.weight.data = buf[8:72].view(4, 16)
+    assert cpu.fc_prefetch(fc) == (fc.weight.data_ptr(), 64 * 4) != ops.prefetch_range(buf)
+    assert cpu.fc_prefetch(nn.Identity()) is None
+
+
+def test_pool_linear_supported_agrees_with_the_cpu_flags():
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("no /proc/cpuinfo")
+    flags = open("/proc/cpuinfo").read().split()
+    want = all(f in flags for f in ("avx512f", "avx512bw", "avx512vl"))
+    assert ops.pool_linear_supported() == want
 
 
 # ---- all_finite --------------------------------------------------------------------------------------------------
