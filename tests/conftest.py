@@ -33,6 +33,18 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def change_fc(models, change) -> None:
+    """The same change to each model's fc (resnet18's, 512 -> 10), as a user might make it after freeze: None, "no
+    bias", or its weight swapped through `.data` for a "strided weight", a "float64 weight" or one of "other
+    in_features"."""
+    w = torch.randn(10, 256 if change == "other in_features" else 512, generator=torch.Generator().manual_seed(0))
+    for m in models:
+        if change == "no bias":
+            m.fc.bias = None
+        elif change is not None:
+            m.fc.weight.data = {"strided weight": w.t().contiguous().t(), "float64 weight": w.double()}.get(change, w)
+
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 # The unverified kernels and the test hooks (poisoned outputs, failing launches, kernel selection on fake registries)
 # are only in a build made with RESNET_EXT_EXPERIMENTAL=1 (gpu_check.sh, CI's experimental build).

@@ -12,7 +12,7 @@ from torch import nn
 import resnet_ext
 from resnet_ext import ops, switches
 from resnet_ext.engine import cpu, cuda, state, units
-from conftest import randomize_bn, rel_err
+from conftest import change_fc, randomize_bn, rel_err
 
 TOL = 1e-4
 
@@ -623,12 +623,7 @@ def test_frozen_fc_on_onednn_or_the_module(change, fits, monkeypatch):
     included."""
     monkeypatch.setattr(cpu, "HEAD_MAX_BATCH", -1)
     ours, tv = pair("resnet18", frozen=True)
-    w = torch.randn(10, 256 if change == "other in_features" else 512, generator=torch.Generator().manual_seed(0))
-    for m in (ours, tv):
-        if change == "no bias":
-            m.fc.bias = None
-        elif change is not None:
-            m.fc.weight.data = {"strided weight": w.t().contiguous().t(), "float64 weight": w.double()}.get(change, w)
+    change_fc((ours, tv), change)
     seen = []
     real = cpu._onednn_fc_fits
     monkeypatch.setattr(cpu, "_onednn_fc_fits", lambda *a: seen.append(real(*a)) or seen[-1])

@@ -17,7 +17,7 @@ from torch import nn
 import resnet_ext
 from resnet_ext import ops
 from resnet_ext.engine import all_finite, cpu, units
-from conftest import frozen_pair, randomize_bn, rel_err
+from conftest import change_fc, frozen_pair, randomize_bn, rel_err
 
 f32_only = pytest.mark.skipif(not ops.conv1x1_supported(torch.float32), reason="this CPU has no AVX-512")
 own_loops = pytest.mark.skipif(not ops.pool_linear_supported(), reason="this CPU runs pool_linear as ATen's ops")
@@ -211,12 +211,7 @@ def test_the_frozen_head_after_fc_changes(change, runs):
     where it takes the fc as nn.Linear would (a strided weight read as its values), torchvision's answer; else the
     modules' path, torchvision's answer or its error."""
     ours, tv = frozen_pair("resnet18")
-    w = torch.randn(10, 256 if change == "other in_features" else 512, generator=torch.Generator().manual_seed(0))
-    for m in (ours, tv):
-        if change == "no bias":
-            m.fc.bias = None
-        elif change is not None:
-            m.fc.weight.data = {"strided weight": w.t().contiguous().t(), "float64 weight": w.double()}.get(change, w)
+    change_fc((ours, tv), change)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         units.reset_path_counts()
