@@ -287,7 +287,7 @@ def conv_stem(x: Tensor, w: Tensor, bias: Tensor, relu: bool, kernel_size: IntPa
 
 def conv1x1_supported(dtype: torch.dtype) -> bool:
     """Whether this CPU runs `conv1x1` and `conv_stem` on inputs of `dtype` (AVX-512; AVX512-BF16 for bfloat16).
-    Asked once per dtype: the frozen head asks it on every forward, where an op call's cold code costs."""
+    Asked of the op once per dtype (the answer does not change; an op call's code is cold inside a forward)."""
     ok = _SUPPORTED.get(dtype)
     if ok is None:
         ok = _SUPPORTED[dtype] = torch.ops.resnet_ext.conv1x1_supported(dtype)
