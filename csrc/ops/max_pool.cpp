@@ -16,10 +16,7 @@
 #include "dispatch/conv_problem.h"
 #include "ops/max_pool.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define RESNET_EXT_AVX512_POOL 1
-#endif
+#include "ops/avx512_lanes.h"
 
 namespace resnet_ext {
 
@@ -46,15 +43,10 @@ bool describe_pool(const Tensor& x, at::IntArrayRef k, at::IntArrayRef s, at::In
 
 namespace {
 
-#ifdef RESNET_EXT_AVX512_POOL
+#ifdef RESNET_EXT_AVX512_LANES
 
-#define RESNET_EXT_POOL_TARGET __attribute__((target("avx512f,avx512bw,avx512vl")))  // bw, vl: 16-bit masks
-
-RESNET_EXT_POOL_TARGET inline __m512 load(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
-RESNET_EXT_POOL_TARGET inline __m512 load(const c10::BFloat16* p, __mmask16 m) {  // exact: bf16 is fp32's top half
-  const __m256i h = _mm256_maskz_loadu_epi16(m, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
+#define RESNET_EXT_POOL_TARGET RESNET_EXT_LANES_TARGET
+using lanes::load;
 RESNET_EXT_POOL_TARGET inline void store(float* p, __m512 v, __mmask16 m) { _mm512_mask_storeu_ps(p, m, v); }
 RESNET_EXT_POOL_TARGET inline void store(c10::BFloat16* p, __m512 v, __mmask16 m) {  // exact: a bf16 value came in
   _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(v), 16)));
@@ -120,9 +112,8 @@ void pool(const Tensor& x, Tensor& y, const PoolProblem& g) {
 #endif
 
 Tensor max_pool_cpu(const Tensor& x, at::IntArrayRef k, at::IntArrayRef s, at::IntArrayRef p, at::IntArrayRef d) {
-#ifdef RESNET_EXT_AVX512_POOL
-  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                             __builtin_cpu_supports("avx512vl");
+#ifdef RESNET_EXT_AVX512_LANES
+  const bool avx512 = lanes::supported();
   PoolProblem g;
   if (!avx512 || (x.scalar_type() != at::kFloat && x.scalar_type() != at::kBFloat16) ||
       !describe_pool(x, k, s, p, d, &g))

@@ -17,10 +17,7 @@
 #include <cstdint>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define RESNET_EXT_AVX512_HEAD 1
-#endif
+#include "ops/avx512_lanes.h"
 
 namespace resnet_ext {
 namespace {
@@ -31,16 +28,10 @@ Tensor pool_linear_stock(const Tensor& x, const Tensor& weight, const std::optio
   return at::linear(x.to(at::kFloat).mean({2, 3}), weight, bias);
 }
 
-#ifdef RESNET_EXT_AVX512_HEAD
-#define RESNET_EXT_HEAD_TARGET __attribute__((target("avx512f,avx512bw,avx512vl")))
-
-RESNET_EXT_HEAD_TARGET inline __m512 load(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
-RESNET_EXT_HEAD_TARGET inline __m512 load(const c10::BFloat16* p, __mmask16 m) {  // exact: bf16 is fp32's top half
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
-}
-inline __mmask16 mask(int64_t left) {
-  return left >= 16 ? __mmask16(0xFFFF) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
-}
+#ifdef RESNET_EXT_AVX512_LANES
+#define RESNET_EXT_HEAD_TARGET RESNET_EXT_LANES_TARGET
+using lanes::load;
+using lanes::mask;
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 on its own AVX-512 intrinsics (false positives)
@@ -133,12 +124,10 @@ void head(const Tensor& x, const Tensor& w, const float* bias, Tensor& out, bool
 }
 #endif
 
-// Whether this CPU runs the loops above (AVX-512 F for the arithmetic, BW and VL for the 16-bit masked loads).
+// Whether this CPU runs the loops above.
 bool own_loops_run_here() {
-#ifdef RESNET_EXT_AVX512_HEAD
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                         __builtin_cpu_supports("avx512vl");
-  return ok;
+#ifdef RESNET_EXT_AVX512_LANES
+  return lanes::supported();
 #else
   return false;
 #endif
@@ -158,7 +147,7 @@ Tensor pool_linear_cpu(const Tensor& x, const Tensor& weight, const std::optiona
     TORCH_CHECK(bias->dim() == 1 && bias->scalar_type() == at::kFloat && bias->size(0) == weight.size(0),
                 "pool_linear: bias must be a float32 vector of ", weight.size(0), " values, got ",
                 bias->scalar_type(), " ", bias->sizes());
-#ifdef RESNET_EXT_AVX512_HEAD
+#ifdef RESNET_EXT_AVX512_LANES
   const bool avx512 = own_loops_run_here();
   const bool nhwc = x.is_contiguous(at::MemoryFormat::ChannelsLast), nchw = x.is_contiguous();
   if (avx512 && (nhwc || nchw) && x.size(0) > 0) {

@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "cpu_clones.h"
+#include "ops/avx512_lanes.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -126,9 +127,7 @@ template <bool PerElement>
 void bf16_run(uint16_t* y, const uint16_t* r, const float* s, const float* b, float s1, float b1, int64_t n,
               bool relu) {
 #ifdef RESNET_EXT_AVX512_BF16_LOOP
-  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                             __builtin_cpu_supports("avx512vl");
-  if (avx512) return bf16_avx512<PerElement>(y, r, s, b, s1, b1, n, relu);
+  if (resnet_ext::lanes::supported()) return bf16_avx512<PerElement>(y, r, s, b, s1, b1, n, relu);
 #endif
   bf16_scalar<PerElement>(y, r, s, b, s1, b1, n, relu);
 }
