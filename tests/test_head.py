@@ -299,4 +299,6 @@ def test_all_finite_on_every_path(dtype):
                 base = torch.randn(shape).to(dtype)
                 base.view(-1)[at] = bad
                 assert all_finite(view(base)) == (name == "offset" and at == 0), (name, bad, at)
-    assert all_finite(torch.full((64,), torch.finfo(dtype).max, dtype=dtype))
+    fi = torch.finfo(dtype)  # the extremes of the exponent field short of all ones: finite
+    for v in (fi.max, -fi.max, fi.tiny, fi.tiny * fi.eps, -0.0):
+        assert all_finite(torch.full((70000,), v, dtype=dtype)), v
