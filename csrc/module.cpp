@@ -8,6 +8,7 @@
 #include "ops/cpu_memory.h"
 #include "ops/conv_bn_act.h"
 #include "ops/same_bytes.h"
+#include "structure_check.h"
 #ifdef RESNET_EXT_WITH_CUDA
 #include "kernels/bn_act_kernels.h"
 #ifdef RESNET_EXT_EXPERIMENTAL
@@ -220,6 +221,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("same_bytes", &resnet_ext::same_bytes, "Whether CPU tensors are byte for byte what the snapshot recorded");
   m.def("allocated", &resnet_ext::allocated, "Whether every strided tensor's storage still holds its elements");
   m.def("all_finite", &resnet_ext::all_finite, "Whether every element of a floating-point tensor is finite");
+  m.def("structure_matches", &resnet_ext::structure_matches, "Whether a model is still what its Structure recorded");
   m.def("cpu_memory_stats", []() {
     const auto s = resnet_ext::cpu_memory::stats();
     pybind11::dict d;

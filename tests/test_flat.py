@@ -164,6 +164,59 @@ def test_instance_attribute_shadowing_a_parameter_or_buffer(frozen, change):
         assert s is None or s.matches(ours)  # recorded as it is, not recorded anew on every forward
 
 
+class _BN(nn.BatchNorm2d):
+    pass
+
+
+def _shadow(module, name, value):
+    """A parameter or buffer replaced by a plain attribute of the same name (as reparametrizations do)."""
+    delattr(module, name)
+    setattr(module, name, value)
+
+
+_CHANGES = {  # every difference Structure.matches (`_C.structure_matches`) must see, one model change each
+    "forward_hook": lambda m: m.layer1[0].conv1.register_forward_hook(lambda *a: None),
+    "forward_hook_kwargs": lambda m: m.avgpool.register_forward_hook(lambda *a: None, with_kwargs=True),
+    "forward_pre_hook": lambda m: m.layer2.register_forward_pre_hook(lambda *a: None),
+    "backward_hook": lambda m: m.layer3[1].bn2.register_full_backward_hook(lambda *a: None),
+    "backward_pre_hook": lambda m: m.fc.register_full_backward_pre_hook(lambda *a: None),
+    "instance_forward": lambda m: setattr(m.layer4[0], "forward", m.layer4[0].forward),
+    "instance_conv_forward": lambda m: setattr(m.conv1, "_conv_forward", m.conv1._conv_forward),
+    "child_replaced": lambda m: setattr(m.layer1[1], "relu", nn.ReLU()),
+    "child_removed": lambda m: m.layer2.__delitem__(1),
+    "child_added": lambda m: setattr(m, "extra", nn.Identity()),
+    "class_changed": lambda m: setattr(m.layer3[0].bn1, "__class__", _BN),
+    "weight_parameter": lambda m: setattr(m.layer1[0].conv2, "weight", nn.Parameter(m.layer1[0].conv2.weight * 1)),
+    "weight_shadowed": lambda m: _shadow(m.layer2[0].conv1, "weight", m.layer2[0].conv1.weight.detach().clone()),
+    "bias_added": lambda m: setattr(m.layer4[1].conv1, "bias", nn.Parameter(torch.zeros(512))),
+    "padding_mode": lambda m: setattr(m.layer1[0].conv2, "padding_mode", "reflect"),
+    "padding": lambda m: setattr(m.layer1[0].conv2, "padding", (2, 2)),
+    "stride": lambda m: setattr(m.layer3[0].downsample[0], "stride", (1, 1)),
+    "dilation": lambda m: setattr(m.layer4[0].conv2, "dilation", (2, 2)),
+    "groups": lambda m: setattr(m.layer4[0].conv2, "groups", 2),
+    "bn_train": lambda m: m.bn1.train(),
+    "bn_eps": lambda m: setattr(m.layer2[1].bn3, "eps", 1e-3),
+    "running_mean_none": lambda m: setattr(m.layer3[2].bn1, "running_mean", None),
+    "running_var_shadowed_none": lambda m: _shadow(m.layer1[2].bn2, "running_var", None),
+    "max_pool_indices": lambda m: setattr(m.maxpool, "return_indices", True),
+}
+
+
+@pytest.mark.parametrize("change", list(_CHANGES))
+def test_structure_sees_every_change(change):
+    """The per-forward check (C code since 2026-12-06) against each change a user can make; a hook removed again
+    leaves the model as recorded."""
+    from resnet_ext.engine import structure
+    ours = resnet_ext.resnet50().eval()
+    s = structure.Structure(ours)
+    assert s.matches(ours)
+    out = _CHANGES[change](ours)
+    assert not s.matches(ours)
+    if hasattr(out, "remove"):  # a hook's handle
+        out.remove()
+        assert s.matches(ours)
+
+
 def test_deleted_bias_raises_like_torchvision():
     ours, tv = pair("resnet18")
     x = torch.randn(1, 3, 32, 32)

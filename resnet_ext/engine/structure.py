@@ -15,12 +15,10 @@ import torch
 from torch import nn
 
 from .. import ops
+from .._C_loader import _C
 from . import state as _state
 from . import units
 
-
-
-_MISSING = object()
 
 
 class Unit:
@@ -49,41 +47,16 @@ class Structure:
         self.modules = list(model.modules())
         self.types = [type(m) for m in self.modules]
         self.children = [(m, tuple(m._modules.values())) for m in self.modules if m._modules]
-        self.weights = [(u, u.conv.weight, u.conv.bias) for u in self.units]
-        self.eps = [u.bn.eps for u in self.units]  # the frozen folds were made with them (FrozenUnit.belongs_to)
+        self.convs = [(u.conv, u.conv.weight, u.conv.bias) + u.geometry for u in self.units]
+        self.bns = [(u.bn, u.bn.eps) for u in self.units]  # the frozen folds were made with these eps (belongs_to)
 
     def matches(self, model: nn.Module) -> bool:
         """Whether the model is still exactly what was recorded: same modules in the same places, same types, no
-        hooks or instance-level forward, same conv weight and bias objects and geometry, BNs in eval mode with running
-        statistics and the same eps."""
-        for m, kids in self.children:
-            if tuple(m._modules.values()) != kids:
-                return False
-        if model.maxpool.return_indices:  # the next conv gets a tuple: torchvision's error, from the module path
-            return False
-        for m, t in zip(self.modules, self.types):
-            d = m.__dict__  # read directly: this runs on every forward, and nn.Module's attribute lookup is slow
-            if (type(m) is not t or d["_forward_hooks"] or d["_forward_pre_hooks"] or d["_backward_hooks"]
-                    or d["_backward_pre_hooks"] or d.keys() & units.PATCHED):
-                return False
-        # Parameters and buffers read where nn.Module's attribute lookup finds them, an instance attribute first,
-        # else the store (its __getattr__ is slow: this check 215 -> 75 us for resnet50).
-        for u, w, b in self.weights:
-            conv = u.conv
-            d = conv.__dict__
-            params = d["_parameters"]
-            if ((d["weight"] if "weight" in d else params.get("weight", _MISSING)) is not w
-                    or (d["bias"] if "bias" in d else params.get("bias", _MISSING)) is not b
-                    or conv.padding_mode != "zeros"
-                    or (conv.padding, conv.stride, conv.dilation, conv.groups) != u.geometry):
-                return False
-        for u, eps in zip(self.units, self.eps):
-            d = u.bn.__dict__
-            buffers = d["_buffers"]
-            if (d["training"] or d["eps"] != eps or (d["running_mean"] if "running_mean" in d else buffers.get("running_mean")) is None
-                    or (d["running_var"] if "running_var" in d else buffers.get("running_var")) is None):
-                return False
-        return True
+        hooks or instance-level forward, same conv weight and bias objects (where nn.Module's attribute lookup finds
+        them: an instance attribute first, else the store) and geometry, BNs in eval mode with running statistics
+        and the same eps. This runs on every forward: the loops are in C (`_C.structure_matches`, the same reads)."""
+        return (_C.structure_matches(self.children, self.modules, self.types, self.convs, self.bns, units.PATCHED)
+                and not model.maxpool.return_indices)  # else the next conv gets a tuple: torchvision's error
 
 
 def stock(model: nn.Module) -> bool:
