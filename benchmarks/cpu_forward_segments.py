@@ -27,7 +27,7 @@ def main() -> None:
     if "no_fc_prefetch" in sys.argv[5:]:
         cpu.PREFETCH_FC = False
     if "aten_finite" in sys.argv[5:]:
-        engine.all_finite = lambda x: (bool(torch.isfinite(x.sum(dtype=torch.float32)))
+        cpu.all_finite = lambda x: (bool(torch.isfinite(x.sum(dtype=torch.float32)))
                                        or bool(torch.isfinite(x).all()))
     model = getattr(resnet_ext, arch)().eval()
     if "default" in sys.argv[5:]:

@@ -221,6 +221,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("same_bytes", &resnet_ext::same_bytes, "Whether CPU tensors are byte for byte what the snapshot recorded");
   m.def("allocated", &resnet_ext::allocated, "Whether every strided tensor's storage still holds its elements");
   m.def("all_finite", &resnet_ext::all_finite, "Whether every element of a floating-point tensor is finite");
+  m.def("finite_bfloat16", &resnet_ext::finite_bfloat16, "x.to(torch.bfloat16), or None where x is not all finite");
   m.def("structure_matches", &resnet_ext::structure_matches, "Whether a model is still what its Structure recorded");
   m.def("cpu_memory_stats", []() {
     const auto s = resnet_ext::cpu_memory::stats();

@@ -232,8 +232,8 @@ def test_deleted_bias_raises_like_torchvision():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 def testall_finite(dtype):
-    """The input check before oneDNN's fused ReLUs (which turn NaN into 0): a finite sum proves every element
-    finite; an overflowing sum of finite elements falls back to the elementwise check."""
+    """The input check before oneDNN's fused ReLUs (which turn NaN into 0): one NaN or inf makes it false; the
+    largest finite values (whose sum would overflow) keep it true."""
     from resnet_ext.engine import all_finite
     x = torch.randn(2, 3, 17, 19).to(dtype)
     assert all_finite(x)
@@ -595,12 +595,17 @@ def test_frozen_folds_made_under_inference_mode_serve_a_later_gradient():
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad_mode"])
-@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+@pytest.mark.parametrize("frozen", [False, True, torch.bfloat16], ids=["default", "frozen", "frozen_bf16"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_input_gives_torchvisions_non_finite_output(frozen, bad, grad):
     """oneDNN's fused ReLU turns NaN into 0; a non-finite input runs BN unfolded after the stock conv, as
-    torchvision does, so NaN stays NaN (also in grad mode with frozen parameters, where the frozen folds apply)."""
-    ours, tv = pair("resnet50", frozen)
+    torchvision does, so NaN stays NaN (also in grad mode with frozen parameters, where the frozen folds apply;
+    and for freeze(dtype=torch.bfloat16), whose cast of the input checks it: the fp32 default mode runs)."""
+    if frozen is torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no native bf16")
+    ours, tv = pair("resnet50", frozen is True)
+    if frozen is torch.bfloat16:
+        resnet_ext.freeze(ours, dtype=torch.bfloat16)
     for p in ours.parameters():
         p.requires_grad_(False)
     x = torch.randn(2, 3, 64, 64)

@@ -302,3 +302,41 @@ def test_all_finite_on_every_path(dtype):
     fi = torch.finfo(dtype)  # the extremes of the exponent field short of all ones: finite
     for v in (fi.max, -fi.max, fi.tiny, fi.tiny * fi.eps, -0.0):
         assert all_finite(torch.full((70000,), v, dtype=dtype)), v
+
+
+def test_finite_bfloat16_is_the_cast_or_none():
+    """freeze(dtype=torch.bfloat16)'s input check and cast in one pass: bitwise x.to(torch.bfloat16) (ties to even,
+    the largest fp32 values rounding to inf, subnormals, -0) with x's strides, or None for a NaN, inf or -inf at the
+    first, a middle or the last element; dense tensors in either layout, across threads' chunks, an offset view, and
+    a strided view (ATen's path)."""
+    from resnet_ext._C_loader import _C
+    bits = torch.tensor([0x3f808000, 0x3f818000, 0x3f80ffff, 0x00008000, 0x80018000, 0x7f7fffff, 0x7f7f8000,
+                         0xff7fffff, 0x00000001, 0x80000000], dtype=torch.int64).to(torch.int32)
+    views = {"ties": (lambda: bits.view(torch.float32).clone(), lambda t: t),
+             "dense": (lambda: torch.randn(2, 3, 17, 19), lambda t: t),
+             "wide": (lambda: torch.randn(70001) * 1e30, lambda t: t),
+             "channels_last": (lambda: torch.randn(2, 5, 4, 3), lambda t: t.permute(0, 3, 1, 2)),
+             "offset": (lambda: torch.randn(40), lambda t: t[3:]),
+             "strided": (lambda: torch.randn(8, 9), lambda t: t[:, ::2]),
+             "empty": (lambda: torch.randn(0, 3), lambda t: t)}
+    for name, (make, view) in views.items():
+        x = view(make())
+        y = _C.finite_bfloat16(x)
+        assert y is not None and y.dtype == torch.bfloat16 and y.shape == x.shape, name
+        assert torch.equal(y.view(torch.int16), x.to(torch.bfloat16).view(torch.int16)), name
+        if name != "strided":
+            assert y.stride() == x.stride(), name
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            for at in {0, x.numel() // 2, x.numel() - 1} if x.numel() else ():
+                flat = x.contiguous().reshape(-1).clone()
+                flat[at] = bad
+                z = view_like(flat.reshape(x.shape), x)
+                assert _C.finite_bfloat16(z) is None, (name, bad, at)
+
+
+def view_like(values, like):
+    """A copy of `values` (like's shape) with like's strides, in a buffer as large as those strides reach."""
+    span = 1 + sum((n - 1) * st for n, st in zip(like.shape, like.stride()))
+    out = torch.empty(span).as_strided(like.shape, like.stride())
+    out.copy_(values)
+    return out

@@ -14,6 +14,8 @@
 
 #include <ATen/Parallel.h>
 
+#include "ops/avx512_lanes.h"
+
 namespace resnet_ext {
 namespace {
 
@@ -117,7 +119,43 @@ bool any_exponent_full(const U* v, int64_t n, U exponent) {
   return found;
 }
 
+#ifdef RESNET_EXT_AVX512_LANES
+// y[i] = x[i] rounded to bf16 as c10::BFloat16 rounds a finite float (to nearest, ties to even: add 0x7fff plus the
+// kept part's lowest bit, keep the top half); returns whether any x[i] was inf or NaN (the carry test above).
+RESNET_EXT_LANES_TARGET bool to_bf16_finite(const uint32_t* x, uint16_t* y, int64_t n) {
+  const __m512i exponent = _mm512_set1_epi32(0x7f800000), low = _mm512_set1_epi32(0x00800000);
+  const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7fff);
+  __m512i acc = _mm512_setzero_si512();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = lanes::mask(n - i);
+    const __m512i u = _mm512_maskz_loadu_epi32(m, x + i);
+    acc = _mm512_or_si512(acc, _mm512_add_epi32(_mm512_and_si512(u, exponent), low));
+    const __m512i bias = _mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32(u, 16), one));
+    _mm256_mask_storeu_epi16(y + i, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_add_epi32(u, bias), 16)));
+  }
+  return _mm512_test_epi32_mask(acc, _mm512_set1_epi32(int32_t(0x80000000u))) != 0;
+}
+#endif
+
 }  // namespace
+
+at::Tensor finite_bfloat16(const at::Tensor& x) {
+#ifdef RESNET_EXT_AVX512_LANES
+  if (lanes::supported() && x.device().is_cpu() && x.layout() == at::kStrided && x.scalar_type() == at::kFloat &&
+      !x.key_set().has(c10::DispatchKey::Python) && x.has_storage() && x.is_non_overlapping_and_dense()) {
+    // Same strides: the elements lie in the same order in both, numel values from each data pointer on.
+    at::Tensor y = at::empty_strided(x.sizes(), x.strides(), x.options().dtype(at::kBFloat16));
+    const uint32_t* xp = static_cast<const uint32_t*>(x.const_data_ptr());
+    uint16_t* yp = static_cast<uint16_t*>(y.mutable_data_ptr());
+    std::atomic<bool> found{false};
+    at::parallel_for(0, x.numel(), int64_t(1) << 16, [&](int64_t begin, int64_t end) {
+      if (to_bf16_finite(xp + begin, yp + begin, end - begin)) found = true;
+    });
+    return found ? at::Tensor() : y;
+  }
+#endif
+  return all_finite(x) ? x.to(at::kBFloat16) : at::Tensor();
+}
 
 bool all_finite(const at::Tensor& x) {
   if (x.device().is_cpu() && x.layout() == at::kStrided && !x.key_set().has(c10::DispatchKey::Python) &&

@@ -30,6 +30,7 @@ from .._C_loader import _C
 from .. import switches
 from ..switches import on_cuda
 from . import cpu, cuda, frozen, fused_train, units
+from .cpu import all_finite  # noqa: F401  (the input check, also for the tests)
 from . import state as _state
 from .state import serves  # noqa: F401  (the models' ResNet registers itself)
 
@@ -69,16 +70,6 @@ def upgrade_pickled(state: dict) -> dict:
         state[_state.KEY] = _state.ExtState(state.pop("_resnet_ext_frozen"))
         state.pop("_resnet_ext_folds", None)
     return state
-
-
-def all_finite(x: Tensor) -> bool:
-    """Whether every element of a floating-point CPU `x` is finite: one pass over the exponent bits in resnet_ext's
-    own code (`_C.all_finite`; ATen's isfinite().all() for what it does not take). It runs before every frozen CPU
-    forward, where ATen's sum, the check before, ran on cold code (the forward's weights stream through the L3): the
-    frozen resnet50's entry at 1x3x224x224 took 0.04-0.07 ms less in bf16 and 0.10-0.13 ms less in fp32 with this
-    pass (benchmarks/cpu_forward_segments.py, benchmarks/results/2026-12-05-cpu-head/); since 2026-12-06 the pass
-    vectorizes (84 -> 18 us alone on that input in cache; 88-100 -> 24-29 us inside the forward)."""
-    return _C.all_finite(x)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -154,7 +145,9 @@ def _forward(model: nn.Module, x: Tensor) -> Tensor:
     if not model.training and x.device.type == "cpu":
         folds = frozen_folds(model)
         if folds is not None:
-            if not torch.jit.is_tracing() and x.is_floating_point() and not all_finite(x):
+            out = cpu.forward_frozen(model, x, folds)  # checks its input itself (NOT_FINITE), before anything runs
+            if out is cpu.NOT_FINITE or (out is None and not torch.jit.is_tracing() and x.is_floating_point()
+                                         and not all_finite(x)):
                 # oneDNN's fused ReLU turns NaN into 0 (as compile+freezing does); torchvision propagates it, and
                 # so does the default mode (BN unfolded after the stock conv): this input runs that, not the folds.
                 out = cpu.forward_default(model, x)
@@ -162,7 +155,6 @@ def _forward(model: nn.Module, x: Tensor) -> Tensor:
                     return out
                 with units.forward_state(None):  # a gradient may be wanted: each unit unfolded on its own
                     return module_path(model, x)
-            out = cpu.forward_frozen(model, x, folds)
         else:
             out = cpu.forward_default(model, x)
         if out is not None:
