@@ -1,5 +1,6 @@
 """ops.conv1x1 against oneDNN's convolution (ATen's mkldnn op on a prepacked weight, fused ReLU / residual add, as
-the frozen plan calls it) on resnet50's 1x1 shapes at 224x224, one call at a time with the caches flushed before
+the frozen plan calls them: both add a residual in place, ours by ops.conv1x1_add_, whose out-of-place time, a new
+output, is printed after it) on resnet50's 1x1 shapes at 224x224, one call at a time with the caches flushed before
 each (a 64 MiB write), as inside a forward where each layer's weight comes from memory; best of three medians of
 25 calls each, and both outputs' largest error from float64 (with the same bf16/fp32 operands).
 Usage: python benchmarks/cpu_conv1x1_shapes.py [bf16|fp32] [BATCH]   (2 threads; idle machine)."""
@@ -54,19 +55,27 @@ def main() -> None:
             return torch.ops.mkldnn._convolution_pointwise_.binary(into if into is not None else scratch, x, packed,
                                                                    b, *args, "add", 1.0, "relu", [], "")
 
-        def ours():
+        mine_scratch = None if r is None else r.clone()
+
+        def ours(into=None):  # as the plan calls it: a residual tail adds in place (conv1x1_add_)
+            if r is None:
+                return ops.conv1x1(x, mine, bias, None, True, s)
+            return ops.conv1x1_add_(into if into is not None else mine_scratch, x, mine, bias, True, s)
+
+        def ours_out_of_place():  # the tails before 2026-12-06: a new output
             return ops.conv1x1(x, mine, bias, r, True, s)
 
         ref = F.conv2d(x.double(), w.double(), b.double(), stride=s)
         ref = torch.relu(ref + r.double() if r is not None else ref)
         errs = [((y.double() - ref).abs().max() / ref.abs().max()).item()
-                for y in (onednn(None if r is None else r.clone()), ours())]
+                for y in (onednn(None if r is None else r.clone()), ours(None if r is None else r.clone()))]
         a = min(median_us(onednn) for _ in range(3))
         o = min(median_us(ours) for _ in range(3))
         total[0] += a
         total[1] += o
+        extra = "" if r is None else f"   (out of place {min(median_us(ours_out_of_place) for _ in range(3)):.0f})"
         print(f"{c:5} -> {k:4} {hw:2}x{hw:<2} stride {s} residual {res}: {a:7.0f} / {o:7.0f} = {a / o:.2f}x   "
-              f"errors {errs[0]:.1e} / {errs[1]:.1e}", flush=True)
+              f"errors {errs[0]:.1e} / {errs[1]:.1e}{extra}", flush=True)
     print(f"sum: {total[0]:.0f} / {total[1]:.0f} = {total[0] / total[1]:.2f}x")
 
 

@@ -1,10 +1,10 @@
 """Per-unit times inside whole frozen forwards for two plans of one model: "A" planned as the code stands, "B"
 planned with one attribute of resnet_ext.engine.cpu set to another value (a rule's bound or dtype list) during its
-first call, when the plan is made. Timestamps around every unit (cpu._conv, cpu._tail), each contender's timed
+first call, when the plan is made (with `always`: during every call of B, for what is read at run time). Timestamps around every unit (cpu._conv, cpu._tail), each contender's timed
 forward right after an untimed one of its own, rounds alternating which goes first; per unit the median over
 rounds, printed where A and B differ by more than 3%; then the sums, the forwards and the per-round forward ratios.
 The logits' largest difference first (relative to the largest logit).
-Usage: python benchmarks/cpu_unit_times_ab.py ARCH BATCH fp32|bf16 ATTR VALUE [ROUNDS]   (2 threads, idle machine;
+Usage: python benchmarks/cpu_unit_times_ab.py ARCH BATCH fp32|bf16 ATTR VALUE [ROUNDS] [always]   (2 threads, idle machine;
 VALUE a Python expression, e.g. `cpu_unit_times_ab.py resnet50 1 bf16 STEM_STRIDED_DTYPES "()"`)."""
 import copy
 import statistics
@@ -22,6 +22,7 @@ def main() -> None:
     torch.set_num_threads(2)
     arch, batch, dt, attr, value = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], eval(sys.argv[5])
     rounds = int(sys.argv[6]) if len(sys.argv) > 6 else 12
+    always = "always" in sys.argv[7:]
     base = resnet_ext.from_torchvision(getattr(torchvision.models, arch)().eval()).eval()
     base = base.to(memory_format=torch.channels_last)
     resnet_ext.freeze(base, dtype=torch.bfloat16 if dt == "bf16" else None)
@@ -53,14 +54,17 @@ def main() -> None:
               f"logits |A - B| / max |A| = {float((out['A'] - out['B']).abs().max() / out['A'].abs().max()):.2e}")
         cpu._conv, cpu._tail = timed(cpu._conv), timed(cpu._tail)
         per, total = {"A": [], "B": []}, {"A": [], "B": []}
+        saved = getattr(cpu, attr)
         for r in range(rounds):
             for name in ("A", "B") if r % 2 == 0 else ("B", "A"):
+                setattr(cpu, attr, value if always and name == "B" else saved)
                 models[name](x)  # settle
                 times.clear()
                 t = pc()
                 models[name](x)
                 total[name].append(pc() - t)
                 per[name].append(list(times))
+        setattr(cpu, attr, saved)
     med = {k: [statistics.median(p[i] for p in v) for i in range(len(v[0]))] for k, v in per.items()}
     for i, (a, b) in enumerate(zip(med["A"], med["B"])):
         if abs(a - b) > 0.03 * a:

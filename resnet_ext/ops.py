@@ -236,6 +236,11 @@ def _conv1x1_fake(x, w, bias, residual, relu, stride=1, prefetch_addr=0, prefetc
                         (x.shape[3] - 1) // stride + 1)).contiguous(memory_format=torch.channels_last)
 
 
+@torch.library.register_fake("resnet_ext::conv1x1_add_")
+def _conv1x1_add_fake(out, x, w, bias, relu, stride=1, prefetch_addr=0, prefetch_bytes=0):
+    return None
+
+
 def conv1x1_weight(weight: Tensor) -> Tensor:
     """A [K, C, 1, 1] weight packed for `conv1x1` (a copy), K a multiple of 64, in panels of 64 output channels:
     [K / 64, C, 64] for float32, [K / 64, C / 2, 64, 2] for bfloat16 (channel pairs interleaved for AVX512-BF16's
@@ -255,6 +260,16 @@ def conv1x1(x: Tensor, w: Tensor, bias: Tensor, residual: Optional[Tensor], relu
     conv1x1_weight(weight)` with the epilogue fused (CPU, channels_last, float32 or bfloat16, output channels a
     multiple of 64; CPUs where `conv1x1_supported(dtype)`). `prefetch` as in `winograd3x3`."""
     return torch.ops.resnet_ext.conv1x1(x, w, bias, residual, relu, stride, *prefetch_range(prefetch))
+
+
+def conv1x1_add_(out: Tensor, x: Tensor, w: Tensor, bias: Tensor, relu: bool, stride: int = 1,
+                 prefetch: Union[Tensor, Tuple[int, int], None] = None) -> Tensor:
+    """`conv1x1` with `out` as the residual, written over it (returns `out`): out = relu?(conv1x1(x) + bias + out),
+    the same values as `conv1x1(x, w, bias, out, relu, stride)`. `out` must not overlap x, w or bias; the frozen
+    plan's residual tails, whose residual only the forward holds, where the write in place saves each output line's
+    fetch for writing."""
+    torch.ops.resnet_ext.conv1x1_add_(out, x, w, bias, relu, stride, *prefetch_range(prefetch))
+    return out
 
 
 @torch.library.register_fake("resnet_ext::conv_stem")

@@ -262,6 +262,77 @@ def test_opcheck(dtype, with_residual):
                           (a["x"], a["w"], a["bias"], a["residual"] if with_residual else None, True, 1))
 
 
+# ---- conv1x1_add_: the residual written over ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [s for s in SHAPES if s[0] * s[3] * s[4] <= 5000],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("relu", [False, True])
+def test_add_in_place_is_the_op_with_its_residual(dtype, shape, relu):
+    """conv1x1_add_(out, ...) writes into out what conv1x1(..., residual=out) returns, bit for bit, and returns
+    out; the residual read is the value before the write (each element read just before it is overwritten)."""
+    if not ops.conv1x1_supported(dtype):
+        pytest.skip("this CPU does not run the op for this dtype")
+    n, c, k, h, w, stride = shape
+    x, wt, b, r = make(n, c, k, h, w, stride, seed=7, with_residual=True, dtype=dtype)
+    pw = ops.conv1x1_weight(wt)
+    expected = ops.conv1x1(x, pw, b, r, relu, stride)
+    out = r.clone()
+    ret = ops.conv1x1_add_(out, x, pw, b, relu, stride)
+    assert ret.data_ptr() == out.data_ptr() and torch.equal(out, expected)
+    assert not torch.equal(out, r)  # written
+
+
+def _add_args(dtype=torch.float32, **kw):
+    a = _args(dtype)
+    a["out"] = a.pop("residual").clone()
+    a.update(kw)
+    return a
+
+
+@f32_only
+@pytest.mark.parametrize("change, needle", [
+    (lambda: dict(out=_cl(1, 64, 6, 5)), "conv1x1_add_: out must be a channels_last float32 CPU tensor"),
+    (lambda: dict(out=torch.randn(1, 64, 6, 6)), "conv1x1_add_: out must be a channels_last float32"),
+    (lambda: dict(out=_cl(1, 64, 6, 6).bfloat16()), "conv1x1_add_: out must be a channels_last float32"),
+    (lambda: dict(x=torch.randn(1, 16, 6, 6)), "conv1x1_add_: x must be channels_last"),
+    (lambda: dict(stride=2), r"conv1x1_add_: out must be .* output's shape \[1, 64, 3, 3\]"),
+])
+def test_add_in_place_bad_arguments_are_clear_errors(change, needle):
+    a = _add_args(**change())
+    with pytest.raises(RuntimeError, match=needle):
+        ops.conv1x1_add_(a["out"], a["x"], a["w"], a["bias"], True, a["stride"])
+
+
+@f32_only
+def test_add_in_place_refuses_an_out_that_overlaps_what_it_reads():
+    """Written in place over x (C == K, stride 1) the GEMM would read sums it has already written: a clear error,
+    for out being x and for out a view of x's storage; out sharing memory with the bias too."""
+    x, wt, b, _ = make(1, 64, 64, 6, 6, 1, seed=3)
+    pw = ops.conv1x1_weight(wt)
+    with pytest.raises(RuntimeError, match="conv1x1_add_: out must not overlap x, w or bias"):
+        ops.conv1x1_add_(x, x, pw, b, True)
+    buf = torch.randn(2 * 36 * 64)
+    half = buf[18 * 64: 54 * 64].view(1, 6, 6, 64).permute(0, 3, 1, 2)  # half of x's pixels and half beyond
+    xs = buf[: 36 * 64].view(1, 6, 6, 64).permute(0, 3, 1, 2)
+    xs.copy_(x)
+    with pytest.raises(RuntimeError, match="must not overlap"):
+        ops.conv1x1_add_(half, xs, pw, b, True)
+    flat = torch.randn(64 * 36 + 64)
+    out = flat[64:].view(1, 6, 6, 64).permute(0, 3, 1, 2)
+    with pytest.raises(RuntimeError, match="must not overlap"):
+        ops.conv1x1_add_(out, x, pw, flat[64 * 35: 64 * 36], True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_add_in_place_opcheck(dtype):
+    if not ops.conv1x1_supported(dtype):
+        pytest.skip("this CPU does not run the op for this dtype")
+    a = _add_args(dtype)
+    torch.library.opcheck(torch.ops.resnet_ext.conv1x1_add_.default, (a["out"], a["x"], a["w"], a["bias"], True, 1))
+
+
 # ---- In the frozen model -------------------------------------------------------------------------------------
 
 
@@ -312,6 +383,29 @@ def test_frozen_bf16_model_with_conv1x1_equals_it_without(arch, shape, expected,
                 resnet_ext.cpu_conv1x1(True)
     assert rel_err(out[True], ref) <= 2 * tv_err, (rel_err(out[True], ref), tv_err)
     assert rel_err(out[True], out[False]) <= tv_err
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_frozen_tails_write_over_their_residual_with_the_same_bits(dtype, no_amx, monkeypatch):
+    """The plan's 1x1 tails on the op add the residual in place (conv1x1_add_): the logits bitwise those of the
+    out-of-place op (CONV1X1_IN_PLACE off), record and replay, and the input left as it was."""
+    if not ops.conv1x1_supported(dtype):
+        pytest.skip("this CPU does not run the op for this dtype")
+    ours, _ = frozen_pair("resnet50", None if dtype == torch.float32 else torch.bfloat16)
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    x0 = x.clone()
+    calls = []
+    add = ops.conv1x1_add_
+    monkeypatch.setattr(ops, "conv1x1_add_", lambda *a, **k: calls.append(1) or add(*a, **k))
+    with torch.no_grad():
+        out = {}
+        for in_place in (True, False):
+            monkeypatch.setattr(cpu, "CONV1X1_IN_PLACE", in_place)
+            calls.clear()
+            out[in_place] = [ours(x) for _ in range(2)]
+            assert len(calls) == (2 * 16 if in_place else 0)  # resnet50's 16 tails, each forward
+    assert all(torch.equal(y, out[True][0]) for y in out[True] + out[False])
+    assert torch.equal(x, x0)
 
 
 @f32_only

@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 
 #include <algorithm>
 #include <type_traits>
@@ -177,16 +178,21 @@ std::vector<int64_t> w_shape(at::ScalarType t, int64_t c, int64_t k) {
   return {k / kPanel, c / 2, kPanel, 2};
 }
 
+// `in_place`: y is the residual itself, each element read by its tile's epilogue just before it is overwritten.
+// Out of place, every output line is first fetched for writing (a write-allocate) on top of the residual's read:
+// resnet50's 64 -> 256 tail at 56x56, bf16, alone with the caches flushed, 384 -> 306 us at batch 1 and 3110 ->
+// 2288 us at batch 8 (benchmarks/results/2026-12-06-cpu-entry/); inside whole batch-1 forwards, where the new
+// output's block is mostly still in cache, 1.00-1.01x.
 template <class T>
 Tensor conv1x1(const Tensor& x_in, const Tensor& w, const Tensor& bias, const std::optional<Tensor>& residual,
-               bool relu, int64_t stride, const void* pf_base, int64_t pf_lines) {
+               bool relu, int64_t stride, const void* pf_base, int64_t pf_lines, bool in_place) {
   // Every s-th pixel of every s-th row, copied into rows (resnet's downsamples; a quarter of the input).
   const Tensor x = stride == 1 ? x_in
                                : x_in.slice(2, 0, std::nullopt, stride).slice(3, 0, std::nullopt, stride)
                                      .contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), wd = x.size(3), k = bias.size(0);
   const int64_t p = n * h * wd;
-  Tensor y = at::empty({n, k, h, wd}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  Tensor y = in_place ? *residual : at::empty({n, k, h, wd}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (y.numel() == 0) return y;
   const Tensor b = bias.to(at::kFloat).contiguous();
   const T* xp = x.const_data_ptr<T>();
@@ -262,29 +268,30 @@ Tensor conv_stem(const Tensor& x, const Tensor& w, const Tensor& bias, bool relu
 
 const char* name(at::ScalarType t) { return t == at::kFloat ? "float32" : "bfloat16"; }
 
-Tensor conv1x1_cpu(const Tensor& x, const Tensor& w, const Tensor& bias, const std::optional<Tensor>& residual,
-                   bool relu, int64_t stride, int64_t prefetch_addr, int64_t prefetch_bytes) {
+Tensor conv1x1_checked(const Tensor& x, const Tensor& w, const Tensor& bias, const std::optional<Tensor>& residual,
+                       bool relu, int64_t stride, int64_t prefetch_addr, int64_t prefetch_bytes, bool in_place) {
+  const char* op = in_place ? "conv1x1_add_" : "conv1x1";  // the errors name the op and argument the caller used
   TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu() && bias.device().is_cpu(),
-              "conv1x1: x, w and bias must be CPU tensors, got ", x.device(), ", ", w.device(), ", ", bias.device());
+              op, ": x, w and bias must be CPU tensors, got ", x.device(), ", ", w.device(), ", ", bias.device());
   TORCH_CHECK(x.dim() == 4 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
-              "conv1x1: x must be a 4-d float32 or bfloat16 tensor (N, C, H, W), got ", x.dim(), "-d ",
+              op, ": x must be a 4-d float32 or bfloat16 tensor (N, C, H, W), got ", x.dim(), "-d ",
               x.scalar_type());
   TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast),
-              "conv1x1: x must be channels_last contiguous, got strides ", x.strides());
-  TORCH_CHECK(stride >= 1, "conv1x1: stride must be positive, got ", stride);
+              op, ": x must be channels_last contiguous, got strides ", x.strides());
+  TORCH_CHECK(stride >= 1, op, ": stride must be positive, got ", stride);
   const at::ScalarType t = x.scalar_type();
   const bool f32 = t == at::kFloat;
-  TORCH_CHECK(runs_here(t), "conv1x1: ", name(t), " needs a CPU with AVX-512", f32 ? "" : " and AVX512-BF16",
+  TORCH_CHECK(runs_here(t), op, ": ", name(t), " needs a CPU with AVX-512", f32 ? "" : " and AVX512-BF16",
               ", which this one lacks (use oneDNN's convolution)");
   const int64_t c = x.size(1), k = bias.dim() == 1 ? bias.size(0) : -1;
   TORCH_CHECK(k > 0 && k % kPanel == 0 && (bias.scalar_type() == at::kFloat || bias.scalar_type() == t),
-              "conv1x1: bias must be a ", f32 ? "float32" : "float32 or bfloat16",
+              op, ": bias must be a ", f32 ? "float32" : "float32 or bfloat16",
               " vector of the output channels, a positive multiple of 64, got ", bias.scalar_type(), " ",
               bias.sizes());
-  TORCH_CHECK(c > 0 && (f32 || c % 2 == 0), "conv1x1: x must have a positive", f32 ? "" : ", even",
+  TORCH_CHECK(c > 0 && (f32 || c % 2 == 0), op, ": x must have a positive", f32 ? "" : ", even",
               " number of channels, got ", c);
   TORCH_CHECK(w.scalar_type() == t && w.sizes() == at::IntArrayRef(w_shape(t, c, k)) && w.is_contiguous(),
-              "conv1x1: w must be the contiguous packed ", name(t), " weight ",
+              op, ": w must be the contiguous packed ", name(t), " weight ",
               f32 ? "[K / 64, C, 64]" : "[K / 64, C / 2, 64, 2]", " (ops.conv1x1_weight) for C=", c, ", K=", k,
               ", got ", w.scalar_type(), " ", w.sizes(), " strides ", w.strides());
   if (residual.has_value()) {
@@ -293,14 +300,33 @@ Tensor conv1x1_cpu(const Tensor& x, const Tensor& w, const Tensor& bias, const s
     const std::vector<int64_t> shape{x.size(0), k, oh, ow};
     TORCH_CHECK(r.device().is_cpu() && r.scalar_type() == t && r.sizes() == at::IntArrayRef(shape) &&
                     r.is_contiguous(at::MemoryFormat::ChannelsLast),
-                "conv1x1: residual must be a channels_last ", name(t), " CPU tensor of the output's shape ",
+                op, in_place ? ": out must be a channels_last " : ": residual must be a channels_last ", name(t),
+                " CPU tensor of the output's shape ",
                 at::IntArrayRef(shape), ", got ", r.scalar_type(), " ", r.sizes(), " strides ", r.strides(), " on ",
                 r.device());
+    // Written in place, out must not share memory with what the GEMM still reads (x, w, bias; a bias it cannot
+    // tell about is not contiguous and is read through a contiguous fp32 copy).
+    const auto apart = [&](const Tensor& other) {
+      const at::MemOverlapStatus o = at::get_overlap_status(r, other);
+      return o != at::MemOverlapStatus::Full && o != at::MemOverlapStatus::Partial;
+    };
+    TORCH_CHECK(!in_place || (apart(x) && apart(w) && apart(bias)), op, ": out must not overlap x, w or bias");
   }
-  const int64_t pf_lines = Prefetch::lines("conv1x1", prefetch_addr, prefetch_bytes);
+  const int64_t pf_lines = Prefetch::lines(op, prefetch_addr, prefetch_bytes);
   const void* pf_base = reinterpret_cast<const void*>(prefetch_addr);
-  return f32 ? conv1x1<float>(x, w, bias, residual, relu, stride, pf_base, pf_lines)
-             : conv1x1<bf16>(x, w, bias, residual, relu, stride, pf_base, pf_lines);
+  return f32 ? conv1x1<float>(x, w, bias, residual, relu, stride, pf_base, pf_lines, in_place)
+             : conv1x1<bf16>(x, w, bias, residual, relu, stride, pf_base, pf_lines, in_place);
+}
+
+Tensor conv1x1_cpu(const Tensor& x, const Tensor& w, const Tensor& bias, const std::optional<Tensor>& residual,
+                   bool relu, int64_t stride, int64_t prefetch_addr, int64_t prefetch_bytes) {
+  return conv1x1_checked(x, w, bias, residual, relu, stride, prefetch_addr, prefetch_bytes, false);
+}
+
+// Returns nothing (the schema's `-> ()`): torch.compile's functionalization takes no custom op returning an alias.
+void conv1x1_add_cpu(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias, bool relu,
+                     int64_t stride, int64_t prefetch_addr, int64_t prefetch_bytes) {
+  conv1x1_checked(x, w, bias, out, relu, stride, prefetch_addr, prefetch_bytes, true);
 }
 
 
@@ -350,6 +376,10 @@ TORCH_LIBRARY_FRAGMENT(resnet_ext, m) {
   // ops.conv1x1_weight. CPU, channels_last, float32 or bfloat16; the frozen CPU plan's 1x1 units.
   m.def("conv1x1(Tensor x, Tensor w, Tensor bias, Tensor? residual, bool relu, int stride=1, int prefetch_addr=0, "
         "int prefetch_bytes=0) -> Tensor");
+  // out = relu?(conv1x1(x, w, stride) + bias + out), in place: conv1x1 with out as the residual, written over it
+  // (the frozen plan's residual tails, whose residual only the forward holds).
+  m.def("conv1x1_add_(Tensor(a!) out, Tensor x, Tensor w, Tensor bias, bool relu, int stride=1, "
+        "int prefetch_addr=0, int prefetch_bytes=0) -> ()");
   // y = relu?(conv(x, w, stride, padding) + bias) for a conv on few input channels (the stem's 7x7 on RGB), each
   // output pixel's kernel rows read in place from a zero-padded NHWC copy of x (any layout), w packed by
   // ops.conv_stem_weight; channels_last output. CPU, float32 or bfloat16; the frozen CPU plan's stem.
@@ -362,5 +392,6 @@ TORCH_LIBRARY_FRAGMENT(resnet_ext, m) {
 
 TORCH_LIBRARY_IMPL(resnet_ext, CPU, m) {
   m.impl("conv1x1", &conv1x1_cpu);
+  m.impl("conv1x1_add_", &conv1x1_add_cpu);
   m.impl("conv_stem", &conv_stem_cpu);
 }

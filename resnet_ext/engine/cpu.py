@@ -493,6 +493,9 @@ def _conv(u: Unit, x: Tensor, wb) -> Tensor:
                                                            [], "")
 
 
+CONV1X1_IN_PLACE = True  # _tail: a 1x1 tail on the op writes its sum over the residual (ops.conv1x1_add_)
+
+
 def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
     """relu(bn(conv(y)) + residual); a oneDNN one is written into `residual` (which only this forward holds)."""
     if _is_own(wb):
@@ -501,7 +504,11 @@ def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
         # after STEM, which takes none).
         if wb[0] is STEM or residual.shape != (y.shape[0], wb[2].shape[0], *_out_size(u.conv, y)):
             return ops.add_act_(_own(u, y, wb, None, False), residual, True)
-        return _own(u, y, wb, residual.contiguous(memory_format=torch.channels_last), True)
+        residual = residual.contiguous(memory_format=torch.channels_last)
+        if wb[0] is CONV1X1 and CONV1X1_IN_PLACE:  # the sum written over the residual
+            return ops.conv1x1_add_(residual, y, wb[1], wb[2], True, u.conv.stride[0],
+                                    wb[3] if len(wb) > 3 else None)
+        return _own(u, y, wb, residual, True)
     if wb[0] is UNFOLDED:
         return ops.unfolded_unit(u.conv, u.bn, _nchw_1x1(y), wb[1], wb[2], True, residual)
     if wb[0] is GEMM:
