@@ -7,7 +7,7 @@ each segment here is that cold cost.
 Usage: python benchmarks/cpu_forward_segments.py ARCH BATCH cl|nchw fp32|bf16 [modules] [aten_finite] [no_fc_prefetch]
 [default]   (2 threads, idle machine; `default`: the default mode, not frozen, whose head is always the modules';
 `modules`: the head as the modules' path, HEAD_MAX_BATCH -1; `aten_finite`: the input check as ATen's
-sum, the check before 2026-12-05's own pass; `no_fc_prefetch`: the last unit fetches nothing, PREFETCH_FC False)."""
+sum, the check before 2026-12-05's own pass (fp32 models: a bf16 model's check is `_C.finite_bfloat16`'s); `no_fc_prefetch`: the last unit fetches nothing, PREFETCH_FC False)."""
 import statistics
 import sys
 import time
@@ -15,7 +15,6 @@ import time
 import torch
 
 import resnet_ext
-from resnet_ext import engine
 from resnet_ext.engine import cpu
 
 

@@ -2,7 +2,8 @@
 // a model is still what its flat plan recorded), over the lists that Structure records. It reads the same attributes
 // as the Python loop it replaces, in C: at batch 1 the forward's weights stream through the L3, so these ~1,000
 // reads of module dicts come from memory on every forward. resnet50's check inside its frozen batch-1 forward took
-// 0.28-0.38 ms in Python and 0.16-0.21 ms here (0.11 -> 0.03 ms warm). (Reading all modules' dicts first, then all
+// 0.27-0.38 ms in Python and 0.16-0.21 ms here; alone 67-71 -> 27 us warm, 311-362 -> 243-292 us right after a
+// 200 MB write (benchmarks/results/2026-12-06-cpu-entry/). (Reading all modules' dicts first, then all
 // hook dicts, to overlap the misses, measured no better.)
 #include "structure_check.h"
 

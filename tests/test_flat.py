@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 import resnet_ext
-from resnet_ext import ops, switches
+from resnet_ext import engine, ops, switches
 from resnet_ext.engine import cpu, cuda, state, units
 from conftest import change_fc, randomize_bn, rel_err
 
@@ -188,6 +188,9 @@ _CHANGES = {  # every difference Structure.matches (`_C.structure_matches`) must
     "class_changed": lambda m: setattr(m.layer3[0].bn1, "__class__", _BN),
     "weight_parameter": lambda m: setattr(m.layer1[0].conv2, "weight", nn.Parameter(m.layer1[0].conv2.weight * 1)),
     "weight_shadowed": lambda m: _shadow(m.layer2[0].conv1, "weight", m.layer2[0].conv1.weight.detach().clone()),
+    # an instance attribute beside the parameter (attribute lookup finds it first): read before the store
+    "weight_in_instance_dict": lambda m: m.layer1[1].conv1.__dict__.__setitem__(
+        "weight", m.layer1[1].conv1.weight.detach().clone()),
     "bias_added": lambda m: setattr(m.layer4[1].conv1, "bias", nn.Parameter(torch.zeros(512))),
     "padding_mode": lambda m: setattr(m.layer1[0].conv2, "padding_mode", "reflect"),
     "padding": lambda m: setattr(m.layer1[0].conv2, "padding", (2, 2)),
@@ -614,6 +617,26 @@ def test_non_finite_input_gives_torchvisions_non_finite_output(frozen, bad, grad
         ref, y = tv(x), ours(x)
     assert torch.equal(ref.isnan(), y.isnan()) and torch.equal(ref.isinf(), y.isinf())
     assert rel_err(y[1], ref[1]) < TOL
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["frozen", "frozen_bf16"])
+def test_frozen_plan_refuses_a_non_finite_input_before_it_runs(dtype):
+    """forward_frozen checks its input itself (all_finite; for bf16 the check in the cast, _C.finite_bfloat16) and
+    answers NOT_FINITE before any unit runs; a finite input runs the plan."""
+    if dtype is torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no native bf16")
+    ours, _ = pair("resnet18")
+    resnet_ext.freeze(ours, dtype=dtype)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        folds = engine.frozen_folds(ours)
+        assert isinstance(cpu.forward_frozen(ours, x, folds), torch.Tensor)
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            y = x.clone()
+            y[0, 2, 31, 31] = bad
+            units.reset_path_counts()
+            assert cpu.forward_frozen(ours, y, folds) is cpu.NOT_FINITE
+            assert resnet_ext.path_counts() == {}
 
 
 def test_frozen_model_with_parameter_gradients_runs_as_default_mode():

@@ -328,10 +328,17 @@ def test_finite_bfloat16_is_the_cast_or_none():
             assert y.stride() == x.stride(), name
         for bad in (float("nan"), float("inf"), -float("inf")):
             for at in {0, x.numel() // 2, x.numel() - 1} if x.numel() else ():
-                flat = x.contiguous().reshape(-1).clone()
-                flat[at] = bad
-                z = view_like(flat.reshape(x.shape), x)
+                if name == "offset":  # the bad value inside the view, the storage's first values outside it
+                    base = make()
+                    base[3 + at] = bad
+                    z = view(base)
+                else:
+                    flat = x.contiguous().reshape(-1).clone()
+                    flat[at] = bad
+                    z = view_like(flat.reshape(x.shape), x)
                 assert _C.finite_bfloat16(z) is None, (name, bad, at)
+    neg = torch._neg_view(torch.randn(5, 7))  # a lazy negation: the cast applies it
+    assert neg.is_neg() and torch.equal(_C.finite_bfloat16(neg), neg.to(torch.bfloat16))
 
 
 def view_like(values, like):

@@ -58,15 +58,11 @@ RESNET_EXT_POOL_TARGET inline void store(c10::BFloat16* p, __m512 v, __mmask16 m
 // One block of NV vectors of channels (the last one `last` of its lanes) of one output: the maximum of the window's
 // valid taps in ATen's order (rows, then columns), taking a tap where it is greater or NaN, from -inf: ATen's rule, so
 // ties of -0/+0 and NaN payloads match too. NV is a template parameter so that the maxima stay in registers while the
-// taps stream by (with a run-time count GCC kept them on the stack, each tap a store and reload: the resnet50 stem's
-// 64x112x112 bf16 map at batch 1 took 135 us on 2 threads, MEASURE now).
-// One block of NV vectors of channels (the last one `last` of its lanes) of one output: the maximum of the window's
-// valid taps in ATen's order (rows, then columns), taking a tap where it is greater or NaN, from -inf: ATen's rule, so
-// ties of -0/+0 and NaN payloads match too. NV is a template parameter so that the maxima stay in registers while the
 // taps stream by: with a run-time count GCC kept them on the stack, a store and reload per tap. The resnet50 stem's
-// 64x112x112 map at batch 1 on 2 threads, against ATen's channels_last max pool in the same process: bf16 0.60 ->
-// 0.44x its time, fp32 0.67 -> 0.48x; inside the frozen forward bf16 0.147-0.149 -> 0.114-0.127 ms, fp32
-// 0.158-0.172 -> 0.136-0.139 ms. (Two chains of maxima, the window's first and last rows, measured no faster.)
+// 64x112x112 map at batch 1 on 2 threads, against ATen's channels_last max pool in the same process: bf16
+// 0.54-0.59 -> 0.39-0.46x its time, fp32 0.60-0.64 -> 0.36-0.66x (median 0.48); inside the frozen forward bf16
+// 0.147-0.149 -> 0.114-0.127 ms, fp32 0.158-0.172 -> 0.136-0.139 ms (benchmarks/results/2026-12-06-cpu-entry/).
+// (Two chains of maxima, the window's first and last rows, measured no faster.)
 template <class T, int NV>
 RESNET_EXT_POOL_TARGET [[gnu::always_inline]] inline void pool_block(const T* x, T* out, const PoolProblem& g,
                                                                      int64_t iy0, int64_t r0, int64_t r1, int64_t ix0,

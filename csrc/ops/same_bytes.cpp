@@ -101,14 +101,20 @@ bool allocated(const std::vector<std::optional<at::Tensor>>& tensors) {
 
 namespace {
 
+template <class U>
+constexpr U lowest_bit(U field) {
+  return U(field & U(~field + 1));
+}
+
 // Whether any of n values has all exponent bits set (inf or NaN). Adding the exponent field's lowest bit to the
 // masked exponent carries into the sign bit exactly when every exponent bit is set, so one AND, ADD and OR per value
 // (no compare or branch: the compiler vectorizes it with the baseline ISA) and a test of the accumulated top bit at
-// the end. `bad |= (v & e) == e` stayed scalar: 84 us for a 1x3x224x224 fp32 input in cache, now ~10x less. Chunks
-// of 2^16 values across the threads: the input usually comes cold from memory, where two cores read it faster.
+// the end. `bad |= (v & e) == e` stayed scalar: 84 us for a 1x3x224x224 fp32 input in cache, this 6-11 us
+// (benchmarks/results/2026-12-06-cpu-entry/alone_42da709_vs_now.txt). Chunks of 2^16 values across the threads: the
+// input usually comes cold from memory, where two cores read it faster.
 template <class U>
 bool any_exponent_full(const U* v, int64_t n, U exponent) {
-  const U low = exponent & U(~exponent + 1);  // the exponent field's lowest bit
+  const U low = lowest_bit(exponent);
   const U top = U(U(1) << (sizeof(U) * 8 - 1));
   std::atomic<bool> found{false};
   at::parallel_for(0, n, int64_t(1) << 16, [&](int64_t begin, int64_t end) {
@@ -119,11 +125,21 @@ bool any_exponent_full(const U* v, int64_t n, U exponent) {
   return found;
 }
 
+// Whether x's elements are numel values from its data pointer on, in memory (not a zero tensor, a Python
+// subclass or a storage resized away), with no lazy negation to apply: what the passes below may read directly.
+bool dense_in_memory(const at::Tensor& x) {
+  return x.device().is_cpu() && x.layout() == at::kStrided && !x.key_set().has(c10::DispatchKey::Python) &&
+         !x._is_zerotensor() && x.has_storage() && !x.is_neg() && x.is_non_overlapping_and_dense() &&
+         holds_its_elements(x);
+}
+
+constexpr uint32_t kF32Exponent = 0x7f800000;
+
 #ifdef RESNET_EXT_AVX512_LANES
 // y[i] = x[i] rounded to bf16 as c10::BFloat16 rounds a finite float (to nearest, ties to even: add 0x7fff plus the
 // kept part's lowest bit, keep the top half); returns whether any x[i] was inf or NaN (the carry test above).
 RESNET_EXT_LANES_TARGET bool to_bf16_finite(const uint32_t* x, uint16_t* y, int64_t n) {
-  const __m512i exponent = _mm512_set1_epi32(0x7f800000), low = _mm512_set1_epi32(0x00800000);
+  const __m512i exponent = _mm512_set1_epi32(kF32Exponent), low = _mm512_set1_epi32(lowest_bit(kF32Exponent));
   const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7fff);
   __m512i acc = _mm512_setzero_si512();
   for (int64_t i = 0; i < n; i += 16) {
@@ -141,8 +157,7 @@ RESNET_EXT_LANES_TARGET bool to_bf16_finite(const uint32_t* x, uint16_t* y, int6
 
 at::Tensor finite_bfloat16(const at::Tensor& x) {
 #ifdef RESNET_EXT_AVX512_LANES
-  if (lanes::supported() && x.device().is_cpu() && x.layout() == at::kStrided && x.scalar_type() == at::kFloat &&
-      !x.key_set().has(c10::DispatchKey::Python) && x.has_storage() && x.is_non_overlapping_and_dense()) {
+  if (lanes::supported() && x.scalar_type() == at::kFloat && dense_in_memory(x)) {
     // Same strides: the elements lie in the same order in both, numel values from each data pointer on.
     at::Tensor y = at::empty_strided(x.sizes(), x.strides(), x.options().dtype(at::kBFloat16));
     const uint32_t* xp = static_cast<const uint32_t*>(x.const_data_ptr());
@@ -158,12 +173,11 @@ at::Tensor finite_bfloat16(const at::Tensor& x) {
 }
 
 bool all_finite(const at::Tensor& x) {
-  if (x.device().is_cpu() && x.layout() == at::kStrided && !x.key_set().has(c10::DispatchKey::Python) &&
-      x.has_storage() && x.is_non_overlapping_and_dense()) {  // its elements: numel values from data_ptr on
+  if (dense_in_memory(x)) {
     const void* p = x.const_data_ptr();
     switch (x.scalar_type()) {
       case at::kFloat:
-        return !any_exponent_full(static_cast<const uint32_t*>(p), x.numel(), uint32_t(0x7f800000));
+        return !any_exponent_full(static_cast<const uint32_t*>(p), x.numel(), kF32Exponent);
       case at::kBFloat16:
         return !any_exponent_full(static_cast<const uint16_t*>(p), x.numel(), uint16_t(0x7f80));
       case at::kHalf:

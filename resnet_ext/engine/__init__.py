@@ -26,7 +26,6 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from .._C_loader import _C
 from .. import switches
 from ..switches import on_cuda
 from . import cpu, cuda, frozen, fused_train, units

@@ -467,14 +467,19 @@ def _nchw_1x1(t: Tensor) -> Tensor:
     return t
 
 
+def _prefetch_of(wb):
+    """The next unit's weight that an own-op unit fetches as it computes (`with_prefetch`), or None."""
+    return wb[3] if len(wb) > 3 else None
+
+
 def _own(u: Unit, x: Tensor, wb, residual: Optional[Tensor], relu: bool) -> Tensor:
     """A unit on resnet_ext's own op (`OWN`); STEM takes no residual. wb[3], where there is one: the next unit's
     weight, which the op fetches into cache as it computes (`with_prefetch`)."""
     if wb[0] is WINO:
-        return ops.winograd3x3(x, wb[1], wb[2], residual, relu, wb[3] if len(wb) > 3 else None)
+        return ops.winograd3x3(x, wb[1], wb[2], residual, relu, _prefetch_of(wb))
     if wb[0] is STEM:
         return ops.conv_stem(x, wb[1], wb[2], relu, u.conv.kernel_size, u.conv.stride, u.conv.padding)
-    return ops.conv1x1(x, wb[1], wb[2], residual, relu, u.conv.stride[0], wb[3] if len(wb) > 3 else None)
+    return ops.conv1x1(x, wb[1], wb[2], residual, relu, u.conv.stride[0], _prefetch_of(wb))
 
 
 def _conv(u: Unit, x: Tensor, wb) -> Tensor:
@@ -506,8 +511,7 @@ def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
             return ops.add_act_(_own(u, y, wb, None, False), residual, True)
         residual = residual.contiguous(memory_format=torch.channels_last)
         if wb[0] is CONV1X1 and CONV1X1_IN_PLACE:  # the sum written over the residual
-            return ops.conv1x1_add_(residual, y, wb[1], wb[2], True, u.conv.stride[0],
-                                    wb[3] if len(wb) > 3 else None)
+            return ops.conv1x1_add_(residual, y, wb[1], wb[2], True, u.conv.stride[0], _prefetch_of(wb))
         return _own(u, y, wb, residual, True)
     if wb[0] is UNFOLDED:
         return ops.unfolded_unit(u.conv, u.bn, _nchw_1x1(y), wb[1], wb[2], True, residual)
@@ -691,7 +695,8 @@ def all_finite(x: Tensor) -> bool:
     forward, where ATen's sum, the check before, ran on cold code (the forward's weights stream through the L3): the
     frozen resnet50's entry at 1x3x224x224 took 0.04-0.07 ms less in bf16 and 0.10-0.13 ms less in fp32 with this
     pass (benchmarks/cpu_forward_segments.py, benchmarks/results/2026-12-05-cpu-head/); since 2026-12-06 the pass
-    vectorizes (84 -> 18 us alone on that input in cache; 88-100 -> 24-29 us inside the forward)."""
+    vectorizes (84 -> 6-11 us alone on that input in cache, benchmarks/cpu_entry_alone.py; 88-100 -> 24-29 us inside
+    the forward, benchmarks/cpu_entry_split.py; benchmarks/results/2026-12-06-cpu-entry/)."""
     return _C.all_finite(x)
 
 
