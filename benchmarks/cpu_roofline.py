@@ -1,5 +1,5 @@
 """Where a frozen CPU forward's time goes, against the machine's peak: each conv unit's time (torch.profiler, the
-op's own event: oneDNN's convolution or resnet_ext's winograd3x3 / conv1x1 / conv_stem) and multiply-adds
+op's own event: oneDNN's convolution or resnet_ext's winograd3x3 / conv1x1 / conv_stem / conv_direct) and multiply-adds
 (direct convolution's, so a Winograd unit can run above 100%), summed per kind of unit (stem, 1x1, 3x3 stride 1,
 3x3 stride 2) and per op, with the max pool, the fc and the rest of the forward; GFLOP/s and the share of PEAK.
 Usage: python benchmarks/cpu_roofline.py [ARCH] [BATCH] [cl|nchw] [bf16|fp32] [PEAK_GFLOPS]   (2 threads; idle
@@ -17,7 +17,9 @@ import resnet_ext
 from resnet_ext.engine import structure
 
 CONV_OPS = ("mkldnn::_convolution_pointwise", "mkldnn::_convolution_pointwise_", "resnet_ext::winograd3x3",
-            "resnet_ext::conv1x1", "resnet_ext::conv_stem")
+            "resnet_ext::conv1x1", "resnet_ext::conv1x1_add_", "resnet_ext::conv_stem",
+            "resnet_ext::conv_direct")
+IN_PLACE_OPS = ("mkldnn::_convolution_pointwise_", "resnet_ext::conv1x1_add_")  # output first, input second
 OTHER_OPS = {"resnet_ext::max_pool_nhwc": "max pool", "aten::addmm": "fc"}
 
 
@@ -70,7 +72,7 @@ def main() -> None:
     per_op = collections.defaultdict(lambda: [0.0, 0])
     for i, e in enumerate(convs):
         u = units[i % len(units)]
-        n, c, h, w = e.input_shapes[0] if e.name != "mkldnn::_convolution_pointwise_" else e.input_shapes[1]
+        n, c, h, w = e.input_shapes[1 if e.name in IN_PLACE_OPS else 0]
         cv = u.conv
         oh = (h + 2 * cv.padding[0] - cv.kernel_size[0]) // cv.stride[0] + 1
         ow = (w + 2 * cv.padding[1] - cv.kernel_size[1]) // cv.stride[1] + 1
