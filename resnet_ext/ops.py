@@ -300,6 +300,28 @@ def conv_stem(x: Tensor, w: Tensor, bias: Tensor, relu: bool, kernel_size: IntPa
     return torch.ops.resnet_ext.conv_stem(x, w, bias, relu, kernel_size, stride, padding)
 
 
+@torch.library.register_fake("resnet_ext::conv_direct")
+def _conv_direct_fake(x, w, bias, relu, kernel_size, stride, padding, prefetch_addr=0, prefetch_bytes=0):
+    return _conv_stem_fake(x, w, bias, relu, kernel_size, stride, padding)
+
+
+def conv_direct_weight(weight: Tensor) -> Tensor:
+    """A [K, C, KH, KW] weight packed for `conv_direct` (a copy), K a multiple of 64 (C even for bfloat16): the
+    KH * KW taps' C values one after another in NHWC order, packed as `conv1x1_weight` packs a 1x1 weight of that
+    many input channels."""
+    k = weight.shape[0]
+    return conv1x1_weight(weight.detach().permute(0, 2, 3, 1).reshape(k, -1, 1, 1))
+
+
+def conv_direct(x: Tensor, w: Tensor, bias: Tensor, relu: bool, kernel_size: IntPair, stride: IntPair,
+                padding: IntPair, prefetch: Union[Tensor, Tuple[int, int], None] = None) -> Tensor:
+    """relu?(conv(x) + bias), dilation 1, one group, on `w = conv_direct_weight(weight)`: each output pixel's kernel
+    taps read in place from x (channels_last; zeros for taps in the padding) by `conv1x1`'s register tiles, the
+    epilogue fused (CPU, float32 or bfloat16, output channels a multiple of 64, channels_last output; CPUs where
+    `conv1x1_supported(dtype)`). `prefetch` as in `winograd3x3`."""
+    return torch.ops.resnet_ext.conv_direct(x, w, bias, relu, kernel_size, stride, padding, *prefetch_range(prefetch))
+
+
 def conv1x1_supported(dtype: torch.dtype) -> bool:
     """Whether this CPU runs `conv1x1` and `conv_stem` on inputs of `dtype` (AVX-512; AVX512-BF16 for bfloat16).
     Asked of the op once per dtype (the answer does not change; an op call's code is cold inside a forward)."""

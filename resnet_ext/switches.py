@@ -10,6 +10,7 @@ call. The hot paths read `switch.on`.
     cpu_winograd   the CPU modes' 3x3 convs by Winograd where it pays (default on)
     cpu_conv1x1    the frozen CPU mode's 1x1 convs as resnet_ext's own GEMM where it pays (default on)
     cpu_stem       the frozen CPU mode's stem conv as resnet_ext's own op where it pays (default on)
+    cpu_direct     the frozen CPU mode's other kxk convs as resnet_ext's own direct conv where it pays (default on)
     cpu_prefetch   the frozen CPU mode's own ops fetch the next unit's weight into cache where it pays (default on)
     cpu_onednn_graph  the frozen CPU mode's convolutions as one oneDNN Graph where it pays (opt-in)
     bn_optin       the training BN's opt-in CUDA kernels (experimental build, opt-in)
@@ -98,8 +99,13 @@ channels: the 7x7 on RGB) as resnet_ext's own op, `ops.conv_stem`, where it pays
 on); off, oneDNN runs it. Returns the setting in force before the call; the next forward of each input size follows
 it.""")
 
-cpu_prefetch = switch("cpu_prefetch", default=True, doc="""Whether the frozen CPU mode's Winograd and 1x1 units on
-resnet_ext's own ops fetch the next unit's weight into cache as they compute, where it pays
+cpu_direct = switch("cpu_direct", default=True, doc="""Whether the frozen CPU mode may run kxk convs that neither
+Winograd nor the stem's op takes (resnet's 3x3 stride-2 convs) as resnet_ext's own direct convolution,
+`ops.conv_direct`, where it pays (`engine.cpu.direct_pays`; default on); off, oneDNN runs them. Returns the setting
+in force before the call; the next forward of each input size follows it.""")
+
+cpu_prefetch = switch("cpu_prefetch", default=True, doc="""Whether the frozen CPU mode's Winograd, 1x1 and direct
+units on resnet_ext's own ops fetch the next unit's weight into cache as they compute, where it pays
 (`engine.cpu.prefetch_pays`: batch 1 at 224x224 and smaller inputs; default on); off, each unit's weight is read
 from memory when that unit starts. It changes no value. Returns the setting in force before the call; the next
 forward of each input size follows it.""")
@@ -113,8 +119,8 @@ resnet_ext's own GEMM, the graph is the slower: bf16 0.87-0.96x the plan, benchm
 traced graph, with its weights and oneDNN's compiled partitions, until the process ends (pytorch/pytorch#35600), so
 each frozen model and input shape run this way holds its memory for good -- fine for a process that freezes once
 and serves, not for one that makes and drops models. Off, or where the graph cannot be made, the per-unit plan runs
-(`path_counts()`: `onednn_graph` or `onednn_prepacked`/`winograd`/`conv1x1`/`conv_stem`). Returns the setting in force before the call;
-the next forward of each input shape follows it.""")
+(`path_counts()`: `onednn_graph` or `onednn_prepacked`/`winograd`/`conv1x1`/`conv_stem`/`conv_direct`). Returns the
+setting in force before the call; the next forward of each input shape follows it.""")
 
 bn_optin = switch("bn_optin", experimental=True, native=("bn_optin", "set_bn_optin"), doc="""Whether the training
 BN runs its opt-in CUDA kernels (csrc/experimental/bn_act_optin.cuh: a parallel final pass of the BN sums, not yet

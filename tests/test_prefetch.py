@@ -111,9 +111,10 @@ def test_opcheck_with_a_prefetch():
 @f32_only
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_the_plan_prefetches_each_next_weight_and_changes_no_bit(dtype, no_amx):
-    """Batch 1 at 64x64 (within PREFETCH_PIXELS): each Winograd and 1x1 unit is given the next unit's weight (its own
-    op's packed one or the oneDNN-packed tensor; the last unit the fc's), counted "prefetch" from the call after the one
-    that plans; the logits are bitwise those of the same frozen model with the switch off (a plan of its own)."""
+    """Batch 1 at 64x64 (within PREFETCH_PIXELS): each Winograd, 1x1 and direct unit is given the next unit's weight
+    (its own op's packed one or the oneDNN-packed tensor; the last unit the fc's), counted "prefetch" from the call
+    after the one that plans; the logits are bitwise those of the same frozen model with the switch off (a plan of
+    its own)."""
     ours, tv = frozen_pair("resnet50", None if dtype == torch.float32 else dtype)
     x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     out, counts = {}, {}
@@ -132,7 +133,7 @@ def test_the_plan_prefetches_each_next_weight_and_changes_no_bit(dtype, no_amx):
     with_pf = [p for p in programs if any(len(wb) > 3 for wb in p)]
     assert len(with_pf) == 1
     program = with_pf[0]
-    expected = [i for i, wb in enumerate(program) if wb[0] is cpu.WINO or wb[0] is cpu.CONV1X1]
+    expected = [i for i, wb in enumerate(program) if wb[0] is cpu.WINO or wb[0] is cpu.CONV1X1 or wb[0] is cpu.DIRECT]
     assert expected and [i for i, wb in enumerate(program) if len(wb) > 3] == expected
     for i in expected:  # the last unit: the fc's weight (fc_prefetch)
         nxt = program[i + 1] if i + 1 < len(program) else None

@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <vector>
 
 #include "cpu_gemm.h"
 
@@ -30,7 +31,10 @@ using resnet_ext::cpu_gemm::kPanelVecs;
 using resnet_ext::cpu_gemm::kRows;
 using resnet_ext::cpu_gemm::kVec;
 using resnet_ext::cpu_gemm::Prefetch;
+using resnet_ext::cpu_gemm::Strided;
+using resnet_ext::cpu_gemm::Gathered;
 
+constexpr int64_t kDirectPanelBytes = 640 << 10;  // conv_direct: a panel's weights summed in one group, at most
 constexpr int64_t kBlockRows = 96;  // rows of A per item of work, at most (reused from cache by every panel of B)
 
 // GCC 12 warns about the undefined vectors inside its own AVX-512 intrinsics (a false positive, as in winograd.cpp).
@@ -92,7 +96,7 @@ RESNET_EXT_F32_TARGET void tile_f32(const float* a, int64_t c, const float* b, f
 #ifdef RESNET_EXT_AVX512_GEMM
   __m512 acc[R][NV];
   zero_tile(acc);
-  resnet_ext::cpu_gemm::dot_f32_pf<R, NV>(a, c, b, NV * kVec, c, acc, pf);
+  resnet_ext::cpu_gemm::dot_f32_pf<R, NV>(Strided<float>{a, c}, b, NV * kVec, c, acc, pf);
   store_tile<R, NV>(acc, y, k, bias, res, relu);
 #endif
 }
@@ -103,7 +107,7 @@ RESNET_EXT_BF16_TARGET void tile_bf16(const bf16* a, int64_t c, const bf16* b, b
 #ifdef RESNET_EXT_AVX512_GEMM
   __m512 acc[R][NV];
   zero_tile(acc);
-  resnet_ext::cpu_gemm::dot_bf16_pf<R, NV>(a, c, b, NV * kVec, c, acc, pf);
+  resnet_ext::cpu_gemm::dot_bf16_pf<R, NV>(Strided<bf16>{a, c}, b, NV * kVec, c, acc, pf);
   store_tile<R, NV>(acc, y, k, bias, res, relu);
 #endif
 }
@@ -147,6 +151,66 @@ RESNET_EXT_BF16_TARGET void stem_tile_bf16(const bf16* a, Rows ar, const bf16* b
 #endif
 }
 
+// conv_direct's tiles: R output pixels by a panel, the sum over `taps` kernel taps of `c` input channels each; row
+// r's input for tap t at rows[t * kRows + r] (a pixel of x read in place, or a run of zeros for a tap in the
+// padding), the taps' weights one after another in the panel. A panel too large for the cache is summed in groups
+// of taps (`Part`): each group's sums go through an fp32 buffer, rows of 64, and only the last group stores y.
+struct Part {
+  float* sums;  // nullptr: one group (the whole sum in registers)
+  bool first, last;
+};
+
+#ifdef RESNET_EXT_AVX512_GEMM
+template <int R, int NV>
+RESNET_EXT_F32_TARGET [[gnu::always_inline]] inline void start_part(__m512 (&acc)[R][NV], Part part) {
+  if (part.first) return zero_tile(acc);
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) acc[r][j] = _mm512_loadu_ps(part.sums + r * kPanelVecs * kVec + kVec * j);
+}
+
+template <int R, int NV>
+RESNET_EXT_F32_TARGET [[gnu::always_inline]] inline void keep_part(__m512 (&acc)[R][NV], Part part) {
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) _mm512_storeu_ps(part.sums + r * kPanelVecs * kVec + kVec * j, acc[r][j]);
+}
+#endif
+
+template <int R, int NV>
+RESNET_EXT_F32_TARGET void direct_tile_f32(const float* const* rows, int64_t taps, int64_t c, const float* b, float* y,
+                                           int64_t k, const float* bias, bool relu, Prefetch& pf, Part part) {
+#ifdef RESNET_EXT_AVX512_GEMM
+  __m512 acc[R][NV];
+  start_part(acc, part);
+  for (int64_t t = 0; t < taps; ++t)
+    resnet_ext::cpu_gemm::dot_f32_pf<R, NV>(Gathered<float>{rows + t * kRows}, b + t * c * NV * kVec, NV * kVec, c,
+                                            acc, pf);
+  if (part.last)
+    store_tile<R, NV>(acc, y, k, bias, nullptr, relu);
+  else
+    keep_part(acc, part);
+#endif
+}
+
+template <int R, int NV>
+RESNET_EXT_BF16_TARGET void direct_tile_bf16(const bf16* const* rows, int64_t taps, int64_t c, const bf16* b, bf16* y,
+                                             int64_t k, const float* bias, bool relu, Prefetch& pf, Part part) {
+#ifdef RESNET_EXT_AVX512_GEMM
+  __m512 acc[R][NV];
+  start_part(acc, part);
+  for (int64_t t = 0; t < taps; ++t)
+    resnet_ext::cpu_gemm::dot_bf16_pf<R, NV>(Gathered<bf16>{rows + t * kRows}, b + t * c * NV * kVec, NV * kVec, c,
+                                             acc, pf);
+  if (part.last)
+    store_tile<R, NV>(acc, y, k, bias, nullptr, relu);
+  else
+    keep_part(acc, part);
+#endif
+}
+
 #pragma GCC diagnostic pop
 
 // Tiles of 1 to 6 rows by a whole panel.
@@ -154,17 +218,24 @@ template <class T>
 using Tile = void (*)(const T*, int64_t, const T*, T*, int64_t, const float*, const T*, bool, Prefetch&);
 template <class T>
 using StemTile = void (*)(const T*, Rows, const T*, T*, int64_t, const float*, bool);
+template <class T>
+using DirectTile = void (*)(const T* const*, int64_t, int64_t, const T*, T*, int64_t, const float*, bool, Prefetch&,
+                            Part);
 #define RESNET_EXT_TABLE(F) {&F<1, 4>, &F<2, 4>, &F<3, 4>, &F<4, 4>, &F<5, 4>, &F<6, 4>}
 constexpr Tile<float> kTilesF32[kRows] = RESNET_EXT_TABLE(tile_f32);
 constexpr Tile<bf16> kTilesBF16[kRows] = RESNET_EXT_TABLE(tile_bf16);
 constexpr StemTile<float> kStemTilesF32[kRows] = RESNET_EXT_TABLE(stem_tile_f32);
 constexpr StemTile<bf16> kStemTilesBF16[kRows] = RESNET_EXT_TABLE(stem_tile_bf16);
+constexpr DirectTile<float> kDirectTilesF32[kRows] = RESNET_EXT_TABLE(direct_tile_f32);
+constexpr DirectTile<bf16> kDirectTilesBF16[kRows] = RESNET_EXT_TABLE(direct_tile_bf16);
 #undef RESNET_EXT_TABLE
 
 const Tile<float> (&tiles_of(float))[kRows] { return kTilesF32; }
 const Tile<bf16> (&tiles_of(bf16))[kRows] { return kTilesBF16; }
 const StemTile<float> (&stem_tiles_of(float))[kRows] { return kStemTilesF32; }
 const StemTile<bf16> (&stem_tiles_of(bf16))[kRows] { return kStemTilesBF16; }
+const DirectTile<float> (&direct_tiles_of(float))[kRows] { return kDirectTilesF32; }
+const DirectTile<bf16> (&direct_tiles_of(bf16))[kRows] { return kDirectTilesBF16; }
 
 bool runs_here(at::ScalarType t) {
   return t == at::kFloat ? resnet_ext::cpu_gemm::runs_f32() : resnet_ext::cpu_gemm::runs_bf16();
@@ -176,6 +247,30 @@ constexpr int64_t kPanel = kPanelVecs * kVec;  // output channels per panel of t
 std::vector<int64_t> w_shape(at::ScalarType t, int64_t c, int64_t k) {
   if (t == at::kFloat) return {k / kPanel, c, kPanel};
   return {k / kPanel, c / 2, kPanel, 2};
+}
+
+// The GEMM ops' work on p rows (output pixels) by `panels` 64-channel panels of the weight: items of blocks of rows
+// (balanced, multiples of a tile's rows) by panels, rows outer, so that each thread takes whole blocks of rows (read
+// once, from cache for every panel, and written by the thread that the next unit's same rows go to). `fn(r0, r1,
+// k0, pf)` runs rows [r0, r1) of panel k0 with its item's share of the prefetch lines (`steps`: depth steps a
+// row).
+template <class F>
+void for_each_item(int64_t p, int64_t panels, int64_t steps, const void* pf_base, int64_t pf_lines, const F& fn) {
+  int64_t blocks = (p + kBlockRows - 1) / kBlockRows;
+  // At least 4 items per thread where the rows allow: a small map's few items (a 7x7 map at batch 1: one block of
+  // rows by 8 panels; with 16 threads, half of them idle) are split into smaller blocks of rows. The sums do not
+  // depend on the split.
+  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
+  if (blocks * panels < want) blocks = std::min((p + kRows - 1) / kRows, (want + panels - 1) / panels);
+  const int64_t rows = ((p + blocks - 1) / blocks + kRows - 1) / kRows * kRows;
+  const int64_t items = (p + rows - 1) / rows * panels;  // rows rounded up to whole tiles may need fewer blocks
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t r0 = item / panels * rows, r1 = std::min(p, r0 + rows);
+      Prefetch pf = Prefetch::share(pf_base, 0, pf_lines, item, items, (r1 - r0 + kRows - 1) / kRows * steps);
+      fn(r0, r1, item % panels * kPanel, pf);
+    }
+  });
 }
 
 // `in_place`: y is the residual itself, each element read by its tile's epilogue just before it is overwritten.
@@ -201,28 +296,66 @@ Tensor conv1x1(const Tensor& x_in, const Tensor& w, const Tensor& bias, const st
   const T* rp = residual.has_value() ? residual->const_data_ptr<T>() : nullptr;
   T* yp = y.mutable_data_ptr<T>();
   const auto& tiles = tiles_of(T{});
-  // Items: blocks of rows (balanced, multiples of a tile's rows) by 64-channel panels of the weight, rows outer,
-  // so that each thread takes whole blocks of rows (read once, from cache for every panel).
-  const int64_t panels = k / kPanel;
-  int64_t blocks = (p + kBlockRows - 1) / kBlockRows;
-  // At least 4 items per thread where the rows allow: a small map's few items (a 7x7 map at batch 1: one block of
-  // rows by 8 panels; with 16 threads, half of them idle) are split into smaller blocks of rows. The sums do not
-  // depend on the split.
-  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
-  if (blocks * panels < want) blocks = std::min((p + kRows - 1) / kRows, (want + panels - 1) / panels);
-  const int64_t rows = ((p + blocks - 1) / blocks + kRows - 1) / kRows * kRows;
-  const int64_t items = blocks * panels, steps = std::is_same_v<T, float> ? c : c / 2;  // depth steps a row
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t r0 = item / panels * rows, r1 = std::min(p, r0 + rows);
-      const int64_t k0 = item % panels * kPanel;
-      Prefetch pf = Prefetch::share(pf_base, 0, pf_lines, item, items, (r1 - r0 + kRows - 1) / kRows * steps);
-      for (int64_t t = r0; t < r1; t += kRows) {
-        const auto tile = tiles[std::min<int64_t>(kRows, r1 - t) - 1];
-        tile(xp + t * c, c, wp + k0 * c, yp + t * k + k0, k, bp + k0, rp ? rp + t * k + k0 : nullptr, relu, pf);
-      }
-    }
-  });
+  for_each_item(p, k / kPanel, std::is_same_v<T, float> ? c : c / 2, pf_base, pf_lines,
+                [&](int64_t r0, int64_t r1, int64_t k0, Prefetch& pf) {
+                  for (int64_t t = r0; t < r1; t += kRows) {
+                    const auto tile = tiles[std::min<int64_t>(kRows, r1 - t) - 1];
+                    tile(xp + t * c, c, wp + k0 * c, yp + t * k + k0, k, bp + k0, rp ? rp + t * k + k0 : nullptr,
+                         relu, pf);
+                  }
+                });
+  return y;
+}
+
+// resnet_ext::conv_direct: y = relu?(conv(x, w) + bias) for any kernel, stride and padding (dilation 1, one group)
+// on channels_last maps, as the sum over the kernel's taps of GEMMs on the tiles: each tile row's input for a tap is
+// a pixel of x read in place (no im2col, no padded copy), or a run of zeros where the tap falls in the padding;
+// output pixels are the GEMM's rows, so tiles run across output rows at full height on small maps. w packed by
+// ops.conv_direct_weight: [K / 64, KH * KW * C, 64] (bfloat16: channel pairs interleaved), the taps in (kh, kw)
+// order.
+template <class T>
+Tensor conv_direct(const Tensor& x, const Tensor& w, const Tensor& bias, bool relu, int64_t kh, int64_t kw, int64_t sh,
+                   int64_t sw, int64_t ph, int64_t pw, const void* pf_base, int64_t pf_lines) {
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), wd = x.size(3), k = bias.size(0);
+  const int64_t oh = (h + 2 * ph - kh) / sh + 1, ow = (wd + 2 * pw - kw) / sw + 1, taps = kh * kw;
+  Tensor y = at::empty({n, k, oh, ow}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (y.numel() == 0) return y;
+  const Tensor b = bias.to(at::kFloat).contiguous();
+  const Tensor zeros = at::zeros({c}, x.options());  // what a tap in the padding reads
+  const T* xp = x.const_data_ptr<T>();
+  const T* zp = zeros.const_data_ptr<T>();
+  const T* wp = w.const_data_ptr<T>();
+  const float* bp = b.const_data_ptr<float>();
+  T* yp = y.mutable_data_ptr<T>();
+  const auto& tiles = direct_tiles_of(T{});
+  // Taps per group: a panel's weights over kDirectPanelBytes (fp32 3x3 on 512 channels: 1.2 MB) would be read
+  // from beyond the core's L2 by every tile of the item; in groups each is read once per item from cache.
+  const int64_t tap_bytes = c * kPanel * static_cast<int64_t>(sizeof(T));
+  const int64_t group =
+      taps * tap_bytes <= kDirectPanelBytes ? taps : std::max<int64_t>(1, kDirectPanelBytes / tap_bytes);
+  const int64_t steps = taps * (std::is_same_v<T, float> ? c : c / 2);
+  for_each_item(n * oh * ow, k / kPanel, steps, pf_base, pf_lines,
+                [&](int64_t r0, int64_t r1, int64_t k0, Prefetch& pf) {
+                  std::vector<const T*> rows(taps * kRows, zp);
+                  std::vector<float> sums(group < taps ? (r1 - r0) * kPanel : 0);
+                  for (int64_t g = 0; g < taps; g += group) {
+                    const int64_t gt = std::min(group, taps - g);
+                    for (int64_t t = r0; t < r1; t += kRows) {
+                      const int64_t nr = std::min<int64_t>(kRows, r1 - t);
+                      for (int64_t r = 0; r < nr; ++r) {
+                        const int64_t q = t + r, ni = q / (oh * ow), yi = q / ow % oh * sh - ph, xi = q % ow * sw - pw;
+                        for (int64_t tap = g; tap < g + gt; ++tap) {
+                          const int64_t i = yi + tap / kw, j = xi + tap % kw;
+                          const bool in = i >= 0 && i < h && j >= 0 && j < wd;
+                          rows[(tap - g) * kRows + r] = in ? xp + ((ni * h + i) * wd + j) * c : zp;
+                        }
+                      }
+                      const Part part{sums.empty() ? nullptr : sums.data() + (t - r0) * kPanel, g == 0, g + gt == taps};
+                      tiles[nr - 1](rows.data(), gt, c, wp + (k0 * taps + g * kPanel) * c, yp + t * k + k0, k,
+                                    bp + k0, relu, pf, part);
+                    }
+                  }
+                });
   return y;
 }
 
@@ -369,6 +502,48 @@ Tensor conv_stem_cpu(const Tensor& x, const Tensor& w, const Tensor& bias, bool 
              : conv_stem<bf16>(x, w, bias, relu, kh, kw, stride[0], stride[1], padding[0], padding[1]);
 }
 
+Tensor conv_direct_cpu(const Tensor& x, const Tensor& w, const Tensor& bias, bool relu, at::IntArrayRef kernel_size,
+                       at::IntArrayRef stride, at::IntArrayRef padding, int64_t prefetch_addr, int64_t prefetch_bytes) {
+  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu() && bias.device().is_cpu(),
+              "conv_direct: x, w and bias must be CPU tensors, got ", x.device(), ", ", w.device(), ", ",
+              bias.device());
+  TORCH_CHECK(x.dim() == 4 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
+              "conv_direct: x must be a 4-d float32 or bfloat16 tensor (N, C, H, W), got ", x.dim(), "-d ",
+              x.scalar_type());
+  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "conv_direct: x must be channels_last contiguous, got strides ", x.strides());
+  TORCH_CHECK(kernel_size.size() == 2 && kernel_size[0] > 0 && kernel_size[1] > 0,
+              "conv_direct: kernel_size must be two positive ints, got ", kernel_size);
+  TORCH_CHECK(stride.size() == 2 && stride[0] > 0 && stride[1] > 0,
+              "conv_direct: stride must be two positive ints, got ", stride);
+  TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0,
+              "conv_direct: padding must be two non-negative ints, got ", padding);
+  const at::ScalarType t = x.scalar_type();
+  const bool f32 = t == at::kFloat;
+  TORCH_CHECK(runs_here(t), "conv_direct: ", name(t), " needs a CPU with AVX-512", f32 ? "" : " and AVX512-BF16",
+              ", which this one lacks (use oneDNN's convolution)");
+  const int64_t c = x.size(1), k = bias.dim() == 1 ? bias.size(0) : -1, kh = kernel_size[0], kw = kernel_size[1];
+  TORCH_CHECK(k > 0 && k % kPanel == 0 && (bias.scalar_type() == at::kFloat || bias.scalar_type() == t),
+              "conv_direct: bias must be a ", f32 ? "float32" : "float32 or bfloat16",
+              " vector of the output channels, a positive multiple of 64, got ", bias.scalar_type(), " ",
+              bias.sizes());
+  TORCH_CHECK(c > 0 && (f32 || c % 2 == 0), "conv_direct: x must have a positive", f32 ? "" : ", even",
+              " number of channels, got ", c);
+  TORCH_CHECK(x.size(2) + 2 * padding[0] >= kh && x.size(3) + 2 * padding[1] >= kw,
+              "conv_direct: the padded input (", x.size(2) + 2 * padding[0], " x ", x.size(3) + 2 * padding[1],
+              ") is smaller than the kernel (", kh, " x ", kw, ")");
+  TORCH_CHECK(w.scalar_type() == t && w.sizes() == at::IntArrayRef(w_shape(t, kh * kw * c, k)) && w.is_contiguous(),
+              "conv_direct: w must be the contiguous packed ", name(t), " weight ",
+              at::IntArrayRef(w_shape(t, kh * kw * c, k)), " (ops.conv_direct_weight) for C=", c, ", K=", k,
+              ", kernel ", kh, "x", kw, ", got ", w.scalar_type(), " ", w.sizes(), " strides ", w.strides());
+  const int64_t pf_lines = Prefetch::lines("conv_direct", prefetch_addr, prefetch_bytes);
+  const void* pf_base = reinterpret_cast<const void*>(prefetch_addr);
+  return f32 ? conv_direct<float>(x, w, bias, relu, kh, kw, stride[0], stride[1], padding[0], padding[1], pf_base,
+                                  pf_lines)
+             : conv_direct<bf16>(x, w, bias, relu, kh, kw, stride[0], stride[1], padding[0], padding[1], pf_base,
+                                 pf_lines);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(resnet_ext, m) {
@@ -385,6 +560,11 @@ TORCH_LIBRARY_FRAGMENT(resnet_ext, m) {
   // ops.conv_stem_weight; channels_last output. CPU, float32 or bfloat16; the frozen CPU plan's stem.
   m.def("conv_stem(Tensor x, Tensor w, Tensor bias, bool relu, int[2] kernel_size, int[2] stride, int[2] padding) "
         "-> Tensor");
+  // y = relu?(conv(x, w, stride, padding) + bias), dilation 1, one group, each output pixel's kernel taps read in
+  // place from x (channels_last; zeros for taps in the padding), w packed by ops.conv_direct_weight; channels_last
+  // output. CPU, float32 or bfloat16; the frozen CPU plan's kxk convs that Winograd leaves to oneDNN.
+  m.def("conv_direct(Tensor x, Tensor w, Tensor bias, bool relu, int[2] kernel_size, int[2] stride, int[2] padding, "
+        "int prefetch_addr=0, int prefetch_bytes=0) -> Tensor");
   // Whether this CPU runs conv1x1 and conv_stem for inputs of this dtype (AVX-512; AVX512-BF16 for bfloat16).
   m.def("conv1x1_supported(ScalarType dtype) -> bool",
         [](at::ScalarType t) { return (t == at::kFloat || t == at::kBFloat16) && runs_here(t); });
@@ -394,4 +574,5 @@ TORCH_LIBRARY_IMPL(resnet_ext, CPU, m) {
   m.impl("conv1x1", &conv1x1_cpu);
   m.impl("conv1x1_add_", &conv1x1_add_cpu);
   m.impl("conv_stem", &conv_stem_cpu);
+  m.impl("conv_direct", &conv_direct_cpu);
 }

@@ -82,11 +82,25 @@ inline bool runs_bf16() {
   return ok;
 }
 
-// acc[r][j] += sum over i < depth of a[r * lda + i] * b[i * ldb + 16 j .. + 16).
+// Operand A of a tile, value i of row r: R rows `lda` apart (the GEMMs), or at R addresses (conv_direct's pixels,
+// each kernel tap's input read in place).
+template <class T>
+struct Strided {
+  const T* a;
+  int64_t lda;
+  const T* at(int r, int64_t i) const { return a + r * lda + i; }
+};
+template <class T>
+struct Gathered {
+  const T* const* p;
+  const T* at(int r, int64_t i) const { return p[r] + i; }
+};
+
+// acc[r][j] += sum over i < depth of a.at(r, i) * b[i * ldb + 16 j .. + 16).
 // PF: one step of `pf` per depth step.
-template <int R, int NV, bool PF = false>
-RESNET_EXT_F32_TARGET [[gnu::always_inline]] inline void dot_f32(const float* a, int64_t lda, const float* b,
-                                                                 int64_t ldb, int64_t depth, __m512 (&acc)[R][NV],
+template <int R, int NV, bool PF = false, class Rows>
+RESNET_EXT_F32_TARGET [[gnu::always_inline]] inline void dot_f32(const Rows& a, const float* b, int64_t ldb,
+                                                                 int64_t depth, __m512 (&acc)[R][NV],
                                                                  Prefetch* pf = nullptr) {
   for (int64_t i = 0; i < depth; ++i) {
     if constexpr (PF) pf->step();
@@ -95,21 +109,28 @@ RESNET_EXT_F32_TARGET [[gnu::always_inline]] inline void dot_f32(const float* a,
     for (int j = 0; j < NV; ++j) bv[j] = _mm512_loadu_ps(b + i * ldb + kVec * j);
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {
-      const __m512 av = _mm512_set1_ps(a[r * lda + i]);
+      const __m512 av = _mm512_set1_ps(*a.at(r, i));
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) acc[r][j] = _mm512_fmadd_ps(av, bv[j], acc[r][j]);
     }
   }
 }
 
+template <int R, int NV, bool PF = false>
+RESNET_EXT_F32_TARGET [[gnu::always_inline]] inline void dot_f32(const float* a, int64_t lda, const float* b,
+                                                                 int64_t ldb, int64_t depth, __m512 (&acc)[R][NV],
+                                                                 Prefetch* pf = nullptr) {
+  dot_f32<R, NV, PF>(Strided<float>{a, lda}, b, ldb, depth, acc, pf);
+}
+
 // The same on bf16 operands, depth even: b holds channel pairs interleaved (the pair of channels i, i + 1 is at
 // b + i * ldb, ldb = K), and each step broadcasts one pair of a's channels. FirstOnly: each pair's second value is
 // taken as +0 (a run of odd length padded with a zero weight, whose pad would pair with whatever value follows the
 // run in a: 0 * inf is NaN).
-template <int R, int NV, bool FirstOnly = false, bool PF = false>
-RESNET_EXT_BF16_TARGET [[gnu::always_inline]] inline void dot_bf16(const bf16* a, int64_t lda, const bf16* b,
-                                                                   int64_t ldb, int64_t depth,
-                                                                   __m512 (&acc)[R][NV], Prefetch* pf = nullptr) {
+template <int R, int NV, bool FirstOnly = false, bool PF = false, class Rows>
+RESNET_EXT_BF16_TARGET [[gnu::always_inline]] inline void dot_bf16(const Rows& a, const bf16* b, int64_t ldb,
+                                                                   int64_t depth, __m512 (&acc)[R][NV],
+                                                                   Prefetch* pf = nullptr) {
   for (int64_t i = 0; i < depth; i += 2) {
     if constexpr (PF) pf->step();
     __m512i bv[NV];
@@ -118,7 +139,7 @@ RESNET_EXT_BF16_TARGET [[gnu::always_inline]] inline void dot_bf16(const bf16* a
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {
       int32_t pair;
-      std::memcpy(&pair, a + r * lda + i, sizeof(pair));
+      std::memcpy(&pair, a.at(r, i), sizeof(pair));
       if constexpr (FirstOnly) pair &= 0xffff;  // x86 is little-endian: the first value is the low half
       const __m512i av = _mm512_set1_epi32(pair);
 #pragma GCC unroll 4
@@ -127,29 +148,36 @@ RESNET_EXT_BF16_TARGET [[gnu::always_inline]] inline void dot_bf16(const bf16* a
   }
 }
 
+template <int R, int NV, bool FirstOnly = false, bool PF = false>
+RESNET_EXT_BF16_TARGET [[gnu::always_inline]] inline void dot_bf16(const bf16* a, int64_t lda, const bf16* b,
+                                                                   int64_t ldb, int64_t depth,
+                                                                   __m512 (&acc)[R][NV], Prefetch* pf = nullptr) {
+  dot_bf16<R, NV, FirstOnly, PF>(Strided<bf16>{a, lda}, b, ldb, depth, acc, pf);
+}
+
 // dot_f32 / dot_bf16 advancing the tile's prefetch stream `pf` while it has lines left (a copy, so that it stays
-// in registers through the loop), else the loop without it.
-template <int R, int NV>
-RESNET_EXT_F32_TARGET [[gnu::always_inline]] inline void dot_f32_pf(const float* a, int64_t lda, const float* b,
-                                                                    int64_t ldb, int64_t depth,
-                                                                    __m512 (&acc)[R][NV], Prefetch& pf) {
+// in registers through the loop), else the loop without it. `a`: rows as dot_f32 takes them.
+template <int R, int NV, class Rows>
+RESNET_EXT_F32_TARGET [[gnu::always_inline]] inline void dot_f32_pf(const Rows& a, const float* b, int64_t ldb,
+                                                                    int64_t depth, __m512 (&acc)[R][NV],
+                                                                    Prefetch& pf) {
   Prefetch f = pf;
   if (f.active())
-    dot_f32<R, NV, true>(a, lda, b, ldb, depth, acc, &f);
+    dot_f32<R, NV, true>(a, b, ldb, depth, acc, &f);
   else
-    dot_f32<R, NV>(a, lda, b, ldb, depth, acc);
+    dot_f32<R, NV>(a, b, ldb, depth, acc);
   pf = f;
 }
 
-template <int R, int NV>
-RESNET_EXT_BF16_TARGET [[gnu::always_inline]] inline void dot_bf16_pf(const bf16* a, int64_t lda, const bf16* b,
-                                                                      int64_t ldb, int64_t depth,
-                                                                      __m512 (&acc)[R][NV], Prefetch& pf) {
+template <int R, int NV, class Rows>
+RESNET_EXT_BF16_TARGET [[gnu::always_inline]] inline void dot_bf16_pf(const Rows& a, const bf16* b, int64_t ldb,
+                                                                      int64_t depth, __m512 (&acc)[R][NV],
+                                                                      Prefetch& pf) {
   Prefetch f = pf;
   if (f.active())
-    dot_bf16<R, NV, false, true>(a, lda, b, ldb, depth, acc, &f);
+    dot_bf16<R, NV, false, true>(a, b, ldb, depth, acc, &f);
   else
-    dot_bf16<R, NV>(a, lda, b, ldb, depth, acc);
+    dot_bf16<R, NV>(a, b, ldb, depth, acc);
   pf = f;
 }
 

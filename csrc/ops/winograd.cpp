@@ -361,7 +361,7 @@ RESNET_EXT_F32_TARGET void gemm_tile(const float* a, int64_t lda, const float* b
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[r][j] = accumulate ? _mm512_loadu_ps(c + r * ldc + 16 * j) : _mm512_setzero_ps();
-  resnet_ext::cpu_gemm::dot_f32_pf<R, NV>(a, lda, b, ldb, depth, acc, pf);
+  resnet_ext::cpu_gemm::dot_f32_pf<R, NV>(resnet_ext::cpu_gemm::Strided<float>{a, lda}, b, ldb, depth, acc, pf);
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
@@ -377,7 +377,7 @@ RESNET_EXT_BF16_TARGET void gemm_tile_bf16(const bf16* a, int64_t lda, const bf1
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[r][j] = accumulate ? _mm512_loadu_ps(c + r * ldc + 16 * j) : _mm512_setzero_ps();
-  resnet_ext::cpu_gemm::dot_bf16_pf<R, NV>(a, lda, b, ldb, depth, acc, pf);
+  resnet_ext::cpu_gemm::dot_bf16_pf<R, NV>(resnet_ext::cpu_gemm::Strided<bf16>{a, lda}, b, ldb, depth, acc, pf);
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4

@@ -8,6 +8,7 @@ Also the memory reuse every CPU forward of the engine runs inside.
 from __future__ import annotations
 
 import contextlib
+import math
 import operator
 from typing import Dict, Optional, Tuple
 
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from .._C_loader import _C
-from ..switches import cpu_conv1x1, cpu_onednn_graph, cpu_prefetch, cpu_stem, cpu_winograd
+from ..switches import cpu_conv1x1, cpu_direct, cpu_onednn_graph, cpu_prefetch, cpu_stem, cpu_winograd
 from . import state as _state
 from . import onednn_graph, structure, units
 from .structure import Unit
@@ -275,6 +276,37 @@ def stem_pays(u: Unit, x: Tensor) -> bool:
             and conv.kernel_size[1] * conv.in_channels <= STEM_MAX_RUN and ops.conv1x1_supported(x.dtype))
 
 
+DIRECT_DTYPES = (torch.bfloat16,)  # direct_pays: the dtypes measured faster on the op than on oneDNN in whole models
+DIRECT_STRIDES = (2,)  # direct_pays: the strides of the kxk convs measured faster on the op than on oneDNN
+DIRECT_MIN_CHANNELS = 16  # direct_pays: the fewest input channels (each tap's depth; the stem's 3 are too few)
+DIRECT_MAX_MACS = 1 << 27  # direct_pays: the most multiply-adds (N * OH * OW * C * K * KH * KW) of a conv on the op
+
+
+def direct_pays(u: Unit, x: Tensor) -> bool:
+    """Whether a frozen unit runs as `ops.conv_direct` rather than oneDNN's convolution: a kxk conv (not 1x1) in a
+    dtype of DIRECT_DTYPES with equal strides in DIRECT_STRIDES, numeric padding, dilation 1, one group, output
+    channels a multiple of 64, an even number of input channels (DIRECT_MIN_CHANNELS or more), channels_last input,
+    at most DIRECT_MAX_MACS multiply-adds, on a CPU that runs the op and has no AMX tiles (asked after Winograd and
+    the stem's op). `resnet_ext.cpu_direct(False)` turns it off. Measured on a 2-core Zen 5
+    (benchmarks/results/2026-12-06-cpu-direct/): resnet50's 3x3 stride-2 convs in bf16 at batch 1, alone, 1.07-1.13x
+    oneDNN's speed with warm caches and 1.09-1.20x cold; inside whole forwards layers 2-3's 0.79-0.89x oneDNN's time
+    per unit (ATen's call around oneDNN included), layer 4's within 3% (resnet101's 0.84-0.90x), resnet50's sum of
+    units 1.6-2.3% less; at batch 2 (231M multiply-adds)
+    0.89-0.97x warm, at batch 8 0.92-0.99x: hence the bound. In fp32 the same convs ran 1.02-1.06x alone but
+    layer 4's 1.08-1.14x slower inside the forward: oneDNN keeps them. Layer 4's 3x3 stride 1 at batch 1 (oneDNN's,
+    too few tiles for Winograd) moved 0.87-0.88x (the first) and 1.06-1.07x (the second) per unit: left to
+    oneDNN."""
+    conv = u.conv
+    pad, _, dilation, groups = u.geometry
+    return (cpu_direct.on and not AMX_BF16 and x.dtype in DIRECT_DTYPES and conv.kernel_size != (1, 1)
+            and conv.stride[0] == conv.stride[1] and conv.stride[0] in DIRECT_STRIDES and isinstance(pad, tuple)
+            and dilation == (1, 1) and groups == 1 and conv.out_channels % 64 == 0
+            and conv.in_channels >= DIRECT_MIN_CHANNELS and conv.in_channels % 2 == 0
+            and x.is_contiguous(memory_format=torch.channels_last) and ops.conv1x1_supported(x.dtype)
+            and x.shape[0] * math.prod(_out_size(conv, x)) * conv.in_channels * conv.out_channels
+            * math.prod(conv.kernel_size) <= DIRECT_MAX_MACS)
+
+
 CL_PIXELS = 150_000  # NCHW inputs with at least this many pixels (N*H*W) run channels_last inside
 
 
@@ -441,21 +473,23 @@ def nchw_unit(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Option
 
 # A unit's `wb`: (folded weight, bias), run by oneDNN (prepacked for the input size: frozen mode); or (GEMM,
 # WINO_UNFOLDED, NCHW_UNFOLDED or UNFOLDED, scale, shift) (default mode); or (WINO, transformed weight, bias),
-# (CONV1X1, packed weight, bias) or (STEM, packed weight, bias): resnet_ext's own ops (frozen mode).
+# (CONV1X1, packed weight, bias), (STEM, packed weight, bias) or (DIRECT, packed weight, bias): resnet_ext's own ops
+# (frozen mode).
 GEMM, UNFOLDED, WINO, CONV1X1, STEM = "gemm", "unfolded", "winograd", "conv1x1", "conv_stem"
+DIRECT = "conv_direct"
 WINO_UNFOLDED = "winograd_unfolded"  # default mode: F(2x2) on the live weight, then BN unfolded (winograd_unit)
 NCHW_UNFOLDED = "unfolded_nchw"  # default mode: a unit of a channels_last forward run in NCHW (nchw_unit)
 WINO_F23 = "winograd_f23"  # path_counts: of the frozen mode's fp32 Winograd units, those on F(2x2) (winograd_tile)
 HEAD = "pool_linear"  # path_counts: frozen forwards whose average pool and fc ran as one op (head_fits)
 PREFETCHED = "prefetch"  # path_counts: of the frozen mode's units on resnet_ext's own ops, those that fetched the next
 # unit's weight (prefetch_pays)
-OWN = (WINO, CONV1X1, STEM)
+OWN = (WINO, CONV1X1, STEM, DIRECT)
 
 
 def _is_own(wb) -> bool:
     """Whether a unit's `wb` is for one of resnet_ext's own ops (by identity: a oneDNN unit's is a tensor)."""
     k = wb[0]
-    return k is WINO or k is CONV1X1 or k is STEM
+    return k is WINO or k is CONV1X1 or k is STEM or k is DIRECT
 
 
 def _nchw_1x1(t: Tensor) -> Tensor:
@@ -473,12 +507,15 @@ def _prefetch_of(wb):
 
 
 def _own(u: Unit, x: Tensor, wb, residual: Optional[Tensor], relu: bool) -> Tensor:
-    """A unit on resnet_ext's own op (`OWN`); STEM takes no residual. wb[3], where there is one: the next unit's
-    weight, which the op fetches into cache as it computes (`with_prefetch`)."""
+    """A unit on resnet_ext's own op (`OWN`); STEM and DIRECT take no residual. wb[3], where there is one: the next
+    unit's weight, which the op fetches into cache as it computes (`with_prefetch`)."""
     if wb[0] is WINO:
         return ops.winograd3x3(x, wb[1], wb[2], residual, relu, _prefetch_of(wb))
     if wb[0] is STEM:
         return ops.conv_stem(x, wb[1], wb[2], relu, u.conv.kernel_size, u.conv.stride, u.conv.padding)
+    if wb[0] is DIRECT:
+        return ops.conv_direct(x, wb[1], wb[2], relu, u.conv.kernel_size, u.conv.stride, u.conv.padding,
+                               _prefetch_of(wb))
     return ops.conv1x1(x, wb[1], wb[2], residual, relu, u.conv.stride[0], _prefetch_of(wb))
 
 
@@ -506,8 +543,8 @@ def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
     if _is_own(wb):
         # The ops take a channels_last residual of the output's shape (a no-op where it is one: the model's own
         # are); an identity that torchvision's `out += identity` broadcasts is added after the op, as there (and
-        # after STEM, which takes none).
-        if wb[0] is STEM or residual.shape != (y.shape[0], wb[2].shape[0], *_out_size(u.conv, y)):
+        # after STEM and DIRECT, which take none).
+        if wb[0] is STEM or wb[0] is DIRECT or residual.shape != (y.shape[0], wb[2].shape[0], *_out_size(u.conv, y)):
             return ops.add_act_(_own(u, y, wb, None, False), residual, True)
         residual = residual.contiguous(memory_format=torch.channels_last)
         if wb[0] is CONV1X1 and CONV1X1_IN_PLACE:  # the sum written over the residual
@@ -644,10 +681,10 @@ PREFETCH_PIXELS = 224 * 224  # prefetch_pays: forward inputs of at most this man
 
 
 def prefetch_pays(x: Tensor) -> bool:
-    """Whether the frozen plan's Winograd and 1x1 units fetch the next unit's weight into cache as they compute
-    (`with_prefetch`): forward inputs of at most PREFETCH_PIXELS pixels, where each weight is read for few pixels and
-    the forward waits on memory at the start of every unit. `resnet_ext.cpu_prefetch(False)` turns it off. Measured
-    on a 2-core Zen 5 (frozen plan with and without, interleaved, per-run medians of three runs;
+    """Whether the frozen plan's Winograd, 1x1 and direct units fetch the next unit's weight into cache as they
+    compute (`with_prefetch`): forward inputs of at most PREFETCH_PIXELS pixels, where each weight is read for few
+    pixels and the forward waits on memory at the start of every unit. `resnet_ext.cpu_prefetch(False)` turns it off.
+    Measured on a 2-core Zen 5 (frozen plan with and without, interleaved, per-run medians of three runs;
     benchmarks/cpu_prefetch_ab.py, benchmarks/results/2026-12-05-cpu-prefetch/): batch 1 at 224x224 resnet50
     1.01-1.04x (fp32 and bf16, both layouts), resnet101 1.02-1.05x; batches 2 and 4 0.97-1.00x, batch 8 level
     (the compute per weight byte grows with the batch), hence the bound. Bitwise the same logits."""
@@ -660,12 +697,12 @@ PREFETCH_FC = True  # with_prefetch: the last unit fetches the fc's weight (a sw
 
 
 def with_prefetch(program: list, fc: nn.Module) -> list:
-    """The plan (unit wbs in the order they run) with each Winograd and 1x1 unit's wb given the next unit's weight
-    (the op's `prefetch`: resnet_ext's packed one or the oneDNN-packed tensor, as its `ops.prefetch_range`) to fetch
-    into cache as it computes; the last unit, the fc's weight (`fc_prefetch`)."""
+    """The plan (unit wbs in the order they run) with each Winograd, 1x1 and direct unit's wb given the next unit's
+    weight (the op's `prefetch`: resnet_ext's packed one or the oneDNN-packed tensor, as its `ops.prefetch_range`) to
+    fetch into cache as it computes; the last unit, the fc's weight (`fc_prefetch`)."""
     out, tail = [], fc_prefetch(fc) if PREFETCH_FC else None
     for wb, nxt in zip(program, program[1:] + [None]):
-        if wb[0] is WINO or wb[0] is CONV1X1:
+        if wb[0] is WINO or wb[0] is CONV1X1 or wb[0] is DIRECT:
             if nxt is not None:
                 wb = (*wb[:3], ops.prefetch_range(nxt[1] if _is_own(nxt) else nxt[0]))  # the plan holds nxt's weight
             elif tail is not None:
@@ -733,7 +770,8 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
     programs = cached[2]
     planned = False
     pool = model.maxpool  # read live by the per-unit plan; a graph holds its parameters
-    key = (tuple(x.shape), x.dtype, x.stride(), cpu_winograd.on, cpu_conv1x1.on, cpu_stem.on, cpu_onednn_graph.on,
+    key = (tuple(x.shape), x.dtype, x.stride(), cpu_winograd.on, cpu_conv1x1.on, cpu_stem.on, cpu_direct.on,
+           cpu_onednn_graph.on,
            cpu_prefetch.on,
            (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode))
     x = internal_layout(x)
@@ -762,6 +800,8 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
                 program.append((CONV1X1, fold.conv1x1_weight(), fold.bias.float()))
             elif own and stem_pays(u, y):
                 program.append((STEM, fold.stem_weight(), fold.bias.float()))
+            elif own and direct_pays(u, y):
+                program.append((DIRECT, fold.direct_weight(), fold.bias.float()))
             else:
                 program.append((packed_weight(fold, u.conv, y), fold.bias))
             return program[-1]

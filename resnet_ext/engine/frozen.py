@@ -24,9 +24,9 @@ from . import units
 class FrozenUnit:
     """The frozen fold of one (conv, bn): the weight and bias, per input size the oneDNN-prepacked weight
     (`packed`, filled by `cpu.packed_weight`), and the weight as the frozen plan's own ops take it (`winograd`,
-    `gemm`, `stem`: made on first use)."""
+    `gemm`, `stem`, `direct`: made on first use)."""
 
-    __slots__ = ("bn", "param", "bias_param", "eps", "weight", "bias", "packed", "winograd", "gemm", "stem")
+    __slots__ = ("bn", "param", "bias_param", "eps", "weight", "bias", "packed", "winograd", "gemm", "stem", "direct")
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, weight: Tensor, bias: Tensor):
         self.bn, self.param, self.bias_param, self.weight, self.bias = bn, conv.weight, conv.bias, weight, bias
@@ -35,6 +35,7 @@ class FrozenUnit:
         self.winograd: Dict[int, Tensor] = {}  # per output tile side m
         self.gemm: Optional[Tensor] = None
         self.stem: Optional[Tensor] = None
+        self.direct: Optional[Tensor] = None
 
     def winograd_weight(self, m: int) -> Tensor:
         """The folded weight transformed for `ops.winograd3x3` with output tiles of m x m (made once per m)."""
@@ -57,6 +58,13 @@ class FrozenUnit:
             with torch.inference_mode(False), torch.no_grad(), cpu.reused_memory(False):
                 self.stem = ops.conv_stem_weight(self.weight)
         return self.stem
+
+    def direct_weight(self) -> Tensor:
+        """The folded weight packed for `ops.conv_direct` (made once)."""
+        if self.direct is None:
+            with torch.inference_mode(False), torch.no_grad(), cpu.reused_memory(False):
+                self.direct = ops.conv_direct_weight(self.weight)
+        return self.direct
 
     def belongs_to(self, conv: nn.Module, bn: nn.Module) -> bool:
         """Whether this fold is of these modules and parameter objects (a replaced weight or bias has none) and of
