@@ -363,12 +363,13 @@ def test_frozen_model_takes_conv1x1_where_it_pays_and_matches_torchvision(arch, 
     ("resnet50", (4, 3, 224, 224), 30),  # all but the 411M-MAC ones: the stride-2 downsamples, 3 first heads
     ("resnet18", (2, 3, 64, 80), 3),
 ])
-def test_frozen_bf16_model_with_conv1x1_equals_it_without(arch, shape, expected, no_amx):
+def test_frozen_bf16_model_with_conv1x1_equals_it_without(arch, shape, expected, no_amx, monkeypatch):
     """freeze(dtype=torch.bfloat16): the op's units against the same model with every 1x1 on oneDNN (the switch
     off), both against float64: within torchvision's own bf16 error (on AVX512-BF16 both sum the same dot products
-    in the same order; measured bitwise equal on Zen 5)."""
+    in the same order; measured bitwise equal on Zen 5). conv_direct off: it would take the strided 1x1s at batch 1."""
     ours, tv = frozen_pair(arch, torch.bfloat16)
     x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(cpu, "DIRECT_1X1", False)
     with torch.no_grad():
         ref = copy.deepcopy(tv).double()(x.double())
         tv_err = rel_err(copy.deepcopy(tv).bfloat16()(x.bfloat16()), ref)
@@ -486,11 +487,13 @@ def _prune(tv, block, k):
 
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("k", [48, 63])  # layer 1's first head: not a multiple of 64; odd (bf16 takes pairs)
-def test_weights_pruned_through_data_before_freeze(dtype, k, no_amx):
+def test_weights_pruned_through_data_before_freeze(dtype, k, no_amx, monkeypatch):
     """The plan's rules read the convs' attributes; a fold whose weight they do not describe runs on oneDNN's
-    convolution (which takes it as torchvision's does), never on resnet_ext's own ops."""
+    convolution (which takes it as torchvision's does), never on resnet_ext's own ops (conv_direct's strided 1x1s
+    off: the count is conv1x1's)."""
     if dtype is not None and not ops.conv1x1_supported(dtype):
         pytest.skip("this CPU does not run the op for this dtype")
+    monkeypatch.setattr(cpu, "DIRECT_1X1", False)
     tv = _prune(randomize_bn(torchvision.models.resnet50(num_classes=10)).eval(), 0, k)
     x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)), dtype=dtype)

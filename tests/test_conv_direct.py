@@ -247,12 +247,13 @@ def test_opcheck(dtype):
 
 
 @bf16_only
-@pytest.mark.parametrize("arch, shape, layout, n", [("resnet50", (1, 3, 224, 224), "cl", 3),
-                                                    ("resnet18", (2, 3, 64, 80), "nchw", 3),
-                                                    ("resnet34", (1, 3, 33, 47), "cl", 3)])
+@pytest.mark.parametrize("arch, shape, layout, n", [("resnet50", (1, 3, 224, 224), "cl", 6),
+                                                    ("resnet18", (2, 3, 64, 80), "nchw", 6),
+                                                    ("resnet34", (1, 3, 33, 47), "cl", 6)])
 def test_frozen_bf16_stride2_convs_take_the_op_and_match_it_off(arch, shape, layout, n, no_amx):
-    """freeze(dtype=torch.bfloat16): the 3x3 stride-2 convs on the op (n units) against the same model with the
-    switch off (on oneDNN), both against float64: within torchvision's own bf16 error; record and replay."""
+    """freeze(dtype=torch.bfloat16): the stride-2 convs on the op (n units: the 3x3 convs and the 1x1 downsamples)
+    against the same model with the switch off (on oneDNN and conv1x1), both against float64: within torchvision's
+    own bf16 error; record and replay."""
     ours, tv = frozen_pair(arch, torch.bfloat16)
     x = torch.randn(*shape)
     if layout == "cl":
@@ -289,8 +290,8 @@ def test_frozen_fp32_stays_on_onednn(no_amx):
 def test_direct_rule_leaves_what_the_op_does_not_take(no_amx):
     """The rule's conditions, on layer 2's 3x3 stride-2 unit: stride 1 (Winograd's or oneDNN's), unequal strides, a
     dilated or grouped conv, output channels not a multiple of 64, odd or few input channels, an NCHW input, a 1x1
-    kernel, an fp32 input, more than DIRECT_MAX_MACS multiply-adds, the switch off, an AMX CPU: each stays off the
-    op."""
+    kernel of stride 1 or with padding (a strided 1x1 without is the op's, unless DIRECT_1X1 is off), an fp32 input,
+    more than DIRECT_MAX_MACS multiply-adds, the switch off, an AMX CPU: each stays off the op."""
     ours, _ = frozen_pair("resnet18", torch.bfloat16)
     from resnet_ext.engine import structure
     u = next(v for v in structure.of(ours, torch.float32, 3).units if v.conv.stride == (2, 2)
@@ -307,9 +308,17 @@ def test_direct_rule_leaves_what_the_op_does_not_take(no_amx):
             self.conv, self.geometry = c, (c.padding, c.stride, c.dilation, c.groups)
 
     for kw in [dict(stride=(1, 1)), dict(stride=(2, 1)), dict(dilation=(2, 2)), dict(groups=2),
-               dict(out_channels=96), dict(in_channels=15), dict(in_channels=8), dict(kernel_size=(1, 1)),
+               dict(out_channels=96), dict(in_channels=15), dict(in_channels=8),
+               dict(kernel_size=(1, 1), stride=(1, 1), padding=(0, 0)), dict(kernel_size=(1, 1)),
                dict(padding="same")]:
         assert not cpu.direct_pays(U(**kw), x), kw
+    strided_1x1 = U(kernel_size=(1, 1), padding=(0, 0))
+    assert cpu.direct_pays(strided_1x1, x)
+    cpu.DIRECT_1X1 = False
+    try:
+        assert not cpu.direct_pays(strided_1x1, x)
+    finally:
+        cpu.DIRECT_1X1 = True
     assert not cpu.direct_pays(u, x.contiguous())
     assert not cpu.direct_pays(u, x.float())
     def big(n):
