@@ -1,11 +1,12 @@
 """Per-unit times inside whole frozen forwards for two plans of one model: "A" planned as the code stands, "B"
 planned with one attribute of resnet_ext.engine.cpu (or several) set to another value (a rule's bound or dtype list)
-during its first call, when the plan is made (with `always`: during every call of B, for what is read at run time). Timestamps around every unit (cpu._conv, cpu._tail), each contender's timed
-forward right after an untimed one of its own, rounds alternating which goes first; per unit the median over
-rounds, printed where A and B differ by more than 3%; then the sums, the forwards and the per-round forward ratios.
-The logits' largest difference first (relative to the largest logit).
+during its first call, when the plan is made (with `always`: during every call of B, for what is read at run time).
+Timestamps around every unit (cpu._conv, cpu._tail), each contender's timed forward right after an untimed one of
+its own, rounds alternating which goes first; per unit the median over rounds, printed where A and B differ by more
+than 3%; then the sums, the forwards and the per-round forward ratios. The logits' largest difference first
+(relative to the largest logit).
 Usage: python benchmarks/cpu_unit_times_ab.py ARCH BATCH fp32|bf16 ATTR VALUE [ATTR VALUE ...] [ROUNDS] [always]
-(2 threads, idle machine; VALUE a Python expression, e.g. `cpu_unit_times_ab.py resnet50 1 bf16 DIRECT_STRIDES "()"`)."""
+(2 threads, idle machine; VALUE a Python expression, e.g. `... resnet50 1 bf16 DIRECT_STRIDES "()"`)."""
 import copy
 import statistics
 import sys

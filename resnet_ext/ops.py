@@ -302,7 +302,9 @@ def conv_stem(x: Tensor, w: Tensor, bias: Tensor, relu: bool, kernel_size: IntPa
 
 @torch.library.register_fake("resnet_ext::conv_direct")
 def _conv_direct_fake(x, w, bias, relu, kernel_size, stride, padding, prefetch_addr=0, prefetch_bytes=0):
-    return _conv_stem_fake(x, w, bias, relu, kernel_size, stride, padding)
+    torch._check(x.dim() == 4 and bias.dim() == 1, lambda: "conv_direct: x must be 4-d and bias 1-d")
+    oh, ow = ((x.shape[2 + i] + 2 * padding[i] - kernel_size[i]) // stride[i] + 1 for i in (0, 1))
+    return x.new_empty((x.shape[0], bias.shape[0], oh, ow)).contiguous(memory_format=torch.channels_last)
 
 
 def conv_direct_weight(weight: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ call. The hot paths read `switch.on`.
     cpu_winograd   the CPU modes' 3x3 convs by Winograd where it pays (default on)
     cpu_conv1x1    the frozen CPU mode's 1x1 convs as resnet_ext's own GEMM where it pays (default on)
     cpu_stem       the frozen CPU mode's stem conv as resnet_ext's own op where it pays (default on)
-    cpu_direct     the frozen CPU mode's other kxk convs as resnet_ext's own direct conv where it pays (default on)
+    cpu_direct     the frozen CPU mode's strided convs as resnet_ext's own direct conv where it pays (default on)
     cpu_prefetch   the frozen CPU mode's own ops fetch the next unit's weight into cache where it pays (default on)
     cpu_onednn_graph  the frozen CPU mode's convolutions as one oneDNN Graph where it pays (opt-in)
     bn_optin       the training BN's opt-in CUDA kernels (experimental build, opt-in)
@@ -99,10 +99,10 @@ channels: the 7x7 on RGB) as resnet_ext's own op, `ops.conv_stem`, where it pays
 on); off, oneDNN runs it. Returns the setting in force before the call; the next forward of each input size follows
 it.""")
 
-cpu_direct = switch("cpu_direct", default=True, doc="""Whether the frozen CPU mode may run kxk convs that neither
-Winograd nor the stem's op takes (resnet's 3x3 stride-2 convs) as resnet_ext's own direct convolution,
-`ops.conv_direct`, where it pays (`engine.cpu.direct_pays`; default on); off, oneDNN runs them. Returns the setting
-in force before the call; the next forward of each input size follows it.""")
+cpu_direct = switch("cpu_direct", default=True, doc="""Whether the frozen CPU mode may run strided convs (resnet's
+3x3 stride-2 convs and 1x1 downsamples) as resnet_ext's own direct convolution, `ops.conv_direct`, where it pays
+(`engine.cpu.direct_pays`: bf16 at batch 1; default on); off, oneDNN runs the 3x3s and `ops.conv1x1` the 1x1s.
+Returns the setting in force before the call; the next forward of each input size follows it.""")
 
 cpu_prefetch = switch("cpu_prefetch", default=True, doc="""Whether the frozen CPU mode's Winograd, 1x1 and direct
 units on resnet_ext's own ops fetch the next unit's weight into cache as they compute, where it pays

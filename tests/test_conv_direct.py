@@ -14,11 +14,12 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 
 import resnet_ext
 from resnet_ext import ops
 from resnet_ext.engine import cpu, units
-from conftest import frozen_pair, rel_err
+from conftest import frozen_pair, randomize_bn, rel_err
 
 f32_only = pytest.mark.skipif(not ops.conv1x1_supported(torch.float32), reason="this CPU has no AVX-512")
 bf16_only = pytest.mark.skipif(not ops.conv1x1_supported(torch.bfloat16), reason="this CPU has no AVX512-BF16")
@@ -35,11 +36,13 @@ def make(n, c, k, h, w, ks, seed, dtype=torch.float32):
 
 
 # (N, C, K, H, W, kernel, stride, padding): resnet50's three 3x3 stride-2 convs at batch 1 (the last with a 1.2 MB
-# fp32 panel: summed in groups of taps) and layer 4's 3x3 stride 1; odd maps (output widths 1 to 7 and 13, rows that
+# fp32 panel: summed in groups of taps), layer 4's 3x3 stride 1, and 640 channels (a 737 KB bf16 panel: groups of 8
+# taps and 1, fp32 4, 4 and 1); odd maps (output widths 1 to 7 and 13, rows that
 # end inside a tile), batch 3 (tiles across images), other kernels (5x5, 1x1 stride 2, 2x3), strides (3, 1x2) and
 # paddings (0, 2, asymmetric), C 2 to 64, K 64 and 192.
 SHAPES = [(1, 128, 128, 56, 56, (3, 3), (2, 2), (1, 1)), (1, 256, 256, 28, 28, (3, 3), (2, 2), (1, 1)),
           (1, 512, 512, 14, 14, (3, 3), (2, 2), (1, 1)), (1, 512, 512, 7, 7, (3, 3), (1, 1), (1, 1)),
+          (1, 640, 64, 7, 7, (3, 3), (2, 2), (1, 1)),
           (3, 32, 64, 13, 9, (3, 3), (2, 2), (1, 1)), (2, 16, 192, 5, 3, (3, 3), (1, 1), (1, 1)),
           (1, 64, 64, 1, 1, (3, 3), (2, 2), (1, 1)), (3, 18, 128, 11, 8, (5, 5), (2, 2), (2, 2)),
           (2, 64, 64, 9, 9, (1, 1), (2, 2), (0, 0)), (1, 2, 64, 10, 17, (2, 3), (1, 2), (0, 1)),
@@ -163,7 +166,8 @@ print("ok")
 @f32_only
 def test_every_output_written_under_poisoned_allocations():
     """glibc fills every fresh heap allocation with a byte pattern (MALLOC_PERTURB_): an output element the op did
-    not write, a partial sum it did not start, or a padding zero it did not write would show in the error bound."""
+    not write would show in the error bound (blocks glibc maps anew come zeroed instead, which fails it too: the
+    outputs have no ReLU). The op's own buffers (the partial sums, the zero run) are zero-filled by construction."""
     env = dict(os.environ, MALLOC_PERTURB_="128")  # 0x7f bytes: 3.4e38 in fp32 and bf16, far off any output
     out = subprocess.run([sys.executable, "-c", _POISON_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
@@ -200,6 +204,10 @@ def _call(a):
     (lambda: dict(bias=torch.randn(64).double()), "bias must be a float32 vector"),
     (lambda: dict(x=torch.randn(1, 16, 1, 9).contiguous(memory_format=torch.channels_last), padding=[0, 1]),
      r"padded input \(1 x 11\) is smaller than the kernel"),
+    (lambda: dict(x=torch.randn(1, 16, 0, 9).contiguous(memory_format=torch.channels_last), padding=[2, 1]),
+     "x must have height and width"),
+    (lambda: dict(kernel_size=[1 << 32, 1 << 32]), "kernel_size and padding must be at most 2"),
+    (lambda: dict(padding=[1, 1 << 40]), "kernel_size and padding must be at most 2"),
 ])
 def test_bad_arguments_are_clear_errors(change, needle):
     with pytest.raises(RuntimeError, match=needle):
@@ -247,13 +255,13 @@ def test_opcheck(dtype):
 
 
 @bf16_only
-@pytest.mark.parametrize("arch, shape, layout, n", [("resnet50", (1, 3, 224, 224), "cl", 6),
-                                                    ("resnet18", (2, 3, 64, 80), "nchw", 6),
-                                                    ("resnet34", (1, 3, 33, 47), "cl", 6)])
-def test_frozen_bf16_stride2_convs_take_the_op_and_match_it_off(arch, shape, layout, n, no_amx):
-    """freeze(dtype=torch.bfloat16): the stride-2 convs on the op (n units: the 3x3 convs and the 1x1 downsamples)
-    against the same model with the switch off (on oneDNN and conv1x1), both against float64: within torchvision's
-    own bf16 error; record and replay."""
+@pytest.mark.parametrize("arch, shape, layout, n, n1x1", [("resnet50", (1, 3, 224, 224), "cl", 6, 33),
+                                                          ("resnet18", (2, 3, 64, 80), "nchw", 6, 0),
+                                                          ("resnet34", (1, 3, 33, 47), "cl", 6, 0)])
+def test_frozen_bf16_stride2_convs_take_the_op_and_match_it_off(arch, shape, layout, n, n1x1, no_amx):
+    """freeze(dtype=torch.bfloat16): the stride-2 convs on the op (n units: the 3x3 convs and the 1x1 downsamples;
+    conv1x1 the other n1x1 1x1s) against the same model with the switch off (on oneDNN and conv1x1: the downsamples
+    back on conv1x1), both against float64: within torchvision's own bf16 error; record and replay."""
     ours, tv = frozen_pair(arch, torch.bfloat16)
     x = torch.randn(*shape)
     if layout == "cl":
@@ -268,7 +276,9 @@ def test_frozen_bf16_stride2_convs_take_the_op_and_match_it_off(arch, shape, lay
                 for _ in range(2):
                     units.reset_path_counts()
                     out[on] = ours(x)
-                    assert resnet_ext.path_counts().get("conv_direct", 0) == (n if on else 0)
+                    counts = resnet_ext.path_counts()
+                    assert counts.get("conv_direct", 0) == (n if on else 0)
+                    assert counts.get("conv1x1", 0) == (n1x1 if on else n1x1 + 3), counts
             finally:
                 resnet_ext.cpu_direct(True)
     assert rel_err(out[True], ref) <= 2 * tv_err, (rel_err(out[True], ref), tv_err)
@@ -284,6 +294,29 @@ def test_frozen_fp32_stays_on_onednn(no_amx):
         units.reset_path_counts()
         y = ours(x)
     assert "conv_direct" not in resnet_ext.path_counts() and rel_err(y, tv(x)) < 1e-4
+
+
+@bf16_only
+def test_a_weight_pruned_through_data_stays_on_onednn(no_amx):
+    """layer2[0].conv1 (3x3 stride 2) cut to 96 output channels through `.data`, with bn1's and conv2's matching
+    channels (out_channels still says 128): torchvision runs it, and so does the frozen model, that unit on oneDNN
+    (the plan's ops take only folds their conv's attributes describe), the other five on the op."""
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    b = tv.layer2[0]
+    with torch.no_grad():
+        b.conv1.weight.data = b.conv1.weight.data[:96].clone()
+        for t in (b.bn1.weight, b.bn1.bias, b.bn1.running_mean, b.bn1.running_var):
+            t.data = t.data[:96].clone()
+        b.conv2.weight.data = b.conv2.weight.data[:, :96].clone()
+    ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)), dtype=torch.bfloat16)
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = copy.deepcopy(tv).double()(x.double())
+        tv_err = rel_err(copy.deepcopy(tv).bfloat16()(x.bfloat16()), ref)
+        units.reset_path_counts()
+        y = ours(x)
+    assert resnet_ext.path_counts().get("conv_direct", 0) == 5, resnet_ext.path_counts()
+    assert rel_err(y, ref) <= 2 * tv_err
 
 
 @bf16_only
@@ -321,6 +354,7 @@ def test_direct_rule_leaves_what_the_op_does_not_take(no_amx):
         cpu.DIRECT_1X1 = True
     assert not cpu.direct_pays(u, x.contiguous())
     assert not cpu.direct_pays(u, x.float())
+
     def big(n):
         return torch.empty(n, 64, 56, 56, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
 

@@ -34,6 +34,7 @@ using resnet_ext::cpu_gemm::Prefetch;
 using resnet_ext::cpu_gemm::Strided;
 using resnet_ext::cpu_gemm::Gathered;
 
+constexpr int64_t kPanel = kPanelVecs * kVec;  // output channels per panel of the packed weight
 constexpr int64_t kDirectPanelBytes = 640 << 10;  // conv_direct: a panel's weights summed in one group, at most
 constexpr int64_t kBlockRows = 96;  // rows of A per item of work, at most (reused from cache by every panel of B)
 
@@ -167,7 +168,7 @@ RESNET_EXT_F32_TARGET [[gnu::always_inline]] inline void start_part(__m512 (&acc
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) acc[r][j] = _mm512_loadu_ps(part.sums + r * kPanelVecs * kVec + kVec * j);
+    for (int j = 0; j < NV; ++j) acc[r][j] = _mm512_loadu_ps(part.sums + r * kPanel + kVec * j);
 }
 
 template <int R, int NV>
@@ -175,7 +176,7 @@ RESNET_EXT_F32_TARGET [[gnu::always_inline]] inline void keep_part(__m512 (&acc)
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) _mm512_storeu_ps(part.sums + r * kPanelVecs * kVec + kVec * j, acc[r][j]);
+    for (int j = 0; j < NV; ++j) _mm512_storeu_ps(part.sums + r * kPanel + kVec * j, acc[r][j]);
 }
 #endif
 
@@ -241,7 +242,6 @@ bool runs_here(at::ScalarType t) {
   return t == at::kFloat ? resnet_ext::cpu_gemm::runs_f32() : resnet_ext::cpu_gemm::runs_bf16();
 }
 
-constexpr int64_t kPanel = kPanelVecs * kVec;  // output channels per panel of the packed weight
 
 // The packed weight's shape for C input and K output channels.
 std::vector<int64_t> w_shape(at::ScalarType t, int64_t c, int64_t k) {
@@ -529,12 +529,20 @@ Tensor conv_direct_cpu(const Tensor& x, const Tensor& w, const Tensor& bias, boo
               bias.sizes());
   TORCH_CHECK(c > 0 && (f32 || c % 2 == 0), "conv_direct: x must have a positive", f32 ? "" : ", even",
               " number of channels, got ", c);
+  TORCH_CHECK(x.size(2) > 0 && x.size(3) > 0, "conv_direct: x must have height and width, got ", x.sizes());
+  // No real conv comes near these bounds; within them the sizes below cannot overflow.
+  constexpr int64_t kMaxSide = int64_t{1} << 20;
+  TORCH_CHECK(kh <= kMaxSide && kw <= kMaxSide && padding[0] <= kMaxSide && padding[1] <= kMaxSide,
+              "conv_direct: kernel_size and padding must be at most 2^20, got ", kernel_size, " and ", padding);
   TORCH_CHECK(x.size(2) + 2 * padding[0] >= kh && x.size(3) + 2 * padding[1] >= kw,
               "conv_direct: the padded input (", x.size(2) + 2 * padding[0], " x ", x.size(3) + 2 * padding[1],
               ") is smaller than the kernel (", kh, " x ", kw, ")");
-  TORCH_CHECK(w.scalar_type() == t && w.sizes() == at::IntArrayRef(w_shape(t, kh * kw * c, k)) && w.is_contiguous(),
+  int64_t depth = 0;  // KH * KW * C values a row of the GEMM
+  TORCH_CHECK(!__builtin_mul_overflow(kh * kw, c, &depth), "conv_direct: kernel_size ", kernel_size, " by ", c,
+              " channels overflows");
+  TORCH_CHECK(w.scalar_type() == t && w.sizes() == at::IntArrayRef(w_shape(t, depth, k)) && w.is_contiguous(),
               "conv_direct: w must be the contiguous packed ", name(t), " weight ",
-              at::IntArrayRef(w_shape(t, kh * kw * c, k)), " (ops.conv_direct_weight) for C=", c, ", K=", k,
+              at::IntArrayRef(w_shape(t, depth, k)), " (ops.conv_direct_weight) for C=", c, ", K=", k,
               ", kernel ", kh, "x", kw, ", got ", w.scalar_type(), " ", w.sizes(), " strides ", w.strides());
   const int64_t pf_lines = Prefetch::lines("conv_direct", prefetch_addr, prefetch_bytes);
   const void* pf_base = reinterpret_cast<const void*>(prefetch_addr);
@@ -562,7 +570,7 @@ TORCH_LIBRARY_FRAGMENT(resnet_ext, m) {
         "-> Tensor");
   // y = relu?(conv(x, w, stride, padding) + bias), dilation 1, one group, each output pixel's kernel taps read in
   // place from x (channels_last; zeros for taps in the padding), w packed by ops.conv_direct_weight; channels_last
-  // output. CPU, float32 or bfloat16; the frozen CPU plan's kxk convs that Winograd leaves to oneDNN.
+  // output. CPU, float32 or bfloat16; the frozen CPU plan's stride-2 convs at batch 1 (bf16).
   m.def("conv_direct(Tensor x, Tensor w, Tensor bias, bool relu, int[2] kernel_size, int[2] stride, int[2] padding, "
         "int prefetch_addr=0, int prefetch_bytes=0) -> Tensor");
   // Whether this CPU runs conv1x1 and conv_stem for inputs of this dtype (AVX-512; AVX512-BF16 for bfloat16).

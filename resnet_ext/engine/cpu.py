@@ -284,24 +284,26 @@ DIRECT_MAX_MACS = 1 << 27  # direct_pays: the most multiply-adds (N * OH * OW * 
 
 
 def direct_pays(u: Unit, x: Tensor) -> bool:
-    """Whether a frozen unit runs as `ops.conv_direct` rather than oneDNN's convolution or `ops.conv1x1` (asked before
-    conv1x1's rule, after Winograd's): a kxk conv, or a strided 1x1 conv without padding (DIRECT_1X1: the op reads
-    its pixels in place where conv1x1 copies them), in a dtype of DIRECT_DTYPES with equal strides in
-    DIRECT_STRIDES, numeric padding, dilation 1, one group, output channels a multiple of 64, an even number of
-    input channels (DIRECT_MIN_CHANNELS or more), channels_last input, at most DIRECT_MAX_MACS multiply-adds, on a
-    CPU that runs the op and has no AMX tiles. `resnet_ext.cpu_direct(False)` turns it off. Measured on a 2-core
-    Zen 5 (benchmarks/results/2026-12-06-cpu-direct/): resnet50's 3x3 stride-2 convs in bf16 at batch 1, alone,
-    1.07-1.13x oneDNN's speed with warm caches and 1.09-1.20x cold; inside whole forwards layers 2-3's 0.79-0.86x
-    oneDNN's time per unit (ATen's call around oneDNN included), layer 4's within 3% (resnet101's 0.84-0.90x),
-    resnet50's sum of units 1.6-2.3% less; the stride-2 1x1 downsamples then 0.84-0.96x conv1x1's time per unit,
-    sums 0.2-1.4% less; at batch 2 (231M multiply-adds) the 3x3s ran 0.89-0.97x oneDNN's speed warm, at batch 8
-    0.92-0.99x: hence the bound. In fp32 the same convs ran 1.02-1.06x alone but layer 4's 1.08-1.14x slower inside
-    the forward: oneDNN keeps them. Layer 4's 3x3 stride 1 at batch 1 (oneDNN's, too few tiles for Winograd) moved
-    0.87-0.88x (the first) and 1.06-1.07x (the second) per unit: left to oneDNN."""
+    """Whether a frozen unit runs as `ops.conv_direct` rather than oneDNN's convolution or `ops.conv1x1` (asked after
+    Winograd's and the stem's rules, before conv1x1's): a kxk conv, or a strided 1x1 conv without padding
+    (DIRECT_1X1: the op reads its pixels in place where conv1x1 copies them), in a dtype of DIRECT_DTYPES with equal
+    strides in DIRECT_STRIDES, numeric padding, dilation 1, one group, output channels a multiple of 64, an even
+    number of input channels (DIRECT_MIN_CHANNELS or more), channels_last input, at most DIRECT_MAX_MACS
+    multiply-adds, on a CPU that runs the op and has no AMX tiles. `resnet_ext.cpu_direct(False)` turns it off.
+    Measured on a 2-core Zen 5 (benchmarks/results/2026-12-06-cpu-direct/): resnet50's 3x3 stride-2 convs in bf16 at
+    batch 1, alone, 1.07-1.13x oneDNN's speed with warm caches and 1.09-1.20x cold; inside whole forwards 0.79-0.89x
+    oneDNN's time per unit (ATen's call around oneDNN included; resnet101's 0.83-0.90x), the downsample after each
+    0.89-0.96x, but layer 4's first stride-1 3x3, then the forward's first oneDNN call, 1.13-1.19x slower; resnet50's
+    sum of units 1.6-2.3% less. The stride-2 1x1 downsamples then 0.84-0.96x conv1x1's time per unit, sums 0.2-1.4%
+    less. At batch 2 (231M multiply-adds) the 3x3s ran 0.89-0.97x oneDNN's speed warm, at batch 8 0.92-0.99x: hence
+    the bound. In fp32 the same convs ran 1.02-1.06x alone but layer 4's 1.07-1.13x slower inside the forward:
+    oneDNN keeps them. Layer 4's 3x3 stride-1 convs at batch 1 (oneDNN's, too few tiles for Winograd) on the op:
+    0.87-0.88x (the first, against its slowed oneDNN time) and 1.06-1.07x (the second), sums within the runs'
+    spread: left to oneDNN."""
     conv = u.conv
     pad, _, dilation, groups = u.geometry
     return (cpu_direct.on and not AMX_BF16 and x.dtype in DIRECT_DTYPES
-            and (conv.kernel_size != (1, 1) or (DIRECT_1X1 and u.geometry[0] == (0, 0)))
+            and (conv.kernel_size != (1, 1) or (DIRECT_1X1 and pad == (0, 0)))
             and conv.stride[0] == conv.stride[1] and conv.stride[0] in DIRECT_STRIDES and isinstance(pad, tuple)
             and dilation == (1, 1) and groups == 1 and conv.out_channels % 64 == 0
             and conv.in_channels >= DIRECT_MIN_CHANNELS and conv.in_channels % 2 == 0
@@ -774,8 +776,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
     planned = False
     pool = model.maxpool  # read live by the per-unit plan; a graph holds its parameters
     key = (tuple(x.shape), x.dtype, x.stride(), cpu_winograd.on, cpu_conv1x1.on, cpu_stem.on, cpu_direct.on,
-           cpu_onednn_graph.on,
-           cpu_prefetch.on,
+           cpu_onednn_graph.on, cpu_prefetch.on,
            (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode))
     x = internal_layout(x)
     entry = programs.get(key)  # (unit wbs, {kind: units on resnet_ext's own op}, the oneDNN graph or None)
@@ -799,12 +800,12 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
             own = _fold_as_declared(u.conv, fold.weight, y)  # else only oneDNN's convolution
             if own and winograd_pays(u, y):  # the ops' bias in fp32 (a bf16 fold's is converted here once)
                 program.append((WINO, fold.winograd_weight(winograd_tile(u, y)), fold.bias.float()))
-            elif own and direct_pays(u, y):
+            elif own and stem_pays(u, y):
+                program.append((STEM, fold.stem_weight(), fold.bias.float()))
+            elif own and direct_pays(u, y):  # before conv1x1: the strided 1x1s
                 program.append((DIRECT, fold.direct_weight(), fold.bias.float()))
             elif own and conv1x1_pays(u, y):
                 program.append((CONV1X1, fold.conv1x1_weight(), fold.bias.float()))
-            elif own and stem_pays(u, y):
-                program.append((STEM, fold.stem_weight(), fold.bias.float()))
             else:
                 program.append((packed_weight(fold, u.conv, y), fold.bias))
             return program[-1]

@@ -175,7 +175,7 @@ def path_counts() -> dict:
     """How many eager conv units took each path since the last `reset_path_counts()`: the op's paths
     ("fused:<kernel>", "cudnn_fused", "stock:<device>"), "onednn_prepacked" (CPU frozen mode, a oneDNN
     convolution with fused post-ops on the prepacked folded weight), "winograd", "conv1x1", "conv_stem" and
-    "conv_direct" (CPU frozen mode, resnet_ext's own ops for 3x3, 1x1, the stem's and 3x3 stride-2 convs, see `cpu`),
+    "conv_direct" (CPU frozen mode, resnet_ext's own ops for 3x3, 1x1, the stem's and strided convs, see `cpu`),
     "unfolded" (CPU default mode: the stock conv, then BN as torchvision computes it, residual add and ReLU, in
     one pass, `ops.scale_shift_act_`, or through the modules), "modules" (run through the modules as torchvision
     does: hooks, swapped modules, ...);
