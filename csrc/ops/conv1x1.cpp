@@ -242,7 +242,6 @@ bool runs_here(at::ScalarType t) {
   return t == at::kFloat ? resnet_ext::cpu_gemm::runs_f32() : resnet_ext::cpu_gemm::runs_bf16();
 }
 
-
 // The packed weight's shape for C input and K output channels.
 std::vector<int64_t> w_shape(at::ScalarType t, int64_t c, int64_t k) {
   if (t == at::kFloat) return {k / kPanel, c, kPanel};
@@ -251,9 +250,8 @@ std::vector<int64_t> w_shape(at::ScalarType t, int64_t c, int64_t k) {
 
 // The GEMM ops' work on p rows (output pixels) by `panels` 64-channel panels of the weight: items of blocks of rows
 // (balanced, multiples of a tile's rows) by panels, rows outer, so that each thread takes whole blocks of rows (read
-// once, from cache for every panel, and written by the thread that the next unit's same rows go to). `fn(r0, r1,
-// k0, pf)` runs rows [r0, r1) of panel k0 with its item's share of the prefetch lines (`steps`: depth steps a
-// row).
+// once, from cache for every panel). `fn(r0, r1, k0, pf)` runs rows [r0, r1) of panel k0 with its item's share of the
+// prefetch lines (`steps`: depth steps a row).
 template <class F>
 void for_each_item(int64_t p, int64_t panels, int64_t steps, const void* pf_base, int64_t pf_lines, const F& fn) {
   int64_t blocks = (p + kBlockRows - 1) / kBlockRows;
