@@ -255,13 +255,15 @@ def test_opcheck(dtype):
 
 
 @bf16_only
-@pytest.mark.parametrize("arch, shape, layout, n, n1x1", [("resnet50", (1, 3, 224, 224), "cl", 6, 33),
-                                                          ("resnet18", (2, 3, 64, 80), "nchw", 6, 0),
-                                                          ("resnet34", (1, 3, 33, 47), "cl", 6, 0)])
+@pytest.mark.parametrize("arch, shape, layout, n, n1x1", [("resnet50", (1, 3, 224, 224), "cl", 8, 33),
+                                                          ("resnet18", (2, 3, 64, 80), "nchw", 12, 0),
+                                                          ("resnet34", (1, 3, 33, 47), "cl", 35, 0)])
 def test_frozen_bf16_stride2_convs_take_the_op_and_match_it_off(arch, shape, layout, n, n1x1, no_amx):
-    """freeze(dtype=torch.bfloat16): the stride-2 convs on the op (n units: the 3x3 convs and the 1x1 downsamples;
-    conv1x1 the other n1x1 1x1s) against the same model with the switch off (on oneDNN and conv1x1: the downsamples
-    back on conv1x1), both against float64: within torchvision's own bf16 error; record and replay."""
+    """freeze(dtype=torch.bfloat16): n units on the op (the 3x3 stride-2 convs, the 1x1 downsamples, and the 3x3
+    stride-1 convs on maps too small for Winograd: layer 4's at 224x224, layers 3-4's of resnet18 at 64x80, every
+    3x3 of resnet34 at 33x47; conv1x1 the other n1x1 1x1s) against the same model with the switch off (on oneDNN
+    and conv1x1: the downsamples back on conv1x1), both against float64: within torchvision's own bf16 error;
+    record and replay."""
     ours, tv = frozen_pair(arch, torch.bfloat16)
     x = torch.randn(*shape)
     if layout == "cl":
@@ -299,8 +301,9 @@ def test_frozen_fp32_stays_on_onednn(no_amx):
 @bf16_only
 def test_a_weight_pruned_through_data_stays_on_onednn(no_amx):
     """layer2[0].conv1 (3x3 stride 2) cut to 96 output channels through `.data`, with bn1's and conv2's matching
-    channels (out_channels still says 128): torchvision runs it, and so does the frozen model, that unit on oneDNN
-    (the plan's ops take only folds their conv's attributes describe), the other five on the op."""
+    channels (out_channels and in_channels still say 128): torchvision runs it, and so does the frozen model, those
+    two units on oneDNN (the plan's ops take only folds their conv's attributes describe), the other 13 of resnet18's
+    kxk and strided units at 64x64 that Winograd leaves on the op."""
     tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
     b = tv.layer2[0]
     with torch.no_grad():
@@ -315,13 +318,14 @@ def test_a_weight_pruned_through_data_stays_on_onednn(no_amx):
         tv_err = rel_err(copy.deepcopy(tv).bfloat16()(x.bfloat16()), ref)
         units.reset_path_counts()
         y = ours(x)
-    assert resnet_ext.path_counts().get("conv_direct", 0) == 5, resnet_ext.path_counts()
+    counts = resnet_ext.path_counts()
+    assert counts.get("conv_direct", 0) == 13 and counts.get("onednn_prepacked", 0) == 2, counts
     assert rel_err(y, ref) <= 2 * tv_err
 
 
 @bf16_only
 def test_direct_rule_leaves_what_the_op_does_not_take(no_amx):
-    """The rule's conditions, on layer 2's 3x3 stride-2 unit: stride 1 (Winograd's or oneDNN's), unequal strides, a
+    """The rule's conditions, on layer 2's 3x3 stride-2 unit (stride 1 taken too): stride 3, unequal strides, a
     dilated or grouped conv, output channels not a multiple of 64, odd or few input channels, an NCHW input, a 1x1
     kernel of stride 1 or with padding (a strided 1x1 without is the op's, unless DIRECT_1X1 is off), an fp32 input,
     more than DIRECT_MAX_MACS multiply-adds, the switch off, an AMX CPU: each stays off the op."""
@@ -340,7 +344,8 @@ def test_direct_rule_leaves_what_the_op_does_not_take(no_amx):
                 setattr(c, k, v)
             self.conv, self.geometry = c, (c.padding, c.stride, c.dilation, c.groups)
 
-    for kw in [dict(stride=(1, 1)), dict(stride=(2, 1)), dict(dilation=(2, 2)), dict(groups=2),
+    assert cpu.direct_pays(U(stride=(1, 1)), x)
+    for kw in [dict(stride=(3, 3)), dict(stride=(2, 1)), dict(dilation=(2, 2)), dict(groups=2),
                dict(out_channels=96), dict(in_channels=15), dict(in_channels=8),
                dict(kernel_size=(1, 1), stride=(1, 1), padding=(0, 0)), dict(kernel_size=(1, 1)),
                dict(padding="same")]:

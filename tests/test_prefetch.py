@@ -140,7 +140,8 @@ def test_the_plan_prefetches_each_next_weight_and_changes_no_bit(dtype, no_amx):
         assert program[i][3] == (ops.prefetch_range(ours.fc.weight) if nxt is None
                                  else ops.prefetch_range(nxt[1] if cpu._is_own(nxt) else nxt[0]))
     assert expected[-1] == len(program) - 1
-    assert any(program[i + 1][0].is_mkldnn for i in expected[:-1] if not cpu._is_own(program[i + 1]))
+    if dtype == torch.float32:  # a oneDNN-packed weight prefetched (bf16's plan here has no oneDNN unit left)
+        assert any(program[i + 1][0].is_mkldnn for i in expected[:-1] if not cpu._is_own(program[i + 1]))
     assert counts[True] == [0] + [len(expected)] * 3 and counts[False] == [0, 0]
     assert torch.equal(out[True], out[False])
     if dtype == torch.float32:

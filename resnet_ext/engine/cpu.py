@@ -277,7 +277,7 @@ def stem_pays(u: Unit, x: Tensor) -> bool:
 
 
 DIRECT_DTYPES = (torch.bfloat16,)  # direct_pays: the dtypes measured faster on the op than on oneDNN in whole models
-DIRECT_STRIDES = (2,)  # direct_pays: the strides of the convs measured faster on the op than on oneDNN or conv1x1
+DIRECT_STRIDES = (1, 2)  # direct_pays: the strides of the convs measured faster on the op than on oneDNN or conv1x1
 DIRECT_1X1 = True  # direct_pays: strided 1x1 convs too (the op reads their pixels in place; conv1x1 copies them)
 DIRECT_MIN_CHANNELS = 16  # direct_pays: the fewest input channels (each tap's depth; the stem's 3 are too few)
 DIRECT_MAX_MACS = 1 << 27  # direct_pays: the most multiply-adds (N * OH * OW * C * K * KH * KW) of a conv on the op
@@ -286,24 +286,26 @@ DIRECT_MAX_MACS = 1 << 27  # direct_pays: the most multiply-adds (N * OH * OW * 
 def direct_pays(u: Unit, x: Tensor) -> bool:
     """Whether a frozen unit runs as `ops.conv_direct` rather than oneDNN's convolution or `ops.conv1x1` (asked after
     Winograd's and the stem's rules, before conv1x1's): a kxk conv, or a strided 1x1 conv without padding
-    (DIRECT_1X1: the op reads its pixels in place where conv1x1 copies them), in a dtype of DIRECT_DTYPES with equal
-    strides in DIRECT_STRIDES, numeric padding, dilation 1, one group, output channels a multiple of 64, an even
-    number of input channels (DIRECT_MIN_CHANNELS or more), channels_last input, at most DIRECT_MAX_MACS
-    multiply-adds, on a CPU that runs the op and has no AMX tiles. `resnet_ext.cpu_direct(False)` turns it off.
+    (DIRECT_1X1: the op reads its pixels in place where conv1x1 copies them; a 1x1 of stride 1 stays conv1x1's,
+    whose tails add their residual in place), in a dtype of DIRECT_DTYPES with equal strides in DIRECT_STRIDES,
+    numeric padding, dilation 1, one group, output channels a multiple of 64, an even number of input channels
+    (DIRECT_MIN_CHANNELS or more), channels_last input, at most DIRECT_MAX_MACS multiply-adds, on a CPU that runs
+    the op and has no AMX tiles. `resnet_ext.cpu_direct(False)` turns it off.
     Measured on a 2-core Zen 5 (benchmarks/results/2026-12-06-cpu-direct/): resnet50's 3x3 stride-2 convs in bf16 at
     batch 1, alone, 1.07-1.13x oneDNN's speed with warm caches and 1.09-1.20x cold; inside whole forwards 0.79-0.89x
     oneDNN's time per unit (ATen's call around oneDNN included; resnet101's 0.83-0.90x), the downsample after each
     0.89-0.96x, but layer 4's first stride-1 3x3, then the forward's first oneDNN call, 1.13-1.19x slower; resnet50's
     sum of units 1.6-2.3% less. The stride-2 1x1 downsamples then 0.84-0.96x conv1x1's time per unit, sums 0.2-1.4%
     less. At batch 2 (231M multiply-adds) the 3x3s ran 0.89-0.97x oneDNN's speed warm, at batch 8 0.92-0.99x: hence
-    the bound. In fp32 the same convs ran 1.02-1.06x alone but layer 4's 1.07-1.13x slower inside the forward:
-    oneDNN keeps them. Layer 4's 3x3 stride-1 convs at batch 1 (oneDNN's, too few tiles for Winograd) on the op:
-    0.87-0.88x (the first, against its slowed oneDNN time) and 1.06-1.07x (the second), sums within the runs'
-    spread: left to oneDNN."""
+    the bound. Stride 1 (the 3x3 convs Winograd leaves to oneDNN: too few tiles): layer 4's at 224x224 0.86-0.88x
+    (the first, against its slowed oneDNN time) and 1.06-1.08x (the second) per unit, sums of units 0.4-1.3% less in
+    eight runs; whole forwards on smaller inputs 0.80-0.96x (resnet18/34/50 at 32 to 112): no oneDNN call is left there
+    to pay ATen's cost, which probably is most of it. In fp32 the stride-2 convs ran 1.02-1.06x alone but layer 4's 1.07-1.13x slower inside
+    the forward: oneDNN keeps them."""
     conv = u.conv
     pad, _, dilation, groups = u.geometry
     return (cpu_direct.on and not AMX_BF16 and x.dtype in DIRECT_DTYPES
-            and (conv.kernel_size != (1, 1) or (DIRECT_1X1 and pad == (0, 0)))
+            and (conv.kernel_size != (1, 1) or (DIRECT_1X1 and pad == (0, 0) and conv.stride[0] > 1))
             and conv.stride[0] == conv.stride[1] and conv.stride[0] in DIRECT_STRIDES and isinstance(pad, tuple)
             and dilation == (1, 1) and groups == 1 and conv.out_channels % 64 == 0
             and conv.in_channels >= DIRECT_MIN_CHANNELS and conv.in_channels % 2 == 0
