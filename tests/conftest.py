@@ -1,4 +1,7 @@
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,6 +20,15 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     if config.getoption("--bn-optin"):
         resnet_ext.bn_optin(True)
+
+
+def run_poisoned(script: str, byte: str = "128") -> None:
+    """Runs `script` in a fresh interpreter with glibc filling every fresh heap allocation with `byte`
+    (MALLOC_PERTURB_; 128: 0x7f bytes, 3.4e38 in fp32 and bf16, far off any output) and asserts it printed "ok": an
+    output element an op did not write then shows in the script's error bound."""
+    env = dict(os.environ, MALLOC_PERTURB_=byte)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

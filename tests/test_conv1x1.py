@@ -6,9 +6,6 @@ own bf16 convolution's error); outputs poisoned (glibc's MALLOC_PERTURB_) so an 
 through; every bad argument is a clear error; opcheck; and in the model: which units take it, the switch, a CPU
 without the op, and torchvision's answer."""
 import copy
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,7 +15,7 @@ import torchvision
 import resnet_ext
 from resnet_ext import ops
 from resnet_ext.engine import cpu, units
-from conftest import frozen_pair, randomize_bn, rel_err
+from conftest import frozen_pair, randomize_bn, rel_err, run_poisoned
 
 f32_only = pytest.mark.skipif(not ops.conv1x1_supported(torch.float32), reason="this CPU has no AVX-512")
 bf16_only = pytest.mark.skipif(not ops.conv1x1_supported(torch.bfloat16), reason="this CPU has no AVX512-BF16")
@@ -180,9 +177,7 @@ print("ok")
 def test_every_output_written_under_poisoned_allocations():
     """glibc fills every fresh heap allocation with a byte pattern (MALLOC_PERTURB_): an output element the op did
     not write would keep it and fail the error bound (blocks glibc maps anew come zeroed, which fails it too)."""
-    env = dict(os.environ, MALLOC_PERTURB_="128")  # 0x7f bytes: 3.4e38 in fp32 and bf16, far off any output
-    out = subprocess.run([sys.executable, "-c", _POISON_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+    run_poisoned(_POISON_SCRIPT)
 
 
 def _args(dtype=torch.float32, **kw):

@@ -7,9 +7,6 @@ torch's own bf16 convolution's error); outputs poisoned (MALLOC_PERTURB_); NaN a
 every bad argument a clear error; opcheck; and in the model: which unit takes it, the switch, and torchvision's
 answer."""
 import copy
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,7 +15,7 @@ import torch.nn.functional as F
 import resnet_ext
 from resnet_ext import ops
 from resnet_ext.engine import cpu, units
-from conftest import frozen_pair, rel_err
+from conftest import frozen_pair, rel_err, run_poisoned
 
 f32_only = pytest.mark.skipif(not ops.conv1x1_supported(torch.float32), reason="this CPU has no AVX-512")
 bf16_only = pytest.mark.skipif(not ops.conv1x1_supported(torch.bfloat16), reason="this CPU has no AVX512-BF16")
@@ -172,9 +169,7 @@ def test_every_output_written_under_poisoned_allocations():
     """glibc fills every fresh heap allocation with a byte pattern (MALLOC_PERTURB_): an output element the op did
     not write, or a padding zero it did not write, would show in the error bound (blocks glibc maps anew, like the
     224x224 output, come zeroed instead, which fails it too: the outputs have no ReLU)."""
-    env = dict(os.environ, MALLOC_PERTURB_="128")  # 0x7f bytes: 3.4e38 in fp32 and bf16, far off any output
-    out = subprocess.run([sys.executable, "-c", _POISON_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+    run_poisoned(_POISON_SCRIPT)
 
 
 def _args(dtype=torch.float32, **kw):

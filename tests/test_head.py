@@ -6,8 +6,6 @@ batches above HEAD_MAX_BATCH) keeps the modules' answer or error. Also `engine.a
 beside, on the inputs its own pass takes and the ones it hands to ATen."""
 import copy
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,7 +15,7 @@ from torch import nn
 import resnet_ext
 from resnet_ext import ops
 from resnet_ext.engine import all_finite, cpu, units
-from conftest import change_fc, frozen_pair, randomize_bn, rel_err
+from conftest import change_fc, frozen_pair, randomize_bn, rel_err, run_poisoned
 
 f32_only = pytest.mark.skipif(not ops.conv1x1_supported(torch.float32), reason="this CPU has no AVX-512")
 own_loops = pytest.mark.skipif(not ops.pool_linear_supported(), reason="this CPU runs pool_linear as ATen's ops")
@@ -112,9 +110,7 @@ def test_every_output_written_under_poisoned_allocations():
     """glibc fills every fresh heap allocation with a byte pattern (MALLOC_PERTURB_): an output element the op did
     not write would keep it and fail the error bound (the pooled values' buffer starts zeroed: one left unwritten
     fails the bound too)."""
-    env = dict(os.environ, MALLOC_PERTURB_="128")  # 0x7f bytes: 3.4e38 in fp32, far off any output
-    out = subprocess.run([sys.executable, "-c", _POISON_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+    run_poisoned(_POISON_SCRIPT)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -5,9 +5,6 @@ one block or chunk of the workspace; outputs poisoned (glibc's
 MALLOC_PERTURB_) so an unwritten element shows; NaN passes through; every bad argument is a clear error; opcheck;
 and in the model: which units take it, and torchvision's answer."""
 import copy
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,7 +14,7 @@ import torchvision
 import resnet_ext
 from resnet_ext import ops
 from resnet_ext.engine import cpu, state, units
-from conftest import randomize_bn, rel_err
+from conftest import randomize_bn, rel_err, run_poisoned
 
 # F(4x4, 3x3) in fp32 rounds about 5-10x more than the direct convolution (1e-6): 7e-6 to 1e-5 of the largest
 # output on these inputs; the bound leaves room for that and catches any wrong tap (errors of order 1e-1).
@@ -196,9 +193,7 @@ print("ok")
 def test_every_output_written_under_poisoned_allocations():
     """glibc fills every fresh allocation with a byte pattern (MALLOC_PERTURB_): an output element the op did not
     write would keep it (0xa5a5a5a5 reads as -2.9e-16 in float32, so also a 'wrong value', not just NaN)."""
-    env = dict(os.environ, MALLOC_PERTURB_="90")
-    out = subprocess.run([sys.executable, "-c", _POISON_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+    run_poisoned(_POISON_SCRIPT, "90")
 
 
 def _args(**kw):
@@ -499,10 +494,7 @@ print("ok")
 
 @bf16_only
 def test_bf16_every_output_written_under_poisoned_allocations():
-    env = dict(os.environ, MALLOC_PERTURB_="90")
-    out = subprocess.run([sys.executable, "-c", _POISON_SCRIPT_BF16], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+    run_poisoned(_POISON_SCRIPT_BF16, "90")
 
 
 @bf16_only
