@@ -33,6 +33,7 @@ using resnet_ext::cpu_gemm::kVec;
 using resnet_ext::cpu_gemm::Prefetch;
 using resnet_ext::cpu_gemm::Strided;
 using resnet_ext::cpu_gemm::Gathered;
+using resnet_ext::cpu_gemm::for_each_tile;
 
 constexpr int64_t kPanel = kPanelVecs * kVec;  // output channels per panel of the packed weight
 constexpr int64_t kDirectPanelBytes = 640 << 10;  // conv_direct: a panel's weights summed in one group, at most
@@ -296,11 +297,10 @@ Tensor conv1x1(const Tensor& x_in, const Tensor& w, const Tensor& bias, const st
   const auto& tiles = tiles_of(T{});
   for_each_item(p, k / kPanel, std::is_same_v<T, float> ? c : c / 2, pf_base, pf_lines,
                 [&](int64_t r0, int64_t r1, int64_t k0, Prefetch& pf) {
-                  for (int64_t t = r0; t < r1; t += kRows) {
-                    const auto tile = tiles[std::min<int64_t>(kRows, r1 - t) - 1];
-                    tile(xp + t * c, c, wp + k0 * c, yp + t * k + k0, k, bp + k0, rp ? rp + t * k + k0 : nullptr,
-                         relu, pf);
-                  }
+                  for_each_tile(r0, r1, [&](int64_t t, int64_t nr) {
+                    tiles[nr - 1](xp + t * c, c, wp + k0 * c, yp + t * k + k0, k, bp + k0,
+                                  rp ? rp + t * k + k0 : nullptr, relu, pf);
+                  });
                 });
   return y;
 }
@@ -338,8 +338,7 @@ Tensor conv_direct(const Tensor& x, const Tensor& w, const Tensor& bias, bool re
                   std::vector<float> sums(group < taps ? (r1 - r0) * kPanel : 0);
                   for (int64_t g = 0; g < taps; g += group) {
                     const int64_t gt = std::min(group, taps - g);
-                    for (int64_t t = r0; t < r1; t += kRows) {
-                      const int64_t nr = std::min<int64_t>(kRows, r1 - t);
+                    for_each_tile(r0, r1, [&](int64_t t, int64_t nr) {
                       for (int64_t r = 0; r < nr; ++r) {
                         const int64_t q = t + r, ni = q / (oh * ow), yi = q / ow % oh * sh - ph, xi = q % ow * sw - pw;
                         for (int64_t tap = g; tap < g + gt; ++tap) {
@@ -351,7 +350,7 @@ Tensor conv_direct(const Tensor& x, const Tensor& w, const Tensor& bias, bool re
                       const Part part{sums.empty() ? nullptr : sums.data() + (t - r0) * kPanel, g == 0, g + gt == taps};
                       tiles[nr - 1](rows.data(), gt, c, wp + (k0 * taps + g * kPanel) * c, yp + t * k + k0, k,
                                     bp + k0, relu, pf, part);
-                    }
+                    });
                   }
                 });
   return y;
@@ -388,10 +387,9 @@ Tensor conv_stem(const Tensor& x, const Tensor& w, const Tensor& bias, bool relu
       const int64_t r = item / panels, k0 = item % panels * kPanel;
       const T* a = ap + (r / oh * hp + r % oh * sh) * row;
       T* yr = yp + r * ow * k + k0;
-      for (int64_t t = 0; t < ow; t += kRows) {
-        tiles[std::min<int64_t>(kRows, ow - t) - 1](a + t * sw * c, ar, wp + k0 * kh * depth, yr + t * k, k, bp + k0,
-                                                    relu);
-      }
+      for_each_tile(0, ow, [&](int64_t t, int64_t nr) {
+        tiles[nr - 1](a + t * sw * c, ar, wp + k0 * kh * depth, yr + t * k, k, bp + k0, relu);
+      });
     }
   });
   return y;

@@ -30,6 +30,19 @@ constexpr int64_t kVec = 16;       // output channels per vector
 constexpr int64_t kRows = 6;       // rows of A per register tile
 constexpr int64_t kPanelVecs = 4;  // vectors of output channels per register tile (a 64-channel panel of B)
 
+// Rows [r0, r1) as the fewest register tiles of at most kRows rows, of heights differing by at most one:
+// fn(first row, rows). Filled from the top, 49 rows (a 7x7 map) would end in a 1-row tile, whose 4 accumulators
+// each wait on the last dot product's latency (a 1-row fp32 tile took a third of a 6-row tile's time for a sixth
+// of its rows). Each row's sums are the same whatever its tile's height.
+template <class F>
+[[gnu::always_inline]] inline void for_each_tile(int64_t r0, int64_t r1, const F& fn) {
+  const int64_t n = r1 - r0, parts = (n + kRows - 1) / kRows;
+  for (int64_t i = 0; i < parts; ++i) {
+    const int64_t t = r0 + n * i / parts;
+    fn(t, r0 + n * (i + 1) / parts - t);
+  }
+}
+
 // Cache lines to fetch while a tile computes, one every `every` steps of its depth loop: the next unit's weight,
 // which a forward at batch 1 would otherwise read from memory only when that unit starts (prefetcht0; see
 // benchmarks/results/2026-12-05-cpu-prefetch/). Inactive (no lines, or once they are issued), the tiles run the
