@@ -4,6 +4,7 @@
 // themselves are registered with PyTorch's dispatcher (TORCH_LIBRARY in ops/) when this module is imported.
 #include <torch/extension.h>
 
+#include "cpu_program.h"
 #include "dispatch/dispatch.h"
 #include "ops/cpu_memory.h"
 #include "ops/conv_bn_act.h"
@@ -223,6 +224,13 @@ PYBIND11_MODULE(_C, m) {
   m.def("all_finite", &resnet_ext::all_finite, "Whether every element of a floating-point tensor is finite");
   m.def("finite_bfloat16", &resnet_ext::finite_bfloat16, "x.to(torch.bfloat16), or None where x is not all finite");
   m.def("structure_matches", &resnet_ext::structure_matches, "Whether a model is still what its Structure recorded");
+  py::class_<resnet_ext::CpuProgram>(m, "CpuProgram", "A recorded sequence of operator calls (engine/cpu.py)")
+      .def(py::init<>())
+      .def("add", &resnet_ext::CpuProgram::add, py::arg("name"), py::arg("overload"), py::arg("args"),
+           py::arg("slots"), py::arg("out"))
+      .def("finish", &resnet_ext::CpuProgram::finish, py::arg("result"))
+      .def("run", &resnet_ext::CpuProgram::run, py::arg("x"))
+      .def_property_readonly("calls", &resnet_ext::CpuProgram::calls);
   m.def("cpu_memory_stats", []() {
     const auto s = resnet_ext::cpu_memory::stats();
     pybind11::dict d;

@@ -1,7 +1,7 @@
 """resnet_ext: torchvision-compatible ResNets with fused CUDA kernels (conv + BN + [add] + ReLU)."""
 from .ops import build_info, conv_bn_act, explain, fold_bn, fold_bn_weights
-from .switches import (autotune, bn_optin, cpu_conv1x1, cpu_direct, cpu_onednn_graph, cpu_prefetch, cpu_stem,
-                       cpu_winograd, fused_train, nhwc_max_pool, prefer_cudnn)
+from .switches import (autotune, bn_optin, cpu_conv1x1, cpu_direct, cpu_onednn_graph, cpu_prefetch, cpu_replay,
+                       cpu_stem, cpu_winograd, fused_train, nhwc_max_pool, prefer_cudnn)
 from .engine import explain_train
 from .engine.units import path_counts, reset_path_counts, train_bn
 from .bn_act import bn_act, convert_sync_batchnorm

@@ -489,7 +489,7 @@ def _check_packing_per_batch_size(ours, tv):
             assert rel_err(ours(x), tv(x)) < TOL
             s, folds = resnet_ext.engine.structure.of(ours, x.dtype, 3), resnet_ext.engine.frozen.folds_of(ours)
             programs = state.of(ours).programs[2]
-            (program, _, _), = [v for k, v in programs.items() if k[0] == tuple(x.shape)]
+            (program, _, _, _), = [v for k, v in programs.items() if k[0] == tuple(x.shape)]
             checked = 0
             for u, wb in zip(s.units, program):
                 if wb[0] is cpu.WINO:

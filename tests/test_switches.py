@@ -8,10 +8,10 @@ import pytest
 import resnet_ext
 from resnet_ext import switches
 
-ALL = ["nhwc_max_pool", "on_cuda", "cpu_winograd", "cpu_conv1x1", "cpu_stem", "cpu_direct", "cpu_prefetch", "bn_optin",
-       "autotune", "prefer_cudnn"]
+ALL = ["nhwc_max_pool", "on_cuda", "cpu_winograd", "cpu_conv1x1", "cpu_stem", "cpu_direct", "cpu_prefetch",
+       "cpu_replay", "bn_optin", "autotune", "prefer_cudnn"]
 DEFAULTS = {"cpu_winograd": True, "cpu_conv1x1": True, "cpu_stem": True, "cpu_direct": True, "cpu_prefetch": True,
-            "prefer_cudnn": True}
+            "cpu_replay": True, "prefer_cudnn": True}
 EXPERIMENTAL_ONLY = {"nhwc_max_pool", "bn_optin"}  # turning them on needs RESNET_EXT_EXPERIMENTAL=1
 
 

@@ -18,9 +18,10 @@ from torch import Tensor, nn
 
 from .. import ops
 from .._C_loader import _C
-from ..switches import cpu_conv1x1, cpu_direct, cpu_onednn_graph, cpu_prefetch, cpu_stem, cpu_winograd
+from ..switches import (cpu_conv1x1, cpu_direct, cpu_onednn_graph, cpu_prefetch, cpu_replay, cpu_stem,
+                        cpu_winograd)
 from . import state as _state
-from . import onednn_graph, structure, units
+from . import onednn_graph, replay, structure, units
 from .structure import Unit
 
 _DTYPES = (torch.float32, torch.bfloat16)
@@ -299,9 +300,9 @@ def direct_pays(u: Unit, x: Tensor) -> bool:
     less. At batch 2 (231M multiply-adds) the 3x3s ran 0.89-0.97x oneDNN's speed warm, at batch 8 0.92-0.99x: hence
     the bound. Stride 1 (the 3x3 convs Winograd leaves to oneDNN: too few tiles): layer 4's at 224x224 0.86-0.88x
     (the first, against its slowed oneDNN time) and 1.06-1.08x (the second) per unit, sums of units 0.4-1.3% less in
-    eight runs; whole forwards on smaller inputs 0.80-0.96x (resnet18/34/50 at 32 to 112): no oneDNN call is left there
-    to pay ATen's cost, which probably is most of it. In fp32 the stride-2 convs ran 1.02-1.06x alone but layer 4's 1.07-1.13x slower inside
-    the forward: oneDNN keeps them."""
+    eight runs; whole forwards on smaller inputs 0.80-0.96x (resnet18/34/50 at 32 to 112), where no oneDNN call is
+    left. In fp32 the stride-2 convs ran 1.02-1.06x alone but layer 4's 1.07-1.13x slower inside the forward: oneDNN
+    keeps them."""
     conv = u.conv
     pad, _, dilation, groups = u.geometry
     return (cpu_direct.on and not AMX_BF16 and x.dtype in DIRECT_DTYPES
@@ -491,6 +492,7 @@ HEAD = "pool_linear"  # path_counts: frozen forwards whose average pool and fc r
 PREFETCHED = "prefetch"  # path_counts: of the frozen mode's units on resnet_ext's own ops, those that fetched the next
 # unit's weight (prefetch_pays)
 OWN = (WINO, CONV1X1, STEM, DIRECT)
+REPLAYS = "cpu_replays"  # path_counts: frozen CPU forwards whose plan ran as its recorded program (`replay`)
 
 
 def _is_own(wb) -> bool:
@@ -586,6 +588,11 @@ def run(model: nn.Module, s: structure.Structure, x: Tensor, wb, fc_dtype: Optio
     average pool and the fc in `fc_dtype` if given (`logits`, with `onednn_fc`) (freeze(dtype=torch.bfloat16): the
     average pool and fc in the model's fp32, the bf16 features cast before the pool or pooled with fp32 sums by
     `ops.pool_linear`; pooled in bf16, they would be rounded to bf16, 2.6-2.9e-3 of the largest)."""
+    return logits(model, features(model, s, x, wb), onednn_fc, fc_dtype)
+
+
+def features(model: nn.Module, s: structure.Structure, x: Tensor, wb) -> Tensor:
+    """The last block's output: `run` without the head."""
     x = _maxpool(model.maxpool, _conv(s.stem, x, wb(s.stem, x)))
     for head, ds, tail in s.blocks:
         y = x
@@ -594,7 +601,7 @@ def run(model: nn.Module, s: structure.Structure, x: Tensor, wb, fc_dtype: Optio
         residual = x if ds is None else _conv(ds, x, wb(ds, x))
         x = _tail(tail, y, residual, wb(tail, y))
         del y, residual  # free the block's buffers now, for the next block's allocations (hot in cache)
-    return logits(model, x, onednn_fc, fc_dtype)
+    return x
 
 
 HEAD_MAX_BATCH = 8  # head_fits: pool_linear's GEMV for batches up to this, oneDNN's GEMM beyond
@@ -781,14 +788,16 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
            cpu_onednn_graph.on, cpu_prefetch.on,
            (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode))
     x = internal_layout(x)
-    entry = programs.get(key)  # (unit wbs, {kind: units on resnet_ext's own op}, the oneDNN graph or None)
+    # (unit wbs, {kind: units on resnet_ext's own op}, the oneDNN graph or None, [its replay: None until recorded,
+    # then the program or False])
+    entry = programs.get(key)
     if entry is None and cpu_onednn_graph.on and onednn_graph.pays(x):
         with reused_memory(False):  # the graph's compiled partitions and packed weights are kept with the model
             graph = onednn_graph.build(model, s, folds, x, fc_dtype)
         if graph is not None:
             if len(programs) >= CACHE_LIMIT:
                 programs.clear()
-            entry = programs[key] = (None, {}, graph)
+            entry = programs[key] = (None, {}, graph, [False])
     if entry is not None and entry[2] is not None:
         out = logits(model, entry[2](x), True)
         units.count("onednn_graph")
@@ -819,10 +828,23 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
         own = {kind: sum(w[0] is kind for w in program) for kind in OWN}
         own[PREFETCHED] = sum(len(w) > 3 for w in program if _is_own(w))
         own[WINO_F23] = sum(w[0] is WINO and w[1].dim() == 3 and w[1].shape[0] == 16 for w in program)  # fp32 F(2x2)
-        entry = programs[key] = (program, own, None)
+        entry = programs[key] = (program, own, None, [None])
+    elif entry[3][0] and cpu_replay.on and replay.replayable():
+        out = logits(model, entry[3][0].run(x), True, fc_dtype)
+        units.count(REPLAYS)
     else:
         it = iter(entry[0])
-        out = run(model, s, x, lambda u, y: next(it), fc_dtype, True)
+
+        def plan(t):
+            return features(model, s, t, lambda u, y: next(it))
+
+        if entry[3][0] is None and cpu_replay.on and replay.replayable():  # the plan is settled: record it
+            weights = (t for wb in entry[0] for t in wb if isinstance(t, Tensor))
+            program, feats = replay.record(plan, x, weights)
+            entry[3][0] = program if program is not None else False
+        else:
+            feats = plan(x)
+        out = logits(model, feats, True, fc_dtype)
     if entry[2] is None:
         own = entry[1]  # units on resnet_ext's own ops, per kind, and how many of the Winograd ones ran F(2x2) in fp32
         units.count("onednn_prepacked", len(s.units) - sum(own[kind] for kind in OWN))
