@@ -14,8 +14,7 @@ import torch
 import torch.utils.cpp_extension
 from torch.utils import benchmark
 
-import resnet_ext  # noqa: F401  (the ops' fakes and weight packers)
-from resnet_ext import ops
+from resnet_ext import ops  # the weight packers (and, imported, the package's own ops to time against)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = ("winograd.cpp", "winograd_f23.inc", "conv1x1.cpp", "cpu_gemm.h", "cpu_clones.h", "avx512_lanes.h")

@@ -229,7 +229,8 @@ PYBIND11_MODULE(_C, m) {
       .def("add", &resnet_ext::CpuProgram::add, py::arg("name"), py::arg("overload"), py::arg("args"),
            py::arg("slots"), py::arg("out"))
       .def("finish", &resnet_ext::CpuProgram::finish, py::arg("result"))
-      .def("run", &resnet_ext::CpuProgram::run, py::arg("x"))
+      // Without the GIL, as each op called from Python runs: the program calls no Python (engine/replay.py).
+      .def("run", &resnet_ext::CpuProgram::run, py::arg("x"), py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("calls", &resnet_ext::CpuProgram::calls);
   m.def("cpu_memory_stats", []() {
     const auto s = resnet_ext::cpu_memory::stats();

@@ -114,8 +114,8 @@ forward of each input size follows it.""")
 cpu_replay = switch("cpu_replay", default=True, doc="""Whether the frozen CPU mode records, on the second forward of
 each input shape (its plan settled by the first), the operator calls of its convolutions and max pool, and replays
 them from C++ on later forwards (`engine.replay`; default on): the same calls on the same weights, the same bits,
-without the Python that chose them (at batch 1 0.954-0.982x the time, at batch 8 level: resnet50 and resnet101,
-bf16 and fp32, 2-core Zen 5). The head (pool and fc) and every check a forward makes stay in Python; a forward that records no verified
+without the Python that chose them (at batch 1 0.954-0.982x the time, at batch 8 0.93-1.04x: resnet50 and
+resnet101, bf16 and fp32, 2-core Zen 5). The head (pool and fc) and every check a forward makes stay in Python; a forward that records no verified
 program runs the plan as before. `path_counts()` counts `cpu_replays`. Returns the setting in force before the
 call.""")
 

@@ -2,13 +2,15 @@
 input plans, the second records its operator calls, later ones replay them from C++ -- bit for bit the plan's own
 output -- while every change a forward would see (weights refrozen or reloaded, the fc, the max pool's attributes,
 hooks, another input) is seen as before; a recording that cannot be proven replayable is not kept."""
+import weakref
+
 import pytest
 import torch
 import torchvision
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import resnet_ext
-from resnet_ext import ops
 from resnet_ext._C_loader import _C
 from resnet_ext.engine import replay
 from conftest import frozen_pair
@@ -183,3 +185,103 @@ def test_recordings_it_cannot_prove_are_not_kept():
     assert prog is None
     prog, _ = replay.record(lambda t: t + torch.rand_like(t), x, [])  # another result on the verifying replay
     assert prog is None
+
+
+def test_inputs_alternating_in_shape_and_layout_each_replay_their_own_program():
+    model, _ = frozen_pair("resnet18")
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(1, 3, 64, 64, generator=g), torch.randn(2, 3, 48, 64, generator=g)]
+    xs.append(xs[0].contiguous(memory_format=torch.channels_last))
+    prev = resnet_ext.cpu_replay(False)
+    try:
+        with torch.no_grad():
+            want = [model(x) for x in xs]
+    finally:
+        resnet_ext.cpu_replay(prev)
+    resnet_ext.reset_path_counts()
+    with torch.inference_mode():
+        for _ in range(4):
+            for x, w in zip(xs, want):
+                assert torch.equal(model(x), w)
+    assert resnet_ext.path_counts().get("cpu_replays") == 3 * len(xs)  # planned with the switch off; recorded once
+
+
+def test_replays_read_the_input_they_are_given():
+    """New values of the recorded shape, and the recorded tensor itself changed in place: the replay computes them."""
+    model, tv = frozen_pair("resnet18")
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 3, 64, 64, generator=g)
+    forwards(model, x, 3)
+    others = [torch.randn(1, 3, 64, 64, generator=g) for _ in range(2)]
+    resnet_ext.reset_path_counts()
+    with torch.no_grad():
+        got = [model(o) for o in others]
+        x.mul_(-1.5)
+        got.append(model(x))
+        want = [tv(o) for o in others + [x]]
+    assert resnet_ext.path_counts().get("cpu_replays") == 3
+    for a, b in zip(got, want):
+        assert (a - b).abs().max() <= 1e-4 * b.abs().max()
+    assert not torch.equal(got[0], got[1])
+
+
+def test_no_replay_under_a_function_mode_or_for_a_tensor_subclass():
+    model, _ = frozen_pair("resnet18")
+    x = torch.randn(1, 3, 64, 64)
+    forwards(model, x, 3)
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Watch():
+        assert forwards(model, x, 1)[1] == 0
+
+    class Sub(torch.Tensor):
+        pass
+
+    assert forwards(model, x.as_subclass(Sub), 3)[1] == 0
+
+
+def test_a_failing_program_is_dropped_and_the_plan_runs(monkeypatch):
+    real = _C.CpuProgram
+
+    class Broken:
+        def __init__(self):
+            self.inner = real()
+
+        def add(self, *a):
+            self.inner.add(*a)
+
+        def finish(self, r):
+            self.inner.finish(r)
+
+        def run(self, x):
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr(replay._C, "CpuProgram", Broken)
+    model, tv = frozen_pair("resnet18")
+    x = torch.randn(1, 3, 64, 64)
+    outs, replays = forwards(model, x, 4)
+    assert replays == 0
+    with torch.no_grad():
+        want = tv(x)
+    assert (outs[-1] - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+def test_the_recording_holds_no_intermediate():
+    """An intermediate the forward drops is freed then, during the recording (the plan's own peak memory)."""
+    x = torch.randn(64, 64)
+    alive = []
+
+    def fn(t):
+        y = torch.relu(t)
+        ref = weakref.ref(y)
+        z = torch.sigmoid(y)
+        del y
+        alive.append(ref() is not None)
+        return torch.add(z, z)
+
+    prog, out = replay.record(fn, x, [])
+    assert prog is not None and alive == [False]
+    assert torch.equal(prog.run(x), out)

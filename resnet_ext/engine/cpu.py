@@ -785,7 +785,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
     planned = False
     pool = model.maxpool  # read live by the per-unit plan; a graph holds its parameters
     key = (tuple(x.shape), x.dtype, x.stride(), cpu_winograd.on, cpu_conv1x1.on, cpu_stem.on, cpu_direct.on,
-           cpu_onednn_graph.on, cpu_prefetch.on,
+           cpu_onednn_graph.on, cpu_prefetch.on, CONV1X1_IN_PLACE,  # the latter read by _tail, frozen by a replay
            (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode))
     x = internal_layout(x)
     # (unit wbs, {kind: units on resnet_ext's own op}, the oneDNN graph or None, [its replay: None until recorded,
@@ -829,7 +829,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
         own[PREFETCHED] = sum(len(w) > 3 for w in program if _is_own(w))
         own[WINO_F23] = sum(w[0] is WINO and w[1].dim() == 3 and w[1].shape[0] == 16 for w in program)  # fp32 F(2x2)
         entry = programs[key] = (program, own, None, [None])
-    elif entry[3][0] and cpu_replay.on and replay.replayable():
+    elif entry[3][0] and cpu_replay.on and replay.replayable(x):
         out = logits(model, entry[3][0].run(x), True, fc_dtype)
         units.count(REPLAYS)
     else:
@@ -838,7 +838,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
         def plan(t):
             return features(model, s, t, lambda u, y: next(it))
 
-        if entry[3][0] is None and cpu_replay.on and replay.replayable():  # the plan is settled: record it
+        if entry[3][0] is None and cpu_replay.on and replay.replayable(x):  # the plan is settled: record it
             weights = (t for wb in entry[0] for t in wb if isinstance(t, Tensor))
             program, feats = replay.record(plan, x, weights)
             entry[3][0] = program if program is not None else False
