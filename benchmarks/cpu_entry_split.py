@@ -22,6 +22,7 @@ MARKS = ["enabled", "enabled.end", "forward", "reuse", "reuse.end", "frozen_fold
 
 def main() -> None:
     torch.set_num_threads(2)
+    resnet_ext.cpu_replay(False)  # the units' Python wrappers timed here run only without the replay
     arch, batch, layout, dt = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     model = resnet_ext.freeze(getattr(resnet_ext, arch)().eval(), dtype=torch.bfloat16 if dt == "bf16" else None)
     x = torch.randn(batch, 3, 224, 224)

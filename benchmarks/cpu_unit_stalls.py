@@ -18,6 +18,7 @@ from resnet_ext.engine import cpu
 
 def main() -> None:
     torch.set_num_threads(2)
+    resnet_ext.cpu_replay(False)  # the units' Python wrappers timed here run only without the replay
     resnet_ext.cpu_prefetch(os.environ.get("PREFETCH", "1") == "1")
     touch = os.environ.get("TOUCH") == "1"
     arch, batch, dt = sys.argv[1], int(sys.argv[2]), sys.argv[3]

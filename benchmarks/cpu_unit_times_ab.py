@@ -21,6 +21,7 @@ from resnet_ext.engine import cpu
 
 def main() -> None:
     torch.set_num_threads(2)
+    resnet_ext.cpu_replay(False)  # the units' Python wrappers timed here run only without the replay
     arch, batch, dt, rest = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
     always = "always" in rest
     rest = [a for a in rest if a != "always"]
