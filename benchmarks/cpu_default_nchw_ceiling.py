@@ -1,7 +1,8 @@
 """How fast can the default mode be on an NCHW input at batch 1 while it keeps torchvision's convolutions (their bits,
 which torchvision's FX test holds it to: engine/cpu.py, internal_layout)? Against torchvision's forward, per round:
   convs only   torchvision's modules with BN, ReLU and the residual adds taken out (Identity): the same convolutions,
-               everything around them free -- the ceiling of any epilogue fusion;
+               everything around them free but the modules' Python -- the ceiling of any epilogue fusion in Python;
+  convs, TorchScript  the same traced by torch.jit.trace (the convolutions called without Python between them);
   blocked      the convolutions on oneDNN's blocked tensors end to end (`to_mkldnn`, weights reordered once): the
                same convolution kernels (their outputs bitwise equal, checked per conv), no reorder of maps or
                weights between them; BN, ReLU, add and max pool as oneDNN's ops on those tensors (not torchvision's
@@ -12,7 +13,6 @@ Usage: python benchmarks/cpu_default_nchw_ceiling.py [ROUNDS] [ARCH ...]   (2 th
 import copy
 import statistics
 import sys
-import types
 
 import torch
 import torchvision
@@ -21,22 +21,26 @@ from torch.utils.benchmark import Timer
 import resnet_ext
 
 
-def convs_only(tv: torch.nn.Module) -> torch.nn.Module:
-    m = copy.deepcopy(tv)
-    for mod in list(m.modules()):
-        for name, child in list(mod.named_children()):
-            if isinstance(child, (torch.nn.BatchNorm2d, torch.nn.ReLU)):
-                setattr(mod, name, torch.nn.Identity())
+class ConvsOnly(torch.nn.Module):
+    """torchvision's forward without BN, ReLU and the residual adds: the same convolutions (the downsamples' outputs
+    returned with the logits, so that a trace keeps them), the max pool and the head."""
 
-    def forward(self, x):  # the block's convolutions, no add
-        out = self.conv3(self.conv2(self.conv1(x))) if hasattr(self, "conv3") else self.conv2(self.conv1(x))
-        if self.downsample is not None:
-            self.downsample(x)
-        return out
-    for mod in m.modules():
-        if isinstance(mod, (torchvision.models.resnet.Bottleneck, torchvision.models.resnet.BasicBlock)):
-            mod.forward = types.MethodType(forward, mod)
-    return m
+    def __init__(self, tv: torch.nn.Module):
+        super().__init__()
+        self.tv = tv
+
+    def forward(self, x):
+        tv, kept = self.tv, []
+        x = tv.maxpool(tv.conv1(x))
+        for layer in (tv.layer1, tv.layer2, tv.layer3, tv.layer4):
+            for blk in layer:
+                out = blk.conv2(blk.conv1(x))
+                if hasattr(blk, "conv3"):
+                    out = blk.conv3(out)
+                if blk.downsample is not None:
+                    kept.append(blk.downsample[0](x))
+                x = out
+        return (tv.fc(torch.flatten(tv.avgpool(x), 1)), *kept)
 
 
 def blocked(tv: torch.nn.Module, x: torch.Tensor):
@@ -90,9 +94,13 @@ def main() -> None:
         with torch.no_grad():
             fwd, same, n = blocked(tv, x)
             ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
-            contenders = {"convs only": convs_only(tv), "blocked": fwd, "default": ours}
+            free = ConvsOnly(tv)
+            contenders = {"convs only": free, "convs, TorchScript": torch.jit.trace(free, x),
+                          "blocked": fwd, "default": ours}
+            traced = contenders["convs, TorchScript"]
             print(f"{arch}, NCHW 1x3x224x224, fp32, torch {torch.__version__}: default bitwise torchvision "
-                  f"{torch.equal(ours(x), tv(x))}; blocked convs bitwise ATen's {same} ({n} convs)")
+                  f"{torch.equal(ours(x), tv(x))}; blocked convs bitwise ATen's {same} ({n} convs); traced convs "
+                  f"bitwise the modules' {all(map(torch.equal, traced(x), free(x)))}")
             ratios = {k: [] for k in contenders}
             order = [("torchvision", tv)] + list(contenders.items())
             for r in range(rounds):
@@ -103,7 +111,7 @@ def main() -> None:
                 for k in contenders:
                     ratios[k].append(t["torchvision"] / t[k])
         for k, v in ratios.items():
-            print(f"  torchvision / {k:<11} median {statistics.median(v):.3f} ({min(v):.3f}-{max(v):.3f}), "
+            print(f"  torchvision / {k:<18} median {statistics.median(v):.3f} ({min(v):.3f}-{max(v):.3f}), "
                   f"{rounds} rounds")
 
 
