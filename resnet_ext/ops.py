@@ -62,6 +62,16 @@ def _pair(name: str, v: IntPair) -> list:
     return [i, i]
 
 
+def _tensor_args(**named) -> None:
+    """conv_bn_act's tensor arguments checked as its op schema checks them (x and weight a Tensor, the others a
+    Tensor or None), before anything reads them: explain's binding and padding="same" would fail unnamed."""
+    for name, v in named.items():
+        if not isinstance(v, Tensor) and (v is not None or name in ("x", "weight")):
+            kind = "Tensor" if name in ("x", "weight") else "Optional[Tensor]"
+            raise RuntimeError(f"resnet_ext::conv_bn_act() Expected a value of type '{kind}' for argument '{name}' "
+                               f"but instead found type '{type(v).__name__}'.")
+
+
 def _conv_args(x: Tensor, weight: Tensor, residual: Optional[Tensor], stride, padding, dilation, groups):
     """The op's arguments from conv_bn_act's F.conv2d-style ones: an unbatched (C, H, W) x (and residual) gets a
     batch dimension; padding "valid" is 0 and "same" is F.conv2d's (an odd total pads the end by one more, through
@@ -103,6 +113,7 @@ def conv_bn_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residu
     least fp32 on the convolution's sum (only kernels with that epilogue take it; elsewhere the convolution, then
     the epilogue in fp32, float64 for a float64 x). Differentiable. Takes the argument forms F.conv2d takes (ints or 1/2-tuples, padding "same"/"valid",
     an unbatched x) and rejects what it rejects."""
+    _tensor_args(x=x, weight=weight, bias=bias, residual=residual, scale=scale, shift=shift)
     x, residual, stride, padding, dilation, groups, unbatched = _conv_args(x, weight, residual, stride, padding,
                                                                            dilation, groups)
     y = torch.ops.resnet_ext.conv_bn_act(x, weight, bias, residual, stride, padding, dilation, relu, groups, scale,
@@ -783,6 +794,7 @@ def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: 
     """Which path `conv_bn_act` takes with these arguments, and why: ("fused:<kernel>", "cudnn_fused",
     "cudnn_graph" (scale and shift, experimental build) or "stock", reason). Runs no kernel; asks the same
     dispatcher, with the same operands, as the call itself."""
+    _tensor_args(x=x, weight=weight, bias=bias, residual=residual, scale=scale, shift=shift)
     x, residual, stride, padding, dilation, groups, _ = _conv_args(x, weight, residual, stride, padding, dilation,
                                                                    groups)
     return _C.explain(x, weight, bias, residual, stride, padding, dilation, relu, groups, scale, shift)

@@ -161,6 +161,17 @@ def test_bad_input_names_the_argument(over, match):
         resnet_ext.explain(*a.values())
 
 
+@pytest.mark.parametrize("name", ["x", "weight", "bias", "residual", "scale", "shift"])
+@pytest.mark.parametrize("padding", [[1, 1], "same"])
+def test_non_tensor_argument_is_named(name, padding):
+    a = _args(padding=padding, **{name: "not a tensor"})
+    match = rf"Expected a value of type '(Optional\[)?Tensor\]?' for argument '{name}' but instead found type 'str'"
+    with pytest.raises(RuntimeError, match=match):
+        resnet_ext.conv_bn_act(**a)
+    with pytest.raises(RuntimeError, match=match):
+        resnet_ext.explain(**a)
+
+
 def test_build_info_and_explain():
     info = resnet_ext.build_info()
     assert set(info) >= {"cuda", "cuda_archs", "torch_version", "fused_kernels"}
