@@ -163,6 +163,24 @@ def test_batch_of_one_on_a_1x1_map_raises_like_torchvision(train_mode):
     _assert_same_state(ours, tv)
 
 
+@pytest.mark.parametrize("mode", ["train", "eval", "frozen"])
+@pytest.mark.parametrize("bad", ["x", None, 3.0, "list"])
+def test_an_input_that_is_no_tensor_raises_like_torchvision(mode, bad):
+    ours, tv = pair("resnet50")
+    bad = [torch.randn(1, 3, 32, 32)] if bad == "list" else bad
+    for m in (ours, tv):
+        m.train(mode == "train")
+    if mode == "frozen":
+        resnet_ext.freeze(ours)
+    for call in (lambda m: m, lambda m: m.layer1[0]):  # the model and a block alone
+        errors = []
+        for m in (ours, tv):
+            with pytest.raises(TypeError) as e:
+                call(m)(bad)
+            errors.append(str(e.value))
+        assert errors[0] == errors[1]
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The module path's batched BN scale/shift must not change what a mixed model does
 # ------------------------------------------------------------------------------------------------------------

@@ -41,8 +41,9 @@ def enabled(m: nn.Module, x) -> bool:
     device and none is marked by `convert_sync_batchnorm`): that runs torchvision's code as it stands, without the
     engine's dispatch per unit. A block decides for its own BNs (its downsample's included), the ResNet for its
     stem's; on the CPU the ResNet's forward enters all the same where the memory reuse around it pays
-    (`cpu.reuse_pays`; `cpu.reused_memory`: 1.00-1.16x on a train step, 2 cores)."""
-    if not units.enabled():
+    (`cpu.reuse_pays`; `cpu.reused_memory`: 1.00-1.16x on a train step, 2 cores). Not for an input that is no
+    tensor: torchvision's code raises its own error for it."""
+    if not isinstance(x, Tensor) or not units.enabled():
         return False
     if m.training and fused_block(m, x):
         return True
