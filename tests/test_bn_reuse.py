@@ -116,7 +116,7 @@ def test_inference_mode_then_a_plain_forward_of_another_dtype():
         assert rel_err(ours(x.bfloat16()), tv(x.bfloat16())) < 3e-2
 
 
-def test_a_trace_records_the_fold_not_a_reused_result():
+def test_a_trace_reads_bn_afresh_not_a_reused_result():
     ours, _ = _pair(torch.float32, "nchw")
     x = torch.randn(1, 3, 32, 32)
     _run(ours, x)  # reuse armed

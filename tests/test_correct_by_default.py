@@ -301,6 +301,23 @@ def test_jit_trace_bakes_in_no_weights():
         assert rel_err(traced(x), tv(x)) < TOL
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_jit_trace_records_torchvisions_graph(grad, layout, train):
+    """torch.jit.trace checks its graph by tracing again under no_grad: with grad mode on, the engine's paths (which
+    depend on whether a gradient is wanted) failed that check. A trace records torchvision's module graph."""
+    ours, tv = pair("resnet18", train=train)
+    x = x_()
+    if layout == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.set_grad_enabled(grad):
+        traced, theirs = torch.jit.trace(ours, x), torch.jit.trace(tv, x)
+    assert [n.kind() for n in traced.graph.nodes()] == [n.kind() for n in theirs.graph.nodes()]
+    with torch.no_grad():
+        assert torch.equal(traced(x), theirs(x))
+
+
 def test_jit_script_matches_torchvision():
     ours, tv = pair("resnet18")
     scripted = torch.jit.script(ours)

@@ -30,10 +30,12 @@ _TRAIN_BN = (nn.BatchNorm2d, nn.SyncBatchNorm)
 
 def enabled() -> bool:
     """False where the model must show torchvision's module graph: FX symbolic tracing (feature extraction), ONNX
-    export, a global module hook that every module call must reach; and under torch.func transforms, which the
-    ops' autograd (torch.library) does not support."""
+    export, TorchScript tracing (torch.jit.trace checks the graph by tracing again under no_grad, and the engine's
+    paths depend on whether a gradient is wanted: a trace with grad mode on failed that check), a global module
+    hook that every module call must reach; and under torch.func transforms, which the ops' autograd
+    (torch.library) does not support."""
     if (torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.onnx.is_in_onnx_export()
-            or torch._C._are_functorch_transforms_active()):
+            or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()):
         return False
     return not any(getattr(_module, name, None) for name in _GLOBAL_HOOKS)
 
