@@ -1,8 +1,8 @@
 """ResNet models that are drop-ins for torchvision.models.resnet: same constructor arguments, same submodules,
 same state_dict keys, same numbers, same behaviour under hooks, module swaps, tracing, scripting and export.
 
-This file is torchvision's module code. Each forward asks `engine.enabled(self, x)` (no FX tracing, ONNX export,
-global hook, nor a train-mode forward that computes as torchvision does anyway, ...) and then hands over to the engine (`engine.forward` for the network, `engine.block` for a block), which
+This file is torchvision's module code. Each forward asks `engine.enabled(self, x)` (no FX or TorchScript tracing,
+ONNX export, global hook, no input other than a tensor, nor a train-mode forward that computes as torchvision does anyway, ...) and then hands over to the engine (`engine.forward` for the network, `engine.block` for a block), which
 runs what it can prove unchanged from torchvision fused and the rest through these modules; the engine's state on
 a model is dropped where resnet_ext sees weights change (`train`, `_apply`, `load_state_dict`).
 """

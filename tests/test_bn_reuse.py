@@ -9,6 +9,7 @@ import torch
 import torchvision
 
 import resnet_ext
+from resnet_ext import ops
 from resnet_ext._C_loader import _C
 from resnet_ext.engine import state
 from conftest import randomize_bn, rel_err
@@ -124,6 +125,22 @@ def test_a_trace_reads_bn_afresh_not_a_reused_result():
     with torch.no_grad():
         _bn(ours).running_var.data.mul_(4)
         assert rel_err(traced(x), copy.deepcopy(ours)(x)) < 1e-4
+
+
+def test_a_trace_of_the_fold_records_it_not_the_memo():
+    """A model's trace no longer reaches the engine; the memo's guard still holds for the op traced on its own."""
+    ours, _ = _pair(torch.float32, "nchw")
+    pairs = [(ours.layer3[0].conv2.requires_grad_(False), _bn(ours).requires_grad_(False))]  # trace constants
+    memo = {}
+    with torch.no_grad():
+        ops.bn_affine_pairs(pairs, conv_bias=False, memo=memo)  # armed: the next call with these bytes reuses
+
+        def scale(t):
+            return t * ops.bn_affine_pairs(pairs, conv_bias=False, memo=memo)[0][0]
+        t = torch.ones(256)
+        traced = torch.jit.trace(scale, t, check_trace=False)
+        _bn(ours).running_var.data.mul_(4)
+        assert torch.equal(traced(t), ops.bn_affine_pairs(pairs, conv_bias=False)[0][0])
 
 
 def test_same_bytes():

@@ -313,7 +313,7 @@ def test_jit_trace_records_torchvisions_graph(grad, layout, train):
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.set_grad_enabled(grad):
         traced, theirs = torch.jit.trace(ours, x), torch.jit.trace(tv, x)
-    assert [n.kind() for n in traced.graph.nodes()] == [n.kind() for n in theirs.graph.nodes()]
+    assert [n.kind() for n in traced.inlined_graph.nodes()] == [n.kind() for n in theirs.inlined_graph.nodes()]
     with torch.no_grad():
         assert torch.equal(traced(x), theirs(x))
 

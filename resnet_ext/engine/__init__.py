@@ -78,7 +78,7 @@ def upgrade_pickled(state: dict) -> dict:
 
 def fused_block(b: nn.Module, x) -> bool:
     """Whether a train-mode block's forward runs the fused decomposition (`switches.fused_train`, opt-in; eager
-    only: traced and compiled forwards keep the module path)."""
+    only: compiled forwards keep the module path, and traced ones never enter the engine)."""
     return (switches.fused_train.on and b.training and not (torch.compiler.is_compiling() or torch.jit.is_tracing())
             and fused_train.why_not(b, x) is None)
 

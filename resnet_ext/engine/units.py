@@ -2,8 +2,9 @@
 
 The contract (README, "Default and frozen modes"): a unit runs fused only when its modules are exactly the stock
 ones (`nn.Conv2d` with zero padding, `nn.BatchNorm2d`, `nn.ReLU`) with no hooks of their own and no global module
-hooks, and only outside FX symbolic tracing and ONNX export; anything else runs that unit through its modules, in
-torchvision's order. In eval mode on CUDA (and in traced or compiled graphs) the BN is folded into the conv on
+hooks, and only outside FX symbolic tracing, TorchScript tracing and ONNX export (those record torchvision's
+module graph); anything else runs that unit through its modules, in torchvision's order. In eval mode on CUDA (and
+in compiled graphs) the BN is folded into the conv on
 every forward (one batched fold for the whole model, see `ops.fold_pairs`); eager on the CPU it is applied unfolded,
 as torchvision computes it (`unfolds`); a frozen model (`resnet_ext.freeze`) uses folds computed once. In train
 mode the BN(+add)+ReLU is the stock composition or the fused op (`train_bn`).
@@ -226,8 +227,8 @@ def forward_state(state: Optional[Forward]):
 
 def unfolds(x: Tensor) -> bool:
     """Whether the default mode applies BN unfolded, as torchvision computes it (the fp32 scale and shift after the
-    stock conv): eager on the CPU. Elsewhere (CUDA's fused kernels, a traced or compiled graph) BN is folded into
-    the conv weights."""
+    stock conv): eager on the CPU. Elsewhere (CUDA's fused kernels, a compiled graph) BN is folded into the conv
+    weights. (A TorchScript trace never gets here: `enabled`.)"""
     return x.device.type == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
 
 
