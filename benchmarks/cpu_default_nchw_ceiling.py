@@ -7,10 +7,15 @@ which torchvision's FX test holds it to: engine/cpu.py, internal_layout)? Agains
                same convolution kernels (their outputs bitwise equal, checked per conv), no reorder of maps or
                weights between them; BN, ReLU, add and max pool as oneDNN's ops on those tensors (not torchvision's
                bits: shown for the time the reorders take, not as a candidate);
-  default      resnet_ext's default mode (bitwise torchvision here, checked).
-torchvision / contender per round (rotated interleaved rounds, torch.utils.benchmark), median and range.
+  default      resnet_ext's default mode (bitwise torchvision here, checked before and after the timings);
+  "+ reuse"    the same inside resnet_ext's reused memory (engine/cpu.py, reused_memory: the default mode's forwards
+               run inside it at 224x224; fresh blocks of 64 KiB and more cost a page fault per 4 KiB on first touch,
+               and whether torchvision's own forward pays them depends on glibc's state in the process).
+torchvision / contender per round (rotated interleaved rounds, torch.utils.benchmark), median and range, and each
+contender's minor page faults per call (getrusage over 5 calls after the rounds).
 Usage: python benchmarks/cpu_default_nchw_ceiling.py [ROUNDS] [ARCH ...]   (2 threads; idle machine)."""
 import copy
+import resource
 import statistics
 import sys
 
@@ -19,6 +24,7 @@ import torchvision
 from torch.utils.benchmark import Timer
 
 import resnet_ext
+from resnet_ext.engine import cpu
 
 
 class ConvsOnly(torch.nn.Module):
@@ -80,6 +86,20 @@ def blocked(tv: torch.nn.Module, x: torch.Tensor):
     return forward, all(same), len(same)
 
 
+def reusing(m):
+    def forward(x):
+        with cpu.reused_memory(True):
+            return m(x)
+    return forward
+
+
+def faults(f, x, calls=5):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        f(x)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
 def main() -> None:
     torch.set_num_threads(2)
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 7
@@ -95,8 +115,8 @@ def main() -> None:
             fwd, same, n = blocked(tv, x)
             ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
             free = ConvsOnly(tv)
-            contenders = {"convs only": free, "convs, TorchScript": torch.jit.trace(free, x),
-                          "blocked": fwd, "default": ours}
+            contenders = {"torchvision + reuse": reusing(tv), "convs only": free, "convs only + reuse": reusing(free),
+                          "convs, TorchScript": torch.jit.trace(free, x), "blocked": fwd, "default": ours}
             traced = contenders["convs, TorchScript"]
             print(f"{arch}, NCHW 1x3x224x224, fp32, torch {torch.__version__}: default bitwise torchvision "
                   f"{torch.equal(ours(x), tv(x))}; blocked convs bitwise ATen's {same} ({n} convs); traced convs "
@@ -110,9 +130,14 @@ def main() -> None:
                         min_run_time=1).median
                 for k in contenders:
                     ratios[k].append(t["torchvision"] / t[k])
+            resnet_ext.reset_path_counts()
+            pf = {k: faults(m, x) for k, m in order}
+            print(f"  after the rounds: default bitwise torchvision {torch.equal(ours(x), tv(x))}, its paths "
+                  f"{resnet_ext.path_counts()}")
+        print(f"  {'torchvision':<37} page faults per call {pf['torchvision']:.0f}")
         for k, v in ratios.items():
-            print(f"  torchvision / {k:<18} median {statistics.median(v):.3f} ({min(v):.3f}-{max(v):.3f}), "
-                  f"{rounds} rounds")
+            print(f"  torchvision / {k:<22} median {statistics.median(v):.3f} ({min(v):.3f}-{max(v):.3f}), "
+                  f"{rounds} rounds; page faults per call {pf[k]:.0f}")
 
 
 if __name__ == "__main__":
