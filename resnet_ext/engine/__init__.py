@@ -47,7 +47,7 @@ def enabled(m: nn.Module, x) -> bool:
         return False
     if m.training and fused_block(m, x):
         return True
-    if m.training and isinstance(x, Tensor) and not units.train_fused(x):
+    if m.training and not units.train_fused(x):
         bns = units.own_bns(m)
         if all(units.trains_stock(bn) for bn in bns):
             if x.device.type == "cpu" and _state.is_model(m) and cpu.reuse_pays(x):
