@@ -728,17 +728,26 @@ def onednn_conv(x: Tensor, w: Tensor, b: Tensor, conv: nn.Conv2d, relu: bool, re
     unary = "relu" if relu else "none"
     if residual is None:
         return mk._convolution_pointwise(x, w, b, *args, unary, [], "")
-    if not onednn_add_fuses(x, w, residual):
+    if not onednn_add_fuses(x, w, residual, conv):
         return add_act_(mk._convolution_pointwise(x, w, b, *args, "none", [], ""), residual, relu)
     return mk._convolution_pointwise.binary(x, residual, w, b, *args, "add", 1.0, unary, [], "")
 
 
-def onednn_add_fuses(x: Tensor, w: Tensor, residual: Tensor) -> bool:
-    """Whether oneDNN's convolution can take the residual add as a post-op. torch 2.14.1 runs an NCHW one (input
-    and weight both NCHW) as the convolution then ATen's add_relu, which has no bf16 kernel (an internal assert);
-    torch 2.11 fails ("could not create a memory") on a 1x1 output (a 32x32 image's layer4). There the add and ReLU
-    run as two in-place ops after the convolution, in torchvision's order."""
-    if residual.shape[-2:] == (1, 1):
+def conv_out_size(x: Tensor, kernel_size, conv: nn.Conv2d) -> Tuple[int, int]:
+    """The output height and width of conv2d over x with this kernel size and the conv's (numeric) padding, stride
+    and dilation."""
+    return tuple((x.shape[2 + i] + 2 * conv.padding[i] - conv.dilation[i] * (kernel_size[i] - 1) - 1)
+                 // conv.stride[i] + 1 for i in (0, 1))
+
+
+def onednn_add_fuses(x: Tensor, w: Tensor, residual: Tensor, conv: nn.Conv2d) -> bool:
+    """Whether oneDNN's convolution can take the residual add as a post-op. Not for a residual of another shape than
+    the output (a changed geometry or weight: torchvision's in-place add broadcasts it or raises its own error);
+    torch 2.14.1 runs an NCHW one (input and weight both NCHW) as the convolution then ATen's add_relu, which has
+    no bf16 kernel (an internal assert); torch 2.11 fails ("could not create a memory") on a 1x1 output (a 32x32
+    image's layer4). There the add and ReLU run as two in-place ops after the convolution, in torchvision's order."""
+    if residual.shape[-2:] == (1, 1) or tuple(residual.shape) != (x.shape[0], w.shape[0],
+                                                                 *conv_out_size(x, w.shape[2:], conv)):
         return False
     return x.dtype != torch.bfloat16 or any(
         t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() for t in (x, w))

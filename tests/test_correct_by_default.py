@@ -3,6 +3,7 @@ model traces, scripts and exports like torchvision's; the frozen mode keeps its 
 
 Every comparison runs our model and a torchvision model holding the same Parameter and buffer objects
 (`from_torchvision` shares them), after the fused path has run once (so any cache would be warm)."""
+import copy
 import io
 import pickle
 import re
@@ -543,3 +544,33 @@ def test_a_weight_swapped_under_a_gemm_unit_gives_torchvisions_answer_or_error(d
         y = ours(x)
     assert y.dtype == ref.dtype and torch.isfinite(y).all()
     assert rel_err(y.float(), ref.float()) < (TOL if dtype == torch.float32 else 2e-2)
+
+
+GEOMETRY_CHANGES = {  # after recorded forwards; each leaves a block's output and its identity of different sizes
+    "padding": lambda m: setattr(m.layer2[0].conv1, "padding", (0, 0)),
+    "dilation": lambda m: setattr(m.layer1[0].conv2, "dilation", (2, 2)),
+    "downsample_stride": lambda m: setattr(m.layer3[0].downsample[0], "stride", (1, 1)),
+}
+
+
+@pytest.mark.parametrize("mode", ["default", "frozen", "frozen_bf16"])
+@pytest.mark.parametrize("change", list(GEOMETRY_CHANGES))
+def test_a_change_that_breaks_the_residual_add_gives_torchvisions_error(mode, change):
+    """torchvision's `out += identity` raises its own message (or broadcasts); a fused residual add (oneDNN's sum
+    post-op) must not raise its own instead."""
+    if mode == "frozen_bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("no native bf16")
+    tv = torchvision.models.resnet18(num_classes=10).eval()
+    ours = resnet_ext.from_torchvision(copy.deepcopy(tv)).eval()
+    if mode != "default":
+        resnet_ext.freeze(ours, dtype=torch.bfloat16 if mode == "frozen_bf16" else None)
+    x = x_(1, 64)
+    with torch.no_grad():
+        ours(x), ours(x)
+        for m in (ours, tv):
+            GEOMETRY_CHANGES[change](m)
+        with pytest.raises(RuntimeError) as want:
+            tv(x)
+        with pytest.raises(RuntimeError) as got:
+            ours(x)
+    assert str(got.value).split("\n")[0] == str(want.value).split("\n")[0]

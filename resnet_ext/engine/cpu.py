@@ -81,8 +81,8 @@ def memory_stats() -> dict:
 
 
 def _out_size(conv: nn.Conv2d, x: Tensor) -> Tuple[int, int]:
-    """The conv's output height and width for x (numeric padding, dilation 1: what the GEMM units take)."""
-    return tuple((x.shape[2 + i] + 2 * conv.padding[i] - conv.kernel_size[i]) // conv.stride[i] + 1 for i in (0, 1))
+    """The conv's output height and width for x, from its attributes (numeric padding)."""
+    return ops.conv_out_size(x, conv.kernel_size, conv)
 
 
 def gemm_pays(u: Unit, x: Tensor) -> bool:
@@ -567,7 +567,7 @@ def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
         return winograd_unit(u, y, wb[1], wb[2], residual)
     if wb[0] is NCHW_UNFOLDED:
         return nchw_unit(u, y, wb[1], wb[2], residual)
-    if not ops.onednn_add_fuses(y, wb[0], residual):
+    if not ops.onednn_add_fuses(y, wb[0], residual, u.conv):
         out = torch.ops.mkldnn._convolution_pointwise.default(y, wb[0], wb[1], *u.args, "none", [], "")
         return ops.add_act_(out, residual, True)
     return torch.ops.mkldnn._convolution_pointwise_.binary(residual, y, wb[0], wb[1], *u.args, "add", 1.0, "relu",
