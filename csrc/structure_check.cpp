@@ -4,10 +4,12 @@
 // reads of module dicts come from memory on every forward. resnet50's check inside its frozen batch-1 forward took
 // 0.27-0.38 ms in Python and 0.16-0.21 ms here; alone 67-71 -> 27 us warm, 311-362 -> 243-292 us right after a
 // 200 MB write (benchmarks/results/2026-12-06-cpu-entry/). (Reading all modules' dicts first, then all
-// hook dicts, to overlap the misses, measured no better.)
+// hook dicts, to overlap the misses, measured no better.) FoldSources: the frozen mode's per-forward check that the
+// tensors its folds were made from were not written since.
 #include "structure_check.h"
 
 #include <Python.h>
+#include <torch/python.h>
 
 namespace resnet_ext {
 namespace {
@@ -77,6 +79,32 @@ struct Dict {  // an owned instance __dict__
 
 }  // namespace
 
+namespace {
+
+const void* storage_of(const at::Tensor& t) {
+  const c10::TensorImpl* impl = t.unsafeGetTensorImpl();
+  return impl->has_storage() ? impl->unsafe_storage().unsafeGetStorageImpl() : nullptr;
+}
+
+}  // namespace
+
+FoldSources::FoldSources(const std::vector<at::Tensor>& tensors) {
+  entries_.reserve(tensors.size());
+  for (const at::Tensor& t : tensors) {
+    const c10::VariableVersion& counter = t.unsafeGetTensorImpl()->version_counter();
+    if (counter.enabled()) entries_.push_back({t, counter, counter.current_version(), storage_of(t)});
+  }
+}
+
+bool FoldSources::holds() const {
+  // No early exit: the entries' reads are independent, so their cache misses overlap (the forward before this
+  // one streamed the weights through the cache; resnet50 has 265 such tensors).
+  bool same = true;
+  for (const Entry& e : entries_)
+    same &= (e.counter.current_version() == e.version) & (storage_of(e.tensor) == e.storage);
+  return same;
+}
+
 bool structure_matches(const py::list& children, const py::list& modules, const py::list& types,
                        const py::list& convs, const py::list& bns, const py::tuple& patched) {
   const Names& k = names();
@@ -131,7 +159,8 @@ bool structure_matches(const py::list& children, const py::list& modules, const 
       if (!equal(v.ptr(), PyTuple_GET_ITEM(entry.ptr(), 3 + g))) return false;
     }
   }
-  // Every BN: (bn, eps) in eval mode, the recorded eps, running statistics present.
+  // Every BN: (bn, eps, weight, bias, running_mean, running_var) in eval mode, the recorded eps and tensor objects
+  // (running statistics present).
   for (py::handle entry : bns) {
     PyObject* bn = PyTuple_GET_ITEM(entry.ptr(), 0);
     Dict d(bn);
@@ -140,9 +169,15 @@ bool structure_matches(const py::list& children, const py::list& modules, const 
     PyObject* eps = item(d.d, k.eps);
     if (training == nullptr || truthy(training) || eps == nullptr || !equal(eps, PyTuple_GET_ITEM(entry.ptr(), 1)))
       return false;
+    PyObject* params = item(d.d, k.parameters);
+    if (attribute_or_stored(d.d, params, k.weight, missing) != PyTuple_GET_ITEM(entry.ptr(), 2) ||
+        attribute_or_stored(d.d, params, k.bias, missing) != PyTuple_GET_ITEM(entry.ptr(), 3))
+      return false;
     PyObject* buffers = item(d.d, k.buffers);
-    for (PyObject* name : {k.running_mean, k.running_var})
-      if (attribute_or_stored(d.d, buffers, name, Py_None) == Py_None) return false;
+    for (int i = 0; i < 2; ++i) {
+      PyObject* v = attribute_or_stored(d.d, buffers, i == 0 ? k.running_mean : k.running_var, Py_None);
+      if (v == Py_None || v != PyTuple_GET_ITEM(entry.ptr(), 4 + i)) return false;
+    }
   }
   return true;
 }

@@ -4,7 +4,8 @@ same state_dict keys, same numbers, same behaviour under hooks, module swaps, tr
 This file is torchvision's module code. Each forward asks `engine.enabled(self, x)` (no FX or TorchScript tracing,
 ONNX export, global hook, no input other than a tensor, nor a train-mode forward that computes as torchvision does anyway, ...) and then hands over to the engine (`engine.forward` for the network, `engine.block` for a block), which
 runs what it can prove unchanged from torchvision fused and the rest through these modules; the engine's state on
-a model is dropped where resnet_ext sees weights change (`train`, `_apply`, `load_state_dict`).
+a model is dropped where resnet_ext sees weights change (`train`, `_apply`, `load_state_dict` here; writes into
+folded tensors on the next frozen forward, engine/frozen.py).
 """
 import os
 from collections.abc import Mapping

@@ -480,10 +480,13 @@ def test_frozen_mode_contract():
             assert sum(paths.values()) == sum(isinstance(m, nn.Conv2d) for m in ours.modules()), counts
     with torch.no_grad():
         for p in ours.parameters():
-            p.mul_(1.2)
-    with torch.no_grad():  # the documented contract: weight edits are not seen until freeze() again
+            p.data.mul_(1.2)  # the documented exception: a write through .data is not seen until freeze() again
         assert rel_err(ours(x), tv(x)) > 1e-3
     resnet_ext.freeze(ours)
+    same(ours, tv, x)
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.mul_(0.9)  # in place: seen (version counters), the next forward refolds
     same(ours, tv, x)
     # What resnet_ext can see refolds by itself: conversions, loads, train/eval, module swaps and hooks.
     ours.double()
@@ -546,10 +549,129 @@ def test_a_weight_swapped_under_a_gemm_unit_gives_torchvisions_answer_or_error(d
     assert rel_err(y.float(), ref.float()) < (TOL if dtype == torch.float32 else 2e-2)
 
 
+# ------------------------------------------------------------------------------------------------------------
+# Frozen models see writes into the tensors they folded
+# ------------------------------------------------------------------------------------------------------------
+
+def _bf16_ok():
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+FROZEN_DTYPES = [None, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(not _bf16_ok(), reason="no native bf16"))]
+
+
+def _sgd_step_in_eval(m):  # fine-tuning with BN frozen (eval mode), as on a frozen model by mistake
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    with torch.enable_grad():
+        m(x_(2, 32, seed=3)).square().mean().backward()
+    opt.step()
+
+
+FROZEN_WRITES = {  # (change, whether it is in place: the refolded forward then equals a fresh freeze bit for bit)
+    "sgd_step_in_eval": (_sgd_step_in_eval, True),
+    "mul_no_grad": (lambda m: [p.mul_(0.8) for p in m.parameters()], True),
+    "running_var_fill": (lambda m: m.layer1[0].bn1.running_var.fill_(3.0), True),
+    "state_dict_copy": (lambda m: [v.copy_(v * 0.5) for k, v in m.state_dict().items() if k.endswith("weight")],
+                        True),
+    "nn_init": (lambda m: [nn.init.normal_(c.weight, 0, 0.05) for c in m.modules() if isinstance(c, nn.Conv2d)],
+                True),
+    "vector_to_parameters": (lambda m: torch.nn.utils.vector_to_parameters(
+        torch.nn.utils.parameters_to_vector(m.parameters()) * 1.1, m.parameters()), True),
+    "bn_weight_replaced": (lambda m: setattr(m.layer2[0].bn2, "weight", nn.Parameter(torch.full((128,), 2.0))),
+                           False),
+    "running_mean_replaced": (lambda m: setattr(m.layer3[1].bn1, "running_mean", torch.full((256,), 0.5)), False),
+    "conv_weight_replaced": (lambda m: setattr(m.layer1[1].conv2, "weight",
+                                               nn.Parameter(m.layer1[1].conv2.weight.detach() * -1)), False),
+}
+
+
+@pytest.mark.parametrize("dtype", FROZEN_DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("write", list(FROZEN_WRITES))
+def test_a_frozen_model_sees_writes_into_its_tensors(dtype, write):
+    """After recorded and replayed forwards, an optimizer step, an in-place write (copy_, fill_, nn.init, a
+    state_dict value) or a replaced tensor (`p.data = q`, a new parameter or buffer) changes the frozen model's
+    output as it changes torchvision's; in-place writes refold (the same bits as freezing afresh, still the flat
+    frozen forward), replaced tensors run that unit unfolded."""
+    change, in_place = FROZEN_WRITES[write]
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
+    resnet_ext.freeze(ours, dtype=dtype)
+    x = x_(2, 40)
+    with torch.no_grad():
+        before = [ours(x) for _ in range(3)][-1]  # recorded, then replayed
+        ref_before = tv(x)
+    for m in (ours, tv):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            change(m)
+    with torch.no_grad():
+        ref = tv(x)
+        resnet_ext.reset_path_counts()
+        y = ours(x)
+        counts = resnet_ext.path_counts()
+        assert rel_err(ref, ref_before) > 1e-2  # the write matters: a stale fold would be caught
+        assert rel_err(y, ref) < (TOL if dtype is None else 2e-2), rel_err(y, ref)
+        assert not torch.equal(y, before)
+        if in_place:
+            assert counts.get("flat_forwards") == 1, counts
+            fresh = resnet_ext.freeze(copy.deepcopy(ours), dtype=dtype)
+            assert torch.equal(y, fresh(x))
+            assert torch.equal(ours(x), y)  # and the forwards after
+
+
+@pytest.mark.parametrize("dtype", FROZEN_DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("unit", ["conv1", "layer1.0.conv1", "layer4.0.conv2", "layer3.0.downsample.0"])
+@pytest.mark.parametrize("swap", list(WEIGHT_SWAPS))
+def test_a_weight_swapped_under_a_frozen_unit_gives_torchvisions_answer_or_error(dtype, unit, swap):
+    """`conv.weight.data = w` of another dtype, shape, kernel or layout after frozen forwards: torchvision's output
+    or its exact error (a weight not of the conv's declared shape or the model's dtype runs unfolded), never a
+    fold's promoted answer or oneDNN's own error."""
+    tv = torchvision.models.resnet18(num_classes=10).eval()
+    ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
+    resnet_ext.freeze(ours, dtype=dtype)
+    x = x_(1, 64)
+    with torch.no_grad():
+        ours(x), ours(x)
+        torch.manual_seed(1)
+        w = WEIGHT_SWAPS[swap](tv.get_submodule(unit).weight.data)
+        for m in (ours, tv):
+            m.get_submodule(unit).weight.data = w.clone()
+        try:
+            ref = tv(x)
+        except Exception as e:  # noqa: BLE001 (whatever torchvision raises, ours must raise alike)
+            with pytest.raises(type(e)) as got:
+                ours(x)
+            assert str(got.value).split("\n")[0] == str(e).split("\n")[0]
+            return
+        y = ours(x)
+    assert y.dtype == ref.dtype and torch.isfinite(y).all()
+    assert rel_err(y, ref) < (TOL if dtype is None else 2e-2), rel_err(y, ref)
+
+
+@pytest.mark.parametrize("swap", ["dtype", "length"])
+@pytest.mark.parametrize("name", ["weight", "running_var"])
+def test_a_bn_tensor_swapped_under_a_frozen_model_gives_torchvisions_error(swap, name):
+    tv = torchvision.models.resnet18(num_classes=10).eval()
+    ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)))
+    x = x_(1, 64)
+    with torch.no_grad():
+        ours(x), ours(x)
+        for m in (ours, tv):
+            t = getattr(m.layer2[0].bn1, name)
+            t.data = t.data.double() if swap == "dtype" else t.data[:64].clone()
+        with pytest.raises(RuntimeError) as want:
+            tv(x)
+        with pytest.raises(RuntimeError) as got:
+            ours(x)
+    assert str(got.value).split("\n")[0] == str(want.value).split("\n")[0]
+
+
 GEOMETRY_CHANGES = {  # after recorded forwards; each leaves a block's output and its identity of different sizes
     "padding": lambda m: setattr(m.layer2[0].conv1, "padding", (0, 0)),
     "dilation": lambda m: setattr(m.layer1[0].conv2, "dilation", (2, 2)),
     "downsample_stride": lambda m: setattr(m.layer3[0].downsample[0], "stride", (1, 1)),
+    "kernel_through_data": lambda m: setattr(m.layer4[1].conv2.weight, "data",
+                                             m.layer4[1].conv2.weight.data[:, :, 1:2, 1:2].clone()),
 }
 
 
@@ -558,7 +680,7 @@ GEOMETRY_CHANGES = {  # after recorded forwards; each leaves a block's output an
 def test_a_change_that_breaks_the_residual_add_gives_torchvisions_error(mode, change):
     """torchvision's `out += identity` raises its own message (or broadcasts); a fused residual add (oneDNN's sum
     post-op) must not raise its own instead."""
-    if mode == "frozen_bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if mode == "frozen_bf16" and not _bf16_ok():
         pytest.skip("no native bf16")
     tv = torchvision.models.resnet18(num_classes=10).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv)).eval()

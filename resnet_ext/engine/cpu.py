@@ -676,6 +676,8 @@ def packed_weight(fold, conv: nn.Conv2d, x: Tensor) -> Tensor:
     key = (tuple(x.shape), conv.padding, conv.stride, conv.dilation, conv.groups)
     w = fold.packed.get(key)
     if w is None:
+        if fold.weight.shape[1] * conv.groups != x.shape[1]:  # a weight of other in-channels (a `.data` swap):
+            F.conv2d(x, fold.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)  # ATen's error
         with torch.inference_mode(False), torch.no_grad(), reused_memory(False):  # kept with the model
             w = torch.ops.mkldnn._reorder_convolution_weight(fold.weight, *ops.onednn_args(conv), list(x.shape))
         fmt = _packed_format(w)

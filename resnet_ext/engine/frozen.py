@@ -1,12 +1,14 @@
 """The explicit frozen mode, resnet_ext's counterpart of torch.compile's freezing or torch.jit.freeze.
 
 `freeze(model)` puts a resnet_ext ResNet in eval mode and folds every conv + BatchNorm once (on the CPU the folded
-weights are also prepacked for oneDNN on the first forward of each input size), on the contract that the weights
-do not change until `freeze(model)` is called again. The folds are recomputed by resnet_ext itself after
-`.to()`/`.cuda()`/`.half()`, `load_state_dict`, `train()` and unpickling; any other change of a parameter or
-buffer (an optimizer step in eval mode, a `.data` write, `copy_`) is not seen until the next `freeze(model)`.
-Module swaps and hooks are always seen: a unit whose modules changed runs the default (always-correct) path.
-The default, unfrozen mode needs no such contract: it folds on every forward.
+weights are also prepacked for oneDNN on the first forward of each input size). The folds are recomputed by
+resnet_ext itself after `.to()`/`.cuda()`/`.half()`, `load_state_dict`, `train()` and unpickling, and on the next
+frozen forward after any conv or BN parameter or buffer was written in place (an optimizer step in eval mode,
+`copy_`, `fill_`, `nn.init`: its version counter moved) or given a new storage (`p.data = q`): `_C.FoldSources`,
+checked on every frozen forward. Only a write through `.data` (`p.data.mul_(2)`, which PyTorch leaves off the
+version counter) is not seen until the next `freeze(model)`. Module swaps, hooks and tensors replaced by other
+objects are always seen: such a unit runs the default (always-correct) path. The default, unfrozen mode needs none
+of this: it folds on every forward.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from .._C_loader import _C
 from . import cpu
 from . import state as _state
 from . import units
@@ -26,11 +29,13 @@ class FrozenUnit:
     (`packed`, filled by `cpu.packed_weight`), and the weight as the frozen plan's own ops take it (`winograd`,
     `gemm`, `stem`, `direct`: made on first use)."""
 
-    __slots__ = ("bn", "param", "bias_param", "eps", "weight", "bias", "packed", "winograd", "gemm", "stem", "direct")
+    __slots__ = ("bn", "param", "bias_param", "eps", "bn_tensors", "weight", "bias", "packed", "winograd", "gemm",
+                 "stem", "direct")
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, weight: Tensor, bias: Tensor):
         self.bn, self.param, self.bias_param, self.weight, self.bias = bn, conv.weight, conv.bias, weight, bias
         self.eps = bn.eps
+        self.bn_tensors = _bn_tensors(bn)
         self.packed: Dict[tuple, Tensor] = {}
         self.winograd: Dict[int, Tensor] = {}  # per output tile side m
         self.gemm: Optional[Tensor] = None
@@ -67,10 +72,10 @@ class FrozenUnit:
         return self.direct
 
     def belongs_to(self, conv: nn.Module, bn: nn.Module) -> bool:
-        """Whether this fold is of these modules and parameter objects (a replaced weight or bias has none) and of
-        the BN's eps (an attribute, not a value behind the freeze contract: a changed eps is honoured)."""
+        """Whether this fold is of these modules, tensor objects (a replaced weight, bias or running statistic has
+        none; writes into them are `_C.FoldSources`') and the BN's eps."""
         return (bn is self.bn and conv.weight is self.param and conv.bias is self.bias_param
-                and bn.eps == self.eps)
+                and bn.eps == self.eps and all(a is b for a, b in zip(_bn_tensors(bn), self.bn_tensors)))
 
     def run(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool,
             residual: Optional[Tensor]) -> Optional[Tensor]:
@@ -85,9 +90,14 @@ class FrozenUnit:
                                   relu, conv.groups)
 
 
+def _bn_tensors(bn: nn.Module) -> tuple:
+    return (bn.weight, bn.bias, bn.running_mean, bn.running_var)
+
+
 def freeze(model: nn.Module, *, dtype: Optional[torch.dtype] = None, cuda_graphs: bool = False) -> nn.Module:
     """Puts `model` (a resnet_ext ResNet) in eval mode and freezes it in place: BN folded once, weights prepacked
-    for oneDNN on the CPU. Call it again after changing weights. Returns `model`.
+    for oneDNN on the CPU; folded again on the next forward after a write into a folded tensor. Call it again after
+    a write through `.data`, which PyTorch keeps off the version counters. Returns `model`.
 
     `dtype=torch.bfloat16` (CPU, fp32 model): the frozen convolutions run in bf16 (folded in fp32, then rounded),
     for CPUs with native bf16 (AVX512-BF16, AMX); inputs and outputs stay fp32, the average pool and the fc layer
@@ -109,6 +119,7 @@ def freeze(model: nn.Module, *, dtype: Optional[torch.dtype] = None, cuda_graphs
     st.invalidate()
     st.frozen = dtype if dtype is not None else True
     st.cuda_graphs = cuda_graphs
+    st.sources = _sources(model)
     st.folds = _fold(model)
     return model
 
@@ -154,17 +165,63 @@ def invalidate(model: nn.Module) -> None:
 
 
 def folds_of(model: nn.Module) -> Optional[Dict[nn.Module, FrozenUnit]]:
-    """The frozen folds of `model` (computed now if they were dropped), or None if it is not frozen."""
+    """The frozen folds of `model`, or None if it is not frozen. Folded again now where they were dropped or a
+    tensor they were made from was written since (`_C.FoldSources`); None where a unit's tensors do not fit each
+    other (`_consistent`: the forward then runs unfolded, meeting torchvision's answer or error)."""
     st = _state.peek(model)
     if st is None or not st.frozen:
         return None
-    if st.folds is None:
-        st.folds = _fold(model)
+    if st.folds is not None:
+        if st.sources.holds():
+            return st.folds
+        st.invalidate()  # the programs and graphs made on the folds go with them
+    elif st.sources is not None and st.sources.holds():  # the last fold was refused on these same tensors
+        return None
+    st.sources = _sources(model)
+    st.folds = _fold(model)
     return st.folds
 
 
-def _fold(model: nn.Module) -> Dict[nn.Module, FrozenUnit]:
+def _sources(model: nn.Module):
+    """The tensors the folds read, as `_C.FoldSources` watches them: each conv's weight and bias, each BN's weight,
+    bias and running statistics (which objects they are is `FrozenUnit.belongs_to`'s)."""
+    return _C.FoldSources([t for conv, bn in units.model_pairs(model)
+                           for t in (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+                           if isinstance(t, Tensor)])
+
+
+def _consistent(pairs) -> bool:
+    """Whether every unit's tensors fit each other as torchvision's forward needs them: 4-D conv weights of one
+    dtype and device, and a conv bias and BN tensors of the weight's output channels, in its dtype (BN's also in
+    fp32 under 16-bit convs, which ATen's batch norm takes). Else a fold could compute what torchvision refuses (a
+    float64 BN weight promotes the fold) or fail elsewhere than it does: unfolded, the forward meets torchvision's
+    answer or error. (The modules' attributes may be stale: channel pruning writes `.data` only.)"""
+    w0 = pairs[0][0].weight
+    if not isinstance(w0, Tensor):
+        return False
+    bn_dtypes = (w0.dtype, torch.float32) if w0.dtype in (torch.bfloat16, torch.float16) else (w0.dtype,)
+    for conv, bn in pairs:
+        w = conv.weight
+        if not isinstance(w, Tensor) or w.dim() != 4 or w.dtype != w0.dtype or w.device != w0.device:
+            return False
+        n = w.shape[0]
+        if conv.bias is not None and not _vector(conv.bias, n, (w0.dtype,), w0.device):
+            return False
+        ts = [t for t in _bn_tensors(bn) if t is not None]
+        if len({getattr(t, "dtype", None) for t in ts}) > 1 or not all(_vector(t, n, bn_dtypes, w0.device) for t in ts):
+            return False
+    return True
+
+
+def _vector(t, n: int, dtypes, device) -> bool:
+    return isinstance(t, Tensor) and t.dtype in dtypes and t.device == device and tuple(t.shape) == (n,)
+
+
+def _fold(model: nn.Module) -> Optional[Dict[nn.Module, FrozenUnit]]:
+    """The folds, or None where a unit's tensors do not fit each other (`_consistent`)."""
     pairs = units.model_pairs(model)
+    if not _consistent(pairs):
+        return None
     dtype = compute_dtype(model)
     # Never inference tensors (folds made under inference_mode), which a later forward with gradients cannot use.
     with torch.inference_mode(False), torch.no_grad():

@@ -39,17 +39,18 @@ class ExtState:
     """`frozen`: False, True, or the compute dtype `freeze(model, dtype=...)` asked for; `cuda_graphs`: whether the
     frozen forward on CUDA replays graphs (`freeze(model, cuda_graphs=True)`). The caches: `graphs` (the
     `cuda.GraphCache`, which holds the folds' memory), `folds` (the frozen folds, `frozen.FrozenUnit` per conv),
+    `sources` (`_C.FoldSources`: the tensors the folds were made from, checked on every frozen forward),
     `programs` (the frozen flat forward's per-input programs on those folds), `structure` (`structure.Structure`,
     what the flat forward recorded), `flat_plans` (the default flat forward's per-input unit kinds: chosen from
     shapes and the weights' layouts, dropped with the folds; a weight swapped through `.data` since then is checked
     by the unit that runs it). `structure` depends on module identity only, never on weight values. `memo`: results
     checked against their inputs' bytes on every use (`ops.bn_affine_pairs`), never stale."""
 
-    __slots__ = ("frozen", "cuda_graphs", "folds", "programs", "graphs", "structure", "flat_plans", "memo")
+    __slots__ = ("frozen", "cuda_graphs", "folds", "sources", "programs", "graphs", "structure", "flat_plans", "memo")
 
     def __init__(self, frozen=False, cuda_graphs: bool = False):
         self.frozen, self.cuda_graphs = frozen, cuda_graphs
-        self.folds = self.programs = self.graphs = self.structure = None
+        self.folds = self.sources = self.programs = self.graphs = self.structure = None
         self.flat_plans: dict = {}
         self.memo: dict = {}
 
@@ -57,7 +58,7 @@ class ExtState:
         """Drops what depends on weight values and layouts: the frozen folds and the programs and graphs made on
         them, and the default mode's plans (which unit kinds pay depends on the weights' layouts, which
         `model.to(memory_format=...)` changes)."""
-        self.folds = self.programs = self.graphs = None
+        self.folds = self.sources = self.programs = self.graphs = None
         self.flat_plans = {}
 
     def __getstate__(self):

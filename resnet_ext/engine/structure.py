@@ -48,13 +48,15 @@ class Structure:
         self.types = [type(m) for m in self.modules]
         self.children = [(m, tuple(m._modules.values())) for m in self.modules if m._modules]
         self.convs = [(u.conv, u.conv.weight, u.conv.bias) + u.geometry for u in self.units]
-        self.bns = [(u.bn, u.bn.eps) for u in self.units]  # the frozen folds were made with these eps (belongs_to)
+        # The frozen folds were made with these eps and tensors (FrozenUnit.belongs_to).
+        self.bns = [(u.bn, u.bn.eps, u.bn.weight, u.bn.bias, u.bn.running_mean, u.bn.running_var) for u in self.units]
 
     def matches(self, model: nn.Module) -> bool:
         """Whether the model is still exactly what was recorded: same modules in the same places, same types, no
         hooks or instance-level forward, same conv weight and bias objects (where nn.Module's attribute lookup finds
-        them: an instance attribute first, else the store) and geometry, BNs in eval mode with running statistics
-        and the same eps. This runs on every forward: the loops are in C (`_C.structure_matches`, the same reads)."""
+        them: an instance attribute first, else the store) and geometry, BNs in eval mode with the same eps, weight,
+        bias and running statistics objects. This runs on every forward: the loops are in C
+        (`_C.structure_matches`, the same reads)."""
         return (_C.structure_matches(self.children, self.modules, self.types, self.convs, self.bns, units.PATCHED)
                 and not model.maxpool.return_indices)  # else the next conv gets a tuple: torchvision's error
 
