@@ -225,8 +225,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("finite_bfloat16", &resnet_ext::finite_bfloat16, "x.to(torch.bfloat16), or None where x is not all finite");
   m.def("structure_matches", &resnet_ext::structure_matches, "Whether a model is still what its Structure recorded");
   py::class_<resnet_ext::FoldSources>(m, "FoldSources", "The tensors a frozen model's folds were made from")
-      .def(py::init<const std::vector<at::Tensor>&>(), py::arg("tensors"))
+      .def(py::init<const py::list&>(), py::arg("tensors"))
       .def("holds", &resnet_ext::FoldSources::holds)
+      .def_static("folded", &resnet_ext::FoldSources::folded, py::arg("tensor"))
       .def("__len__", &resnet_ext::FoldSources::size);
   py::class_<resnet_ext::CpuProgram>(m, "CpuProgram", "A recorded sequence of operator calls (engine/cpu.py)")
       .def(py::init<>())

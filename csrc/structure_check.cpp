@@ -11,6 +11,8 @@
 #include <Python.h>
 #include <torch/python.h>
 
+#include <unordered_set>
+
 namespace resnet_ext {
 namespace {
 
@@ -81,29 +83,61 @@ struct Dict {  // an owned instance __dict__
 
 namespace {
 
-const void* storage_of(const at::Tensor& t) {
-  const c10::TensorImpl* impl = t.unsafeGetTensorImpl();
+c10::StorageImpl* storage_of(const c10::TensorImpl* impl) {
   return impl->has_storage() ? impl->unsafe_storage().unsafeGetStorageImpl() : nullptr;
+}
+
+// The tensor objects recorded by live FoldSources (FoldSources::folded; held by them, so never a reused address);
+// touched with the GIL held.
+std::unordered_multiset<const PyObject*>& recorded() {
+  static auto* set = new std::unordered_multiset<const PyObject*>();
+  return *set;
 }
 
 }  // namespace
 
-FoldSources::FoldSources(const std::vector<at::Tensor>& tensors) {
+FoldSources::FoldSources(const py::list& tensors) {
   entries_.reserve(tensors.size());
-  for (const at::Tensor& t : tensors) {
-    const c10::VariableVersion& counter = t.unsafeGetTensorImpl()->version_counter();
-    if (counter.enabled()) entries_.push_back({t, counter, counter.current_version(), storage_of(t)});
+  for (py::handle h : tensors) {
+    if (!THPVariable_Check(h.ptr())) continue;
+    const at::Tensor& t = THPVariable_Unpack(h.ptr());
+    c10::TensorImpl* impl = t.unsafeGetTensorImpl();
+    if (!impl->version_counter().enabled()) continue;  // an inference tensor: nothing to read
+    c10::StorageImpl* storage = storage_of(impl);
+    Py_INCREF(h.ptr());
+    entries_.push_back(Entry{h.ptr(), impl,
+                             storage ? impl->unsafe_storage().getWeakStorageImpl()
+                                     : c10::weak_intrusive_ptr<c10::StorageImpl>(c10::intrusive_ptr<c10::StorageImpl>()),
+                             impl->version_counter().current_version(), impl->storage_offset(),
+                             c10::SmallVector<int64_t, 5>(impl->sizes().begin(), impl->sizes().end()),
+                             c10::SmallVector<int64_t, 5>(impl->strides().begin(), impl->strides().end())});
+    recorded().insert(h.ptr());
+  }
+}
+
+FoldSources::~FoldSources() {
+  for (const Entry& e : entries_) {
+    auto it = recorded().find(e.tensor);
+    if (it != recorded().end()) recorded().erase(it);
+    Py_DECREF(e.tensor);
   }
 }
 
 bool FoldSources::holds() const {
   // No early exit: the entries' reads are independent, so their cache misses overlap (the forward before this
-  // one streamed the weights through the cache; resnet50 has 265 such tensors).
+  // one streamed the weights through the cache; resnet50 has 318 such tensors).
   bool same = true;
-  for (const Entry& e : entries_)
-    same &= (e.counter.current_version() == e.version) & (storage_of(e.tensor) == e.storage);
+  for (const Entry& e : entries_) {
+    const c10::TensorImpl* now = THPVariable_Unpack(e.tensor).unsafeGetTensorImpl();
+    const c10::VariableVersion& counter = now->version_counter();
+    same &= (now == e.impl) & counter.enabled() &&
+            (counter.current_version() == e.version) & (storage_of(now) == e.storage._unsafe_get_target()) &
+                (now->storage_offset() == e.offset) & now->sizes().equals(e.sizes) & now->strides().equals(e.strides);
+  }
   return same;
 }
+
+bool FoldSources::folded(const py::handle& tensor) { return recorded().count(tensor.ptr()) > 0; }
 
 bool structure_matches(const py::list& children, const py::list& modules, const py::list& types,
                        const py::list& convs, const py::list& bns, const py::tuple& patched) {

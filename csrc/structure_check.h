@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/TensorImpl.h>
+#include <c10/util/SmallVector.h>
 #include <pybind11/pybind11.h>
 
 #include <vector>
@@ -17,22 +18,33 @@ namespace resnet_ext {
 bool structure_matches(const pybind11::list& children, const pybind11::list& modules, const pybind11::list& types,
                        const pybind11::list& convs, const pybind11::list& bns, const pybind11::tuple& patched);
 
-// The frozen mode's fold sources (engine/frozen.py): the tensors its folds were made from, each with its version
-// and storage then. `holds()`: whether every one is still at that version (no in-place write since: an optimizer
-// step, copy_, fill_, nn.init) and on that storage (no `p.data = q`, as vector_to_parameters does). A write through
-// `.data` (`p.data.mul_(2)`) has its own version counter and is not seen; inference tensors have none.
-class FoldSources {
+// The frozen mode's fold sources (engine/frozen.py): the tensors its folds were made from, as Python objects (held),
+// and what each held then: its TensorImpl (`torch.utils.swap_tensors` puts another behind the object), version (an
+// in-place write: an optimizer step, copy_, fill_, nn.init), storage, offset, sizes and strides (`p.data = q`, a
+// view of the same storage included). `holds()`: whether all are as recorded. Not seen: a write that moves no
+// counter of these tensors (through `.data`, numpy, or another tensor on the same storage; a train-mode BN's
+// running statistics: frozen.py watches num_batches_tracked; fused optimizer kernels: `folded` lets a hook move
+// them). The StorageImpl is held by a weak reference, so its address cannot be reused while recorded; the
+// TensorImpl by address only (swap_tensors refuses a tensor with any other reference to its TensorImpl).
+class __attribute__((visibility("hidden"))) FoldSources {  // hidden: as pybind11 declares its own types
  public:
-  explicit FoldSources(const std::vector<at::Tensor>& tensors);
+  explicit FoldSources(const pybind11::list& tensors);
+  ~FoldSources();
+  FoldSources(const FoldSources&) = delete;
+  FoldSources& operator=(const FoldSources&) = delete;
   bool holds() const;
   size_t size() const { return entries_.size(); }
+  // Whether some live FoldSources records this Python tensor object.
+  static bool folded(const pybind11::handle& tensor);
 
  private:
   struct Entry {
-    at::Tensor tensor;             // kept alive: `storage` is compared by address
-    c10::VariableVersion counter;  // the tensor's own counter, read without going through the tensor
+    PyObject* tensor;  // a strong reference (dropped by the destructor, which runs with the GIL)
+    const c10::TensorImpl* impl;
+    c10::weak_intrusive_ptr<c10::StorageImpl> storage;  // null for a tensor without storage
     uint32_t version;
-    const void* storage;
+    int64_t offset;
+    c10::SmallVector<int64_t, 5> sizes, strides;  // inline: read with the entry, not from elsewhere in the heap
   };
   std::vector<Entry> entries_;
 };

@@ -733,6 +733,11 @@ def onednn_conv(x: Tensor, w: Tensor, b: Tensor, conv: nn.Conv2d, relu: bool, re
     return mk._convolution_pointwise.binary(x, residual, w, b, *args, "add", 1.0, unary, [], "")
 
 
+def conv_out_shape(x: Tensor, out_channels: int, kernel_size, conv: nn.Conv2d) -> tuple:
+    """The shape of conv2d(x) with a weight of out_channels and kernel_size and the conv's geometry."""
+    return (x.shape[0], out_channels, *conv_out_size(x, kernel_size, conv))
+
+
 def conv_out_size(x: Tensor, kernel_size, conv: nn.Conv2d) -> Tuple[int, int]:
     """The output height and width of conv2d over x with this kernel size and the conv's (numeric) padding, stride
     and dilation."""
@@ -746,8 +751,7 @@ def onednn_add_fuses(x: Tensor, w: Tensor, residual: Tensor, conv: nn.Conv2d) ->
     torch 2.14.1 runs an NCHW one (input and weight both NCHW) as the convolution then ATen's add_relu, which has
     no bf16 kernel (an internal assert); torch 2.11 fails ("could not create a memory") on a 1x1 output (a 32x32
     image's layer4). There the add and ReLU run as two in-place ops after the convolution, in torchvision's order."""
-    if residual.shape[-2:] == (1, 1) or tuple(residual.shape) != (x.shape[0], w.shape[0],
-                                                                 *conv_out_size(x, w.shape[2:], conv)):
+    if residual.shape[-2:] == (1, 1) or residual.shape != conv_out_shape(x, w.shape[0], w.shape[2:], conv):
         return False
     return x.dtype != torch.bfloat16 or any(
         t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() for t in (x, w))

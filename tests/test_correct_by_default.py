@@ -516,6 +516,8 @@ WEIGHT_SWAPS = {  # conv.weight.data = ...: the Parameter object stays, so the f
     "kernel": lambda w: torch.randn(*w.shape[:2], *((3, 3) if w.shape[2] == 1 else (1, 1))).to(w.dtype),
     "channels_last": lambda w: (torch.randn(w.shape) * 0.05).to(w.dtype).contiguous(memory_format=torch.channels_last),
     "contiguous": lambda w: (torch.randn(w.shape) * 0.05).to(w.dtype),
+    "view": lambda w: w.transpose(2, 3) if w.shape[2] > 1 else w.transpose(0, 1)[:, :w.shape[1] // 2].transpose(0, 1),
+    "kernel_view": lambda w: w[:, :, :1, :1] if w.shape[2] > 1 else w[::2],
 }
 
 
@@ -567,8 +569,42 @@ def _sgd_step_in_eval(m):  # fine-tuning with BN frozen (eval mode), as on a fro
     opt.step()
 
 
-FROZEN_WRITES = {  # (change, whether it is in place: the refolded forward then equals a fresh freeze bit for bit)
+def _fused_adamw_step(m):  # PyTorch's fused kernels move no version counter: resnet_ext's optimizer hook does
+    torch.manual_seed(2)
+    for p in m.parameters():
+        p.grad = torch.randn_like(p)
+    torch.optim.AdamW(m.parameters(), lr=0.05, fused=True).step()
+
+
+def _bn_recalibration(m):  # AdaBN-style: BNs alone in train mode (ATen moves no counter of the running statistics)
+    bns = [b for b in m.modules() if isinstance(b, nn.BatchNorm2d)]
+    for b in bns:
+        b.train()
+    for seed in range(2):
+        m(x_(4, 32, seed=seed) * 2 + 1)
+    for b in bns:
+        b.eval()
+
+
+def _swap_on_load(m):  # load_state_dict swapping in new tensors (torch.utils.swap_tensors) instead of copying
+    bn = m.layer1[0].bn2
+    state = {k: v * 1.5 if v.is_floating_point() else v for k, v in bn.state_dict().items()}
+    was = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        bn.load_state_dict(state)
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(was)
+
+
+FROZEN_WRITES = {  # (change, whether it writes the folded tensors themselves, in place or through `.data = `: the
+    # refolded forward then equals a fresh freeze bit for bit; else it replaces them and that unit runs unfolded)
     "sgd_step_in_eval": (_sgd_step_in_eval, True),
+    "fused_adamw_step": (_fused_adamw_step, True),
+    "bn_recalibration": (_bn_recalibration, True),
+    "swap_on_load": (_swap_on_load, True),
+    "data_view": (lambda m: setattr(m.layer1[0].conv1.weight, "data", m.layer1[0].conv1.weight.data.transpose(2, 3)),
+                  True),
     "mul_no_grad": (lambda m: [p.mul_(0.8) for p in m.parameters()], True),
     "running_var_fill": (lambda m: m.layer1[0].bn1.running_var.fill_(3.0), True),
     "state_dict_copy": (lambda m: [v.copy_(v * 0.5) for k, v in m.state_dict().items() if k.endswith("weight")],
@@ -588,11 +624,12 @@ FROZEN_WRITES = {  # (change, whether it is in place: the refolded forward then 
 @pytest.mark.parametrize("dtype", FROZEN_DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("write", list(FROZEN_WRITES))
 def test_a_frozen_model_sees_writes_into_its_tensors(dtype, write):
-    """After recorded and replayed forwards, an optimizer step, an in-place write (copy_, fill_, nn.init, a
-    state_dict value) or a replaced tensor (`p.data = q`, a new parameter or buffer) changes the frozen model's
-    output as it changes torchvision's; in-place writes refold (the same bits as freezing afresh, still the flat
-    frozen forward), replaced tensors run that unit unfolded."""
-    change, in_place = FROZEN_WRITES[write]
+    """After recorded and replayed forwards, an optimizer step (fused too), an in-place write (copy_, fill_,
+    nn.init, a state_dict value, BN statistics in train mode), `p.data = q` (a view included), a swapped tensor or a
+    replaced one (a new parameter or buffer) changes the frozen model's output as it changes torchvision's; writes
+    refold (the same bits as freezing afresh, still the flat frozen forward), replaced tensors run that unit
+    unfolded."""
+    change, refolds = FROZEN_WRITES[write]
     tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
     resnet_ext.freeze(ours, dtype=dtype)
@@ -612,7 +649,7 @@ def test_a_frozen_model_sees_writes_into_its_tensors(dtype, write):
         assert rel_err(ref, ref_before) > 1e-2  # the write matters: a stale fold would be caught
         assert rel_err(y, ref) < (TOL if dtype is None else 2e-2), rel_err(y, ref)
         assert not torch.equal(y, before)
-        if in_place:
+        if refolds:
             assert counts.get("flat_forwards") == 1, counts
             fresh = resnet_ext.freeze(copy.deepcopy(ours), dtype=dtype)
             assert torch.equal(y, fresh(x))
@@ -623,19 +660,19 @@ def test_a_frozen_model_sees_writes_into_its_tensors(dtype, write):
 @pytest.mark.parametrize("unit", ["conv1", "layer1.0.conv1", "layer4.0.conv2", "layer3.0.downsample.0"])
 @pytest.mark.parametrize("swap", list(WEIGHT_SWAPS))
 def test_a_weight_swapped_under_a_frozen_unit_gives_torchvisions_answer_or_error(dtype, unit, swap):
-    """`conv.weight.data = w` of another dtype, shape, kernel or layout after frozen forwards: torchvision's output
-    or its exact error (a weight not of the conv's declared shape or the model's dtype runs unfolded), never a
-    fold's promoted answer or oneDNN's own error."""
+    """`conv.weight.data = w` of another dtype, shape, kernel or layout, or a view of the weight itself, after frozen
+    forwards: torchvision's output or its exact error, never the old fold's answer, a fold's promoted answer or
+    oneDNN's own error."""
     tv = torchvision.models.resnet18(num_classes=10).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
     resnet_ext.freeze(ours, dtype=dtype)
     x = x_(1, 64)
     with torch.no_grad():
         ours(x), ours(x)
-        torch.manual_seed(1)
-        w = WEIGHT_SWAPS[swap](tv.get_submodule(unit).weight.data)
-        for m in (ours, tv):
-            m.get_submodule(unit).weight.data = w.clone()
+        for m in (ours, tv):  # each its own weight: a view of it where the swap is one
+            torch.manual_seed(1)
+            conv = m.get_submodule(unit)
+            conv.weight.data = WEIGHT_SWAPS[swap](conv.weight.data)
         try:
             ref = tv(x)
         except Exception as e:  # noqa: BLE001 (whatever torchvision raises, ours must raise alike)
@@ -648,7 +685,23 @@ def test_a_weight_swapped_under_a_frozen_unit_gives_torchvisions_answer_or_error
     assert rel_err(y, ref) < (TOL if dtype is None else 2e-2), rel_err(y, ref)
 
 
-@pytest.mark.parametrize("swap", ["dtype", "length"])
+def test_a_frozen_model_sees_each_of_many_data_assignments():
+    """`p.data = q` twice between forwards, again and again: the storage freed by the first may come back at the
+    old address (the check keeps it from being reused while recorded)."""
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)))
+    x = x_(1, 64)
+    with torch.no_grad():
+        ours(x), ours(x)
+        for i in range(8):
+            for m in (ours, tv):
+                rv = m.layer1[0].bn1.running_var
+                rv.data = torch.full((64,), 1.0 + i)
+                rv.data = torch.full((64,), 2.0 + i)
+            same(ours, tv, x)
+
+
+@pytest.mark.parametrize("swap", ["dtype", "length", "length_view"])
 @pytest.mark.parametrize("name", ["weight", "running_var"])
 def test_a_bn_tensor_swapped_under_a_frozen_model_gives_torchvisions_error(swap, name):
     tv = torchvision.models.resnet18(num_classes=10).eval()
@@ -658,7 +711,7 @@ def test_a_bn_tensor_swapped_under_a_frozen_model_gives_torchvisions_error(swap,
         ours(x), ours(x)
         for m in (ours, tv):
             t = getattr(m.layer2[0].bn1, name)
-            t.data = t.data.double() if swap == "dtype" else t.data[:64].clone()
+            t.data = {"dtype": t.data.double(), "length": t.data[:64].clone(), "length_view": t.data[:64]}[swap]
         with pytest.raises(RuntimeError) as want:
             tv(x)
         with pytest.raises(RuntimeError) as got:

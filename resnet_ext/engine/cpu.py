@@ -553,7 +553,8 @@ def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
         # The ops take a channels_last residual of the output's shape (a no-op where it is one: the model's own
         # are); an identity that torchvision's `out += identity` broadcasts is added after the op, as there (and
         # after STEM and DIRECT, which take none).
-        if wb[0] is STEM or wb[0] is DIRECT or residual.shape != (y.shape[0], wb[2].shape[0], *_out_size(u.conv, y)):
+        if (wb[0] is STEM or wb[0] is DIRECT
+                or residual.shape != ops.conv_out_shape(y, wb[2].shape[0], u.conv.kernel_size, u.conv)):
             return ops.add_act_(_own(u, y, wb, None, False), residual, True)
         residual = residual.contiguous(memory_format=torch.channels_last)
         if wb[0] is CONV1X1 and CONV1X1_IN_PLACE:  # the sum written over the residual

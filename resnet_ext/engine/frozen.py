@@ -3,12 +3,12 @@
 `freeze(model)` puts a resnet_ext ResNet in eval mode and folds every conv + BatchNorm once (on the CPU the folded
 weights are also prepacked for oneDNN on the first forward of each input size). The folds are recomputed by
 resnet_ext itself after `.to()`/`.cuda()`/`.half()`, `load_state_dict`, `train()` and unpickling, and on the next
-frozen forward after any conv or BN parameter or buffer was written in place (an optimizer step in eval mode,
-`copy_`, `fill_`, `nn.init`: its version counter moved) or given a new storage (`p.data = q`): `_C.FoldSources`,
-checked on every frozen forward. Only a write through `.data` (`p.data.mul_(2)`, which PyTorch leaves off the
-version counter) is not seen until the next `freeze(model)`. Module swaps, hooks and tensors replaced by other
-objects are always seen: such a unit runs the default (always-correct) path. The default, unfrozen mode needs none
-of this: it folds on every forward.
+frozen forward after any conv or BN tensor was written (an optimizer step in eval mode, `copy_`, `fill_`, `nn.init`,
+BN statistics in train mode, `p.data = q`, `swap_tensors`): `_C.FoldSources`, checked on every frozen forward.
+Not seen until the next `freeze(model)`: writes that move no version counter of these tensors (through `.data`,
+numpy, or another tensor on the same storage). Module swaps, hooks and tensors replaced by other objects are
+always seen: such a unit runs the default (always-correct) path. The default, unfrozen mode needs none of this:
+it folds on every forward.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Dict, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .. import ops
 from .._C_loader import _C
@@ -35,7 +36,7 @@ class FrozenUnit:
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, weight: Tensor, bias: Tensor):
         self.bn, self.param, self.bias_param, self.weight, self.bias = bn, conv.weight, conv.bias, weight, bias
         self.eps = bn.eps
-        self.bn_tensors = _bn_tensors(bn)
+        self.bn_tensors = units.bn_tensors(bn)
         self.packed: Dict[tuple, Tensor] = {}
         self.winograd: Dict[int, Tensor] = {}  # per output tile side m
         self.gemm: Optional[Tensor] = None
@@ -75,7 +76,7 @@ class FrozenUnit:
         """Whether this fold is of these modules, tensor objects (a replaced weight, bias or running statistic has
         none; writes into them are `_C.FoldSources`') and the BN's eps."""
         return (bn is self.bn and conv.weight is self.param and conv.bias is self.bias_param
-                and bn.eps == self.eps and all(a is b for a, b in zip(_bn_tensors(bn), self.bn_tensors)))
+                and bn.eps == self.eps and all(a is b for a, b in zip(units.bn_tensors(bn), self.bn_tensors)))
 
     def run(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool,
             residual: Optional[Tensor]) -> Optional[Tensor]:
@@ -90,14 +91,11 @@ class FrozenUnit:
                                   relu, conv.groups)
 
 
-def _bn_tensors(bn: nn.Module) -> tuple:
-    return (bn.weight, bn.bias, bn.running_mean, bn.running_var)
-
-
 def freeze(model: nn.Module, *, dtype: Optional[torch.dtype] = None, cuda_graphs: bool = False) -> nn.Module:
     """Puts `model` (a resnet_ext ResNet) in eval mode and freezes it in place: BN folded once, weights prepacked
     for oneDNN on the CPU; folded again on the next forward after a write into a folded tensor. Call it again after
-    a write through `.data`, which PyTorch keeps off the version counters. Returns `model`.
+    a write that moves no version counter (through `.data`, numpy or another tensor on the same storage). Returns
+    `model`.
 
     `dtype=torch.bfloat16` (CPU, fp32 model): the frozen convolutions run in bf16 (folded in fp32, then rounded),
     for CPUs with native bf16 (AVX512-BF16, AMX); inputs and outputs stay fp32, the average pool and the fc layer
@@ -175,8 +173,8 @@ def folds_of(model: nn.Module) -> Optional[Dict[nn.Module, FrozenUnit]]:
         if st.sources.holds():
             return st.folds
         st.invalidate()  # the programs and graphs made on the folds go with them
-    elif st.sources is not None and st.sources.holds():  # the last fold was refused on these same tensors
-        return None
+    elif st.sources is not None and st.sources.holds() and not _consistent(units.model_pairs(model)):
+        return None  # the last fold was refused on these same tensors, which still do not fit
     st.sources = _sources(model)
     st.folds = _fold(model)
     return st.folds
@@ -184,10 +182,35 @@ def folds_of(model: nn.Module) -> Optional[Dict[nn.Module, FrozenUnit]]:
 
 def _sources(model: nn.Module):
     """The tensors the folds read, as `_C.FoldSources` watches them: each conv's weight and bias, each BN's weight,
-    bias and running statistics (which objects they are is `FrozenUnit.belongs_to`'s)."""
-    return _C.FoldSources([t for conv, bn in units.model_pairs(model)
-                           for t in (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    bias and running statistics, and its num_batches_tracked, whose counter a train-mode BN moves where it writes
+    the statistics without; of every unit, folded or not (a BN in train mode now has its fold made when it is back
+    in eval mode and its count moved). Which objects they are is `FrozenUnit.belongs_to`'s. From the first call on,
+    fused optimizer steps move the counters of what they write (`_after_step`)."""
+    _watch_fused_steps()
+    return _C.FoldSources([t for conv, bn in units.model_pairs(model, foldable_only=False)
+                           for t in (getattr(conv, "weight", None), getattr(conv, "bias", None),
+                                     *units.bn_tensors(bn), getattr(bn, "num_batches_tracked", None))
                            if isinstance(t, Tensor)])
+
+
+_watching = False
+
+
+def _watch_fused_steps() -> None:
+    global _watching
+    if not _watching:
+        register_optimizer_step_post_hook(_after_step)
+        _watching = True
+
+
+def _after_step(optimizer, args, kwargs) -> None:
+    """After an optimizer step: PyTorch's fused kernels (`fused=True`) write the parameters without moving their
+    version counters, which every other implementation moves; move them for the tensors a frozen model folded."""
+    for group in optimizer.param_groups:
+        if group.get("fused"):
+            for p in group["params"]:
+                if _C.FoldSources.folded(p):
+                    torch.autograd.graph.increment_version(p)
 
 
 def _consistent(pairs) -> bool:
@@ -196,6 +219,8 @@ def _consistent(pairs) -> bool:
     fp32 under 16-bit convs, which ATen's batch norm takes). Else a fold could compute what torchvision refuses (a
     float64 BN weight promotes the fold) or fail elsewhere than it does: unfolded, the forward meets torchvision's
     answer or error. (The modules' attributes may be stale: channel pruning writes `.data` only.)"""
+    if not pairs:  # no BN in eval mode: nothing to fold
+        return True
     w0 = pairs[0][0].weight
     if not isinstance(w0, Tensor):
         return False
@@ -207,7 +232,7 @@ def _consistent(pairs) -> bool:
         n = w.shape[0]
         if conv.bias is not None and not _vector(conv.bias, n, (w0.dtype,), w0.device):
             return False
-        ts = [t for t in _bn_tensors(bn) if t is not None]
+        ts = [t for t in units.bn_tensors(bn) if t is not None]
         if len({getattr(t, "dtype", None) for t in ts}) > 1 or not all(_vector(t, n, bn_dtypes, w0.device) for t in ts):
             return False
     return True

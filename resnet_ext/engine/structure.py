@@ -49,7 +49,7 @@ class Structure:
         self.children = [(m, tuple(m._modules.values())) for m in self.modules if m._modules]
         self.convs = [(u.conv, u.conv.weight, u.conv.bias) + u.geometry for u in self.units]
         # The frozen folds were made with these eps and tensors (FrozenUnit.belongs_to).
-        self.bns = [(u.bn, u.bn.eps, u.bn.weight, u.bn.bias, u.bn.running_mean, u.bn.running_var) for u in self.units]
+        self.bns = [(u.bn, u.bn.eps, *units.bn_tensors(u.bn)) for u in self.units]
 
     def matches(self, model: nn.Module) -> bool:
         """Whether the model is still exactly what was recorded: same modules in the same places, same types, no

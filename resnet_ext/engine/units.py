@@ -70,6 +70,17 @@ def foldable(conv: nn.Module, bn: nn.Module) -> bool:
             and bn.running_mean is not None and bn.running_var is not None)
 
 
+BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
+
+
+def bn_tensors(bn: nn.Module) -> tuple:
+    """The BN's weight, bias and running statistics, as attribute lookup finds them (the instance's own attribute,
+    else the parameter, else the buffer; None where none), read from the dicts: nn.Module's __getattr__ is Python."""
+    d = bn.__dict__
+    params, buffers = d["_parameters"], d["_buffers"]
+    return tuple(d[n] if n in d else params[n] if n in params else buffers.get(n) for n in BN_TENSORS)
+
+
 def train_fusable(bn: nn.Module) -> bool:
     return type(bn) in _TRAIN_BN and hookless(bn) and bn.training
 
@@ -87,8 +98,9 @@ def is_block(m: nn.Module) -> bool:
     return _state.is_block(m)
 
 
-def model_pairs(model: nn.Module) -> List[Tuple[nn.Module, nn.Module]]:
-    """Every foldable (conv, bn) pair a ResNet's fused forward will look up, in forward order."""
+def model_pairs(model: nn.Module, foldable_only: bool = True) -> List[Tuple[nn.Module, nn.Module]]:
+    """Every foldable (conv, bn) pair a ResNet's fused forward will look up, in forward order (all of the
+    structure's pairs with `foldable_only=False`)."""
     pairs = [(model.conv1, model.bn1)]
     for m in model.modules():
         if is_block(m):
@@ -96,7 +108,7 @@ def model_pairs(model: nn.Module) -> List[Tuple[nn.Module, nn.Module]]:
             ds = m.downsample
             if type(ds) is nn.Sequential and len(ds) == 2:
                 pairs.append((ds[0], ds[1]))
-    return [(c, b) for c, b in pairs if foldable(c, b)]
+    return [(c, b) for c, b in pairs if not foldable_only or foldable(c, b)]
 
 
 # --------------------------------------------------------------------------------------------------------------
