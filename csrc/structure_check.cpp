@@ -102,24 +102,24 @@ FoldSources::FoldSources(const py::list& tensors) {
     if (!THPVariable_Check(h.ptr())) continue;
     const at::Tensor& t = THPVariable_Unpack(h.ptr());
     c10::TensorImpl* impl = t.unsafeGetTensorImpl();
-    if (!impl->version_counter().enabled()) continue;  // an inference tensor: nothing to read
+    // An inference tensor has no counter to read; a sparse or nested one no strides (and is never folded).
+    if (!impl->version_counter().enabled() || impl->layout() != c10::kStrided || t.is_nested()) continue;
     c10::StorageImpl* storage = storage_of(impl);
-    Py_INCREF(h.ptr());
-    entries_.push_back(Entry{h.ptr(), impl,
+    entries_.push_back(Entry{py::reinterpret_borrow<py::object>(h), impl, impl->dtype(), impl->is_neg(),
+                             impl->is_conj(),
                              storage ? impl->unsafe_storage().getWeakStorageImpl()
                                      : c10::weak_intrusive_ptr<c10::StorageImpl>(c10::intrusive_ptr<c10::StorageImpl>()),
                              impl->version_counter().current_version(), impl->storage_offset(),
                              c10::SmallVector<int64_t, 5>(impl->sizes().begin(), impl->sizes().end()),
                              c10::SmallVector<int64_t, 5>(impl->strides().begin(), impl->strides().end())});
-    recorded().insert(h.ptr());
   }
+  for (const Entry& e : entries_) recorded().insert(e.tensor.ptr());  // after anything that can throw
 }
 
 FoldSources::~FoldSources() {
   for (const Entry& e : entries_) {
-    auto it = recorded().find(e.tensor);
+    auto it = recorded().find(e.tensor.ptr());
     if (it != recorded().end()) recorded().erase(it);
-    Py_DECREF(e.tensor);
   }
 }
 
@@ -128,10 +128,11 @@ bool FoldSources::holds() const {
   // one streamed the weights through the cache; resnet50 has 318 such tensors).
   bool same = true;
   for (const Entry& e : entries_) {
-    const c10::TensorImpl* now = THPVariable_Unpack(e.tensor).unsafeGetTensorImpl();
+    const c10::TensorImpl* now = THPVariable_Unpack(e.tensor.ptr()).unsafeGetTensorImpl();
     const c10::VariableVersion& counter = now->version_counter();
     same &= (now == e.impl) & counter.enabled() &&
-            (counter.current_version() == e.version) & (storage_of(now) == e.storage._unsafe_get_target()) &
+            (counter.current_version() == e.version) & (now->dtype() == e.dtype) & (now->is_neg() == e.neg) &
+                (now->is_conj() == e.conj) & (storage_of(now) == e.storage._unsafe_get_target()) &
                 (now->storage_offset() == e.offset) & now->sizes().equals(e.sizes) & now->strides().equals(e.strides);
   }
   return same;

@@ -20,8 +20,8 @@ bool structure_matches(const pybind11::list& children, const pybind11::list& mod
 
 // The frozen mode's fold sources (engine/frozen.py): the tensors its folds were made from, as Python objects (held),
 // and what each held then: its TensorImpl (`torch.utils.swap_tensors` puts another behind the object), version (an
-// in-place write: an optimizer step, copy_, fill_, nn.init), storage, offset, sizes and strides (`p.data = q`, a
-// view of the same storage included). `holds()`: whether all are as recorded. Not seen: a write that moves no
+// in-place write: an optimizer step, copy_, fill_, nn.init), dtype, neg/conj bits, storage, offset, sizes and
+// strides (`p.data = q`, a view of the same storage included). Strided tensors only (others are not folded). `holds()`: whether all are as recorded. Not seen: a write that moves no
 // counter of these tensors (through `.data`, numpy, or another tensor on the same storage; a train-mode BN's
 // running statistics: frozen.py watches num_batches_tracked; fused optimizer kernels: `folded` lets a hook move
 // them). The StorageImpl is held by a weak reference, so its address cannot be reused while recorded; the
@@ -39,8 +39,10 @@ class __attribute__((visibility("hidden"))) FoldSources {  // hidden: as pybind1
 
  private:
   struct Entry {
-    PyObject* tensor;  // a strong reference (dropped by the destructor, which runs with the GIL)
+    pybind11::object tensor;
     const c10::TensorImpl* impl;
+    caffe2::TypeMeta dtype;
+    bool neg, conj;
     c10::weak_intrusive_ptr<c10::StorageImpl> storage;  // null for a tensor without storage
     uint32_t version;
     int64_t offset;

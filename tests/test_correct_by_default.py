@@ -14,6 +14,7 @@ import torchvision
 from torch import nn
 
 import resnet_ext
+from resnet_ext.engine import state
 from conftest import randomize_bn, rel_err
 
 TOL = 1e-4
@@ -749,3 +750,100 @@ def test_a_change_that_breaks_the_residual_add_gives_torchvisions_error(mode, ch
         with pytest.raises(RuntimeError) as got:
             ours(x)
     assert str(got.value).split("\n")[0] == str(want.value).split("\n")[0]
+
+
+def _frozen_pair(seed=0):
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10), seed=seed).eval()
+    return tv, resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)))
+
+
+def test_a_fused_step_that_leaves_the_frozen_backbone_alone_keeps_its_folds():
+    """A fused optimizer over a frozen backbone (run without gradients) and a trained head writes only the head:
+    the backbone keeps its folds and replayed program (no refold on every step)."""
+    _, ours = _frozen_pair()
+    head = nn.Linear(10, 3)
+    opt = torch.optim.AdamW(list(ours.parameters()) + list(head.parameters()), lr=0.1, fused=True)
+    x = x_(2, 64)
+    with torch.no_grad():
+        ours(x), ours(x)
+    folds = state.of(ours).folds
+    for _ in range(2):
+        with torch.no_grad():
+            feats = ours(x)
+        head(feats).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    assert state.of(ours).folds is folds
+
+
+def test_a_forward_in_an_optimizer_step_hook_sees_the_fused_step():
+    """Per-optimizer step hooks run before the global ones: the fused step's writes must already be seen there."""
+    tv, ours = _frozen_pair()
+    x = x_(1, 64)
+    seen = {}
+    for m in (ours, tv):
+        for p in m.parameters():
+            p.grad = torch.full_like(p, 0.01)
+        opt = torch.optim.SGD(m.parameters(), lr=1.0, fused=True)
+        opt.register_step_post_hook(lambda *a, m=m: seen.__setitem__(m, m(x)))
+        with torch.no_grad():
+            m(x), m(x)
+            opt.step()
+    assert rel_err(seen[ours], seen[tv]) < TOL
+
+
+@pytest.mark.parametrize("swap", ["int32_view", "neg_view"])
+def test_a_dtype_or_neg_view_assigned_through_data_is_seen(swap):
+    tv, ours = _frozen_pair()
+    x = x_(1, 64)
+    with torch.no_grad():
+        ours(x), ours(x)
+        for m in (ours, tv):
+            if swap == "int32_view":
+                rv = m.layer2[0].bn1.running_var
+                rv.data = rv.data.view(torch.int32)
+            else:
+                w = m.layer1[0].conv1.weight
+                w.data = torch._neg_view(w.data)
+        if swap == "int32_view":
+            with pytest.raises(RuntimeError) as want:
+                tv(x)
+            with pytest.raises(RuntimeError) as got:
+                ours(x)
+            assert str(got.value).split("\n")[0] == str(want.value).split("\n")[0]
+        else:
+            same(ours, tv, x)
+
+
+def test_a_bn_slot_holding_no_module_after_a_refold_gives_torchvisions_error():
+    tv, ours = _frozen_pair()
+    x = x_(1, 64)
+    with torch.no_grad():
+        ours(x), ours(x)
+        for m in (ours, tv):
+            m.layer1[0].bn1 = None
+            m.layer2[0].bn2.running_var.fill_(2.0)  # a write elsewhere: the next forward refolds
+        with pytest.raises(TypeError) as want:
+            tv(x)
+        with pytest.raises(TypeError) as got:
+            ours(x)
+    assert str(got.value) == str(want.value)
+
+
+def test_a_refused_fold_fixed_with_a_new_tensor_folds_again():
+    """A BN statistic of another dtype: torchvision's error, the fold refused; replaced by a fitting new tensor, the
+    model folds again (not unfolded until the next freeze)."""
+    tv, ours = _frozen_pair()
+    x = x_(1, 64)
+    with torch.no_grad():
+        ours(x), ours(x)
+        for m in (ours, tv):
+            rv = m.layer2[0].bn1.running_var
+            rv.data = rv.data.double()
+        with pytest.raises(RuntimeError):
+            ours(x)
+        assert state.of(ours).folds is None
+        for m in (ours, tv):
+            m.layer2[0].bn1.running_var = m.layer2[0].bn1.running_var.float()
+        same(ours, tv, x)
+        assert state.of(ours).folds is not None

@@ -16,7 +16,7 @@ from typing import Dict, Optional
 
 import torch
 from torch import Tensor, nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from .. import ops
 from .._C_loader import _C
@@ -185,11 +185,12 @@ def _sources(model: nn.Module):
     bias and running statistics, and its num_batches_tracked, whose counter a train-mode BN moves where it writes
     the statistics without; of every unit, folded or not (a BN in train mode now has its fold made when it is back
     in eval mode and its count moved). Which objects they are is `FrozenUnit.belongs_to`'s. From the first call on,
-    fused optimizer steps move the counters of what they write (`_after_step`)."""
+    fused optimizer steps move the counters of what they write (`_around_step`)."""
     _watch_fused_steps()
     return _C.FoldSources([t for conv, bn in units.model_pairs(model, foldable_only=False)
                            for t in (getattr(conv, "weight", None), getattr(conv, "bias", None),
-                                     *units.bn_tensors(bn), getattr(bn, "num_batches_tracked", None))
+                                     *(units.bn_tensors(bn) if isinstance(bn, nn.Module) else ()),
+                                     getattr(bn, "num_batches_tracked", None))
                            if isinstance(t, Tensor)])
 
 
@@ -198,18 +199,20 @@ _watching = False
 
 def _watch_fused_steps() -> None:
     global _watching
-    if not _watching:
-        register_optimizer_step_post_hook(_after_step)
+    if not _watching:  # before and after: a forward in another step hook may come before or after ours
+        register_optimizer_step_pre_hook(_around_step)
+        register_optimizer_step_post_hook(_around_step)
         _watching = True
 
 
-def _after_step(optimizer, args, kwargs) -> None:
-    """After an optimizer step: PyTorch's fused kernels (`fused=True`) write the parameters without moving their
-    version counters, which every other implementation moves; move them for the tensors a frozen model folded."""
+def _around_step(optimizer, *args) -> None:
+    """Before and after an optimizer step: PyTorch's fused kernels (`fused=True`) write the parameters that have a
+    gradient without moving their version counters, which every other implementation moves; move them for the
+    tensors a frozen model folded."""
     for group in optimizer.param_groups:
         if group.get("fused"):
             for p in group["params"]:
-                if _C.FoldSources.folded(p):
+                if isinstance(p, Tensor) and p.grad is not None and _C.FoldSources.folded(p):
                     torch.autograd.graph.increment_version(p)
 
 
@@ -227,7 +230,8 @@ def _consistent(pairs) -> bool:
     bn_dtypes = (w0.dtype, torch.float32) if w0.dtype in (torch.bfloat16, torch.float16) else (w0.dtype,)
     for conv, bn in pairs:
         w = conv.weight
-        if not isinstance(w, Tensor) or w.dim() != 4 or w.dtype != w0.dtype or w.device != w0.device:
+        if (not isinstance(w, Tensor) or w.layout != torch.strided or w.dim() != 4 or w.dtype != w0.dtype
+                or w.device != w0.device):
             return False
         n = w.shape[0]
         if conv.bias is not None and not _vector(conv.bias, n, (w0.dtype,), w0.device):
@@ -239,7 +243,8 @@ def _consistent(pairs) -> bool:
 
 
 def _vector(t, n: int, dtypes, device) -> bool:
-    return isinstance(t, Tensor) and t.dtype in dtypes and t.device == device and tuple(t.shape) == (n,)
+    return (isinstance(t, Tensor) and t.layout == torch.strided and t.dtype in dtypes and t.device == device
+            and tuple(t.shape) == (n,))
 
 
 def _fold(model: nn.Module) -> Optional[Dict[nn.Module, FrozenUnit]]:
