@@ -540,16 +540,21 @@ def test_a_weight_swapped_under_a_gemm_unit_gives_torchvisions_answer_or_error(d
         conv = tv.get_submodule(unit)
         torch.manual_seed(1)
         conv.weight.data = WEIGHT_SWAPS[swap](conv.weight.data)  # the same Parameter in both models
-        try:
-            ref = tv(x)
-        except Exception as e:  # noqa: BLE001 (whatever torchvision raises, ours must raise alike)
-            with pytest.raises(type(e)) as got:
-                ours(x)
-            assert str(got.value).split("\n")[0] == str(e).split("\n")[0]
-            return
-        y = ours(x)
+        answer_or_error(ours, tv, x, TOL if dtype == torch.float32 else 2e-2)
+
+
+def answer_or_error(ours, tv, x, tol):
+    """torchvision's output within tol (finite, its dtype), or its exception type and first line."""
+    try:
+        ref = tv(x)
+    except Exception as e:  # noqa: BLE001 (whatever torchvision raises, ours must raise alike)
+        with pytest.raises(type(e)) as got:
+            ours(x)
+        assert str(got.value).split("\n")[0] == str(e).split("\n")[0]
+        return
+    y = ours(x)
     assert y.dtype == ref.dtype and torch.isfinite(y).all()
-    assert rel_err(y.float(), ref.float()) < (TOL if dtype == torch.float32 else 2e-2)
+    assert rel_err(y.float(), ref.float()) < tol, rel_err(y.float(), ref.float())
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -674,16 +679,7 @@ def test_a_weight_swapped_under_a_frozen_unit_gives_torchvisions_answer_or_error
             torch.manual_seed(1)
             conv = m.get_submodule(unit)
             conv.weight.data = WEIGHT_SWAPS[swap](conv.weight.data)
-        try:
-            ref = tv(x)
-        except Exception as e:  # noqa: BLE001 (whatever torchvision raises, ours must raise alike)
-            with pytest.raises(type(e)) as got:
-                ours(x)
-            assert str(got.value).split("\n")[0] == str(e).split("\n")[0]
-            return
-        y = ours(x)
-    assert y.dtype == ref.dtype and torch.isfinite(y).all()
-    assert rel_err(y, ref) < (TOL if dtype is None else 2e-2), rel_err(y, ref)
+        answer_or_error(ours, tv, x, TOL if dtype is None else 2e-2)
 
 
 def test_a_frozen_model_sees_each_of_many_data_assignments():
