@@ -104,11 +104,11 @@ FoldSources::FoldSources(const py::list& tensors) {
     c10::TensorImpl* impl = t.unsafeGetTensorImpl();
     // An inference tensor has no counter to read; a sparse or nested one no strides (and is never folded).
     if (!impl->version_counter().enabled() || impl->layout() != c10::kStrided || t.is_nested()) continue;
-    c10::StorageImpl* storage = storage_of(impl);
+    using WeakStorage = c10::weak_intrusive_ptr<c10::StorageImpl>;
     entries_.push_back(Entry{py::reinterpret_borrow<py::object>(h), impl, impl->dtype(), impl->is_neg(),
                              impl->is_conj(),
-                             storage ? impl->unsafe_storage().getWeakStorageImpl()
-                                     : c10::weak_intrusive_ptr<c10::StorageImpl>(c10::intrusive_ptr<c10::StorageImpl>()),
+                             storage_of(impl) ? impl->unsafe_storage().getWeakStorageImpl()
+                                              : WeakStorage(c10::intrusive_ptr<c10::StorageImpl>()),
                              impl->version_counter().current_version(), impl->storage_offset(),
                              c10::SmallVector<int64_t, 5>(impl->sizes().begin(), impl->sizes().end()),
                              c10::SmallVector<int64_t, 5>(impl->strides().begin(), impl->strides().end())});

@@ -21,11 +21,12 @@ bool structure_matches(const pybind11::list& children, const pybind11::list& mod
 // The frozen mode's fold sources (engine/frozen.py): the tensors its folds were made from, as Python objects (held),
 // and what each held then: its TensorImpl (`torch.utils.swap_tensors` puts another behind the object), version (an
 // in-place write: an optimizer step, copy_, fill_, nn.init), dtype, neg/conj bits, storage, offset, sizes and
-// strides (`p.data = q`, a view of the same storage included). Strided tensors only (others are not folded). `holds()`: whether all are as recorded. Not seen: a write that moves no
-// counter of these tensors (through `.data`, numpy, or another tensor on the same storage; a train-mode BN's
-// running statistics: frozen.py watches num_batches_tracked; fused optimizer kernels: `folded` lets a hook move
-// them). The StorageImpl is held by a weak reference, so its address cannot be reused while recorded; the
-// TensorImpl by address only (swap_tensors refuses a tensor with any other reference to its TensorImpl).
+// strides (`p.data = q`, a view of the same storage included); strided tensors only (no others are folded).
+// `holds()`: whether all are as recorded. Not seen: a write that moves no counter of these tensors (through
+// `.data`, numpy, or another tensor on the same storage; a train-mode BN's running statistics: frozen.py watches
+// num_batches_tracked; fused optimizer kernels: `folded` lets a hook move them). The StorageImpl is held by a weak
+// reference, so its address cannot be reused while recorded; the TensorImpl by address only (swap_tensors refuses
+// a tensor with any other reference to its TensorImpl).
 class __attribute__((visibility("hidden"))) FoldSources {  // hidden: as pybind11 declares its own types
  public:
   explicit FoldSources(const pybind11::list& tensors);
