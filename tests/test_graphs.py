@@ -120,7 +120,7 @@ def test_replay_equals_eager_for_every_signature(dtype):
 
 
 @requires_cuda
-def test_outputs_are_the_callers_and_weight_changes_need_freeze_again():
+def test_outputs_are_the_callers_and_freeze_again_recaptures():
     model = frozen_model(device="cuda")
     x1, x2 = (torch.randn(4, 3, 64, 64, device="cuda") for _ in range(2))
     with torch.no_grad():
@@ -135,6 +135,48 @@ def test_outputs_are_the_callers_and_weight_changes_need_freeze_again():
         _, counts = _counts(lambda: model(x1))
         assert counts.get("cuda_graph_captures") == 1  # the new folds: a new capture
         assert rel_err(model(x1), tv(x1)) < 1e-2
+
+
+def _sgd_step_in_eval(m):
+    """One optimizer step taken in eval mode (a forward with gradients runs unfrozen), as when fine-tuning with BN
+    frozen."""
+    with torch.enable_grad():
+        x = torch.randn(2, 3, 64, 64, device=next(m.parameters()).device)
+        m(x).square().mean().backward()
+    torch.optim.SGD(m.parameters(), lr=0.5).step()
+    m.zero_grad(set_to_none=True)
+
+
+CUDA_WRITES = {
+    "mul_": lambda m: [p.mul_(1.1) for p in m.parameters()],
+    "running_var_fill_": lambda m: m.layer2[0].bn1.running_var.fill_(0.05),
+    "data_assigned": lambda m: setattr(m.layer1[0].conv1.weight, "data", m.layer1[0].conv1.weight.data * -1),
+    "sgd_step_in_eval": _sgd_step_in_eval,
+}
+
+
+@requires_cuda
+@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["eager", "graphs"])
+@pytest.mark.parametrize("write", list(CUDA_WRITES))
+def test_writes_into_folded_cuda_tensors_refold_without_freeze_again(cuda_graphs, write):
+    """`_C.FoldSources` on CUDA tensors: after frozen forwards (graph replays where graphs are on), a write into a
+    folded tensor changes the output as it changes torchvision's, with no second `freeze`; with graphs, the new
+    folds are captured anew (the old graph held the old folds)."""
+    model = frozen_model(cuda_graphs=cuda_graphs, device="cuda")
+    tv = model.to_torchvision().eval()  # the same parameter and buffer objects
+    x = torch.randn(2, 3, 64, 64, device="cuda")
+    with torch.no_grad():
+        model(x), model(x)
+        before = tv(x)
+        CUDA_WRITES[write](model)
+        ref = tv(x)
+        assert rel_err(ref, before) > 5e-2  # the write matters: a stale fold would fail below
+        y, counts = _counts(lambda: model(x))
+        assert rel_err(y, ref) < 1e-2, rel_err(y, ref)
+        if cuda_graphs:
+            assert counts.get("cuda_graph_captures") == 1, counts
+            y2, counts = _counts(lambda: model(x))
+            assert counts.get("cuda_graph_replays") == 1 and torch.equal(y2, y), counts
 
 
 @requires_cuda
