@@ -434,6 +434,36 @@ def test_freeze_bf16_needs_native_bf16(monkeypatch):
         resnet_ext.freeze(ours, dtype=torch.bfloat16)
 
 
+NEEDS_AVX512 = {  # path_counts kinds of the ops that need AVX-512 (AVX512-BF16 in bf16), per mode
+    "default": ("winograd_unfolded",),  # fp32 F(2x2); fp32 F(4x4) (`winograd` in fp32) runs on any x86-64
+    None: ("conv1x1", "winograd_f23", "pool_linear", "prefetch"),
+    torch.bfloat16: ("conv1x1", "winograd", "conv_stem", "conv_direct", "pool_linear", "prefetch"),
+}
+
+
+@pytest.mark.parametrize("mode", list(NEEDS_AVX512), ids=["default", "frozen_fp32", "frozen_bf16"])
+def test_a_cpu_without_avx512_plans_none_of_the_ops_that_need_it(mode, monkeypatch):
+    """Where this CPU lacks AVX-512 (or AVX512-BF16), the plans ask the ops and choose oneDNN or ATen instead of
+    the ops that would refuse it, and answer as torchvision. (resnet50, 2x3x80x80: on an AVX-512 CPU each kind
+    in NEEDS_AVX512 runs there.)"""
+    if mode is torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("no native bf16")
+    for name in ("winograd_bf16_supported", "winograd_f23_supported", "pool_linear_supported"):
+        monkeypatch.setattr(ops, name, lambda: False)
+    monkeypatch.setattr(ops, "conv1x1_supported", lambda dtype: False)
+    tv = randomize_bn(torchvision.models.resnet50(num_classes=10)).eval()
+    ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
+    if mode != "default":
+        resnet_ext.freeze(ours, dtype=mode)
+    x = torch.randn(2, 3, 80, 80).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = tv(x)
+        for _ in range(3):  # planned, recorded, replayed
+            y, counts = counts_of(lambda: ours(x))
+            assert counts.get("flat_forwards") == 1 and not set(NEEDS_AVX512[mode]) & set(counts), counts
+            assert rel_err(y, ref) < (2e-2 if mode is torch.bfloat16 else TOL), rel_err(y, ref)
+
+
 @pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
 def test_large_nchw_input_runs_channels_last_inside(frozen):
     ours, tv = pair("resnet18", frozen)
