@@ -836,3 +836,69 @@ def test_a_refused_fold_fixed_with_a_new_tensor_folds_again():
             m.layer2[0].bn1.running_var = m.layer2[0].bn1.running_var.float()
         same(ours, tv, x)
         assert state.of(ours).folds is not None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Found in review (2026-12-06): what hooks and inserted modules see, bf16 inputs to a bf16-frozen model, races
+# ------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", FROZEN_DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+def test_hooks_and_inserted_modules_see_torchvisions_layouts(frozen, dtype):
+    """A forward hook doing `out.view(n, -1)` on layer4 and a module inserted into layer1 see the maps in
+    torchvision's layout (the frozen folds are channels_last: an NCHW input's units ran them and handed
+    channels_last maps on, so `.view` raised), and a train-mode Dropout inserted there draws torchvision's mask."""
+    if dtype is not None and not frozen:
+        pytest.skip("bf16 is a frozen-mode variant")
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
+    if frozen:
+        resnet_ext.freeze(ours, dtype=dtype)
+    seen = {}
+    for name, m in (("tv", tv), ("ours", ours)):
+        m.layer4.register_forward_hook(lambda mod, a, out, name=name: seen.__setitem__(name, out.stride()))
+        m.layer1[0].register_forward_hook(  # an NCHW map viewed flat, as feature-extraction code does
+            lambda mod, a, out: seen.__setitem__("viewed", out.view(out.shape[0], -1).shape)
+            if out.is_contiguous() else None)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = x_(2, 64).contiguous(memory_format=fmt)
+        with torch.no_grad():
+            same(ours, tv, x, TOL if dtype is None else 2e-2)
+        assert seen["ours"] == seen["tv"], (fmt, seen)
+    for m in (tv, ours):
+        m.layer1.append(nn.Dropout(0.5).train())
+    x = x_(2, 64)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        ref = tv(x)
+        torch.manual_seed(3)
+        y = ours(x)
+    assert rel_err(y, ref) < (TOL if dtype is None else 2e-2), rel_err(y, ref)
+
+
+@pytest.mark.skipif(not _bf16_ok(), reason="no native bf16")
+@pytest.mark.parametrize("head", ["fc", "identity"])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "cl"])
+def test_a_bf16_input_to_a_bf16_frozen_fp32_model_gets_torchvisions_error(head, fmt):
+    """freeze(dtype=torch.bfloat16) keeps the fp32 model's interface: a bf16 input raises torchvision's dtype
+    error (it ran the bf16 folds and failed in the fc with another message, or answered where the fc is gone)."""
+    tv = torchvision.models.resnet18(num_classes=10).eval()
+    ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)), dtype=torch.bfloat16)
+    if head == "identity":
+        tv.fc, ours.fc = nn.Identity(), nn.Identity()
+    x = x_(1, 64).bfloat16().contiguous(memory_format=fmt)
+    with torch.no_grad():
+        for _ in range(2):
+            answer_or_error(ours, tv, x, 2e-2)
+
+
+def test_a_frozen_forward_survives_state_dropped_by_another_thread():
+    """Another thread's `.to()` or `freeze` may drop the write check's state between two reads of it (seen as an
+    AttributeError on None in a race): the next forward refolds."""
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)))
+    x = x_(1, 64)
+    with torch.no_grad():
+        same(ours, tv, x)
+        state.of(ours).sources = None  # as another thread's invalidate() leaves it, folds still set
+        same(ours, tv, x)

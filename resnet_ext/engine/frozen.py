@@ -81,7 +81,11 @@ class FrozenUnit:
     def run(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool,
             residual: Optional[Tensor]) -> Optional[Tensor]:
         """The unit's output from the frozen fold, or None where the fold no longer belongs to these modules."""
-        if not self.belongs_to(conv, bn) or x.dtype != self.weight.dtype:
+        if not self.belongs_to(conv, bn) or x.dtype != self.weight.dtype or x.dtype != conv.weight.dtype:
+            return None  # another fold, or an input the model's own conv refuses (a bf16 one in a bf16-frozen model)
+        if not (ops.wants_channels_last(x) or ops.wants_channels_last(conv.weight)):
+            # The folds are channels_last, so would be this output; torchvision's is NCHW here, and a hook or an
+            # inserted module may see it (`.view`, dropout's mask): the stock conv and BN, unfolded.
             return None
         if ops.onednn_ok(x, self.weight, self.bias, residual):
             w = cpu.packed_weight(self, conv, x)
@@ -169,15 +173,18 @@ def folds_of(model: nn.Module) -> Optional[Dict[nn.Module, FrozenUnit]]:
     st = _state.peek(model)
     if st is None or not st.frozen:
         return None
-    if st.folds is not None:
-        if st.sources.holds():
-            return st.folds
+    # Read once: another thread's `.to()` or `freeze` may invalidate the state between two reads.
+    folds, sources = st.folds, st.sources
+    if folds is not None:
+        if sources is not None and sources.holds():
+            return folds
         st.invalidate()  # the programs and graphs made on the folds go with them
-    elif st.sources is not None and st.sources.holds() and not _consistent(units.model_pairs(model)):
+    elif sources is not None and sources.holds() and not _consistent(units.model_pairs(model)):
         return None  # the last fold was refused on these same tensors, which still do not fit
-    st.sources = _sources(model)
-    st.folds = _fold(model)
-    return st.folds
+    sources = _sources(model)  # before the fold: a write during it is seen on the next forward
+    folds = _fold(model)
+    st.sources, st.folds = sources, folds
+    return folds
 
 
 def _sources(model: nn.Module):
