@@ -839,7 +839,7 @@ def test_a_refused_fold_fixed_with_a_new_tensor_folds_again():
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Found in review (2026-12-06): what hooks and inserted modules see, bf16 inputs to a bf16-frozen model, races
+# Found in review (2026-12-06): what hooks and inserted modules see, bf16 inputs to a bf16-frozen model, custom heads
 # ------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", FROZEN_DTYPES, ids=["fp32", "bf16"])
@@ -890,6 +890,38 @@ def test_a_bf16_input_to_a_bf16_frozen_fp32_model_gets_torchvisions_error(head, 
     with torch.no_grad():
         for _ in range(2):
             answer_or_error(ours, tv, x, 2e-2)
+
+
+@pytest.mark.parametrize("dtype", FROZEN_DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+def test_a_custom_fc_keeps_the_flat_forward(frozen, dtype):
+    """A fine-tuned head (`fc = Sequential(Dropout, Linear)`) runs as a module on the pooled features, after the
+    flat forward of the body (before, it sent the whole model down the module path); its Dropout in train mode
+    draws torchvision's mask."""
+    if dtype is not None and not frozen:
+        pytest.skip("bf16 is a frozen-mode variant")
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv.fc = nn.Sequential(nn.Dropout(0.5), nn.Linear(512, 7)).eval()
+    ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
+    if frozen:
+        resnet_ext.freeze(ours, dtype=dtype)
+    tol = TOL if dtype is None else 2e-2
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = x_(2, 64).contiguous(memory_format=fmt)
+        with torch.no_grad():
+            for _ in range(3):
+                resnet_ext.reset_path_counts()
+                same(ours, tv, x, tol)
+                assert resnet_ext.path_counts().get("flat_forwards") == 1, resnet_ext.path_counts()
+            for m in (tv, ours):
+                m.fc.train()
+            torch.manual_seed(5)
+            ref = tv(x)
+            torch.manual_seed(5)
+            y = ours(x)
+            assert rel_err(y, ref) < tol and ((y == 0) == (ref == 0)).all()
+            for m in (tv, ours):
+                m.fc.eval()
 
 
 def test_a_frozen_forward_survives_state_dropped_by_another_thread():

@@ -35,6 +35,9 @@ def test_eager_reason_names_each_precondition():
         h.remove()
         model.layer1[0].relu = nn.ReLU6()
         assert cuda.eager_reason(model, x).startswith("hooks, swapped modules")
+        model.layer1[0].relu = nn.ReLU(inplace=True)
+        model.fc = nn.Sequential(nn.Dropout(0.5), nn.Linear(512, 10))  # its Python would not rerun on a replay
+        assert cuda.eager_reason(model, x) == "an fc other than nn.Linear"
     assert cuda.eager_reason(model, x) == "gradients may be needed"  # grad mode, parameters that want grads
 
 

@@ -623,7 +623,7 @@ def logits(model: nn.Module, features: Tensor, onednn_fc: bool = False,
         features = features.to(fc_dtype)
     pooled = torch.flatten(model.avgpool(features), 1)
     fc = model.fc
-    if onednn_fc and _onednn_fc_fits(fc.weight, fc.bias, pooled):
+    if onednn_fc and type(fc) is nn.Linear and _onednn_fc_fits(fc.weight, fc.bias, pooled):
         return torch.ops.mkldnn._linear_pointwise.default(pooled, fc.weight, fc.bias, "none", [], "")
     return fc(pooled)
 

@@ -50,6 +50,7 @@ class Structure:
         self.convs = [(u.conv, u.conv.weight, u.conv.bias) + u.geometry for u in self.units]
         # The frozen folds were made with these eps and tensors (FrozenUnit.belongs_to).
         self.bns = [(u.bn, u.bn.eps, *units.bn_tensors(u.bn)) for u in self.units]
+        self.linear_fc = type(model.fc) is nn.Linear  # else a custom head (`stock`)
 
     def matches(self, model: nn.Module) -> bool:
         """Whether the model is still exactly what was recorded: same modules in the same places, same types, no
@@ -62,11 +63,13 @@ class Structure:
 
 
 def stock(model: nn.Module) -> bool:
-    """Whether the model is a stock resnet_ext ResNet: torchvision's module types everywhere, plain convs/BNs."""
+    """Whether the model is a stock resnet_ext ResNet: torchvision's module types everywhere, plain convs/BNs; the
+    fc may be any module (a fine-tuned head such as Dropout + Linear): it runs as a module on the pooled features,
+    which have no layout to show."""
     if model.training or not units.hookless(model):
         return False
     if not (type(model.relu) is nn.ReLU and type(model.maxpool) is nn.MaxPool2d and not model.maxpool.return_indices
-            and type(model.avgpool) is nn.AdaptiveAvgPool2d and type(model.fc) is nn.Linear
+            and type(model.avgpool) is nn.AdaptiveAvgPool2d and isinstance(model.fc, nn.Module)
             and units.foldable(model.conv1, model.bn1)):
         return False
     for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
