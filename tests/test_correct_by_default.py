@@ -924,6 +924,26 @@ def test_a_custom_fc_keeps_the_flat_forward(frozen, dtype):
                 m.fc.eval()
 
 
+def test_frozen_units_left_to_the_stock_conv_share_one_batch_of_bn_scales(monkeypatch):
+    """A hooked frozen model's NCHW units (the stock conv and BN, unfolded: torchvision's layouts) take their BN
+    scales and shifts from one batch per forward, as the default mode's, not one computation per unit (which made
+    that path slower than the default mode's)."""
+    from resnet_ext import ops
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)))
+    for m in (tv, ours):
+        m.layer4.register_forward_hook(lambda mod, a, out: None)
+    calls = []
+    real = ops.bn_affine_pairs
+    monkeypatch.setattr(ops, "bn_affine_pairs", lambda pairs, *a, **k: calls.append(len(pairs)) or real(pairs, *a, **k))
+    x = x_(1, 64)
+    with torch.no_grad():
+        resnet_ext.reset_path_counts()
+        assert torch.equal(ours(x), tv(x))  # torchvision's own units
+        assert resnet_ext.path_counts().get("unfolded") == 20, resnet_ext.path_counts()
+    assert calls == [20], calls
+
+
 class _Evaluations(nn.Module):
     """A parametrization that counts how often the weight is computed."""
     n = 0

@@ -163,6 +163,21 @@ def _forward(model: nn.Module, x: Tensor) -> Tensor:
         return module_path(model, x)
 
 
+def _affine(model: nn.Module, x: Tensor, pairs) -> Optional[dict]:
+    """Every unit's BN scale and shift for input x, in one batch, as (conv, bn) -> units.Affine; None for BNs on
+    mixed devices or dtypes (each unit then computes its own, or meets torchvision's error) or that ATen's batch
+    norm refuses for x (each unit meets torchvision's error)."""
+    homes = {(t.device, t.dtype) for c, b in pairs for t in (c.weight, b.running_mean, b.running_var)}
+    if len(homes) != 1:
+        return None
+    with torch.no_grad():
+        affine = ops.bn_affine_pairs(pairs, conv_bias=False, input_dtype=x.dtype, memo=_state.of(model).memo)
+    if affine is None:
+        return None
+    scales, shifts = affine
+    return {p: units.Affine(sc, sh) for p, sc, sh in zip(pairs, scales, shifts)}
+
+
 def module_path(model: nn.Module, x: Tensor) -> Tensor:
     """The module path: the stem unit, the max pool, the layers (each block through its own forward), the head."""
     x = ops.max_pool(model.maxpool, units.unit(model.conv1, model.bn1, model.relu, x))
@@ -177,19 +192,14 @@ def forward_state(model: nn.Module, x: Tensor) -> Optional[units.Forward]:
     if model.training:
         return None
     folds = None if torch.jit.is_tracing() else frozen_folds(model)
-    if folds is not None:
-        return units.Forward(folds)
     pairs = units.model_pairs(model)
+    if folds is not None:
+        # On the CPU a unit whose fold does not apply (an NCHW map: the folds are channels_last) runs unfolded, on
+        # this batch of scales and shifts (a frozen model needs no gradient here: `frozen_folds`).
+        return units.Forward({**folds, **((_affine(model, x, pairs) or {}) if units.unfolds(x) else {})})
     if units.unfolds(x):  # every unit's BN scale and shift, in one batch (used where no gradient is wanted)
-        homes = {(t.device, t.dtype) for c, b in pairs for t in (c.weight, b.running_mean, b.running_var)}
-        if len(homes) != 1:  # mixed devices or dtypes: each unit computes its own (or meets torchvision's error)
-            return None
-        with torch.no_grad():
-            affine = ops.bn_affine_pairs(pairs, conv_bias=False, input_dtype=x.dtype, memo=_state.of(model).memo)
-        if affine is None:  # a BN ATen's batch norm refuses for x: each unit meets torchvision's error
-            return None
-        scales, shifts = affine
-        return units.Forward({p: units.Affine(sc, sh) for p, sc, sh in zip(pairs, scales, shifts)})
+        affine = _affine(model, x, pairs)
+        return None if affine is None else units.Forward(affine)
     grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters()))
     with torch.set_grad_enabled(grad):
         folded = ops.fold_pairs(pairs, channels_last=ops.wants_channels_last(x))

@@ -260,15 +260,16 @@ def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residu
     """relu?(bn(conv(x)) + residual) for a foldable (conv, bn): from a frozen fold, or (CPU default mode, `unfolds`)
     the stock conv, BN, add and ReLU, or fused with BN folded. `shortcut()`, if given, gives the residual."""
     state = None if torch.compiler.is_compiling() else _FORWARD.get()
-    # Default-mode folds are keyed by (conv, bn) (one conv module may sit in two units), frozen ones by conv.
-    entry = (state.folds.get((conv, bn)) or state.folds.get(conv)) if state is not None else None
+    # Default-mode folds are keyed by (conv, bn) (one conv module may sit in two units), frozen ones by conv; a
+    # frozen forward on the CPU also has the default mode's scale and shift, for the units its folds do not take.
+    entry = (state.folds.get(conv) or state.folds.get((conv, bn))) if state is not None else None
     if entry is not None and hasattr(entry, "run"):  # a frozen entry: folded once (and prepacked on the CPU)
         if shortcut is not None:
             residual, shortcut = shortcut(), None
         out = entry.run(conv, bn, x, relu, residual)
         if out is not None:
             return out
-        entry = None
+        entry = state.folds.get((conv, bn))
     if (entry is None or isinstance(entry, Affine)) and unfolds(x):
         count("unfolded")
         scale, shift = entry if entry is not None else (None, None)
