@@ -170,7 +170,8 @@ def _affine(model: nn.Module, x: Tensor, pairs) -> Optional[dict]:
     homes = {(t.device, t.dtype) for c, b in pairs for t in (c.weight, b.running_mean, b.running_var)}
     if len(homes) != 1:
         return None
-    with torch.no_grad():
+    # The memo lives with the model: not from the forwards' reused memory (it would stay there after the model).
+    with torch.no_grad(), cpu.reused_memory(False):
         affine = ops.bn_affine_pairs(pairs, conv_bias=False, input_dtype=x.dtype, memo=_state.of(model).memo)
     if affine is None:
         return None

@@ -875,8 +875,9 @@ def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
     st = _state.of(model)
     plans = st.flat_plans  # per input, each unit's kind (from shapes and weight layouts; see state.ExtState)
     key = (tuple(x.shape), x.dtype, x.stride(), cpu_winograd.on)
-    affine = ops.bn_affine_pairs([(u.conv, u.bn) for u in s.units], conv_bias=False, input_dtype=x.dtype,
-                                 memo=st.memo)
+    with reused_memory(False):  # the memo lives with the model, not in the forwards' reused memory
+        affine = ops.bn_affine_pairs([(u.conv, u.bn) for u in s.units], conv_bias=False, input_dtype=x.dtype,
+                                     memo=st.memo)
     if affine is None:  # a BN whose dtypes ATen's batch norm refuses: its error comes from the module path
         return None
     x = internal_layout(x)
