@@ -193,11 +193,13 @@ def forward_state(model: nn.Module, x: Tensor) -> Optional[units.Forward]:
     if model.training:
         return None
     folds = None if torch.jit.is_tracing() else frozen_folds(model)
-    pairs = units.model_pairs(model)
     if folds is not None:
+        if not units.unfolds(x):
+            return units.Forward(folds)
         # On the CPU a unit whose fold does not apply (an NCHW map: the folds are channels_last) runs unfolded, on
         # this batch of scales and shifts (a frozen model needs no gradient here: `frozen_folds`).
-        return units.Forward({**folds, **((_affine(model, x, pairs) or {}) if units.unfolds(x) else {})})
+        return units.Forward({**folds, **(_affine(model, x, units.model_pairs(model)) or {})})
+    pairs = units.model_pairs(model)
     if units.unfolds(x):  # every unit's BN scale and shift, in one batch (used where no gradient is wanted)
         affine = _affine(model, x, pairs)
         return None if affine is None else units.Forward(affine)

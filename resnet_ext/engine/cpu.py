@@ -732,10 +732,10 @@ def fc_prefetch(fc: nn.Module) -> Optional[tuple]:
     """(address, bytes) of the fc's weight as it lies now, for the last unit to fetch into cache (at batch 1 the head
     took 0.37 ms inside a resnet50 fp32 forward without it, 0.24-0.29 ms with it; benchmarks/results/
     2026-12-05-cpu-head/); None for an fc that is not an nn.Linear (a custom head's `weight` may be computed, by a
-    parametrization or a property: torchvision never reads it) or without a strided CPU weight. A contiguous weight's own bytes (not its
-    storage's: it may be a view into a larger buffer). Only the address is kept, not the tensor: after a swap of the
-    fc's weight the plan prefetches a stale range, which never faults and changes no value (the next freeze(), or a
-    new input size, refreshes it)."""
+    parametrization or a property: torchvision never reads it) or without a strided CPU weight. A contiguous
+    weight's own bytes (not its storage's: it may be a view into a larger buffer). Only the address is kept, not
+    the tensor: after a swap of the fc's weight the plan prefetches a stale range, which never faults and changes no
+    value (the next freeze(), or a new input size, refreshes it)."""
     w = fc._parameters.get("weight") if type(fc) is nn.Linear else None
     if not isinstance(w, Tensor) or w.device.type != "cpu" or w.layout != torch.strided:
         return None
