@@ -876,6 +876,28 @@ def test_hooks_and_inserted_modules_see_torchvisions_layouts(frozen, dtype):
     assert rel_err(y, ref) < (TOL if dtype is None else 2e-2), rel_err(y, ref)
 
 
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+def test_a_hook_sees_torchvisions_pooled_map(frozen):
+    """The stem's max pool of an NCHW map runs through channels_last and back (ATen's NCHW pool is 2-6x slower):
+    a pre-hook on layer1 sees torchvision's values and strides, a 1x1 pooled map (4x4 input) too, whose
+    channels_last strides would differ."""
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
+    if frozen:
+        resnet_ext.freeze(ours)
+    seen = {}
+    for name, m in (("tv", tv), ("ours", ours)):
+        m.layer1.register_forward_pre_hook(lambda mod, a, name=name: seen.__setitem__(name, a[0].clone()) or
+                                           seen.__setitem__(name + " strides", a[0].stride()))
+    for size in (64, 33, 4):
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            x = x_(2, size).contiguous(memory_format=fmt)
+            with torch.no_grad():
+                same(ours, tv, x)
+            assert seen["ours strides"] == seen["tv strides"], (size, fmt, seen["ours strides"], seen["tv strides"])
+            assert rel_err(seen["ours"], seen["tv"]) < TOL
+
+
 @pytest.mark.skipif(not _bf16_ok(), reason="no native bf16")
 @pytest.mark.parametrize("head", ["fc", "identity"])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "cl"])

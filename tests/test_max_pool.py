@@ -60,7 +60,9 @@ def test_equals_torch_on_the_cpu(case, cl):
     shape, *rest = case
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         x = _input(shape, dtype, "cpu", cl)
-        _same(op(x, *_args(*rest)), F.max_pool2d(x, *_args(*rest)))
+        y, ref = op(x, *_args(*rest)), F.max_pool2d(x, *_args(*rest))
+        _same(y, ref)
+        assert y.stride() == ref.stride(), (y.stride(), ref.stride())  # torch's layout (a 1x1 map: NCHW strides)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -126,3 +128,21 @@ def test_cuda_model_with_the_switch_matches():
         finally:
             resnet_ext.nhwc_max_pool(previous)
     assert torch.equal(y, ref)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_models_pool_of_an_nchw_map_is_torchs(case):
+    """`ops.max_pool` (the models' pool) pools an NCHW map through channels_last and back: torch's values, NaN and
+    signed zeros, and torch's NCHW strides (a 1x1 output too, where channels_last strides would differ)."""
+    shape, *rest = case
+    pool = torch.nn.MaxPool2d(*_args(*rest))
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        x = _input(shape, dtype, "cpu", cl=False)
+        with torch.no_grad():
+            y, ref = resnet_ext.ops.max_pool(pool, x), F.max_pool2d(x, *_args(*rest))
+        _same(y, ref)
+        assert y.stride() == ref.stride(), (y.stride(), ref.stride())
+    for size in ((2, 64, 2, 2), (1, 64, 1, 2)):  # 1x1 outputs
+        x = torch.randn(size)
+        y = resnet_ext.ops.max_pool(torch.nn.MaxPool2d(3, 2, 1), x)
+        assert torch.equal(y, F.max_pool2d(x, 3, 2, 1)) and y.stride() == (64, 1, 1, 1)

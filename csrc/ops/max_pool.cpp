@@ -142,7 +142,9 @@ Tensor max_pool_cpu(const Tensor& x, at::IntArrayRef k, at::IntArrayRef s, at::I
   if (!avx512 || (x.scalar_type() != at::kFloat && x.scalar_type() != at::kBFloat16) ||
       !describe_pool(x, k, s, p, d, &g))
     return max_pool_stock(x, k, s, p, d);
-  Tensor y = at::empty({g.N, g.C, g.P, g.Q}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  // torch's output layout: channels_last, except where x's strides are ambiguous (1 channel or a 1x1 map), in
+  // which the NHWC offsets the kernel writes are the NCHW ones.
+  Tensor y = at::empty({g.N, g.C, g.P, g.Q}, x.options().memory_format(x.suggest_memory_format()));
   if (x.scalar_type() == at::kFloat)
     pool<float>(x, y, g);
   else

@@ -575,14 +575,6 @@ def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
                                                             [], "")
 
 
-def _maxpool(pool: nn.Module, x: Tensor) -> Tensor:
-    """pool(x) (`ops.max_pool`); an NCHW x goes through channels_last and back: the same maxima, but ATen's NCHW max
-    pooling is far slower (the stem's 64x112x112 at batch 1 on 2 threads: 3.1 ms NCHW, 0.58 ms with both copies)."""
-    if x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last):
-        return ops.max_pool(pool, x.contiguous(memory_format=torch.channels_last)).contiguous()
-    return ops.max_pool(pool, x)
-
-
 def run(model: nn.Module, s: structure.Structure, x: Tensor, wb, fc_dtype: Optional[torch.dtype] = None,
         onednn_fc: bool = False) -> Tensor:
     """The forward, with `wb(unit, x)` giving each unit's `wb` (see `_conv`), in the order of `s.units`; then the
@@ -594,7 +586,7 @@ def run(model: nn.Module, s: structure.Structure, x: Tensor, wb, fc_dtype: Optio
 
 def features(model: nn.Module, s: structure.Structure, x: Tensor, wb) -> Tensor:
     """The last block's output: `run` without the head."""
-    x = _maxpool(model.maxpool, _conv(s.stem, x, wb(s.stem, x)))
+    x = ops.max_pool(model.maxpool, _conv(s.stem, x, wb(s.stem, x)))
     for head, ds, tail in s.blocks:
         y = x
         for u in head:
