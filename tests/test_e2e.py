@@ -116,6 +116,19 @@ def test_from_and_to_torchvision_share_parameters():
     assert isinstance(rn18.layer1[0], resnet_ext.BasicBlock)
 
 
+def test_conversions_keep_shared_modules_shared():
+    """A module at two places (a ReLU shared by the stem and a custom fc, a block in two layers) is one module
+    after either conversion, as in the source: a hook registered on it afterwards meets every call."""
+    tv = torchvision.models.resnet18(num_classes=10).eval()
+    tv.fc = torch.nn.Sequential(tv.relu, torch.nn.Linear(512, 10))
+    tv.layer4.append(tv.layer3[1])
+    ours = resnet_ext.from_torchvision(tv)
+    assert ours.fc[0] is ours.relu and ours.layer4[2] is ours.layer3[1]
+    assert len(list(ours.modules())) == len(list(tv.modules()))
+    back = ours.to_torchvision()
+    assert back.fc[0] is back.relu and back.layer4[2] is back.layer3[1]
+
+
 def test_torchrun_two_gloo_processes_end_with_identical_weights(tmp_path):
     out = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", TRAIN,
                "--fake-data", "--steps", "3", "--device", "cpu", "--image-size", "64", "--batch-size", "2",
