@@ -946,6 +946,61 @@ def test_a_custom_fc_keeps_the_flat_forward(frozen, dtype):
                 m.fc.eval()
 
 
+@pytest.mark.parametrize("dtype", FROZEN_DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+def test_hooks_on_the_head_keep_the_flat_forward(frozen, dtype):
+    """Hooks on the average pool (a feature extractor's), inside a custom fc and on the model itself leave the body
+    on the flat forward; the head then runs through its modules, which see what torchvision's see: the features'
+    values, dtype and layout (channels_last for a channels_last input or model), the pooled values; a hook that
+    replaces the pool's output is honoured. A ReLU the fc shares with the stem is the body's too: its hook fires
+    at both calls, as in torchvision (the module path)."""
+    if dtype is not None and not frozen:
+        pytest.skip("bf16 is a frozen-mode variant")
+    tol = TOL if dtype is None else 2e-2
+    for model_fmt in (torch.contiguous_format, torch.channels_last):
+        tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval().to(memory_format=model_fmt)
+        tv.fc = nn.Sequential(nn.Dropout(0.5), nn.Linear(512, 7)).eval()
+        ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
+        if frozen:
+            resnet_ext.freeze(ours, dtype=dtype)
+        seen = {}
+        for name, m in (("tv", tv), ("ours", ours)):
+            def pool_hook(mod, a, out, name=name):
+                seen[name] = (a[0].clone(), a[0].stride(), a[0].dtype, out.stride())
+                return out * 2
+            m.avgpool.register_forward_hook(pool_hook)
+            m.fc[1].register_forward_pre_hook(lambda mod, a, name=name: seen.__setitem__(name + " fc", a[0].clone()))
+            m.register_forward_hook(lambda mod, a, out, name=name: seen.__setitem__(name + " model", out.clone()))
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            x = x_(2, 64).contiguous(memory_format=fmt)
+            with torch.no_grad():
+                resnet_ext.reset_path_counts()
+                same(ours, tv, x, tol)
+                assert resnet_ext.path_counts().get("flat_forwards") == 1, resnet_ext.path_counts()
+            where = (model_fmt, fmt)
+            assert seen["ours"][1:] == seen["tv"][1:], (where, seen["ours"][1:], seen["tv"][1:])
+            assert rel_err(seen["ours"][0], seen["tv"][0]) < tol, where
+            assert rel_err(seen["ours fc"], seen["tv fc"]) < tol, where
+            assert rel_err(seen["ours model"], seen["tv model"]) < tol, where
+    # A ReLU shared by the stem and the fc: the body calls it, so its hook must fire there too.
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv.fc = nn.Sequential(tv.relu, nn.Linear(512, 7))
+    ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
+    if frozen:
+        resnet_ext.freeze(ours, dtype=dtype)
+    calls = {"tv": 0, "ours": 0}
+    for name, m in (("tv", tv), ("ours", ours)):
+        m.relu.register_forward_hook(lambda mod, a, out, name=name: calls.__setitem__(name, calls[name] + 1))
+    with torch.no_grad():
+        same(ours, tv, x_(2, 64), tol)
+    assert calls["ours"] == calls["tv"] == 2, calls
+    if frozen:  # a CUDA graph would not rerun the head's hooks
+        ours = resnet_ext.freeze(resnet_ext.resnet18(num_classes=10), dtype=dtype)
+        ours.avgpool.register_forward_hook(lambda *a: None)
+        with torch.no_grad():
+            assert resnet_ext.engine.cuda.eager_reason(ours, x_(2, 64)) == "hooks on the average pool or the fc"
+
+
 def test_frozen_units_left_to_the_stock_conv_share_one_batch_of_bn_scales(monkeypatch):
     """A hooked frozen model's NCHW units (the stock conv and BN, unfolded: torchvision's layouts) take their BN
     scales and shifts from one batch per forward, as the default mode's, not one computation per unit (which made

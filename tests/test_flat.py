@@ -175,10 +175,10 @@ def _shadow(module, name, value):
 
 _CHANGES = {  # every difference Structure.matches (`_C.structure_matches`) must see, one model change each
     "forward_hook": lambda m: m.layer1[0].conv1.register_forward_hook(lambda *a: None),
-    "forward_hook_kwargs": lambda m: m.avgpool.register_forward_hook(lambda *a: None, with_kwargs=True),
+    "forward_hook_kwargs": lambda m: m.layer4[2].conv3.register_forward_hook(lambda *a: None, with_kwargs=True),
     "forward_pre_hook": lambda m: m.layer2.register_forward_pre_hook(lambda *a: None),
     "backward_hook": lambda m: m.layer3[1].bn2.register_full_backward_hook(lambda *a: None),
-    "backward_pre_hook": lambda m: m.fc.register_full_backward_pre_hook(lambda *a: None),
+    "backward_pre_hook": lambda m: m.maxpool.register_full_backward_pre_hook(lambda *a: None),
     "instance_forward": lambda m: setattr(m.layer4[0], "forward", m.layer4[0].forward),
     "instance_conv_forward": lambda m: setattr(m.conv1, "_conv_forward", m.conv1._conv_forward),
     "child_replaced": lambda m: setattr(m.layer1[1], "relu", nn.ReLU()),

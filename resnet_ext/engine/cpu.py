@@ -576,12 +576,13 @@ def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
 
 
 def run(model: nn.Module, s: structure.Structure, x: Tensor, wb, fc_dtype: Optional[torch.dtype] = None,
-        onednn_fc: bool = False) -> Tensor:
+        onednn_fc: bool = False, layout: Optional[torch.memory_format] = None) -> Tensor:
     """The forward, with `wb(unit, x)` giving each unit's `wb` (see `_conv`), in the order of `s.units`; then the
     average pool and the fc in `fc_dtype` if given (`logits`, with `onednn_fc`) (freeze(dtype=torch.bfloat16): the
     average pool and fc in the model's fp32, the bf16 features cast before the pool or pooled with fp32 sums by
-    `ops.pool_linear`; pooled in bf16, they would be rounded to bf16, 2.6-2.9e-3 of the largest)."""
-    return logits(model, features(model, s, x, wb), onednn_fc, fc_dtype)
+    `ops.pool_linear`; pooled in bf16, they would be rounded to bf16, 2.6-2.9e-3 of the largest); `layout`:
+    `head_layout`'s."""
+    return logits(model, features(model, s, x, wb), onednn_fc, fc_dtype, layout)
 
 
 def features(model: nn.Module, s: structure.Structure, x: Tensor, wb) -> Tensor:
@@ -600,14 +601,31 @@ def features(model: nn.Module, s: structure.Structure, x: Tensor, wb) -> Tensor:
 HEAD_MAX_BATCH = 8  # head_fits: pool_linear's GEMV for batches up to this, oneDNN's GEMM beyond
 
 
+def head_layout(model: nn.Module, s: structure.Structure, x: Tensor) -> Optional[torch.memory_format]:
+    """None where the head is plain (`structure.head_plain`); else the layout of torchvision's last block output for
+    input x, in which the head's modules (their hooks) then see the features: channels_last where x or a weight of
+    the main path's convolutions is (ATen's convolution gives channels_last for either, and each later layer keeps
+    it), else NCHW."""
+    if structure.head_plain(model):
+        return None
+    main = [s.stem] + [u for head, _, tail in s.blocks for u in head + [tail]]
+    cl = ops.wants_channels_last(x) or any(ops.wants_channels_last(u.conv.weight) for u in main)
+    return torch.channels_last if cl else torch.contiguous_format
+
+
 def logits(model: nn.Module, features: Tensor, onednn_fc: bool = False,
-           fc_dtype: Optional[torch.dtype] = None) -> Tensor:
+           fc_dtype: Optional[torch.dtype] = None, layout: Optional[torch.memory_format] = None) -> Tensor:
     """The logits from the last block's output (cast to `fc_dtype` if given): the model's own average pool and fc,
     read live. `onednn_fc` (the frozen mode; the default mode keeps nn.Linear's bits): the pool and an fp32 fc as one
     op, `ops.pool_linear`, where `head_fits`; else the fc as oneDNN's linear on its weight as it lies, where
     nn.Linear runs MKL's addmm: resnet50's 2048 -> 1000 fc alone 1.7-1.9x faster (batch 1: 82-85 against 144-150 us;
     batch 8: 340-347 against 598-610), the whole frozen resnet50 0.98-1.03x per run, level within the noise (2-core
-    Zen 5; benchmarks/cpu_fc_ab.py, benchmarks/results/2026-12-05-cpu-bench-settled/)."""
+    Zen 5; benchmarks/cpu_fc_ab.py, benchmarks/results/2026-12-05-cpu-bench-settled/). A `layout` (`head_layout`:
+    hooks on the head) runs the modules on the features in that layout, as torchvision's forward calls them."""
+    if layout is not None:
+        if fc_dtype is not None:
+            features = features.to(fc_dtype)
+        return model.fc(torch.flatten(model.avgpool(features.contiguous(memory_format=layout)), 1))
     if onednn_fc and head_fits(model, features, fc_dtype):
         units.count(HEAD)
         return ops.pool_linear(features, model.fc.weight, model.fc.bias)
@@ -783,6 +801,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
     key = (tuple(x.shape), x.dtype, x.stride(), cpu_winograd.on, cpu_conv1x1.on, cpu_stem.on, cpu_direct.on,
            cpu_onednn_graph.on, cpu_prefetch.on, CONV1X1_IN_PLACE,  # the latter read by _tail, frozen by a replay
            (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode))
+    layout = head_layout(model, s, x)
     x = internal_layout(x)
     # (unit wbs, {kind: units on resnet_ext's own op}, the oneDNN graph or None, [its replay: None until recorded,
     # then the program or False])
@@ -795,7 +814,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
                 programs.clear()
             entry = programs[key] = (None, {}, graph, [False])
     if entry is not None and entry[2] is not None:
-        out = logits(model, entry[2](x), True)
+        out = logits(model, entry[2](x), True, layout=layout)
         units.count("onednn_graph")
     elif entry is None:  # first call of this input: pack each unit's weight for its input size
         if len(programs) >= CACHE_LIMIT:
@@ -817,7 +836,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
                 program.append((packed_weight(fold, u.conv, y), fold.bias))
             return program[-1]
 
-        out = run(model, s, x, wb, fc_dtype, True)
+        out = run(model, s, x, wb, fc_dtype, True, layout)
         if prefetch_pays(x):  # from the next call on: this one ran without
             program = with_prefetch(program, model.fc)
             planned = True
@@ -826,7 +845,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
         own[WINO_F23] = sum(w[0] is WINO and w[1].dim() == 3 and w[1].shape[0] == 16 for w in program)  # fp32 F(2x2)
         entry = programs[key] = (program, own, None, [None])
     elif entry[3][0] and cpu_replay.on and replay.replayable(x):
-        out = logits(model, entry[3][0].run(x), True, fc_dtype)
+        out = logits(model, entry[3][0].run(x), True, fc_dtype, layout)
         units.count(REPLAYS)
     else:
         it = iter(entry[0])
@@ -840,7 +859,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
             entry[3][0] = program if program is not None else False
         else:
             feats = plan(x)
-        out = logits(model, feats, True, fc_dtype)
+        out = logits(model, feats, True, fc_dtype, layout)
     if entry[2] is None:
         own = entry[1]  # units on resnet_ext's own ops, per kind, and how many of the Winograd ones ran F(2x2) in fp32
         units.count("onednn_prepacked", len(s.units) - sum(own[kind] for kind in OWN))
@@ -872,6 +891,7 @@ def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
                                      memo=st.memo)
     if affine is None:  # a BN whose dtypes ATen's batch norm refuses: its error comes from the module path
         return None
+    layout = head_layout(model, s, x)
     x = internal_layout(x)
     scales, shifts = affine
     affine = {id(u): (sc, sh) for u, sc, sh in zip(s.units, scales, shifts)}
@@ -886,11 +906,11 @@ def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
                             else GEMM if gemm_pays(u, y) else UNFOLDED)
             return (kinds[id(u)], *affine[id(u)])
 
-        out = run(model, s, x, wb)
+        out = run(model, s, x, wb, layout=layout)
         plan = plans[key] = (s, kinds)
     else:
         kinds = plan[1]
-        out = run(model, s, x, lambda u, y: (kinds[id(u)], *affine[id(u)]))
+        out = run(model, s, x, lambda u, y: (kinds[id(u)], *affine[id(u)]), layout=layout)
     units.count("flat_forwards")
     for kind in (GEMM, WINO_UNFOLDED, NCHW_UNFOLDED, UNFOLDED):
         n = sum(k == kind for k in plan[1].values())

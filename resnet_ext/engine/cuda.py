@@ -130,7 +130,7 @@ def forward_fused(model: nn.Module, x: Tensor, folds: Optional[Dict[nn.Module, o
     if not usable_fused(x):
         return None
     s = structure.of(model, x.dtype, x.shape[1])
-    if s is None:
+    if s is None or not structure.head_plain(model):  # the head's hooks would see the NHWC maps: the module path
         return None
     wbs = plan_weights(s, folds, x)
     if wbs is None:
@@ -207,6 +207,8 @@ def _check(model: nn.Module, x: Tensor) -> tuple:
         return "hooks, swapped modules or an input the model does not take", None
     if not s.linear_fc:  # a custom head's Python would not rerun on a replay
         return "an fc other than nn.Linear", s
+    if not structure.head_plain(model):  # nor would the head's hooks
+        return "hooks on the average pool or the fc", s
     if not x.is_cuda:
         return "not a CUDA input", s
     if torch.cuda.is_current_stream_capturing():

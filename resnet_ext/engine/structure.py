@@ -44,9 +44,11 @@ class Structure:
                 ds = None if b.downsample is None else Unit(b.downsample[0], b.downsample[1], False)
                 self.blocks.append((main[:-1], ds, main[-1]))
         self.units = [self.stem] + [u for head, ds, tail in self.blocks for u in head + ([ds] if ds else []) + [tail]]
-        self.modules = list(model.modules())
+        self.children = [(m, tuple(m._modules.values())) for m in model.modules() if m._modules]
+        # The body's modules: their types, and no hooks (the head's may have them: `outside_body`).
+        head = outside_body(model)
+        self.modules = [m for m in model.modules() if id(m) not in head]
         self.types = [type(m) for m in self.modules]
-        self.children = [(m, tuple(m._modules.values())) for m in self.modules if m._modules]
         self.convs = [(u.conv, u.conv.weight, u.conv.bias) + u.geometry for u in self.units]
         # The frozen folds were made with these eps and tensors (FrozenUnit.belongs_to).
         self.bns = [(u.bn, u.bn.eps, *units.bn_tensors(u.bn)) for u in self.units]
@@ -54,19 +56,37 @@ class Structure:
 
     def matches(self, model: nn.Module) -> bool:
         """Whether the model is still exactly what was recorded: same modules in the same places, same types, no
-        hooks or instance-level forward, same conv weight and bias objects (where nn.Module's attribute lookup finds
+        hooks or instance-level forward in the body (`outside_body`), same conv weight and bias objects (where nn.Module's attribute lookup finds
         them: an instance attribute first, else the store) and geometry, BNs in eval mode with the same eps, weight,
         bias and running statistics objects. This runs on every forward: the loops are in C
         (`_C.structure_matches`, the same reads)."""
         return (_C.structure_matches(self.children, self.modules, self.types, self.convs, self.bns, units.PATCHED)
-                and not model.maxpool.return_indices)  # else the next conv gets a tuple: torchvision's error
+                and not model.maxpool.return_indices  # else the next conv gets a tuple: torchvision's error
+                and type(model.avgpool) is nn.AdaptiveAvgPool2d and (type(model.fc) is nn.Linear) == self.linear_fc)
+
+
+def outside_body(model: nn.Module) -> set:
+    """The ids of the modules whose hooks (or forwards set on the instance) the flat forward honours: the model
+    itself (its hooks run around its forward), the average pool and the fc with its submodules (the head runs
+    through them where they have any: `head_plain`, `cpu.logits`); not a module the body also calls (a ReLU
+    shared with the fc), whose hooks the body's calls must meet."""
+    head = (model.avgpool, model.fc)
+    body = {id(m) for c in model.children() if all(c is not h for h in head) for m in c.modules()}
+    return {id(model)} | {id(m) for h in head for m in h.modules() if id(m) not in body}
+
+
+def head_plain(model: nn.Module) -> bool:
+    """No hooks or instance forwards on the average pool or anywhere in the fc (the flat forward may then compute
+    the head as it likes: one op, oneDNN's linear, a captured graph)."""
+    return units.hookless(model.avgpool) and all(units.hookless(m) for m in model.fc.modules())
 
 
 def stock(model: nn.Module) -> bool:
     """Whether the model is a stock resnet_ext ResNet: torchvision's module types everywhere, plain convs/BNs; the
     fc may be any module (a fine-tuned head such as Dropout + Linear): it runs as a module on the pooled features,
-    which have no layout to show."""
-    if model.training or not units.hookless(model):
+    which have no layout to show. Hooks only outside the body (`outside_body`): the model's own, and on the head
+    (a feature extractor's hook on the average pool), which then runs through its modules."""
+    if model.training:
         return False
     if not (type(model.relu) is nn.ReLU and type(model.maxpool) is nn.MaxPool2d and not model.maxpool.return_indices
             and type(model.avgpool) is nn.AdaptiveAvgPool2d and isinstance(model.fc, nn.Module)
@@ -84,7 +104,8 @@ def stock(model: nn.Module) -> bool:
             if ds is not None and not (type(ds) is nn.Sequential and len(ds) == 2 and units.foldable(ds[0], ds[1])):
                 return False
     # Train mode matters only for the BNs (foldable); a forward set on an instance must run (accelerate's hooks).
-    return all(units.hookless(m) for m in model.modules())
+    head = outside_body(model)
+    return all(units.hookless(m) for m in model.modules() if id(m) not in head)
 
 
 def of(model: nn.Module, dtype: torch.dtype, channels: int) -> Optional[Structure]:
