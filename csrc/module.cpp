@@ -223,7 +223,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("allocated", &resnet_ext::allocated, "Whether every strided tensor's storage still holds its elements");
   m.def("all_finite", &resnet_ext::all_finite, "Whether every element of a floating-point tensor is finite");
   m.def("finite_bfloat16", &resnet_ext::finite_bfloat16, "x.to(torch.bfloat16), or None where x is not all finite");
-  m.def("structure_matches", &resnet_ext::structure_matches, "Whether a model is still what its Structure recorded");
+  m.def("structure_state", &resnet_ext::structure_state,
+        "Whether a model is still what its Structure recorded: 0 changed, 1 as recorded, 2 hooks added only");
   py::class_<resnet_ext::FoldSources>(m, "FoldSources", "The tensors a frozen model's folds were made from")
       .def(py::init<const py::list&>(), py::arg("tensors"))
       .def("holds", &resnet_ext::FoldSources::holds)

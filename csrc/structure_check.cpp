@@ -1,4 +1,4 @@
-// resnet_ext._C.structure_matches: the per-forward half of resnet_ext/engine/structure.py's Structure.matches (whether
+// resnet_ext._C.structure_state: the per-forward half of resnet_ext/engine/structure.py's Structure.state (whether
 // a model is still what its flat plan recorded), over the lists that Structure records. It reads the same attributes
 // as the Python loop it replaces, in C: at batch 1 the forward's weights stream through the L3, so these ~1,000
 // reads of module dicts come from memory on every forward. resnet50's check inside its frozen batch-1 forward took
@@ -140,8 +140,9 @@ bool FoldSources::holds() const {
 
 bool FoldSources::folded(const py::handle& tensor) { return recorded().count(tensor.ptr()) > 0; }
 
-bool structure_matches(const py::list& children, const py::list& modules, const py::list& types,
-                       const py::list& convs, const py::list& bns, const py::tuple& patched) {
+int structure_state(const py::list& children, const py::list& modules, const py::list& types,
+                    const py::list& convs, const py::list& bns, const py::tuple& patched) {
+  constexpr int kChanged = 0, kMatches = 1, kHooked = 2;
   const Names& k = names();
   // Each parent's children, the same objects in the same order: (module, tuple of its children).
   for (py::handle entry : children) {
@@ -149,30 +150,32 @@ bool structure_matches(const py::list& children, const py::list& modules, const 
     PyObject* kids = PyTuple_GET_ITEM(entry.ptr(), 1);
     Dict d(m);
     PyObject* now = d.d ? item(d.d, k.modules) : nullptr;
-    if (now == nullptr || !PyDict_Check(now) || PyDict_GET_SIZE(now) != PyTuple_GET_SIZE(kids)) return false;
+    if (now == nullptr || !PyDict_Check(now) || PyDict_GET_SIZE(now) != PyTuple_GET_SIZE(kids)) return kChanged;
     Py_ssize_t pos = 0, i = 0;
     PyObject *key, *value;
     while (PyDict_Next(now, &pos, &key, &value))
-      if (value != PyTuple_GET_ITEM(kids, i++)) return false;
+      if (value != PyTuple_GET_ITEM(kids, i++)) return kChanged;
   }
-  // Every module: its recorded type, no hooks of its own, no forward set on the instance.
+  // Every module: its recorded type, no hooks of its own, no forward set on the instance (else kHooked, once the
+  // rest is checked: the module path's units are still the recorded ones).
   const Py_ssize_t n = PyList_GET_SIZE(modules.ptr());
-  if (PyList_GET_SIZE(types.ptr()) != n) return false;
+  if (PyList_GET_SIZE(types.ptr()) != n) return kChanged;
+  bool hooked = false;
   for (Py_ssize_t i = 0; i < n; ++i) {
     PyObject* m = PyList_GET_ITEM(modules.ptr(), i);
-    if (reinterpret_cast<PyObject*>(Py_TYPE(m)) != PyList_GET_ITEM(types.ptr(), i)) return false;
+    if (reinterpret_cast<PyObject*>(Py_TYPE(m)) != PyList_GET_ITEM(types.ptr(), i)) return kChanged;
     Dict d(m);
-    if (d.d == nullptr) return false;
+    if (d.d == nullptr) return kChanged;
+    if (hooked) continue;
     for (PyObject* name : k.hooks) {
       PyObject* hooks = item(d.d, name);
-      if (hooks == nullptr || truthy(hooks)) return false;
+      if (hooks == nullptr) return kChanged;
+      hooked = hooked || truthy(hooks);
     }
     for (py::handle name : patched) {
       const int has = PyDict_Contains(d.d, name.ptr());
-      if (has != 0) {
-        if (has < 0) throw py::error_already_set();
-        return false;
-      }
+      if (has < 0) throw py::error_already_set();
+      hooked = hooked || has != 0;
     }
   }
   // Every conv: (conv, weight, bias, padding, stride, dilation, groups) as recorded, padding_mode "zeros".
@@ -180,18 +183,18 @@ bool structure_matches(const py::list& children, const py::list& modules, const 
   for (py::handle entry : convs) {
     PyObject* conv = PyTuple_GET_ITEM(entry.ptr(), 0);
     Dict d(conv);
-    if (d.d == nullptr) return false;
+    if (d.d == nullptr) return kChanged;
     PyObject* params = item(d.d, k.parameters);
     if (attribute_or_stored(d.d, params, k.weight, missing) != PyTuple_GET_ITEM(entry.ptr(), 1) ||
         attribute_or_stored(d.d, params, k.bias, missing) != PyTuple_GET_ITEM(entry.ptr(), 2))
-      return false;
+      return kChanged;
     py::object mode = py::reinterpret_steal<py::object>(PyObject_GetAttr(conv, k.padding_mode));
     if (!mode) throw py::error_already_set();
-    if (!equal(mode.ptr(), k.zeros)) return false;
+    if (!equal(mode.ptr(), k.zeros)) return kChanged;
     for (int g = 0; g < 4; ++g) {
       py::object v = py::reinterpret_steal<py::object>(PyObject_GetAttr(conv, k.geometry[g]));
       if (!v) throw py::error_already_set();
-      if (!equal(v.ptr(), PyTuple_GET_ITEM(entry.ptr(), 3 + g))) return false;
+      if (!equal(v.ptr(), PyTuple_GET_ITEM(entry.ptr(), 3 + g))) return kChanged;
     }
   }
   // Every BN: (bn, eps, weight, bias, running_mean, running_var) in eval mode, the recorded eps and tensor objects
@@ -199,22 +202,22 @@ bool structure_matches(const py::list& children, const py::list& modules, const 
   for (py::handle entry : bns) {
     PyObject* bn = PyTuple_GET_ITEM(entry.ptr(), 0);
     Dict d(bn);
-    if (d.d == nullptr) return false;
+    if (d.d == nullptr) return kChanged;
     PyObject* training = item(d.d, k.training);
     PyObject* eps = item(d.d, k.eps);
     if (training == nullptr || truthy(training) || eps == nullptr || !equal(eps, PyTuple_GET_ITEM(entry.ptr(), 1)))
-      return false;
+      return kChanged;
     PyObject* params = item(d.d, k.parameters);
     if (attribute_or_stored(d.d, params, k.weight, missing) != PyTuple_GET_ITEM(entry.ptr(), 2) ||
         attribute_or_stored(d.d, params, k.bias, missing) != PyTuple_GET_ITEM(entry.ptr(), 3))
-      return false;
+      return kChanged;
     PyObject* buffers = item(d.d, k.buffers);
     for (int i = 0; i < 2; ++i) {
       PyObject* v = attribute_or_stored(d.d, buffers, i == 0 ? k.running_mean : k.running_var, Py_None);
-      if (v == Py_None || v != PyTuple_GET_ITEM(entry.ptr(), 4 + i)) return false;
+      if (v == Py_None || v != PyTuple_GET_ITEM(entry.ptr(), 4 + i)) return kChanged;
     }
   }
-  return true;
+  return hooked ? kHooked : kMatches;
 }
 
 }  // namespace resnet_ext

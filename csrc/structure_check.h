@@ -1,4 +1,4 @@
-// resnet_ext._C.structure_matches (structure_check.cpp): whether a model is still what its flat plan recorded;
+// resnet_ext._C.structure_state (structure_check.cpp): whether a model is still what its flat plan recorded;
 // resnet_ext._C.FoldSources: whether the tensors a frozen model's folds were made from are unchanged.
 #pragma once
 
@@ -14,9 +14,10 @@ namespace resnet_ext {
 // Over the lists resnet_ext/engine/structure.py's Structure records: children [(module, (child, ...))], modules and
 // their types, convs [(conv, weight, bias, padding, stride, dilation, groups)], bns [(bn, eps, weight, bias,
 // running_mean, running_var)], and the instance attribute names that replace what a module computes (`patched`).
-// False at the first difference.
-bool structure_matches(const pybind11::list& children, const pybind11::list& modules, const pybind11::list& types,
-                       const pybind11::list& convs, const pybind11::list& bns, const pybind11::tuple& patched);
+// 0 at the first difference; 2 where the only differences are hooks or patched attributes on recorded modules (the
+// module path's units are the recorded ones); 1 where the model is as recorded.
+int structure_state(const pybind11::list& children, const pybind11::list& modules, const pybind11::list& types,
+                    const pybind11::list& convs, const pybind11::list& bns, const pybind11::tuple& patched);
 
 // The frozen mode's fold sources (engine/frozen.py): the tensors its folds were made from, as Python objects (held),
 // and what each held then: its TensorImpl (`torch.utils.swap_tensors` puts another behind the object), version (an

@@ -173,7 +173,7 @@ def _shadow(module, name, value):
     setattr(module, name, value)
 
 
-_CHANGES = {  # every difference Structure.matches (`_C.structure_matches`) must see, one model change each
+_CHANGES = {  # every difference Structure.matches (`_C.structure_state`) must see, one model change each
     "forward_hook": lambda m: m.layer1[0].conv1.register_forward_hook(lambda *a: None),
     "forward_hook_kwargs": lambda m: m.layer4[2].conv3.register_forward_hook(lambda *a: None, with_kwargs=True),
     "forward_pre_hook": lambda m: m.layer2.register_forward_pre_hook(lambda *a: None),
@@ -214,9 +214,37 @@ def test_structure_sees_every_change(change):
     assert s.matches(ours)
     out = _CHANGES[change](ours)
     assert not s.matches(ours)
+    # Hooks and instance forwards alone: HOOKED (the module path, on the recorded units); anything else CHANGED.
+    hooked = "hook" in change or change.startswith("instance")
+    assert s.state(ours) == (structure.HOOKED if hooked else structure.CHANGED)
     if hasattr(out, "remove"):  # a hook's handle
         out.remove()
         assert s.matches(ours)
+
+
+def test_a_hooked_model_is_recorded_once_and_told_apart_by_the_c_check():
+    """A model hooked before its first forward is recorded all the same (HOOKED: the module path runs, found by the
+    C check, not by walking every module on each forward); the hook removed, the same record runs flat; a hook
+    together with another change is CHANGED (the C check goes on past the hook)."""
+    from resnet_ext.engine import structure
+    ours, tv = pair("resnet18")
+    handle = ours.layer4.register_forward_hook(lambda *a: None)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = tv(x)
+        for _ in range(2):
+            resnet_ext.reset_path_counts()
+            assert torch.equal(ours(x), ref)
+            assert "flat_forwards" not in resnet_ext.path_counts()
+        s = state.of(ours).structure
+        assert s is not None and s.state(ours) == structure.HOOKED
+        handle.remove()
+        resnet_ext.reset_path_counts()
+        assert torch.equal(ours(x), ref) and resnet_ext.path_counts()["flat_forwards"] == 1
+        assert state.of(ours).structure is s
+        ours.layer4.register_forward_hook(lambda *a: None)
+        ours.layer1[0].bn1.train()
+        assert s.state(ours) == structure.CHANGED
 
 
 def test_deleted_bias_raises_like_torchvision():

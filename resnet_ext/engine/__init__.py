@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from .. import ops
 from .. import switches
 from ..switches import on_cuda
-from . import cpu, cuda, frozen, fused_train, units
+from . import cpu, cuda, frozen, fused_train, structure, units
 from .cpu import all_finite  # noqa: F401  (the input check, also for the tests)
 from . import state as _state
 from .state import serves  # noqa: F401  (the models' ResNet registers itself)
@@ -187,6 +187,14 @@ def module_path(model: nn.Module, x: Tensor) -> Tensor:
     return model.fc(torch.flatten(model.avgpool(x), 1))
 
 
+def _unfolded_pairs(model: nn.Module) -> list:
+    """The (conv, bn) pairs whose BN scale and shift a CPU module-path forward computes in one batch: the recorded
+    structure's where the model is still it but for hooks in the body (a hooked pair's tensors are as recorded, so
+    the batch may take it; its unit runs through its modules), else the foldable ones of a walk over the model."""
+    s, _ = structure.recorded(model)
+    return s.pairs if s is not None else units.model_pairs(model)
+
+
 def forward_state(model: nn.Module, x: Tensor) -> Optional[units.Forward]:
     """This forward's BN folds: the frozen ones (eager only), else all of them, now, in one batch; where BN is
     applied unfolded (`units.unfolds`: eager on the CPU) every unit's scale and shift instead."""
@@ -198,11 +206,11 @@ def forward_state(model: nn.Module, x: Tensor) -> Optional[units.Forward]:
             return units.Forward(folds)
         # On the CPU a unit whose fold does not apply (an NCHW map: the folds are channels_last) runs unfolded, on
         # this batch of scales and shifts (a frozen model needs no gradient here: `frozen_folds`).
-        return units.Forward({**folds, **(_affine(model, x, units.model_pairs(model)) or {})})
-    pairs = units.model_pairs(model)
+        return units.Forward({**folds, **(_affine(model, x, _unfolded_pairs(model)) or {})})
     if units.unfolds(x):  # every unit's BN scale and shift, in one batch (used where no gradient is wanted)
-        affine = _affine(model, x, pairs)
+        affine = _affine(model, x, _unfolded_pairs(model))
         return None if affine is None else units.Forward(affine)
+    pairs = units.model_pairs(model)
     grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters()))
     with torch.set_grad_enabled(grad):
         folded = ops.fold_pairs(pairs, channels_last=ops.wants_channels_last(x))

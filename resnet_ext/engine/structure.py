@@ -44,6 +44,7 @@ class Structure:
                 ds = None if b.downsample is None else Unit(b.downsample[0], b.downsample[1], False)
                 self.blocks.append((main[:-1], ds, main[-1]))
         self.units = [self.stem] + [u for head, ds, tail in self.blocks for u in head + ([ds] if ds else []) + [tail]]
+        self.pairs = list(dict.fromkeys((u.conv, u.bn) for u in self.units))  # once each (a block may sit twice)
         self.children = [(m, tuple(m._modules.values())) for m in model.modules() if m._modules]
         # The body's modules: their types, and no hooks (the head's may have them: `outside_body`).
         head = outside_body(model)
@@ -54,15 +55,24 @@ class Structure:
         self.bns = [(u.bn, u.bn.eps, *units.bn_tensors(u.bn)) for u in self.units]
         self.linear_fc = type(model.fc) is nn.Linear  # else a custom head (`stock`)
 
+    def state(self, model: nn.Module) -> int:
+        """MATCHES where the model is still exactly what was recorded: same modules in the same places, same types,
+        no hooks or instance-level forward in the body (`outside_body`), same conv weight and bias objects (where
+        nn.Module's attribute lookup finds them: an instance attribute first, else the store) and geometry, BNs in
+        eval mode with the same eps, weight, bias and running statistics objects; HOOKED where hooks or instance
+        forwards in the body are the only difference (the module path runs, on the recorded units); else CHANGED.
+        This runs on every forward: the loops are in C (`_C.structure_state`, the same reads)."""
+        state = _C.structure_state(self.children, self.modules, self.types, self.convs, self.bns, units.PATCHED)
+        if (model.maxpool.return_indices  # else the next conv gets a tuple: torchvision's error
+                or type(model.avgpool) is not nn.AdaptiveAvgPool2d or (type(model.fc) is nn.Linear) != self.linear_fc):
+            return CHANGED
+        return state
+
     def matches(self, model: nn.Module) -> bool:
-        """Whether the model is still exactly what was recorded: same modules in the same places, same types, no
-        hooks or instance-level forward in the body (`outside_body`), same conv weight and bias objects (where nn.Module's attribute lookup finds
-        them: an instance attribute first, else the store) and geometry, BNs in eval mode with the same eps, weight,
-        bias and running statistics objects. This runs on every forward: the loops are in C
-        (`_C.structure_matches`, the same reads)."""
-        return (_C.structure_matches(self.children, self.modules, self.types, self.convs, self.bns, units.PATCHED)
-                and not model.maxpool.return_indices  # else the next conv gets a tuple: torchvision's error
-                and type(model.avgpool) is nn.AdaptiveAvgPool2d and (type(model.fc) is nn.Linear) == self.linear_fc)
+        return self.state(model) == MATCHES
+
+
+CHANGED, MATCHES, HOOKED = 0, 1, 2  # Structure.state (the values of _C.structure_state)
 
 
 def outside_body(model: nn.Module) -> set:
@@ -81,16 +91,17 @@ def head_plain(model: nn.Module) -> bool:
     return units.hookless(model.avgpool) and all(units.hookless(m) for m in model.fc.modules())
 
 
-def stock(model: nn.Module) -> bool:
+def stock(model: nn.Module, hooks_ok: bool = False) -> bool:
     """Whether the model is a stock resnet_ext ResNet: torchvision's module types everywhere, plain convs/BNs; the
     fc may be any module (a fine-tuned head such as Dropout + Linear): it runs as a module on the pooled features,
     which have no layout to show. Hooks only outside the body (`outside_body`): the model's own, and on the head
-    (a feature extractor's hook on the average pool), which then runs through its modules."""
+    (a feature extractor's hook on the average pool), which then runs through its modules. `hooks_ok`: hooks and
+    instance forwards anywhere (what `Structure` may record: `Structure.state` tells them apart)."""
     if model.training:
         return False
     if not (type(model.relu) is nn.ReLU and type(model.maxpool) is nn.MaxPool2d and not model.maxpool.return_indices
             and type(model.avgpool) is nn.AdaptiveAvgPool2d and isinstance(model.fc, nn.Module)
-            and units.foldable(model.conv1, model.bn1)):
+            and units.foldable(model.conv1, model.bn1, hooks_ok)):
         return False
     for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
         if type(layer) is not nn.Sequential:
@@ -98,23 +109,36 @@ def stock(model: nn.Module) -> bool:
         for b in layer:
             if not units.is_block(b) or type(b.relu) is not nn.ReLU:
                 return False
-            if not all(units.foldable(c, n) for c, n in units.unit_pairs(b)):
+            if not all(units.foldable(c, n, hooks_ok) for c, n in units.unit_pairs(b)):
                 return False
             ds = b.downsample
-            if ds is not None and not (type(ds) is nn.Sequential and len(ds) == 2 and units.foldable(ds[0], ds[1])):
+            if ds is not None and not (type(ds) is nn.Sequential and len(ds) == 2
+                                       and units.foldable(ds[0], ds[1], hooks_ok)):
                 return False
+    if hooks_ok:
+        return True
     # Train mode matters only for the BNs (foldable); a forward set on an instance must run (accelerate's hooks).
     head = outside_body(model)
     return all(units.hookless(m) for m in model.modules() if id(m) not in head)
 
 
-def of(model: nn.Module, dtype: torch.dtype, channels: int) -> Optional[Structure]:
-    """The model's recorded structure if it still matches, else a new one if the model is stock, else None; None
-    also for an input not of the model's dtype and channels (the module path gives torchvision's errors)."""
+def recorded(model: nn.Module) -> Tuple[Optional[Structure], int]:
+    """The model's recorded structure (recorded anew where the model changed) and its `Structure.state`; (None,
+    CHANGED) where the model is no stock structure. A model with hooks in its body is recorded too (HOOKED), so
+    that its forwards find out with the C check, not with `stock`'s walk over every module (resnet50: ~0.5 ms)."""
     st = _state.of(model)
     s = st.structure
-    if s is None or not s.matches(model):
-        s = st.structure = Structure(model) if stock(model) else None
-    if s is None or dtype != s.stem.conv.weight.dtype or channels != s.stem.conv.in_channels:
+    state = s.state(model) if s is not None else CHANGED
+    if state == CHANGED:
+        s = st.structure = Structure(model) if stock(model, hooks_ok=True) else None
+        state = s.state(model) if s is not None else CHANGED
+    return (s, state) if state != CHANGED else (None, CHANGED)
+
+
+def of(model: nn.Module, dtype: torch.dtype, channels: int) -> Optional[Structure]:
+    """The model's recorded structure where the flat forward applies (`recorded`: MATCHES), else None; None also for
+    an input not of the model's dtype and channels (the module path gives torchvision's errors)."""
+    s, state = recorded(model)
+    if state != MATCHES or dtype != s.stem.conv.weight.dtype or channels != s.stem.conv.in_channels:
         return None
     return s

@@ -56,18 +56,19 @@ def plain_relu(relu: Optional[nn.Module]) -> bool:
     return relu is None or (type(relu) is nn.ReLU and hookless(relu))
 
 
-def _plain_conv(conv: nn.Module) -> bool:
+def _plain_conv(conv: nn.Module, hooks_ok: bool = False) -> bool:
     # A parametrized conv has another type; legacy weight_norm / spectral_norm are forward pre-hooks. Geometry set
     # to an int or a list after construction (F.conv2d takes both) runs through the module: the fused paths take
     # nn.Conv2d's own tuples (an int stride raised TypeError, a list one was unhashable in the frozen plan's keys).
     return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
-            and isinstance(conv.stride, tuple) and isinstance(conv.dilation, tuple) and hookless(conv))
+            and isinstance(conv.stride, tuple) and isinstance(conv.dilation, tuple) and (hooks_ok or hookless(conv)))
 
 
-def foldable(conv: nn.Module, bn: nn.Module) -> bool:
-    """conv + an eval-mode BN that uses its running statistics, both stock and without hooks."""
-    return (_plain_conv(conv) and type(bn) is nn.BatchNorm2d and hookless(bn) and not bn.training
-            and bn.running_mean is not None and bn.running_var is not None)
+def foldable(conv: nn.Module, bn: nn.Module, hooks_ok: bool = False) -> bool:
+    """conv + an eval-mode BN that uses its running statistics, both stock and without hooks (`hooks_ok`: with or
+    without)."""
+    return (_plain_conv(conv, hooks_ok) and type(bn) is nn.BatchNorm2d and (hooks_ok or hookless(bn))
+            and not bn.training and bn.running_mean is not None and bn.running_var is not None)
 
 
 BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
@@ -263,7 +264,7 @@ def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residu
     # Default-mode folds are keyed by (conv, bn) (one conv module may sit in two units), frozen ones by conv; a
     # frozen forward on the CPU also has the default mode's scale and shift, for the units its folds do not take.
     entry = (state.folds.get(conv) or state.folds.get((conv, bn))) if state is not None else None
-    if entry is not None and hasattr(entry, "run"):  # a frozen entry: folded once (and prepacked on the CPU)
+    if entry is not None and not isinstance(entry, Affine) and hasattr(entry, "run"):  # a frozen entry: folded once
         if shortcut is not None:
             residual, shortcut = shortcut(), None
         out = entry.run(conv, bn, x, relu, residual)
@@ -294,8 +295,7 @@ def unit(conv: nn.Module, bn: nn.Module, relu_mod: Optional[nn.Module], x: Tenso
     # Under CPU autocast the stock modules run, as autocast casts them (the fold would mix dtypes); so does a BN
     # whose dtypes ATen's batch norm refuses for the conv's output (its error, where a fold would answer).
     if (relu_ok and foldable(conv, bn) and not (x.device.type == "cpu" and torch.is_autocast_enabled("cpu"))
-            and ops.bn_dtypes_ok(conv.weight.dtype, {t.dtype for t in (bn.weight, bn.bias, bn.running_mean,
-                                                                        bn.running_var) if t is not None})):
+            and ops.bn_dtypes_ok(conv.weight.dtype, {t.dtype for t in bn_tensors(bn) if t is not None})):
         return eval_unit(conv, bn, x, relu_mod is not None, residual, shortcut)
     if relu_ok and train_fusable(bn) and x.numel() > 0:
         # A BN marked by `convert_sync_batchnorm` computes cross-process statistics only in the fused op.
