@@ -28,7 +28,7 @@ Tensor max_pool_cuda(const Tensor& x, at::IntArrayRef k, at::IntArrayRef s, at::
       reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 != 0 || pr.C % max_pool::vector_elements(t) != 0)
     return max_pool_stock(x, k, s, p, d);
   c10::cuda::CUDAGuard guard(x.device());
-  // torch's output layout, as the CPU op (ops/max_pool.cpp)
+  // torch's output layout (describe_pool: the NHWC order written is that layout's)
   Tensor y = at::empty({pr.N, pr.C, pr.P, pr.Q}, x.options().memory_format(x.suggest_memory_format()));
   const std::string err = max_pool::forward(t, pr, x.data_ptr(), y.data_ptr(),
                                             at::cuda::getCurrentCUDAStream(x.get_device()).stream());

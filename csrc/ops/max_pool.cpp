@@ -38,6 +38,10 @@ bool describe_pool(const Tensor& x, at::IntArrayRef k, at::IntArrayRef s, at::In
   pr->pad_h = int(p[0]), pr->pad_w = int(p[1]), pr->dil_h = int(d[0]), pr->dil_w = int(d[1]);
   pr->P = conv_output_size(pr->H, pr->R, pr->stride_h, pr->pad_h, pr->dil_h);  // a pool's size is a conv's
   pr->Q = conv_output_size(pr->W, pr->S, pr->stride_w, pr->pad_w, pr->dil_w);
+  // The output takes torch's layout, x's suggested one (the kernels allocate it so). Where that is NCHW (x's
+  // strides are ambiguous: 1 channel or a 1x1 map) the NHWC order the kernels write is NCHW's only for an output
+  // of 1 channel or 1x1 pixels; a larger one (a 1x1 map padded into 2x2) is ATen's.
+  if (x.suggest_memory_format() != at::MemoryFormat::ChannelsLast && pr->C != 1 && pr->P * pr->Q != 1) return false;
   return pr->P > 0 && pr->Q > 0;
 }
 
@@ -142,8 +146,7 @@ Tensor max_pool_cpu(const Tensor& x, at::IntArrayRef k, at::IntArrayRef s, at::I
   if (!avx512 || (x.scalar_type() != at::kFloat && x.scalar_type() != at::kBFloat16) ||
       !describe_pool(x, k, s, p, d, &g))
     return max_pool_stock(x, k, s, p, d);
-  // torch's output layout: channels_last, except where x's strides are ambiguous (1 channel or a 1x1 map), in
-  // which the NHWC offsets the kernel writes are the NCHW ones.
+  // torch's output layout (describe_pool: the NHWC order written is that layout's)
   Tensor y = at::empty({g.N, g.C, g.P, g.Q}, x.options().memory_format(x.suggest_memory_format()));
   if (x.scalar_type() == at::kFloat)
     pool<float>(x, y, g);

@@ -13,7 +13,8 @@ at::Tensor max_pool_stock(const at::Tensor& x, at::IntArrayRef k, at::IntArrayRe
                           at::IntArrayRef d);
 
 // Fills `pr` for a non-empty channels_last-dense 4-d x with two-element arguments inside ATen's own rules (padding
-// at most half the kernel: no window is empty) and a non-empty output; false for anything else.
+// at most half the kernel: no window is empty) and a non-empty output whose NHWC order is that of torch's output
+// layout (x's suggested one); false for anything else.
 bool describe_pool(const at::Tensor& x, at::IntArrayRef k, at::IntArrayRef s, at::IntArrayRef p, at::IntArrayRef d,
                    PoolProblem* pr);
 
