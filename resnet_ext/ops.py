@@ -163,19 +163,21 @@ def plain_max_pool(pool: torch.nn.Module) -> Optional[Tuple[tuple, tuple, tuple,
     return pair(pool.kernel_size), pair(stride), pair(pool.padding), pair(pool.dilation)
 
 
-def _dense_strides(shape) -> Tuple[int, ...]:
-    """The strides torch gives a contiguous tensor of this shape."""
-    strides, step = [], 1
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(strides))
+def nchw_1x1(t: Tensor) -> Tensor:
+    """An (N, C, 1, 1) map with NCHW strides (a view), as torchvision's BN (and NCHW pooling) hand such a map on:
+    it is dense in both layouts, and channels_last convolutions and pools leave (C, 1, C, C) strides, which a hook
+    would see and ATen's next convolution would take as a channels_last input (copying an NCHW weight on every
+    call: resnet18 at 32x32, layer4's 512 -> 512 3x3, 2.0 ms of copies). Anything else as it is."""
+    if t.dim() == 4 and t.shape[2] == 1 and t.shape[3] == 1 and t.is_contiguous() and t.stride(2) != 1:
+        return t.as_strided(t.shape, (t.shape[1], 1, 1, 1), t.storage_offset())
+    return t
 
 
 def max_pool(pool: torch.nn.Module, x: Tensor) -> Tensor:
     """pool(x) for the models: a plain max pool (`plain_max_pool`) on an input that needs no gradient runs
-    `max_pool_nhwc` on the CPU (its kernel takes channels_last fp32/bf16 on AVX-512 CPUs, else ATen's pool), and on
-    CUDA where `nhwc_max_pool(True)`; anything else the module itself."""
+    `max_pool_nhwc` on the CPU (its kernel takes channels_last fp32/bf16 on AVX-512 CPUs, else ATen's pool; an NCHW
+    map goes through channels_last and back), and on CUDA where `nhwc_max_pool(True)`; anything else the module
+    itself."""
     cpu = x.device.type == "cpu" and not torch.compiler.is_compiling()  # inductor fuses its own pool
     if (cpu or (nhwc_max_pool.on and x.is_cuda)) and not (torch.is_grad_enabled() and x.requires_grad):
         args = plain_max_pool(pool)
@@ -185,9 +187,7 @@ def max_pool(pool: torch.nn.Module, x: Tensor) -> Tensor:
                 # both copies (ours; ATen's, on CPUs without AVX-512, within 1.2x of ours): the stem's 1x64x112x112
                 # on a 2-core Zen 5 3.2 -> 0.66 ms, 2.1-6.1x on its maps (benchmarks/cpu_max_pool_nchw.py).
                 y = torch.ops.resnet_ext.max_pool_nhwc(x.contiguous(memory_format=torch.channels_last), *args)
-                y = y.contiguous()
-                if y.stride() == _dense_strides(y.shape):  # else a 1x1 output with channels_last strides
-                    return y
+                return nchw_1x1(y.contiguous())
             return torch.ops.resnet_ext.max_pool_nhwc(x, *args)
     return pool(x)
 

@@ -971,13 +971,15 @@ def test_hooks_on_the_head_keep_the_flat_forward(frozen, dtype):
             m.avgpool.register_forward_hook(pool_hook)
             m.fc[1].register_forward_pre_hook(lambda mod, a, name=name: seen.__setitem__(name + " fc", a[0].clone()))
             m.register_forward_hook(lambda mod, a, out, name=name: seen.__setitem__(name + " model", out.clone()))
-        for fmt in (torch.contiguous_format, torch.channels_last):
-            x = x_(2, 64).contiguous(memory_format=fmt)
+        cropped = x_(2, 40).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)[:, :, 2:34, 3:35]  # NHWC, not dense
+        for size, fmt in ((64, torch.contiguous_format), (64, torch.channels_last), (32, torch.contiguous_format),
+                          (32, torch.channels_last), (None, None)):
+            x = cropped if size is None else x_(2, size).contiguous(memory_format=fmt)
             with torch.no_grad():
                 resnet_ext.reset_path_counts()
                 same(ours, tv, x, tol)
                 assert resnet_ext.path_counts().get("flat_forwards") == 1, resnet_ext.path_counts()
-            where = (model_fmt, fmt)
+            where = (model_fmt, size, fmt)  # 32x32: a 1x1 last map, whose strides BN makes NCHW in either layout
             assert seen["ours"][1:] == seen["tv"][1:], (where, seen["ours"][1:], seen["tv"][1:])
             assert rel_err(seen["ours"][0], seen["tv"][0]) < tol, where
             assert rel_err(seen["ours fc"], seen["tv fc"]) < tol, where
@@ -999,6 +1001,64 @@ def test_hooks_on_the_head_keep_the_flat_forward(frozen, dtype):
         ours.avgpool.register_forward_hook(lambda *a: None)
         with torch.no_grad():
             assert resnet_ext.engine.cuda.eager_reason(ours, x_(2, 64)) == "hooks on the average pool or the fc"
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+def test_an_avgpool_hook_that_replaces_the_fc_is_honoured(frozen):
+    """torchvision's forward reads `self.fc` after the pool ran: a pool hook that swaps the fc gets the new one, on
+    the flat forward and on the module path."""
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
+    if frozen:
+        resnet_ext.freeze(ours)
+    new = {}
+    for name, m in (("tv", tv), ("ours", ours)):
+        m.avgpool.register_forward_hook(lambda mod, a, out, m=m, name=name: setattr(m, "fc", new[name]))
+    for layer in (None, "layer3"):
+        if layer:  # a hook in the body: the module path
+            for m in (tv, ours):
+                getattr(m, layer).register_forward_hook(lambda *a: None)
+        tv.fc, ours.fc = nn.Linear(512, 10), nn.Linear(512, 10)
+        new["tv"] = nn.Linear(512, 3)
+        new["ours"] = copy.deepcopy(new["tv"])
+        with torch.no_grad():
+            y, ref = ours(x_(2, 64)), tv(x_(2, 64))
+        assert y.shape == ref.shape == (2, 3) and rel_err(y, ref) < TOL, layer
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+def test_module_path_blocks_hand_on_bns_strides_for_1x1_maps(frozen):
+    """On the module path (hooks on the blocks) a Bottleneck's output on a 1x1 map has torchvision's NCHW strides
+    (BN's output, dense in both layouts), not the channels_last ones of the 1x1 conv before it."""
+    tv = randomize_bn(torchvision.models.resnet50(num_classes=10)).eval()
+    ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
+    if frozen:
+        resnet_ext.freeze(ours)
+    seen = {"tv": [], "ours": []}
+    for name, m in (("tv", tv), ("ours", ours)):
+        for layer in (m.layer3, m.layer4):
+            for b in layer:
+                b.register_forward_hook(lambda mod, a, out, name=name: seen[name].append(out.stride()))
+    for n, size, fmt in ((1, 16, torch.channels_last), (2, 32, torch.channels_last), (2, 32, torch.contiguous_format)):
+        for v in seen.values():
+            v.clear()
+        with torch.no_grad():
+            same(ours, tv, x_(n, size).contiguous(memory_format=fmt))
+        assert seen["ours"] == seen["tv"], (n, size, fmt)
+
+
+def test_legacy_weight_norm_is_not_recorded_anew_on_every_forward():
+    """Legacy weight_norm computes a new weight object in a forward pre-hook on every call: such a model is not
+    recorded (a record would be stale on each forward and made again, ~0.8 ms on resnet50); its answers are
+    torchvision's."""
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
+    for m in (tv, ours):
+        torch.nn.utils.weight_norm(m.layer2[0].conv1)
+    with torch.no_grad():
+        for _ in range(3):
+            same(ours, tv, x_(1, 64))
+            assert state.of(ours).structure is None
 
 
 def test_frozen_units_left_to_the_stock_conv_share_one_batch_of_bn_scales(monkeypatch):

@@ -184,15 +184,15 @@ def module_path(model: nn.Module, x: Tensor) -> Tensor:
     x = ops.max_pool(model.maxpool, units.unit(model.conv1, model.bn1, model.relu, x))
     for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
         x = layer(x)
-    return model.fc(torch.flatten(model.avgpool(x), 1))
+    return structure.head(model, x)
 
 
 def _unfolded_pairs(model: nn.Module) -> list:
     """The (conv, bn) pairs whose BN scale and shift a CPU module-path forward computes in one batch: the recorded
     structure's where the model is still it but for hooks in the body (a hooked pair's tensors are as recorded, so
     the batch may take it; its unit runs through its modules), else the foldable ones of a walk over the model."""
-    s, _ = structure.recorded(model)
-    return s.pairs if s is not None else units.model_pairs(model)
+    s = _state.of(model).structure  # recorded by this forward's `structure.of`, if at all: not walked again here
+    return s.pairs if s is not None and s.state(model) != structure.CHANGED else units.model_pairs(model)
 
 
 def forward_state(model: nn.Module, x: Tensor) -> Optional[units.Forward]:

@@ -15,6 +15,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch._prims_common import suggest_memory_format
 
 from .. import ops
 from .._C_loader import _C
@@ -501,15 +502,6 @@ def _is_own(wb) -> bool:
     return k is WINO or k is CONV1X1 or k is STEM or k is DIRECT
 
 
-def _nchw_1x1(t: Tensor) -> Tensor:
-    """An (N, C, 1, 1) map with NCHW strides (a view): dense in both layouts, and ATen's convolution takes the
-    channels_last strides our units leave as a channels_last input, copying an NCHW weight on every call, where
-    torchvision's BN hands it NCHW strides (resnet18 at 32x32, layer4's 512 -> 512 3x3: 2.0 ms of copies)."""
-    if t.shape[2] == 1 and t.shape[3] == 1 and t.is_contiguous() and t.stride(2) != 1:
-        return t.as_strided(t.shape, (t.shape[1], 1, 1, 1), t.storage_offset())
-    return t
-
-
 def _prefetch_of(wb):
     """The next unit's weight that an own-op unit fetches as it computes (`with_prefetch`), or None."""
     return wb[3] if len(wb) > 3 else None
@@ -533,7 +525,7 @@ def _conv(u: Unit, x: Tensor, wb) -> Tensor:
     if _is_own(wb):
         return _own(u, x, wb, None, u.relu)
     if wb[0] is UNFOLDED:
-        return ops.unfolded_unit(u.conv, u.bn, _nchw_1x1(x), wb[1], wb[2], u.relu)
+        return ops.unfolded_unit(u.conv, u.bn, ops.nchw_1x1(x), wb[1], wb[2], u.relu)
     if wb[0] is GEMM:
         return gemm_unit(u, x, wb[1], wb[2], None)
     if wb[0] is WINO_UNFOLDED:
@@ -561,7 +553,7 @@ def _tail(u: Unit, y: Tensor, residual: Tensor, wb) -> Tensor:
             return ops.conv1x1_add_(residual, y, wb[1], wb[2], True, u.conv.stride[0], _prefetch_of(wb))
         return _own(u, y, wb, residual, True)
     if wb[0] is UNFOLDED:
-        return ops.unfolded_unit(u.conv, u.bn, _nchw_1x1(y), wb[1], wb[2], True, residual)
+        return ops.unfolded_unit(u.conv, u.bn, ops.nchw_1x1(y), wb[1], wb[2], True, residual)
     if wb[0] is GEMM:
         return gemm_unit(u, y, wb[1], wb[2], residual)
     if wb[0] is WINO_UNFOLDED:
@@ -603,13 +595,12 @@ HEAD_MAX_BATCH = 8  # head_fits: pool_linear's GEMV for batches up to this, oneD
 
 def head_layout(model: nn.Module, s: structure.Structure, x: Tensor) -> Optional[torch.memory_format]:
     """None where the head is plain (`structure.head_plain`); else the layout of torchvision's last block output for
-    input x, in which the head's modules (their hooks) then see the features: channels_last where x or a weight of
-    the main path's convolutions is (ATen's convolution gives channels_last for either, and each later layer keeps
-    it), else NCHW."""
+    input x, in which the head's modules (their hooks) then see the features: channels_last where x's or a main-path
+    conv weight's strides suggest it (ATen's convolution then gives channels_last, and each later layer keeps it),
+    else NCHW."""
     if structure.head_plain(model):
         return None
-    main = [s.stem] + [u for head, _, tail in s.blocks for u in head + [tail]]
-    cl = ops.wants_channels_last(x) or any(ops.wants_channels_last(u.conv.weight) for u in main)
+    cl = any(suggest_memory_format(t) == torch.channels_last for t in [x] + [u.conv.weight for u in s.main])
     return torch.channels_last if cl else torch.contiguous_format
 
 
@@ -622,15 +613,13 @@ def logits(model: nn.Module, features: Tensor, onednn_fc: bool = False,
     batch 8: 340-347 against 598-610), the whole frozen resnet50 0.98-1.03x per run, level within the noise (2-core
     Zen 5; benchmarks/cpu_fc_ab.py, benchmarks/results/2026-12-05-cpu-bench-settled/). A `layout` (`head_layout`:
     hooks on the head) runs the modules on the features in that layout, as torchvision's forward calls them."""
-    if layout is not None:
-        if fc_dtype is not None:
-            features = features.to(fc_dtype)
-        return model.fc(torch.flatten(model.avgpool(features.contiguous(memory_format=layout)), 1))
-    if onednn_fc and head_fits(model, features, fc_dtype):
+    if layout is None and onednn_fc and head_fits(model, features, fc_dtype):
         units.count(HEAD)
         return ops.pool_linear(features, model.fc.weight, model.fc.bias)
     if fc_dtype is not None:
         features = features.to(fc_dtype)
+    if layout is not None:  # a 1x1 map as BN hands it on (NCHW strides in either layout)
+        return structure.head(model, ops.nchw_1x1(features.contiguous(memory_format=layout)))
     pooled = torch.flatten(model.avgpool(features), 1)
     fc = model.fc
     if onednn_fc and type(fc) is nn.Linear and _onednn_fc_fits(fc.weight, fc.bias, pooled):

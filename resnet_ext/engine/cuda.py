@@ -62,7 +62,7 @@ def run(model: nn.Module, s: structure.Structure, x: Tensor, wbs: List[Weights])
         for u in head:
             y = unit(u, y)
         x = unit(tail, y, x if ds is None else unit(ds, x))  # the downsample's unit comes before the tail's in wbs
-    return model.fc(torch.flatten(model.avgpool(x), 1))
+    return structure.head(model, x)
 
 
 STEM_POOL = ((3, 3), (2, 2), (1, 1), (1, 1))  # the max pool stem_pool fuses: kernel, stride, padding, dilation

@@ -1,18 +1,20 @@
 """A stock ResNet recorded once as a sequence of units (`Structure`), which the device engines (`cpu`, `cuda`) run
 as one flat sequence of calls, without the module tree in between, each unit as their plan for the input says.
 
-A plan runs only where nothing can observe the difference (`Structure.matches`): the model, every submodule and every conv/BN are torchvision's stock types in eval mode,
-in the structure they had when it was recorded, none has a hook or a forward set on the instance, and no global
-hook, tracer, compiler or transform is active. Then no caller can hold a block's output except the next block,
-so a block's last convolution may add its residual in place (the CPU's oneDNN sum post-op into the identity or the
-downsample's output). Anything else runs the module-by-module path (`units`).
+A plan runs only where nothing can observe the difference (`Structure.matches`): the model, every submodule and
+every conv/BN are torchvision's stock types in eval mode, in the structure they had when it was recorded, no module
+of the body has a hook or a forward set on the instance (the model's own and the head's may: `outside_body`), and
+no global hook, tracer, compiler or transform is active. Then no caller can hold a block's output except the next
+block, so a block's last convolution may add its residual in place (the CPU's oneDNN sum post-op into the identity
+or the downsample's output). Anything else runs the module-by-module path (`units`); a model whose body has hooks
+keeps its record (`Structure.state` HOOKED), so that its forwards find that out cheaply.
 """
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .. import ops
 from .._C_loader import _C
@@ -45,6 +47,7 @@ class Structure:
                 self.blocks.append((main[:-1], ds, main[-1]))
         self.units = [self.stem] + [u for head, ds, tail in self.blocks for u in head + ([ds] if ds else []) + [tail]]
         self.pairs = list(dict.fromkeys((u.conv, u.bn) for u in self.units))  # once each (a block may sit twice)
+        self.main = [self.stem] + [u for head, _, tail in self.blocks for u in head + [tail]]  # not the downsamples
         self.children = [(m, tuple(m._modules.values())) for m in model.modules() if m._modules]
         # The body's modules: their types, and no hooks (the head's may have them: `outside_body`).
         head = outside_body(model)
@@ -69,6 +72,7 @@ class Structure:
         return state
 
     def matches(self, model: nn.Module) -> bool:
+        """Whether the flat forward applies: `state` is MATCHES."""
         return self.state(model) == MATCHES
 
 
@@ -85,23 +89,32 @@ def outside_body(model: nn.Module) -> set:
     return {id(model)} | {id(m) for h in head for m in h.modules() if id(m) not in body}
 
 
+def head(model: nn.Module, features: Tensor) -> Tensor:
+    """The average pool, then the fc, as torchvision's forward calls them: the fc read after the pool ran (a hook
+    there may replace it)."""
+    pooled = torch.flatten(model.avgpool(features), 1)
+    return model.fc(pooled)
+
+
 def head_plain(model: nn.Module) -> bool:
     """No hooks or instance forwards on the average pool or anywhere in the fc (the flat forward may then compute
     the head as it likes: one op, oneDNN's linear, a captured graph)."""
     return units.hookless(model.avgpool) and all(units.hookless(m) for m in model.fc.modules())
 
 
-def stock(model: nn.Module, hooks_ok: bool = False) -> bool:
-    """Whether the model is a stock resnet_ext ResNet: torchvision's module types everywhere, plain convs/BNs; the
-    fc may be any module (a fine-tuned head such as Dropout + Linear): it runs as a module on the pooled features,
-    which have no layout to show. Hooks only outside the body (`outside_body`): the model's own, and on the head
-    (a feature extractor's hook on the average pool), which then runs through its modules. `hooks_ok`: hooks and
-    instance forwards anywhere (what `Structure` may record: `Structure.state` tells them apart)."""
+def stock(model: nn.Module) -> bool:
+    """Whether the model has a stock resnet_ext ResNet's structure, what `Structure` records: torchvision's module
+    types everywhere, plain convs/BNs; the fc may be any module (a fine-tuned head such as Dropout + Linear): it
+    runs as a module on the pooled features, which have no layout to show. Hooks and instance forwards may sit
+    anywhere (`Structure.state` tells whether they leave the flat forward: on the model itself and on the head,
+    `outside_body`, which then runs through its modules), except forward pre-hooks on convs and BNs: legacy
+    weight_norm, spectral_norm and pruning compute the weight there on every call, which a record would miss (it
+    would go stale on every forward)."""
     if model.training:
         return False
     if not (type(model.relu) is nn.ReLU and type(model.maxpool) is nn.MaxPool2d and not model.maxpool.return_indices
             and type(model.avgpool) is nn.AdaptiveAvgPool2d and isinstance(model.fc, nn.Module)
-            and units.foldable(model.conv1, model.bn1, hooks_ok)):
+            and units.foldable(model.conv1, model.bn1, hooks_ok=True)):
         return False
     for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
         if type(layer) is not nn.Sequential:
@@ -109,17 +122,13 @@ def stock(model: nn.Module, hooks_ok: bool = False) -> bool:
         for b in layer:
             if not units.is_block(b) or type(b.relu) is not nn.ReLU:
                 return False
-            if not all(units.foldable(c, n, hooks_ok) for c, n in units.unit_pairs(b)):
+            if not all(units.foldable(c, n, hooks_ok=True) for c, n in units.unit_pairs(b)):
                 return False
             ds = b.downsample
             if ds is not None and not (type(ds) is nn.Sequential and len(ds) == 2
-                                       and units.foldable(ds[0], ds[1], hooks_ok)):
+                                       and units.foldable(ds[0], ds[1], hooks_ok=True)):
                 return False
-    if hooks_ok:
-        return True
-    # Train mode matters only for the BNs (foldable); a forward set on an instance must run (accelerate's hooks).
-    head = outside_body(model)
-    return all(units.hookless(m) for m in model.modules() if id(m) not in head)
+    return True
 
 
 def recorded(model: nn.Module) -> Tuple[Optional[Structure], int]:
@@ -130,7 +139,7 @@ def recorded(model: nn.Module) -> Tuple[Optional[Structure], int]:
     s = st.structure
     state = s.state(model) if s is not None else CHANGED
     if state == CHANGED:
-        s = st.structure = Structure(model) if stock(model, hooks_ok=True) else None
+        s = st.structure = Structure(model) if stock(model) else None
         state = s.state(model) if s is not None else CHANGED
     return (s, state) if state != CHANGED else (None, CHANGED)
 

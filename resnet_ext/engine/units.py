@@ -61,13 +61,18 @@ def _plain_conv(conv: nn.Module, hooks_ok: bool = False) -> bool:
     # to an int or a list after construction (F.conv2d takes both) runs through the module: the fused paths take
     # nn.Conv2d's own tuples (an int stride raised TypeError, a list one was unhashable in the frozen plan's keys).
     return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
-            and isinstance(conv.stride, tuple) and isinstance(conv.dilation, tuple) and (hooks_ok or hookless(conv)))
+            and isinstance(conv.stride, tuple) and isinstance(conv.dilation, tuple) and _hooks_allowed(conv, hooks_ok))
+
+
+def _hooks_allowed(m: nn.Module, hooks_ok: bool) -> bool:
+    # hooks_ok: any hooks but forward pre-hooks (legacy weight_norm, spectral_norm, pruning: `structure.stock`)
+    return not m._forward_pre_hooks if hooks_ok else hookless(m)
 
 
 def foldable(conv: nn.Module, bn: nn.Module, hooks_ok: bool = False) -> bool:
-    """conv + an eval-mode BN that uses its running statistics, both stock and without hooks (`hooks_ok`: with or
-    without)."""
-    return (_plain_conv(conv, hooks_ok) and type(bn) is nn.BatchNorm2d and (hooks_ok or hookless(bn))
+    """conv + an eval-mode BN that uses its running statistics, both stock and without hooks (`hooks_ok`: with any
+    but forward pre-hooks)."""
+    return (_plain_conv(conv, hooks_ok) and type(bn) is nn.BatchNorm2d and _hooks_allowed(bn, hooks_ok)
             and not bn.training and bn.running_mean is not None and bn.running_var is not None)
 
 
@@ -269,12 +274,12 @@ def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residu
             residual, shortcut = shortcut(), None
         out = entry.run(conv, bn, x, relu, residual)
         if out is not None:
-            return out
+            return ops.nchw_1x1(out) if out.device.type == "cpu" else out  # BN's strides, which a hook may see
         entry = state.folds.get((conv, bn))
     if (entry is None or isinstance(entry, Affine)) and unfolds(x):
         count("unfolded")
         scale, shift = entry if entry is not None else (None, None)
-        return ops.unfolded_unit(conv, bn, x, scale, shift, relu, residual, shortcut)
+        return ops.nchw_1x1(ops.unfolded_unit(conv, bn, x, scale, shift, relu, residual, shortcut))
     if shortcut is not None:
         residual = shortcut()
     if entry is None:
