@@ -1047,6 +1047,32 @@ def test_module_path_blocks_hand_on_bns_strides_for_1x1_maps(frozen):
         assert seen["ours"] == seen["tv"], (n, size, fmt)
 
 
+@pytest.mark.parametrize("write", ["in_place", "assigned", "data", "eps"])
+def test_a_hook_that_changes_a_later_bn_mid_forward_is_seen_there(write):
+    """The module path computes all units' BN scales in one batch at the start of the forward; a hook that changes a
+    later BN before it runs (in place, a new tensor, `.data =`, eps) makes that unit read the BN again, as
+    torchvision's BN does when it is called."""
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
+
+    def change(m):
+        bn = m.layer3[0].bn1
+        if write == "in_place":
+            with torch.inference_mode(False):
+                bn.running_var.mul_(2)
+        elif write == "assigned":
+            bn.running_var = bn.running_var * 2
+        elif write == "data":
+            bn.running_var.data = bn.running_var.data * 2
+        else:
+            bn.eps = 0.5
+    for m in (tv, ours):
+        m.layer2.register_forward_hook(lambda mod, a, out, m=m: change(m))
+    with torch.no_grad():
+        for _ in range(2):
+            same(ours, tv, x_(1, 64))
+
+
 def test_legacy_weight_norm_is_not_recorded_anew_on_every_forward():
     """Legacy weight_norm computes a new weight object in a forward pre-hook on every call: such a model is not
     recorded (a record would be stale on each forward and made again, ~0.8 ms on resnet50); its answers are

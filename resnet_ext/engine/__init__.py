@@ -176,7 +176,7 @@ def _affine(model: nn.Module, x: Tensor, pairs) -> Optional[dict]:
     if affine is None:
         return None
     scales, shifts = affine
-    return {p: units.Affine(sc, sh) for p, sc, sh in zip(pairs, scales, shifts)}
+    return {p: units.Affine(sc, sh, units.bn_sources(p[1])) for p, sc, sh in zip(pairs, scales, shifts)}
 
 
 def module_path(model: nn.Module, x: Tensor) -> Tensor:

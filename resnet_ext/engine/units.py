@@ -254,11 +254,39 @@ def unfolds(x: Tensor) -> bool:
 # Running one unit
 # --------------------------------------------------------------------------------------------------------------
 
+def _written(t: Optional[Tensor]) -> tuple:
+    """A tensor's version counter and data pointer: what an in-place write or a `.data =` assignment moves."""
+    if t is None:
+        return ()
+    try:
+        return t._version, t.data_ptr()
+    except RuntimeError:  # an inference tensor keeps no counter
+        return -1, t.data_ptr()
+
+
+def bn_sources(bn: nn.Module) -> tuple:
+    """What a BN's scale and shift are computed from, as seen now: its eps, its tensors (`bn_tensors`), their
+    version counters and data pointers."""
+    ts = bn_tensors(bn)
+    return bn.eps, ts, tuple(_written(t) for t in ts)
+
+
 class Affine(NamedTuple):
     """A unit's BN as the per-channel (scale, shift) of `ops.bn_affine_pairs(..., conv_bias=False)`, applied unfolded
-    to the conv's output (its bias included) as torchvision computes it (CPU default mode)."""
+    to the conv's output (its bias included) as torchvision computes it (CPU default mode), made from `sources`
+    (`bn_sources`, when the forward's batch was computed)."""
     scale: Tensor
     shift: Tensor
+    sources: tuple
+
+    def current(self, bn: nn.Module) -> bool:
+        """Whether the BN is still what the batch read: a hook or an inserted module may write into it (in place or
+        by assignment, `.data =` included) during the forward, and torchvision's BN, called after that, reads the
+        new values. (A write that moves no counter, into `.data`, is seen by the next forward's byte comparison.)"""
+        eps, ts, ws = self.sources
+        now = bn_tensors(bn)
+        return (bn.eps == eps and all(a is b for a, b in zip(now, ts))
+                and all(_written(t) == w for t, w in zip(now, ws)))
 
 
 def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residual: Optional[Tensor],
@@ -278,7 +306,7 @@ def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residu
         entry = state.folds.get((conv, bn))
     if (entry is None or isinstance(entry, Affine)) and unfolds(x):
         count("unfolded")
-        scale, shift = entry if entry is not None else (None, None)
+        scale, shift = (entry.scale, entry.shift) if entry is not None and entry.current(bn) else (None, None)
         return ops.nchw_1x1(ops.unfolded_unit(conv, bn, x, scale, shift, relu, residual, shortcut))
     if shortcut is not None:
         residual = shortcut()
