@@ -10,7 +10,7 @@ import torchvision
 
 import resnet_ext
 from resnet_ext.engine import cpu
-from conftest import randomize_bn
+from conftest import randomize_bn, rel_err
 
 MiB = 1 << 20
 
@@ -235,3 +235,31 @@ def test_a_small_input_runs_outside_the_scope(train, limit):
         assert resnet_ext.cpu_memory_stats()["blocks"] == made and resnet_ext.cpu_memory_stats()["kept_bytes"] == 0
         ours(torch.randn(1, 3, 128, 128))
     assert resnet_ext.cpu_memory_stats()["kept_bytes"] > 0
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_blocks_called_on_their_own_reuse_from_their_threshold(train, limit):
+    """torchvision's IntermediateLayerGetter (detection backbones, feature extractors) calls the layers without the
+    model's forward: each block opens the scope itself where its input has BLOCK_REUSE_ELEMENTS or more, with
+    torchvision's answers; inside a model's forward the model's threshold decides (a small image: no scope for any
+    block). Train mode: the stock blocks run torchvision's own code, outside the engine."""
+    from torchvision.models._utils import IntermediateLayerGetter
+    cpu.REUSE_PIXELS = 128 * 128
+    ours, tv = pair(False)
+    for m in (ours, tv):
+        m.train(train)
+    layers = {"layer1": "a", "layer4": "b"}
+    g_ours, g_tv = IntermediateLayerGetter(ours, layers), IntermediateLayerGetter(tv, layers)
+    resnet_ext.empty_cpu_cache()
+    made = resnet_ext.cpu_memory_stats()["blocks"]
+    with torch.set_grad_enabled(train):
+        ours(torch.randn(1, 3, 127, 128))  # below the model's threshold, its layer1 input at the blocks'
+        x = torch.randn(1, 64, 31, 32)  # a block input below BLOCK_REUSE_ELEMENTS
+        assert x.numel() < cpu.BLOCK_REUSE_ELEMENTS
+        ours.layer1(x)
+        assert resnet_ext.cpu_memory_stats()["blocks"] == made and resnet_ext.cpu_memory_stats()["kept_bytes"] == 0
+        x = torch.randn(1, 3, 128, 128)
+        outs, refs = g_ours(x), g_tv(x)
+    for k in layers.values():
+        assert torch.equal(outs[k], refs[k]) if not train else rel_err(outs[k], refs[k]) < 1e-5
+    assert (resnet_ext.cpu_memory_stats()["kept_bytes"] > 0) == (not train)

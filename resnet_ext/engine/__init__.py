@@ -100,6 +100,11 @@ def explain_train(x: Tensor, block: Optional[nn.Module] = None):
 def block(b: nn.Module, x: Tensor) -> Tensor:
     """A BasicBlock's or Bottleneck's forward: the fused training decomposition where it is on and applies, else
     unit by unit (`units.unit`), in torchvision's order."""
+    with cpu.block_memory(x):
+        return _block(b, x)
+
+
+def _block(b: nn.Module, x: Tensor) -> Tensor:
     if fused_block(b, x):
         return fused_train.block(b, x)
     pairs = units.unit_pairs(b)
@@ -121,7 +126,7 @@ def frozen_folds(model: nn.Module):
 def forward(model: nn.Module, x: Tensor) -> Tensor:
     """A resnet_ext ResNet's forward where fusion is enabled (see `units.enabled`)."""
     if x.device.type == "cpu" and not torch.compiler.is_compiling():
-        with cpu.reused_memory(cpu.reuse_pays(x)):
+        with cpu.model_memory(x):
             return _forward(model, x)
     return _forward(model, x)
 

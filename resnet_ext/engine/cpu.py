@@ -8,6 +8,7 @@ Also the memory reuse every CPU forward of the engine runs inside.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import operator
 from typing import Dict, Optional, Tuple
@@ -55,6 +56,30 @@ def reuse_pays(x: Tensor) -> bool:
     batch 1 112x112 1.00-1.02, resnet50 bf16 channels_last 32x32 1.01; at 224x224 it made resnet50 1.07-1.29x
     faster (benchmarks/results/2026-12-03-cpu-memory-reuse/). An unbatched (C, H, W) input counts H*W."""
     return x.dim() >= 3 and x.numel() // max(1, x.shape[-3]) >= REUSE_PIXELS
+
+
+BLOCK_REUSE_ELEMENTS = 64 * 32 * 32  # block_memory: layer1's input for a REUSE_PIXELS image, at least
+_IN_MODEL: contextvars.ContextVar[bool] = contextvars.ContextVar("resnet_ext_cpu_model_forward", default=False)
+
+
+@contextlib.contextmanager
+def model_memory(x: Tensor):
+    """A model's CPU forward: inside `reused_memory` where `reuse_pays(x)`; its blocks keep that scope."""
+    token = _IN_MODEL.set(True)
+    try:
+        with reused_memory(reuse_pays(x)):
+            yield
+    finally:
+        _IN_MODEL.reset(token)
+
+
+def block_memory(x: Tensor):
+    """A block's forward: inside its model's scope (`model_memory`); called on its own (torchvision's
+    IntermediateLayerGetter, a detection backbone's body), inside `reused_memory` where its input has at least
+    BLOCK_REUSE_ELEMENTS (layer1's at the model's threshold; each later layer's input is as large or larger)."""
+    if x.device.type != "cpu" or _IN_MODEL.get() or torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    return reused_memory(x.numel() >= BLOCK_REUSE_ELEMENTS)
 
 
 def set_memory_limit(nbytes: int) -> None:
