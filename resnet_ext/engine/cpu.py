@@ -76,7 +76,10 @@ def model_memory(x: Tensor):
 def block_memory(x: Tensor):
     """A block's forward: inside its model's scope (`model_memory`); called on its own (torchvision's
     IntermediateLayerGetter, a detection backbone's body), inside `reused_memory` where its input has at least
-    BLOCK_REUSE_ELEMENTS (layer1's at the model's threshold; each later layer's input is as large or larger)."""
+    BLOCK_REUSE_ELEMENTS (layer1's at the model's threshold; a Bottleneck model's later inputs are as large or
+    larger, a BasicBlock model's halve per layer, so its last layers run outside at that image size). A thread
+    started from a copied context inside a model's forward keeps the model's flag but not its scope (per thread):
+    its blocks run outside."""
     if x.device.type != "cpu" or _IN_MODEL.get() or torch.compiler.is_compiling():
         return contextlib.nullcontext()
     return reused_memory(x.numel() >= BLOCK_REUSE_ELEMENTS)

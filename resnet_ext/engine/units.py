@@ -282,7 +282,8 @@ class Affine(NamedTuple):
     def current(self, bn: nn.Module) -> bool:
         """Whether the BN is still what the batch read: a hook or an inserted module may write into it (in place or
         by assignment, `.data =` included) during the forward, and torchvision's BN, called after that, reads the
-        new values. (A write that moves no counter, into `.data`, is seen by the next forward's byte comparison.)"""
+        new values. (A write that moves no counter, into `.data`, through numpy or another tensor on the same
+        storage, or into an inference tensor, which keeps none, is seen by the next forward's byte comparison.)"""
         eps, ts, ws = self.sources
         now = bn_tensors(bn)
         return (bn.eps == eps and all(a is b for a, b in zip(now, ts))
