@@ -237,29 +237,23 @@ def test_a_small_input_runs_outside_the_scope(train, limit):
     assert resnet_ext.cpu_memory_stats()["kept_bytes"] > 0
 
 
-@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-def test_blocks_called_on_their_own_reuse_from_their_threshold(train, limit):
-    """torchvision's IntermediateLayerGetter (detection backbones, feature extractors) calls the layers without the
-    model's forward: each block opens the scope itself where its input has BLOCK_REUSE_ELEMENTS or more, with
-    torchvision's answers; inside a model's forward the model's threshold decides (a small image: no scope for any
-    block). Train mode: the stock blocks run torchvision's own code, outside the engine."""
+def test_eval_blocks_called_on_their_own_run_torchvisions_code():
+    """torchvision's IntermediateLayerGetter (detection backbones, feature extractors) calls the layers, not the
+    model's forward: on the CPU in eval mode those blocks run torchvision's own code ("stock_blocks"; the engine's
+    units measured 0.82-0.91x it there), with its bits; inside a model's forward (a hook in the body: the module
+    path) the blocks still run the engine's units."""
     from torchvision.models._utils import IntermediateLayerGetter
-    cpu.REUSE_PIXELS = 128 * 128
     ours, tv = pair(False)
-    for m in (ours, tv):
-        m.train(train)
     layers = {"layer1": "a", "layer4": "b"}
     g_ours, g_tv = IntermediateLayerGetter(ours, layers), IntermediateLayerGetter(tv, layers)
-    resnet_ext.empty_cpu_cache()
-    made = resnet_ext.cpu_memory_stats()["blocks"]
-    with torch.set_grad_enabled(train):
-        ours(torch.randn(1, 3, 127, 128))  # below the model's threshold, its layer1 input at the blocks'
-        x = torch.randn(1, 64, 31, 32)  # a block input below BLOCK_REUSE_ELEMENTS
-        assert x.numel() < cpu.BLOCK_REUSE_ELEMENTS
-        ours.layer1(x)
-        assert resnet_ext.cpu_memory_stats()["blocks"] == made and resnet_ext.cpu_memory_stats()["kept_bytes"] == 0
-        x = torch.randn(1, 3, 128, 128)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        resnet_ext.reset_path_counts()
         outs, refs = g_ours(x), g_tv(x)
-    for k in layers.values():
-        assert torch.equal(outs[k], refs[k]) if not train else rel_err(outs[k], refs[k]) < 1e-5
-    assert (resnet_ext.cpu_memory_stats()["kept_bytes"] > 0) == (not train)
+        assert resnet_ext.path_counts() == {"stock_blocks": 8}, resnet_ext.path_counts()
+        assert all(torch.equal(outs[k], refs[k]) for k in layers.values())
+        ours.layer2.register_forward_hook(lambda *a: None)
+        resnet_ext.reset_path_counts()
+        ours(x)
+        counts = resnet_ext.path_counts()
+        assert "stock_blocks" not in counts and counts.get("unfolded") == 20, counts

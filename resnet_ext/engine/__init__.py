@@ -41,9 +41,16 @@ def enabled(m: nn.Module, x) -> bool:
     device and none is marked by `convert_sync_batchnorm`): that runs torchvision's code as it stands, without the
     engine's dispatch per unit. A block decides for its own BNs (its downsample's included), the ResNet for its
     stem's; on the CPU the ResNet's forward enters all the same where the memory reuse around it pays
-    (`cpu.reuse_pays`; `cpu.reused_memory`: 1.00-1.16x on a train step, 2 cores). Not for an input that is no
-    tensor: torchvision's code raises its own error for it."""
+    (`cpu.reuse_pays`; `cpu.reused_memory`: 1.00-1.16x on a train step, 2 cores). Nor for an eval-mode block
+    called on its own on the CPU (torchvision's IntermediateLayerGetter, a detection backbone's body: no model
+    forward under way): the engine's units measured 0.82-0.91x torchvision's code there (resnet18 and resnet50 at
+    batch 1; benchmarks/results/2026-12-06-cpu-block-memory/), counted as "stock_blocks". Not for an input that
+    is no tensor: torchvision's code raises its own error for it."""
     if not isinstance(x, Tensor) or not units.enabled():
+        return False
+    if (not m.training and x.device.type == "cpu" and not cpu.in_model() and not _state.is_model(m)
+            and not torch.compiler.is_compiling()):
+        units.count("stock_blocks")
         return False
     if m.training and fused_block(m, x):
         return True
@@ -100,11 +107,6 @@ def explain_train(x: Tensor, block: Optional[nn.Module] = None):
 def block(b: nn.Module, x: Tensor) -> Tensor:
     """A BasicBlock's or Bottleneck's forward: the fused training decomposition where it is on and applies, else
     unit by unit (`units.unit`), in torchvision's order."""
-    with cpu.block_memory(x):
-        return _block(b, x)
-
-
-def _block(b: nn.Module, x: Tensor) -> Tensor:
     if fused_block(b, x):
         return fused_train.block(b, x)
     pairs = units.unit_pairs(b)

@@ -58,13 +58,12 @@ def reuse_pays(x: Tensor) -> bool:
     return x.dim() >= 3 and x.numel() // max(1, x.shape[-3]) >= REUSE_PIXELS
 
 
-BLOCK_REUSE_ELEMENTS = 64 * 32 * 32  # block_memory: layer1's input for a REUSE_PIXELS image, at least
 _IN_MODEL: contextvars.ContextVar[bool] = contextvars.ContextVar("resnet_ext_cpu_model_forward", default=False)
 
 
 @contextlib.contextmanager
 def model_memory(x: Tensor):
-    """A model's CPU forward: inside `reused_memory` where `reuse_pays(x)`; its blocks keep that scope."""
+    """A model's CPU forward: inside `reused_memory` where `reuse_pays(x)`; marks it under way (`in_model`)."""
     token = _IN_MODEL.set(True)
     try:
         with reused_memory(reuse_pays(x)):
@@ -73,16 +72,9 @@ def model_memory(x: Tensor):
         _IN_MODEL.reset(token)
 
 
-def block_memory(x: Tensor):
-    """A block's forward: inside its model's scope (`model_memory`); called on its own (torchvision's
-    IntermediateLayerGetter, a detection backbone's body), inside `reused_memory` where its input has at least
-    BLOCK_REUSE_ELEMENTS (layer1's at the model's threshold; a Bottleneck model's later inputs are as large or
-    larger, a BasicBlock model's halve per layer, so its last layers run outside at that image size). A thread
-    started from a copied context inside a model's forward keeps the model's flag but not its scope (per thread):
-    its blocks run outside."""
-    if x.device.type != "cpu" or _IN_MODEL.get() or torch.compiler.is_compiling():
-        return contextlib.nullcontext()
-    return reused_memory(x.numel() >= BLOCK_REUSE_ELEMENTS)
+def in_model() -> bool:
+    """Whether a model's CPU forward is under way in this context (`model_memory`)."""
+    return _IN_MODEL.get()
 
 
 def set_memory_limit(nbytes: int) -> None:

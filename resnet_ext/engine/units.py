@@ -202,7 +202,8 @@ def path_counts() -> dict:
     does: hooks, swapped modules, ...);
     "train_fused" / "train_stock" (train-mode units: the stock conv, then the fused BN(+add)+ReLU op or
     torchvision's modules, see `train_bn`; a block whose BNs all train stock runs torchvision's code as it stands,
-    its units counted "train_stock");
+    its units counted "train_stock"); "stock_blocks" (eval-mode CPU blocks called on their own, outside a model's
+    forward, which run torchvision's code: `engine.enabled`);
     "gemm" (CPU default mode, a 1x1 or 3x3 conv whose weight outweighs its output: one GEMM on the unreordered
     weight, then BN, residual and ReLU); "winograd_unfolded" (CPU default mode, an fp32 3x3 stride-1 conv by
     F(2x2, 3x3) on the live weight, then BN unfolded); "unfolded_nchw" (CPU default mode, channels_last forward: a

@@ -1,9 +1,10 @@
 """Blocks called on their own (torchvision's IntermediateLayerGetter over layer1-4, as its detection backbones
-and feature extractors call a ResNet's body): torchvision against resnet_ext with and without the memory reuse
-for such blocks (`engine.cpu.block_memory`; "without": its threshold set beyond any input), default mode, eval,
-no_grad. Interleaved rounds in one process; per contender the median and torchvision / it per round.
+and feature extractors call a ResNet's body): torchvision against resnet_ext's blocks, which run torchvision's
+code there (`engine.enabled`: "stock_blocks"), and against the same blocks forced through the engine's units (as
+a model's module path runs them, outside its memory reuse), default mode, eval, no_grad, outputs checked equal
+bitwise. Interleaved rounds in one process; per contender the median and torchvision / it per round.
 
-    python benchmarks/cpu_block_memory.py ARCH BATCH SIZE ROUNDS
+    python benchmarks/cpu_blocks_alone.py ARCH BATCH SIZE ROUNDS
 """
 import copy
 import statistics
@@ -18,18 +19,19 @@ from resnet_ext.cli import time_interleaved
 from resnet_ext.engine import cpu
 
 
-class _NoReuse(torch.nn.Module):
+class _Units(torch.nn.Module):
+    """The wrapped module's blocks through the engine's units: as if a model's forward were under way."""
+
     def __init__(self, m):
         super().__init__()
         self.m = m
 
     def forward(self, x):
-        kept = cpu.BLOCK_REUSE_ELEMENTS
-        cpu.BLOCK_REUSE_ELEMENTS = 1 << 62
+        token = cpu._IN_MODEL.set(True)
         try:
             return self.m(x)
         finally:
-            cpu.BLOCK_REUSE_ELEMENTS = kept
+            cpu._IN_MODEL.reset(token)
 
 
 def main():
@@ -40,7 +42,7 @@ def main():
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv)).eval()
     layers = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
     g_tv, g_ours = IntermediateLayerGetter(tv, layers).eval(), IntermediateLayerGetter(ours, layers).eval()
-    fns = {"tv": g_tv, "ours": g_ours, "ours without reuse": _NoReuse(g_ours)}
+    fns = {"tv": g_tv, "ours": g_ours, "ours through the units": _Units(g_ours)}
     x = torch.randn(n, 3, size, size)
     with torch.no_grad():
         ref = g_tv(x)
