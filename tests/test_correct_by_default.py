@@ -14,7 +14,7 @@ import torchvision
 from torch import nn
 
 import resnet_ext
-from resnet_ext.engine import state
+from resnet_ext.engine import state, units
 from conftest import randomize_bn, rel_err
 
 TOL = 1e-4
@@ -1047,17 +1047,23 @@ def test_module_path_blocks_hand_on_bns_strides_for_1x1_maps(frozen):
         assert seen["ours"] == seen["tv"], (n, size, fmt)
 
 
-@pytest.mark.parametrize("write", ["in_place", "assigned", "data", "eps"])
-def test_a_hook_that_changes_a_later_bn_mid_forward_is_seen_there(write):
-    """The module path computes all units' BN scales in one batch at the start of the forward; a hook that changes a
-    later BN before it runs (in place, a new tensor, `.data =`, eps) makes that unit read the BN again, as
-    torchvision's BN does when it is called."""
+@pytest.mark.parametrize("path", ["unfolded", "folded"])
+@pytest.mark.parametrize("write", ["in_place", "assigned", "data", "eps", "conv"])
+def test_a_hook_that_changes_a_later_unit_mid_forward_is_seen_there(write, path, monkeypatch):
+    """The module path computes all units' BN scales (CPU) or folds (CUDA's default mode, forced here on the CPU) in
+    one batch at the start of the forward; a hook that changes a later BN or conv before it runs (in place, a new
+    tensor, `.data =`, eps) makes that unit read it again, as torchvision's modules do when they are called."""
+    if path == "folded":
+        monkeypatch.setattr(units, "unfolds", lambda x: False)
     tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
 
     def change(m):
         bn = m.layer3[0].bn1
-        if write == "in_place":
+        if write == "conv":
+            with torch.no_grad():
+                m.layer3[0].conv1.weight.mul_(-1)
+        elif write == "in_place":
             with torch.inference_mode(False):
                 bn.running_var.mul_(2)
         elif write == "assigned":

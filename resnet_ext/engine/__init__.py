@@ -221,4 +221,5 @@ def forward_state(model: nn.Module, x: Tensor) -> Optional[units.Forward]:
     grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters()))
     with torch.set_grad_enabled(grad):
         folded = ops.fold_pairs(pairs, channels_last=ops.wants_channels_last(x))
-    return units.Forward({(conv, bn): f for (conv, bn), f in zip(pairs, folded)})
+    return units.Forward({(conv, bn): units.Fold(*f, units.bn_sources(bn, conv))
+                          for (conv, bn), f in zip(pairs, folded)})

@@ -265,11 +265,22 @@ def _written(t: Optional[Tensor]) -> tuple:
         return -1, t.data_ptr()
 
 
-def bn_sources(bn: nn.Module) -> tuple:
-    """What a BN's scale and shift are computed from, as seen now: its eps, its tensors (`bn_tensors`), their
-    version counters and data pointers."""
-    ts = bn_tensors(bn)
+def bn_sources(bn: nn.Module, conv: Optional[nn.Module] = None) -> tuple:
+    """What a BN's scale and shift (and, given its conv, the fold of the two) are computed from, as seen now: its
+    eps, its tensors (`bn_tensors`, then the conv's weight and bias), their version counters and data pointers."""
+    ts = bn_tensors(bn) + ((conv.weight, conv.bias) if conv is not None else ())
     return bn.eps, ts, tuple(_written(t) for t in ts)
+
+
+def _current(sources: tuple, bn: nn.Module, conv: Optional[nn.Module] = None) -> bool:
+    """Whether the modules are still what `sources` read: a hook or an inserted module may write into them (in place
+    or by assignment, `.data =` included) during the forward, and torchvision's modules, called after that, read the
+    new values. (A write that moves no counter, into `.data`, through numpy or another tensor on the same storage,
+    or into an inference tensor, which keeps none, is seen by the next forward's byte comparison.)"""
+    eps, ts, ws = sources
+    now = bn_tensors(bn) + ((conv.weight, conv.bias) if conv is not None else ())
+    return (bn.eps == eps and len(now) == len(ts) and all(a is b for a, b in zip(now, ts))
+            and all(_written(t) == w for t, w in zip(now, ws)))
 
 
 class Affine(NamedTuple):
@@ -281,14 +292,18 @@ class Affine(NamedTuple):
     sources: tuple
 
     def current(self, bn: nn.Module) -> bool:
-        """Whether the BN is still what the batch read: a hook or an inserted module may write into it (in place or
-        by assignment, `.data =` included) during the forward, and torchvision's BN, called after that, reads the
-        new values. (A write that moves no counter, into `.data`, through numpy or another tensor on the same
-        storage, or into an inference tensor, which keeps none, is seen by the next forward's byte comparison.)"""
-        eps, ts, ws = self.sources
-        now = bn_tensors(bn)
-        return (bn.eps == eps and all(a is b for a, b in zip(now, ts))
-                and all(_written(t) == w for t, w in zip(now, ws)))
+        return _current(self.sources, bn)
+
+
+class Fold(NamedTuple):
+    """A unit's conv weight and bias with its BN folded in (`ops.fold_pairs`; the default mode off the CPU), made
+    from `sources` (`bn_sources(bn, conv)`, when the forward's batch was computed)."""
+    weight: Tensor
+    bias: Tensor
+    sources: tuple
+
+    def current(self, conv: nn.Module, bn: nn.Module) -> bool:
+        return _current(self.sources, bn, conv)
 
 
 def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residual: Optional[Tensor],
@@ -312,10 +327,10 @@ def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residu
         return ops.nchw_1x1(ops.unfolded_unit(conv, bn, x, scale, shift, relu, residual, shortcut))
     if shortcut is not None:
         residual = shortcut()
-    if entry is None:
+    if entry is None or not entry.current(conv, bn):  # none in the batch, or a hook changed the modules since
         with contextlib.nullcontext() if ops.needs_grad(x, conv, bn, residual) else torch.no_grad():
             entry = ops.fold_pairs([(conv, bn)], channels_last=ops.wants_channels_last(x))[0]
-    w, b = entry
+    w, b = entry[:2]
     return conv_bn_act(x, w, b, residual, conv.stride, conv.padding, conv.dilation, relu, conv.groups)
 
 
