@@ -173,3 +173,15 @@ def test_same_bytes():
     assert not _C.same_bytes([freed], snap) and not _C.same_bytes([freed], snap) and snap.numel() == 0
     with pytest.raises(RuntimeError, match="snapshot must be a 1-d contiguous uint8 CPU tensor"):
         _C.same_bytes([a], torch.empty(0))
+
+
+def test_allocated():
+    """Whether a storage holds every element a tensor's sizes and strides reach, whatever the strides."""
+    freed = torch.ones(4)
+    freed.untyped_storage().resize_(0)
+    tail = torch.ones(8)[4:]
+    tail.untyped_storage().resize_(6 * 4)  # offset 4 + 4 elements need 8
+    assert _C.allocated([torch.ones(3), None, torch.tensor(1.5).expand(256), torch.arange(8.0)[::2],
+                         torch.ones(4, 6).t(), torch.empty(0)])
+    assert not _C.allocated([torch.ones(3), freed]) and not _C.allocated([tail])
+    assert _C.allocated([tail[:2]])

@@ -237,6 +237,47 @@ def test_swap_after_the_fused_path_ran():
     same(ours, tv, x)
 
 
+STEM_AND_HEAD_SWAPS = {  # after a forward recorded the model; small-image variants replace the max pool
+    "maxpool_identity": lambda m: setattr(m, "maxpool", nn.Identity()),
+    "maxpool_avg": lambda m: setattr(m, "maxpool", nn.AvgPool2d(3, 2, 1)),
+    "maxpool_2x2": lambda m: setattr(m, "maxpool", nn.MaxPool2d(2, 2)),
+    "stem_3x3_no_pool": lambda m: (setattr(m, "conv1", nn.Conv2d(3, 64, 3, 1, 1, bias=False)),
+                                   setattr(m, "maxpool", nn.Identity())),
+    "avgpool_max": lambda m: setattr(m, "avgpool", nn.AdaptiveMaxPool2d(1)),
+    "fc_identity": lambda m: setattr(m, "fc", nn.Identity()),
+}
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+@pytest.mark.parametrize("swap", list(STEM_AND_HEAD_SWAPS))
+def test_stem_pool_and_head_swaps_after_a_forward(swap, frozen):
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
+    if frozen:
+        resnet_ext.freeze(ours)
+    x = x_(1, 32)
+    same(ours, tv, x)
+    torch.manual_seed(0)
+    STEM_AND_HEAD_SWAPS[swap](tv)
+    torch.manual_seed(0)
+    STEM_AND_HEAD_SWAPS[swap](ours)
+    for _ in range(2):
+        same(ours, tv, x)
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+def test_an_expanded_bn_buffer_runs_as_in_torchvision(frozen):
+    """A BN statistic that is an expanded scalar (stride 0: one element in its storage) holds all its elements."""
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
+    for m in (tv, ours):
+        m.layer3[1].bn1.running_var = torch.tensor(1.5).expand(256)
+    if frozen:
+        resnet_ext.freeze(ours)
+    for _ in range(2):
+        same(ours, tv, x_(1, 32))
+
+
 def _record(model, log, train):
     handles = []
     for name, m in model.named_modules():

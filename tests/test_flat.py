@@ -201,6 +201,7 @@ _CHANGES = {  # every difference Structure.matches (`_C.structure_state`) must s
     "running_mean_none": lambda m: setattr(m.layer3[2].bn1, "running_mean", None),
     "running_var_shadowed_none": lambda m: _shadow(m.layer1[2].bn2, "running_var", None),
     "max_pool_indices": lambda m: setattr(m.maxpool, "return_indices", True),
+    "max_pool_replaced": lambda m: setattr(m, "maxpool", nn.Identity()),
 }
 
 

@@ -32,9 +32,11 @@ inline void check_or_copy(uint8_t* snap, size_t* pos, const void* src, size_t n,
 // frees a tensor's storage by resizing it to 0; reading it then would run past its end).
 bool holds_its_elements(const at::Tensor& t) {
   if (t.numel() == 0) return true;
+  // The last element's place, whatever the strides (an expanded vector, stride 0, spans one element).
+  int64_t last = t.storage_offset();
+  for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
   const c10::Storage& st = t.storage();
-  return st.data() != nullptr &&
-         st.nbytes() >= static_cast<size_t>(t.storage_offset() + t.numel()) * t.element_size();
+  return st.data() != nullptr && st.nbytes() >= static_cast<size_t>(last + 1) * t.element_size();
 }
 
 bool comparable(const at::Tensor& t) {

@@ -66,7 +66,8 @@ class Structure:
         forwards in the body are the only difference (the module path runs, on the recorded units); else CHANGED.
         This runs on every forward: the loops are in C (`_C.structure_state`, the same reads)."""
         state = _C.structure_state(self.children, self.modules, self.types, self.convs, self.bns, units.PATCHED)
-        if (model.maxpool.return_indices  # else the next conv gets a tuple: torchvision's error
+        if (type(model.maxpool) is not nn.MaxPool2d  # e.g. nn.Identity for small images
+                or model.maxpool.return_indices  # else the next conv gets a tuple: torchvision's error
                 or type(model.avgpool) is not nn.AdaptiveAvgPool2d or (type(model.fc) is nn.Linear) != self.linear_fc):
             return CHANGED
         return state
