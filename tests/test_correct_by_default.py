@@ -1088,16 +1088,21 @@ def test_module_path_blocks_hand_on_bns_strides_for_1x1_maps(frozen):
         assert seen["ours"] == seen["tv"], (n, size, fmt)
 
 
-@pytest.mark.parametrize("path", ["unfolded", "folded"])
+@pytest.mark.parametrize("path", ["unfolded", "folded", "frozen"])
 @pytest.mark.parametrize("write", ["in_place", "assigned", "data", "eps", "conv"])
 def test_a_hook_that_changes_a_later_unit_mid_forward_is_seen_there(write, path, monkeypatch):
     """The module path computes all units' BN scales (CPU) or folds (CUDA's default mode, forced here on the CPU) in
-    one batch at the start of the forward; a hook that changes a later BN or conv before it runs (in place, a new
-    tensor, `.data =`, eps) makes that unit read it again, as torchvision's modules do when they are called."""
+    one batch at the start of the forward, and a frozen model's folds are older still; a hook that changes a later
+    BN or conv before it runs (in place, a new tensor, `.data =`, eps) makes that unit read it again, as
+    torchvision's modules do when they are called."""
     if path == "folded":
         monkeypatch.setattr(units, "unfolds", lambda x: False)
     tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
+    x = x_(1, 64)
+    if path == "frozen":  # a channels_last input: the frozen units run their folds
+        resnet_ext.freeze(ours)
+        x = x.contiguous(memory_format=torch.channels_last)
 
     def change(m):
         bn = m.layer3[0].bn1
@@ -1117,7 +1122,7 @@ def test_a_hook_that_changes_a_later_unit_mid_forward_is_seen_there(write, path,
         m.layer2.register_forward_hook(lambda mod, a, out, m=m: change(m))
     with torch.no_grad():
         for _ in range(2):
-            same(ours, tv, x_(1, 64))
+            same(ours, tv, x)
 
 
 def test_legacy_weight_norm_is_not_recorded_anew_on_every_forward():

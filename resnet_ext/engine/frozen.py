@@ -30,13 +30,14 @@ class FrozenUnit:
     (`packed`, filled by `cpu.packed_weight`), and the weight as the frozen plan's own ops take it (`winograd`,
     `gemm`, `stem`, `direct`: made on first use)."""
 
-    __slots__ = ("bn", "param", "bias_param", "eps", "bn_tensors", "weight", "bias", "packed", "winograd", "gemm",
-                 "stem", "direct")
+    __slots__ = ("bn", "param", "bias_param", "eps", "bn_tensors", "sources", "weight", "bias", "packed", "winograd",
+                 "gemm", "stem", "direct")
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, weight: Tensor, bias: Tensor):
         self.bn, self.param, self.bias_param, self.weight, self.bias = bn, conv.weight, conv.bias, weight, bias
         self.eps = bn.eps
         self.bn_tensors = units.bn_tensors(bn)
+        self.sources = units.bn_sources(bn, conv)  # for the module path: a hook's write during the forward
         self.packed: Dict[tuple, Tensor] = {}
         self.winograd: Dict[int, Tensor] = {}  # per output tile side m
         self.gemm: Optional[Tensor] = None
@@ -80,8 +81,12 @@ class FrozenUnit:
 
     def run(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool,
             residual: Optional[Tensor]) -> Optional[Tensor]:
-        """The unit's output from the frozen fold, or None where the fold no longer belongs to these modules."""
-        if not self.belongs_to(conv, bn) or x.dtype != self.weight.dtype or x.dtype != conv.weight.dtype:
+        """The unit's output from the frozen fold (the module path), or None where the fold no longer belongs to
+        these modules or they were written since it was made: a hook or an inserted module earlier in this forward
+        may have written into them, and torchvision's modules, called after that, read the new values (the next
+        forward folds again)."""
+        if (not self.belongs_to(conv, bn) or not units.unchanged(self.sources, bn, conv)
+                or x.dtype != self.weight.dtype or x.dtype != conv.weight.dtype):
             return None  # another fold, or an input the model's own conv refuses (a bf16 one in a bf16-frozen model)
         if not (ops.wants_channels_last(x) or ops.wants_channels_last(conv.weight)):
             # The folds are channels_last, so would be this output; torchvision's is NCHW here, and a hook or an

@@ -272,7 +272,7 @@ def bn_sources(bn: nn.Module, conv: Optional[nn.Module] = None) -> tuple:
     return bn.eps, ts, tuple(_written(t) for t in ts)
 
 
-def _current(sources: tuple, bn: nn.Module, conv: Optional[nn.Module] = None) -> bool:
+def unchanged(sources: tuple, bn: nn.Module, conv: Optional[nn.Module] = None) -> bool:
     """Whether the modules are still what `sources` read: a hook or an inserted module may write into them (in place
     or by assignment, `.data =` included) during the forward, and torchvision's modules, called after that, read the
     new values. (A write that moves no counter, into `.data`, through numpy or another tensor on the same storage,
@@ -292,7 +292,7 @@ class Affine(NamedTuple):
     sources: tuple
 
     def current(self, bn: nn.Module) -> bool:
-        return _current(self.sources, bn)
+        return unchanged(self.sources, bn)
 
 
 class Fold(NamedTuple):
@@ -303,7 +303,7 @@ class Fold(NamedTuple):
     sources: tuple
 
     def current(self, conv: nn.Module, bn: nn.Module) -> bool:
-        return _current(self.sources, bn, conv)
+        return unchanged(self.sources, bn, conv)
 
 
 def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residual: Optional[Tensor],
