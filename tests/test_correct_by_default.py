@@ -278,6 +278,52 @@ def test_an_expanded_bn_buffer_runs_as_in_torchvision(frozen):
         same(ours, tv, x_(1, 32))
 
 
+class _ScaledConvs(torch.overrides.TorchFunctionMode):
+    """A function mode that changes what every F.conv2d computes (as observers and debugging tools may)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        return out * 1.01 if func is torch.nn.functional.conv2d else out
+
+
+@pytest.mark.parametrize("mode", ["default", "default_cl_model", "frozen"])
+def test_a_torch_function_mode_sees_torchvisions_calls(mode):
+    tv = randomize_bn(torchvision.models.resnet50(num_classes=10)).eval()
+    ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
+    x = x_(1, 64)
+    if mode == "default_cl_model":
+        tv, ours = tv.to(memory_format=torch.channels_last), ours.to(memory_format=torch.channels_last)
+    if mode == "frozen":
+        resnet_ext.freeze(ours)
+        x = x.contiguous(memory_format=torch.channels_last)
+    same(ours, tv, x)
+    with _ScaledConvs():
+        y = same(ours, tv, x)
+    assert rel_err(y, tv(x).detach()) > 0.01  # the mode changed the answer
+    with torch.device("cpu"):  # a default-device context changes nothing: the engine runs
+        resnet_ext.reset_path_counts()
+        same(ours, tv, x)
+        assert resnet_ext.path_counts().get("flat_forwards", 0) == 1
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+def test_mkldnn_and_sparse_inputs_run_as_in_torchvision(frozen):
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
+    if frozen:
+        resnet_ext.freeze(ours)
+    x = x_(1, 32)
+    with torch.no_grad():
+        y, ref = ours(x.to_mkldnn()), tv(x.to_mkldnn())
+        assert y.layout == ref.layout == torch._mkldnn and rel_err(y.to_dense(), ref.to_dense()) < TOL
+        errors = []
+        for m in (tv, ours):
+            with pytest.raises(RuntimeError) as e:
+                m(x.to_sparse())
+            errors.append(str(e.value))
+        assert errors[0] == errors[1]
+
+
 def _record(model, log, train):
     handles = []
     for name, m in model.named_modules():

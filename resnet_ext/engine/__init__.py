@@ -45,8 +45,9 @@ def enabled(m: nn.Module, x) -> bool:
     called on its own on the CPU (torchvision's IntermediateLayerGetter, a detection backbone's body: no model
     forward under way): the engine's units measured 0.82-0.91x torchvision's code there (resnet18 and resnet50 at
     batch 1; benchmarks/results/2026-12-06-cpu-block-memory/), counted as "stock_blocks". Not for an input that
-    is no tensor: torchvision's code raises its own error for it."""
-    if not isinstance(x, Tensor) or not units.enabled():
+    is no tensor, or not a strided one (`x.to_mkldnn()`, sparse): torchvision's code runs it or raises its own
+    error for it."""
+    if not isinstance(x, Tensor) or x.layout != torch.strided or not units.enabled():
         return False
     if (not m.training and x.device.type == "cpu" and not cpu.in_model() and not _state.is_model(m)
             and not torch.compiler.is_compiling()):

@@ -18,6 +18,8 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
+from torch.overrides import _get_current_function_mode_stack
+from torch.utils._device import DeviceContext
 
 from .. import ops
 from ..bn_act import bn_act, sync_marked
@@ -33,10 +35,15 @@ def enabled() -> bool:
     """False where the model must show torchvision's module graph: FX symbolic tracing (feature extraction), ONNX
     export, TorchScript tracing (torch.jit.trace checks the graph by tracing again under no_grad, and the engine's
     paths depend on whether a gradient is wanted: a trace with grad mode on failed that check), a global module
-    hook that every module call must reach; and under torch.func transforms, which the ops' autograd
-    (torch.library) does not support."""
+    hook that every module call must reach; under torch.func transforms, which the ops' autograd (torch.library)
+    does not support; and under a TorchFunctionMode other than a default-device context (quantization observers,
+    debugging tools: it may change what F.conv2d and the modules' other calls compute, and never sees
+    resnet_ext's ops)."""
     if (torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.onnx.is_in_onnx_export()
             or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()):
+        return False
+    if (torch._C._is_torch_function_mode_enabled() and not torch.compiler.is_compiling()
+            and not all(isinstance(m, DeviceContext) for m in _get_current_function_mode_stack())):
         return False
     return not any(getattr(_module, name, None) for name in _GLOBAL_HOOKS)
 
