@@ -307,6 +307,26 @@ def test_a_torch_function_mode_sees_torchvisions_calls(mode):
 
 
 @pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+@pytest.mark.parametrize("cls, name", [(nn.BatchNorm2d, "forward"), (nn.Conv2d, "_conv_forward"),
+                                       (nn.ReLU, "forward"), (nn.Linear, "forward")])
+def test_a_module_class_method_replaced_is_honoured(cls, name, frozen, monkeypatch):
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
+    if frozen:
+        resnet_ext.freeze(ours)
+    x = x_(1, 32).contiguous(memory_format=torch.channels_last)
+    same(ours, tv, x)
+    stock = getattr(cls, name)
+    monkeypatch.setattr(cls, name, lambda self, *a: stock(self, *a) * 1.5 - 0.1)
+    y = same(ours, tv, x)
+    monkeypatch.undo()
+    assert rel_err(y, tv(x).detach()) > 0.01  # the patch changed the answer
+    resnet_ext.reset_path_counts()
+    same(ours, tv, x)
+    assert resnet_ext.path_counts().get("flat_forwards", 0) == 1
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
 def test_mkldnn_and_sparse_inputs_run_as_in_torchvision(frozen):
     tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))

@@ -38,14 +38,25 @@ def enabled() -> bool:
     hook that every module call must reach; under torch.func transforms, which the ops' autograd (torch.library)
     does not support; and under a TorchFunctionMode other than a default-device context (quantization observers,
     debugging tools: it may change what F.conv2d and the modules' other calls compute, and never sees
-    resnet_ext's ops)."""
+    resnet_ext's ops); nor where a stock module class's method was replaced (`_STOCK_METHODS`)."""
     if (torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.onnx.is_in_onnx_export()
             or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()):
         return False
     if (torch._C._is_torch_function_mode_enabled() and not torch.compiler.is_compiling()
             and not all(isinstance(m, DeviceContext) for m in _get_current_function_mode_stack())):
         return False
+    if any(getattr(cls, name) is not f for (cls, name), f in zip(_STOCK_METHODS, _STOCK_IMPLS)):
+        return False
     return not any(getattr(_module, name, None) for name in _GLOBAL_HOOKS)
+
+
+# The module methods the engine's paths stand in for: replaced on the class (instrumentation, quantization tools),
+# every module of that class computes something else, so torchvision's code runs.
+_STOCK_METHODS = ((nn.Conv2d, "forward"), (nn.Conv2d, "_conv_forward"), (nn.BatchNorm2d, "forward"),
+                  (nn.ReLU, "forward"), (nn.MaxPool2d, "forward"), (nn.AdaptiveAvgPool2d, "forward"),
+                  (nn.Linear, "forward"), (nn.Sequential, "forward"))
+_STOCK_IMPLS = tuple(f if getattr(f, "__module__", "").startswith("torch.nn.modules.") else None  # replaced before
+                     for f in (getattr(cls, name) for cls, name in _STOCK_METHODS))               # this import
 
 
 PATCHED = ("forward", "_conv_forward")  # instance attributes that replace what a module computes
