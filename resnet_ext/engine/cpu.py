@@ -809,7 +809,7 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
     pool = model.maxpool  # read live by the per-unit plan; a graph holds its parameters
     key = (tuple(x.shape), x.dtype, x.stride(), cpu_winograd.on, cpu_conv1x1.on, cpu_stem.on, cpu_direct.on,
            cpu_onednn_graph.on, cpu_prefetch.on, CONV1X1_IN_PLACE,  # the latter read by _tail, frozen by a replay
-           (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode))
+           structure.pool_key(pool))
     layout = head_layout(model, s, x)
     x = internal_layout(x)
     # (unit wbs, {kind: units on resnet_ext's own op}, the oneDNN graph or None, [its replay: None until recorded,

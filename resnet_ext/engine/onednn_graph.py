@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import structure
+
 FP32_PIXELS = 100_000  # fp32 inputs of fewer pixels (N*H*W) run as a graph (batch 1 at 224x224: >= 1.1x)
 WARMUP = 3  # calls that TorchScript's profiling executor takes to specialize the graph and hand it to the fuser
 
@@ -53,9 +55,8 @@ class _Features(nn.Module):
 
     def __init__(self, model: nn.Module, s, folds, out_dtype: Optional[torch.dtype]):
         super().__init__()
-        p = model.maxpool
         self.s, self.out_dtype = s, out_dtype
-        self.pool = (p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode)
+        self.pool = structure.pool_key(model.maxpool)  # None: nn.Identity
         self.folds = {u.conv: folds[u.conv] for u in s.units}
 
     def conv(self, u, x: Tensor, relu: bool, residual: Optional[Tensor] = None) -> Tensor:
@@ -66,7 +67,9 @@ class _Features(nn.Module):
         return F.relu(y) if relu else y
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.max_pool2d(self.conv(self.s.stem, x, True), *self.pool)
+        x = self.conv(self.s.stem, x, True)
+        if self.pool is not None:
+            x = F.max_pool2d(x, *self.pool)
         for head, ds, tail in self.s.blocks:
             y = x
             for u in head:

@@ -66,8 +66,7 @@ class Structure:
         forwards in the body are the only difference (the module path runs, on the recorded units); else CHANGED.
         This runs on every forward: the loops are in C (`_C.structure_state`, the same reads)."""
         state = _C.structure_state(self.children, self.modules, self.types, self.convs, self.bns, units.PATCHED)
-        if (type(model.maxpool) is not nn.MaxPool2d  # e.g. nn.Identity for small images
-                or model.maxpool.return_indices  # else the next conv gets a tuple: torchvision's error
+        if (not stem_pool_ok(model.maxpool)
                 or type(model.avgpool) is not nn.AdaptiveAvgPool2d or (type(model.fc) is nn.Linear) != self.linear_fc):
             return CHANGED
         return state
@@ -103,6 +102,21 @@ def head_plain(model: nn.Module) -> bool:
     return units.hookless(model.avgpool) and all(units.hookless(m) for m in model.fc.modules())
 
 
+def stem_pool_ok(pool: nn.Module) -> bool:
+    """A max pool after the stem the flat forward takes: nn.MaxPool2d without indices (with them the next conv gets a
+    tuple: torchvision's error), or nn.Identity (torchvision's ResNets for small images, e.g. CIFAR's 32x32, drop
+    the pool and take a 3x3 stride-1 stem conv)."""
+    return (type(pool) is nn.MaxPool2d and not pool.return_indices) or type(pool) is nn.Identity
+
+
+def pool_key(pool: nn.Module) -> Optional[tuple]:
+    """The stem pool's parameters (what a plan made for them depends on), None for nn.Identity."""
+    if type(pool) is nn.Identity:
+        return None
+    return tuple(tuple(v) if isinstance(v, list) else v  # hashable: F.max_pool2d takes lists too
+                 for v in (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode))
+
+
 def stock(model: nn.Module) -> bool:
     """Whether the model has a stock resnet_ext ResNet's structure, what `Structure` records: torchvision's module
     types everywhere, plain convs/BNs; the fc may be any module (a fine-tuned head such as Dropout + Linear): it
@@ -113,7 +127,7 @@ def stock(model: nn.Module) -> bool:
     would go stale on every forward)."""
     if model.training:
         return False
-    if not (type(model.relu) is nn.ReLU and type(model.maxpool) is nn.MaxPool2d and not model.maxpool.return_indices
+    if not (type(model.relu) is nn.ReLU and stem_pool_ok(model.maxpool)
             and type(model.avgpool) is nn.AdaptiveAvgPool2d and isinstance(model.fc, nn.Module)
             and units.foldable(model.conv1, model.bn1, hooks_ok=True)):
         return False
