@@ -1241,13 +1241,17 @@ def test_legacy_weight_norm_is_not_recorded_anew_on_every_forward():
             assert state.of(ours).structure is None
 
 
-def test_frozen_units_left_to_the_stock_conv_share_one_batch_of_bn_scales(monkeypatch):
-    """A hooked frozen model's NCHW units (the stock conv and BN, unfolded: torchvision's layouts) take their BN
-    scales and shifts from one batch per forward, as the default mode's, not one computation per unit (which made
-    that path slower than the default mode's)."""
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+def test_a_hooked_nchw_model_runs_torchvisions_blocks(frozen, monkeypatch):
+    """On the module path (a hook in the body) NCHW maps and weights run torchvision's stem modules and block code
+    (`engine._nchw`: the units would run its convolutions and BN arithmetic anyway, at more Python per unit), and no
+    batch of BN scales is made for them; a channels_last input keeps the units (a frozen model's folds), which take
+    their BN scales and shifts from one batch per forward where a fold does not apply."""
     from resnet_ext import ops
     tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
-    ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)))
+    ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
+    if frozen:
+        resnet_ext.freeze(ours)
     for m in (tv, ours):
         m.layer4.register_forward_hook(lambda mod, a, out: None)
     calls = []
@@ -1256,9 +1260,13 @@ def test_frozen_units_left_to_the_stock_conv_share_one_batch_of_bn_scales(monkey
     x = x_(1, 64)
     with torch.no_grad():
         resnet_ext.reset_path_counts()
-        assert torch.equal(ours(x), tv(x))  # torchvision's own units
-        assert resnet_ext.path_counts().get("unfolded") == 20, resnet_ext.path_counts()
-    assert calls == [20], calls
+        assert torch.equal(ours(x), tv(x))
+        assert resnet_ext.path_counts() == {"modules": 1, "stock_blocks": 8}, resnet_ext.path_counts()
+        assert calls == []
+        resnet_ext.reset_path_counts()
+        same(ours, tv, x.contiguous(memory_format=torch.channels_last))
+        assert "stock_blocks" not in resnet_ext.path_counts()
+        assert calls == [20], calls
 
 
 class _Evaluations(nn.Module):

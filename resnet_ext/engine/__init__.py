@@ -44,13 +44,14 @@ def enabled(m: nn.Module, x) -> bool:
     (`cpu.reuse_pays`; `cpu.reused_memory`: 1.00-1.16x on a train step, 2 cores). Nor for an eval-mode block
     called on its own on the CPU (torchvision's IntermediateLayerGetter, a detection backbone's body: no model
     forward under way): the engine's units measured 0.82-0.91x torchvision's code there (resnet18 and resnet50 at
-    batch 1; benchmarks/results/2026-12-06-cpu-block-memory/), counted as "stock_blocks". Not for an input that
+    batch 1; benchmarks/results/2026-12-06-cpu-block-memory/), or on a model's module path with NCHW maps and
+    weights (`_nchw`), counted as "stock_blocks". Not for an input that
     is no tensor, or not a strided one (`x.to_mkldnn()`, sparse): torchvision's code runs it or raises its own
     error for it."""
     if not isinstance(x, Tensor) or x.layout != torch.strided or not units.enabled():
         return False
-    if (not m.training and x.device.type == "cpu" and not cpu.in_model() and not _state.is_model(m)
-            and not torch.compiler.is_compiling()):
+    if (not m.training and x.device.type == "cpu" and not _state.is_model(m) and not torch.compiler.is_compiling()
+            and (not cpu.in_model() or _nchw(m, x))):
         units.count("stock_blocks")
         return False
     if m.training and fused_block(m, x):
@@ -63,6 +64,17 @@ def enabled(m: nn.Module, x) -> bool:
             units.count("train_stock", len(bns))
             return False
     return True
+
+
+def _nchw(m: nn.Module, x: Tensor) -> bool:
+    """Whether an eval block (or model) on the CPU module path (hooks in the body, inserted modules) has NCHW maps
+    and weights: its units would each run torchvision's convolution and BN arithmetic (`units.unfolds`; a frozen
+    fold is channels_last, so it does not apply), saving only BN's passes, which cost more in Python per unit than
+    they save: resnet18 1x3x32x32 with a hook on layer4 measured 0.87-0.91x torchvision that way. torchvision's
+    code runs such a block, and the model's forward makes no batch of BN scales for it."""
+    conv = getattr(m, "conv1", None)
+    return (isinstance(conv, nn.Conv2d) and not ops.wants_channels_last(x)
+            and not ops.wants_channels_last(conv.weight))
 
 
 def invalidate(model: nn.Module) -> None:
@@ -189,7 +201,12 @@ def _affine(model: nn.Module, x: Tensor, pairs) -> Optional[dict]:
 
 def module_path(model: nn.Module, x: Tensor) -> Tensor:
     """The module path: the stem unit, the max pool, the layers (each block through its own forward), the head."""
-    x = ops.max_pool(model.maxpool, units.unit(model.conv1, model.bn1, model.relu, x))
+    if not model.training and units.unfolds(x) and _nchw(model, x):  # as the blocks (`enabled`): the modules
+        units.count("modules")
+        x = model.relu(model.bn1(model.conv1(x)))
+    else:
+        x = units.unit(model.conv1, model.bn1, model.relu, x)
+    x = ops.max_pool(model.maxpool, x)
     for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
         x = layer(x)
     return structure.head(model, x)
@@ -212,10 +229,14 @@ def forward_state(model: nn.Module, x: Tensor) -> Optional[units.Forward]:
     if folds is not None:
         if not units.unfolds(x):
             return units.Forward(folds)
+        if _nchw(model, x):  # the blocks run torchvision's code (`enabled`); the stem computes its own
+            return units.Forward(folds)
         # On the CPU a unit whose fold does not apply (an NCHW map: the folds are channels_last) runs unfolded, on
         # this batch of scales and shifts (a frozen model needs no gradient here: `frozen_folds`).
         return units.Forward({**folds, **(_affine(model, x, _unfolded_pairs(model)) or {})})
     if units.unfolds(x):  # every unit's BN scale and shift, in one batch (used where no gradient is wanted)
+        if _nchw(model, x):  # as above
+            return None
         affine = _affine(model, x, _unfolded_pairs(model))
         return None if affine is None else units.Forward(affine)
     pairs = units.model_pairs(model)
