@@ -218,3 +218,31 @@ def test_two_models_do_not_interfere_and_eager_where_required():
         assert cuda.eager_reason(a, x) is None
     y, counts = _counts(lambda: a(x))  # grad mode: eager
     assert "cuda_graph_replays" not in counts
+
+
+@requires_cuda
+def test_the_small_image_stem_on_cuda():
+    """The small-image variant (3x3 stride-1 stem conv, nn.Identity max pool) runs the flat forward on CUDA too:
+    the default mode, the frozen mode eager and as CUDA graphs, and `on_cuda(True)`; torchvision's answer in fp32
+    (TF32 off), the replay equal to the frozen eager forward."""
+    torch.manual_seed(0)
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10))
+    tv.conv1, tv.maxpool = nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.Identity()
+    tv = tv.eval().cuda()
+    ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
+    eager = resnet_ext.freeze(copy.deepcopy(ours))
+    graphed = resnet_ext.freeze(copy.deepcopy(ours), cuda_graphs=True)
+    x = torch.randn(4, 3, 32, 32, device="cuda")
+    with torch.no_grad(), torch.backends.cudnn.flags(allow_tf32=False):
+        torch.backends.cuda.matmul.allow_tf32 = False
+        ref = tv(x)
+        assert rel_err(ours(x), ref) < 1e-4 and rel_err(eager(x), ref) < 1e-4
+        prev = resnet_ext.switches.on_cuda(True)
+        try:
+            assert rel_err(ours(x), ref) < 1e-4
+        finally:
+            resnet_ext.switches.on_cuda(prev)
+        for _ in range(3):
+            y, counts = _counts(lambda: graphed(x))
+            assert torch.equal(y, eager(x)), rel_err(y, eager(x))
+        assert counts.get("cuda_graph_replays") == 1, counts
