@@ -233,8 +233,15 @@ def test_the_small_image_stem_on_cuda():
     eager = resnet_ext.freeze(copy.deepcopy(ours))
     graphed = resnet_ext.freeze(copy.deepcopy(ours), cuda_graphs=True)
     x = torch.randn(4, 3, 32, 32, device="cuda")
+    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
+    try:
+        _small_stem_on_cuda(tv, ours, eager, graphed, x)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def _small_stem_on_cuda(tv, ours, eager, graphed, x):
     with torch.no_grad(), torch.backends.cudnn.flags(allow_tf32=False):
-        torch.backends.cuda.matmul.allow_tf32 = False
         ref = tv(x)
         assert rel_err(ours(x), ref) < 1e-4 and rel_err(eager(x), ref) < 1e-4
         prev = resnet_ext.switches.on_cuda(True)
