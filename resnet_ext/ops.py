@@ -651,7 +651,7 @@ def bn_affine_pairs(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]], conv_bias
             snapshot = last[1]
         else:  # a normal tensor even under inference_mode: same_bytes resizes it in place on later calls
             with torch.inference_mode(False):
-                snapshot = torch.empty(0, dtype=torch.uint8)
+                snapshot = torch.empty(0, dtype=torch.uint8, device="cpu")  # whatever the default device
         if _C.same_bytes([t for col in read[1] for t in col], snapshot) and last[0] == key:
             memo["bn_affine"] = last
             return last[2]

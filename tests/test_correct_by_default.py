@@ -11,7 +11,10 @@ import re
 import pytest
 import torch
 import torchvision
+import torch.nn.functional as F
 from torch import nn
+from torch.utils._device import DeviceContext
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import resnet_ext
 from resnet_ext.engine import state, units
@@ -300,30 +303,86 @@ def test_a_torch_function_mode_sees_torchvisions_calls(mode):
     with _ScaledConvs():
         y = same(ours, tv, x)
     assert rel_err(y, tv(x).detach()) > 0.01  # the mode changed the answer
-    with torch.device("cpu"):  # a default-device context changes nothing: the engine runs
+    with torch.device("cpu"):  # a default-device context on the input's device changes nothing: the engine runs
         resnet_ext.reset_path_counts()
         same(ours, tv, x)
         assert resnet_ext.path_counts().get("flat_forwards", 0) == 1
+    if mode != "frozen":
+        ours = resnet_ext.from_torchvision(copy.deepcopy(tv))  # nothing cached yet: a first forward under it
+    with torch.device("meta"):  # another device: torchvision's code (the engine's own tensors would go there)
+        same(ours, tv, x)
+    with _ScaledDevice("cpu"), _ScaledDispatch():  # a subclass of the device context; a dispatch mode
+        y = same(ours, tv, x)
+    assert rel_err(y, tv(x).detach()) > 0.01
+
+
+class _ScaledDevice(DeviceContext):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = super().__torch_function__(func, types, args, kwargs)
+        return out * 1.01 if func is torch.nn.functional.conv2d else out
+
+
+class _ScaledDispatch(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        return out * 1.01 if func is torch.ops.aten.convolution.default else out
 
 
 @pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
 @pytest.mark.parametrize("cls, name", [(nn.BatchNorm2d, "forward"), (nn.Conv2d, "_conv_forward"),
-                                       (nn.ReLU, "forward"), (nn.Linear, "forward")])
+                                       (nn.ReLU, "forward"), (nn.Linear, "forward"), (nn.Identity, "forward"),
+                                       (F, "conv2d"), (F, "batch_norm"), ("block", "forward")])
 def test_a_module_class_method_replaced_is_honoured(cls, name, frozen, monkeypatch):
+    """A stock module class's method, the functional op it calls (flop profilers wrap them) or resnet_ext's block
+    class's forward, replaced: torchvision's code runs, which calls the replacement."""
     tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    if cls is nn.Identity:
+        tv.maxpool = nn.Identity()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
     if frozen:
         resnet_ext.freeze(ours)
     x = x_(1, 32).contiguous(memory_format=torch.channels_last)
     same(ours, tv, x)
+    if cls == "block":  # each BasicBlock class (ours subclasses torchvision's) wrapped alike
+        tv_cls, cls = type(tv.layer1[0]), type(ours.layer1[0])
+        tv_stock = tv_cls.forward
+        monkeypatch.setattr(tv_cls, name, lambda *a, **k: tv_stock(*a, **k) * 1.5 - 0.1)
     stock = getattr(cls, name)
-    monkeypatch.setattr(cls, name, lambda self, *a: stock(self, *a) * 1.5 - 0.1)
+    monkeypatch.setattr(cls, name, lambda *a, **k: stock(*a, **k) * 1.5 - 0.1)
     y = same(ours, tv, x)
     monkeypatch.undo()
     assert rel_err(y, tv(x).detach()) > 0.01  # the patch changed the answer
     resnet_ext.reset_path_counts()
     same(ours, tv, x)
     assert resnet_ext.path_counts().get("flat_forwards", 0) == 1
+
+
+class _Scaled(torch.Tensor):
+    """A tensor subclass whose __torch_function__ changes what F.conv2d computes."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        out = super().__torch_function__(func, types, args, kwargs or {})
+        return out * 1.01 if func is F.conv2d else out
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+@pytest.mark.parametrize("where", ["input", "weight"])
+def test_tensor_subclasses_with_torch_function_are_honoured(where, frozen):
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
+    x = x_(1, 32).contiguous(memory_format=torch.channels_last)
+    if frozen:
+        resnet_ext.freeze(ours)
+    before = same(ours, tv, x)
+    if where == "input":
+        x = x.as_subclass(_Scaled)
+    else:
+        for m in (tv, ours):
+            m.layer2[0].conv1.weight = nn.Parameter(m.layer2[0].conv1.weight.detach().as_subclass(_Scaled))
+    for _ in range(2):
+        y = same(ours, tv, x)
+    assert rel_err(y.as_subclass(torch.Tensor), before) > 1e-3  # the subclass changed the answer
 
 
 @pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
@@ -1201,10 +1260,10 @@ def test_a_hook_that_changes_a_later_unit_mid_forward_is_seen_there(write, path,
         monkeypatch.setattr(units, "unfolds", lambda x: False)
     tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
-    x = x_(1, 64)
-    if path == "frozen":  # a channels_last input: the frozen units run their folds
+    # A channels_last input: the units run (NCHW maps and weights run torchvision's blocks), a frozen one its folds.
+    x = x_(1, 64).contiguous(memory_format=torch.channels_last)
+    if path == "frozen":
         resnet_ext.freeze(ours)
-        x = x.contiguous(memory_format=torch.channels_last)
 
     def change(m):
         bn = m.layer3[0].bn1

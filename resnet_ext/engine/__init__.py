@@ -46,9 +46,10 @@ def enabled(m: nn.Module, x) -> bool:
     forward under way): the engine's units measured 0.82-0.91x torchvision's code there (resnet18 and resnet50 at
     batch 1; benchmarks/results/2026-12-06-cpu-block-memory/), or on a model's module path with NCHW maps and
     weights (`_nchw`), counted as "stock_blocks". Not for an input that
-    is no tensor, or not a strided one (`x.to_mkldnn()`, sparse): torchvision's code runs it or raises its own
-    error for it."""
-    if not isinstance(x, Tensor) or x.layout != torch.strided or not units.enabled():
+    is no tensor, not a strided one (`x.to_mkldnn()`, sparse) or a subclass with its own `__torch_function__`:
+    torchvision's code runs it or raises its own error for it."""
+    if (not isinstance(x, Tensor) or x.layout != torch.strided or not units.enabled(x.device)
+            or (type(x) is not Tensor and torch.overrides.has_torch_function_unary(x))):
         return False
     if (not m.training and x.device.type == "cpu" and not _state.is_model(m) and not torch.compiler.is_compiling()
             and (not cpu.in_model() or _nchw(m, x))):

@@ -19,10 +19,15 @@ KEY = "_resnet_ext_state"
 SERVED: dict = {"model": [], "block": []}
 
 
+SERVED_FORWARDS: list = []  # (block class, its forward as defined): `units.enabled`
+
+
 def serves(kind: str):
     """Class decorator: `@engine.serves("model")` / `@engine.serves("block")`."""
     def register(cls: type) -> type:
         SERVED[kind].append(cls)
+        if kind == "block":  # the flat forward never calls it: replaced on the class, the engine steps aside
+            SERVED_FORWARDS.append((cls, cls.forward))
         return cls
     return register
 

@@ -16,6 +16,7 @@ import contextvars
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
 from torch.overrides import _get_current_function_mode_stack
@@ -31,32 +32,42 @@ _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_
 _TRAIN_BN = (nn.BatchNorm2d, nn.SyncBatchNorm)
 
 
-def enabled() -> bool:
+def enabled(device: Optional[torch.device] = None) -> bool:
     """False where the model must show torchvision's module graph: FX symbolic tracing (feature extraction), ONNX
     export, TorchScript tracing (torch.jit.trace checks the graph by tracing again under no_grad, and the engine's
     paths depend on whether a gradient is wanted: a trace with grad mode on failed that check), a global module
     hook that every module call must reach; under torch.func transforms, which the ops' autograd (torch.library)
-    does not support; and under a TorchFunctionMode other than a default-device context (quantization observers,
-    debugging tools: it may change what F.conv2d and the modules' other calls compute, and never sees
-    resnet_ext's ops); nor where a stock module class's method was replaced (`_STOCK_METHODS`)."""
+    does not support; under a TorchFunctionMode other than a default-device context on the input's `device`, or
+    any TorchDispatchMode (quantization observers, debugging tools, flop counters: they may change or count what
+    F.conv2d and the modules' other calls compute, and never see resnet_ext's ops); nor where a stock module
+    class's method or the functional op it calls was replaced (`_STOCK_METHODS`, `_STOCK_FUNCTIONS`: flop
+    profilers patch them), or a resnet_ext block class's forward (`state.SERVED_FORWARDS`)."""
     if (torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.onnx.is_in_onnx_export()
             or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()):
         return False
-    if (torch._C._is_torch_function_mode_enabled() and not torch.compiler.is_compiling()
-            and not all(isinstance(m, DeviceContext) for m in _get_current_function_mode_stack())):
+    if not torch.compiler.is_compiling():
+        if torch._C._len_torch_dispatch_stack():
+            return False
+        if torch._C._is_torch_function_mode_enabled() and not all(
+                type(m) is DeviceContext and device is not None and m.device.type == device.type
+                for m in _get_current_function_mode_stack()):
+            return False
+    if any(getattr(owner, name) is not f for (owner, name), f in zip(_STOCK_METHODS, _STOCK_IMPLS)):
         return False
-    if any(getattr(cls, name) is not f for (cls, name), f in zip(_STOCK_METHODS, _STOCK_IMPLS)):
+    if any(cls.forward is not f for cls, f in _state.SERVED_FORWARDS):
         return False
     return not any(getattr(_module, name, None) for name in _GLOBAL_HOOKS)
 
 
-# The module methods the engine's paths stand in for: replaced on the class (instrumentation, quantization tools),
-# every module of that class computes something else, so torchvision's code runs.
+# The module methods and functional ops the engine's paths stand in for: replaced (instrumentation, flop profilers,
+# quantization tools), every module of that class computes or counts something else, so torchvision's code runs.
 _STOCK_METHODS = ((nn.Conv2d, "forward"), (nn.Conv2d, "_conv_forward"), (nn.BatchNorm2d, "forward"),
                   (nn.ReLU, "forward"), (nn.MaxPool2d, "forward"), (nn.AdaptiveAvgPool2d, "forward"),
-                  (nn.Linear, "forward"), (nn.Sequential, "forward"))
-_STOCK_IMPLS = tuple(f if getattr(f, "__module__", "").startswith("torch.nn.modules.") else None  # replaced before
-                     for f in (getattr(cls, name) for cls, name in _STOCK_METHODS))               # this import
+                  (nn.Linear, "forward"), (nn.Sequential, "forward"), (nn.Identity, "forward"),
+                  (F, "conv2d"), (F, "batch_norm"), (F, "relu"), (F, "max_pool2d"), (F, "adaptive_avg_pool2d"),
+                  (F, "linear"))
+_STOCK_IMPLS = tuple(f if getattr(f, "__module__", "").split(".")[0] == "torch" else None  # replaced before this
+                     for f in (getattr(owner, name) for owner, name in _STOCK_METHODS))         # import
 
 
 PATCHED = ("forward", "_conv_forward")  # instance attributes that replace what a module computes
@@ -78,8 +89,10 @@ def _plain_conv(conv: nn.Module, hooks_ok: bool = False) -> bool:
     # A parametrized conv has another type; legacy weight_norm / spectral_norm are forward pre-hooks. Geometry set
     # to an int or a list after construction (F.conv2d takes both) runs through the module: the fused paths take
     # nn.Conv2d's own tuples (an int stride raised TypeError, a list one was unhashable in the frozen plan's keys).
+    # A weight of a tensor subclass with its own __torch_function__ runs through the module, which it sees.
     return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
-            and isinstance(conv.stride, tuple) and isinstance(conv.dilation, tuple) and _hooks_allowed(conv, hooks_ok))
+            and isinstance(conv.stride, tuple) and isinstance(conv.dilation, tuple) and _hooks_allowed(conv, hooks_ok)
+            and not torch.overrides.has_torch_function((conv.weight, conv.bias)))
 
 
 def _hooks_allowed(m: nn.Module, hooks_ok: bool) -> bool:
@@ -358,8 +371,10 @@ def unit(conv: nn.Module, bn: nn.Module, relu_mod: Optional[nn.Module], x: Tenso
     the modules exactly as torchvision's blocks call them. `shortcut`, a callable giving the residual, is called
     where torchvision calls the downsample: after conv and bn."""
     # An input the conv cannot take goes through the modules too: torchvision's error, not a kernel's.
+    # So does a tensor subclass with its own __torch_function__ (a conv's output, when that conv's weight is one).
     relu_ok = (plain_relu(relu_mod) and isinstance(x, Tensor) and x.dim() == 4
-               and x.shape[1] == getattr(conv, "in_channels", -1))
+               and x.shape[1] == getattr(conv, "in_channels", -1)
+               and not torch.overrides.has_torch_function((x, residual)))
     # Under CPU autocast the stock modules run, as autocast casts them (the fold would mix dtypes); so does a BN
     # whose dtypes ATen's batch norm refuses for the conv's output (its error, where a fold would answer).
     if (relu_ok and foldable(conv, bn) and not (x.device.type == "cpu" and torch.is_autocast_enabled("cpu"))
