@@ -303,10 +303,12 @@ def test_a_torch_function_mode_sees_torchvisions_calls(mode):
     with _ScaledConvs():
         y = same(ours, tv, x)
     assert rel_err(y, tv(x).detach()) > 0.01  # the mode changed the answer
+    fresh = resnet_ext.from_torchvision(copy.deepcopy(tv))
     with torch.device("cpu"):  # a default-device context on the input's device changes nothing: the engine runs
-        resnet_ext.reset_path_counts()
-        same(ours, tv, x)
-        assert resnet_ext.path_counts().get("flat_forwards", 0) == 1
+        for m in (ours, fresh):  # recorded before, or first recorded inside it
+            resnet_ext.reset_path_counts()
+            same(m, tv, x)
+            assert resnet_ext.path_counts().get("flat_forwards", 0) == 1
     if mode != "frozen":
         ours = resnet_ext.from_torchvision(copy.deepcopy(tv))  # nothing cached yet: a first forward under it
     with torch.device("meta"):  # another device: torchvision's code (the engine's own tensors would go there)

@@ -427,6 +427,8 @@ def test_freeze_bf16_pools_and_classifies_in_fp32(head, monkeypatch):
                 self.dtypes.setdefault(name, set()).add((args[0].dtype, args[1].dtype))
             return func(*args, **(kwargs or {}))
 
+    from resnet_ext.engine import units
+    monkeypatch.setattr(units, "_dispatch_modes", lambda: False)  # the spy below is one: keep the engine on
     ours, _ = pair("resnet18")
     resnet_ext.freeze(ours, dtype=torch.bfloat16)
     x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)

@@ -49,7 +49,7 @@ def enabled(m: nn.Module, x) -> bool:
     is no tensor, not a strided one (`x.to_mkldnn()`, sparse) or a subclass with its own `__torch_function__`:
     torchvision's code runs it or raises its own error for it."""
     if (not isinstance(x, Tensor) or x.layout != torch.strided or not units.enabled(x.device)
-            or (type(x) is not Tensor and torch.overrides.has_torch_function_unary(x))):
+            or units.overrides(x)):
         return False
     if (not m.training and x.device.type == "cpu" and not _state.is_model(m) and not torch.compiler.is_compiling()
             and (not cpu.in_model() or _nchw(m, x))):

@@ -45,8 +45,8 @@ def enabled(device: Optional[torch.device] = None) -> bool:
     if (torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.onnx.is_in_onnx_export()
             or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()):
         return False
-    if not torch.compiler.is_compiling():
-        if torch._C._len_torch_dispatch_stack():
+    if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):  # they run modes of their own
+        if _dispatch_modes():
             return False
         if torch._C._is_torch_function_mode_enabled() and not all(
                 type(m) is DeviceContext and device is not None and m.device.type == device.type
@@ -57,6 +57,27 @@ def enabled(device: Optional[torch.device] = None) -> bool:
     if any(cls.forward is not f for cls, f in _state.SERVED_FORWARDS):
         return False
     return not any(getattr(_module, name, None) for name in _GLOBAL_HOOKS)
+
+
+_PLAIN_TORCH_FUNCTIONS = (Tensor.__torch_function__.__func__, torch._C._disabled_torch_function_impl)
+
+
+def overrides(*tensors) -> bool:
+    """Whether a tensor is of a subclass with its own `__torch_function__`, which torchvision's calls would meet and
+    resnet_ext's ops would not (`has_torch_function` also reports an active mode: that is `enabled`'s business)."""
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return False
+    for t in tensors:
+        if t is not None and type(t) is not Tensor and type(t) is not nn.Parameter:
+            f = getattr(type(t), "__torch_function__", None)
+            if getattr(f, "__func__", f) not in _PLAIN_TORCH_FUNCTIONS:
+                return True
+    return False
+
+
+def _dispatch_modes() -> bool:
+    """Whether a TorchDispatchMode is active (tests replace this to spy on the engine's own ops)."""
+    return torch._C._len_torch_dispatch_stack() > 0
 
 
 # The module methods and functional ops the engine's paths stand in for: replaced (instrumentation, flop profilers,
@@ -92,7 +113,7 @@ def _plain_conv(conv: nn.Module, hooks_ok: bool = False) -> bool:
     # A weight of a tensor subclass with its own __torch_function__ runs through the module, which it sees.
     return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
             and isinstance(conv.stride, tuple) and isinstance(conv.dilation, tuple) and _hooks_allowed(conv, hooks_ok)
-            and not torch.overrides.has_torch_function((conv.weight, conv.bias)))
+            and not overrides(conv.weight, conv.bias))
 
 
 def _hooks_allowed(m: nn.Module, hooks_ok: bool) -> bool:
@@ -374,7 +395,7 @@ def unit(conv: nn.Module, bn: nn.Module, relu_mod: Optional[nn.Module], x: Tenso
     # So does a tensor subclass with its own __torch_function__ (a conv's output, when that conv's weight is one).
     relu_ok = (plain_relu(relu_mod) and isinstance(x, Tensor) and x.dim() == 4
                and x.shape[1] == getattr(conv, "in_channels", -1)
-               and not torch.overrides.has_torch_function((x, residual)))
+               and not overrides(x, residual))
     # Under CPU autocast the stock modules run, as autocast casts them (the fold would mix dtypes); so does a BN
     # whose dtypes ATen's batch norm refuses for the conv's output (its error, where a fold would answer).
     if (relu_ok and foldable(conv, bn) and not (x.device.type == "cpu" and torch.is_autocast_enabled("cpu"))
