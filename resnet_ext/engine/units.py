@@ -39,9 +39,10 @@ def enabled(device: Optional[torch.device] = None) -> bool:
     hook that every module call must reach; under torch.func transforms, which the ops' autograd (torch.library)
     does not support; under a TorchFunctionMode other than a default-device context on the input's `device`, or
     any TorchDispatchMode (quantization observers, debugging tools, flop counters: they may change or count what
-    F.conv2d and the modules' other calls compute, and never see resnet_ext's ops); nor where a stock module
-    class's method or the functional op it calls was replaced (`_STOCK_METHODS`, `_STOCK_FUNCTIONS`: flop
-    profilers patch them), or a resnet_ext block class's forward (`state.SERVED_FORWARDS`)."""
+    F.conv2d and the modules' other calls compute, and never see resnet_ext's ops; compile and export run modes
+    of their own); nor where a stock module class's method or the functional op it calls was replaced
+    (`_STOCK_METHODS`: flop profilers patch them), or a resnet_ext block class's forward
+    (`state.SERVED_FORWARDS`)."""
     if (torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.onnx.is_in_onnx_export()
             or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()):
         return False
