@@ -13,7 +13,7 @@ import torch
 import torchvision
 
 import resnet_ext
-from resnet_ext.cli import time_interleaved
+from resnet_ext.cli import ratio, time_interleaved
 
 
 def main():
@@ -40,10 +40,10 @@ def main():
         times, _ = time_interleaved(fns, x, rounds, {k: 3 for k in fns})
     tv_round = [(a + b) / 2 for a, b in zip(times["tv a"], times["tv b"])]
     for mode in ("tv", "default+hook", "frozen+hook"):
-        r = [t / c for k in (mode + " a", mode + " b") for t, c in zip(tv_round, times[k])]
-        med = statistics.median(times[mode + " a"] + times[mode + " b"])
-        print(f"{arch} b{n} {size}x{size} {mode}: median {med * 1e3:.2f} ms, torchvision / it "
-              f"{statistics.median(r):.3f} ({min(r):.2f}-{max(r):.2f})")
+        both = times[mode + " a"] + times[mode + " b"]
+        r = ratio(tv_round * 2, both)
+        print(f"{arch} b{n} {size}x{size} {mode}: median {statistics.median(both) * 1e3:.2f} ms, torchvision / it "
+              f"{r['median']:.3f} ({r['min']:.2f}-{r['max']:.2f})")
 
 
 if __name__ == "__main__":

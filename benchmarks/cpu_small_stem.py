@@ -13,7 +13,7 @@ import torchvision
 from torch import nn
 
 import resnet_ext
-from resnet_ext.cli import time_interleaved
+from resnet_ext.cli import ratio, time_interleaved
 
 
 def main():
@@ -38,9 +38,9 @@ def main():
             print(f"{k}: rel err {err:.2e}, paths {resnet_ext.path_counts()}")
         times, _ = time_interleaved(fns, x, rounds, {k: 3 for k in fns})
     for k in fns:
-        r = [a / b for a, b in zip(times["tv"], times[k])]
+        r = ratio(times["tv"], times[k])
         print(f"{arch} b{n} {size}x{size} {k}: median {statistics.median(times[k]) * 1e3:.2f} ms, torchvision / it "
-              f"{statistics.median(r):.3f} ({min(r):.2f}-{max(r):.2f})")
+              f"{r['median']:.3f} ({r['min']:.2f}-{r['max']:.2f})")
 
 
 if __name__ == "__main__":
