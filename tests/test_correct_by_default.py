@@ -541,6 +541,37 @@ def test_torch_func_grad_of_the_eval_model():
         assert rel_err(g[k], ref[k]) < 1e-8, k
 
 
+@pytest.mark.parametrize("frozen", [False, True])
+def test_forward_mode_ad_gives_torchvisions_tangent(frozen):
+    """Dual tensors (torch.autograd.forward_ad) set no requires_grad: resnet_ext's ops, which have no forward-mode
+    formula, dropped the tangent (None) in eval forwards and in train mode with BN in eval."""
+    import torch.autograd.forward_ad as fwAD
+    ours, tv = pair("resnet18")
+    x, v = x_(), x_(seed=1)
+    if frozen:
+        resnet_ext.freeze(ours)
+    for train_bn_eval in (False, True):
+        for m in (ours, tv):
+            m.train(train_bn_eval)
+            for bn in m.modules():
+                if isinstance(bn, nn.BatchNorm2d):
+                    bn.eval()
+        for grad, params in ((False, True), (True, False), (True, True)):
+            for cl in (False, True):
+                xx, vv = (t.contiguous(memory_format=torch.channels_last) if cl else t for t in (x, v))
+                out = []
+                for m in (ours, tv):
+                    m.requires_grad_(params)
+                    with torch.set_grad_enabled(grad), fwAD.dual_level():
+                        out.append(fwAD.unpack_dual(m(fwAD.make_dual(xx, vv))))
+                (y, t), (ref_y, ref_t) = out
+                where = (train_bn_eval, grad, params, cl)
+                assert t is not None, where
+                assert rel_err(t, ref_t) < (1e-4 if frozen else 1e-6), where
+                assert rel_err(y, ref_y) < (1e-4 if frozen else 1e-6), where
+    ours.requires_grad_(True)
+
+
 def test_train_forward_with_an_empty_batch(train_mode):
     ours, tv = pair("resnet18", train=True)
     x = torch.randn(0, 3, 32, 32)
