@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._C_loader import _C  # noqa: F401  (registers the ops)
+from .ops import bn_dtypes_ok
 from .ops import memory_format_of as _fmt
 
 ops = torch.ops.resnet_ext
@@ -139,15 +140,15 @@ class _BnActTrain(torch.autograd.Function):
             y, mean, invstd, var_unbiased = ops.bn_act_train(x, residual, weight, bias, running_mean, eps, relu)
             n = None
         else:  # the same kernels in pieces, with the per-channel sums all-reduced in between
-            c = x.shape[1]
-            sums = ops.bn_stats(x, running_mean)
+            c, empty = x.shape[1], x.numel() == 0  # an empty rank adds zeros (the ops refuse an empty x)
+            sums = x.new_zeros((2, c), dtype=_stat_dtype(x)) if empty else ops.bn_stats(x, running_mean)
             count = torch.full((1,), x.numel() // c, dtype=torch.float64, device=x.device)
             sums, n = all_reduce_sums(sums, count, group)
             mu = sums[0] / n
             var = (sums[1] / n - mu * mu).clamp_min(0)
             mean = (running_mean.to(sums.dtype) if running_mean is not None else 0) + mu
             invstd = torch.rsqrt(var + eps)
-            y = ops.bn_act_apply(x, residual, weight, bias, mean, invstd, relu)
+            y = torch.empty_like(x) if empty else ops.bn_act_apply(x, residual, weight, bias, mean, invstd, relu)
             var_unbiased = var * (n / (n - 1))
         if running_mean is not None:  # running = (1 - momentum) * running + momentum * batch, in one launch
             torch._foreach_lerp_([running_mean, running_var], [mean.to(running_mean.dtype),
@@ -168,12 +169,15 @@ class _BnActTrain(torch.autograd.Function):
             raise NotImplementedError("bn_act: a second derivative through cross-process BatchNorm statistics")
         else:
             grad_y = grad_y.contiguous(memory_format=ctx.fmt)
-            local = ops.bn_act_backward_reduce(grad_y, y, x, mean, invstd, ctx.relu)
+            empty = x.numel() == 0
+            local = (x.new_zeros((2, x.shape[1]), dtype=_stat_dtype(x)) if empty
+                     else ops.bn_act_backward_reduce(grad_y, y, x, mean, invstd, ctx.relu))
             total = all_reduce(local.clone(), ctx.group)
             # The op divides the sums by `count`; dividing them here by the device-side count (and passing 1)
             # keeps the backward free of host syncs too.
-            dx, dres = ops.bn_act_backward_apply(grad_y, y, x, weight, mean, invstd, (total / n).to(total.dtype),
-                                                 1.0, ctx.relu, need_res)
+            dx, dres = ((torch.zeros_like(x), torch.zeros_like(x)) if empty else
+                        ops.bn_act_backward_apply(grad_y, y, x, weight, mean, invstd, (total / n).to(total.dtype),
+                                                  1.0, ctx.relu, need_res))
             # weight/bias gradients stay local sums: DDP averages them, as it does nn.SyncBatchNorm's.
             dw, db = local[1].to(weight.dtype), local[0].to(weight.dtype)
         return dx, dres if need_res else None, dw, db, None, None, None, None, None, None
@@ -217,19 +221,31 @@ def bn_act(x: Tensor, bn: nn.modules.batchnorm._BatchNorm, residual: Optional[Te
     computes bn(x) with the stock op and changes no state."""
     if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
         raise TypeError(f"bn_act: bn must be a BatchNorm module, got {type(bn).__name__}")
-    if not bn.training and bn.running_mean is not None or x.numel() == 0:
-        out = bn(x)  # eval semantics, and the empty batch exactly as BatchNorm handles it
+    bn._check_input_dim(x)  # the module's ValueError first, its counter untouched, as bn(x)
+    group = group_of(bn)
+    tensors = (bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    if ((not bn.training and bn.running_mean is not None) or (x.numel() == 0 and group is None)
+            or not x.is_floating_point()
+            or not bn_dtypes_ok(x.dtype, {t.dtype for t in tensors if t is not None})):
+        # Eval semantics, the empty batch as BatchNorm handles it, and BN tensors whose dtypes ATen's batch norm
+        # refuses for x (its "mixed dtype" error) all as bn(x). An empty rank of a cross-process BN takes the
+        # fused op: it joins the all-reduces with a count of zero, as nn.SyncBatchNorm's empty ranks do.
+        out = bn(x)
         if residual is not None:
             out = out + residual
         return torch.relu(out) if relu else out
     weight = bn.weight if bn.weight is not None else torch.ones(x.shape[1], device=x.device, dtype=x.dtype)
     bias = bn.bias if bn.bias is not None else torch.zeros(x.shape[1], device=x.device, dtype=x.dtype)
     factor = count_batch(bn)
-    if x.dim() in (2, 4):
-        F._verify_batch_size(x.size())  # F.batch_norm's ValueError, after the counter as there
+    if group is None:  # F.batch_norm's ValueError, after the counter as there; nn.SyncBatchNorm checks none
+        F._verify_batch_size(x.size())  # with more than one process
     track = bn.track_running_stats and bn.running_mean is not None
     running = (bn.running_mean, bn.running_var) if track else (None, None)
-    return _BnActTrain.apply(x, residual, weight, bias, *running, factor, bn.eps, relu, group_of(bn))
+    shape = x.shape
+    if x.dim() not in (2, 4):  # BatchNorm1d's (N, C, L), BatchNorm3d's (N, C, D, H, W): the same per-channel op
+        x = x.reshape(shape[0], shape[1], -1, 1)
+        residual = residual.reshape(x.shape) if residual is not None else None
+    return _BnActTrain.apply(x, residual, weight, bias, *running, factor, bn.eps, relu, group).reshape(shape)
 
 
 def sync_marked(bn: nn.Module) -> bool:

@@ -162,6 +162,56 @@ def test_one_value_per_channel_is_the_same_error_as_torch():
         ops.bn_act_train(torch.randn(1, 4, 1, 1), None, bn.weight, bn.bias, None, 1e-5, True)
 
 
+def _same_error(f, g):
+    """f and g raise the same exception type with the same message, or neither raises."""
+    errs = []
+    for call in (f, g):
+        try:
+            call()
+            errs.append(None)
+        except Exception as e:  # noqa: BLE001 (compared below)
+            errs.append((type(e), str(e)))
+    assert errs[0] == errs[1], errs
+    return errs[0]
+
+
+@pytest.mark.parametrize("case", ["2d_on_bn2d", "3d_on_bn2d", "5d_on_bn2d", "bn64_x32", "stats64_x32", "x64_bn32",
+                                  "int_x"])
+def test_bn_act_checks_its_input_as_the_module(case):
+    """bn_act(x, bn) raises the module's error (and leaves its counter as the module does) where bn(x) raises:
+    the input's dimensions and ATen's "mixed dtype" rule; it computed an answer before."""
+    x = {"2d_on_bn2d": torch.randn(4, 4), "3d_on_bn2d": torch.randn(4, 4, 5),
+         "5d_on_bn2d": torch.randn(2, 4, 3, 3, 3), "int_x": torch.randint(0, 3, (2, 4, 3, 3)),
+         "x64_bn32": torch.randn(2, 4, 3, 3, dtype=torch.float64)}.get(case, torch.randn(2, 4, 3, 3))
+    bns = [make_bn(4, torch.float32) for _ in range(2)]
+    for bn in bns:
+        if case == "bn64_x32":
+            bn.double()
+        elif case == "stats64_x32":
+            bn.running_mean.data = bn.running_mean.double()
+            bn.running_var.data = bn.running_var.double()
+    assert _same_error(lambda: torch.relu(bns[0](x)), lambda: bn_act(x, bns[1])) is not None
+    assert bns[0].num_batches_tracked.item() == bns[1].num_batches_tracked.item()
+    assert torch.equal(bns[0].running_mean, bns[1].running_mean)
+
+
+@pytest.mark.parametrize("cls,shape", [(torch.nn.BatchNorm1d, (4, 6, 7)), (torch.nn.BatchNorm3d, (2, 6, 3, 4, 5)),
+                                       (torch.nn.BatchNorm1d, (5, 6))])
+def test_bn_act_takes_what_the_module_takes(cls, shape):
+    """A BatchNorm1d's (N, C, L) and a BatchNorm3d's 5-D input: the module's answer and running statistics (the op
+    takes them as (N, C, -1, 1)); bn_act raised before."""
+    torch.manual_seed(0)
+    ref, bn = cls(6).double(), cls(6).double()
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    r = torch.randn(*shape, dtype=torch.float64)
+    y_ref, y = torch.relu(ref(x) + r), bn_act(x, bn, r)
+    assert y.shape == y_ref.shape and rel_err(y, y_ref) < 1e-12
+    g_ref, = torch.autograd.grad(y_ref.square().sum(), x)
+    g, = torch.autograd.grad(y.square().sum(), x)
+    assert rel_err(g, g_ref) < 1e-10
+    assert rel_err(bn.running_var, ref.running_var) < 1e-12 and rel_err(bn.running_mean, ref.running_mean) < 1e-12
+
+
 @pytest.mark.parametrize("over,match", [
     (dict(weight=torch.ones(3)), r"weight must have shape \[4\]"),
     (dict(residual=torch.randn(2, 4, 3, 2)), r"residual must have x's shape"),
@@ -314,11 +364,10 @@ def _worker(rank, world, store_path, out_dir, fused=False):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["bn_act", "fused_train"])
-def test_two_gloo_processes_match_one_process(tmp_path, fused):
+def _two_processes(worker, tmp_path, *args):
     import torch.multiprocessing as mp
 
-    ctx = mp.start_processes(_worker, args=(2, str(tmp_path / "store"), str(tmp_path), fused), nprocs=2, join=False,
+    ctx = mp.start_processes(worker, args=(2, str(tmp_path / "store"), str(tmp_path)) + args, nprocs=2, join=False,
                              start_method="spawn")
     deadline = time.time() + 240
     while not ctx.join(timeout=5):
@@ -326,6 +375,58 @@ def test_two_gloo_processes_match_one_process(tmp_path, fused):
             for p in ctx.processes:
                 p.kill()
             pytest.fail("the two gloo processes did not finish within 240 s")
+
+
+def _small_batches_worker(rank, world, store_path, out_dir):
+    import datetime
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        x, _ = _batch()
+        found = {}
+        for case, mine in (("one_each", x[rank:rank + 1]), ("empty_rank", x[:2] if rank == 0 else x[:0])):
+            model = resnet_ext.convert_sync_batchnorm(_small_model())
+            out = model(mine)
+            (out * _loss_weights(out.shape)).sum().backward()
+            found[case] = {"out": out.detach(), "state": dict(model.state_dict()),
+                           "grads": {k: p.grad.clone() for k, p in model.named_parameters()}}
+        torch.save(found, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _loss_weights(shape):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(shape[0]), dtype=torch.float64)
+
+
+def test_cross_process_bn_with_one_value_per_channel_per_rank_or_an_empty_rank(tmp_path):
+    """As nn.SyncBatchNorm: one value per channel on each of two ranks (a 1x1 map, batch 1 each) is two in all, not
+    the one-process error; a rank with an empty batch joins the all-reduces with a count of zero (it skipped them
+    and the other rank hung)."""
+    _two_processes(_small_batches_worker, tmp_path)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    x, _ = _batch()
+    for case, whole in (("one_each", x[:2]), ("empty_rank", x[:2])):
+        model = _small_model()
+        out = model(whole)
+        outs = [r[case]["out"] for r in ranks]
+        # each rank's loss weights are drawn for its own rows: the one-process loss is their sum
+        (out * torch.cat([_loss_weights(o.shape) for o in outs if o.shape[0]])).sum().backward()
+        assert rel_err(torch.cat(outs), out.detach()) < 1e-10, case
+        for k, p in model.named_parameters():
+            assert rel_err(ranks[0][case]["grads"][k] + ranks[1][case]["grads"][k], p.grad) < 1e-8, (case, k)
+        for r in ranks:
+            for k, v in model.state_dict().items():
+                assert rel_err(r[case]["state"][k].double(), v.double()) < 1e-10, (case, k)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["bn_act", "fused_train"])
+def test_two_gloo_processes_match_one_process(tmp_path, fused):
+    _two_processes(_worker, tmp_path, fused)
     x, target = _batch()
     model = _small_model()
     out, grads = _step(model, x, target)

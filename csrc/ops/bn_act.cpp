@@ -33,6 +33,11 @@ void check_input(const Tensor& x, const char* op) {
   TORCH_CHECK(x.dim() == 4 || x.dim() == 2, op, ": x must be a 4-D (N, C, H, W) or 2-D (N, C) tensor, got shape ",
               x.sizes());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be a floating-point tensor, got ", x.scalar_type());
+}
+
+// The one-process op's batch holds all of the statistics' values; the cross-process pieces' local one need not
+// (nn.SyncBatchNorm counts the values across its processes).
+void check_whole_batch(const Tensor& x) {
   const int64_t per_channel = x.numel() / std::max<int64_t>(x.size(1), 1);
   TORCH_CHECK(per_channel > 1, "Expected more than 1 value per channel when training, got input size ", x.sizes());
 }
@@ -202,6 +207,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bn_act_train_cuda(const Tensor& x_in,
                                                              const Tensor& weight, const Tensor& bias,
                                                              const OptTensor& shift, double eps, bool relu) {
   check_train_args(x_in, residual_in, weight, bias, shift);
+  check_whole_batch(x_in);
   bn_act::DType t;
   bn_act::Layout l;
   if (!kernel_dtype(x_in, &t) || x_in.numel() == 0)
@@ -340,6 +346,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bn_act_train_cpu(const Tensor& x, con
                                                             const Tensor& weight, const Tensor& bias,
                                                             const OptTensor& shift, double eps, bool relu) {
   check_train_args(x, residual, weight, bias, shift);
+  check_whole_batch(x);
   return bn_act_train_stock(x, residual, weight, bias, shift, eps, relu);
 }
 std::tuple<Tensor, Tensor, Tensor, Tensor> bn_act_train_backward_cpu(const Tensor& grad_y, const Tensor& y,

@@ -405,8 +405,9 @@ def unit(conv: nn.Module, bn: nn.Module, relu_mod: Optional[nn.Module], x: Tenso
     if (relu_ok and foldable(conv, bn) and not (x.device.type == "cpu" and torch.is_autocast_enabled("cpu"))
             and ops.bn_dtypes_ok(conv.weight.dtype, {t.dtype for t in bn_tensors(bn) if t is not None})):
         return eval_unit(conv, bn, x, relu_mod is not None, residual, shortcut)
-    if relu_ok and train_fusable(bn) and x.numel() > 0:
-        # A BN marked by `convert_sync_batchnorm` computes cross-process statistics only in the fused op.
+    if relu_ok and train_fusable(bn) and (x.numel() > 0 or sync_marked(bn)):
+        # A BN marked by `convert_sync_batchnorm` computes cross-process statistics only in the fused op (an empty
+        # batch too: it joins the all-reduces with a count of zero, as an empty rank of nn.SyncBatchNorm does).
         if train_fused(x) or sync_marked(bn):
             count("train_fused")
             out = conv(x)
@@ -430,6 +431,6 @@ def downsample(ds: Optional[nn.Module], x: Tensor) -> Tensor:
         return x
     if type(ds) is nn.Sequential and len(ds) == 2 and hookless(ds):
         conv, bn = ds[0], ds[1]
-        if foldable(conv, bn) or (_plain_conv(conv) and train_fusable(bn) and x.numel() > 0):
+        if foldable(conv, bn) or (_plain_conv(conv) and train_fusable(bn) and (x.numel() > 0 or sync_marked(bn))):
             return unit(conv, bn, None, x)
     return ds(x)
