@@ -14,7 +14,7 @@ import resnet_ext
 from resnet_ext._C_loader import _C
 from resnet_ext.shapes import fused_train_graphs
 
-from conftest import randomize_bn, requires_experimental
+from conftest import randomize_bn, rel_err, requires_experimental
 
 ops = torch.ops.resnet_ext
 CL = torch.channels_last
@@ -248,6 +248,22 @@ def test_bottleneck_matches_torchvision_in_float64(fused_on, inplanes, planes, s
         _compare_step(tv, ours, x + step)
     assert resnet_ext.path_counts().get("train_graph", 0) == 2 * (4 if downsample else 3)
     assert ours.bn1.num_batches_tracked.item() == 2
+
+
+@pytest.mark.parametrize("x_cl,weights_cl", [(False, False), (True, False), (False, True)])
+def test_block_output_has_torchvisions_layout(fused_on, x_cl, weights_cl):
+    """The ops compute channels_last; an NCHW input to an NCHW block got a channels_last output (hooks and callers
+    of the layers saw other strides than torchvision's)."""
+    tv, ours = _block_pair(16, 8, 2, True)
+    x = torch.randn(2, 16, 9, 11)
+    if x_cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if weights_cl:
+        tv, ours = tv.to(memory_format=torch.channels_last), ours.to(memory_format=torch.channels_last)
+    ref, out = tv(x), ours(x)
+    assert resnet_ext.path_counts().get("train_graph", 0) == 4
+    assert out.stride() == ref.stride()
+    assert rel_err(out, ref) < 1e-4
 
 
 @pytest.mark.parametrize("stride,downsample", [(1, False), (2, True)])

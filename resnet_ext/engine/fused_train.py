@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .._C_loader import _C
 from ..bn_act import all_reduce, all_reduce_sums, count_batch, group_of
-from ..ops import conv_output_size
+from ..ops import conv_output_size, memory_format_of
 from . import units
 
 ops = torch.ops.resnet_ext
@@ -233,7 +233,12 @@ def block(b: nn.Module, x: Tensor) -> Tensor:
     params = []
     for conv, bn in pairs:
         params += [conv.weight, bn.weight, bn.bias]
-    return _Block.apply((convs, bns, compute_dtype(x), [p.dtype for p in params]), x, *params)
+    out = _Block.apply((convs, bns, compute_dtype(x), [p.dtype for p in params]), x, *params)
+    # The ops compute channels_last; the block hands on the layout torchvision's convs would (ATen's rule:
+    # channels_last where the input or a weight is): hooks and callers of the layers see the same strides.
+    if all(memory_format_of(t) != _CL for t in (x, *params[0::3])):
+        out = out.contiguous()
+    return out
 
 
 @torch.library.register_fake("resnet_ext::bn_finalize")
