@@ -710,11 +710,13 @@ def wants_channels_last(x: Tensor) -> bool:
 
 
 def needs_grad(x: Tensor, conv: nn.Module, bn: nn.Module, residual: Optional[Tensor]) -> bool:
-    """Whether autograd records relu?(bn(conv(x)) + residual): grad mode on and some operand requires grad."""
+    """Whether autograd records relu?(bn(conv(x)) + residual): grad mode on and some operand requires grad (the
+    running statistics too: there ATen's batch norm raises that it is not differentiable)."""
     if not torch.is_grad_enabled():
         return False
     return (x.requires_grad or conv.weight.requires_grad or (residual is not None and residual.requires_grad)
-            or any(t is not None and t.requires_grad for t in (conv.bias, bn.weight, bn.bias)))
+            or any(t is not None and t.requires_grad
+                   for t in (conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)))
 
 
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)

@@ -572,6 +572,28 @@ def test_forward_mode_ad_gives_torchvisions_tangent(frozen):
     ours.requires_grad_(True)
 
 
+def test_running_statistics_that_require_grad_give_torchvisions_error():
+    """BN buffers passed with requires_grad (functional_call): ATen's batch norm is not differentiable in them;
+    resnet_ext's eval units on a train-mode model with frozen BNs ran and returned an output with no graph."""
+    ours, tv = pair("resnet18")
+    x = x_()
+    for train in (False, True):
+        for xx in (x, x.contiguous(memory_format=torch.channels_last)):
+            errors = []
+            for m in (ours, tv):
+                m.train(train)
+                for bn in m.modules():
+                    if isinstance(bn, nn.BatchNorm2d):
+                        bn.eval()
+                params = {k: v.detach() for k, v in m.named_parameters()}
+                bufs = {k: v.detach().clone().requires_grad_() if v.is_floating_point() else v
+                        for k, v in m.named_buffers()}
+                with pytest.raises(RuntimeError, match="not differentiable with respect to argument") as e:
+                    torch.func.functional_call(m, (params, bufs), (xx,))
+                errors.append(str(e.value))
+            assert errors[0] == errors[1]
+
+
 def test_train_forward_with_an_empty_batch(train_mode):
     ours, tv = pair("resnet18", train=True)
     x = torch.randn(0, 3, 32, 32)
