@@ -7,6 +7,7 @@ runs what it can prove unchanged from torchvision fused and the rest through the
 a model is dropped where resnet_ext sees weights change (`train`, `_apply`, `load_state_dict` here; writes into
 folded tensors on the next frozen forward, engine/frozen.py).
 """
+import functools
 import os
 from collections.abc import Mapping
 from typing import Any, Callable, List, Optional, Type, Union
@@ -274,60 +275,100 @@ def _weights(enum_name: str):
     return Optional[Union[enum, other]] if enum is not None else Optional[other]
 
 
+def _overwrite_named_param(kwargs: dict, name: str, value: Any) -> None:
+    """torchvision's rule for an argument the architecture or its weights fix: set it, or torchvision's
+    ValueError where the caller gave another value."""
+    if name in kwargs and kwargs[name] != value:
+        raise ValueError(f"The parameter '{name}' expected value {value} but got {kwargs[name]} instead.")
+    kwargs[name] = value
+
+
+def _legacy_interface(weights_enum: str):
+    """torchvision's builders' legacy interface (its own `handle_legacy_interface`): `pretrained=True/False` and
+    positional `weights`/`progress`, with its deprecation warnings. resnet_ext's own kinds of `weights` (a state
+    dict, a path object), which that decorator would take for `pretrained=True`, pass by it."""
+    def decorate(builder):
+        if _tv is None:
+            return builder
+        from torchvision.models._utils import handle_legacy_interface
+
+        legacy = handle_legacy_interface(
+            weights=("pretrained", lambda _: getattr(_tv, weights_enum).IMAGENET1K_V1))(builder)
+
+        @functools.wraps(builder)
+        def build(*args: Any, **kwargs: Any) -> ResNet:
+            if isinstance(args[0] if args else kwargs.get("weights"), (Mapping, os.PathLike)):
+                kwargs.update(zip(("weights", "progress"), args))
+                return builder(**kwargs)
+            return legacy(*args, **kwargs)
+        return build
+    return decorate
+
+
 def _resnet(arch: str, block, layers: List[int], weights: Any, progress: bool, **kwargs: Any) -> ResNet:
     weights = resolve_weights(arch, weights)
     meta = getattr(weights, "meta", None)
     if meta and "categories" in meta:
-        kwargs.setdefault("num_classes", len(meta["categories"]))
+        _overwrite_named_param(kwargs, "num_classes", len(meta["categories"]))
     model = ResNet(block, layers, **kwargs)
     if weights is not None:
         model.load_state_dict(load_state(weights, progress))
     return model
 
 
+@_legacy_interface("ResNet18_Weights")
 def resnet18(*, weights: _weights("ResNet18_Weights") = None, progress: bool = True, **kwargs: Any) -> ResNet:
     return _resnet("resnet18", BasicBlock, [2, 2, 2, 2], weights, progress, **kwargs)
 
 
+@_legacy_interface("ResNet34_Weights")
 def resnet34(*, weights: _weights("ResNet34_Weights") = None, progress: bool = True, **kwargs: Any) -> ResNet:
     return _resnet("resnet34", BasicBlock, [3, 4, 6, 3], weights, progress, **kwargs)
 
 
+@_legacy_interface("ResNet50_Weights")
 def resnet50(*, weights: _weights("ResNet50_Weights") = None, progress: bool = True, **kwargs: Any) -> ResNet:
     return _resnet("resnet50", Bottleneck, [3, 4, 6, 3], weights, progress, **kwargs)
 
 
+@_legacy_interface("ResNet101_Weights")
 def resnet101(*, weights: _weights("ResNet101_Weights") = None, progress: bool = True, **kwargs: Any) -> ResNet:
     return _resnet("resnet101", Bottleneck, [3, 4, 23, 3], weights, progress, **kwargs)
 
 
+@_legacy_interface("ResNet152_Weights")
 def resnet152(*, weights: _weights("ResNet152_Weights") = None, progress: bool = True, **kwargs: Any) -> ResNet:
     return _resnet("resnet152", Bottleneck, [3, 8, 36, 3], weights, progress, **kwargs)
 
 
+@_legacy_interface("ResNeXt50_32X4D_Weights")
 def resnext50_32x4d(*, weights: _weights("ResNeXt50_32X4D_Weights") = None, progress: bool = True, **kwargs: Any) -> ResNet:
-    kwargs.setdefault("groups", 32)
-    kwargs.setdefault("width_per_group", 4)
+    _overwrite_named_param(kwargs, "groups", 32)
+    _overwrite_named_param(kwargs, "width_per_group", 4)
     return _resnet("resnext50_32x4d", Bottleneck, [3, 4, 6, 3], weights, progress, **kwargs)
 
 
+@_legacy_interface("ResNeXt101_32X8D_Weights")
 def resnext101_32x8d(*, weights: _weights("ResNeXt101_32X8D_Weights") = None, progress: bool = True, **kwargs: Any) -> ResNet:
-    kwargs.setdefault("groups", 32)
-    kwargs.setdefault("width_per_group", 8)
+    _overwrite_named_param(kwargs, "groups", 32)
+    _overwrite_named_param(kwargs, "width_per_group", 8)
     return _resnet("resnext101_32x8d", Bottleneck, [3, 4, 23, 3], weights, progress, **kwargs)
 
 
+@_legacy_interface("ResNeXt101_64X4D_Weights")
 def resnext101_64x4d(*, weights: _weights("ResNeXt101_64X4D_Weights") = None, progress: bool = True, **kwargs: Any) -> ResNet:
-    kwargs.setdefault("groups", 64)
-    kwargs.setdefault("width_per_group", 4)
+    _overwrite_named_param(kwargs, "groups", 64)
+    _overwrite_named_param(kwargs, "width_per_group", 4)
     return _resnet("resnext101_64x4d", Bottleneck, [3, 4, 23, 3], weights, progress, **kwargs)
 
 
+@_legacy_interface("Wide_ResNet50_2_Weights")
 def wide_resnet50_2(*, weights: _weights("Wide_ResNet50_2_Weights") = None, progress: bool = True, **kwargs: Any) -> ResNet:
-    kwargs.setdefault("width_per_group", 64 * 2)
+    _overwrite_named_param(kwargs, "width_per_group", 64 * 2)
     return _resnet("wide_resnet50_2", Bottleneck, [3, 4, 6, 3], weights, progress, **kwargs)
 
 
+@_legacy_interface("Wide_ResNet101_2_Weights")
 def wide_resnet101_2(*, weights: _weights("Wide_ResNet101_2_Weights") = None, progress: bool = True, **kwargs: Any) -> ResNet:
-    kwargs.setdefault("width_per_group", 64 * 2)
+    _overwrite_named_param(kwargs, "width_per_group", 64 * 2)
     return _resnet("wide_resnet101_2", Bottleneck, [3, 4, 23, 3], weights, progress, **kwargs)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-__all__ = ["WeightsFileNotFound", "resolve_weights", "load_state", "check_state_dict"]
+__all__ = ["WeightsFileNotFound", "UnknownWeights", "resolve_weights", "load_state", "check_state_dict"]
 
 # The suffixes that make a string a path rather than a weights name (names are like IMAGENET1K_V2).
 _PATH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar", ".pkl", ".safetensors")
@@ -31,6 +31,12 @@ _QUALIFIED_NAME = re.compile(r"^(\w+_Weights)\.(\w+)$")  # "ResNet50_Weights.IMA
 class WeightsFileNotFound(FileNotFoundError, ValueError):
     """A weights path that does not exist. Both a FileNotFoundError and (like every bad `weights=` value) a
     ValueError, so `except ValueError` keeps working for callers that caught the old "unknown weights" error."""
+
+
+class UnknownWeights(ValueError, KeyError):
+    """A weights name the architecture does not have: a ValueError (one line listing the known names) and, like
+    torchvision's `Weights.verify` (an enum lookup), a KeyError."""
+    __str__ = ValueError.__str__  # not KeyError's quoted repr
 
 
 def _looks_like_path(s: str) -> bool:
@@ -79,7 +85,7 @@ def resolve_weights(arch: str, weights: Any) -> Any:
         if _looks_like_path(weights):
             raise WeightsFileNotFound(f"{weights}: no such file")
         known = ", ".join([e.name for e in enum] + ["DEFAULT"])  # iterating an Enum skips the DEFAULT alias
-        raise ValueError(f"unknown weights {weights!r} for {arch}; known: {known} (or a checkpoint file path)")
+        raise UnknownWeights(f"unknown weights {weights!r} for {arch}; known: {known} (or a checkpoint file path)")
     raise TypeError(f"weights must be None, a torchvision weights entry or its name, a checkpoint path or a state "
                     f"dict; got {type(weights).__name__}")
 

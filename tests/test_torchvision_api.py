@@ -54,6 +54,46 @@ def test_weights_entry_of_another_architecture_is_refused():
         resnet_ext.resnet18(weights=tv.ResNet50_Weights.IMAGENET1K_V1)
 
 
+def _outcome(build):
+    """(what a builder call gave: its model's shape facts or the exception's type and text, the warnings' texts)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            m = build()
+            got = ("ok", m.groups, m.base_width, tuple(m.fc.weight.shape), sum(p.numel() for p in m.parameters()))
+        except Exception as e:  # noqa: BLE001 (compared with torchvision's)
+            got = (isinstance(e, KeyError), isinstance(e, ValueError),
+                   str(e) if not isinstance(e, KeyError) else None)
+    return got, [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("name,args,kwargs", [
+    ("resnext50_32x4d", (), dict(groups=8)), ("resnext101_64x4d", (), dict(width_per_group=8)),
+    ("wide_resnet50_2", (), dict(width_per_group=64)), ("resnext50_32x4d", (), dict(groups=32)),
+    ("resnet18", (), dict(pretrained=False)), ("resnet18", (None, True), {}), ("resnet18", (False,), {}),
+    ("resnet18", (), dict(weights="FOO")), ("resnet18", (), dict(weights="IMAGENET1K_V1", num_classes=10)),
+    ("resnet50", (), dict(weights=tv.ResNet50_Weights.DEFAULT, num_classes=10))])
+def test_builder_arguments_as_torchvisions(name, args, kwargs):
+    """The builders' argument rules, warnings and errors: an argument the architecture or its weights fix
+    (groups, width_per_group, num_classes) given another value is torchvision's ValueError (it was used, or the
+    download started); `pretrained=` and positional weights/progress are its legacy interface (TypeError before);
+    an unknown weights name is a KeyError too."""
+    ours = _outcome(lambda: getattr(resnet_ext, name)(*args, **kwargs))
+    theirs = _outcome(lambda: getattr(torchvision.models, name)(*args, **kwargs))
+    if theirs[0][0] is True:  # a KeyError: ours says more than the key
+        assert ours[0][0] is True and ours[1] == theirs[1]
+    else:
+        assert ours == theirs
+
+
+def test_state_dict_weights_pass_the_legacy_interface():
+    sd = resnet_ext.resnet18(num_classes=10).state_dict()
+    for model in (resnet_ext.resnet18(sd, num_classes=10), resnet_ext.resnet18(weights=sd, num_classes=10)):
+        assert all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Eager vs FX vs torchvision (torchvision's _check_fx_compatible): the CPU default mode applies BN unfolded, as
 # torchvision computes it, so its fp32 answer is torchvision's bits where the convolutions are the same primitive
