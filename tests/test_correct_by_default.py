@@ -678,6 +678,31 @@ def test_default_mode_runs_every_conv_unfolded():
             assert ("unfolded_nchw" in counts) == (not x.is_contiguous())
 
 
+@pytest.mark.parametrize("bad", ["nan_weight", "inf_weight", "negative_variance"])
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_a_frozen_model_with_a_non_finite_fold_gives_torchvisions_nan(bad, dtype):
+    """A NaN weight (a diverged run) gave finite logits in the frozen mode: oneDNN's fused ReLU and resnet_ext's
+    own ops turn NaN into 0. Such folds are refused: the forward runs unfolded, NaN where torchvision's is."""
+    if dtype is not None and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("no native bf16")
+    ours, tv = pair()
+    with torch.no_grad():
+        for m in (ours, tv):
+            if bad == "negative_variance":
+                m.layer2[0].bn1.running_var[3] = -1.0
+            else:
+                m.layer3[1].conv2.weight[2, 1, 1, 1] = float("nan" if bad == "nan_weight" else "inf")
+    resnet_ext.freeze(ours, dtype=dtype)
+    for x in (x_(), x_().contiguous(memory_format=torch.channels_last)):
+        for hooked in (False, True):
+            handle = ours.layer4.register_forward_hook(lambda *a: None) if hooked else None
+            with torch.no_grad():
+                y, ref = ours(x), tv(x)
+            if handle is not None:
+                handle.remove()
+            assert torch.equal(y.isnan(), ref.isnan()) and ref.isnan().any(), (bad, hooked)
+
+
 def test_frozen_mode_contract():
     ours, tv = pair()
     x = x_()

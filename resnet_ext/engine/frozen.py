@@ -174,7 +174,8 @@ def invalidate(model: nn.Module) -> None:
 def folds_of(model: nn.Module) -> Optional[Dict[nn.Module, FrozenUnit]]:
     """The frozen folds of `model`, or None if it is not frozen. Folded again now where they were dropped or a
     tensor they were made from was written since (`_C.FoldSources`); None where a unit's tensors do not fit each
-    other (`_consistent`: the forward then runs unfolded, meeting torchvision's answer or error)."""
+    other (`_consistent`) or a fold is not finite (`_fold`): the forward then runs unfolded, meeting torchvision's
+    answer or error."""
     st = _state.peek(model)
     if st is None or not st.frozen:
         return None
@@ -260,7 +261,9 @@ def _vector(t, n: int, dtypes, device) -> bool:
 
 
 def _fold(model: nn.Module) -> Optional[Dict[nn.Module, FrozenUnit]]:
-    """The folds, or None where a unit's tensors do not fit each other (`_consistent`)."""
+    """The folds, or None where a unit's tensors do not fit each other (`_consistent`) or a fold is not finite (a
+    NaN weight of a diverged run, a negative variance): oneDNN's fused ReLU, and the frozen plan's own ops, turn
+    NaN into 0, so the folds gave finite logits where torchvision's are NaN; unfolded, the forward propagates it."""
     pairs = units.model_pairs(model)
     if not _consistent(pairs):
         return None
@@ -270,4 +273,6 @@ def _fold(model: nn.Module) -> Optional[Dict[nn.Module, FrozenUnit]]:
         folded = ops.fold_pairs(pairs, channels_last=True)
         if dtype is not None:
             folded = [(w.to(dtype), b.to(dtype)) for w, b in folded]
+    if not all(cpu.all_finite(w) and cpu.all_finite(b) for w, b in folded):
+        return None
     return {conv: FrozenUnit(conv, bn, w, b) for (conv, bn), (w, b) in zip(pairs, folded)}
