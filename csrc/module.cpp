@@ -221,8 +221,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("empty_cpu_cache", &resnet_ext::cpu_memory::empty_cache);
   m.def("same_bytes", &resnet_ext::same_bytes, "Whether CPU tensors are byte for byte what the snapshot recorded");
   m.def("allocated", &resnet_ext::allocated, "Whether every strided tensor's storage still holds its elements");
-  m.def("all_finite", &resnet_ext::all_finite, "Whether every element of a floating-point tensor is finite");
-  m.def("finite_bfloat16", &resnet_ext::finite_bfloat16, "x.to(torch.bfloat16), or None where x is not all finite");
+  m.def("all_bounded", &resnet_ext::all_bounded, py::arg("x"), py::arg("log2_bound") = 1 << 16,
+        "Whether every element of a floating-point tensor is finite and below 2**log2_bound in magnitude");
+  m.def("bounded_bfloat16", &resnet_ext::bounded_bfloat16, py::arg("x"), py::arg("log2_bound") = 1 << 16,
+        "x.to(torch.bfloat16), or None where not all_bounded(x, log2_bound)");
   m.def("structure_state", &resnet_ext::structure_state,
         "Whether a model is still what its Structure recorded: 0 changed, 1 as recorded, 2 hooks added only");
   py::class_<resnet_ext::FoldSources>(m, "FoldSources", "The tensors a frozen model's folds were made from")

@@ -703,6 +703,20 @@ def test_a_frozen_model_with_a_non_finite_fold_gives_torchvisions_nan(bad, dtype
             assert torch.equal(y.isnan(), ref.isnan()) and ref.isnan().any(), (bad, hooked)
 
 
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_a_frozen_model_on_an_input_near_the_float_range_gives_torchvisions_answer(dtype):
+    """A finite input of 1e37 (torchvision's logits 8e36, finite): the folds' Winograd overflowed, the fused ReLUs
+    turned the NaN into 0, and the frozen logits came out near 0. Inputs from 2^64 on run unfolded."""
+    if dtype is not None and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("no native bf16")
+    ours, tv = pair("resnet18")
+    resnet_ext.freeze(ours, dtype=dtype)
+    x = x_(size=64) * 1e37
+    with torch.no_grad():
+        y, ref = ours(x), tv(x)
+    assert ref.isfinite().all() and rel_err(y, ref) < 1e-5
+
+
 def test_frozen_mode_contract():
     ours, tv = pair()
     x = x_()

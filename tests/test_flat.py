@@ -262,18 +262,21 @@ def test_deleted_bias_raises_like_torchvision():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
-def testall_finite(dtype):
-    """The input check before oneDNN's fused ReLUs (which turn NaN into 0): one NaN or inf makes it false; the
-    largest finite values (whose sum would overflow) keep it true."""
-    from resnet_ext.engine import all_finite
+def test_frozen_input_ok(dtype):
+    """The input check before oneDNN's fused ReLUs (which turn NaN into 0) and Winograd (which overflows before a
+    direct convolution): one NaN, inf or value of 2^64 or more makes it false; the largest value below that (whose
+    sum would overflow) keeps it true."""
+    from resnet_ext.engine import frozen_input_ok
     x = torch.randn(2, 3, 17, 19).to(dtype)
-    assert all_finite(x)
-    for bad in (float("nan"), float("inf"), -float("inf")):
+    assert frozen_input_ok(x)
+    bound = 2.0 ** cpu.FROZEN_INPUT_LOG2
+    for bad in (float("nan"), float("inf"), -float("inf"), bound, -bound * 3):
         y = x.clone()
         y[1, 2, 16, 0] = bad
-        assert not all_finite(y)
-    big = torch.full((64,), torch.finfo(dtype).max, dtype=dtype)  # its sum overflows even in the wider dtype
-    assert all_finite(big) and not all_finite(torch.cat([big, torch.tensor([float("nan")], dtype=dtype)]))
+        assert not frozen_input_ok(y), bad  # (in float16 the bound is inf)
+    below = bound * (1 - torch.finfo(dtype).eps) if dtype != torch.float16 else torch.finfo(dtype).max
+    big = torch.full((64,), below, dtype=dtype)  # its sum overflows even in the wider dtype
+    assert frozen_input_ok(big) and not frozen_input_ok(torch.cat([big, torch.tensor([float("nan")], dtype=dtype)]))
 
 
 def test_frozen_programs_follow_load_state_dict_and_dtype():
@@ -681,8 +684,8 @@ def test_non_finite_input_gives_torchvisions_non_finite_output(frozen, bad, grad
 
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["frozen", "frozen_bf16"])
 def test_frozen_plan_refuses_a_non_finite_input_before_it_runs(dtype):
-    """forward_frozen checks its input itself (all_finite; for bf16 the check in the cast, _C.finite_bfloat16) and
-    answers NOT_FINITE before any unit runs; a finite input runs the plan."""
+    """forward_frozen checks its input itself (frozen_input_ok; for bf16 the check in the cast,
+    _C.bounded_bfloat16) and answers NOT_FINITE before any unit runs; a finite input runs the plan."""
     if dtype is torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         pytest.skip("this CPU has no native bf16")
     ours, _ = pair("resnet18")
@@ -691,7 +694,7 @@ def test_frozen_plan_refuses_a_non_finite_input_before_it_runs(dtype):
     with torch.no_grad():
         folds = engine.frozen_folds(ours)
         assert isinstance(cpu.forward_frozen(ours, x, folds), torch.Tensor)
-        for bad in (float("nan"), float("inf"), -float("inf")):
+        for bad in (float("nan"), float("inf"), -float("inf"), -(2.0 ** cpu.FROZEN_INPUT_LOG2)):
             y = x.clone()
             y[0, 2, 31, 31] = bad
             units.reset_path_counts()

@@ -2,7 +2,7 @@
 float64 reference for every batch-row count of its GEMV blocks, both layouts, odd channel and class counts, NaN and
 inf propagated, clear errors naming the argument; the plan's rule (`engine.cpu.head_fits`): where it runs, that it
 answers as the modules' path does, and that anything it does not take (a swapped fc weight, another pool size,
-batches above HEAD_MAX_BATCH) keeps the modules' answer or error. Also `engine.all_finite`, the input check it sits
+batches above HEAD_MAX_BATCH) keeps the modules' answer or error. Also `_C.all_bounded`, the input check it sits
 beside, on the inputs its own pass takes and the ones it hands to ATen."""
 import copy
 import os
@@ -14,7 +14,8 @@ from torch import nn
 
 import resnet_ext
 from resnet_ext import ops
-from resnet_ext.engine import all_finite, cpu, units
+from resnet_ext._C_loader import _C
+from resnet_ext.engine import cpu, units
 from conftest import change_fc, frozen_pair, randomize_bn, rel_err, run_poisoned
 
 f32_only = pytest.mark.skipif(not ops.conv1x1_supported(torch.float32), reason="this CPU has no AVX-512")
@@ -275,15 +276,16 @@ def test_pool_linear_supported_agrees_with_the_cpu_flags():
     assert ops.pool_linear_supported() == want
 
 
-# ---- all_finite --------------------------------------------------------------------------------------------------
+# ---- all_bounded --------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
-def test_all_finite_on_every_path(dtype):
+def test_all_bounded_on_every_path(dtype):
     """Its own pass on dense tensors in any layout (one chunk, and chunks across threads; a view at an offset into
     its storage), ATen's for the rest (a strided view); each finds a NaN, inf or -inf at its first or last element
     (for the offset view, the storage's first element is outside it: only the last counts), and the largest finite
-    value is finite (no sum to overflow)."""
+    value is finite (no sum to overflow); with a bound, the values from 2^bound on count as out of bounds."""
+    all_finite = _C.all_bounded  # the default bound lies past every dtype's range
     views = {"dense": ((2, 3, 17, 19), lambda t: t), "large": (((1 << 19) + 5,), lambda t: t),
              "channels_last": ((2, 5, 4, 3), lambda t: t.permute(0, 3, 1, 2)),
              "transposed": ((7, 5), lambda t: t.t()), "strided": ((8, 9), lambda t: t[:, ::2]),
@@ -298,9 +300,20 @@ def test_all_finite_on_every_path(dtype):
     fi = torch.finfo(dtype)  # the extremes of the exponent field short of all ones: finite
     for v in (fi.max, -fi.max, fi.tiny, fi.tiny * fi.eps, -0.0):
         assert all_finite(torch.full((70000,), v, dtype=dtype)), v
+    for log2 in (-3, 0, 5, 64):
+        edge = 2.0 ** log2
+        if edge >= fi.max:
+            continue
+        for name, (shape, view) in views.items():
+            base = torch.rand(shape).to(dtype) * edge * 0.5
+            assert _C.all_bounded(view(base), log2), (name, log2)
+            base.view(-1)[-1] = -edge
+            assert not _C.all_bounded(view(base), log2), (name, log2)
+            base.view(-1)[-1] = edge * (1 - fi.eps)
+            assert _C.all_bounded(view(base), log2), (name, log2)
 
 
-def test_finite_bfloat16_is_the_cast_or_none():
+def test_bounded_bfloat16_is_the_cast_or_none():
     """freeze(dtype=torch.bfloat16)'s input check and cast in one pass: bitwise x.to(torch.bfloat16) (ties to even,
     the largest fp32 values rounding to inf, subnormals, -0) with x's strides, or None for a NaN, inf or -inf at the
     first, a middle or the last element; dense tensors in either layout, across threads' chunks, an offset view, and
@@ -317,7 +330,7 @@ def test_finite_bfloat16_is_the_cast_or_none():
              "empty": (lambda: torch.randn(0, 3), lambda t: t)}
     for name, (make, view) in views.items():
         x = view(make())
-        y = _C.finite_bfloat16(x)
+        y = _C.bounded_bfloat16(x)
         assert y is not None and y.dtype == torch.bfloat16 and y.shape == x.shape, name
         assert torch.equal(y.view(torch.int16), x.to(torch.bfloat16).view(torch.int16)), name
         if name != "strided":
@@ -332,9 +345,9 @@ def test_finite_bfloat16_is_the_cast_or_none():
                     flat = x.contiguous().reshape(-1).clone()
                     flat[at] = bad
                     z = view_like(flat.reshape(x.shape), x)
-                assert _C.finite_bfloat16(z) is None, (name, bad, at)
+                assert _C.bounded_bfloat16(z) is None, (name, bad, at)
     neg = torch._neg_view(torch.randn(5, 7))  # a lazy negation: the cast applies it
-    assert neg.is_neg() and torch.equal(_C.finite_bfloat16(neg), neg.to(torch.bfloat16))
+    assert neg.is_neg() and torch.equal(_C.bounded_bfloat16(neg), neg.to(torch.bfloat16))
 
 
 def view_like(values, like):

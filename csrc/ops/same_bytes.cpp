@@ -8,6 +8,8 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <atomic>
@@ -103,20 +105,24 @@ bool allocated(const std::vector<std::optional<at::Tensor>>& tensors) {
 
 namespace {
 
+// The amount that, added to a value's masked exponent field (`exponent`, its lowest bit at `shift`, the sign bit
+// right above it), carries into the sign bit exactly when the value is at least 2^log2_bound in magnitude, inf or
+// NaN (the bound capped at the all-ones field, which is inf and NaN alone).
 template <class U>
-constexpr U lowest_bit(U field) {
-  return U(field & U(~field + 1));
+U carry_from(U exponent, int shift, int bias, int64_t log2_bound) {
+  const int64_t full = int64_t(exponent >> shift);
+  const int64_t first = std::min<int64_t>(full, bias + std::clamp<int64_t>(log2_bound, 1 - bias, full));
+  return U(U(full + 1 - first) << shift);
 }
 
-// Whether any of n values has all exponent bits set (inf or NaN). Adding the exponent field's lowest bit to the
-// masked exponent carries into the sign bit exactly when every exponent bit is set, so one AND, ADD and OR per value
-// (no compare or branch: the compiler vectorizes it with the baseline ISA) and a test of the accumulated top bit at
-// the end. `bad |= (v & e) == e` stayed scalar: 84 us for a 1x3x224x224 fp32 input in cache, this 6-11 us
-// (benchmarks/results/2026-12-06-cpu-entry/alone_42da709_vs_now.txt). Chunks of 2^16 values across the threads: the
-// input usually comes cold from memory, where two cores read it faster.
+// Whether any of n values is out of bounds (above). Adding `low` to the masked exponent carries into the sign bit
+// exactly then, so one AND, ADD and OR per value (no compare or branch: the compiler vectorizes it with the baseline
+// ISA) and a test of the accumulated top bit at the end. `bad |= (v & e) == e` stayed scalar: 84 us for a
+// 1x3x224x224 fp32 input in cache, this 6-11 us (benchmarks/results/2026-12-06-cpu-entry/alone_42da709_vs_now.txt).
+// Chunks of 2^16 values across the threads: the input usually comes cold from memory, where two cores read it
+// faster.
 template <class U>
-bool any_exponent_full(const U* v, int64_t n, U exponent) {
-  const U low = lowest_bit(exponent);
+bool any_out_of_bounds(const U* v, int64_t n, U exponent, U low) {
   const U top = U(U(1) << (sizeof(U) * 8 - 1));
   std::atomic<bool> found{false};
   at::parallel_for(0, n, int64_t(1) << 16, [&](int64_t begin, int64_t end) {
@@ -139,9 +145,9 @@ constexpr uint32_t kF32Exponent = 0x7f800000;
 
 #ifdef RESNET_EXT_AVX512_LANES
 // y[i] = x[i] rounded to bf16 as c10::BFloat16 rounds a finite float (to nearest, ties to even: add 0x7fff plus the
-// kept part's lowest bit, keep the top half); returns whether any x[i] was inf or NaN (the carry test above).
-RESNET_EXT_LANES_TARGET bool to_bf16_finite(const uint32_t* x, uint16_t* y, int64_t n) {
-  const __m512i exponent = _mm512_set1_epi32(kF32Exponent), low = _mm512_set1_epi32(lowest_bit(kF32Exponent));
+// kept part's lowest bit, keep the top half); returns whether any x[i] was out of bounds (the carry test above).
+RESNET_EXT_LANES_TARGET bool to_bf16_bounded(const uint32_t* x, uint16_t* y, int64_t n, uint32_t carry) {
+  const __m512i exponent = _mm512_set1_epi32(kF32Exponent), low = _mm512_set1_epi32(int32_t(carry));
   const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7fff);
   __m512i acc = _mm512_setzero_si512();
   for (int64_t i = 0; i < n; i += 16) {
@@ -157,40 +163,46 @@ RESNET_EXT_LANES_TARGET bool to_bf16_finite(const uint32_t* x, uint16_t* y, int6
 
 }  // namespace
 
-at::Tensor finite_bfloat16(const at::Tensor& x) {
+at::Tensor bounded_bfloat16(const at::Tensor& x, int64_t log2_bound) {
 #ifdef RESNET_EXT_AVX512_LANES
   if (lanes::supported() && x.scalar_type() == at::kFloat && dense_in_memory(x)) {
     // Same strides: the elements lie in the same order in both, numel values from each data pointer on.
     at::Tensor y = at::empty_strided(x.sizes(), x.strides(), x.options().dtype(at::kBFloat16));
     const uint32_t* xp = static_cast<const uint32_t*>(x.const_data_ptr());
     uint16_t* yp = static_cast<uint16_t*>(y.mutable_data_ptr());
+    const uint32_t carry = carry_from<uint32_t>(kF32Exponent, 23, 127, log2_bound);
     std::atomic<bool> found{false};
     at::parallel_for(0, x.numel(), int64_t(1) << 16, [&](int64_t begin, int64_t end) {
-      if (to_bf16_finite(xp + begin, yp + begin, end - begin)) found = true;
+      if (to_bf16_bounded(xp + begin, yp + begin, end - begin, carry)) found = true;
     });
     return found ? at::Tensor() : y;
   }
 #endif
-  return all_finite(x) ? x.to(at::kBFloat16) : at::Tensor();
+  return all_bounded(x, log2_bound) ? x.to(at::kBFloat16) : at::Tensor();
 }
 
-bool all_finite(const at::Tensor& x) {
+bool all_bounded(const at::Tensor& x, int64_t log2_bound) {
   if (dense_in_memory(x)) {
     const void* p = x.const_data_ptr();
     switch (x.scalar_type()) {
       case at::kFloat:
-        return !any_exponent_full(static_cast<const uint32_t*>(p), x.numel(), kF32Exponent);
+        return !any_out_of_bounds(static_cast<const uint32_t*>(p), x.numel(), kF32Exponent,
+                                  carry_from<uint32_t>(kF32Exponent, 23, 127, log2_bound));
       case at::kBFloat16:
-        return !any_exponent_full(static_cast<const uint16_t*>(p), x.numel(), uint16_t(0x7f80));
+        return !any_out_of_bounds(static_cast<const uint16_t*>(p), x.numel(), uint16_t(0x7f80),
+                                  carry_from<uint16_t>(0x7f80, 7, 127, log2_bound));
       case at::kHalf:
-        return !any_exponent_full(static_cast<const uint16_t*>(p), x.numel(), uint16_t(0x7c00));
+        return !any_out_of_bounds(static_cast<const uint16_t*>(p), x.numel(), uint16_t(0x7c00),
+                                  carry_from<uint16_t>(0x7c00, 10, 15, log2_bound));
       case at::kDouble:
-        return !any_exponent_full(static_cast<const uint64_t*>(p), x.numel(), uint64_t(0x7ff0000000000000ull));
+        return !any_out_of_bounds(static_cast<const uint64_t*>(p), x.numel(), uint64_t(0x7ff0000000000000ull),
+                                  carry_from<uint64_t>(0x7ff0000000000000ull, 52, 1023, log2_bound));
       default:
         break;
     }
   }
-  return at::isfinite(x).all().item<bool>();
+  // NaN compares false; a bound past the dtype's range leaves isfinite's answer.
+  return (at::isfinite(x) & (x.abs() < std::ldexp(1.0, int(std::min<int64_t>(log2_bound, 1024))))).all().item<bool>();
 }
 
 }  // namespace resnet_ext

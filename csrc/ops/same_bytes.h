@@ -1,6 +1,6 @@
 // resnet_ext._C.same_bytes (same_bytes.cpp): whether CPU tensors are, byte for byte, what a snapshot recorded;
-// resnet_ext._C.allocated: whether tensors' storages still hold their elements; resnet_ext._C.all_finite and
-// finite_bfloat16.
+// resnet_ext._C.allocated: whether tensors' storages still hold their elements; resnet_ext._C.all_bounded and
+// bounded_bfloat16.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -19,12 +19,13 @@ bool same_bytes(const std::vector<std::optional<at::Tensor>>& tensors, at::Tenso
 // code does): ATen's own kernels read such a tensor out of bounds; its modules raise a clean error.
 bool allocated(const std::vector<std::optional<at::Tensor>>& tensors);
 
-// Whether every element of a floating-point CPU tensor is finite: for a dense float32, bfloat16, float16 or
-// float64 one pass over the exponent bits (no sum, so no overflow), else ATen's isfinite().all().
-bool all_finite(const at::Tensor& x);
+// Whether every element of a floating-point CPU tensor is finite and below 2^log2_bound in magnitude (a bound past
+// the dtype's range: finite): for a dense float32, bfloat16, float16 or float64 one pass over the exponent bits
+// (no sum, so no overflow), else ATen's isfinite and abs.
+bool all_bounded(const at::Tensor& x, int64_t log2_bound);
 
-// x.to(torch.bfloat16) where every element of x is finite, else an undefined tensor (None): one pass that checks
-// and rounds a dense float32 CPU x (the frozen bf16 mode's input), `all_finite` and ATen's cast for anything else.
-at::Tensor finite_bfloat16(const at::Tensor& x);
+// x.to(torch.bfloat16) where `all_bounded(x, log2_bound)`, else an undefined tensor (None): one pass that checks and
+// rounds a dense float32 CPU x (the frozen bf16 mode's input), `all_bounded` and ATen's cast for anything else.
+at::Tensor bounded_bfloat16(const at::Tensor& x, int64_t log2_bound);
 
 }  // namespace resnet_ext

@@ -29,7 +29,7 @@ from .. import ops
 from .. import switches
 from ..switches import on_cuda
 from . import cpu, cuda, frozen, fused_train, structure, units
-from .cpu import all_finite  # noqa: F401  (the input check, also for the tests)
+from .cpu import frozen_input_ok
 from . import state as _state
 from .state import serves  # noqa: F401  (the models' ResNet registers itself)
 
@@ -168,9 +168,10 @@ def _forward(model: nn.Module, x: Tensor) -> Tensor:
         if folds is not None:
             out = cpu.forward_frozen(model, x, folds)  # checks its input itself (NOT_FINITE), before anything runs
             if out is cpu.NOT_FINITE or (out is None and not torch.jit.is_tracing() and x.is_floating_point()
-                                         and not all_finite(x)):
-                # oneDNN's fused ReLU turns NaN into 0 (as compile+freezing does); torchvision propagates it, and
-                # so does the default mode (BN unfolded after the stock conv): this input runs that, not the folds.
+                                         and not frozen_input_ok(x)):
+                # oneDNN's fused ReLU turns NaN into 0 (as compile+freezing does) and Winograd overflows earlier
+                # (`cpu.FROZEN_INPUT_LOG2`); the default mode (BN unfolded after the stock conv) computes as
+                # torchvision does: this input runs that, not the folds.
                 out = cpu.forward_default(model, x)
                 if out is not None:
                     return out

@@ -763,18 +763,25 @@ def fc_prefetch(fc: nn.Module) -> Optional[tuple]:
     return ops.prefetch_range(w)
 
 
-def all_finite(x: Tensor) -> bool:
-    """Whether every element of a floating-point CPU `x` is finite: one pass over the exponent bits in resnet_ext's
-    own code (`_C.all_finite`; ATen's isfinite().all() for what it does not take). It runs before every frozen CPU
-    forward, where ATen's sum, the check before, ran on cold code (the forward's weights stream through the L3): the
-    frozen resnet50's entry at 1x3x224x224 took 0.04-0.07 ms less in bf16 and 0.10-0.13 ms less in fp32 with this
-    pass (benchmarks/cpu_forward_segments.py, benchmarks/results/2026-12-05-cpu-head/); since 2026-12-06 the pass
-    vectorizes (84 -> 6-11 us alone on that input in cache, benchmarks/cpu_entry_alone.py; 88-100 -> 24-29 us inside
-    the forward, benchmarks/cpu_entry_split.py; benchmarks/results/2026-12-06-cpu-entry/)."""
-    return _C.all_finite(x)
+# The frozen forward's inputs: finite and below 2^64 in magnitude, else it runs unfolded (torchvision's answer).
+# oneDNN's fused ReLU and the plan's own ops turn NaN into 0, and Winograd's transforms overflow before a direct
+# convolution does: a finite input near the float range gave finite logits far from torchvision's (2x3x64x64 at
+# 1e37: -0.02 where torchvision's were 8e36). 2^64 leaves ~1e19 for the network's gain on the way to overflow.
+FROZEN_INPUT_LOG2 = 64
 
 
-NOT_FINITE = object()  # forward_frozen: the input holds inf or NaN (which the folds' fused ReLUs would not keep)
+def frozen_input_ok(x: Tensor) -> bool:
+    """Whether a floating-point CPU `x` may run the frozen folds (above): one pass over the exponent bits in
+    resnet_ext's own code (`_C.all_bounded`; ATen's isfinite and abs for what it does not take). It runs before
+    every frozen CPU forward, where ATen's sum, the check before, ran on cold code (the forward's weights stream
+    through the L3): the frozen resnet50's entry at 1x3x224x224 took 0.04-0.07 ms less in bf16 and 0.10-0.13 ms less
+    in fp32 with this pass (benchmarks/cpu_forward_segments.py, benchmarks/results/2026-12-05-cpu-head/); since
+    2026-12-06 the pass vectorizes (84 -> 6-11 us alone on that input in cache, benchmarks/cpu_entry_alone.py;
+    88-100 -> 24-29 us inside the forward, benchmarks/cpu_entry_split.py; benchmarks/results/2026-12-06-cpu-entry/)."""
+    return _C.all_bounded(x, FROZEN_INPUT_LOG2)
+
+
+NOT_FINITE = object()  # forward_frozen: not frozen_input_ok(x), before anything ran
 
 
 def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) -> Optional[Tensor]:
@@ -797,12 +804,12 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
         if dtype != torch.bfloat16 or x.dtype != torch.float32:
             return None
         # freeze(dtype=torch.bfloat16): convolutions in bf16, pool and fc in fp32. The cast checks the input as it
-        # reads it (one pass over the cold input, not all_finite's and then ATen's cast): resnet50's frozen bf16
+        # reads it (one pass over the cold input, not a check's and then ATen's cast): resnet50's frozen bf16
         # entry at batch 1, channels_last, 0.423-0.487 -> 0.368-0.393 ms (benchmarks/cpu_forward_segments.py).
-        fc_dtype, x = x.dtype, _C.finite_bfloat16(x)
+        fc_dtype, x = x.dtype, _C.bounded_bfloat16(x, FROZEN_INPUT_LOG2)
         if x is None:
             return NOT_FINITE
-    elif not all_finite(x):
+    elif not frozen_input_ok(x):
         return NOT_FINITE
     programs = cached[2]
     planned = False

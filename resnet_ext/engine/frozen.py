@@ -273,6 +273,6 @@ def _fold(model: nn.Module) -> Optional[Dict[nn.Module, FrozenUnit]]:
         folded = ops.fold_pairs(pairs, channels_last=True)
         if dtype is not None:
             folded = [(w.to(dtype), b.to(dtype)) for w, b in folded]
-    if not all(cpu.all_finite(w) and cpu.all_finite(b) for w, b in folded):
+    if not all(_C.all_bounded(w) and _C.all_bounded(b) for w, b in folded):
         return None
     return {conv: FrozenUnit(conv, bn, w, b) for (conv, bn), (w, b) in zip(pairs, folded)}
