@@ -1,6 +1,6 @@
 """The frozen CPU forward's fixed-cost pieces alone, for comparing code versions (run this file against each
-version's build): `_C.all_finite` on a 1x3x224x224 and an 8x3x224x224 fp32 input in cache; the max pool
-(`ops.max_pool`) on the resnet50 stem's 1x64x112x112 channels_last map against ATen's max_pool2d in the same process
+version's build): `_C.all_bounded` (`_C.all_finite` before 2026-12-07) on a 1x3x224x224 and an 8x3x224x224 fp32
+input in cache; the max pool (`ops.max_pool`) on the resnet50 stem's 1x64x112x112 channels_last map against ATen's max_pool2d in the same process
 (5 rounds of 50 calls, each contender's median per round); the frozen resnet50's per-forward structure check
 (`Structure.matches`) in a loop (warm) and right after a 200 MB write (cold). Medians in us.
 Usage: python benchmarks/cpu_entry_alone.py   (2 threads; idle machine)."""
@@ -30,7 +30,7 @@ def main() -> None:
     print(f"torch {torch.__version__}")
     for n in (1, 8):
         x = torch.randn(n, 3, 224, 224)
-        print(f"all_finite {n}x3x224x224 fp32: {median_us(lambda: _C.all_finite(x)):.1f} us")
+        print(f"all_bounded {n}x3x224x224 fp32: {median_us(lambda: _C.all_bounded(x, 64)):.1f} us")
     pool = torch.nn.MaxPool2d(3, 2, 1)
     for dt in (torch.bfloat16, torch.float32):
         m = torch.randn(1, 64, 112, 112).to(dt).contiguous(memory_format=torch.channels_last).relu()

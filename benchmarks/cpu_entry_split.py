@@ -1,7 +1,7 @@
 """The frozen CPU forward's entry (the call until the stem's unit starts) split by timestamps around the calls it
 makes: engine.enabled, engine.forward, cpu.reused_memory, engine.frozen_folds, cpu.forward_frozen, structure.of, the
-input check (cpu.all_finite; for a bf16 model _C.finite_bfloat16, the check and cast), cpu.internal_layout, cpu.run
-and the first unit (cpu._conv). Each line: the median time since the previous mark over 25 forwards after 5 (a
+input check (cpu.frozen_input_ok; for a bf16 model _C.bounded_bfloat16, the check and cast), cpu.internal_layout,
+cpu.run and the first unit (cpu._conv). Each line: the median time since the previous mark over 25 forwards after 5 (a
 mark's own cost, ~1-3 us, included). At batch 1 the forward streams more weight than the L3 holds, so what the
 entry reads comes from memory on every forward: these are the cold costs.
 Usage: python benchmarks/cpu_entry_split.py ARCH BATCH cl|nchw fp32|bf16   (2 threads; idle machine)."""
@@ -47,8 +47,8 @@ def main() -> None:
     mark("frozen_folds", engine, "frozen_folds", True)
     mark("forward_frozen", cpu, "forward_frozen")
     mark("structure", structure, "of", True)
-    mark("finite", cpu, "all_finite", True)
-    mark("finite", _C, "finite_bfloat16", True)
+    mark("finite", cpu, "frozen_input_ok", True)
+    mark("finite", _C, "bounded_bfloat16", True)
     mark("layout", cpu, "internal_layout", True)
     mark("run", cpu, "run")
     mark("unit", cpu, "_conv")

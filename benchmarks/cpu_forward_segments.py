@@ -7,7 +7,7 @@ each segment here is that cold cost.
 Usage: python benchmarks/cpu_forward_segments.py ARCH BATCH cl|nchw fp32|bf16 [modules] [aten_finite] [no_fc_prefetch]
 [default]   (2 threads, idle machine; `default`: the default mode, not frozen, whose head is always the modules';
 `modules`: the head as the modules' path, HEAD_MAX_BATCH -1; `aten_finite`: the input check as ATen's
-sum, the check before 2026-12-05's own pass (fp32 models: a bf16 model's check is `_C.finite_bfloat16`'s); `no_fc_prefetch`: the last unit fetches nothing, PREFETCH_FC False)."""
+sum, the check before 2026-12-05's own pass (fp32 models: a bf16 model's check is `_C.bounded_bfloat16`'s); `no_fc_prefetch`: the last unit fetches nothing, PREFETCH_FC False)."""
 import statistics
 import sys
 import time
@@ -28,7 +28,7 @@ def main() -> None:
     if "no_fc_prefetch" in sys.argv[5:]:
         cpu.PREFETCH_FC = False
     if "aten_finite" in sys.argv[5:]:
-        cpu.all_finite = lambda x: (bool(torch.isfinite(x.sum(dtype=torch.float32)))
+        cpu.frozen_input_ok = lambda x: (bool(torch.isfinite(x.sum(dtype=torch.float32)))
                                        or bool(torch.isfinite(x).all()))
     model = getattr(resnet_ext, arch)().eval()
     if "default" in sys.argv[5:]:
