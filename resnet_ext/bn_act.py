@@ -188,15 +188,20 @@ class _BnActTrain(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------------------------
 
 def group_of(bn: nn.Module):
-    """The process group whose statistics a train-mode `bn` computes (converted by `convert_sync_batchnorm` or an
+    """The process group whose statistics a train-mode `bn` computes (converted by `convert_sync_batchnorm`, or an
     nn.SyncBatchNorm, with torch.distributed initialised and more than one process), else None."""
-    group = getattr(bn, "process_group", None)
-    if not (dist.is_available() and dist.is_initialized()):
+    if not (isinstance(bn, (_Synced, nn.SyncBatchNorm)) and dist.is_available() and dist.is_initialized()):
         return None
-    if not sync_marked(bn) and not isinstance(bn, nn.SyncBatchNorm):
-        return None
-    group = group or dist.group.WORLD
+    group = bn.process_group or dist.group.WORLD
     return group if dist.get_world_size(group) > 1 else None
+
+
+def syncs_in_op(bn: nn.Module, x: Tensor) -> bool:
+    """Whether a train-mode `bn`'s cross-process statistics for `x` come from `bn_act`'s op: one converted by
+    `convert_sync_batchnorm` (its own forward calls it too), or an nn.SyncBatchNorm on CPU tensors (its forward
+    takes GPU tensors only; on CUDA it is the stock path)."""
+    return (bn.training and (isinstance(bn, _Synced) or x.device.type == "cpu")
+            and group_of(bn) is not None)
 
 
 def count_batch(bn: nn.modules.batchnorm._BatchNorm) -> float:
@@ -230,7 +235,7 @@ def bn_act(x: Tensor, bn: nn.modules.batchnorm._BatchNorm, residual: Optional[Te
         # Eval semantics, the empty batch as BatchNorm handles it, and BN tensors whose dtypes ATen's batch norm
         # refuses for x (its "mixed dtype" error) all as bn(x). An empty rank of a cross-process BN takes the
         # fused op: it joins the all-reduces with a count of zero, as nn.SyncBatchNorm's empty ranks do.
-        out = bn(x)
+        out = super(_Synced, bn).forward(x) if isinstance(bn, _Synced) else bn(x)  # (no recursion, hooks once)
         if residual is not None:
             out = out + residual
         return torch.relu(out) if relu else out
@@ -248,19 +253,62 @@ def bn_act(x: Tensor, bn: nn.modules.batchnorm._BatchNorm, residual: Optional[Te
     return _BnActTrain.apply(x, residual, weight, bias, *running, factor, bn.eps, relu, group).reshape(shape)
 
 
-def sync_marked(bn: nn.Module) -> bool:
-    """Whether `convert_sync_batchnorm` marked `bn` (its training statistics are cross-process, in the fused op).
-    Read from the instance's dict, where the mark is set: a missing attribute through nn.Module's `__getattr__`
-    costs about 1 us, and every train-mode block asks this of each of its BNs on every forward."""
-    return bn.__dict__.get("_resnet_ext_sync", False)
+class _Synced:
+    """A BatchNorm converted by `convert_sync_batchnorm`: the same module object, its class swapped for this
+    subclass of its own, whose training statistics are cross-process wherever its forward runs (hooks of its own,
+    a model resnet_ext does not run, an FX graph), on CUDA and CPU tensors, through `bn_act`'s op; in eval mode or
+    without a group of more than one process it is its base class. Not torch's nn.SyncBatchNorm, which DDP
+    refuses for CPU modules."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        if isinstance(input, torch.fx.Proxy):  # FX tracing: a leaf module, as torch's own BatchNorms are
+            return input.tracer.create_proxy("call_module", input.tracer.path_of_module(self), (input,), {})
+        if self.training and group_of(self) is not None:
+            return bn_act(input, self, relu=False)
+        return super().forward(input)
+
+
+class SyncBatchNorm1d(_Synced, nn.BatchNorm1d):
+    """nn.BatchNorm1d with cross-process training statistics (`convert_sync_batchnorm`)."""
+
+
+class SyncBatchNorm2d(_Synced, nn.BatchNorm2d):
+    """nn.BatchNorm2d with cross-process training statistics (`convert_sync_batchnorm`)."""
+
+
+class SyncBatchNorm3d(_Synced, nn.BatchNorm3d):
+    """nn.BatchNorm3d with cross-process training statistics (`convert_sync_batchnorm`)."""
+
+
+_SYNCED = {nn.BatchNorm1d: SyncBatchNorm1d, nn.BatchNorm2d: SyncBatchNorm2d, nn.BatchNorm3d: SyncBatchNorm3d}
 
 
 def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
-    """Mark every BatchNorm of `module` to compute its training statistics across `process_group` (default: the
-    world) in resnet_ext's fused BN+ReLU, like torch.nn.SyncBatchNorm.convert_sync_batchnorm but in place, with
-    the same modules and state_dict, and on CPU tensors (gloo) as well as CUDA (NCCL)."""
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m._resnet_ext_sync = True
-            m.process_group = process_group
+    """Like torch.nn.SyncBatchNorm.convert_sync_batchnorm: every BatchNorm of `module` computes its training
+    statistics across `process_group` (default: the world), on CUDA (NCCL) and CPU tensors (gloo). In place for
+    BatchNorm1d/2d/3d (the same objects, with their parameters, buffers, hooks and optimizer entries; `_Synced`),
+    nn.SyncBatchNorm and converted BNs (their group set); another BatchNorm class is replaced by torch's converter,
+    as it would be. Returns `module` (the replacement where `module` itself is one)."""
+    if type(module) in _SYNCED:
+        module.__class__ = _SYNCED[type(module)]  # a subclass with no state of its own
+    if isinstance(module, (_Synced, nn.SyncBatchNorm)):
+        module.process_group = process_group
+        return module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group)
+    for name, child in module.named_children():
+        converted = convert_sync_batchnorm(child, process_group)
+        if converted is not child:
+            module.add_module(name, converted)
     return module
+
+
+def upgrade_marks(module: nn.Module) -> None:
+    """A model pickled when `convert_sync_batchnorm` marked its BatchNorms (`_resnet_ext_sync`) instead of converting
+    them: converted now, with the group it kept."""
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if child.__dict__.pop("_resnet_ext_sync", False):
+                converted = convert_sync_batchnorm(child, child.__dict__.pop("process_group", None))
+                if converted is not child:
+                    parent.add_module(name, converted)

@@ -255,6 +255,7 @@ class ResNet(_tv_class("ResNet")):
 
     def __setstate__(self, state):
         super().__setstate__(engine.upgrade_pickled(state))
+        engine.upgrade_marks(self)  # the children are loaded before their parent
 
     def to_torchvision(self) -> nn.Module:
         """The torchvision ResNet with this model's parameters and buffers (shared, not copied)."""

@@ -444,6 +444,128 @@ def test_two_gloo_processes_match_one_process(tmp_path, fused):
                 assert torch.equal(r["state"][k], v), k
 
 
+OWN_FORWARD_CASES = ("hooked_bn", "torchvision", "bn1d_head")
+
+
+def _own_forward_model(case):
+    """A model whose converted BNs run their own module forward: a hook on a BN, a torchvision model, a BatchNorm1d
+    in a custom head."""
+    import torchvision
+
+    model = _small_model()
+    if case == "hooked_bn":
+        model.layer1[0].bn2.register_forward_hook(lambda m, i, o: None)
+    elif case == "torchvision":
+        tv = torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, [1, 1, 1, 1], num_classes=10)
+        tv.load_state_dict(model.state_dict())
+        model = tv.double().train()
+    else:
+        torch.manual_seed(1)
+        model.fc = torch.nn.Sequential(torch.nn.Linear(2048, 16), torch.nn.BatchNorm1d(16),
+                                       torch.nn.Linear(16, 10)).double()
+    return model
+
+
+def _own_forward_worker(rank, world, store_path, out_dir):
+    import datetime
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        x, _ = _batch()
+        found = {}
+        for case in OWN_FORWARD_CASES:
+            model = resnet_ext.convert_sync_batchnorm(_own_forward_model(case))
+            model(x[2 * rank:2 * rank + 2])
+            found[case] = {k: v.clone() for k, v in model.state_dict().items()}
+        torch.save(found, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_cross_process_bn_syncs_where_it_runs_its_own_forward(tmp_path):
+    """A converted BN that runs its own module forward (hooks of its own, a torchvision model, a BatchNorm1d in a
+    custom head) computes cross-process statistics there too: it computed per-process ones, silently, when the
+    converter only marked BNs for resnet_ext's fused op."""
+    _two_processes(_own_forward_worker, tmp_path)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    x, _ = _batch()
+    for case in OWN_FORWARD_CASES:
+        model = _own_forward_model(case)
+        model(x)
+        for r in ranks:
+            for k, v in model.state_dict().items():
+                assert rel_err(r[case][k].double(), v.double()) < 1e-10, (case, k)
+
+
+def test_convert_sync_batchnorm_converts_in_place_and_keeps_the_engine(train_mode):
+    """BatchNorm1d/2d/3d are converted as the same objects (hooks, optimizer entries kept), another BN class is
+    replaced as torch's converter replaces it; the state_dict keys stay; FX traces a converted BN as a leaf, as
+    torch's BNs; without a process group the model computes torchvision's numbers on the engine's paths (a train
+    step in float64; eval: the flat default forward, bitwise); a pickled copy keeps the conversion."""
+    import pickle
+
+    import torchvision
+    from resnet_ext.bn_act import SyncBatchNorm2d
+
+    class MyBN(torch.nn.BatchNorm2d):
+        pass
+
+    model = _small_model()
+    tv = torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, [1, 1, 1, 1], num_classes=10)
+    tv.load_state_dict(model.state_dict())
+    tv = tv.double()
+    bn, seen = model.layer2[0].bn1, []
+    handle = bn.register_forward_pre_hook(lambda m, i: seen.append(1))
+    model.layer3[0].bn1, tv.layer3[0].bn1 = MyBN(256).double(), MyBN(256).double()
+    keys = list(model.state_dict())
+    assert resnet_ext.convert_sync_batchnorm(model) is model
+    assert model.layer2[0].bn1 is bn and type(bn) is SyncBatchNorm2d and bn.process_group is None
+    assert type(model.layer3[0].bn1) is torch.nn.SyncBatchNorm and list(model.state_dict()) == keys
+    assert isinstance(bn, torch.nn.BatchNorm2d)
+    x0 = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    model(x0), tv.train()(x0)
+    assert seen == [1]
+    handle.remove()
+    graph = torch.fx.symbolic_trace(model).graph
+    assert [n.target for n in graph.nodes if n.op == "call_module"].count("layer2.0.bn1") == 1
+    x, target = _batch()
+    out, grads = _step(model, x, target, steps=1)
+    tv_out, tv_grads = _step(tv, x, target, steps=1)
+    assert rel_err(out, tv_out) < 1e-10
+    for k, g in tv_grads.items():
+        assert rel_err(grads[k], g) < 1e-8, k
+    model.eval().float(), tv.eval().float()
+    xe = torch.randn(2, 3, 40, 40)
+    resnet_ext.reset_path_counts()
+    with torch.no_grad():
+        assert torch.equal(model(xe), tv(xe))
+    assert resnet_ext.path_counts().get("flat_forwards") == 1
+    loaded = pickle.loads(pickle.dumps(model))
+    assert type(loaded.layer2[0].bn1) is SyncBatchNorm2d
+
+
+def test_a_model_pickled_with_marked_bns_loads_converted():
+    """Earlier versions marked BNs (`_resnet_ext_sync`) instead of converting them: such a pickle loads with the
+    BNs converted, so that every path syncs them, each keeping its process group."""
+    import pickle
+
+    from resnet_ext.bn_act import SyncBatchNorm2d
+
+    model = _small_model()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m._resnet_ext_sync, m.process_group = True, None
+    model.layer1[0].bn1.process_group = "group"  # a stand-in: the attribute is carried over as it is
+    loaded = pickle.loads(pickle.dumps(model))
+    bns = [m for m in loaded.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(type(m) is SyncBatchNorm2d and "_resnet_ext_sync" not in m.__dict__ for m in bns)
+    assert loaded.layer1[0].bn1.process_group == "group"
+
+
 def test_three_sgd_steps_of_resnet50_match_torchvision_float64(train_mode):
     import torchvision
 

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from .. import switches
+from ..bn_act import upgrade_marks  # noqa: F401  (the models' __setstate__)
 from ..switches import on_cuda
 from . import cpu, cuda, frozen, fused_train, structure, units
 from .cpu import frozen_input_ok
@@ -35,19 +36,18 @@ from .state import serves  # noqa: F401  (the models' ResNet registers itself)
 
 
 def enabled(m: nn.Module, x) -> bool:
-    """Whether the forward of `m` (a ResNet or a block) on `x` hands over to the engine. Not where the model must
-    show torchvision's module graph (`units.enabled`: FX tracing, ONNX export, a global hook, ...), nor for a
-    train-mode forward whose own BNs all train as torchvision's do (`train_bn` gives the stock composition on this
-    device and none is marked by `convert_sync_batchnorm`): that runs torchvision's code as it stands, without the
-    engine's dispatch per unit. A block decides for its own BNs (its downsample's included), the ResNet for its
-    stem's; on the CPU the ResNet's forward enters all the same where the memory reuse around it pays
-    (`cpu.reuse_pays`; `cpu.reused_memory`: 1.00-1.16x on a train step, 2 cores). Nor for an eval-mode block
-    called on its own on the CPU (torchvision's IntermediateLayerGetter, a detection backbone's body: no model
-    forward under way): the engine's units measured 0.82-0.91x torchvision's code there (resnet18 and resnet50 at
-    batch 1; benchmarks/results/2026-12-06-cpu-block-memory/), or on a model's module path with NCHW maps and
-    weights (`_nchw`), counted as "stock_blocks". Not for an input that
-    is no tensor, not a strided one (`x.to_mkldnn()`, sparse) or a subclass with its own `__torch_function__`:
-    torchvision's code runs it or raises its own error for it."""
+    """Whether the forward of `m` (a ResNet or a block) on `x` hands over to the engine. Not where the model must show
+    torchvision's module graph (`units.enabled`: FX tracing, ONNX export, a global hook, ...), nor for a train-mode
+    forward whose own BNs all train as torchvision's do (`train_bn` gives the stock composition on this device and none
+    computes cross-process statistics in the fused op, `bn_act.syncs_in_op`): that runs torchvision's code as it stands,
+    without the engine's dispatch per unit. A block decides for its own BNs (its downsample's included), the ResNet for
+    its stem's; on the CPU the ResNet's forward enters all the same where the memory reuse around it pays
+    (`cpu.reuse_pays`; `cpu.reused_memory`: 1.00-1.16x on a train step, 2 cores). Nor for an eval-mode block called on
+    its own on the CPU (torchvision's IntermediateLayerGetter, a detection backbone's body: no model forward under way):
+    the engine's units measured 0.82-0.91x torchvision's code there (resnet18 and resnet50 at batch 1;
+    benchmarks/results/2026-12-06-cpu-block-memory/), or on a model's module path with NCHW maps and weights (`_nchw`),
+    counted as "stock_blocks". Not for an input that is no tensor, not a strided one (`x.to_mkldnn()`, sparse) or a
+    subclass with its own `__torch_function__`: torchvision's code runs it or raises its own error for it."""
     if (not isinstance(x, Tensor) or x.layout != torch.strided or not units.enabled(x.device)
             or units.overrides(x)):
         return False
@@ -59,7 +59,7 @@ def enabled(m: nn.Module, x) -> bool:
         return True
     if m.training and not units.train_fused(x):
         bns = units.own_bns(m)
-        if all(units.trains_stock(bn) for bn in bns):
+        if all(units.trains_stock(bn, x) for bn in bns):
             if x.device.type == "cpu" and _state.is_model(m) and cpu.reuse_pays(x):
                 return True  # the stem's unit then counts itself
             units.count("train_stock", len(bns))
@@ -85,7 +85,8 @@ def invalidate(model: nn.Module) -> None:
 
 def upgrade_pickled(state: dict) -> dict:
     """A pickled model's __dict__ as it loads now: one pickled before the state object kept its frozen flag under
-    "_resnet_ext_frozen" (and its folds under "_resnet_ext_folds")."""
+    "_resnet_ext_frozen" (and its folds under "_resnet_ext_folds"). (`upgrade_marks` then converts BatchNorms
+    pickled when `convert_sync_batchnorm` only marked them.)"""
     if "_resnet_ext_frozen" in state:
         state = dict(state)
         state[_state.KEY] = _state.ExtState(state.pop("_resnet_ext_frozen"))

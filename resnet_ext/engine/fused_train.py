@@ -40,8 +40,8 @@ def _conv_ok(conv: nn.Module) -> bool:
 
 
 def _bn_ok(bn: nn.Module) -> bool:
-    # A BN marked by `convert_sync_batchnorm` is one too: its statistics are all-reduced between the ops.
-    return (units.train_fusable(bn) and type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats
+    # A cross-process BN (`convert_sync_batchnorm`) is one too: its statistics are all-reduced between the ops.
+    return (units.train_fusable(bn) and bn.affine and bn.track_running_stats
             and bn.running_mean is not None)
 
 

@@ -24,13 +24,14 @@ from torch.overrides import _get_current_function_mode_stack
 from torch.utils._device import DeviceContext
 
 from .. import ops
-from ..bn_act import bn_act, sync_marked
+from ..bn_act import SyncBatchNorm2d, bn_act, syncs_in_op
 from ..ops import conv_bn_act
 from . import state as _state
 
 _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
                  "_global_backward_pre_hooks", "_global_forward_hooks_always_called")
-_TRAIN_BN = (nn.BatchNorm2d, nn.SyncBatchNorm)
+# The BNs a unit runs: a cross-process one is BatchNorm2d's op but for its training statistics (`bn_act.group_of`).
+_BN_TYPES = (nn.BatchNorm2d, nn.SyncBatchNorm, SyncBatchNorm2d)
 
 
 def enabled(device: Optional[torch.device] = None) -> bool:
@@ -87,8 +88,9 @@ def _dispatch_modes() -> bool:
 # The module methods and functional ops the engine's paths stand in for: replaced (instrumentation, flop profilers,
 # quantization tools), every module of that class computes or counts something else, so torchvision's code runs.
 _STOCK_METHODS = ((nn.Conv2d, "forward"), (nn.Conv2d, "_conv_forward"), (nn.BatchNorm2d, "forward"),
-                  (nn.ReLU, "forward"), (nn.MaxPool2d, "forward"), (nn.AdaptiveAvgPool2d, "forward"),
-                  (nn.Linear, "forward"), (nn.Sequential, "forward"), (nn.Identity, "forward"),
+                  (nn.SyncBatchNorm, "forward"), (nn.ReLU, "forward"), (nn.MaxPool2d, "forward"),
+                  (nn.AdaptiveAvgPool2d, "forward"), (nn.Linear, "forward"), (nn.Sequential, "forward"),
+                  (nn.Identity, "forward"),
                   (F, "conv2d"), (F, "batch_norm"), (F, "relu"), (F, "max_pool2d"), (F, "adaptive_avg_pool2d"),
                   (F, "linear"))
 _STOCK_IMPLS = tuple(f if getattr(f, "__module__", "").split(".")[0] == "torch" else None  # replaced before this
@@ -128,7 +130,7 @@ def _hooks_allowed(m: nn.Module, hooks_ok: bool) -> bool:
 def foldable(conv: nn.Module, bn: nn.Module, hooks_ok: bool = False) -> bool:
     """conv + an eval-mode BN that uses its running statistics, both stock and without hooks (`hooks_ok`: with any
     but forward pre-hooks)."""
-    return (_plain_conv(conv, hooks_ok) and type(bn) is nn.BatchNorm2d and _hooks_allowed(bn, hooks_ok)
+    return (_plain_conv(conv, hooks_ok) and type(bn) in _BN_TYPES and _hooks_allowed(bn, hooks_ok)
             and not bn.training and bn.running_mean is not None and bn.running_var is not None)
 
 
@@ -144,7 +146,7 @@ def bn_tensors(bn: nn.Module) -> tuple:
 
 
 def train_fusable(bn: nn.Module) -> bool:
-    return type(bn) in _TRAIN_BN and hookless(bn) and bn.training
+    return type(bn) in _BN_TYPES and hookless(bn) and bn.training
 
 
 def unit_pairs(block: nn.Module) -> List[Tuple[nn.Module, nn.Module]]:
@@ -226,10 +228,10 @@ def own_bns(m: nn.Module) -> List[nn.Module]:
     return [k for k in kids if isinstance(k, nn.modules.batchnorm._BatchNorm)]
 
 
-def trains_stock(bn: nn.Module) -> bool:
-    """A train-mode BN that the units would run as torchvision does (see `unit`): not marked for cross-process
-    statistics in the fused op (`convert_sync_batchnorm`)."""
-    return bn.training and not sync_marked(bn)
+def trains_stock(bn: nn.Module, x: Tensor) -> bool:
+    """A train-mode BN that the units would run as torchvision does (see `unit`): not one whose cross-process
+    statistics only the fused op computes (`bn_act.syncs_in_op`)."""
+    return bn.training and not syncs_in_op(bn, x)
 
 
 def train_fused(x: Tensor) -> bool:
@@ -405,10 +407,11 @@ def unit(conv: nn.Module, bn: nn.Module, relu_mod: Optional[nn.Module], x: Tenso
     if (relu_ok and foldable(conv, bn) and not (x.device.type == "cpu" and torch.is_autocast_enabled("cpu"))
             and ops.bn_dtypes_ok(conv.weight.dtype, {t.dtype for t in bn_tensors(bn) if t is not None})):
         return eval_unit(conv, bn, x, relu_mod is not None, residual, shortcut)
-    if relu_ok and train_fusable(bn) and (x.numel() > 0 or sync_marked(bn)):
-        # A BN marked by `convert_sync_batchnorm` computes cross-process statistics only in the fused op (an empty
-        # batch too: it joins the all-reduces with a count of zero, as an empty rank of nn.SyncBatchNorm does).
-        if train_fused(x) or sync_marked(bn):
+    synced = relu_ok and syncs_in_op(bn, x)
+    if relu_ok and train_fusable(bn) and (x.numel() > 0 or synced):
+        # A converted BN (or an nn.SyncBatchNorm on CPU tensors) computes cross-process statistics in the fused op
+        # (an empty batch too: it joins the all-reduces with a count of zero, as nn.SyncBatchNorm's empty ranks do).
+        if train_fused(x) or synced:
             count("train_fused")
             out = conv(x)
             if shortcut is not None:
@@ -431,6 +434,6 @@ def downsample(ds: Optional[nn.Module], x: Tensor) -> Tensor:
         return x
     if type(ds) is nn.Sequential and len(ds) == 2 and hookless(ds):
         conv, bn = ds[0], ds[1]
-        if foldable(conv, bn) or (_plain_conv(conv) and train_fusable(bn) and (x.numel() > 0 or sync_marked(bn))):
+        if foldable(conv, bn) or (_plain_conv(conv) and train_fusable(bn) and (x.numel() > 0 or syncs_in_op(bn, x))):
             return unit(conv, bn, None, x)
     return ds(x)
