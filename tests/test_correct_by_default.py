@@ -717,6 +717,24 @@ def test_a_frozen_model_on_an_input_near_the_float_range_gives_torchvisions_answ
     assert ref.isfinite().all() and rel_err(y, ref) < 1e-5
 
 
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_frozen_model_on_the_meta_device_gives_torchvisions_shapes(when):
+    """freeze() of a model on the meta device, or a frozen model moved there, runs a shape-only forward as
+    torchvision's does (the folds' finiteness check read values: "item() cannot be called on meta tensors")."""
+    import torchvision
+
+    ours = resnet_ext.resnet18()
+    if when == "before":
+        ours = resnet_ext.freeze(ours.to("meta"))
+    else:
+        ours = resnet_ext.freeze(ours).to("meta")
+    x = torch.empty(2, 3, 64, 64, device="meta")
+    with torch.no_grad():
+        y = ours(x)
+    ref = torchvision.models.resnet18().to("meta").eval()(x)
+    assert y.device.type == "meta" and y.shape == ref.shape and y.dtype == ref.dtype
+
+
 def test_frozen_mode_contract():
     ours, tv = pair()
     x = x_()

@@ -263,9 +263,10 @@ def _vector(t, n: int, dtypes, device) -> bool:
 def _fold(model: nn.Module) -> Optional[Dict[nn.Module, FrozenUnit]]:
     """The folds, or None where a unit's tensors do not fit each other (`_consistent`) or a fold is not finite (a
     NaN weight of a diverged run, a negative variance): oneDNN's fused ReLU, and the frozen plan's own ops, turn
-    NaN into 0, so the folds gave finite logits where torchvision's are NaN; unfolded, the forward propagates it."""
+    NaN into 0, so the folds gave finite logits where torchvision's are NaN; unfolded, the forward propagates it.
+    None on the meta device too (no values to check; the unfolded forward gives torchvision's shapes there)."""
     pairs = units.model_pairs(model)
-    if not _consistent(pairs):
+    if not _consistent(pairs) or any(conv.weight.is_meta for conv, _ in pairs):
         return None
     dtype = compute_dtype(model)
     # Never inference tensors (folds made under inference_mode), which a later forward with gradients cannot use.
