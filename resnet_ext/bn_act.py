@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._C_loader import _C  # noqa: F401  (registers the ops)
-from .ops import bn_dtypes_ok
+from .ops import bn_dtypes_ok, bool_arg
 from .ops import memory_format_of as _fmt
 
 ops = torch.ops.resnet_ext
@@ -226,6 +226,11 @@ def bn_act(x: Tensor, bn: nn.modules.batchnorm._BatchNorm, residual: Optional[Te
     computes bn(x) with the stock op and changes no state."""
     if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
         raise TypeError(f"bn_act: bn must be a BatchNorm module, got {type(bn).__name__}")
+    relu = bool_arg("bn_act", "relu", relu)
+    if residual is not None and not (isinstance(residual, Tensor) and isinstance(x, Tensor)
+                                     and residual.shape == x.shape):
+        raise ValueError(f"bn_act: residual must be a tensor of x's shape, got "
+                         f"{tuple(residual.shape) if isinstance(residual, Tensor) else type(residual).__name__}")
     bn._check_input_dim(x)  # the module's ValueError first, its counter untouched, as bn(x)
     group = group_of(bn)
     tensors = (bn.weight, bn.bias, bn.running_mean, bn.running_var)

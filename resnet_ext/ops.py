@@ -62,6 +62,13 @@ def _pair(name: str, v: IntPair) -> list:
     return [i, i]
 
 
+def bool_arg(fn: str, name: str, v) -> bool:
+    """A True/False argument: anything else (a string, None, 0) is a TypeError naming it, not its truth value."""
+    if not isinstance(v, bool):
+        raise TypeError(f"{fn}: {name} must be True or False, got {v!r}")
+    return bool(v)
+
+
 def _tensor_args(**named) -> None:
     """conv_bn_act's tensor arguments checked as its op schema checks them (x and weight a Tensor, the others a
     Tensor or None), before anything reads them: explain's binding and padding="same" would fail unnamed."""
@@ -114,6 +121,7 @@ def conv_bn_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residu
     the epilogue in fp32, float64 for a float64 x). Differentiable. Takes the argument forms F.conv2d takes (ints or 1/2-tuples, padding "same"/"valid",
     an unbatched x) and rejects what it rejects."""
     _tensor_args(x=x, weight=weight, bias=bias, residual=residual, scale=scale, shift=shift)
+    relu = bool_arg("conv_bn_act", "relu", relu)
     x, residual, stride, padding, dilation, groups, unbatched = _conv_args(x, weight, residual, stride, padding,
                                                                            dilation, groups)
     y = torch.ops.resnet_ext.conv_bn_act(x, weight, bias, residual, stride, padding, dilation, relu, groups, scale,
@@ -524,6 +532,14 @@ def fold_bn_weights(weight: Tensor, bias: Optional[Tensor], running_mean: Tensor
 
 def fold_bn(conv: torch.nn.Conv2d, bn: torch.nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
     """(weight, bias) of `conv` with the eval-mode `bn` that follows it folded in."""
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"fold_bn: conv must be an nn.Conv2d, got {type(conv).__name__}")
+    if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+        raise TypeError(f"fold_bn: bn must be a BatchNorm module, got {type(bn).__name__}")
+    if bn.training:  # as torch's fuse_conv_bn_eval: training normalises by the batch's statistics
+        raise ValueError("fold_bn: bn is in training mode; only an eval-mode BatchNorm can be folded (bn.eval())")
+    if bn.num_features != conv.out_channels:
+        raise ValueError(f"fold_bn: bn has {bn.num_features} features, conv {conv.out_channels} output channels")
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("fold_bn: bn has no running statistics (track_running_stats=False): it cannot be folded")
     return fold_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
@@ -827,6 +843,7 @@ def explain(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, residual: 
     "cudnn_graph" (scale and shift, experimental build) or "stock", reason). Runs no kernel; asks the same
     dispatcher, with the same operands, as the call itself."""
     _tensor_args(x=x, weight=weight, bias=bias, residual=residual, scale=scale, shift=shift)
+    relu = bool_arg("explain", "relu", relu)
     x, residual, stride, padding, dilation, groups, _ = _conv_args(x, weight, residual, stride, padding, dilation,
                                                                    groups)
     return _C.explain(x, weight, bias, residual, stride, padding, dilation, relu, groups, scale, shift)
@@ -838,6 +855,7 @@ def path_counts() -> dict:
 
 
 def reset_path_counts() -> None:
+    """Sets every `path_counts()` count back to zero."""
     _C.reset_path_counts()
 
 

@@ -227,6 +227,24 @@ def test_bad_input_names_the_argument(over, match):
         ops.bn_act_train(*a.values())
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_bn_act_checks_relu_and_residual_in_either_mode(training):
+    """relu="no" read as True and a broadcastable residual were taken in eval mode, refused in train mode."""
+    bn, x = torch.nn.BatchNorm2d(8).train(training), torch.randn(2, 8, 5, 5)
+    with pytest.raises(TypeError, match="bn_act: relu must be True or False, got 'no'"):
+        bn_act(x, bn, relu="no")
+    with pytest.raises(ValueError, match=r"bn_act: residual must be a tensor of x's shape, got \(1, 8, 1, 1\)"):
+        bn_act(x, bn, torch.randn(1, 8, 1, 1))
+
+
+def test_explain_train_names_a_bad_argument():
+    """explain_train(None) raised AttributeError from inside; a block that is no module was taken."""
+    with pytest.raises(TypeError, match="explain_train: x must be a Tensor, got NoneType"):
+        resnet_ext.explain_train(None)
+    with pytest.raises(TypeError, match="explain_train: block must be an nn.Module or None, got str"):
+        resnet_ext.explain_train(torch.randn(2, 64, 8, 8), "layer1")
+
+
 @pytest.mark.parametrize("mode", ["auto", "fused", "stock"])
 def test_model_train_mode_runs_the_chosen_bn(monkeypatch, mode):
     calls = []

@@ -784,8 +784,16 @@ def test_frozen_mode_contract():
     same(ours, tv, x.double(), tol=1e-10)
     resnet_ext.unfreeze(ours)
     assert not resnet_ext.is_frozen(ours)
-    with pytest.raises(TypeError, match="resnet_ext ResNet"):
-        resnet_ext.freeze(tv)
+    for fn in (resnet_ext.freeze, resnet_ext.unfreeze):  # unfreeze took any object (AttributeError for None)
+        with pytest.raises(TypeError, match=rf"{fn.__name__}: model must be a resnet_ext ResNet \(resnet_ext\."
+                                            r"from_torchvision\(model\) converts a torchvision one\), got "
+                                            r"torchvision.models.resnet.ResNet"):
+            fn(tv)
+        with pytest.raises(TypeError, match=rf"{fn.__name__}: model must be a resnet_ext ResNet, got builtins"):
+            fn(None)
+    assert resnet_ext.is_frozen(tv) is False
+    with pytest.raises(TypeError, match="is_frozen: model must be an nn.Module, got str"):
+        resnet_ext.is_frozen("resnet18")
 
 
 WEIGHT_SWAPS = {  # conv.weight.data = ...: the Parameter object stays, so the flat forward's plan stays too

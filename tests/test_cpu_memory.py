@@ -136,9 +136,10 @@ def test_limit_bounds_what_is_kept(limit):
     assert resnet_ext.cpu_memory_stats()["kept_bytes"] == 0
 
 
-@pytest.mark.parametrize("bad, error", [(-1, ValueError), (1.5, TypeError), ("1G", TypeError)])
+@pytest.mark.parametrize("bad, error", [(-1, ValueError), (1.5, TypeError), ("1G", TypeError), (True, TypeError),
+                                        (2 ** 70, ValueError)])
 def test_bad_limit_names_the_argument(bad, error):
-    with pytest.raises(error, match="nbytes"):
+    with pytest.raises(error, match="set_cpu_memory_limit: nbytes must be"):  # True was 1 byte, 2**70 pybind's
         resnet_ext.set_cpu_memory_limit(bad)
 
 

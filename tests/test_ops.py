@@ -118,7 +118,7 @@ def test_fold_bn_matches_stock_and_torch_helper():
 
 def test_fold_bn_without_running_stats_is_an_error():
     with pytest.raises(ValueError, match="running statistics"):
-        fold_bn(torch.nn.Conv2d(4, 4, 1), torch.nn.BatchNorm2d(4, track_running_stats=False))
+        fold_bn(torch.nn.Conv2d(4, 4, 1), torch.nn.BatchNorm2d(4, track_running_stats=False).eval())
 
 
 def _args(**over):
@@ -173,6 +173,27 @@ def test_non_tensor_argument_is_named(name, padding):
         resnet_ext.explain(**a)
 
 
+@pytest.mark.parametrize("relu", [None, 0, 1.0, "no"], ids=repr)
+def test_a_relu_that_is_not_a_bool_is_named(relu):
+    """conv_bn_act read relu=None/0/1.0/"no" as their truth value ("no": a ReLU); explain gave pybind11's dump."""
+    a = _args(relu=relu)
+    for fn in (resnet_ext.conv_bn_act, resnet_ext.explain):
+        with pytest.raises(TypeError, match=rf"{fn.__name__}: relu must be True or False, got {relu!r}"):
+            fn(**a)
+
+
+def test_fold_bn_names_what_it_cannot_fold():
+    conv = torch.nn.Conv2d(4, 8, 3)
+    with pytest.raises(ValueError, match="fold_bn: bn is in training mode"):
+        fold_bn(conv, torch.nn.BatchNorm2d(8).train())
+    with pytest.raises(ValueError, match="fold_bn: bn has 16 features, conv 8 output channels"):
+        fold_bn(conv, torch.nn.BatchNorm2d(16).eval())
+    with pytest.raises(TypeError, match="fold_bn: conv must be an nn.Conv2d, got BatchNorm2d"):
+        fold_bn(torch.nn.BatchNorm2d(8).eval(), conv)
+    with pytest.raises(TypeError, match="fold_bn: bn must be a BatchNorm module, got Conv2d"):
+        fold_bn(conv, conv)
+
+
 def test_build_info_and_explain():
     info = resnet_ext.build_info()
     assert set(info) >= {"cuda", "cuda_archs", "torch_version", "fused_kernels"}
@@ -182,7 +203,9 @@ def test_build_info_and_explain():
     else:
         assert info["fused_kernels"] == []
     path, reason = resnet_ext.explain(*_args().values())
-    assert path == "stock" and "cpu" in reason
+    assert path == "stock" and reason == "device cpu: stock ATen composition (conv2d, relu)"
+    assert resnet_ext.explain(**_args(relu=False, residual=torch.randn(2, 16, 9, 9)))[1].endswith(
+        "(conv2d, residual add)")
 
 
 def test_path_counts():

@@ -177,7 +177,11 @@ PathChoice choose_path(const at::Tensor& x, const at::Tensor& weight, const std:
                        const std::optional<at::Tensor>& shift) {
   const ConvParams c =
       check_conv_bn_act_args(x, weight, bias, residual, stride, padding, dilation, groups, scale, shift);
-  if (!x.is_cuda()) return {"stock", "device " + x.device().str() + ": stock ATen composition (conv, add, relu)"};
+  if (!x.is_cuda()) {
+    const std::string parts = std::string("conv2d") + (scale.has_value() ? ", scale and shift" : "") +
+                              (residual.has_value() ? ", residual add" : "") + (relu ? ", relu" : "");
+    return {"stock", "device " + x.device().str() + ": stock ATen composition (" + parts + ")"};
+  }
 #ifdef RESNET_EXT_WITH_CUDA
   // The same operands, problem and dispatcher call as the CUDA kernel itself.
   const Decision d =

@@ -109,6 +109,10 @@ def explain_train(x: Tensor, block: Optional[nn.Module] = None):
     """(path, reason): what a train-mode unit of the models runs for input `x` ("fused" or "stock" BN(+add)+ReLU,
     see `units.train_bn`); with `block`, what that block runs: "fused_train" where the fused decomposition takes it
     (`switches.fused_train`), else its units' choice, with why the decomposition does not apply."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"explain_train: x must be a Tensor, got {type(x).__name__}")
+    if block is not None and not isinstance(block, nn.Module):
+        raise TypeError(f"explain_train: block must be an nn.Module or None, got {type(block).__name__}")
     mode, reason = units.explain_train(x)
     if block is None or not switches.fused_train.on:
         return mode, reason

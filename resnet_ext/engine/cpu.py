@@ -81,11 +81,13 @@ def set_memory_limit(nbytes: int) -> None:
     """Keep at most `nbytes` of freed CPU blocks for the next forwards (default 1 GiB; 0 keeps none, every block
     is freed as before), the least recently kept freed first. Lowering it frees what is kept beyond it."""
     try:
+        if isinstance(nbytes, bool):
+            raise TypeError
         nbytes = operator.index(nbytes)
     except TypeError:
-        raise TypeError(f"nbytes must be an int, got {type(nbytes).__name__}") from None
-    if nbytes < 0:
-        raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+        raise TypeError(f"set_cpu_memory_limit: nbytes must be an int, got {type(nbytes).__name__}") from None
+    if not 0 <= nbytes < 2 ** 63:
+        raise ValueError(f"set_cpu_memory_limit: nbytes must be >= 0 and < 2**63, got {nbytes}")
     _C.set_cpu_memory_limit(nbytes)
 
 

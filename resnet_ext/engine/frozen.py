@@ -113,8 +113,7 @@ def freeze(model: nn.Module, *, dtype: Optional[torch.dtype] = None, cuda_graphs
 
     `cuda_graphs=True` (CUDA; opt-in until verified on a GPU): each input signature's frozen forward is captured in
     a CUDA graph on its first call and replayed after (`engine.cuda`)."""
-    if not _state.is_model(model):
-        raise TypeError(f"freeze: expected a resnet_ext ResNet, got {type(model).__name__}")
+    _check_model("freeze", model)
     if not isinstance(cuda_graphs, bool):
         raise TypeError(f"freeze: cuda_graphs must be True or False, got {cuda_graphs!r}")
     if dtype is not None and dtype != model.conv1.weight.dtype:
@@ -149,8 +148,17 @@ def compute_dtype(model: nn.Module) -> Optional[torch.dtype]:
     return st.frozen if st is not None and isinstance(st.frozen, torch.dtype) else None
 
 
+def _check_model(fn: str, model) -> None:
+    if not _state.is_model(model):
+        kind = type(model)
+        hint = (" (resnet_ext.from_torchvision(model) converts a torchvision one)"
+                if kind.__module__.startswith("torchvision.") else "")
+        raise TypeError(f"{fn}: model must be a resnet_ext ResNet{hint}, got {kind.__module__}.{kind.__qualname__}")
+
+
 def unfreeze(model: nn.Module) -> nn.Module:
     """Back to the default mode (every forward reads the live parameters). Returns `model`."""
+    _check_model("unfreeze", model)
     st = _state.peek(model)
     if st is not None:
         st.frozen = st.cuda_graphs = False
@@ -159,6 +167,9 @@ def unfreeze(model: nn.Module) -> nn.Module:
 
 
 def is_frozen(model: nn.Module) -> bool:
+    """Whether `model` is frozen (`freeze`); False for any other module."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"is_frozen: model must be an nn.Module, got {type(model).__name__}")
     st = _state.peek(model)
     return st is not None and bool(st.frozen)
 
