@@ -433,6 +433,11 @@ def main(args) -> int:
             if mode not in COMPILE_MODES:
                 raise UserError(f"--compile-mode: {mode!r} is not a torch.compile mode (one of "
                                 f"{', '.join(COMPILE_MODES)}, or several separated by commas)")
+        if args.compile_mode and not args.compile:
+            raise UserError("--compile-mode sets the mode of --compile's contenders: add --compile")
+        if args.autotune and not (on_cuda and resnet_ext.build_info()["fused_kernels"]):
+            raise UserError("--autotune times resnet_ext's fused CUDA kernels per layer: it needs a CUDA device "
+                            "(--device cuda) and a build with them")
         if args.runtimes and (on_cuda or (args.dtype or "fp32") != "fp32"):
             raise UserError("--runtimes is for fp32 models on the CPU (--device cpu, --dtype fp32)")
         if args.cuda_graphs and not on_cuda:

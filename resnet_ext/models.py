@@ -287,10 +287,14 @@ def _overwrite_named_param(kwargs: dict, name: str, value: Any) -> None:
 def _legacy_interface(weights_enum: str):
     """torchvision's builders' legacy interface (its own `handle_legacy_interface`): `pretrained=True/False` and
     positional `weights`/`progress`, with its deprecation warnings. resnet_ext's own kinds of `weights` (a state
-    dict, a path object), which that decorator would take for `pretrained=True`, pass by it."""
+    dict, a path object), which that decorator would take for `pretrained=True`, pass by it. The builder's
+    docstring is torchvision's, after a line on what resnet_ext adds."""
     def decorate(builder):
+        builder.__doc__ = (f"torchvision.models.{builder.__name__} as a resnet_ext model: the same arguments, network "
+                           "and state_dict keys (weights may also be a state dict or a file path).\n")
         if _tv is None:
             return builder
+        builder.__doc__ += getattr(_tv, builder.__name__).__doc__ or ""
         from torchvision.models._utils import handle_legacy_interface
 
         legacy = handle_legacy_interface(

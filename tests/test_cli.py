@@ -308,6 +308,8 @@ def test_bench_compile_peer_uses_inductor_freezing(monkeypatch):
     (["--frozen-bf16", "--dtype", "bf16"], ["--frozen-bf16", "fp32 models on the CPU"]),
     (["--runtimes", "--dtype", "bf16"], ["--runtimes", "fp32 models on the CPU"]),
     (["--compile", "--compile-mode", "default,fast"], ["--compile-mode", "'fast' is not a torch.compile mode"]),
+    (["--compile-mode", "reduce-overhead"], ["--compile-mode", "add --compile"]),  # was silently no contender
+    (["--device", "cpu", "--autotune"], ["--autotune", "needs a CUDA device"]),  # was accepted, nothing to tune
 ] + ([] if torch.cuda.is_available() else [(["--cuda-graphs"], ["--cuda-graphs needs a CUDA device"])]))
 def test_bench_bad_arguments_fail_before_any_work(capsys, monkeypatch, extra, needles):
     monkeypatch.setattr(bench, "run", lambda args: pytest.fail("the benchmark ran"))

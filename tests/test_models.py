@@ -43,6 +43,14 @@ def test_eval_matches_torchvision(arch, kwargs):
     assert set(counts) <= {"unfolded", "gemm", "unfolded_nchw"} and sum(counts.values()) == 2 * n_convs, counts
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "wide_resnet101_2"])
+def test_builders_carry_torchvisions_docstring(arch):
+    """help(resnet_ext.resnet50) was empty; torchvision's builders document their arguments and weights."""
+    doc = getattr(resnet_ext, arch).__doc__
+    assert doc.startswith(f"torchvision.models.{arch} as a resnet_ext model")
+    assert doc.endswith(getattr(torchvision.models, arch).__doc__)
+
+
 def test_state_dict_keys_strict_both_ways():
     ours, tv = pair("resnet101")
     assert list(ours.state_dict().keys()) == list(tv.state_dict().keys())
