@@ -157,18 +157,33 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
 
 
-def test_export_of_an_eval_model_runs_and_matches_eager():
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+def test_export_gives_torchvisions_portable_program(tmp_path, frozen):
+    """torch.export of an eval model records torchvision's ATen ops, as torchvision's export does: the saved program
+    loads and runs in a process that never imports resnet_ext (it held resnet_ext::conv_bn_act, which failed to
+    load there, to decompose and to convert to ONNX), with torchvision's numbers; the model still runs the engine
+    after."""
     torch.manual_seed(0)
-    model = randomize_bn(resnet_ext.resnet50(num_classes=10)).eval()
+    tv = randomize_bn(torchvision.models.resnet50(num_classes=10)).eval()
+    model = resnet_ext.resnet50(num_classes=10).eval()
+    model.load_state_dict(tv.state_dict())
+    if frozen:
+        resnet_ext.freeze(model)
     x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        ref = model(x)
     ep = torch.export.export(model, (x,))
-    assert any("conv_bn_act" in str(n.target) for n in ep.graph.nodes)
-    x2 = torch.randn(2, 3, 64, 64)
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert targets == {str(n.target) for n in torch.export.export(tv, (x,)).graph.nodes if n.op == "call_function"}
+    torch.export.save(ep, tmp_path / "ep.pt2")
+    torch.save(x, tmp_path / "x.pt")
+    code = ("import sys, torch; ep = torch.export.load(sys.argv[1] + '/ep.pt2'); x = torch.load(sys.argv[1] + '/x.pt');"
+            " torch.save(ep.module()(x), sys.argv[1] + '/y.pt'); assert 'resnet_ext' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, env={**os.environ, "PYTHONPATH": ""},
+                   cwd=tmp_path)
     with torch.no_grad():
-        assert rel_err(ep.module()(x2), model(x2)) < 1e-5
-        assert rel_err(ep.module()(x), ref) < 1e-5
+        assert torch.equal(torch.load(tmp_path / "y.pt"), tv(x))
+        resnet_ext.reset_path_counts()
+        assert rel_err(model(x), tv(x)) < 1e-5
+    assert resnet_ext.path_counts().get("flat_forwards") == 1
 
 
 def test_compile_fullgraph_train_step_matches_eager(train_mode):

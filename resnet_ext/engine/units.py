@@ -36,21 +36,23 @@ _BN_TYPES = (nn.BatchNorm2d, nn.SyncBatchNorm, SyncBatchNorm2d)
 
 def enabled(device: Optional[torch.device] = None) -> bool:
     """False where the model must show torchvision's module graph: FX symbolic tracing (feature extraction), ONNX
-    export, TorchScript tracing (torch.jit.trace checks the graph by tracing again under no_grad, and the engine's
-    paths depend on whether a gradient is wanted: a trace with grad mode on failed that check), a global module
-    hook that every module call must reach; under torch.func transforms, which the ops' autograd (torch.library)
-    does not support, or inside a forward-mode AD level (dual tensors set no `requires_grad`, and the ops have no
-    forward-mode formula: the tangent was dropped); under a TorchFunctionMode other than a default-device context
-    on the input's `device`, or any TorchDispatchMode (quantization observers, debugging tools, flop counters:
-    they may change or count what F.conv2d and the modules' other calls compute, and never see resnet_ext's ops;
-    compile and export run modes of their own); nor where a stock module class's method or the functional op it
-    calls was replaced (`_STOCK_METHODS`: flop profilers patch them), or a resnet_ext block class's forward
-    (`state.SERVED_FORWARDS`)."""
+    export, torch.export (its program holds ATen ops only, as torchvision's does: it then loads, decomposes, runs in
+    AOTInductor and converts to ONNX without resnet_ext), TorchScript tracing (torch.jit.trace checks the graph by
+    tracing again under no_grad, and the engine's paths depend on whether a gradient is wanted: a trace with grad mode
+    on failed that check), a global module hook that every module call must reach; under torch.func transforms, which
+    the ops' autograd (torch.library) does not support, or inside a forward-mode AD level (dual tensors set no
+    `requires_grad`, and the ops have no forward-mode formula: the tangent was dropped); under a TorchFunctionMode other
+    than a default-device context on the input's `device`, or any TorchDispatchMode (quantization observers, debugging
+    tools, flop counters: they may change or count what F.conv2d and the modules' other calls compute, and never see
+    resnet_ext's ops; compile runs modes of its own); nor where a stock module class's method or the
+    functional op it calls was replaced (`_STOCK_METHODS`: flop profilers patch them), or a resnet_ext block class's
+    forward (`state.SERVED_FORWARDS`)."""
     if (torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_exporting()
             or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()
             or forward_ad._current_level >= 0):
         return False
-    if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):  # they run modes of their own
+    if not torch.compiler.is_compiling():  # it runs modes of its own
         if _dispatch_modes():
             return False
         if torch._C._is_torch_function_mode_enabled() and not all(
