@@ -200,8 +200,9 @@ def syncs_in_op(bn: nn.Module, x: Tensor) -> bool:
     """Whether a train-mode `bn`'s cross-process statistics for `x` come from `bn_act`'s op: one converted by
     `convert_sync_batchnorm` (its own forward calls it too), or an nn.SyncBatchNorm on CPU tensors (its forward
     takes GPU tensors only; on CUDA it is the stock path)."""
-    return (bn.training and (isinstance(bn, _Synced) or x.device.type == "cpu")
-            and group_of(bn) is not None)
+    if not isinstance(bn, (_Synced, nn.SyncBatchNorm)):  # asked of every BN of a train-mode block per forward
+        return False
+    return bn.training and (isinstance(bn, _Synced) or x.device.type == "cpu") and group_of(bn) is not None
 
 
 def count_batch(bn: nn.modules.batchnorm._BatchNorm) -> float:
