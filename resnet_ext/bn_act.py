@@ -228,10 +228,8 @@ def bn_act(x: Tensor, bn: nn.modules.batchnorm._BatchNorm, residual: Optional[Te
     if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
         raise TypeError(f"bn_act: bn must be a BatchNorm module, got {type(bn).__name__}")
     relu = bool_arg("bn_act", "relu", relu)
-    if residual is not None and not (isinstance(residual, Tensor) and isinstance(x, Tensor)
-                                     and residual.shape == x.shape):
-        raise ValueError(f"bn_act: residual must be a tensor of x's shape, got "
-                         f"{tuple(residual.shape) if isinstance(residual, Tensor) else type(residual).__name__}")
+    if residual is not None and not isinstance(residual, Tensor):
+        raise TypeError(f"bn_act: residual must be a Tensor or None, got {type(residual).__name__}")
     bn._check_input_dim(x)  # the module's ValueError first, its counter untouched, as bn(x)
     group = group_of(bn)
     tensors = (bn.weight, bn.bias, bn.running_mean, bn.running_var)
@@ -241,6 +239,8 @@ def bn_act(x: Tensor, bn: nn.modules.batchnorm._BatchNorm, residual: Optional[Te
         # Eval semantics, the empty batch as BatchNorm handles it, and BN tensors whose dtypes ATen's batch norm
         # refuses for x (its "mixed dtype" error) all as bn(x). An empty rank of a cross-process BN takes the
         # fused op: it joins the all-reduces with a count of zero, as nn.SyncBatchNorm's empty ranks do.
+        if residual is not None and residual.shape != x.shape:  # the train op's error (no broadcasting)
+            raise RuntimeError(f"bn_act: residual must have x's shape {list(x.shape)}, got {list(residual.shape)}")
         out = super(_Synced, bn).forward(x) if isinstance(bn, _Synced) else bn(x)  # (no recursion, hooks once)
         if residual is not None:
             out = out + residual

@@ -233,8 +233,10 @@ def test_bn_act_checks_relu_and_residual_in_either_mode(training):
     bn, x = torch.nn.BatchNorm2d(8).train(training), torch.randn(2, 8, 5, 5)
     with pytest.raises(TypeError, match="bn_act: relu must be True or False, got 'no'"):
         bn_act(x, bn, relu="no")
-    with pytest.raises(ValueError, match=r"bn_act: residual must be a tensor of x's shape, got \(1, 8, 1, 1\)"):
+    with pytest.raises(RuntimeError, match=r"residual must have x's shape"):
         bn_act(x, bn, torch.randn(1, 8, 1, 1))
+    with pytest.raises(TypeError, match="bn_act: residual must be a Tensor or None, got float"):
+        bn_act(x, bn, 1.0)
 
 
 def test_explain_train_names_a_bad_argument():
