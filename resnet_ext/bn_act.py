@@ -69,13 +69,20 @@ def _(grad_y, y, x, weight, mean, invstd, sums, count, relu, residual_grad):
 # Autograd of the one-process op: the backward is itself an op, so the whole step stays traceable
 # ---------------------------------------------------------------------------------------------------------------
 
+def mask_source(y: Tensor, x: Tensor, relu: bool) -> Tensor:
+    """What backward keeps in the output's place: the output itself with a ReLU (its mask; the next conv saves it
+    anyway, so no extra activation is kept), else x, which the backward kernels then never read as y. Without a
+    ReLU the output is not saved, so a caller may change it in place (`out += identity`, an in-place ReLU after
+    the BN), as after nn.BatchNorm2d, which saves only its input."""
+    return y if relu else x
+
+
 def _setup_context(ctx, inputs, output):
     x, residual, weight, bias, running_mean, eps, relu = inputs
     y, mean, invstd, _ = output
     ctx.relu, ctx.eps = relu, eps
     ctx.has_residual = residual is not None
-    # The output doubles as the ReLU mask, and is what the next conv saves anyway: no extra activation is kept.
-    ctx.save_for_backward(x, weight, y, mean, invstd)
+    ctx.save_for_backward(x, weight, mask_source(y, x, relu), mean, invstd)
 
 
 def _backward_differentiable(grad_y: Tensor, y: Tensor, x: Tensor, weight: Tensor, eps: float, relu: bool):
@@ -156,7 +163,7 @@ class _BnActTrain(torch.autograd.Function):
         # The layout read here: dynamo's strict mode for a traced backward bans reading it there.
         ctx.relu, ctx.eps, ctx.group, ctx.fmt = relu, eps, group, _fmt(x)
         ctx.has_residual = residual is not None
-        ctx.save_for_backward(x, weight, y, mean, invstd, n)
+        ctx.save_for_backward(x, weight, mask_source(y, x, relu), mean, invstd, n)
         return y
 
     @staticmethod
@@ -228,6 +235,8 @@ def bn_act(x: Tensor, bn: nn.modules.batchnorm._BatchNorm, residual: Optional[Te
     if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
         raise TypeError(f"bn_act: bn must be a BatchNorm module, got {type(bn).__name__}")
     relu = bool_arg("bn_act", "relu", relu)
+    if not isinstance(x, Tensor):
+        raise TypeError(f"bn_act: x must be a Tensor, got {type(x).__name__}")
     if residual is not None and not isinstance(residual, Tensor):
         raise TypeError(f"bn_act: residual must be a Tensor or None, got {type(residual).__name__}")
     bn._check_input_dim(x)  # the module's ValueError first, its counter untouched, as bn(x)

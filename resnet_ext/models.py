@@ -8,6 +8,7 @@ a model is dropped where resnet_ext sees weights change (`train`, `_apply`, `loa
 folded tensors on the next frozen forward, engine/frozen.py).
 """
 import functools
+import inspect
 import os
 from collections.abc import Mapping
 from typing import Any, Callable, List, Optional, Type, Union
@@ -291,10 +292,10 @@ def _legacy_interface(weights_enum: str):
     docstring is torchvision's, after a line on what resnet_ext adds."""
     def decorate(builder):
         builder.__doc__ = (f"torchvision.models.{builder.__name__} as a resnet_ext model: the same arguments, network "
-                           "and state_dict keys (weights may also be a state dict or a file path).\n")
+                           "and state_dict keys (weights may also be a state dict or a file path).")
         if _tv is None:
             return builder
-        builder.__doc__ += getattr(_tv, builder.__name__).__doc__ or ""
+        builder.__doc__ += "\n\n" + inspect.cleandoc(getattr(_tv, builder.__name__).__doc__ or "")
         from torchvision.models._utils import handle_legacy_interface
 
         legacy = handle_legacy_interface(

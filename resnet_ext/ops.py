@@ -532,8 +532,8 @@ def fold_bn_weights(weight: Tensor, bias: Optional[Tensor], running_mean: Tensor
 
 def fold_bn(conv: torch.nn.Conv2d, bn: torch.nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
     """(weight, bias) of `conv` with the eval-mode `bn` that follows it folded in."""
-    if not isinstance(conv, nn.Conv2d):
-        raise TypeError(f"fold_bn: conv must be an nn.Conv2d, got {type(conv).__name__}")
+    if not isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        raise TypeError(f"fold_bn: conv must be an nn.Conv1d/2d/3d, got {type(conv).__name__}")
     if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
         raise TypeError(f"fold_bn: bn must be a BatchNorm module, got {type(bn).__name__}")
     if bn.training:  # as torch's fuse_conv_bn_eval: training normalises by the batch's statistics

@@ -188,8 +188,18 @@ def test_fold_bn_names_what_it_cannot_fold():
         fold_bn(conv, torch.nn.BatchNorm2d(8).train())
     with pytest.raises(ValueError, match="fold_bn: bn has 16 features, conv 8 output channels"):
         fold_bn(conv, torch.nn.BatchNorm2d(16).eval())
-    with pytest.raises(TypeError, match="fold_bn: conv must be an nn.Conv2d, got BatchNorm2d"):
+    with pytest.raises(TypeError, match="fold_bn: conv must be an nn.Conv1d/2d/3d, got BatchNorm2d"):
         fold_bn(torch.nn.BatchNorm2d(8).eval(), conv)
+    with pytest.raises(TypeError, match="fold_bn: conv must be an nn.Conv1d/2d/3d, got ConvTranspose2d"):
+        fold_bn(torch.nn.ConvTranspose2d(8, 8, 3), torch.nn.BatchNorm2d(8).eval())
+    nn = torch.nn
+    for c, bn in ((nn.Conv1d(4, 8, 3), nn.BatchNorm1d(8)), (nn.Conv3d(4, 8, 3), nn.BatchNorm3d(8))):
+        with torch.no_grad():
+            bn.eval().running_var.uniform_(0.5, 2)
+        fused = torch.nn.utils.fusion.fuse_conv_bn_eval(c.eval(), bn)
+        w, b = fold_bn(c, bn)
+        torch.testing.assert_close(w, fused.weight)
+        torch.testing.assert_close(b, fused.bias)
     with pytest.raises(TypeError, match="fold_bn: bn must be a BatchNorm module, got Conv2d"):
         fold_bn(conv, conv)
 
