@@ -48,7 +48,10 @@ class Structure:
         self.units = [self.stem] + [u for head, ds, tail in self.blocks for u in head + ([ds] if ds else []) + [tail]]
         self.pairs = list(dict.fromkeys((u.conv, u.bn) for u in self.units))  # once each (a block may sit twice)
         self.main = [self.stem] + [u for head, _, tail in self.blocks for u in head + [tail]]  # not the downsamples
-        self.children = [(m, tuple(m._modules.values())) for m in model.modules() if m._modules]
+        # Each parent's children; the model's own apart, given to `state` by its caller: the model holds this
+        # record (its state object), so a reference back would keep a dropped model alive until the cycle collector.
+        self.root_children = tuple(model._modules.values())
+        self.children = [(m, tuple(m._modules.values())) for m in model.modules() if m._modules and m is not model]
         # The body's modules: their types, and no hooks (the head's may have them: `outside_body`).
         head = outside_body(model)
         self.modules = [m for m in model.modules() if id(m) not in head]
@@ -65,7 +68,8 @@ class Structure:
         eval mode with the same eps, weight, bias and running statistics objects; HOOKED where hooks or instance
         forwards in the body are the only difference (the module path runs, on the recorded units); else CHANGED.
         This runs on every forward: the loops are in C (`_C.structure_state`, the same reads)."""
-        state = _C.structure_state(self.children, self.modules, self.types, self.convs, self.bns, units.PATCHED)
+        state = _C.structure_state([(model, self.root_children), *self.children], self.modules, self.types,
+                                   self.convs, self.bns, units.PATCHED)
         if (not stem_pool_ok(model.maxpool)
                 or type(model.avgpool) is not nn.AdaptiveAvgPool2d or (type(model.fc) is nn.Linear) != self.linear_fc):
             return CHANGED
