@@ -285,3 +285,19 @@ def test_the_recording_holds_no_intermediate():
     prog, out = replay.record(fn, x, [])
     assert prog is not None and alive == [False]
     assert torch.equal(prog.run(x), out)
+
+
+def test_recordings_leave_no_callbacks_on_the_tensors_they_saw():
+    """Each recording registered a weakref.finalize on every tensor it saw and never dropped them: a service feeding
+    long-lived input buffers of more sizes than a model keeps plans for (8) grew the registry by one entry per
+    buffer and recording, without bound."""
+    torch.manual_seed(0)
+    model = resnet_ext.freeze(resnet_ext.resnet18(num_classes=10))
+    buffers = [torch.randn(1, 3, 32 + 8 * k, 32) for k in range(10)]
+    with torch.no_grad():
+        for x in buffers:
+            model(x), model(x)  # a plan, then its recording
+        before = len(weakref.finalize._registry)
+        for x in buffers:  # the plans were dropped when the cache filled: planned and recorded again
+            model(x), model(x)
+    assert len(weakref.finalize._registry) == before

@@ -33,14 +33,20 @@ class _Recorder(TorchDispatchMode):
     def __init__(self, x: Tensor, constants: set):
         super().__init__()
         self.program, self.constants, self.failed = _C.CpuProgram(), constants, False
-        self.slots, self.next = {}, 0
+        self.slots, self.next, self.finalizers = {}, 0, []
         self._slot(x)
 
     def _slot(self, t: Tensor) -> None:
         key, slots = id(t), self.slots
         slots[key] = self.next
         self.next += 1
-        weakref.finalize(t, slots.pop, key, None)
+        self.finalizers.append(weakref.finalize(t, slots.pop, key, None))
+
+    def done(self) -> None:
+        """Drops the callbacks: each stays registered while its tensor lives (the caller's input, a kept output),
+        one more per recording, for as long as the caller keeps that tensor."""
+        for f in self.finalizers:
+            f.detach()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -111,4 +117,6 @@ def record(fn: Callable[[Tensor], Tensor], x: Tensor, constants: Iterable[Tensor
                 program = rec.program
     except Exception:
         program = None
+    finally:
+        rec.done()
     return program, out
