@@ -217,6 +217,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("clear_autotune_cache", &resnet_ext::clear_autotune_cache);
   m.def("autotune_cache_size", &resnet_ext::autotune_cache_size);
   m.def("cpu_memory_scope", &resnet_ext::cpu_memory::scope, "Open or close the CPU memory-reuse scope on this thread");
+  m.def("cpu_memory_next_forward", &resnet_ext::cpu_memory::next_forward,
+        "A model forward starts: free kept blocks not reused within the last few forwards");
   m.def("set_cpu_memory_limit", &resnet_ext::cpu_memory::set_limit);
   m.def("empty_cpu_cache", &resnet_ext::cpu_memory::empty_cache);
   m.def("same_bytes", &resnet_ext::same_bytes, "Whether CPU tensors are byte for byte what the snapshot recorded");

@@ -12,14 +12,20 @@
 // Outside a scope, and for small blocks, it hands over to that allocator unchanged. Inside, a block of exactly the
 // requested size is reused if one is free (a forward's sizes repeat from one forward to the next), else a new one
 // is made; a block freed anywhere, any time (the forward's output included) is kept for reuse, the least recently
-// kept ones freed to stay within the limit. Nothing of a block is read: it is memory as at::empty gives it.
+// kept ones freed to stay within the limit, and any not reused within kMaxAge model forwards (`next_forward`): with
+// input sizes that keep changing, blocks of the old sizes would otherwise fill the limit (a resnet18 service on
+// random sizes kept 0.9 GB). Nothing of a block is read: it is memory as at::empty gives it.
 #include "ops/cpu_memory.h"
 
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
 
 #include <pthread.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
+#include <cstdint>
 #include <cstring>
 #include <iterator>
 #include <list>
@@ -31,6 +37,7 @@ namespace resnet_ext::cpu_memory {
 namespace {
 
 constexpr size_t kMinBytes = 64 * 1024;  // smaller blocks come from malloc's heap, already reused without faults
+constexpr uint64_t kMaxAge = 4;  // model forwards a kept block may wait (inputs alternating in size keep theirs)
 
 thread_local bool t_in_scope = false;
 
@@ -75,7 +82,7 @@ class ReusingAllocator final : public c10::Allocator {
         const size_t n = it->second;
         if (n <= limit_) {
           evict_locked(limit_ - n, to_free);
-          lru_.push_back({p, n});
+          lru_.push_back({p, n, forward_});
           free_[n].push_back(std::prev(lru_.end()));
           kept_bytes_ += n;
         } else {
@@ -98,12 +105,27 @@ class ReusingAllocator final : public c10::Allocator {
     trim(bytes);
   }
 
-  // Frees the least recently kept blocks until at most `bytes` stay kept.
+  // Frees the least recently kept blocks until at most `bytes` stay kept, and hands the pages back to the system:
+  // glibc keeps freed blocks of this size in its heap, mapped, where malloc_trim does not return them.
   void trim(size_t bytes) {
     std::vector<void*> to_free;
     {
       std::lock_guard<std::mutex> lock(mu_);
       evict_locked(bytes, to_free);
+    }
+    for (void* q : to_free) c10::free_cpu(q);
+#if defined(__GLIBC__)
+    if (!to_free.empty()) malloc_trim(0);
+#endif
+  }
+
+  // A model forward starts: blocks kept since before the last kMaxAge forwards were not asked for again; freed.
+  void next_forward() {
+    std::vector<void*> to_free;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++forward_;
+      while (!lru_.empty() && lru_.front().forward + kMaxAge < forward_) evict_oldest_locked(to_free);
     }
     for (void* q : to_free) c10::free_cpu(q);
   }
@@ -134,14 +156,16 @@ class ReusingAllocator final : public c10::Allocator {
   struct Kept {
     void* p;
     size_t n;
+    uint64_t forward;  // the model forward under way (`next_forward`) when it was kept
   };
 
   void* take(size_t n) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = free_.find(n);
-    if (it == free_.end() || it->second.empty()) return nullptr;
+    if (it == free_.end()) return nullptr;
     const auto kept = it->second.back();  // the most recently freed block of this size (warmest in cache)
     it->second.pop_back();
+    if (it->second.empty()) free_.erase(it);
     void* p = kept->p;
     lru_.erase(kept);
     kept_bytes_ -= n;
@@ -151,15 +175,18 @@ class ReusingAllocator final : public c10::Allocator {
   // Frees (into to_free, for after the lock) the least recently kept blocks until at most `bytes` stay kept: with
   // input sizes that change, blocks of sizes no longer asked for go first.
   void evict_locked(size_t bytes, std::vector<void*>& to_free) {
-    while (kept_bytes_ > bytes) {
-      const Kept oldest = lru_.front();
-      auto& same = free_[oldest.n];
-      same.erase(same.begin());  // blocks of one size are kept in the order they were freed: this is the oldest
-      lru_.pop_front();
-      kept_bytes_ -= oldest.n;
-      size_of_.erase(oldest.p);
-      to_free.push_back(oldest.p);
-    }
+    while (kept_bytes_ > bytes) evict_oldest_locked(to_free);
+  }
+
+  void evict_oldest_locked(std::vector<void*>& to_free) {
+    const Kept oldest = lru_.front();
+    const auto same = free_.find(oldest.n);
+    same->second.erase(same->second.begin());  // one size's blocks are kept in the order they were freed
+    if (same->second.empty()) free_.erase(same);
+    lru_.pop_front();
+    kept_bytes_ -= oldest.n;
+    size_of_.erase(oldest.p);
+    to_free.push_back(oldest.p);
   }
 
   static inline ReusingAllocator* instance_ = nullptr;
@@ -169,6 +196,7 @@ class ReusingAllocator final : public c10::Allocator {
   std::list<Kept> lru_;                         // the kept ones, least recently kept first
   std::unordered_map<size_t, std::vector<std::list<Kept>::iterator>> free_;  // the same, by size
   size_t kept_bytes_ = 0;
+  uint64_t forward_ = 0;
   size_t limit_ = kDefaultLimit;
   bool installed_ = false;
 };
@@ -184,6 +212,10 @@ bool scope(bool on) {
 void set_limit(size_t bytes) {
   ReusingAllocator::install();
   ReusingAllocator::instance()->set_limit(bytes);
+}
+
+void next_forward() {
+  if (ReusingAllocator::instance() != nullptr) ReusingAllocator::instance()->next_forward();
 }
 
 void empty_cache() {

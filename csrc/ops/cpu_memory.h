@@ -17,6 +17,9 @@ struct Stats {
 
 // Opens (on) or closes the scope on this thread; returns whether it was open.
 bool scope(bool on);
+// A model forward starts (the engine calls it as it opens the scope for one): kept blocks not reused within the
+// last few forwards are freed.
+void next_forward();
 void set_limit(size_t bytes);
 void empty_cache();
 Stats stats();

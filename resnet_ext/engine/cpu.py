@@ -65,8 +65,11 @@ _IN_MODEL: contextvars.ContextVar[bool] = contextvars.ContextVar("resnet_ext_cpu
 def model_memory(x: Tensor):
     """A model's CPU forward: inside `reused_memory` where `reuse_pays(x)`; marks it under way (`in_model`)."""
     token = _IN_MODEL.set(True)
+    reuse = reuse_pays(x)
+    if reuse:
+        _C.cpu_memory_next_forward()  # blocks of sizes the last forwards did not ask for again are freed
     try:
-        with reused_memory(reuse_pays(x)):
+        with reused_memory(reuse):
             yield
     finally:
         _IN_MODEL.reset(token)
