@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from . import engine
 from ._recast import convert
+from .bn_act import upgrade_marks
 from .weights import load_state, resolve_weights
 
 try:  # subclassing torchvision's classes makes isinstance checks against them hold for these models
@@ -256,7 +257,7 @@ class ResNet(_tv_class("ResNet")):
 
     def __setstate__(self, state):
         super().__setstate__(engine.upgrade_pickled(state))
-        engine.upgrade_marks(self)  # the children are loaded before their parent
+        upgrade_marks(self)  # the children are loaded before their parent
 
     def to_torchvision(self) -> nn.Module:
         """The torchvision ResNet with this model's parameters and buffers (shared, not copied)."""

@@ -106,7 +106,7 @@ class ReusingAllocator final : public c10::Allocator {
   }
 
   // Frees the least recently kept blocks until at most `bytes` stay kept, and hands the pages back to the system:
-  // glibc keeps freed blocks of this size in its heap, mapped, where malloc_trim does not return them.
+  // glibc keeps freed blocks of this size in its heap, mapped, until malloc_trim returns them.
   void trim(size_t bytes) {
     std::vector<void*> to_free;
     {

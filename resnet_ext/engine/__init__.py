@@ -27,7 +27,6 @@ from torch import Tensor, nn
 
 from .. import ops
 from .. import switches
-from ..bn_act import upgrade_marks  # noqa: F401  (the models' __setstate__)
 from ..switches import on_cuda
 from . import cpu, cuda, frozen, fused_train, structure, units
 from .cpu import frozen_input_ok
