@@ -606,7 +606,8 @@ def _affine_vectors(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]], conv_bias
     whatever the depth: one cat and one cast per statistic (with a cast per tensor, some 300 launches, resnet50's
     whole fold took 5.6 ms per forward on an H200, the GPU idle meanwhile). With `input_dtype`: None where ATen's BN
     would refuse the BNs' tensors for such an input (their dtypes together fail `bn_dtypes_ok`, one is not a
-    vector of its BN's channels, or its storage was freed: its error then comes from the modules). `read`:
+    vector of its BN's channels, or its storage was freed: its error then comes from the modules; or one is not
+    contiguous, where ATen's batch norm computes (x - mean) * invstd * weight + bias instead). `read`:
     `_bn_tensors(pairs)`, if the caller has it."""
     conv0, _ = pairs[0]
     dtype, device = conv0.weight.dtype, conv0.weight.device
@@ -621,7 +622,7 @@ def _affine_vectors(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]], conv_bias
     if input_dtype is not None:
         bn = [(t, n) for ts in (means, variances, bn_weights, bn_biases) for t, n in zip(ts, sizes) if t is not None]
         if (not bn_dtypes_ok(input_dtype, {t.dtype for t, _ in bn})
-                or any(t.dim() != 1 or t.shape[0] != n for t, n in bn)):
+                or any(t.dim() != 1 or t.shape[0] != n or not t.is_contiguous() for t, n in bn)):
             return None
 
     def cat(tensors):
@@ -821,10 +822,12 @@ def unfolded_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, scale: Optiona
                                       and residual.device == out.device and residual.stride() == out.stride()))
             and not needs_grad(x, conv, bn, residual)
             and all(t is None or t.device == out.device for t in bn_tensors)
-            # Given a scale and shift, the caller checked the BN tensors for the whole model, dtypes, shapes and
-            # storage (the flat forward, `unit`: `_affine_vectors` with its input dtype): not again per unit.
+            # Given a scale and shift, the caller checked the BN tensors for the whole model, dtypes, shapes,
+            # strides and storage (the flat forward, `unit`: `_affine_vectors` with its input dtype): not again
+            # per unit.
             and (scale is not None or (bn_dtypes_ok(out.dtype, {t.dtype for t in bn_tensors if t is not None})
-                                       and all(t is None or t.shape == out.shape[1:2] for t in bn_tensors)
+                                       and all(t is None or (t.shape == out.shape[1:2] and t.is_contiguous())
+                                               for t in bn_tensors)
                                        and _allocated(list(bn_tensors))))):
         if scale is None:
             with torch.no_grad():

@@ -735,6 +735,58 @@ def test_a_frozen_model_on_the_meta_device_gives_torchvisions_shapes(when):
     assert y.device.type == "meta" and y.shape == ref.shape and y.dtype == ref.dtype
 
 
+
+@pytest.mark.parametrize("mode", ["default", "frozen"])
+@pytest.mark.parametrize("where", ["meta_input", "cpu_input_meta_model"])
+def test_an_input_on_another_device_than_the_model_gets_torchvisions_error(where, mode):
+    """A meta input to a CPU model (and the reverse): ATen's device error, as torchvision's convolution raises it,
+    not resnet_ext's op's own argument check."""
+    ours, tv = pair("resnet18")
+    if mode == "frozen":
+        resnet_ext.freeze(ours)
+    x = x_(size=64)
+    if where == "meta_input":
+        x = x.to("meta")
+    else:
+        ours, tv = ours.to("meta"), tv.to("meta")
+    with torch.no_grad(), pytest.raises(Exception) as ref:
+        tv(x)
+    with torch.no_grad(), pytest.raises(type(ref.value), match=re.escape(str(ref.value).splitlines()[0])):
+        ours(x)
+
+
+BN_VIEWS = {
+    "strided": lambda t: torch.stack([t, t], 1)[:, 0],
+    "expanded": lambda t: t[:1].expand(t.shape[0]),
+}
+
+
+@pytest.mark.parametrize("path", ["flat", "module"])
+@pytest.mark.parametrize("name", ["running_var", "weight"])
+@pytest.mark.parametrize("view", list(BN_VIEWS))
+def test_a_non_contiguous_bn_tensor_gives_torchvisions_bits(view, name, path):
+    """ATen's eval batch norm computes (x - mean) * invstd * weight + bias where a statistic or affine vector is not
+    contiguous, x * scale + shift where all are: the default mode's bitwise contract (the flat forward of an NCHW
+    input below the channels_last switch, the module path) holds for such a BN too (a view assigned to it, or
+    loaded with `assign=True`)."""
+    ours, tv = pair("resnet18")
+    x = x_(size=64)
+    warm(ours, x)
+    bn = tv.layer1[0].bn1
+    t = getattr(bn, name)
+    new = BN_VIEWS[view](t.detach() if name == "weight" else t)
+    for m in (ours, tv):
+        if name == "weight":
+            m.layer1[0].bn1.weight = nn.Parameter(new, requires_grad=False)
+        else:
+            m.layer1[0].bn1.running_var = new
+    if path == "module":  # a hook elsewhere: the module path, bitwise in either layout (channels_last: its units)
+        x = x.to(memory_format=torch.channels_last)
+        for m in (ours, tv):
+            m.to(memory_format=torch.channels_last).layer2[0].conv1.register_forward_hook(lambda mod, i, out: None)
+    with torch.no_grad():
+        y, ref = ours(x), tv(x)
+    assert torch.equal(y, ref), (y - ref).abs().max()
 @pytest.mark.parametrize("mode", ["default", "frozen", "train"])
 def test_a_dropped_model_is_freed_by_reference_counting(mode):
     """As torchvision's: the last reference gone, the model and what the engine keeps for it (folds, prepacked

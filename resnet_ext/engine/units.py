@@ -405,8 +405,10 @@ def unit(conv: nn.Module, bn: nn.Module, relu_mod: Optional[nn.Module], x: Tenso
                and x.shape[1] == getattr(conv, "in_channels", -1)
                and not overrides(x, residual))
     # Under CPU autocast the stock modules run, as autocast casts them (the fold would mix dtypes); so does a BN
-    # whose dtypes ATen's batch norm refuses for the conv's output (its error, where a fold would answer).
-    if (relu_ok and foldable(conv, bn) and not (x.device.type == "cpu" and torch.is_autocast_enabled("cpu"))
+    # whose dtypes ATen's batch norm refuses for the conv's output (its error, where a fold would answer), and an
+    # input on another device than the weight (ATen's device error, not the op's argument check).
+    if (relu_ok and foldable(conv, bn) and x.device == conv.weight.device
+            and not (x.device.type == "cpu" and torch.is_autocast_enabled("cpu"))
             and ops.bn_dtypes_ok(conv.weight.dtype, {t.dtype for t in bn_tensors(bn) if t is not None})):
         return eval_unit(conv, bn, x, relu_mod is not None, residual, shortcut)
     synced = relu_ok and syncs_in_op(bn, x)
