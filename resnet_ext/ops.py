@@ -810,7 +810,7 @@ def unfolded_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, scale: Optiona
     out = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     if shortcut is not None:
         residual = shortcut()
-    if (residual is not None and out.shape[2:] == (1, 1) and residual.shape == out.shape
+    if (isinstance(residual, Tensor) and out.shape[2:] == (1, 1) and residual.shape == out.shape
             and residual.stride() != out.stride() and residual.is_contiguous() and out.is_contiguous()):
         # (N, C, 1, 1) maps: dense in both layouts, the same elements at the same offsets whatever the strides say.
         residual = residual.as_strided(out.shape, out.stride(), residual.storage_offset())
@@ -818,8 +818,9 @@ def unfolded_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, scale: Optiona
     if (out.dtype in (torch.float32, torch.bfloat16)
             and (scale is None or scale.numel() == out.shape[1])  # else BN's error, from the module
             and (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last))
-            and (residual is None or (residual.shape == out.shape and residual.dtype == out.dtype
-                                      and residual.device == out.device and residual.stride() == out.stride()))
+            and (residual is None or (isinstance(residual, Tensor) and residual.shape == out.shape  # else `+=`
+                                      and residual.dtype == out.dtype and residual.device == out.device
+                                      and residual.stride() == out.stride()))
             and not needs_grad(x, conv, bn, residual)
             and all(t is None or t.device == out.device for t in bn_tensors)
             # Given a scale and shift, the caller checked the BN tensors for the whole model, dtypes, shapes,

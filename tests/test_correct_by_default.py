@@ -1426,6 +1426,39 @@ def test_an_avgpool_hook_that_replaces_the_fc_is_honoured(frozen):
         assert y.shape == ref.shape == (2, 3) and rel_err(y, ref) < TOL, layer
 
 
+DOWNSAMPLE_RETURNS = {
+    "float64": lambda o: o.double(),
+    "float16": lambda o: o.half(),
+    "number": lambda o: 0.5,
+    "tuple": lambda o: (o,),  # torchvision's TypeError from `out += identity`
+}
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "input_grad"])
+@pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
+@pytest.mark.parametrize("ret", list(DOWNSAMPLE_RETURNS))
+def test_a_downsample_hook_that_replaces_the_shortcut_gets_torchvisions_add(ret, frozen, grad):
+    """A forward hook on a downsample may return anything torchvision's `out += identity` takes (another float
+    dtype, a number) or refuses: the unit adds it as torchvision does, or raises its error."""
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval().requires_grad_(False)
+    ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
+    if frozen:
+        resnet_ext.freeze(ours)
+    for m in (tv, ours):
+        m.layer2[0].downsample.register_forward_hook(lambda mod, a, out: DOWNSAMPLE_RETURNS[ret](out))
+    x = x_(2, 64).to(memory_format=torch.channels_last).requires_grad_(grad)
+    try:
+        ref = tv(x)
+    except TypeError as e:
+        with pytest.raises(TypeError, match=re.escape(str(e))):
+            ours(x)
+        return
+    y = ours(x)
+    assert rel_err(y, ref) < TOL
+    if grad:
+        g, g_ref = torch.autograd.grad(y.sum(), x)[0], torch.autograd.grad(ref.sum(), x)[0]
+        assert rel_err(g, g_ref) < TOL
+
 @pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
 def test_module_path_blocks_hand_on_bns_strides_for_1x1_maps(frozen):
     """On the module path (hooks on the blocks) a Bottleneck's output on a 1x1 map has torchvision's NCHW strides

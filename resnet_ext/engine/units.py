@@ -366,6 +366,20 @@ class Fold(NamedTuple):
         return unchanged(self.sources, bn, conv)
 
 
+def _addable(residual, x: Tensor) -> bool:
+    """Whether the fused units can add `residual` (None: nothing to add): a tensor of x's dtype and device. A hook on
+    the downsample may return anything torchvision's `out += identity` takes (a float64 tensor, a number) or
+    refuses (a tuple)."""
+    return residual is None or (isinstance(residual, Tensor) and residual.dtype == x.dtype
+                                and residual.device == x.device)
+
+
+def _add_relu(out: Tensor, residual, relu: bool) -> Tensor:
+    """torchvision's block tail: `out += identity`, then the ReLU."""
+    out += residual
+    return torch.relu_(out) if relu else out
+
+
 def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residual: Optional[Tensor],
               shortcut=None) -> Tensor:
     """relu?(bn(conv(x)) + residual) for a foldable (conv, bn): from a frozen fold, or (CPU default mode, `unfolds`)
@@ -377,6 +391,8 @@ def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residu
     if entry is not None and not isinstance(entry, Affine) and hasattr(entry, "run"):  # a frozen entry: folded once
         if shortcut is not None:
             residual, shortcut = shortcut(), None
+        if not _addable(residual, x):
+            return _add_relu(eval_unit(conv, bn, x, False, None), residual, relu)
         out = entry.run(conv, bn, x, relu, residual)
         if out is not None:
             return ops.nchw_1x1(out) if out.device.type == "cpu" else out  # BN's strides, which a hook may see
@@ -387,6 +403,8 @@ def eval_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool, residu
         return ops.nchw_1x1(ops.unfolded_unit(conv, bn, x, scale, shift, relu, residual, shortcut))
     if shortcut is not None:
         residual = shortcut()
+    if not _addable(residual, x):
+        return _add_relu(eval_unit(conv, bn, x, False, None), residual, relu)
     if entry is None or not entry.current(conv, bn):  # none in the batch, or a hook changed the modules since
         with contextlib.nullcontext() if ops.needs_grad(x, conv, bn, residual) else torch.no_grad():
             entry = ops.fold_pairs([(conv, bn)], channels_last=ops.wants_channels_last(x))[0]
