@@ -541,6 +541,41 @@ def test_torch_func_grad_of_the_eval_model():
         assert rel_err(g[k], ref[k]) < 1e-8, k
 
 
+@pytest.mark.parametrize("batch", [2, 9], ids=["pool_linear", "onednn_linear"])
+def test_a_computed_fc_weight_of_a_frozen_model_gets_its_gradient(batch):
+    """A frozen backbone (requires_grad_(False)) whose fc weight is a computed tensor, no Parameter (MAML's fast
+    weights, a hypernetwork's head): the gradient reaches the tensor it was computed from, as in torchvision (the
+    frozen head's own ops have no autograd)."""
+    ours, tv = pair("resnet18")
+    resnet_ext.freeze(ours)
+    weight, bias = tv.fc.weight.detach().clone(), tv.fc.bias.detach().clone()
+    grads = []
+    for m in (ours, tv):
+        m.requires_grad_(False)
+        w0 = weight.clone().requires_grad_()
+        m.fc = nn.Linear(512, 10)
+        del m.fc.weight
+        m.fc.weight, m.fc.bias = w0 * 1.0, nn.Parameter(bias, requires_grad=False)
+        m(x_(batch, 32)).square().sum().backward()
+        grads.append(w0.grad)
+    assert grads[0] is not None and grads[1] is not None and rel_err(*grads) < TOL
+
+
+@pytest.mark.parametrize("x_grad", [False, True])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "cl"])
+def test_a_bn_statistic_requiring_grad_in_a_frozen_model_gets_torchvisions_error(fmt, x_grad):
+    """A frozen model whose parameters need no gradient but a BN statistic requires grad: ATen's batch norm raises
+    that it is not differentiable, at the forward, as in torchvision (the folds, constants, ignored it)."""
+    ours, tv = pair("resnet18")
+    resnet_ext.freeze(ours)
+    x = x_(2, 32).to(memory_format=fmt).requires_grad_(x_grad)
+    tv.requires_grad_(False)
+    tv.layer1[0].bn1.running_var.requires_grad_()  # shared with ours
+    with pytest.raises(RuntimeError) as ref:
+        tv(x)
+    with pytest.raises(RuntimeError, match=re.escape(str(ref.value)[:80])):
+        ours(x)
+
 @pytest.mark.parametrize("frozen", [False, True])
 def test_forward_mode_ad_gives_torchvisions_tangent(frozen):
     """Dual tensors (torch.autograd.forward_ad) set no requires_grad: resnet_ext's ops, which have no forward-mode

@@ -136,9 +136,9 @@ def block(b: nn.Module, x: Tensor) -> Tensor:
 
 
 def frozen_folds(model: nn.Module):
-    """The frozen folds, or None: not frozen, or this forward may need gradients for the parameters (the frozen
-    folds are constants, so such a forward runs as in the default mode, with differentiable folds)."""
-    if torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters()):
+    """The frozen folds, or None: not frozen, or this forward may need gradients for the parameters or buffers (the
+    frozen folds are constants, so such a forward runs as in the default mode, with differentiable folds)."""
+    if units.wants_grad(model):
         return None
     return frozen.folds_of(model)
 
@@ -246,8 +246,7 @@ def forward_state(model: nn.Module, x: Tensor) -> Optional[units.Forward]:
         affine = _affine(model, x, _unfolded_pairs(model))
         return None if affine is None else units.Forward(affine)
     pairs = units.model_pairs(model)
-    grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters()))
-    with torch.set_grad_enabled(grad):
+    with torch.set_grad_enabled(units.wants_grad(model, x)):
         folded = ops.fold_pairs(pairs, channels_last=ops.wants_channels_last(x))
     return units.Forward({(conv, bn): units.Fold(*f, units.bn_sources(bn, conv))
                           for (conv, bn), f in zip(pairs, folded)})

@@ -638,6 +638,8 @@ def logits(model: nn.Module, features: Tensor, onednn_fc: bool = False,
     batch 8: 340-347 against 598-610), the whole frozen resnet50 0.98-1.03x per run, level within the noise (2-core
     Zen 5; benchmarks/cpu_fc_ab.py, benchmarks/results/2026-12-05-cpu-bench-settled/). A `layout` (`head_layout`:
     hooks on the head) runs the modules on the features in that layout, as torchvision's forward calls them."""
+    if onednn_fc and torch.is_grad_enabled() and _fc_wants_grad(model.fc):
+        onednn_fc = False  # a computed fast weight, no Parameter (those leave the frozen path): the module's autograd
     if layout is None and onednn_fc and head_fits(model, features, fc_dtype):
         units.count(HEAD)
         return ops.pool_linear(features, model.fc.weight, model.fc.bias)
@@ -646,10 +648,15 @@ def logits(model: nn.Module, features: Tensor, onednn_fc: bool = False,
     if layout is not None:  # a 1x1 map as BN hands it on (NCHW strides in either layout)
         return structure.head(model, ops.nchw_1x1(features.contiguous(memory_format=layout)))
     pooled = torch.flatten(model.avgpool(features), 1)
-    fc = model.fc
+    fc = model.fc  # after the pool: its hook may replace the fc
     if onednn_fc and type(fc) is nn.Linear and _onednn_fc_fits(fc.weight, fc.bias, pooled):
         return torch.ops.mkldnn._linear_pointwise.default(pooled, fc.weight, fc.bias, "none", [], "")
     return fc(pooled)
+
+
+def _fc_wants_grad(fc: nn.Module) -> bool:
+    return any(isinstance(t, Tensor) and t.requires_grad
+               for t in (getattr(fc, "weight", None), getattr(fc, "bias", None)))
 
 
 def head_fits(model: nn.Module, features: Tensor, fc_dtype: Optional[torch.dtype]) -> bool:

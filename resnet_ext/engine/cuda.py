@@ -196,7 +196,7 @@ def eager_reason(model: nn.Module, x: Tensor) -> Optional[str]:
 
 def _check(model: nn.Module, x: Tensor) -> tuple:
     """(eager_reason, the recorded structure.Structure or None)."""
-    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters())):
+    if units.wants_grad(model, x):
         return "gradients may be needed", None
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return "traced or compiled", None

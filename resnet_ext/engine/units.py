@@ -304,6 +304,15 @@ def forward_state(state: Optional[Forward]):
         _FORWARD.reset(token)
 
 
+def wants_grad(model: nn.Module, x: Optional[Tensor] = None) -> bool:
+    """Whether a forward of `model` (on `x`) may record gradients: grad mode on and x, a parameter or a buffer
+    requires grad (a BN statistic that does gets ATen's "not differentiable" error from torchvision's modules). One
+    pass over the modules' dicts (resnet50: 150 us, less than `model.parameters()` alone)."""
+    return torch.is_grad_enabled() and ((x is not None and x.requires_grad) or any(
+        t is not None and t.requires_grad for m in model.modules() for d in (m._parameters, m._buffers)
+        for t in d.values()))
+
+
 def unfolds(x: Tensor) -> bool:
     """Whether the default mode applies BN unfolded, as torchvision computes it (the fp32 scale and shift after the
     stock conv): eager on the CPU. Elsewhere (CUDA's fused kernels, a compiled graph) BN is folded into the conv
