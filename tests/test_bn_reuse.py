@@ -187,3 +187,42 @@ def test_allocated():
                          torch.ones(4, 6).t(), torch.empty(0)])
     assert not _C.allocated([torch.ones(3), freed]) and not _C.allocated([tail])
     assert _C.allocated([tail[:2]])
+
+
+def test_same_bytes_follows_version_counters():
+    """A write that moves a version counter misses even where the bytes came back (the race below); an inference
+    tensor, which has no counter, is compared by its bytes."""
+    snap = torch.empty(0, dtype=torch.uint8)
+    d = torch.ones(3)
+    assert not _C.same_bytes([d], snap) and _C.same_bytes([d], snap)
+    d.add_(0)  # the same bytes, a new version
+    assert not _C.same_bytes([d], snap) and _C.same_bytes([d], snap)
+    with torch.inference_mode():
+        e = torch.ones(3)
+    assert not _C.same_bytes([e], snap) and _C.same_bytes([e], snap)
+
+
+def test_a_write_racing_with_the_scale_computation_is_not_kept(monkeypatch):
+    """Another thread writes a BN (A -> B -> A, e.g. weights swapped in and out) while a forward computes the batch's
+    scale and shift: the bytes the memo recorded are A's, the values B's. Once the write is over, the next forward
+    must give A's answer (it did not, for every later forward, while the bytes stayed A's)."""
+    ours, tv = _pair(torch.float32, "nchw")
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    bn = _bn(tv)
+    a = bn.running_var.detach().clone()
+    compute = ops._affine_vectors
+
+    def racing(*args, **kwargs):  # the other thread's write lands between the check and the computation
+        with torch.no_grad():
+            bn.running_var.mul_(4)
+        try:
+            return compute(*args, **kwargs)
+        finally:
+            with torch.no_grad():
+                bn.running_var.copy_(a)
+
+    monkeypatch.setattr(ops, "_affine_vectors", racing)
+    _run(ours, x)
+    monkeypatch.setattr(ops, "_affine_vectors", compute)
+    assert torch.equal(bn.running_var, a)
+    assert torch.equal(_run(ours, x), _run(tv, x))
