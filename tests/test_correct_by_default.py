@@ -7,6 +7,7 @@ import copy
 import io
 import pickle
 import re
+import threading
 
 import pytest
 import torch
@@ -1636,3 +1637,34 @@ def test_a_frozen_forward_survives_state_dropped_by_another_thread():
         same(ours, tv, x)
         state.of(ours).sources = None  # as another thread's invalidate() leaves it, folds still set
         same(ours, tv, x)
+
+
+@pytest.mark.skipif(not _bf16_ok(), reason="no native bf16")
+def test_a_freeze_during_another_threads_refold_is_not_lost(monkeypatch):
+    """`freeze(model)` (fp32) called while another thread's forward refolds a bf16-frozen model (its first forward
+    after a write): the forward's bf16 folds must not be stored over freeze's, which every later forward would
+    run (5e-3 off where fp32 is 1e-6)."""
+    from resnet_ext.engine import frozen
+
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)), dtype=torch.bfloat16)
+    x = x_(1, 64)
+    warm(ours, x)
+    with torch.no_grad():
+        ours.layer4[1].bn2.running_var.mul_(1.0)  # a write: the next forward refolds
+    fold, started, done = frozen._fold, threading.Event(), threading.Event()
+
+    def folding(model):  # the other thread's freeze runs once this forward has folded (or waits for it to store)
+        folds = fold(model)
+        if not started.is_set():
+            started.set()
+            threading.Thread(target=lambda: (resnet_ext.freeze(ours), done.set()), daemon=True).start()
+            done.wait(0.5)
+        return folds
+
+    monkeypatch.setattr(frozen, "_fold", folding)
+    warm(ours, x)
+    assert done.wait(10)
+    monkeypatch.setattr(frozen, "_fold", fold)
+    assert frozen.compute_dtype(ours) is None
+    same(ours, tv, x, tol=1e-5)

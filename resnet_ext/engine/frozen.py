@@ -122,11 +122,12 @@ def freeze(model: nn.Module, *, dtype: Optional[torch.dtype] = None, cuda_graphs
         dtype = None
     model.eval()
     st = _state.of(model)
-    st.invalidate()
-    st.frozen = dtype if dtype is not None else True
-    st.cuda_graphs = cuda_graphs
-    st.sources = _sources(model)
-    st.folds = _fold(model)
+    with st.lock:
+        st.invalidate()
+        st.frozen = dtype if dtype is not None else True
+        st.cuda_graphs = cuda_graphs
+        st.sources = _sources(model)
+        st.folds = _fold(model)
     return model
 
 
@@ -198,9 +199,14 @@ def folds_of(model: nn.Module) -> Optional[Dict[nn.Module, FrozenUnit]]:
         st.invalidate()  # the programs and graphs made on the folds go with them
     elif sources is not None and sources.holds() and not _consistent(units.model_pairs(model)):
         return None  # the last fold was refused on these same tensors, which still do not fit
-    sources = _sources(model)  # before the fold: a write during it is seen on the next forward
-    folds = _fold(model)
-    st.sources, st.folds = sources, folds
+    with st.lock:  # not over a concurrent freeze's folds (another compute dtype) or another forward's
+        if st.folds is not None and st.sources is not None and st.sources.holds():
+            return st.folds if st.frozen else None
+        if not st.frozen:
+            return None
+        sources = _sources(model)  # before the fold: a write during it is seen on the next forward
+        folds = _fold(model)
+        st.sources, st.folds = sources, folds
     return folds
 
 

@@ -7,6 +7,7 @@ caches are rebuilt on demand.
 """
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 from torch import nn
@@ -49,11 +50,15 @@ class ExtState:
     what the flat forward recorded), `flat_plans` (the default flat forward's per-input unit kinds: chosen from
     shapes and the weights' layouts, dropped with the folds; a weight swapped through `.data` since then is checked
     by the unit that runs it). `structure` depends on module identity only, never on weight values. `memo`: results
-    checked against their inputs' bytes on every use (`ops.bn_affine_pairs`), never stale."""
+    checked against their inputs' bytes on every use (`ops.bn_affine_pairs`), never stale. `lock`: held while the
+    frozen folds are made and stored (`freeze`, a forward's refold), so that a forward folding with the settings in
+    force before cannot store its folds over a concurrent `freeze`'s."""
 
-    __slots__ = ("frozen", "cuda_graphs", "folds", "sources", "programs", "graphs", "structure", "flat_plans", "memo")
+    __slots__ = ("frozen", "cuda_graphs", "folds", "sources", "programs", "graphs", "structure", "flat_plans", "memo",
+                 "lock")
 
     def __init__(self, frozen=False, cuda_graphs: bool = False):
+        self.lock = threading.Lock()
         self.frozen, self.cuda_graphs = frozen, cuda_graphs
         self.folds = self.sources = self.programs = self.graphs = self.structure = None
         self.flat_plans: dict = {}
