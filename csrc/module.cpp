@@ -222,6 +222,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cpu_memory_limit", &resnet_ext::cpu_memory::set_limit);
   m.def("empty_cpu_cache", &resnet_ext::cpu_memory::empty_cache);
   m.def("same_bytes", &resnet_ext::same_bytes, "Whether CPU tensors are byte for byte what the snapshot recorded");
+  m.def("snapshot_tensors", &resnet_ext::snapshot_tensors, py::arg("snapshot"), py::arg("count"),
+        "Copies of the tensors a same_bytes snapshot recorded");
   m.def("allocated", &resnet_ext::allocated, "Whether every strided tensor's storage still holds its elements");
   m.def("all_bounded", &resnet_ext::all_bounded, py::arg("x"), py::arg("log2_bound") = 1 << 16,
         "Whether every element of a floating-point tensor is finite and below 2**log2_bound in magnitude");

@@ -669,9 +669,15 @@ def bn_affine_pairs(pairs: Sequence[Tuple[nn.Conv2d, nn.BatchNorm2d]], conv_bias
         else:  # a normal tensor even under inference_mode: same_bytes resizes it in place on later calls
             with torch.inference_mode(False):
                 snapshot = torch.empty(0, dtype=torch.uint8, device="cpu")  # whatever the default device
-        if _C.same_bytes([t for col in read[1] for t in col], snapshot) and last[0] == key:
+        flat = [t for col in read[1] for t in col]
+        if _C.same_bytes(flat, snapshot) and last[0] == key:
             memo["bn_affine"] = last
             return last[2]
+        # Computed from the bytes just recorded, not the live tensors: a write by another thread between the two
+        # reads (A recorded, B computed, A again: no version moved by `.data`) would pair A's bytes with B's values.
+        if snapshot.numel():
+            copies = iter(_C.snapshot_tensors(snapshot, len(flat)))
+            read = (read[0], [[next(copies) for _ in col] for col in read[1]])
     got = _affine_vectors(pairs, conv_bias, input_dtype, read)
     if got is None:
         return None

@@ -202,10 +202,25 @@ def test_same_bytes_follows_version_counters():
     assert not _C.same_bytes([e], snap) and _C.same_bytes([e], snap)
 
 
-def test_a_write_racing_with_the_scale_computation_is_not_kept(monkeypatch):
-    """Another thread writes a BN (A -> B -> A, e.g. weights swapped in and out) while a forward computes the batch's
-    scale and shift: the bytes the memo recorded are A's, the values B's. Once the write is over, the next forward
-    must give A's answer (it did not, for every later forward, while the bytes stayed A's)."""
+def test_snapshot_tensors_are_the_recorded_values():
+    snap = torch.empty(0, dtype=torch.uint8)
+    a, b = torch.randn(5), torch.randn(2, 3).to(torch.bfloat16)
+    assert _C.snapshot_tensors(snap, 3) == []  # nothing recorded
+    _C.same_bytes([a, None, b], snap)
+    recorded = a.clone()
+    a.add_(1)  # the live tensor moves on; the copies are what was recorded
+    got = _C.snapshot_tensors(snap, 3)
+    assert torch.equal(got[0], recorded) and got[1] is None and torch.equal(got[2], b) and got[2].dtype == b.dtype
+    with pytest.raises(RuntimeError, match="do not fill"):
+        _C.snapshot_tensors(snap, 2)
+
+
+@pytest.mark.parametrize("write", ["in_place", "data"])
+def test_a_write_racing_with_the_scale_computation_is_not_kept(monkeypatch, write):
+    """Another thread writes a BN (A -> B -> A, e.g. weights swapped in and out; in place, or through `.data`, which
+    moves no version counter) while a forward computes the batch's scale and shift: the bytes the memo recorded are
+    A's, the live values B's. Once the write is over, the next forward must give A's answer (it did not, for every
+    later forward, while the bytes stayed A's): the batch is computed from the recorded bytes."""
     ours, tv = _pair(torch.float32, "nchw")
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     bn = _bn(tv)
@@ -213,13 +228,14 @@ def test_a_write_racing_with_the_scale_computation_is_not_kept(monkeypatch):
     compute = ops._affine_vectors
 
     def racing(*args, **kwargs):  # the other thread's write lands between the check and the computation
+        var = bn.running_var if write == "in_place" else bn.running_var.data
         with torch.no_grad():
-            bn.running_var.mul_(4)
+            var.mul_(4)
         try:
             return compute(*args, **kwargs)
         finally:
             with torch.no_grad():
-                bn.running_var.copy_(a)
+                var.copy_(a)
 
     monkeypatch.setattr(ops, "_affine_vectors", racing)
     _run(ours, x)

@@ -95,6 +95,44 @@ bool same_bytes(const std::vector<std::optional<at::Tensor>>& tensors, at::Tenso
   return same;
 }
 
+std::vector<std::optional<at::Tensor>> snapshot_tensors(const at::Tensor& snapshot, int64_t count) {
+  std::vector<std::optional<at::Tensor>> out;
+  if (snapshot.numel() == 0) return out;  // emptied: a tensor was not comparable
+  TORCH_CHECK(snapshot.scalar_type() == at::kByte && snapshot.dim() == 1 && snapshot.is_contiguous() &&
+                  snapshot.device().is_cpu(),
+              "snapshot_tensors: snapshot must be a 1-d contiguous uint8 CPU tensor");
+  const uint8_t* base = snapshot.const_data_ptr<uint8_t>();
+  const size_t total = static_cast<size_t>(snapshot.numel());
+  size_t pos = 0;
+  auto next = [&]() {
+    TORCH_CHECK(pos + sizeof(int64_t) <= total, "snapshot_tensors: the snapshot ends inside its header");
+    int64_t v;
+    std::memcpy(&v, base + pos, sizeof(v));
+    pos += sizeof(v);
+    return v;
+  };
+  for (int64_t i = 0; i < count; ++i) {  // the header, as same_bytes wrote it
+    const int64_t kind = next();
+    if (kind == -1) {
+      out.emplace_back(std::nullopt);
+      continue;
+    }
+    next();  // the version
+    std::vector<int64_t> sizes(static_cast<size_t>(next()));
+    for (int64_t& s : sizes) s = next();
+    out.emplace_back(at::empty(sizes, at::TensorOptions().dtype(static_cast<at::ScalarType>(kind))));
+  }
+  for (std::optional<at::Tensor>& o : out) {  // then the bytes
+    if (!o.has_value()) continue;
+    const size_t n = o->nbytes();
+    TORCH_CHECK(pos + n <= total, "snapshot_tensors: the snapshot ends inside its data");
+    if (n > 0) std::memcpy(o->data_ptr(), base + pos, n);
+    pos += n;
+  }
+  TORCH_CHECK(pos == total, "snapshot_tensors: ", count, " tensors do not fill the snapshot");
+  return out;
+}
+
 bool allocated(const std::vector<std::optional<at::Tensor>>& tensors) {
   for (const std::optional<at::Tensor>& o : tensors) {
     if (!o.has_value() || !o->defined()) continue;

@@ -15,6 +15,11 @@ namespace resnet_ext {
 // dense CPU tensor, so that no later call matches).
 bool same_bytes(const std::vector<std::optional<at::Tensor>>& tensors, at::Tensor& snapshot);
 
+// Copies of the `count` tensors the snapshot recorded (None where absent), or an empty list where it is empty: the
+// values a caller computes from after `same_bytes` said they changed, so that its result belongs to the recorded
+// bytes even where another thread writes the live tensors meanwhile.
+std::vector<std::optional<at::Tensor>> snapshot_tensors(const at::Tensor& snapshot, int64_t count);
+
 // False where a strided tensor's storage no longer holds all its elements (freed by resizing it, as FSDP-style
 // code does): ATen's own kernels read such a tensor out of bounds; its modules raise a clean error.
 bool allocated(const std::vector<std::optional<at::Tensor>>& tensors);
