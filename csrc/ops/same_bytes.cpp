@@ -49,8 +49,7 @@ bool comparable(const at::Tensor& t) {
 
 }  // namespace
 
-// The snapshot: a header (per tensor: -1 where absent, else its dtype, version, dim and sizes) then every tensor's
-// bytes.
+// The snapshot: a header (per tensor: -1 where absent, else its dtype, dim and sizes) then every tensor's bytes.
 // A tensor that cannot be compared (`comparable`) makes the result false and empties the snapshot, so that no later
 // call can match it.
 bool same_bytes(const std::vector<std::optional<at::Tensor>>& tensors, at::Tensor& snapshot) {
@@ -75,11 +74,6 @@ bool same_bytes(const std::vector<std::optional<at::Tensor>>& tensors, at::Tenso
       return false;
     }
     header.push_back(static_cast<int64_t>(t.scalar_type()));
-    // The version counter too (none for an inference tensor): a write racing with the caller's computation from
-    // these tensors (bytes A, then B read, then A again) would leave bytes equal to the snapshot's while the result
-    // came from B; such a write moves the counter when it completes, after this read, so the next call misses.
-    const c10::VariableVersion& version = t.unsafeGetTensorImpl()->version_counter();
-    header.push_back(version.enabled() ? static_cast<int64_t>(version.current_version()) : -2);
     header.push_back(t.dim());
     for (int64_t s : t.sizes()) header.push_back(s);
     data_bytes += t.nbytes();
@@ -117,7 +111,6 @@ std::vector<std::optional<at::Tensor>> snapshot_tensors(const at::Tensor& snapsh
       out.emplace_back(std::nullopt);
       continue;
     }
-    next();  // the version
     std::vector<int64_t> sizes(static_cast<size_t>(next()));
     for (int64_t& s : sizes) s = next();
     out.emplace_back(at::empty(sizes, at::TensorOptions().dtype(static_cast<at::ScalarType>(kind))));

@@ -10,7 +10,7 @@
 
 namespace resnet_ext {
 
-// True where every tensor (dtype, version counter, shape and bytes; absent where absent) is what `snapshot` (1-d
+// True where every tensor (dtype, shape and bytes; absent where absent) is what `snapshot` (1-d uint8, CPU)
 // recorded at the last call; else false, and the snapshot rewritten to record them now (emptied where one is not a
 // dense CPU tensor, so that no later call matches).
 bool same_bytes(const std::vector<std::optional<at::Tensor>>& tensors, at::Tensor& snapshot);
