@@ -518,6 +518,30 @@ def bn_scale_shift(running_mean: Tensor, running_var: Tensor, eps, bn_weight: Op
     return scale, shift
 
 
+def _rounds_as_atens_bn() -> bool:
+    """Whether `scale_shift_act_` gives ATen's eval batch norm bit for bit: its AVX2 and AVX-512 kernels round
+    x * scale + shift once (a fused multiply-add), as the op does, its non-vectorized ones twice
+    (`ATEN_CPU_CAPABILITY=default`, a CPU without AVX2). Asked of ATen itself, once per process (ATen picks its
+    kernels once): float32 and bfloat16, NCHW and channels_last, channel and pixel counts off the vector widths."""
+    g = torch.Generator().manual_seed(0)
+    c = 67
+    mean, var = torch.randn(c, generator=g), torch.rand(c, generator=g) + 0.5
+    weight, bias = torch.randn(c, generator=g), torch.randn(c, generator=g)
+    with torch.no_grad():
+        scale, shift = bn_scale_shift(mean, var, 1e-5, weight, bias, None, torch.float32)
+        for dtype in (torch.float32, torch.bfloat16):
+            for layout in (torch.contiguous_format, torch.channels_last):
+                x = torch.randn(2, c, 5, 7, generator=g).to(dtype).contiguous(memory_format=layout)
+                ref = F.batch_norm(x, mean, var, weight, bias, False, 0.0, 1e-5)
+                if not torch.equal(scale_shift_act_(x.clone(), scale, shift, None, False), ref):
+                    return False
+    return True
+
+
+# The default mode's BN pass runs the op only where it is ATen's arithmetic; elsewhere ATen's BN (its bits).
+ROUNDS_AS_ATENS_BN = _rounds_as_atens_bn()
+
+
 def fold_bn_weights(weight: Tensor, bias: Optional[Tensor], running_mean: Tensor, running_var: Tensor, eps: float,
                     bn_weight: Optional[Tensor], bn_bias: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     """Folds an eval-mode BatchNorm into the preceding conv: returns (weight', bias') with
@@ -828,6 +852,7 @@ def unfolded_unit(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, scale: Optiona
                                       and residual.dtype == out.dtype and residual.device == out.device
                                       and residual.stride() == out.stride()))
             and not needs_grad(x, conv, bn, residual)
+            and ROUNDS_AS_ATENS_BN
             and all(t is None or t.device == out.device for t in bn_tensors)
             # Given a scale and shift, the caller checked the BN tensors for the whole model, dtypes, shapes,
             # strides and storage (the flat forward, `unit`: `_affine_vectors` with its input dtype): not again

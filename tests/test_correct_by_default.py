@@ -5,8 +5,11 @@ Every comparison runs our model and a torchvision model holding the same Paramet
 (`from_torchvision` shares them), after the fused path has run once (so any cache would be warm)."""
 import copy
 import io
+import os
 import pickle
 import re
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -1668,3 +1671,46 @@ def test_a_freeze_during_another_threads_refold_is_not_lost(monkeypatch):
     monkeypatch.setattr(frozen, "_fold", fold)
     assert frozen.compute_dtype(ours) is None
     same(ours, tv, x, tol=1e-5)
+
+
+ATEN_DEFAULT_KERNELS = """
+import copy, torch, torchvision, resnet_ext
+from conftest import randomize_bn
+assert torch.backends.cpu.get_cpu_capability() == "DEFAULT"
+torch.set_num_threads(1)
+torch.manual_seed(0)
+tv = randomize_bn(torchvision.models.resnet18()).eval()
+ours = resnet_ext.resnet18().eval()
+ours.load_state_dict(tv.state_dict())
+x = torch.randn(1, 3, 64, 64)
+with torch.no_grad():
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = copy.deepcopy(tv).to(dtype), copy.deepcopy(ours).to(dtype)
+        assert torch.equal(a(x.to(dtype)), b(x.to(dtype))), ("flat", dtype)
+        # the module path (a hook elsewhere) in channels_last: its units, torchvision's bits too
+        for m in (a, b):
+            m.to(memory_format=torch.channels_last).layer2[0].conv1.register_forward_hook(lambda mod, i, o: None)
+        xc = x.to(dtype).contiguous(memory_format=torch.channels_last)
+        assert torch.equal(a(xc), b(xc)), ("module", dtype)
+# channels_last forwards on GEMM units (small maps, large weights): torchvision's answer within its rounding
+tv = randomize_bn(torchvision.models.resnet50()).eval()
+ours = resnet_ext.resnet50().eval()
+ours.load_state_dict(tv.state_dict())
+xc = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+with torch.no_grad():
+    for _ in range(2):  # the plan, then the settled forward
+        y, ref = ours(xc), tv(xc)
+        assert (y - ref).abs().max() <= 1e-5 * ref.abs().max(), ("gemm", (y - ref).abs().max())
+print("ok")
+"""
+
+
+def test_atens_non_vectorized_kernels_keep_torchvisions_bits():
+    """ATen's eval batch norm rounds x * scale + shift once (a fused multiply-add) in its AVX2 and AVX-512 kernels,
+    twice in its non-vectorized ones (`ATEN_CPU_CAPABILITY=default`, a CPU without AVX2): the default mode's BN pass
+    gives torchvision's bits under either (a fresh interpreter: ATen picks its kernels once per process)."""
+    path = [os.path.dirname(os.path.abspath(__file__))] + os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default", PYTHONPATH=os.pathsep.join(p for p in path if p))
+    out = subprocess.run([sys.executable, "-c", ATEN_DEFAULT_KERNELS], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]

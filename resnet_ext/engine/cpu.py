@@ -421,12 +421,15 @@ def gemm_unit(u: Unit, x: Tensor, scale: Tensor, shift: Tensor, residual: Option
 
 def _bn_epilogue(u: Unit, y: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor]) -> Tensor:
     """relu?(y * scale + shift (+ residual)) in place on a unit's channels_last conv output y: BN as ATen computes
-    it, the add and the ReLU in one pass, or, for a residual of other strides, as torchvision's ops do it."""
+    it, the add and the ReLU in one pass, or, for a residual of other strides (or where ATen's BN rounds twice:
+    `ops.ROUNDS_AS_ATENS_BN`), as torchvision's ops do it."""
     relu = u.relu or residual is not None
-    if residual is None or (residual.shape == y.shape and residual.stride() == y.stride()):
+    same = residual is None or (residual.shape == y.shape and residual.stride() == y.stride())
+    if same and ops.ROUNDS_AS_ATENS_BN:
         return ops.scale_shift_act_(y, scale, shift, residual, relu)  # BN as ATen computes it, add, ReLU: one pass
     y.mul_(scale.view(-1, 1, 1)).add_(shift.view(-1, 1, 1))
-    y.add_(residual)  # as torchvision's `out += identity`, its broadcasting and its error
+    if residual is not None:
+        y.add_(residual)  # as torchvision's `out += identity`, its broadcasting and its error
     if relu:
         y.relu_()
     return y
