@@ -1714,3 +1714,30 @@ def test_atens_non_vectorized_kernels_keep_torchvisions_bits():
     out = subprocess.run([sys.executable, "-c", ATEN_DEFAULT_KERNELS], env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("setting", ["matmul_precision", "mkldnn_matmul"])
+def test_fp32_matmuls_that_round_put_no_gemm_unit_in_a_convs_place(setting):
+    """`torch.set_float32_matmul_precision("medium")` (a common setting for CUDA's TF32) lets oneDNN round fp32
+    matmul operands to bf16 on CPUs with AMX while torchvision's convolutions keep fp32: the default mode's fp32 GEMM
+    units (channels_last, small maps) give way to the stock convolutions under it, and return when it is undone."""
+    ours, tv = pair()
+    x = x_(n=1, size=64).contiguous(memory_format=torch.channels_last)
+    old = torch.get_float32_matmul_precision(), torch.backends.mkldnn.matmul.fp32_precision
+
+    def gemms():
+        resnet_ext.reset_path_counts()
+        same(ours, tv, x)
+        return resnet_ext.path_counts().get("gemm", 0)
+
+    assert gemms() > 0
+    try:
+        if setting == "matmul_precision":
+            torch.set_float32_matmul_precision("medium")
+        else:
+            torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+        assert gemms() == 0
+    finally:
+        torch.set_float32_matmul_precision(old[0])
+        torch.backends.mkldnn.matmul.fp32_precision = old[1]
+    assert gemms() > 0

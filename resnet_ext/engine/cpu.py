@@ -138,6 +138,8 @@ def gemm_pays(u: Unit, x: Tensor) -> bool:
     conv = u.conv
     if conv.groups != 1 or conv.bias is not None or not ops.wants_channels_last(x) or not _gemm_fits(conv, x):
         return False
+    if x.dtype == torch.float32 and not fp32_matmul_exact():
+        return False
     if conv.kernel_size == (3, 3) and conv.padding == (1, 1) and conv.dilation == (1, 1):
         return gemm3x3_pays(conv, x)
     if conv.kernel_size != (1, 1) or conv.padding != (0, 0):
@@ -151,6 +153,13 @@ def gemm_pays(u: Unit, x: Tensor) -> bool:
         return False
     return x.dtype != torch.float32 or (pixels >= 16 and (pixels >= 49 or c * k >= 1 << 19)
                                         and (pixels >= 100 or c >= 512))
+
+
+def fp32_matmul_exact() -> bool:
+    """False where oneDNN's fp32 matmuls may round their operands (`torch.set_float32_matmul_precision("medium")`
+    or `torch.backends.mkldnn.matmul.fp32_precision = "bf16"`: bf16 products on CPUs with AMX) while the
+    convolutions keep theirs: no fp32 GEMM unit then stands in for a convolution (the default plans' key holds it)."""
+    return torch.backends.mkldnn.matmul.fp32_precision in ("none", "ieee")
 
 
 def gemm3x3_pays(conv: nn.Conv2d, x: Tensor) -> bool:
@@ -916,7 +925,7 @@ def forward_default(model: nn.Module, x: Tensor) -> Optional[Tensor]:
         return None
     st = _state.of(model)
     plans = st.flat_plans  # per input, each unit's kind (from shapes and weight layouts; see state.ExtState)
-    key = (tuple(x.shape), x.dtype, x.stride(), cpu_winograd.on)
+    key = (tuple(x.shape), x.dtype, x.stride(), cpu_winograd.on, x.dtype != torch.float32 or fp32_matmul_exact())
     with reused_memory(False):  # the memo lives with the model, not in the forwards' reused memory
         affine = ops.bn_affine_pairs([(u.conv, u.bn) for u in s.units], conv_bias=False, input_dtype=x.dtype,
                                      memo=st.memo)
