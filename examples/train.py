@@ -53,6 +53,19 @@ class FakeImages(Dataset):
         return image, int(torch.randint(0, self.num_classes, (1,), generator=g))
 
 
+class ImageError(Exception):
+    """An image of the data set that cannot be read; the message names its file."""
+
+
+def load_image(path: str):
+    """torchvision's ImageFolder loader, its error naming the file (PIL's says only what was wrong)."""
+    from torchvision.datasets.folder import default_loader
+    try:
+        return default_loader(path)
+    except Exception as e:
+        raise ImageError(f"{path}: {type(e).__name__}: {e}") from None
+
+
 def image_folder(root: str, image_size: int):
     from torchvision import datasets, transforms
 
@@ -60,10 +73,11 @@ def image_folder(root: str, image_size: int):
     return datasets.ImageFolder(os.path.join(root, "train") if os.path.isdir(os.path.join(root, "train")) else root,
                                 transforms.Compose([transforms.RandomResizedCrop(image_size),
                                                     transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-                                                    normalize]))
+                                                    normalize]), loader=load_image)
 
 
 PROG = "examples/train.py"
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # the optimizer's hyperparameters meet fp32 parameters
 ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2"]
 
 
@@ -85,10 +99,10 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=number(int, 1), default=90)
     p.add_argument("--steps", type=number(int, 1), default=None, help="stop after this many optimizer steps in total")
     p.add_argument("--batch-size", type=number(int, 1), default=64, help="per process")
-    p.add_argument("--lr", type=number(float, 0, lo_open=True), default=0.1,
+    p.add_argument("--lr", type=number(float, 0, FLOAT32_MAX, lo_open=True), default=0.1,
                    help="for 256 images per step; scaled with the global batch")
     p.add_argument("--momentum", type=number(float, 0, 1), default=0.9)
-    p.add_argument("--weight-decay", type=number(float, 0), default=1e-4)
+    p.add_argument("--weight-decay", type=number(float, 0, FLOAT32_MAX), default=1e-4)
     p.add_argument("--label-smoothing", type=number(float, 0, 1, hi_open=True), default=0.0)
     p.add_argument("--warmup-epochs", type=number(float, 0), default=0.0)
     p.add_argument("--amp", choices=["bf16", "fp16", "none"], default=None, help="default: bf16 on CUDA, none on CPU")
@@ -128,6 +142,15 @@ def check_arguments(args) -> str:
     if args.batch_size * math.ceil(args.image_size / 32) ** 2 < 2:
         fail(f"--batch-size {args.batch_size} with --image-size {args.image_size} leaves one value per channel in "
              f"the last BatchNorm, which cannot train: use a larger batch or image")
+    try:
+        cli.check_batch_fits(args.batch_size, args.image_size, torch.device(device_kind, 0 if device_kind == "cuda"
+                                                                             else None),
+                             f"--batch-size {args.batch_size} --image-size {args.image_size}")
+    except cli.UserError as e:
+        fail(str(e))
+    if args.fake_data and args.fake_size * 8 > cli.memory_bytes(torch.device("cpu")):
+        fail(f"argument --fake-size: {args.fake_size} images need {args.fake_size * 8 / 2 ** 30:.3g} GiB for the "
+             f"sampler's order alone, more than this machine has")
     check_output_dir(args.output_dir)
     return device_kind
 
@@ -206,7 +229,7 @@ def load_resume(path: str, args, model):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a torch file, ...
-        first = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:160]
+        first = cli.first_sentence(e)
         fail(f"{what}: not a readable checkpoint ({type(e).__name__}: {first})")
     if not isinstance(ckpt, dict) or not all(k in ckpt for k in CHECKPOINT_KEYS):
         if isinstance(ckpt, dict) and any(isinstance(v, torch.Tensor) for v in ckpt.values()):
@@ -269,7 +292,7 @@ def main(argv=None) -> int:
         try:
             dataset = image_folder(args.data, args.image_size)
         except (FileNotFoundError, OSError) as e:  # no class folders, no images with a known extension
-            fail(f"argument --data: {args.data}: {str(e).strip().splitlines()[0]}")
+            fail(f"argument --data: {args.data}: {cli.first_sentence(e)}")
         if args.num_classes is not None and args.num_classes < len(dataset.classes):
             fail(f"argument --num-classes: {args.num_classes} is fewer than the {len(dataset.classes)} classes "
                  f"in {args.data}")
@@ -291,6 +314,8 @@ def main(argv=None) -> int:
         if world > 1 else model
     lr = args.lr * args.batch_size * world / 256
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    if args.warmup_epochs * steps_per_epoch > 2 ** 62:
+        fail(f"argument --warmup-epochs: {args.warmup_epochs:g} epochs are more steps than a run can take")
     warmup = int(args.warmup_epochs * steps_per_epoch)
 
     def lr_factor(step: int) -> float:
@@ -312,7 +337,7 @@ def main(argv=None) -> int:
             torch.set_rng_state(ckpt["rng_cpu"].cpu())
         except (ValueError, RuntimeError, KeyError, TypeError) as e:
             fail(f"argument --resume: {args.resume}: its optimizer/schedule state does not fit this run "
-                 f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})")
+                 f"({type(e).__name__}: {cli.first_sentence(e)})")
         step = ckpt["step"]
         if ckpt["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng_cuda"]])
@@ -323,6 +348,15 @@ def main(argv=None) -> int:
                 print(f"warning: the checkpoint was written with --batch-size {was[0]} x {was[1]} process(es), "
                       f"this run has {args.batch_size} x {world}: samples and LR schedule differ from an "
                       f"uninterrupted run", file=sys.stderr)
+            group = ckpt["optimizer"]["param_groups"][0]
+            their_lr = ckpt["scheduler"]["base_lrs"][0] * 256 / (was[0] * was[1]) if None not in was else None
+            kept = [f"--{name} {mine:g} (the checkpoint's: {theirs:g})" for name, mine, theirs in (
+                        ("lr", args.lr, their_lr), ("momentum", args.momentum, group["momentum"]),
+                        ("weight-decay", args.weight_decay, group["weight_decay"]))
+                    if theirs is not None and not math.isclose(mine, theirs, rel_tol=1e-9)]
+            if kept:  # the optimizer's state and the LR schedule are the checkpoint's: an exact continuation
+                print(f"warning: {', '.join(kept)} {'is' if len(kept) == 1 else 'are'} not applied on --resume, "
+                      f"which continues the checkpoint's optimizer and LR schedule", file=sys.stderr)
 
     ckpt_path = os.path.join(args.output_dir, "checkpoint.pt")
     if rank == 0:
@@ -382,6 +416,18 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # a second signal (or Ctrl-C outside the loop): no checkpoint of this step
         print(f"{PROG}: aborted at step {step}; the last saved checkpoint (if any) is intact", file=sys.stderr)
         return 130
+    except ImageError as e:  # raised between steps, while the next batch loads: the state of the last whole step
+        # (From a DataLoader worker the message carries the worker's traceback; its last line is the error.)
+        what = str(e).strip().splitlines()[-1].split("ImageError: ", 1)[-1]
+        if step > 0:
+            save()
+        fail(f"argument --data: an image cannot be read ({what})" +
+             (f"; the state after step {step} is saved in {ckpt_path}" if step > 0 and rank == 0 else ""), code=1)
+    except (RuntimeError, MemoryError) as e:
+        if not cli.out_of_memory(e):
+            raise
+        fail(f"out of memory at step {step} with --batch-size {args.batch_size} --image-size {args.image_size} "
+             f"({cli.first_sentence(e)})", code=1)
     if rank == 0:
         print(f"saved {ckpt_path} at step {step}", flush=True)
     print(f"final weights sha256 (rank {rank}): {weights_digest(model)}", flush=True)

@@ -22,8 +22,8 @@ import time
 
 import torch
 
-from .cli import (Progress, UserError, check_writable, default_device, device_arg, int_at_least, ratio,
-                  summarize, sync, time_interleaved)
+from .cli import (Progress, UserError, check_batch_fits, check_writable, default_device, device_arg, first_sentence,
+                  int_at_least, out_of_memory, ratio, summarize, sync, time_interleaved)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
@@ -119,42 +119,42 @@ def runtime_peers(tv, x, bf16: bool) -> tuple[dict, dict, dict]:
 
     peers, setup, versions = {}, {}, {}
     threads = torch.get_num_threads()
-    tmp = tempfile.mkdtemp(prefix="resnet_ext_bench_")
-    path = os.path.join(tmp, "model.onnx")
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        torch.onnx.export(tv.float(), (x.float().contiguous(),), path, input_names=["x"], output_names=["y"],
-                          dynamo=False)
-    export_s = time.perf_counter() - t0
-
-    def feed(t):  # ONNX models take NCHW: a channels_last input is copied, as a caller would have to
-        return np.ascontiguousarray(t.float().numpy())
-
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        ort = None
-    if ort is not None:
+    with tempfile.TemporaryDirectory(prefix="resnet_ext_bench_") as tmp:  # the sessions hold the model: no file left
+        path = os.path.join(tmp, "model.onnx")
         t0 = time.perf_counter()
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        peers[ORT] = lambda t, s=sess: torch.from_numpy(s.run(None, {"x": feed(t)})[0])
-        setup[ORT], versions[ORT] = export_s + time.perf_counter() - t0, ort.__version__
-    try:
-        import openvino as ov
-    except ImportError:
-        ov = None
-    if ov is not None:
-        core = ov.Core()
-        for name, precision in ((OPENVINO, "f32"), (OPENVINO_BF16, "bf16"))[:2 if bf16 else 1]:
+        with torch.no_grad():
+            torch.onnx.export(tv.float(), (x.float().contiguous(),), path, input_names=["x"], output_names=["y"],
+                              dynamo=False)
+        export_s = time.perf_counter() - t0
+
+        def feed(t):  # ONNX models take NCHW: a channels_last input is copied, as a caller would have to
+            return np.ascontiguousarray(t.float().numpy())
+
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            ort = None
+        if ort is not None:
             t0 = time.perf_counter()
-            compiled = core.compile_model(core.read_model(path), "CPU", {
-                "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
-                "INFERENCE_PRECISION_HINT": precision})
-            peers[name] = lambda t, c=compiled: torch.from_numpy(c(feed(t))[0])
-            setup[name], versions[name] = export_s + time.perf_counter() - t0, ov.__version__
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+            sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            peers[ORT] = lambda t, s=sess: torch.from_numpy(s.run(None, {"x": feed(t)})[0])
+            setup[ORT], versions[ORT] = export_s + time.perf_counter() - t0, ort.__version__
+        try:
+            import openvino as ov
+        except ImportError:
+            ov = None
+        if ov is not None:
+            core = ov.Core()
+            for name, precision in ((OPENVINO, "f32"), (OPENVINO_BF16, "bf16"))[:2 if bf16 else 1]:
+                t0 = time.perf_counter()
+                compiled = core.compile_model(core.read_model(path), "CPU", {
+                    "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
+                    "INFERENCE_PRECISION_HINT": precision})
+                peers[name] = lambda t, c=compiled: torch.from_numpy(c(feed(t))[0])
+                setup[name], versions[name] = export_s + time.perf_counter() - t0, ov.__version__
     return peers, setup, versions
 
 
@@ -404,7 +404,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtimes", action="store_true",
                    help="also time the CPU runtimes that are installed (onnxruntime; openvino, with --frozen-bf16 "
                         "also its bf16), each on torchvision's model exported to ONNX (CPU, fp32)")
-    p.add_argument("--train", action="store_true", help="also time one SGD training step (and peak memory)")
+    p.add_argument("--train", action="store_true", help="also time one SGD training step (and peak GPU memory)")
     p.add_argument("--fused-train", action="store_true",
                    help="with --train, also time resnet_ext with fused_train(True): its Bottlenecks as the fused "
                         "conv + BN statistics decomposition (on CUDA a build made with RESNET_EXT_EXPERIMENTAL=1)")
@@ -456,17 +456,31 @@ def main(args) -> int:
                             "RESNET_EXT_EXPERIMENTAL=1")
         if args.fused_train and not args.train:
             raise UserError("--fused-train times a training step: add --train")
+        if args.fused_train and args.arch in ("resnet18", "resnet34"):  # its row would be the default model's
+            raise UserError(f"--fused-train fuses Bottleneck blocks, which {args.arch} has none of (BasicBlocks): "
+                            f"use --arch resnet50, resnet101 or resnet152")
         if args.fused_train and on_cuda and not resnet_ext.build_info().get("experimental"):
             raise UserError("--fused-train on CUDA runs cuDNN graphs that only a build made with "
                             "RESNET_EXT_EXPERIMENTAL=1 has")
-        if args.json:
+        check_batch_fits(args.batch_size, args.image_size, default_device(args.device),
+                         f"--batch-size {args.batch_size} --image-size {args.image_size}")
+        if args.json is not None:
+            if not args.json:
+                raise UserError("--json: empty path")
             check_writable(args.json, "--json")
     except UserError as e:
         print(f"python -m resnet_ext bench: error: {e}", file=sys.stderr)
         return 2
     resnet_ext.autotune(args.autotune)
     resnet_ext.bn_optin(args.bn_optin)
-    r = run(args)
+    try:
+        r = run(args)
+    except (RuntimeError, MemoryError) as e:
+        if not out_of_memory(e):
+            raise
+        print(f"python -m resnet_ext bench: error: out of memory at --batch-size {args.batch_size} --image-size "
+              f"{args.image_size} ({first_sentence(e)})", file=sys.stderr)
+        return 1
     print(format_results(r))
     if args.json:
         with open(args.json, "w") as f:

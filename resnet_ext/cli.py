@@ -34,8 +34,11 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
 def number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
     """An argparse type: `kind` (int or float), finite, in the range; the error names the range."""
-    rng = (f"{'>' if lo_open else '>='} {lo}" if hi is None else
-           f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
+    def show(v):
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    rng = (f"{'>' if lo_open else '>='} {show(lo)}" if hi is None else
+           f"in {'(' if lo_open else '['}{show(lo)}, {show(hi)}{')' if hi_open else ']'}")
     want = f"{'an integer' if kind is int else 'a number'} {rng}"
 
     def parse(text):
@@ -112,6 +115,36 @@ def check_output_dir(path: str, what: str) -> None:
         os.remove(probe)
     except OSError as e:
         raise UserError(f"{what} {path}: cannot write there ({e.strerror or type(e).__name__})") from None
+
+
+def first_sentence(e, limit: int = 160) -> str:
+    """An error's message for a one-line report: its first line's first sentence, cut at `limit` characters with
+    "..." (torch's messages run on for several sentences and lines)."""
+    text = (str(e).strip().splitlines() or [""])[0].split(". ")[0]
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def memory_bytes(device: torch.device) -> int:
+    """The memory a run on `device` can have at most: the GPU's, or this machine's physical memory."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_batch_fits(batch: int, image_size: int, device: torch.device, what: str, itemsize: int = 4) -> None:
+    """UserError where one batch of images alone would not fit in `device`'s memory (`what` names the arguments),
+    before any work: an allocation failing deep inside a model is not a message a user can act on."""
+    need = batch * 3 * image_size * image_size * itemsize
+    have = memory_bytes(device)
+    if need > have:
+        raise UserError(f"{what}: one batch of images alone is {need / 2 ** 30:.3g} GiB, more than the "
+                        f"{have / 2 ** 30:.3g} GiB of {'this GPU' if device.type == 'cuda' else 'this machine'}")
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether `e` is an allocation that failed (CPU or GPU), which a command reports as one line."""
+    return (isinstance(e, (MemoryError, torch.OutOfMemoryError))
+            or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e)))
 
 
 # ---------------------------------------------------------------------------------------------------------------

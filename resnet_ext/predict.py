@@ -16,10 +16,11 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 import torch
 
-from .cli import Progress, UserError, default_device, device_arg, int_at_least
+from .cli import Progress, UserError, default_device, device_arg, first_sentence, int_at_least
 
 ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
          "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]
@@ -72,9 +73,11 @@ def to_rgb(im):
         return Image.fromarray((a.astype(np.uint32) >> 8).astype(np.uint8)).convert("RGB")
     if mode == "F":
         a = np.asarray(im, dtype=np.float64)
-        if a.size and not (np.isfinite(a).all() and a.min() >= 0.0 and a.max() <= 1.0):
-            raise ImageError(f"32-bit float image with values outside [0, 1] (min {np.nanmin(a):.4g}, max "
-                             f"{np.nanmax(a):.4g})")
+        if a.size and not np.isfinite(a).all():
+            raise ImageError(f"32-bit float image with {np.count_nonzero(~np.isfinite(a))} non-finite values "
+                             f"(NaN or infinity)")
+        if a.size and not (a.min() >= 0.0 and a.max() <= 1.0):
+            raise ImageError(f"32-bit float image with values outside [0, 1] (min {a.min():.4g}, max {a.max():.4g})")
         return Image.fromarray(np.rint(a * 255).astype(np.uint8)).convert("RGB")
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
         return _composite_on_white(im)
@@ -98,13 +101,18 @@ def load_image(path: str, transform) -> torch.Tensor:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            rgb = to_rgb(im)
+        with warnings.catch_warnings(record=True) as seen:  # each a line naming the image, not a warnings block
+            warnings.simplefilter("always")
+            with Image.open(path) as im:
+                im.load()
+                rgb = to_rgb(im)
+        for w in seen:
+            print(f"python -m resnet_ext predict: warning: {path}: {first_sentence(w.message, 200)}",
+                  file=sys.stderr)
     except ImageError:
         raise
     except Exception as e:  # UnidentifiedImageError, truncated files, decompression bombs, decoder errors, ...
-        detail = (str(e).strip().splitlines() or [""])[0][:120]
+        detail = first_sentence(e, 120)
         raise ImageError(f"cannot read image ({type(e).__name__}{': ' + detail if detail else ''})") from None
     return transform(rgb)
 
@@ -139,7 +147,7 @@ def _load_model(arch: str, entry, source):
     except ValueError as e:
         raise UserError(f"argument --weights: {e}") from None
     except Exception as e:  # fetching a torchvision entry: no network, bad cache, ...
-        detail = (str(e).strip().splitlines() or [""])[0][:160]
+        detail = first_sentence(e)
         raise UserError(f"could not fetch weights {entry} ({type(e).__name__}: {detail})") from None
     if "fc.weight" not in state:
         raise UserError(f"--weights {source}: not a ResNet state dict (no 'fc.weight')")

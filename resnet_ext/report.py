@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -43,11 +44,14 @@ def is_bench_output(data) -> bool:
     """`python -m resnet_ext bench --json` output (also the files written before it had a "kind")."""
     if not isinstance(data, dict):
         return False
-    if data.get("kind") == "resnet_ext.bench":
-        return True
-    ev = data.get("eval")
-    return ("arch" in data and isinstance(ev, dict) and bool(ev)
-            and all(isinstance(v, dict) and "median_s" in v for v in ev.values()))
+    return data.get("kind") == "resnet_ext.bench" or ("arch" in data and isinstance(data.get("eval"), dict))
+
+
+def _rows_ok(rows) -> bool:
+    """A bench table: {contender: {"median_s": a positive time, ...}}, at least one row."""
+    return (isinstance(rows, dict) and bool(rows)
+            and all(isinstance(v, dict) and type(v.get("median_s")) in (int, float) and v["median_s"] > 0
+                    and math.isfinite(v["median_s"]) for v in rows.values()))
 
 
 def load(path: str) -> dict:
@@ -56,6 +60,9 @@ def load(path: str) -> dict:
     "bench": the file's dict}. UserError for anything else."""
     data = read_json(path)
     if is_bench_output(data):
+        if not _rows_ok(data.get("eval")):
+            raise UserError(f"{path}: a bench file without a valid 'eval' table (contenders with a positive "
+                            f"'median_s'); {EXPECTED}")
         return {"format": "bench", "bench": data}
     if not isinstance(data, dict):
         raise UserError(f"{path}: holds a JSON {type(data).__name__}, not a benchmark file; {EXPECTED}")
@@ -201,28 +208,48 @@ def plot(speedups: dict, path: Path, baselines: dict = BASELINES) -> bool:
     return True
 
 
+DEFAULT_STEM = "benchmark-report"
+
+
+def output_paths(text: str) -> tuple[Path, Path]:
+    """--out as (STEM.md, STEM.png): a directory (existing, or written with a trailing slash) gets
+    DIR/benchmark-report.*; a given .md or .png suffix is the stem's own, any other dot stays in the name."""
+    if not text:
+        raise UserError("--out: empty path (expected an output path stem, e.g. --out results/report)")
+    out = Path(text)
+    if text.endswith(("/", os.sep)) or out.is_dir() or out.name in ("", ".", ".."):
+        out = out / DEFAULT_STEM
+    if out.suffix in (".md", ".png"):
+        out = out.with_suffix("")
+    return out.with_name(out.name + ".md"), out.with_name(out.name + ".png")
+
+
 def run(args) -> int:
     rep = load(args.results)
-    out = Path(args.out)  # checked writable before anything is written
-    if out.parent.exists() and not out.parent.is_dir():
-        raise UserError(f"--out {args.out}: {out.parent} is not a directory")
+    md_path, png_path = output_paths(args.out)  # checked writable before anything is written
+    parent = md_path.parent
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"--out {args.out}: {parent} is not a directory")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"--out {args.out}: cannot create {out.parent} ({e.strerror or type(e).__name__})") from None
-    for suffix in (".md", ".png"):
-        check_writable(str(out.with_suffix(suffix)), "--out")
+        raise UserError(f"--out {args.out}: cannot create {parent} ({e.strerror or type(e).__name__})") from None
+    for path in (md_path, png_path):
+        check_writable(str(path), "--out")
     if rep["format"] == "bench":
-        head, body, speedups = bench_tables(rep["bench"])
+        try:
+            head, body, speedups = bench_tables(rep["bench"])
+        except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as e:
+            raise UserError(f"{args.results}: a bench file whose tables are malformed ({type(e).__name__}: "
+                            f"{e}); {EXPECTED}") from None
         baselines = {k: "torchvision" for k in speedups}
     else:
         (body, speedups), head, baselines = tables(rep), header(rep), BASELINES
     md = f"# resnet_ext benchmark report\n\n{head}\n{body}\n"
-    out.with_suffix(".md").write_text(md)
-    wrote_png = plot(speedups, out.with_suffix(".png"), baselines)
+    md_path.write_text(md)
+    wrote_png = plot(speedups, png_path, baselines)
     print(md)
-    print(f"wrote {out.with_suffix('.md')}" + (f" and {out.with_suffix('.png')}" if wrote_png else
-                                               " (no PNG: matplotlib is not installed)"))
+    print(f"wrote {md_path}" + (f" and {png_path}" if wrote_png else " (no PNG: matplotlib is not installed)"))
     return 0
 
 
@@ -237,4 +264,5 @@ def main(args) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", help="pytest-benchmark JSON (--benchmark-json) or python -m resnet_ext bench --json "
                    "output")
-    p.add_argument("--out", default="benchmark-report", help="output path stem: STEM.md and STEM.png")
+    p.add_argument("--out", default=DEFAULT_STEM, help="output path stem: STEM.md and STEM.png (a directory: "
+                   f"DIR/{DEFAULT_STEM}.*)")

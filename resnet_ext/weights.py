@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
+from .cli import first_sentence
+
 __all__ = ["WeightsFileNotFound", "UnknownWeights", "resolve_weights", "load_state", "check_state_dict"]
 
 # The suffixes that make a string a path rather than a weights name (names are like IMAGENET1K_V2).
@@ -124,7 +126,7 @@ def load_state(weights: Any, progress: bool = True) -> dict:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated zip, not a torch file, pickled objects weights_only refuses, ...
-            first = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:160]
+            first = first_sentence(e)
             raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first})") from None
         return _unwrap(state, path)
     if hasattr(weights, "get_state_dict"):

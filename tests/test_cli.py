@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -119,6 +120,25 @@ def test_to_rgb_sixteen_bit_and_float_by_the_true_range():
                           np.rint(f.astype(np.float64) * 255).astype(np.uint8))
     with pytest.raises(predict.ImageError, match=r"outside \[0, 1\]"):
         predict.to_rgb(Image.fromarray(f * 255))
+    f[1, 2] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's All-NaN warnings were printed as blocks before the message
+        with pytest.raises(predict.ImageError, match=r"1 non-finite values"):
+            predict.to_rgb(Image.fromarray(f))
+
+
+def test_predict_a_warning_while_reading_an_image_is_one_line_naming_it(small, capsys, monkeypatch):
+    _, ckpt, rgb, _ = small
+    real_open = Image.open
+
+    def warn_open(path):  # as PIL's DecompressionBombWarning for a very large image
+        warnings.warn("Image size (144000000 pixels) exceeds limit", Image.DecompressionBombWarning)
+        return real_open(path)
+
+    monkeypatch.setattr(Image, "open", warn_open)
+    assert cli(["predict", rgb, "--arch", "resnet18", "--weights", ckpt, "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert err == f"python -m resnet_ext predict: warning: {rgb}: Image size (144000000 pixels) exceeds limit\n"
 
 
 def test_to_rgb_transparency_palette_cmyk_exif(tmp_path):
@@ -310,11 +330,59 @@ def test_bench_compile_peer_uses_inductor_freezing(monkeypatch):
     (["--compile", "--compile-mode", "default,fast"], ["--compile-mode", "'fast' is not a torch.compile mode"]),
     (["--compile-mode", "reduce-overhead"], ["--compile-mode", "add --compile"]),  # was silently no contender
     (["--device", "cpu", "--autotune"], ["--autotune", "needs a CUDA device"]),  # was accepted, nothing to tune
+    # each was a traceback (an allocation failing, an overflow in randn) after the models were built
+    (["--device", "cpu", "--batch-size", str(10 ** 20)], ["--batch-size 100000000000000000000", "alone is"]),
+    (["--device", "cpu", "--batch-size", "1", "--image-size", "10000000"], ["--image-size 10000000", "GiB"]),
+    (["--json", ""], ["--json: empty path"]),  # was a run that wrote no JSON
+    (["--train", "--fused-train", "--arch", "resnet18"], ["--fused-train", "resnet18"]),  # was a default-model row
 ] + ([] if torch.cuda.is_available() else [(["--cuda-graphs"], ["--cuda-graphs needs a CUDA device"])]))
 def test_bench_bad_arguments_fail_before_any_work(capsys, monkeypatch, extra, needles):
     monkeypatch.setattr(bench, "run", lambda args: pytest.fail("the benchmark ran"))
     assert exits_2(["bench", *extra]) == 2
     one_line_error(capsys, *needles)
+
+
+def test_bench_out_of_memory_is_one_line(capsys, monkeypatch):
+    def run(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 57600000000 bytes.\nmore")
+
+    monkeypatch.setattr(bench, "run", run)
+    assert cli(["bench", "--device", "cpu", "--batch-size", "1", "--image-size", "3000", "--quiet"]) == 1
+    one_line_error(capsys, "out of memory at --batch-size 1 --image-size 3000", "can't allocate memory")
+
+
+def test_bench_runtime_peers_leave_no_file(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the export goes
+    tv = torchvision.models.resnet18(num_classes=3).eval()
+    peers, _, _ = bench.runtime_peers(tv, torch.randn(1, 3, 32, 32), False)
+    assert "onnxruntime" in peers and peers["onnxruntime"](torch.randn(1, 3, 32, 32)).shape == (1, 3)
+    assert os.listdir(tmp_path) == []  # was a 45 MB model.onnx per run (resnet18) left in the temp directory
+
+
+def test_an_option_the_command_lacks_points_at_its_own_help(capsys):
+    assert exits_2(["report", RESULTS, "--bogus"]) == 2
+    one_line_error(capsys, "python -m resnet_ext report: error: unrecognized arguments: --bogus",
+                   "see python -m resnet_ext report --help")
+
+
+def test_output_closed_early_is_quiet(tmp_path):
+    """`python -m resnet_ext report ... | head -1`: the reader closes the pipe; no BrokenPipeError traceback."""
+    import resnet_ext as pkg
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(pkg.__file__)),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    read, write = os.pipe()
+    os.close(read)  # closed before the command writes: its first write fails
+    try:
+        out = subprocess.run([sys.executable, "-m", "resnet_ext", "report", RESULTS, "--out", str(tmp_path / "r")],
+                             stdout=write, stderr=subprocess.PIPE, text=True, timeout=120, env=env)
+    finally:
+        os.close(write)
+    assert out.returncode == 141 and out.stderr == "", out.stderr
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -345,6 +413,33 @@ def test_report_rejects_everything_else(tmp_path, capsys):
         assert not (tmp_path / "x.md").exists()
     assert cli(["report", RESULTS, "--out", str(tmp_path / "list.json" / "x")]) == 2
     one_line_error(capsys, "--out", "is not a directory")
+    # bench files whose tables are malformed: each was a KeyError/AttributeError/ZeroDivisionError traceback
+    bench_like = {"kind.json": {"kind": "resnet_ext.bench"},
+                  "norow.json": {"kind": "resnet_ext.bench", "eval": {"torchvision": {}}},
+                  "evlist.json": {"kind": "resnet_ext.bench", "eval": []},
+                  "zero.json": {"arch": "x", "eval": {"a": {"median_s": 0}}}}
+    for name, data in bench_like.items():
+        (tmp_path / name).write_text(json.dumps(data))
+        assert cli(["report", str(tmp_path / name), "--out", str(tmp_path / "x")]) == 2, name
+        one_line_error(capsys, "a bench file without a valid 'eval' table")
+    (tmp_path / "badspread.json").write_text(json.dumps(
+        {"kind": "resnet_ext.bench", "eval": {"torchvision": {"median_s": 1.0, "min_s": "x", "max_s": 2.0}}}))
+    assert cli(["report", str(tmp_path / "badspread.json"), "--out", str(tmp_path / "x")]) == 2
+    one_line_error(capsys, "a bench file whose tables are malformed")
+    assert not (tmp_path / "x.md").exists()
+    assert cli(["report", RESULTS, "--out", ""]) == 2
+    one_line_error(capsys, "--out: empty path")
+
+
+def test_report_out_as_a_directory_or_a_name_with_dots(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    # was a ValueError traceback ("."), "out.md" for "out/", "rep.md" for "rep.v2"
+    for out, written in ((".", "benchmark-report.md"), ("d", "d/benchmark-report.md"),
+                         ("new/", "new/benchmark-report.md"), ("rep.v2", "rep.v2.md"), ("r.md", "r.md")):
+        assert cli(["report", RESULTS, "--out", out]) == 0, out
+        assert (tmp_path / written).is_file(), out
+        assert f"wrote {written}" in capsys.readouterr().out
 
 
 def test_real_entry_point_exit_code_and_one_line():

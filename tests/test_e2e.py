@@ -245,7 +245,7 @@ def test_train_bad_arguments_fail_at_start_in_one_line(train, capsys, tmp_path):
     out = ["--output-dir", str(tmp_path / "out")]
     cases = [
         (["--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got 0"),
-        (["--lr", "-1"], "argument --lr: expected a number > 0"),
+        (["--lr", "-1"], "argument --lr: expected a number in (0, 3.40282e+38]"),
         (["--label-smoothing", "1"], "argument --label-smoothing: expected a number in [0, 1)"),
         (["--image-size", "8"], "argument --image-size: expected an integer >= 32"),
         (["--steps", "0"], "argument --steps"),
@@ -254,6 +254,11 @@ def test_train_bad_arguments_fail_at_start_in_one_line(train, capsys, tmp_path):
         (["--output-dir", str(tmp_path / "file" / "sub")], "cannot write there"),
         (["--resume", str(tmp_path / "nope.pt")], "nope.pt: no such file"),
         (["--resume", str(tmp_path)], "is a directory"),
+        (["--lr", "1e308"], "argument --lr: expected a number in (0, 3.40282e+38]"),  # was a run that logged lr nan
+        (["--weight-decay", "1e308"], "argument --weight-decay"),  # was a traceback from the optimizer
+        (["--warmup-epochs", "1e308"], "argument --warmup-epochs"),  # was an OverflowError traceback
+        (["--image-size", "10000000"], "--image-size 10000000: one batch of images alone is"),  # was a traceback
+        (["--fake-size", str(10 ** 15)], "argument --fake-size"),  # was an allocation traceback in the sampler
     ]
     if not torch.cuda.is_available():
         cases.append((["--device", "cuda"], "argument --device: cuda is not available"))
@@ -283,6 +288,37 @@ def test_train_checks_a_resume_checkpoint_in_one_line(train, capsys, small_check
     train_fails(train, capsys, base + [str(ckpt), "--num-classes", "4"], "has 3 classes, but this run has 4")
     train_fails(train, capsys, base + [str(tmp_path / "weights.pt")], "holds model weights only")
     train_fails(train, capsys, base + [str(tmp_path / "other.pt")], "not a checkpoint written by this script")
+
+
+def test_train_resume_says_which_optimizer_arguments_the_checkpoint_overrides(train, capsys, small_checkpoint,
+                                                                              tmp_path):
+    ckpt, _ = small_checkpoint
+    base = SMALL + ["--steps", "2", "--output-dir", str(tmp_path / "out"), "--resume", str(ckpt)]
+    assert train.main(base) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert train.main(base + ["--lr", "50", "--momentum", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "--lr 50 (the checkpoint's: 0.1), --momentum 0 (the checkpoint's: 0.9) are not applied on --resume" \
+        in err, err
+
+
+def test_train_an_unreadable_image_is_one_line_naming_it_and_the_steps_are_saved(train, capsys, tmp_path):
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 40), (40 * i, 80, 120)).save(tmp_path / "data" / c / f"{i}.png")
+    (tmp_path / "data" / "b" / "9.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:  # 7 images, batches of 2 in a seeded order: steps before the bad one
+        train.main(["--data", str(tmp_path / "data"), "--device", "cpu", "--arch", "resnet18", "--image-size", "32",
+                    "--batch-size", "2", "--workers", "0", "--steps", "3", "--seed", "1", "--output-dir", str(out)])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "an image cannot be read (" in err and "9.png" in err, err
+    steps = torch.load(out / "checkpoint.pt", weights_only=True)["step"] if (out / "checkpoint.pt").exists() else 0
+    assert (f"the state after step {steps} is saved" in err) == (steps > 0), err
 
 
 def test_train_saves_atomically_and_removes_the_temporary_file(train, tmp_path, monkeypatch):
