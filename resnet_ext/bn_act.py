@@ -1,6 +1,6 @@
 """Training-mode BatchNorm(+residual add)+ReLU as one fused op (one pass to normalise, add and clamp; one fused
 pass back), with running statistics kept exactly as nn.BatchNorm2d keeps them, and a cross-process variant that
-all-reduces the per-channel sums like nn.SyncBatchNorm (also on CPU tensors with gloo).
+gathers the per-process moments like nn.SyncBatchNorm (also on CPU tensors with gloo).
 
     y = bn_act(x, bn, residual=None, relu=True)   # bn: a train-mode BatchNorm2d; updates its running stats
 """
@@ -131,9 +131,38 @@ def all_reduce(t: Tensor, group) -> Tensor:
 def all_reduce_sums(sums: Tensor, count: Tensor, group) -> Tuple[Tensor, Tensor]:
     """Per-channel BN sums [2, C] and their count per channel (a one-element float64 tensor) summed across `group`
     in one float64 all-reduce: the count stays exact (to 2^53) and on the device, so no layer waits for the host.
-    Returns (sums in their dtype, the count as a 0-d float64 tensor)."""
+    Returns (sums in their dtype, the count as a 0-d float64 tensor). (`fused_train`'s sums, taken by its conv.)"""
     packed = all_reduce(torch.cat([sums.reshape(-1).double(), count.reshape(1).double()]), group)
     return packed[:-1].reshape(sums.shape).to(sums.dtype), packed[-1]
+
+
+def gathered_moments(x: Tensor, group) -> Tuple[Tensor, Tensor, Tensor]:
+    """The batch's per-channel mean and biased variance over every process of `group` (float64 0-d count too), in one
+    collective and without a host sync. Each process sums d = x - shift and d^2 about its own first value of each
+    channel (a shift inside the data: the sums' cancellation stays bounded whatever the mean; about a stale running
+    mean an fp32 channel of mean/std 100 lost 8e-4 of its output), then the processes' (count, mean, M2) are
+    gathered and combined in float64 (Chan et al.'s pairwise formula), as nn.SyncBatchNorm gathers per-process
+    moments. Returns (mean, var) in the statistics' dtype and the count."""
+    c, stat = x.shape[1], _stat_dtype(x)
+    if x.numel() == 0:  # an empty rank adds nothing (the ops refuse an empty x)
+        shift = sums = None
+        local = x.new_zeros((3 * c + 1,), dtype=torch.float64)
+    else:
+        shift = x[(0, slice(None)) + (0,) * (x.dim() - 2)].to(stat)  # x[0, :, 0, 0]: a view, no copy
+        sums = ops.bn_stats(x, shift)
+        count = torch.full((1,), x.numel() // c, dtype=torch.float64, device=x.device)
+        local = torch.cat([count, shift.double(), sums.reshape(-1).double()])
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, local, group=group)
+    g = torch.stack(parts)
+    n, shifts, s1, s2 = g[:, :1], g[:, 1:1 + c], g[:, 1 + c:1 + 2 * c], g[:, 1 + 2 * c:]
+    per = n.clamp_min(1)
+    means = shifts + s1 / per
+    m2 = (s2 - s1 * s1 / per).clamp_min(0)
+    total = n.sum()
+    mean = (n * means).sum(0) / total
+    var = (m2 + n * (means - mean) ** 2).sum(0) / total
+    return mean.to(stat), var.to(stat), total
 
 
 class _BnActTrain(torch.autograd.Function):
@@ -146,16 +175,11 @@ class _BnActTrain(torch.autograd.Function):
         if group is None:
             y, mean, invstd, var_unbiased = ops.bn_act_train(x, residual, weight, bias, running_mean, eps, relu)
             n = None
-        else:  # the same kernels in pieces, with the per-channel sums all-reduced in between
-            c, empty = x.shape[1], x.numel() == 0  # an empty rank adds zeros (the ops refuse an empty x)
-            sums = x.new_zeros((2, c), dtype=_stat_dtype(x)) if empty else ops.bn_stats(x, running_mean)
-            count = torch.full((1,), x.numel() // c, dtype=torch.float64, device=x.device)
-            sums, n = all_reduce_sums(sums, count, group)
-            mu = sums[0] / n
-            var = (sums[1] / n - mu * mu).clamp_min(0)
-            mean = (running_mean.to(sums.dtype) if running_mean is not None else 0) + mu
+        else:  # the same kernels in pieces, with the per-channel moments gathered in between
+            mean, var, n = gathered_moments(x, group)
             invstd = torch.rsqrt(var + eps)
-            y = torch.empty_like(x) if empty else ops.bn_act_apply(x, residual, weight, bias, mean, invstd, relu)
+            y = (torch.empty_like(x) if x.numel() == 0
+                 else ops.bn_act_apply(x, residual, weight, bias, mean, invstd, relu))
             var_unbiased = var * (n / (n - 1))
         if running_mean is not None:  # running = (1 - momentum) * running + momentum * batch, in one launch
             torch._foreach_lerp_([running_mean, running_var], [mean.to(running_mean.dtype),

@@ -341,6 +341,19 @@ def test_autocast_bf16_train_step_matches_torchvision(train_mode):
     assert rel_err(ours.layer1[0].bn1.running_mean, tv.layer1[0].bn1.running_mean) < 1e-2
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_constant_channel_never_gets_a_negative_variance(dtype):
+    """A channel of one value (e.g. pruned to zero) has variance 0; recovered as 1/invstd^2 - eps it rounded to
+    either side of 0 (helper-39: running_var -1.8e-12 after 1000 steps where nn.BatchNorm2d keeps 5.6e-45)."""
+    x = torch.zeros(2, 1, 3, 3, dtype=dtype) + torch.arange(1, 4, dtype=dtype).view(1, 1, 1, 3)
+    x = torch.cat([x, torch.full((2, 1, 3, 3), 0.7, dtype=dtype)], 1).repeat(1, 8, 1, 1)  # channels 1, 3, ...: constant
+    w, b = torch.ones(16, dtype=dtype), torch.zeros(16, dtype=dtype)
+    for eps in (1e-5, 3e-5, 1e-3, 0.1, 0.3, 0.7):
+        _, _, _, var = ops.bn_act_train(x, None, w, b, None, eps, True)
+        assert (var >= 0).all(), (eps, var.min())
+        assert (var[1::2] < 1e-6).all() and (var[0::2] > 0.5).all()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Two gloo processes, each with half the batch, against one process with all of it (float64)
 # ---------------------------------------------------------------------------------------------------------------
@@ -479,6 +492,33 @@ def test_two_gloo_processes_match_one_process(tmp_path, fused):
                 assert rel_err(r["state"][k], v) < 1e-10, k
             else:
                 assert torch.equal(r["state"][k], v), k
+
+
+def _offset_batch():
+    g = torch.Generator().manual_seed(2)
+    return torch.randn(8, 16, 8, 8, generator=g) + 100.0  # fp32, each channel's mean 100 times its std
+
+
+def _offset_worker(rank, world, store_path, out_dir):
+    with _gloo(rank, world, store_path):
+        bn = resnet_ext.convert_sync_batchnorm(torch.nn.BatchNorm2d(16)).train()  # fresh statistics
+        out = bn(_offset_batch()[4 * rank:4 * rank + 4])
+        torch.save({"out": out.detach(), "var": bn.running_var.clone()}, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def test_cross_process_bn_in_fp32_is_as_precise_as_batchnorm_on_the_whole_batch(tmp_path):
+    """fp32 statistics of a channel whose mean is far from its running mean (fresh statistics, mean/std 100): the
+    sums about a stale running mean lost 8.4e-4 of the output and 1.8e-4 of the running variance (helper-39), where
+    nn.BatchNorm2d on the whole batch stays within 2e-6."""
+    _two_processes(_offset_worker, tmp_path)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    x = _offset_batch()
+    ref_var = torch.ones(16, dtype=torch.float64)
+    ref = F.batch_norm(x.double(), torch.zeros(16, dtype=torch.float64), ref_var, training=True, momentum=0.1)
+    torch_err = rel_err(torch.nn.BatchNorm2d(16).train()(x).detach(), ref)
+    assert rel_err(torch.cat([r["out"] for r in ranks]), ref) < 10 * torch_err + 1e-6
+    for r in ranks:
+        assert rel_err(r["var"], ref_var) < 1e-6
 
 
 OWN_FORWARD_CASES = ("hooked_bn", "torchvision", "bn1d_head")

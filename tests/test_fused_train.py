@@ -346,6 +346,19 @@ def test_falls_back_where_it_does_not_apply(fused_on):
     assert "not the stock Bottleneck" in resnet_ext.explain_train(torch.randn(2, 8, 4, 4), basic)[1]
 
 
+@pytest.mark.parametrize("attr", ["weight", "bias"])
+def test_a_bn_without_weight_or_bias_runs_as_torchvision(fused_on, attr):
+    """A BN whose weight or bias was set to None (a BN without a learnable scale or shift): torchvision's block,
+    gradients and statistics (it raised AttributeError in the decomposition's check)."""
+    tv, ours = _block_pair(32, 8, 1, False)
+    tv, ours = tv.double(), ours.double()
+    for m in (tv, ours):
+        setattr(m.bn1, attr, None)
+    x = torch.randn(2, 32, 5, 5, dtype=torch.float64)
+    assert resnet_ext.explain_train(x, ours)[0] != "fused_train"
+    _compare_step(tv, ours, x)
+
+
 def test_second_derivative_is_a_clear_error(fused_on):
     _, ours = _block_pair(32, 8, 1, False)
     x = torch.randn(2, 32, 4, 4, requires_grad=True)

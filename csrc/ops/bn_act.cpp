@@ -75,7 +75,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bn_act_train_stock(const Tensor& x, c
   if (residual.has_value()) y.add_(*residual);
   if (relu) y.relu_();
   const double n = double(x.numel() / x.size(1));
-  Tensor var_unbiased = (invstd.pow(-2) - eps) * (n / (n - 1));
+  // Clamped: for a constant channel 1/invstd^2 - eps rounds to either side of 0, and a variance is never negative.
+  Tensor var_unbiased = (invstd.pow(-2) - eps).clamp_min(0) * (n / (n - 1));
   return {y, mean, invstd, var_unbiased};
 }
 

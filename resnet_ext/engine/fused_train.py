@@ -42,7 +42,7 @@ def _conv_ok(conv: nn.Module) -> bool:
 def _bn_ok(bn: nn.Module) -> bool:
     # A cross-process BN (`convert_sync_batchnorm`) is one too: its statistics are all-reduced between the ops.
     return (units.train_fusable(bn) and bn.affine and bn.track_running_stats
-            and bn.running_mean is not None)
+            and bn.running_mean is not None and bn.weight is not None and bn.bias is not None)
 
 
 def _pairs(b: nn.Module) -> Optional[List[Tuple[nn.Module, nn.Module]]]:
