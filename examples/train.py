@@ -22,6 +22,7 @@ import glob
 import hashlib
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -418,7 +419,7 @@ def main(argv=None) -> int:
         return 130
     except ImageError as e:  # raised between steps, while the next batch loads: the state of the last whole step
         # (From a DataLoader worker the message carries the worker's traceback; its last line is the error.)
-        what = str(e).strip().splitlines()[-1].split("ImageError: ", 1)[-1]
+        what = re.sub(r"^[\w.]*ImageError: ", "", str(e).strip().splitlines()[-1])
         if step > 0:
             save()
         fail(f"argument --data: an image cannot be read ({what})" +

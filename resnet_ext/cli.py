@@ -118,10 +118,13 @@ def check_output_dir(path: str, what: str) -> None:
 
 
 def first_sentence(e, limit: int = 160) -> str:
-    """An error's message for a one-line report: its first line's first sentence, cut at `limit` characters with
-    "..." (torch's messages run on for several sentences and lines)."""
-    text = (str(e).strip().splitlines() or [""])[0].split(". ")[0]
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    """An error's message for a one-line report: its first line, or where that is longer than `limit` characters
+    its whole sentences within the limit (torch's messages run on for several), else the limit's worth and "..."."""
+    line = (str(e).strip().splitlines() or [""])[0]
+    if len(line) <= limit:
+        return line
+    end = line.rfind(". ", 0, limit)
+    return line[:end + 1] if end > 0 else line[:limit - 3] + "..."
 
 
 def memory_bytes(device: torch.device) -> int:

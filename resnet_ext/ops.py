@@ -525,13 +525,14 @@ def _rounds_as_atens_bn() -> bool:
     kernels once): float32 and bfloat16, NCHW and channels_last, channel and pixel counts off the vector widths."""
     g = torch.Generator().manual_seed(0)
     c = 67
-    mean, var = torch.randn(c, generator=g), torch.rand(c, generator=g) + 0.5
-    weight, bias = torch.randn(c, generator=g), torch.randn(c, generator=g)
+    f32 = dict(generator=g, dtype=torch.float32, device="cpu")  # whatever default dtype or device is set
+    mean, var = torch.randn(c, **f32), torch.rand(c, **f32) + 0.5
+    weight, bias = torch.randn(c, **f32), torch.randn(c, **f32)
     with torch.no_grad():
         scale, shift = bn_scale_shift(mean, var, 1e-5, weight, bias, None, torch.float32)
         for dtype in (torch.float32, torch.bfloat16):
             for layout in (torch.contiguous_format, torch.channels_last):
-                x = torch.randn(2, c, 5, 7, generator=g).to(dtype).contiguous(memory_format=layout)
+                x = torch.randn(2, c, 5, 7, **f32).to(dtype).contiguous(memory_format=layout)
                 ref = F.batch_norm(x, mean, var, weight, bias, False, 0.0, 1e-5)
                 if not torch.equal(scale_shift_act_(x.clone(), scale, shift, None, False), ref):
                     return False

@@ -342,6 +342,18 @@ def test_bench_bad_arguments_fail_before_any_work(capsys, monkeypatch, extra, ne
     one_line_error(capsys, *needles)
 
 
+def test_a_message_is_cut_at_a_sentence_only_where_it_is_long():
+    from resnet_ext.cli import first_sentence
+
+    short = "Found no valid file for the classes a. Supported extensions are: .jpg, .png"
+    assert first_sentence(RuntimeError(short + "\nsecond line")) == short  # was cut after "classes a"
+    long = "PytorchStreamReader failed reading zip archive: failed finding central directory. " + "More. " * 40
+    cut = first_sentence(long, 100)  # whole sentences within the limit
+    assert cut.startswith("PytorchStreamReader failed reading zip archive: failed finding central directory.")
+    assert cut.endswith("More.") and len(cut) <= 100 and len(cut) > 100 - len("More. ")
+    assert first_sentence("x" * 300, 100) == "x" * 97 + "..."
+
+
 def test_bench_out_of_memory_is_one_line(capsys, monkeypatch):
     def run(args):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you "

@@ -1716,6 +1716,33 @@ def test_atens_non_vectorized_kernels_keep_torchvisions_bits():
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
 
+@pytest.mark.parametrize("setting", ["torch.set_default_dtype(torch.float64)", "torch.set_default_device('meta')"])
+def test_import_after_a_default_dtype_or_device_is_set(setting):
+    """The import-time check of ATen's batch norm (`ops.ROUNDS_AS_ATENS_BN`) makes its tensors in fp32 on the CPU
+    whatever the defaults (a float64 default dtype made it raise "mixed dtype", a meta default device
+    NotImplementedError, so `import resnet_ext` failed)."""
+    out = subprocess.run([sys.executable, "-c", f"import torch; {setting}; import resnet_ext; "
+                          "print(resnet_ext.ops.ROUNDS_AS_ATENS_BN)"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() in ("True", "False"), out.stderr[-2000:]
+
+
+def test_the_gemm_units_bn_where_aten_rounds_twice_is_atens(monkeypatch):
+    """A GEMM unit's BN where `scale_shift_act_` is not ATen's arithmetic: x * scale, then + shift, each rounded in
+    fp32 and a bf16 output rounded once at the end, as ATen's non-vectorized batch norm computes it (a bf16 output
+    was rounded to bf16 after the multiply too)."""
+    from resnet_ext.engine import cpu
+    from resnet_ext.engine.structure import Unit
+
+    monkeypatch.setattr(resnet_ext.ops, "ROUNDS_AS_ATENS_BN", False)
+    g = torch.Generator().manual_seed(0)
+    unit = Unit(nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16), False)
+    scale, shift = torch.rand(16, generator=g) * 3, torch.randn(16, generator=g) * 5
+    for dtype in (torch.float32, torch.bfloat16):
+        y = (torch.randn(2, 16, 3, 5, generator=g) * 7).to(dtype).contiguous(memory_format=torch.channels_last)
+        want = ((y.float() * scale.view(-1, 1, 1)) + shift.view(-1, 1, 1)).to(dtype)
+        assert torch.equal(cpu._bn_epilogue(unit, y.clone(), scale, shift, None), want), dtype
+
+
 @pytest.mark.parametrize("setting", ["matmul_precision", "mkldnn_matmul"])
 def test_fp32_matmuls_that_round_put_no_gemm_unit_in_a_convs_place(setting):
     """`torch.set_float32_matmul_precision("medium")` (a common setting for CUDA's TF32) lets oneDNN round fp32

@@ -316,7 +316,8 @@ def test_train_an_unreadable_image_is_one_line_naming_it_and_the_steps_are_saved
                     "--batch-size", "2", "--workers", "0", "--steps", "3", "--seed", "1", "--output-dir", str(out)])
     assert e.value.code == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "an image cannot be read (" in err and "9.png" in err, err
+    bad = tmp_path / "data" / "b" / "9.png"
+    assert err.count("\n") == 1 and f"an image cannot be read ({bad}: UnidentifiedImageError: " in err, err
     steps = torch.load(out / "checkpoint.pt", weights_only=True)["step"] if (out / "checkpoint.pt").exists() else 0
     assert (f"the state after step {steps} is saved" in err) == (steps > 0), err
 

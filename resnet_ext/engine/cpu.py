@@ -436,7 +436,10 @@ def _bn_epilogue(u: Unit, y: Tensor, scale: Tensor, shift: Tensor, residual: Opt
     same = residual is None or (residual.shape == y.shape and residual.stride() == y.stride())
     if same and ops.ROUNDS_AS_ATENS_BN:
         return ops.scale_shift_act_(y, scale, shift, residual, relu)  # BN as ATen computes it, add, ReLU: one pass
-    y.mul_(scale.view(-1, 1, 1)).add_(shift.view(-1, 1, 1))
+    if y.dtype == torch.float32:
+        y.mul_(scale.view(-1, 1, 1)).add_(shift.view(-1, 1, 1))
+    else:  # in fp32, rounded once, as ATen's reduced-precision batch norm
+        y.copy_(y.float().mul_(scale.view(-1, 1, 1)).add_(shift.view(-1, 1, 1)))
     if residual is not None:
         y.add_(residual)  # as torchvision's `out += identity`, its broadcasting and its error
     if relu:
