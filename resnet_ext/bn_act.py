@@ -138,27 +138,27 @@ def all_reduce_sums(sums: Tensor, count: Tensor, group) -> Tuple[Tensor, Tensor]
 
 def gathered_moments(x: Tensor, group) -> Tuple[Tensor, Tensor, Tensor]:
     """The batch's per-channel mean and biased variance over every process of `group` (float64 0-d count too), in one
-    collective and without a host sync. Each process sums d = x - shift and d^2 about its own first value of each
-    channel (a shift inside the data: the sums' cancellation stays bounded whatever the mean; about a stale running
-    mean an fp32 channel of mean/std 100 lost 8e-4 of its output), then the processes' (count, mean, M2) are
-    gathered and combined in float64 (Chan et al.'s pairwise formula), as nn.SyncBatchNorm gathers per-process
-    moments. Returns (mean, var) in the statistics' dtype and the count."""
+    collective and without a host sync. Each process takes its own mean and M2 in two passes, the sums of d and d^2
+    about 0, then about that first mean (no shift chosen before seeing the data keeps the fp32 sums free of
+    cancellation: about a stale running mean a channel of mean/std 100 lost 8e-4 of its output, about a process's
+    first value an outlier there lost 1.5e-3); then the processes' (count, mean, M2) are gathered and combined in
+    float64 (Chan et al.'s pairwise formula), as nn.SyncBatchNorm gathers per-process moments. Returns (mean, var)
+    in the statistics' dtype and the count."""
     c, stat = x.shape[1], _stat_dtype(x)
     if x.numel() == 0:  # an empty rank adds nothing (the ops refuse an empty x)
-        shift = sums = None
-        local = x.new_zeros((3 * c + 1,), dtype=torch.float64)
+        local = x.new_zeros((2 * c + 1,), dtype=torch.float64)
     else:
-        shift = x[(0, slice(None)) + (0,) * (x.dim() - 2)].to(stat)  # x[0, :, 0, 0]: a view, no copy
-        sums = ops.bn_stats(x, shift)
-        count = torch.full((1,), x.numel() // c, dtype=torch.float64, device=x.device)
-        local = torch.cat([count, shift.double(), sums.reshape(-1).double()])
+        n = x.numel() // c
+        first = ops.bn_stats(x, None)[0] / n
+        s1, s2 = ops.bn_stats(x, first).double()
+        # A non-finite first mean stays (inf - inf in the second pass is NaN): torch's mean is that inf.
+        mean = torch.where(first.isfinite(), first.double() + s1 / n, first.double())
+        count = torch.full((1,), n, dtype=torch.float64, device=x.device)
+        local = torch.cat([count, mean, (s2 - s1 * s1 / n).clamp_min(0)])
     parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, local, group=group)
     g = torch.stack(parts)
-    n, shifts, s1, s2 = g[:, :1], g[:, 1:1 + c], g[:, 1 + c:1 + 2 * c], g[:, 1 + 2 * c:]
-    per = n.clamp_min(1)
-    means = shifts + s1 / per
-    m2 = (s2 - s1 * s1 / per).clamp_min(0)
+    n, means, m2 = g[:, :1], g[:, 1:1 + c], g[:, 1 + c:]
     total = n.sum()
     mean = (n * means).sum(0) / total
     var = (m2 + n * (means - mean) ** 2).sum(0) / total

@@ -494,31 +494,48 @@ def test_two_gloo_processes_match_one_process(tmp_path, fused):
                 assert torch.equal(r["state"][k], v), k
 
 
-def _offset_batch():
+def _hard_batches():
+    """fp32 batches whose statistics one-pass fp32 sums get wrong about a shift chosen before seeing the data:
+    every channel's mean 100 times its std (a stale running mean as the shift); an outlier as each rank's first
+    value (the rank's first value as the shift); and +-inf first values (torch's running mean is then +-inf)."""
     g = torch.Generator().manual_seed(2)
-    return torch.randn(8, 16, 8, 8, generator=g) + 100.0  # fp32, each channel's mean 100 times its std
+    offset = torch.randn(8, 16, 8, 8, generator=g) + 100.0
+    outlier = torch.randn(8, 16, 8, 8, generator=g)
+    outlier[0, :, 0, 0] = outlier[4, :, 0, 0] = 1e4  # ranks 0 and 1: x[4 * rank, c, 0, 0]
+    inf = torch.randn(8, 3, 4, 4, generator=g)
+    inf[0, 0, 0, 0], inf[4, 2, 0, 0] = float("inf"), float("-inf")
+    return {"offset": offset, "outlier": outlier, "inf": inf}
 
 
-def _offset_worker(rank, world, store_path, out_dir):
+def _hard_worker(rank, world, store_path, out_dir):
     with _gloo(rank, world, store_path):
-        bn = resnet_ext.convert_sync_batchnorm(torch.nn.BatchNorm2d(16)).train()  # fresh statistics
-        out = bn(_offset_batch()[4 * rank:4 * rank + 4])
-        torch.save({"out": out.detach(), "var": bn.running_var.clone()}, os.path.join(out_dir, f"rank{rank}.pt"))
+        found = {}
+        for case, x in _hard_batches().items():
+            bn = resnet_ext.convert_sync_batchnorm(torch.nn.BatchNorm2d(x.shape[1])).train()  # fresh statistics
+            out = bn(x[4 * rank:4 * rank + 4])
+            found[case] = {"out": out.detach(), "mean": bn.running_mean.clone(), "var": bn.running_var.clone()}
+        torch.save(found, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 def test_cross_process_bn_in_fp32_is_as_precise_as_batchnorm_on_the_whole_batch(tmp_path):
-    """fp32 statistics of a channel whose mean is far from its running mean (fresh statistics, mean/std 100): the
-    sums about a stale running mean lost 8.4e-4 of the output and 1.8e-4 of the running variance (helper-39), where
-    nn.BatchNorm2d on the whole batch stays within 2e-6."""
-    _two_processes(_offset_worker, tmp_path)
+    """Sums about a stale running mean lost 8.4e-4 of the output (mean/std 100, fresh statistics; helper-39), sums
+    about a rank's first value 1.5e-3 where it is an outlier and NaN running means for an infinite one (helper-42),
+    where nn.BatchNorm2d on the whole batch stays within 2e-6 and gives +-inf."""
+    _two_processes(_hard_worker, tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    x = _offset_batch()
-    ref_var = torch.ones(16, dtype=torch.float64)
-    ref = F.batch_norm(x.double(), torch.zeros(16, dtype=torch.float64), ref_var, training=True, momentum=0.1)
-    torch_err = rel_err(torch.nn.BatchNorm2d(16).train()(x).detach(), ref)
-    assert rel_err(torch.cat([r["out"] for r in ranks]), ref) < 10 * torch_err + 1e-6
-    for r in ranks:
-        assert rel_err(r["var"], ref_var) < 1e-6
+    for case, x in _hard_batches().items():
+        c = x.shape[1]
+        ref_mean, ref_var = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+        ref = F.batch_norm(x.double(), ref_mean, ref_var, training=True, momentum=0.1)
+        if case == "inf":
+            for r in ranks:
+                assert torch.equal(r[case]["mean"].isnan(), ref_mean.isnan()), r[case]["mean"]
+                assert torch.equal(r[case]["mean"].isinf(), ref_mean.isinf()), r[case]["mean"]
+            continue
+        torch_err = rel_err(torch.nn.BatchNorm2d(c).train()(x).detach(), ref)
+        assert rel_err(torch.cat([r[case]["out"] for r in ranks]), ref) < 10 * torch_err + 1e-6, case
+        for r in ranks:
+            assert rel_err(r[case]["mean"], ref_mean) < 1e-6 and rel_err(r[case]["var"], ref_var) < 1e-6, case
 
 
 OWN_FORWARD_CASES = ("hooked_bn", "torchvision", "bn1d_head")
