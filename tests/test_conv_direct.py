@@ -258,7 +258,10 @@ def test_frozen_bf16_stride2_convs_take_the_op_and_match_it_off(arch, shape, lay
     stride-1 convs on maps too small for Winograd: layer 4's at 224x224, layers 3-4's of resnet18 at 64x80, every
     3x3 of resnet34 at 33x47; conv1x1 the other n1x1 1x1s) against the same model with the switch off (on oneDNN
     and conv1x1: the downsamples back on conv1x1), both against float64: within torchvision's own bf16 error;
-    record and replay."""
+    record and replay. Two bf16 computations differ by up to the sum of their errors: the op against the switch off
+    within twice torchvision's error (within it alone failed 2 of 10 seeds on resnet34, up to 1.19x; torch seeds
+    each process at random, so the test is seeded)."""
+    torch.manual_seed(0)
     ours, tv = frozen_pair(arch, torch.bfloat16)
     x = torch.randn(*shape)
     if layout == "cl":
@@ -279,7 +282,8 @@ def test_frozen_bf16_stride2_convs_take_the_op_and_match_it_off(arch, shape, lay
             finally:
                 resnet_ext.cpu_direct(True)
     assert rel_err(out[True], ref) <= 2 * tv_err, (rel_err(out[True], ref), tv_err)
-    assert rel_err(out[True], out[False]) <= tv_err
+    assert rel_err(out[False], ref) <= 2 * tv_err, (rel_err(out[False], ref), tv_err)
+    assert rel_err(out[True], out[False]) <= 2 * tv_err, (rel_err(out[True], out[False]), tv_err)
 
 
 @f32_only
