@@ -1,9 +1,11 @@
 """The training BN(+add)+ReLU ops on the CPU: numbers and running statistics against nn.BatchNorm2d, gradcheck,
 opcheck, errors, autocast, and cross-process statistics with two gloo processes."""
 import contextlib
+import functools
 import os
 import sys
 import time
+import traceback
 
 import pytest
 import torch
@@ -395,11 +397,12 @@ def _gloo(rank, world, store_path):
         dist.destroy_process_group()
 
 
-def _worker(rank, world, store_path, out_dir, fused=False):
+def _ddp_scenario(rank, fused):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    with _gloo(rank, world, store_path):
-        resnet_ext.fused_train(fused)  # the Bottlenecks as the fused decomposition, its sums all-reduced
+    previous = resnet_ext.fused_train(fused)  # the Bottlenecks as the fused decomposition, its sums all-reduced
+    resnet_ext.reset_path_counts()
+    try:
         model = resnet_ext.convert_sync_batchnorm(_small_model())
         ddp = DDP(model)
         x, target = _batch()
@@ -418,15 +421,32 @@ def _worker(rank, world, store_path, out_dir, fused=False):
         finally:
             torch.Tensor.item = real_item
         state = {k: v.clone() for k, v in model.state_dict().items()}
-        torch.save({"out": out, "grads": {k.removeprefix("module."): v for k, v in grads.items()}, "state": state,
-                    "syncs": len(syncs), "graph_units": resnet_ext.path_counts().get("train_graph", 0)},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        return {"out": out, "grads": {k.removeprefix("module."): v for k, v in grads.items()}, "state": state,
+                "syncs": len(syncs), "graph_units": resnet_ext.path_counts().get("train_graph", 0)}
+    finally:
+        resnet_ext.fused_train(previous)
 
 
-def _two_processes(worker, tmp_path, *args):
+def _gloo_worker(rank, world, store_path, out_dir):
+    """Every cross-process scenario in one pair of processes (each spawn costs seconds): each rank saves each
+    scenario's results, or the traceback that stopped it (the scenarios after it are then not run)."""
+    with _gloo(rank, world, store_path):
+        for name, scenario in GLOO_SCENARIOS.items():
+            try:
+                found = scenario(rank)
+            except Exception:  # noqa: BLE001 (reported by the scenario's test)
+                torch.save({"error": traceback.format_exc()}, os.path.join(out_dir, f"{name}-rank{rank}.pt"))
+                return
+            torch.save(found, os.path.join(out_dir, f"{name}-rank{rank}.pt"))
+
+
+@pytest.fixture(scope="module")
+def gloo_ranks(tmp_path_factory):
+    """ranks(name): both ranks' results of scenario `name`, from one run of _gloo_worker in two gloo processes."""
     import torch.multiprocessing as mp
 
-    ctx = mp.start_processes(worker, args=(2, str(tmp_path / "store"), str(tmp_path)) + args, nprocs=2, join=False,
+    out_dir = tmp_path_factory.mktemp("gloo")
+    ctx = mp.start_processes(_gloo_worker, args=(2, str(out_dir / "store"), str(out_dir)), nprocs=2, join=False,
                              start_method="spawn")
     deadline = time.time() + 240
     while not ctx.join(timeout=5):
@@ -435,30 +455,41 @@ def _two_processes(worker, tmp_path, *args):
                 p.kill()
             pytest.fail("the two gloo processes did not finish within 240 s")
 
+    def ranks(name):
+        found = []
+        for r in range(2):
+            path = out_dir / f"{name}-rank{r}.pt"
+            if not path.exists():
+                pytest.fail(f"{name}: not run, an earlier scenario failed")
+            found.append(torch.load(path))
+            if "error" in found[-1]:
+                pytest.fail(f"{name} failed on rank {r}:\n{found[-1]['error']}")
+        return found
 
-def _small_batches_worker(rank, world, store_path, out_dir):
-    with _gloo(rank, world, store_path):
-        x, _ = _batch()
-        found = {}
-        for case, mine in (("one_each", x[rank:rank + 1]), ("empty_rank", x[:2] if rank == 0 else x[:0])):
-            model = resnet_ext.convert_sync_batchnorm(_small_model())
-            out = model(mine)
-            (out * _loss_weights(out.shape)).sum().backward()
-            found[case] = {"out": out.detach(), "state": dict(model.state_dict()),
-                           "grads": {k: p.grad.clone() for k, p in model.named_parameters()}}
-        torch.save(found, os.path.join(out_dir, f"rank{rank}.pt"))
+    return ranks
+
+
+def _small_batches_scenario(rank):
+    x, _ = _batch()
+    found = {}
+    for case, mine in (("one_each", x[rank:rank + 1]), ("empty_rank", x[:2] if rank == 0 else x[:0])):
+        model = resnet_ext.convert_sync_batchnorm(_small_model())
+        out = model(mine)
+        (out * _loss_weights(out.shape)).sum().backward()
+        found[case] = {"out": out.detach(), "state": dict(model.state_dict()),
+                       "grads": {k: p.grad.clone() for k, p in model.named_parameters()}}
+    return found
 
 
 def _loss_weights(shape):
     return torch.randn(shape, generator=torch.Generator().manual_seed(shape[0]), dtype=torch.float64)
 
 
-def test_cross_process_bn_with_one_value_per_channel_per_rank_or_an_empty_rank(tmp_path):
+def test_cross_process_bn_with_one_value_per_channel_per_rank_or_an_empty_rank(gloo_ranks):
     """As nn.SyncBatchNorm: one value per channel on each of two ranks (a 1x1 map, batch 1 each) is two in all, not
     the one-process error; a rank with an empty batch joins the all-reduces with a count of zero (it skipped them
     and the other rank hung)."""
-    _two_processes(_small_batches_worker, tmp_path)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = gloo_ranks("small_batches")
     x, _ = _batch()
     for case, whole in (("one_each", x[:2]), ("empty_rank", x[:2])):
         model = _small_model()
@@ -475,12 +506,11 @@ def test_cross_process_bn_with_one_value_per_channel_per_rank_or_an_empty_rank(t
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["bn_act", "fused_train"])
-def test_two_gloo_processes_match_one_process(tmp_path, fused):
-    _two_processes(_worker, tmp_path, fused)
+def test_two_gloo_processes_match_one_process(gloo_ranks, fused):
+    ranks = gloo_ranks("fused_train" if fused else "bn_act")
     x, target = _batch()
     model = _small_model()
     out, grads = _step(model, x, target)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert [r["syncs"] for r in ranks] == [0, 0]  # the SyncBN forward and backward never wait for the host
     assert [r["graph_units"] for r in ranks] == ([2 * 4 * 4] * 2 if fused else [0, 0])  # 2 steps, 4 blocks
     assert rel_err(torch.cat([r["out"] for r in ranks]), out) < 1e-10
@@ -507,22 +537,20 @@ def _hard_batches():
     return {"offset": offset, "outlier": outlier, "inf": inf}
 
 
-def _hard_worker(rank, world, store_path, out_dir):
-    with _gloo(rank, world, store_path):
-        found = {}
-        for case, x in _hard_batches().items():
-            bn = resnet_ext.convert_sync_batchnorm(torch.nn.BatchNorm2d(x.shape[1])).train()  # fresh statistics
-            out = bn(x[4 * rank:4 * rank + 4])
-            found[case] = {"out": out.detach(), "mean": bn.running_mean.clone(), "var": bn.running_var.clone()}
-        torch.save(found, os.path.join(out_dir, f"rank{rank}.pt"))
+def _hard_scenario(rank):
+    found = {}
+    for case, x in _hard_batches().items():
+        bn = resnet_ext.convert_sync_batchnorm(torch.nn.BatchNorm2d(x.shape[1])).train()  # fresh statistics
+        out = bn(x[4 * rank:4 * rank + 4])
+        found[case] = {"out": out.detach(), "mean": bn.running_mean.clone(), "var": bn.running_var.clone()}
+    return found
 
 
-def test_cross_process_bn_in_fp32_is_as_precise_as_batchnorm_on_the_whole_batch(tmp_path):
+def test_cross_process_bn_in_fp32_is_as_precise_as_batchnorm_on_the_whole_batch(gloo_ranks):
     """Sums about a stale running mean lost 8.4e-4 of the output (mean/std 100, fresh statistics; helper-39), sums
     about a rank's first value 1.5e-3 where it is an outlier and NaN running means for an infinite one (helper-42),
     where nn.BatchNorm2d on the whole batch stays within 2e-6 and gives +-inf."""
-    _two_processes(_hard_worker, tmp_path)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = gloo_ranks("hard")
     for case, x in _hard_batches().items():
         c = x.shape[1]
         ref_mean, ref_var = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
@@ -560,25 +588,29 @@ def _own_forward_model(case):
     return model
 
 
-def _own_forward_worker(rank, world, store_path, out_dir):
-    with _gloo(rank, world, store_path):
-        x, _ = _batch()
-        found = {}
-        for case in OWN_FORWARD_CASES:
-            model = resnet_ext.convert_sync_batchnorm(_own_forward_model(case))
-            out = model(x[2 * rank:2 * rank + 2])
-            (out * _loss_weights(out.shape)).sum().backward()  # through in-place ReLUs and adds on BN outputs
-            found[case] = {"state": {k: v.clone() for k, v in model.state_dict().items()},
-                           "grads": {k: p.grad.clone() for k, p in model.named_parameters()}}
-        torch.save(found, os.path.join(out_dir, f"rank{rank}.pt"))
+def _own_forward_scenario(rank):
+    x, _ = _batch()
+    found = {}
+    for case in OWN_FORWARD_CASES:
+        model = resnet_ext.convert_sync_batchnorm(_own_forward_model(case))
+        out = model(x[2 * rank:2 * rank + 2])
+        (out * _loss_weights(out.shape)).sum().backward()  # through in-place ReLUs and adds on BN outputs
+        found[case] = {"state": {k: v.clone() for k, v in model.state_dict().items()},
+                       "grads": {k: p.grad.clone() for k, p in model.named_parameters()}}
+    return found
 
 
-def test_cross_process_bn_syncs_where_it_runs_its_own_forward(tmp_path):
+GLOO_SCENARIOS = {"bn_act": functools.partial(_ddp_scenario, fused=False),
+                  "fused_train": functools.partial(_ddp_scenario, fused=True),
+                  "small_batches": _small_batches_scenario, "hard": _hard_scenario,
+                  "own_forward": _own_forward_scenario}
+
+
+def test_cross_process_bn_syncs_where_it_runs_its_own_forward(gloo_ranks):
     """A converted BN that runs its own module forward (hooks of its own, a torchvision model, a BatchNorm1d in a
     custom head) computes cross-process statistics there too (it computed per-process ones, silently, when the
     converter only marked BNs for resnet_ext's fused op), and trains through the in-place ReLU or add after it."""
-    _two_processes(_own_forward_worker, tmp_path)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = gloo_ranks("own_forward")
     x, _ = _batch()
     for case in OWN_FORWARD_CASES:
         model = _own_forward_model(case)
