@@ -139,24 +139,6 @@ def test_torchrun_two_gloo_processes_end_with_identical_weights(tmp_path):
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
 
 
-def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
-    common = [sys.executable, TRAIN, "--fake-data", "--steps", "6", "--device", "cpu", "--image-size", "48",
-              "--batch-size", "4", "--fake-size", "16", "--warmup-epochs", "0.5", "--log-every", "1"]
-    full = run(common + ["--output-dir", str(tmp_path / "full")])
-    first = run(common + ["--output-dir", str(tmp_path / "part"), "--stop-after", "3"])
-    second = run(common + ["--output-dir", str(tmp_path / "part"), "--resume", str(tmp_path / "part" / "checkpoint.pt")])
-    for out in (full, first, second):
-        assert out.returncode == 0, out.stderr[-3000:]
-    assert "resumed from" in second.stdout and "at step 3" in second.stdout
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
-    b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
-    assert a["step"] == b["step"] == 6
-    for k, v in a["model"].items():
-        assert torch.equal(v, b["model"][k]), k
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
-
-
 @pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
 def test_export_gives_torchvisions_portable_program(tmp_path, frozen):
     """torch.export of an eval model records torchvision's ATen ops, as torchvision's export does: the saved program
@@ -366,26 +348,50 @@ def _signalled_run(cmd, sig, after_step):
     return proc.returncode, "".join(lines) + out, err
 
 
-def test_sigterm_saves_and_the_resumed_run_is_bit_identical(tmp_path):
-    common = [sys.executable, TRAIN] + SMALL + ["--steps", "40", "--warmup-epochs", "0.5"]
-    full = run(common + ["--output-dir", str(tmp_path / "full"), "--stop-after", "10"])
+# 4 steps per epoch, the warm-up over the first 2: a run stopped within 10 steps resumes mid-schedule, mid-epoch
+# or at an epoch's reshuffle.
+RESUMABLE = [sys.executable, TRAIN] + SMALL + ["--steps", "40", "--warmup-epochs", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def ten_steps(tmp_path_factory):
+    """The checkpoint of an uninterrupted run stopped after 10 steps, for the resumed runs to match bit for bit."""
+    d = tmp_path_factory.mktemp("full")
+    full = run(RESUMABLE + ["--output-dir", str(d), "--stop-after", "10"])
     assert full.returncode == 0, full.stderr[-3000:]
-    rc, out, err = _signalled_run(common + ["--output-dir", str(tmp_path / "part")], signal.SIGTERM, 2)
-    assert rc == 128 + signal.SIGTERM and "Traceback" not in err, err
-    part = tmp_path / "part" / "checkpoint.pt"
-    k = torch.load(part, weights_only=True)["step"]
-    assert 2 <= k < 10 and f"stopped by SIGTERM after step {k}" in err and f"at step {k}" in out
-    assert os.listdir(tmp_path / "part") == ["checkpoint.pt"]
-    resumed = run(common + ["--output-dir", str(tmp_path / "part"), "--resume", str(part),
-                            "--stop-after", str(10 - k)])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
-    b = torch.load(part, weights_only=True)
+    return torch.load(d / "checkpoint.pt", weights_only=True)
+
+
+def assert_same_training_state(a, b):
     assert a["step"] == b["step"] == 10
     for key, v in a["model"].items():
         assert torch.equal(v, b["model"][key]), key
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, ten_steps):
+    first = run(RESUMABLE + ["--output-dir", str(tmp_path), "--stop-after", "3"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run(RESUMABLE + ["--output-dir", str(tmp_path), "--resume", str(tmp_path / "checkpoint.pt"),
+                              "--stop-after", "7"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stdout and "at step 3" in second.stdout
+    assert_same_training_state(ten_steps, torch.load(tmp_path / "checkpoint.pt", weights_only=True))
+
+
+def test_sigterm_saves_and_the_resumed_run_is_bit_identical(tmp_path, ten_steps):
+    rc, out, err = _signalled_run(RESUMABLE + ["--output-dir", str(tmp_path / "part")], signal.SIGTERM, 2)
+    assert rc == 128 + signal.SIGTERM and "Traceback" not in err, err
+    part = tmp_path / "part" / "checkpoint.pt"
+    k = torch.load(part, weights_only=True)["step"]
+    assert 2 <= k < 10 and f"stopped by SIGTERM after step {k}" in err and f"at step {k}" in out
+    assert os.listdir(tmp_path / "part") == ["checkpoint.pt"]
+    resumed = run(RESUMABLE + ["--output-dir", str(tmp_path / "part"), "--resume", str(part),
+                               "--stop-after", str(10 - k)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and f"at step {k}" in resumed.stdout
+    assert_same_training_state(ten_steps, torch.load(part, weights_only=True))
 
 
 def test_sigint_saves_and_exits_cleanly(tmp_path):
