@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import resnet_ext
-from conftest import rel_err
+from conftest import rel_err, tv_model
 from resnet_ext.bn_act import bn_act
 
 ops = torch.ops.resnet_ext
@@ -296,14 +296,13 @@ def test_stock_training_runs_torchvisions_code(monkeypatch, shape):
     CPU the ResNet's own forward enters where the memory reuse pays, `cpu.reuse_pays`: the stem is then its one
     unit); a block with a BN in eval mode (a frozen BN in fine-tuning) hands over to the engine, which folds that
     unit; the numbers stay torchvision's."""
-    import torchvision
 
     calls = []
     real = resnet_ext.engine.units.unit
     monkeypatch.setattr(resnet_ext.engine.units, "unit", lambda *a, **k: calls.append(1) or real(*a, **k))
     torch.manual_seed(0)
     model = resnet_ext.resnet18(num_classes=10).train()
-    tv = torchvision.models.resnet18(num_classes=10).train()
+    tv = tv_model("resnet18", num_classes=10).train()
     tv.load_state_dict(model.state_dict())
     x = torch.randn(shape)
     stem = int(resnet_ext.engine.cpu.reuse_pays(x))
@@ -325,10 +324,9 @@ def test_train_bn_rejects_an_unknown_mode():
 
 
 def test_autocast_bf16_train_step_matches_torchvision(train_mode):
-    import torchvision
 
     torch.manual_seed(0)
-    tv = torchvision.models.resnet50(num_classes=10)
+    tv = tv_model("resnet50", num_classes=10)
     ours = resnet_ext.resnet50(num_classes=10)
     ours.load_state_dict(tv.state_dict())
     x = torch.randn(4, 3, 64, 64)
@@ -690,10 +688,9 @@ def test_a_model_pickled_with_marked_bns_loads_converted():
 
 
 def test_three_sgd_steps_of_resnet50_match_torchvision_float64(train_mode):
-    import torchvision
 
     torch.manual_seed(0)
-    tv = torchvision.models.resnet50(num_classes=10).double().train()
+    tv = tv_model("resnet50", num_classes=10).double().train()
     ours = resnet_ext.resnet50(num_classes=10).double().train()
     ours.load_state_dict(tv.state_dict())
     opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4) for m in (ours, tv)]

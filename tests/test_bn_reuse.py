@@ -6,19 +6,18 @@ import copy
 
 import pytest
 import torch
-import torchvision
 
 import resnet_ext
 from resnet_ext import ops
 from resnet_ext._C_loader import _C
 from resnet_ext.engine import state
-from conftest import randomize_bn, rel_err
+from conftest import randomize_bn, rel_err, tv_model
 
 CL = torch.channels_last
 
 
 def _pair(dtype, layout):
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval().to(dtype)
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval().to(dtype)
     if layout == "channels_last":
         tv = tv.to(memory_format=CL)
     return resnet_ext.from_torchvision(tv), tv  # the same Parameter and buffer objects

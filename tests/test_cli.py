@@ -17,6 +17,7 @@ import torchvision
 from PIL import Image
 
 import resnet_ext
+from conftest import tv_model
 from resnet_ext import bench, predict, report
 from resnet_ext.__main__ import main as cli
 from resnet_ext.weights import WeightsFileNotFound, check_state_dict, load_state, resolve_weights
@@ -66,7 +67,7 @@ def test_resolve_weights_messages(tmp_path):
 
 
 def test_load_state_unwraps_and_reports_bad_files(tmp_path):
-    sd = torchvision.models.resnet18(num_classes=3).state_dict()
+    sd = tv_model("resnet18", num_classes=3).state_dict()
     ddp = {"module." + k: v for k, v in sd.items()}
     path = tmp_path / "ckpt.pt"
     torch.save({"model": ddp, "step": 3}, path)
@@ -80,7 +81,7 @@ def test_load_state_unwraps_and_reports_bad_files(tmp_path):
     with pytest.raises(ValueError, match="not a state dict"):
         load_state(str(tmp_path / "list.pt"))
     with pytest.raises(RuntimeError) as e:
-        check_state_dict(torchvision.models.resnet34(num_classes=3), sd, "x.pt", "resnet34")
+        check_state_dict(tv_model("resnet34", num_classes=3), sd, "x.pt", "resnet34")
     assert str(e.value).count("\n") == 0 and "x.pt: does not fit resnet34: " in str(e.value)
     assert "missing keys (e.g. 'layer1.2." in str(e.value)
 
@@ -94,7 +95,7 @@ def small(tmp_path_factory):
     """A resnet18 checkpoint with 5 classes and a few small images."""
     d = tmp_path_factory.mktemp("cli")
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=5).eval()
+    model = tv_model("resnet18", num_classes=5).eval()
     ckpt = d / "rn18.pt"
     torch.save(model.state_dict(), ckpt)
     g = np.random.RandomState(0)
@@ -218,7 +219,7 @@ def test_predict_bad_paths_and_weights_are_one_line(small, capsys):
     d, ckpt, rgb, _ = small
     whole = open(ckpt, "rb").read()
     (d / "trunc.pt").write_bytes(whole[:1000])
-    torch.save(torchvision.models.resnet34(num_classes=5).state_dict(), d / "rn34.pt")
+    torch.save(tv_model("resnet34", num_classes=5).state_dict(), d / "rn34.pt")
     cases = [
         ([str(d), "--weights", ckpt], f"{d}: is a directory, not an image"),
         ([str(d / "nope.jpg"), "--weights", ckpt], "nope.jpg: no such file"),
@@ -369,7 +370,7 @@ def test_bench_runtime_peers_leave_no_file(tmp_path, monkeypatch):
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the export goes
-    tv = torchvision.models.resnet18(num_classes=3).eval()
+    tv = tv_model("resnet18", num_classes=3).eval()
     peers, _, _ = bench.runtime_peers(tv, torch.randn(1, 3, 32, 32), False)
     assert "onnxruntime" in peers and peers["onnxruntime"](torch.randn(1, 3, 32, 32)).shape == (1, 3)
     assert os.listdir(tmp_path) == []  # was a model.onnx left per run (46.7 MB for resnet18: helper-40)

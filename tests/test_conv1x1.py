@@ -10,12 +10,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 
 import resnet_ext
 from resnet_ext import ops
 from resnet_ext.engine import cpu, units
-from conftest import frozen_pair, randomize_bn, rel_err, run_poisoned
+from conftest import frozen_pair, randomize_bn, rel_err, run_poisoned, tv_model
 
 f32_only = pytest.mark.skipif(not ops.conv1x1_supported(torch.float32), reason="this CPU has no AVX-512")
 bf16_only = pytest.mark.skipif(not ops.conv1x1_supported(torch.bfloat16), reason="this CPU has no AVX512-BF16")
@@ -489,7 +488,7 @@ def test_weights_pruned_through_data_before_freeze(dtype, k, no_amx, monkeypatch
     if dtype is not None and not ops.conv1x1_supported(dtype):
         pytest.skip("this CPU does not run the op for this dtype")
     monkeypatch.setattr(cpu, "DIRECT_1X1", False)
-    tv = _prune(randomize_bn(torchvision.models.resnet50(num_classes=10)).eval(), 0, k)
+    tv = _prune(randomize_bn(tv_model("resnet50", num_classes=10)).eval(), 0, k)
     x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)), dtype=dtype)
     with torch.no_grad():
@@ -505,7 +504,7 @@ def test_weights_pruned_through_data_before_freeze(dtype, k, no_amx, monkeypatch
 def test_a_larger_kernel_behind_a_1x1_conv_s_attributes(no_amx):
     """A 2x2 weight swapped into a 1x1 stride-2 downsample through `.data` (kernel_size stays (1, 1)): on an even
     map the shapes still agree and torchvision runs it; so does the frozen model, on oneDNN for that unit."""
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
     with torch.no_grad():
         tv.layer2[0].downsample[0].weight.data = torch.randn(128, 64, 2, 2) * 0.05
     ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)))
@@ -523,7 +522,7 @@ def test_an_identity_the_residual_add_broadcasts(arch, size, own, no_amx):
     """layer2's downsample with a stride as large as its map gives a (N, C, 1, 1) identity, which torchvision's
     `out += identity` broadcasts: the tails on resnet_ext's own ops (resnet50's 1x1, resnet18's 3x3 by Winograd)
     add it after the op, as there, instead of rejecting it."""
-    tv = randomize_bn(getattr(torchvision.models, arch)(num_classes=10)).eval()
+    tv = randomize_bn(tv_model(arch, num_classes=10)).eval()
     tv.layer2[0].downsample[0].stride = (size, size)
     ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)))
     x = torch.randn(1, 3, size, size).contiguous(memory_format=torch.channels_last)

@@ -11,12 +11,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 
 import resnet_ext
 from resnet_ext import ops
 from resnet_ext.engine import cpu, units
-from conftest import frozen_pair, randomize_bn, rel_err, run_poisoned
+from conftest import frozen_pair, randomize_bn, rel_err, run_poisoned, tv_model
 
 f32_only = pytest.mark.skipif(not ops.conv1x1_supported(torch.float32), reason="this CPU has no AVX-512")
 bf16_only = pytest.mark.skipif(not ops.conv1x1_supported(torch.bfloat16), reason="this CPU has no AVX512-BF16")
@@ -303,7 +302,7 @@ def test_a_weight_pruned_through_data_stays_on_onednn(no_amx):
     channels (out_channels and in_channels still say 128): torchvision runs it, and so does the frozen model, those
     two units on oneDNN (the plan's ops take only folds their conv's attributes describe), the other 13 of resnet18's
     kxk and strided units at 64x64 that Winograd leaves on the op."""
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
     b = tv.layer2[0]
     with torch.no_grad():
         b.conv1.weight.data = b.conv1.weight.data[:96].clone()

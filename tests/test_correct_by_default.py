@@ -22,13 +22,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import resnet_ext
 from resnet_ext.engine import state, units
-from conftest import randomize_bn, rel_err
+from conftest import randomize_bn, rel_err, tv_model
 
 TOL = 1e-4
 
 
 def pair(arch="resnet50", train=False, **kw):
-    tv = randomize_bn(getattr(torchvision.models, arch)(num_classes=10, **kw))
+    tv = randomize_bn(tv_model(arch, num_classes=10, **kw))
     ours = resnet_ext.from_torchvision(tv)
     return ours.train(train), tv.train(train)
 
@@ -107,14 +107,14 @@ def test_eval_after_optimizer_steps_with_frozen_bn(make_opt):
 
 def test_load_state_dict_in_place_and_assign():
     ours, tv = pair("resnet18")
-    other = randomize_bn(torchvision.models.resnet18(num_classes=10), seed=3)
+    other = randomize_bn(tv_model("resnet18", num_classes=10), seed=3)
     x = x_()
     warm(ours, x)
     ours.load_state_dict(other.state_dict())  # in place: tv shares the tensors
     same(ours, tv, x)
-    ours.load_state_dict(randomize_bn(torchvision.models.resnet18(num_classes=10), seed=4).state_dict(),
+    ours.load_state_dict(randomize_bn(tv_model("resnet18", num_classes=10), seed=4).state_dict(),
                          assign=True)
-    ref = torchvision.models.resnet18(num_classes=10).eval()
+    ref = tv_model("resnet18", num_classes=10).eval()
     ref.load_state_dict(ours.state_dict())
     same(ours, ref, x)
 
@@ -218,7 +218,7 @@ SWAPS = {
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("name", list(SWAPS))
 def test_swapped_submodules_run_as_torchvision(name, train):
-    tv = randomize_bn(torchvision.models.resnet50(num_classes=10))
+    tv = randomize_bn(tv_model("resnet50", num_classes=10))
     torch.manual_seed(0)
     SWAPS[name](tv)
     tv.double().train(train)
@@ -258,7 +258,7 @@ STEM_AND_HEAD_SWAPS = {  # after a forward recorded the model; small-image varia
 @pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
 @pytest.mark.parametrize("swap", list(STEM_AND_HEAD_SWAPS))
 def test_stem_pool_and_head_swaps_after_a_forward(swap, frozen):
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
     if frozen:
         resnet_ext.freeze(ours)
@@ -275,7 +275,7 @@ def test_stem_pool_and_head_swaps_after_a_forward(swap, frozen):
 @pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
 def test_an_expanded_bn_buffer_runs_as_in_torchvision(frozen):
     """A BN statistic that is an expanded scalar (stride 0: one element in its storage) holds all its elements."""
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
     for m in (tv, ours):
         m.layer3[1].bn1.running_var = torch.tensor(1.5).expand(256)
@@ -295,7 +295,7 @@ class _ScaledConvs(torch.overrides.TorchFunctionMode):
 
 @pytest.mark.parametrize("mode", ["default", "default_cl_model", "frozen"])
 def test_a_torch_function_mode_sees_torchvisions_calls(mode):
-    tv = randomize_bn(torchvision.models.resnet50(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet50", num_classes=10)).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
     x = x_(1, 64)
     if mode == "default_cl_model":
@@ -341,7 +341,7 @@ class _ScaledDispatch(TorchDispatchMode):
 def test_a_module_class_method_replaced_is_honoured(cls, name, frozen, monkeypatch):
     """A stock module class's method, the functional op it calls (flop profilers wrap them) or resnet_ext's block
     class's forward, replaced: torchvision's code runs, which calls the replacement."""
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
     if cls is nn.Identity:
         tv.maxpool = nn.Identity()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
@@ -375,7 +375,7 @@ class _Scaled(torch.Tensor):
 @pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
 @pytest.mark.parametrize("where", ["input", "weight"])
 def test_tensor_subclasses_with_torch_function_are_honoured(where, frozen):
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
     x = x_(1, 32).contiguous(memory_format=torch.channels_last)
     if frozen:
@@ -393,7 +393,7 @@ def test_tensor_subclasses_with_torch_function_are_honoured(where, frozen):
 
 @pytest.mark.parametrize("frozen", [False, True], ids=["default", "frozen"])
 def test_mkldnn_and_sparse_inputs_run_as_in_torchvision(frozen):
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
     if frozen:
         resnet_ext.freeze(ours)
@@ -642,7 +642,7 @@ def test_train_forward_with_an_empty_batch(train_mode):
 
 
 def test_from_torchvision_keeps_a_replaced_head():
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10))
+    tv = randomize_bn(tv_model("resnet18", num_classes=10))
     tv.fc = nn.Sequential(nn.Dropout(0.3), nn.Linear(512, 3))
     tv.eval()
     ours = resnet_ext.from_torchvision(tv).eval()
@@ -888,7 +888,7 @@ def test_frozen_mode_contract():
     ours.double()
     tv = ours.to_torchvision().eval()  # .double() gave each model new buffers: share ours' again
     same(ours, tv, x.double(), tol=1e-10)
-    state = randomize_bn(torchvision.models.resnet50(num_classes=10), seed=7).double().state_dict()
+    state = randomize_bn(tv_model("resnet50", num_classes=10), seed=7).double().state_dict()
     ours.load_state_dict(state)
     same(ours, tv, x.double(), tol=1e-10)
     ours.train()
@@ -1039,7 +1039,7 @@ def test_a_frozen_model_sees_writes_into_its_tensors(dtype, write):
     refold (the same bits as freezing afresh, still the flat frozen forward), replaced tensors run that unit
     unfolded."""
     change, refolds = FROZEN_WRITES[write]
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
     resnet_ext.freeze(ours, dtype=dtype)
     x = x_(2, 40)
@@ -1072,7 +1072,7 @@ def test_a_weight_swapped_under_a_frozen_unit_gives_torchvisions_answer_or_error
     """`conv.weight.data = w` of another dtype, shape, kernel or layout, or a view of the weight itself, after frozen
     forwards: torchvision's output or its exact error, never the old fold's answer, a fold's promoted answer or
     oneDNN's own error."""
-    tv = torchvision.models.resnet18(num_classes=10).eval()
+    tv = tv_model("resnet18", num_classes=10).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
     resnet_ext.freeze(ours, dtype=dtype)
     x = x_(1, 64)
@@ -1088,7 +1088,7 @@ def test_a_weight_swapped_under_a_frozen_unit_gives_torchvisions_answer_or_error
 def test_a_frozen_model_sees_each_of_many_data_assignments():
     """`p.data = q` twice between forwards, again and again: the storage freed by the first may come back at the
     old address (the check keeps it from being reused while recorded)."""
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
     ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)))
     x = x_(1, 64)
     with torch.no_grad():
@@ -1104,7 +1104,7 @@ def test_a_frozen_model_sees_each_of_many_data_assignments():
 @pytest.mark.parametrize("swap", ["dtype", "length", "length_view"])
 @pytest.mark.parametrize("name", ["weight", "running_var"])
 def test_a_bn_tensor_swapped_under_a_frozen_model_gives_torchvisions_error(swap, name):
-    tv = torchvision.models.resnet18(num_classes=10).eval()
+    tv = tv_model("resnet18", num_classes=10).eval()
     ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)))
     x = x_(1, 64)
     with torch.no_grad():
@@ -1135,7 +1135,7 @@ def test_a_change_that_breaks_the_residual_add_gives_torchvisions_error(mode, ch
     post-op) must not raise its own instead."""
     if mode == "frozen_bf16" and not _bf16_ok():
         pytest.skip("no native bf16")
-    tv = torchvision.models.resnet18(num_classes=10).eval()
+    tv = tv_model("resnet18", num_classes=10).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv)).eval()
     if mode != "default":
         resnet_ext.freeze(ours, dtype=torch.bfloat16 if mode == "frozen_bf16" else None)
@@ -1152,7 +1152,7 @@ def test_a_change_that_breaks_the_residual_add_gives_torchvisions_error(mode, ch
 
 
 def _frozen_pair(seed=0):
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10), seed=seed).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10), seed=seed).eval()
     return tv, resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)))
 
 
@@ -1253,7 +1253,7 @@ def test_hooks_and_inserted_modules_see_torchvisions_layouts(frozen, dtype):
     channels_last maps on, so `.view` raised), and a train-mode Dropout inserted there draws torchvision's mask."""
     if dtype is not None and not frozen:
         pytest.skip("bf16 is a frozen-mode variant")
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
     if frozen:
         resnet_ext.freeze(ours, dtype=dtype)
@@ -1284,7 +1284,7 @@ def test_a_hook_sees_torchvisions_pooled_map(frozen):
     """The stem's max pool of an NCHW map runs through channels_last and back (ATen's NCHW pool is 2-6x slower):
     a pre-hook on layer1 sees torchvision's values and strides, a 1x1 pooled map (4x4 input) too, whose
     channels_last strides would differ."""
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
     if frozen:
         resnet_ext.freeze(ours)
@@ -1307,7 +1307,7 @@ def test_a_hook_sees_torchvisions_pooled_map(frozen):
 def test_a_bf16_input_to_a_bf16_frozen_fp32_model_gets_torchvisions_error(head, fmt):
     """freeze(dtype=torch.bfloat16) keeps the fp32 model's interface: a bf16 input raises torchvision's dtype
     error (it ran the bf16 folds and failed in the fc with another message, or answered where the fc is gone)."""
-    tv = torchvision.models.resnet18(num_classes=10).eval()
+    tv = tv_model("resnet18", num_classes=10).eval()
     ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)), dtype=torch.bfloat16)
     if head == "identity":
         tv.fc, ours.fc = nn.Identity(), nn.Identity()
@@ -1325,7 +1325,7 @@ def test_a_custom_fc_keeps_the_flat_forward(frozen, dtype):
     draws torchvision's mask."""
     if dtype is not None and not frozen:
         pytest.skip("bf16 is a frozen-mode variant")
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
     tv.fc = nn.Sequential(nn.Dropout(0.5), nn.Linear(512, 7)).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
     if frozen:
@@ -1358,7 +1358,7 @@ def test_the_small_image_stem_keeps_the_flat_forward(arch, frozen, dtype):
     swapping the pool back, or hooking the Identity, is seen."""
     if dtype is not None and not frozen:
         pytest.skip("bf16 is a frozen-mode variant")
-    tv = randomize_bn(getattr(torchvision.models, arch)(num_classes=10))
+    tv = randomize_bn(tv_model(arch, num_classes=10))
     tv.conv1, tv.maxpool = nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.Identity()
     tv.eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
@@ -1397,7 +1397,7 @@ def test_hooks_on_the_head_keep_the_flat_forward(frozen, dtype):
         pytest.skip("bf16 is a frozen-mode variant")
     tol = TOL if dtype is None else 2e-2
     for model_fmt in (torch.contiguous_format, torch.channels_last):
-        tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval().to(memory_format=model_fmt)
+        tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval().to(memory_format=model_fmt)
         tv.fc = nn.Sequential(nn.Dropout(0.5), nn.Linear(512, 7)).eval()
         ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
         if frozen:
@@ -1424,7 +1424,7 @@ def test_hooks_on_the_head_keep_the_flat_forward(frozen, dtype):
             assert rel_err(seen["ours fc"], seen["tv fc"]) < tol, where
             assert rel_err(seen["ours model"], seen["tv model"]) < tol, where
     # A ReLU shared by the stem and the fc: the body calls it, so its hook must fire there too.
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
     tv.fc = nn.Sequential(tv.relu, nn.Linear(512, 7))
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
     if frozen:
@@ -1446,7 +1446,7 @@ def test_hooks_on_the_head_keep_the_flat_forward(frozen, dtype):
 def test_an_avgpool_hook_that_replaces_the_fc_is_honoured(frozen):
     """torchvision's forward reads `self.fc` after the pool ran: a pool hook that swaps the fc gets the new one, on
     the flat forward and on the module path."""
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
     if frozen:
         resnet_ext.freeze(ours)
@@ -1479,7 +1479,7 @@ DOWNSAMPLE_RETURNS = {
 def test_a_downsample_hook_that_replaces_the_shortcut_gets_torchvisions_add(ret, frozen, grad):
     """A forward hook on a downsample may return anything torchvision's `out += identity` takes (another float
     dtype, a number) or refuses: the unit adds it as torchvision does, or raises its error."""
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval().requires_grad_(False)
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval().requires_grad_(False)
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
     if frozen:
         resnet_ext.freeze(ours)
@@ -1502,7 +1502,7 @@ def test_a_downsample_hook_that_replaces_the_shortcut_gets_torchvisions_add(ret,
 def test_module_path_blocks_hand_on_bns_strides_for_1x1_maps(frozen):
     """On the module path (hooks on the blocks) a Bottleneck's output on a 1x1 map has torchvision's NCHW strides
     (BN's output, dense in both layouts), not the channels_last ones of the 1x1 conv before it."""
-    tv = randomize_bn(torchvision.models.resnet50(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet50", num_classes=10)).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
     if frozen:
         resnet_ext.freeze(ours)
@@ -1528,7 +1528,7 @@ def test_a_hook_that_changes_a_later_unit_mid_forward_is_seen_there(write, path,
     torchvision's modules do when they are called."""
     if path == "folded":
         monkeypatch.setattr(units, "unfolds", lambda x: False)
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
     # A channels_last input: the units run (NCHW maps and weights run torchvision's blocks), a frozen one its folds.
     x = x_(1, 64).contiguous(memory_format=torch.channels_last)
@@ -1560,7 +1560,7 @@ def test_legacy_weight_norm_is_not_recorded_anew_on_every_forward():
     """Legacy weight_norm computes a new weight object in a forward pre-hook on every call: such a model is not
     recorded (a record would be stale on each forward and made again, ~0.8 ms on resnet50); its answers are
     torchvision's."""
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
     for m in (tv, ours):
         torch.nn.utils.weight_norm(m.layer2[0].conv1)
@@ -1577,7 +1577,7 @@ def test_a_hooked_nchw_model_runs_torchvisions_blocks(frozen, monkeypatch):
     batch of BN scales is made for them; a channels_last input keeps the units (a frozen model's folds), which take
     their BN scales and shifts from one batch per forward where a fold does not apply."""
     from resnet_ext import ops
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
     if frozen:
         resnet_ext.freeze(ours)
@@ -1616,7 +1616,7 @@ def test_a_custom_fc_weight_is_computed_as_often_as_in_torchvision(frozen, dtype
     if dtype is not None and not frozen:
         pytest.skip("bf16 is a frozen-mode variant")
     import torch.nn.utils.parametrize as parametrize
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
     parametrize.register_parametrization(tv.fc, "weight", _Evaluations())
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
     if frozen:
@@ -1633,7 +1633,7 @@ def test_a_custom_fc_weight_is_computed_as_often_as_in_torchvision(frozen, dtype
 def test_a_frozen_forward_survives_state_dropped_by_another_thread():
     """Another thread's `.to()` or `freeze` may drop the write check's state between two reads of it (seen as an
     AttributeError on None in a race): the next forward refolds."""
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
     ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)))
     x = x_(1, 64)
     with torch.no_grad():
@@ -1649,7 +1649,7 @@ def test_a_freeze_during_another_threads_refold_is_not_lost(monkeypatch):
     run (5e-3 off where fp32 is 1e-6)."""
     from resnet_ext.engine import frozen
 
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
     ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)), dtype=torch.bfloat16)
     x = x_(1, 64)
     warm(ours, x)

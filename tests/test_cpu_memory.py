@@ -6,11 +6,10 @@ import threading
 
 import pytest
 import torch
-import torchvision
 
 import resnet_ext
 from resnet_ext.engine import cpu
-from conftest import randomize_bn, rel_err
+from conftest import randomize_bn, rel_err, tv_model
 
 MiB = 1 << 20
 
@@ -31,7 +30,7 @@ def limit():
 
 
 def pair(frozen):
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
     ours = resnet_ext.from_torchvision(tv).eval()
     if frozen:
         resnet_ext.freeze(ours)
@@ -72,7 +71,7 @@ def test_nothing_is_kept_outside_the_engines_forwards(limit):
     before = resnet_ext.cpu_memory_stats()["blocks"]
     t = torch.empty(4 * MiB)
     del t
-    tv = torchvision.models.resnet18(num_classes=10).eval()
+    tv = tv_model("resnet18", num_classes=10).eval()
     with torch.no_grad():
         tv(torch.randn(2, 3, 64, 64))  # oneDNN's raw buffers from the next allocator, freed through ours
     after = resnet_ext.cpu_memory_stats()
@@ -167,7 +166,7 @@ def test_threads_get_their_own_answers(limit):
 
 def test_training_step_on_cpu_matches_torchvision(limit):
     """A training forward's saved tensors come from the scope and are freed in backward, outside it."""
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).double()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).double()
     ours = resnet_ext.from_torchvision(tv).double()
     x = torch.randn(2, 3, 48, 48, dtype=torch.float64)
     for _ in range(2):

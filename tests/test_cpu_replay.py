@@ -6,14 +6,13 @@ import weakref
 
 import pytest
 import torch
-import torchvision
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import resnet_ext
 from resnet_ext._C_loader import _C
 from resnet_ext.engine import replay
-from conftest import frozen_pair
+from conftest import frozen_pair, tv_model
 
 BF16 = [torch.bfloat16] if torch.ops.mkldnn._is_mkldnn_bf16_supported() else []
 
@@ -67,7 +66,7 @@ def test_refreeze_load_state_dict_and_to_drop_the_program():
     model, tv = frozen_pair("resnet18")
     x = torch.randn(1, 3, 64, 64)
     assert forwards(model, x, 3)[1] == 1
-    other = torchvision.models.resnet18(num_classes=10).eval()
+    other = tv_model("resnet18", num_classes=10).eval()
     model.load_state_dict(other.state_dict())
     outs, replays = forwards(model, x, 3)
     assert replays == 1  # planned and recorded again on the new folds
@@ -81,7 +80,7 @@ def test_refreeze_load_state_dict_and_to_drop_the_program():
     resnet_ext.freeze(model)
     outs, replays = forwards(model, x, 3)
     assert replays == 1
-    halved = torchvision.models.resnet18(num_classes=10).eval()
+    halved = tv_model("resnet18", num_classes=10).eval()
     halved.load_state_dict(model.state_dict())
     with torch.no_grad():
         want = halved(x)

@@ -5,17 +5,16 @@ import pickle
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import resnet_ext
 from resnet_ext.engine import state as ext_state
-from conftest import randomize_bn, rel_err
+from conftest import randomize_bn, rel_err, tv_model
 
 
 def pair(arch="resnet18", **kw):
     torch.manual_seed(0)  # the initial weights: each test the same model whatever ran before
-    tv = randomize_bn(getattr(torchvision.models, arch)(num_classes=10, **kw))
+    tv = randomize_bn(tv_model(arch, num_classes=10, **kw))
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))  # own parameters: state changes are compared, not shared
     return ours, tv
 

@@ -14,7 +14,7 @@ import torch
 import torchvision
 
 import resnet_ext
-from conftest import randomize_bn, rel_err
+from conftest import randomize_bn, rel_err, tv_model
 from resnet_ext.__main__ import main as cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +44,7 @@ def images_and_checkpoint(tmp_path_factory):
         Image.fromarray(arr).save(path)
         paths.append(path)
     torch.manual_seed(0)
-    tv = randomize_bn(torchvision.models.resnet50()).eval()
+    tv = randomize_bn(tv_model("resnet50")).eval()
     ckpt = str(d / "rn50.pt")
     torch.save(tv.state_dict(), ckpt)
     return paths, ckpt, tv, d
@@ -83,7 +83,7 @@ def test_predict_bad_inputs_get_one_line_errors(images_and_checkpoint, capsys):
     garbage = d / "broken.png"
     garbage.write_bytes(b"this is not an image")
     rn18 = d / "rn18.pt"
-    torch.save(torchvision.models.resnet18().state_dict(), rn18)
+    torch.save(tv_model("resnet18").state_dict(), rn18)
     cases = [
         ([str(d / "missing.jpg"), "--weights", ckpt], "missing.jpg: no such file"),
         ([str(garbage), "--weights", ckpt], "broken.png: cannot read image"),
@@ -102,7 +102,7 @@ def test_predict_bad_inputs_get_one_line_errors(images_and_checkpoint, capsys):
 
 def test_from_and_to_torchvision_share_parameters():
     torch.manual_seed(0)
-    tv = randomize_bn(torchvision.models.resnet101(replace_stride_with_dilation=[False, True, True])).eval()
+    tv = randomize_bn(tv_model("resnet101", replace_stride_with_dilation=[False, True, True])).eval()
     ours = resnet_ext.from_torchvision(tv)
     assert isinstance(ours, resnet_ext.ResNet) and not ours.training
     for (k, a), (k2, b) in zip(ours.state_dict(keep_vars=True).items(), tv.state_dict(keep_vars=True).items()):
@@ -112,14 +112,14 @@ def test_from_and_to_torchvision_share_parameters():
         assert rel_err(ours(x), tv(x)) < 1e-4
     back = ours.to_torchvision()
     assert type(back) is torchvision.models.ResNet and back.fc.weight is tv.fc.weight
-    rn18 = resnet_ext.from_torchvision(torchvision.models.resnet18())
+    rn18 = resnet_ext.from_torchvision(tv_model("resnet18"))
     assert isinstance(rn18.layer1[0], resnet_ext.BasicBlock)
 
 
 def test_conversions_keep_shared_modules_shared():
     """A module at two places (a ReLU shared by the stem and a custom fc, a block in two layers) is one module
     after either conversion, as in the source: a hook registered on it afterwards meets every call."""
-    tv = torchvision.models.resnet18(num_classes=10).eval()
+    tv = tv_model("resnet18", num_classes=10).eval()
     tv.fc = torch.nn.Sequential(tv.relu, torch.nn.Linear(512, 10))
     tv.layer4.append(tv.layer3[1])
     ours = resnet_ext.from_torchvision(tv)
@@ -146,7 +146,7 @@ def test_export_gives_torchvisions_portable_program(tmp_path, frozen):
     load there, to decompose and to convert to ONNX), with torchvision's numbers; the model still runs the engine
     after."""
     torch.manual_seed(0)
-    tv = randomize_bn(torchvision.models.resnet50(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet50", num_classes=10)).eval()
     model = resnet_ext.resnet50(num_classes=10).eval()
     model.load_state_dict(tv.state_dict())
     if frozen:

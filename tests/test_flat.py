@@ -6,19 +6,18 @@ import pickle
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import resnet_ext
 from resnet_ext import engine, ops, switches
 from resnet_ext.engine import cpu, cuda, state, units
-from conftest import change_fc, randomize_bn, rel_err
+from conftest import change_fc, randomize_bn, rel_err, tv_model
 
 TOL = 1e-4
 
 
 def pair(arch="resnet18", frozen=False):
-    tv = randomize_bn(getattr(torchvision.models, arch)(num_classes=10)).eval()
+    tv = randomize_bn(tv_model(arch, num_classes=10)).eval()
     ours = resnet_ext.from_torchvision(tv).eval()
     if frozen:
         resnet_ext.freeze(ours)
@@ -284,7 +283,7 @@ def test_frozen_programs_follow_load_state_dict_and_dtype():
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         ours(x)
-        tv2 = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+        tv2 = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
         ours.load_state_dict(tv2.state_dict())
         assert rel_err(ours(x), tv2(x)) < TOL
         ours.double()  # fp64 is not oneDNN's: the module path, in fp64
@@ -485,7 +484,7 @@ def test_a_cpu_without_avx512_plans_none_of_the_ops_that_need_it(mode, monkeypat
     for name in ("winograd_bf16_supported", "winograd_f23_supported", "pool_linear_supported"):
         monkeypatch.setattr(ops, name, lambda: False)
     monkeypatch.setattr(ops, "conv1x1_supported", lambda dtype: False)
-    tv = randomize_bn(torchvision.models.resnet50(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet50", num_classes=10)).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))
     if mode != "default":
         resnet_ext.freeze(ours, dtype=mode)
@@ -578,7 +577,7 @@ def _check_packing_per_batch_size(ours, tv):
 def test_conv_with_bias(frozen, when):
     """A conv with a bias: the unfolded units once ran the conv with its bias and added the bias again in the shift;
     now the conv keeps its bias and the shift is BN's own, which gives torchvision's bits in the default mode."""
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
     x = torch.randn(2, 3, 32, 32)
 
     def add_bias(m):

@@ -14,7 +14,7 @@ import resnet_ext
 from resnet_ext._C_loader import _C
 from resnet_ext.shapes import fused_train_graphs
 
-from conftest import randomize_bn, rel_err, requires_experimental
+from conftest import randomize_bn, rel_err, requires_experimental, tv_model
 
 ops = torch.ops.resnet_ext
 CL = torch.channels_last
@@ -286,7 +286,7 @@ def test_block_passes_gradcheck(fused_on, stride, downsample):
 
 def test_whole_model_train_step_matches_torchvision(fused_on):
     torch.manual_seed(3)
-    tv = randomize_bn(torchvision.models.resnet50(num_classes=10)).double().train()
+    tv = randomize_bn(tv_model("resnet50", num_classes=10)).double().train()
     ours = resnet_ext.resnet50(num_classes=10).double().train()
     ours.load_state_dict(tv.state_dict())
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)

@@ -5,12 +5,11 @@ import pickle
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import resnet_ext
 from resnet_ext.engine import cuda, state
-from conftest import randomize_bn, rel_err, requires_cuda
+from conftest import randomize_bn, rel_err, requires_cuda, tv_model
 
 
 def frozen_model(cuda_graphs=True, device="cpu", dtype=torch.float32):
@@ -226,7 +225,7 @@ def test_the_small_image_stem_on_cuda():
     the default mode, the frozen mode eager and as CUDA graphs, and `on_cuda(True)`; torchvision's answer in fp32
     (TF32 off), the replay equal to the frozen eager forward."""
     torch.manual_seed(0)
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10))
+    tv = randomize_bn(tv_model("resnet18", num_classes=10))
     tv.conv1, tv.maxpool = nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.Identity()
     tv = tv.eval().cuda()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))

@@ -9,14 +9,13 @@ import os
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import resnet_ext
 from resnet_ext import ops
 from resnet_ext._C_loader import _C
 from resnet_ext.engine import cpu, units
-from conftest import change_fc, frozen_pair, randomize_bn, rel_err, run_poisoned
+from conftest import change_fc, frozen_pair, randomize_bn, rel_err, run_poisoned, tv_model
 
 f32_only = pytest.mark.skipif(not ops.conv1x1_supported(torch.float32), reason="this CPU has no AVX-512")
 own_loops = pytest.mark.skipif(not ops.pool_linear_supported(), reason="this CPU runs pool_linear as ATen's ops")
@@ -239,7 +238,7 @@ def test_a_stale_fc_prefetch_after_a_weight_swap_changes_nothing(no_amx):
     """The plan keeps only the fc weight's address for the last unit's prefetch. After the weight is swapped (the old
     one, 8 MB with 1000 classes, freed and unmapped) the plan still holds the old range, the next forwards prefetch
     it, and they give torchvision's answer with the new weight."""
-    tv = randomize_bn(torchvision.models.resnet50()).eval()
+    tv = randomize_bn(tv_model("resnet50")).eval()
     ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)))
     x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():

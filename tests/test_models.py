@@ -8,15 +8,13 @@ import torch
 import torchvision
 
 import resnet_ext
-from conftest import randomize_bn, rel_err
+from conftest import randomize_bn, rel_err, tv_model
 
 ARCHS = ["resnet50", "resnet101", "resnet152"]
 
 
 def pair(arch, seed=0, dtype=torch.float32, **kwargs):
-    torch.manual_seed(seed)
-    tv = getattr(torchvision.models, arch)(**kwargs)
-    randomize_bn(tv, seed)
+    tv = randomize_bn(tv_model(arch, seed, **kwargs), seed)
     ours = getattr(resnet_ext, arch)(**kwargs)
     ours.load_state_dict(tv.state_dict())
     return ours.to(dtype), tv.to(dtype)

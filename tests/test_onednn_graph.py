@@ -7,12 +7,11 @@ import copy
 
 import pytest
 import torch
-import torchvision
 
 import resnet_ext
 from resnet_ext import switches
 from resnet_ext.engine import onednn_graph, units
-from conftest import randomize_bn, rel_err
+from conftest import randomize_bn, rel_err, tv_model
 
 TOL = 1e-4
 needs_graph = pytest.mark.skipif(not onednn_graph.supported(), reason="this torch has no oneDNN Graph fuser")
@@ -27,7 +26,7 @@ def graph_on():
 
 
 def frozen_pair(arch="resnet18", dtype=None, **kw):
-    tv = randomize_bn(getattr(torchvision.models, arch)(num_classes=10, **kw)).eval()
+    tv = randomize_bn(tv_model(arch, num_classes=10, **kw)).eval()
     return resnet_ext.freeze(resnet_ext.from_torchvision(tv), dtype=dtype), tv
 
 

@@ -7,12 +7,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 
 import resnet_ext
 from resnet_ext import switches
 from resnet_ext.engine import cuda, frozen, structure, units
-from conftest import norm_err, randomize_bn, requires_experimental
+from conftest import norm_err, randomize_bn, requires_experimental, tv_model
 
 pytestmark = requires_experimental
 ops = torch.ops.resnet_ext
@@ -73,7 +72,7 @@ def test_opcheck():
 # ---- the CUDA plan's use of it (switches.fused_stem; on the CPU the plan runs the op's composition) ------------
 
 def _model(dtype=torch.bfloat16, device="cpu"):
-    tv = randomize_bn(torchvision.models.resnet50(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet50", num_classes=10)).eval()
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv)).eval().to(device=device, dtype=dtype).to(memory_format=CL)
     return ours, tv.to(device)
 

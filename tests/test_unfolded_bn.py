@@ -10,14 +10,13 @@ import subprocess
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 
 import resnet_ext
 from resnet_ext import switches
 from resnet_ext._C_loader import _C
 from resnet_ext.engine import cuda, frozen, structure, units
 from resnet_ext.shapes import conv_shapes
-from conftest import norm_err, randomize_bn, rel_err, requires_experimental
+from conftest import norm_err, randomize_bn, rel_err, requires_experimental, tv_model
 
 pytestmark = requires_experimental
 CL = torch.channels_last
@@ -26,7 +25,7 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 
 
 def _pair(arch="resnet50", dtype=torch.bfloat16, device="cpu", classes=10):
-    tv = randomize_bn(getattr(torchvision.models, arch)(num_classes=classes)).eval().to(device)
+    tv = randomize_bn(tv_model(arch, num_classes=classes)).eval().to(device)
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv)).eval().to(dtype).to(memory_format=CL)
     return ours, tv
 

@@ -9,12 +9,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 
 import resnet_ext
 from resnet_ext import ops
 from resnet_ext.engine import cpu, state, units
-from conftest import randomize_bn, rel_err, run_poisoned
+from conftest import randomize_bn, rel_err, run_poisoned, tv_model
 
 # F(4x4, 3x3) in fp32 rounds about 5-10x more than the direct convolution (1e-6): 7e-6 to 1e-5 of the largest
 # output on these inputs; the bound leaves room for that and catches any wrong tap (errors of order 1e-1).
@@ -245,7 +244,7 @@ def test_opcheck(with_residual):
 
 
 def _frozen_pair(arch):
-    tv = randomize_bn(getattr(torchvision.models, arch)(num_classes=10)).eval()
+    tv = randomize_bn(tv_model(arch, num_classes=10)).eval()
     ours = resnet_ext.freeze(resnet_ext.from_torchvision(tv))
     return ours.to(memory_format=torch.channels_last), tv.to(memory_format=torch.channels_last)
 
@@ -513,7 +512,7 @@ def test_frozen_bf16_model_takes_winograd_and_stays_within_torchvisions_bf16_err
     be off by the logits' own size."""
     monkeypatch.setattr(cpu, "AMX_BF16", False)  # on an AMX CPU the plan leaves them to oneDNN: the op still runs
     torch.manual_seed(sum(shape))  # fixed draws (errors 0.49-0.78x torchvision bf16's, 0.69-1.07x oneDNN's)
-    tv = randomize_bn(getattr(torchvision.models, arch)(num_classes=10)).eval()
+    tv = randomize_bn(tv_model(arch, num_classes=10)).eval()
     x = torch.randn(*shape)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -550,7 +549,7 @@ def test_cpu_amx_bf16_agrees_with_the_kernels_cpu_flags():
 def test_frozen_bf16_plan_leaves_3x3_convs_to_onednn_on_amx_cpus(monkeypatch):
     """Where oneDNN has AMX tiles its bf16 convolutions are faster than the op: the plan takes no Winograd unit."""
     monkeypatch.setattr(cpu, "AMX_BF16", True)
-    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
     ours = resnet_ext.freeze(resnet_ext.from_torchvision(tv), dtype=torch.bfloat16)
     x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
