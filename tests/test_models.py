@@ -15,8 +15,9 @@ ARCHS = ["resnet50", "resnet101", "resnet152"]
 
 def pair(arch, seed=0, dtype=torch.float32, **kwargs):
     tv = randomize_bn(tv_model(arch, seed, **kwargs), seed)
-    ours = getattr(resnet_ext, arch)(**kwargs)
-    ours.load_state_dict(tv.state_dict())
+    with torch.device("meta"):  # the builder's structure without its random init (seconds for the large ones)
+        ours = getattr(resnet_ext, arch)(**kwargs)
+    ours.load_state_dict({k: v.clone() for k, v in tv.state_dict().items()}, assign=True)
     return ours.to(dtype), tv.to(dtype)
 
 
