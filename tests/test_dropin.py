@@ -13,8 +13,8 @@ from conftest import randomize_bn, rel_err, tv_model
 
 
 def pair(arch="resnet18", **kw):
-    torch.manual_seed(0)  # the initial weights: each test the same model whatever ran before
-    tv = randomize_bn(tv_model(arch, num_classes=10, **kw))
+    torch.manual_seed(0)  # each test (and each call) the same model and random draws after, whatever ran before
+    tv = randomize_bn(tv_model(arch, seed=0, num_classes=10, **kw))
     ours = resnet_ext.from_torchvision(copy.deepcopy(tv))  # own parameters: state changes are compared, not shared
     return ours, tv
 
