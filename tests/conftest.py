@@ -109,6 +109,20 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def hard_bn_batches() -> dict:
+    """fp32 batches whose statistics one-pass fp32 sums get wrong about a shift chosen before seeing the data:
+    every channel's mean 100 times its std (a stale running mean as the shift); an outlier as the first value of
+    the batch and of its second half, each of two ranks' first value (that value as the shift); and +-inf first
+    values (torch's running mean is then +-inf)."""
+    g = torch.Generator().manual_seed(2)
+    offset = torch.randn(8, 16, 8, 8, generator=g) + 100.0
+    outlier = torch.randn(8, 16, 8, 8, generator=g)
+    outlier[0, :, 0, 0] = outlier[4, :, 0, 0] = 1e4  # ranks 0 and 1: x[4 * rank, c, 0, 0]
+    inf = torch.randn(8, 3, 4, 4, generator=g)
+    inf[0, 0, 0, 0], inf[4, 2, 0, 0] = float("inf"), float("-inf")
+    return {"offset": offset, "outlier": outlier, "inf": inf}
+
+
 def change_fc(models, change) -> None:
     """The same change to each model's fc (resnet18's, 512 -> 10), as a user might make it after freeze: None, "no
     bias", or its weight swapped through `.data` for a "strided weight", a "float64 weight" or one of "other

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import resnet_ext
-from conftest import rel_err, tv_model
+from conftest import hard_bn_batches, rel_err, tv_model
 from resnet_ext.bn_act import bn_act
 
 ops = torch.ops.resnet_ext
@@ -522,22 +522,9 @@ def test_two_gloo_processes_match_one_process(gloo_ranks, fused):
                 assert torch.equal(r["state"][k], v), k
 
 
-def _hard_batches():
-    """fp32 batches whose statistics one-pass fp32 sums get wrong about a shift chosen before seeing the data:
-    every channel's mean 100 times its std (a stale running mean as the shift); an outlier as each rank's first
-    value (the rank's first value as the shift); and +-inf first values (torch's running mean is then +-inf)."""
-    g = torch.Generator().manual_seed(2)
-    offset = torch.randn(8, 16, 8, 8, generator=g) + 100.0
-    outlier = torch.randn(8, 16, 8, 8, generator=g)
-    outlier[0, :, 0, 0] = outlier[4, :, 0, 0] = 1e4  # ranks 0 and 1: x[4 * rank, c, 0, 0]
-    inf = torch.randn(8, 3, 4, 4, generator=g)
-    inf[0, 0, 0, 0], inf[4, 2, 0, 0] = float("inf"), float("-inf")
-    return {"offset": offset, "outlier": outlier, "inf": inf}
-
-
 def _hard_scenario(rank):
     found = {}
-    for case, x in _hard_batches().items():
+    for case, x in hard_bn_batches().items():
         bn = resnet_ext.convert_sync_batchnorm(torch.nn.BatchNorm2d(x.shape[1])).train()  # fresh statistics
         out = bn(x[4 * rank:4 * rank + 4])
         found[case] = {"out": out.detach(), "mean": bn.running_mean.clone(), "var": bn.running_var.clone()}
@@ -549,7 +536,7 @@ def test_cross_process_bn_in_fp32_is_as_precise_as_batchnorm_on_the_whole_batch(
     about a rank's first value 1.5e-3 where it is an outlier and NaN running means for an infinite one (helper-42),
     where nn.BatchNorm2d on the whole batch stays within 2e-6 and gives +-inf."""
     ranks = gloo_ranks("hard")
-    for case, x in _hard_batches().items():
+    for case, x in hard_bn_batches().items():
         c = x.shape[1]
         ref_mean, ref_var = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
         ref = F.batch_norm(x.double(), ref_mean, ref_var, training=True, momentum=0.1)

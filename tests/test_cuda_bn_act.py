@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import resnet_ext
 from resnet_ext._C_loader import _C
-from conftest import rel_err, requires_cuda, requires_experimental
+from conftest import hard_bn_batches, rel_err, requires_cuda, requires_experimental
 from resnet_ext.bn_act import bn_act
 from resnet_ext.shapes import activation_shapes
 
@@ -100,6 +100,26 @@ def test_bn_act_other_layouts(case, dtype):
 def test_large_map_statistics_stay_accurate():
     # 2^23 values per channel with a large mean: the shifted fp32 sums must not lose the variance.
     run_case(128, 16, 256, 256, False, torch.float32)
+
+
+@pytest.mark.parametrize("case", ["offset", "outlier", "inf"])
+def test_statistics_as_precise_as_batchnorm_on_hard_batches(case):
+    """The one-process kernel's statistics are fp32 sums about the batch's first mean (a second pass): about a
+    channel's first value, an outlier there (1e4 among N(0, 1)), they lost 5e-6 of the output where torch's BN
+    loses 7e-8 (CPU emulation). A non-finite value gives the running mean torch's BN gives (+-inf or NaN)."""
+    x = hard_bn_batches()[case].cuda().contiguous(memory_format=torch.channels_last)
+    c = x.shape[1]
+    bn, stock = torch.nn.BatchNorm2d(c).cuda().train(), torch.nn.BatchNorm2d(c).cuda().train()
+    ref_mean, ref_var = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+    ref = F.batch_norm(x.cpu().double(), ref_mean, ref_var, training=True, momentum=0.1)
+    with torch.no_grad():
+        y, y_stock = bn_act(x, bn, None, False), stock(x)
+    if case == "inf":  # as torch's BN on this device
+        assert torch.equal(bn.running_mean.isnan(), stock.running_mean.isnan()), (bn.running_mean, stock.running_mean)
+        assert torch.equal(bn.running_mean.isinf(), stock.running_mean.isinf()), (bn.running_mean, stock.running_mean)
+        return
+    assert rel_err(y.cpu(), ref) < 10 * rel_err(y_stock.cpu(), ref) + 1e-6
+    assert rel_err(bn.running_mean.cpu(), ref_mean) < 1e-6 and rel_err(bn.running_var.cpu(), ref_var) < 1e-6
 
 
 def test_amp_training_step_matches_torchvision(train_mode):

@@ -191,7 +191,8 @@ __global__ void stats_from_sums_kernel(int64_t C, const float* __restrict__ sums
   if (c >= C) return;
   const double mu = double(sums[c]) / count;
   const double var = fmax(double(sums[C + c]) / count - mu * mu, 0.0);
-  mean[c] = float(double(shift[c]) + mu);
+  // A non-finite shift stays (inf - inf about it is NaN): torch's mean is that inf, or NaN.
+  mean[c] = isfinite(shift[c]) ? float(double(shift[c]) + mu) : shift[c];
   invstd[c] = float(1.0 / sqrt(var + eps));
   var_unbiased[c] = float(count > 1 ? var * count / (count - 1) : var);
 }

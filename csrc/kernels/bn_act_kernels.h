@@ -36,7 +36,8 @@ int64_t partials_floats(const Layout& l, int64_t element_size);
 std::string channel_stats(DType t, const Layout& l, const void* x, const float* shift, float* partials, float* sums,
                           void* stream);
 
-// mean = shift + S1/M, invstd = 1/sqrt(var + eps), var_unbiased = var * M / (M - 1), with var = S2/M - (S1/M)^2
+// mean = shift + S1/M (shift itself where it is not finite), invstd = 1/sqrt(var + eps),
+// var_unbiased = var * M / (M - 1), with var = S2/M - (S1/M)^2
 // (sums may hold all-reduced sums over several processes: `count` is then their total M).
 std::string stats_from_sums(int64_t C, const float* sums, const float* shift, double count, double eps, float* mean,
                             float* invstd, float* var_unbiased, void* stream);
