@@ -103,8 +103,11 @@ def _grads(grad_y, y, x, weight, mean, invstd, eps, relu, residual_grad, fmt):
     """(dx, dweight, dbias, dresidual) of the one-process op; `fmt`: x's memory format."""
     if torch.is_grad_enabled():  # create_graph=True: the op's backward kernels have no derivative
         return _backward_differentiable(grad_y, y, x, weight, eps, relu)
-    return ops.bn_act_train_backward(grad_y.contiguous(memory_format=fmt), y, x, weight, mean, invstd, relu,
-                                     residual_grad)
+    try:
+        grad_y = grad_y.contiguous(memory_format=fmt)
+    except RuntimeError:  # a batched grad_y (is_grads_batched's vmap) cannot be asked for channels_last: ATen's BN
+        return _backward_differentiable(grad_y, y, x, weight, eps, relu)
+    return ops.bn_act_train_backward(grad_y, y, x, weight, mean, invstd, relu, residual_grad)
 
 
 def _backward(ctx, grad_y, _gm, _gi, _gv):

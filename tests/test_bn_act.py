@@ -1,6 +1,7 @@
 """The training BN(+add)+ReLU ops on the CPU: numbers and running statistics against nn.BatchNorm2d, gradcheck,
 opcheck, errors, autocast, and cross-process statistics with two gloo processes."""
 import contextlib
+import copy
 import functools
 import os
 import sys
@@ -321,6 +322,25 @@ def test_train_bn_rejects_an_unknown_mode():
     with pytest.raises(ValueError, match="train_bn: mode must be one of"):
         resnet_ext.train_bn("fast")
     assert resnet_ext.train_bn() == "auto"
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "cl"])
+@pytest.mark.parametrize("block", ["BasicBlock", "Bottleneck"])
+def test_batched_backward_in_train_mode_matches_torchvision(train_mode, block, fmt):
+    """A batched backward (torch.autograd.grad's is_grads_batched, as vectorized jacobians run it) through train-mode
+    BNs: the fused op's backward asked the vmapped gradient for channels_last, which vmap refuses (helper-43)."""
+    import torchvision.models.resnet as tvr
+
+    torch.manual_seed(0)
+    tv = tvr.ResNet(getattr(tvr, block), [1, 1, 1, 1], num_classes=10).double().train()
+    ours = resnet_ext.from_torchvision(copy.deepcopy(tv)).train()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64).contiguous(memory_format=fmt)
+    eye = torch.eye(20, dtype=torch.float64).view(20, 2, 10)
+    grads = []
+    for m in (ours, tv):
+        xi = x.clone().requires_grad_()
+        grads.append(torch.autograd.grad(m(xi), xi, eye, is_grads_batched=True)[0])
+    assert rel_err(grads[0], grads[1]) < 1e-10
 
 
 def test_autocast_bf16_train_step_matches_torchvision(train_mode):
