@@ -1,10 +1,8 @@
-import atexit
 import copy
 import functools
 import os
 import subprocess
 import sys
-import threading
 
 import pytest
 import torch
@@ -25,43 +23,13 @@ def pytest_configure(config):
         resnet_ext.bn_optin(True)
 
 
-_POISONED_SERVE = r"""
-import contextlib, io, sys, traceback
-while n := sys.stdin.readline():
-    script, out = sys.stdin.read(int(n)), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            exec(compile(script, "<poisoned script>", "exec"), {"__name__": "__main__"})
-        reply = "ok" if "ok" in out.getvalue() else "it did not print ok: " + out.getvalue()
-    except BaseException:
-        reply = traceback.format_exc()
-    sys.stdout.write(f"{len(reply)}\n{reply}")
-    sys.stdout.flush()
-"""
-_poisoned_servers: dict = {}
-
-
 def run_poisoned(script: str, byte: str = "128") -> None:
-    """Runs `script` in an interpreter whose glibc fills every heap allocation with `byte` (MALLOC_PERTURB_; 128:
-    0x7f bytes, 3.4e38 in fp32 and bf16, far off any output) and asserts it printed "ok": an output element an op
-    did not write then shows in the script's error bound. One interpreter per byte runs the session's scripts in
-    turn, each in a fresh namespace (starting one costs seconds of imports); one that died is started again."""
-    server = _poisoned_servers.get(byte)
-    if server is None or server.poll() is not None:
-        server = _poisoned_servers[byte] = subprocess.Popen(
-            [sys.executable, "-c", _POISONED_SERVE], env=dict(os.environ, MALLOC_PERTURB_=byte),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        atexit.register(server.communicate)  # its stdin closed: it exits
-    timer = threading.Timer(300, server.kill)
-    timer.start()
-    try:
-        server.stdin.write(f"{len(script)}\n{script}")
-        server.stdin.flush()
-        n = server.stdout.readline()
-        reply = server.stdout.read(int(n)) if n else f"the interpreter died (exit code {server.wait()})"
-    finally:
-        timer.cancel()
-    assert reply == "ok", reply[-2000:]
+    """Runs `script` in a fresh interpreter with glibc filling every fresh heap allocation with `byte`
+    (MALLOC_PERTURB_; 128: 0x7f bytes, 3.4e38 in fp32 and bf16, far off any output) and asserts it printed "ok": an
+    output element an op did not write then shows in the script's error bound."""
+    env = dict(os.environ, MALLOC_PERTURB_=byte)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
 
 @functools.lru_cache(maxsize=16)  # 16 resnet50s: 1.6 GB
