@@ -51,7 +51,8 @@ def tv_model(arch: str, seed: int | None = None, **kw) -> torch.nn.Module:
     """torchvision.models.ARCH(**kw) as the builder makes it after torch.manual_seed(seed), without paying for its
     random init each time (0.15 s for resnet18, 2 s for wide_resnet101_2): the first one's tensors, kept, are
     copied into a model built on the meta device. Without a seed, a test's n-th model is seed n's, so two models
-    built in one test differ as two builds would. The global RNG is left alone."""
+    built in one test differ as two builds would (a module-scoped fixture, set up before the count is reset, passes
+    its own). The global RNG is left alone."""
     if seed is None:
         seed = _builds_in_this_test[0]
         _builds_in_this_test[0] += 1

@@ -95,7 +95,7 @@ def small(tmp_path_factory):
     """A resnet18 checkpoint with 5 classes and a few small images."""
     d = tmp_path_factory.mktemp("cli")
     torch.manual_seed(0)
-    model = tv_model("resnet18", num_classes=5).eval()
+    model = tv_model("resnet18", seed=0, num_classes=5).eval()  # module-scoped: no per-test count here
     ckpt = d / "rn18.pt"
     torch.save(model.state_dict(), ckpt)
     g = np.random.RandomState(0)

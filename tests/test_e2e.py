@@ -44,7 +44,7 @@ def images_and_checkpoint(tmp_path_factory):
         Image.fromarray(arr).save(path)
         paths.append(path)
     torch.manual_seed(0)
-    tv = randomize_bn(tv_model("resnet50")).eval()
+    tv = randomize_bn(tv_model("resnet50", seed=0)).eval()  # module-scoped: the per-test count is not reset here
     ckpt = str(d / "rn50.pt")
     torch.save(tv.state_dict(), ckpt)
     return paths, ckpt, tv, d

@@ -14,6 +14,7 @@ ARCHS = ["resnet50", "resnet101", "resnet152"]
 
 
 def pair(arch, seed=0, dtype=torch.float32, **kwargs):
+    torch.manual_seed(seed)  # the test's draws after it
     tv = randomize_bn(tv_model(arch, seed, **kwargs), seed)
     with torch.device("meta"):  # the builder's structure without its random init (seconds for the large ones)
         ours = getattr(resnet_ext, arch)(**kwargs)

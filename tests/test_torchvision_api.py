@@ -105,7 +105,7 @@ def test_eager_fx_and_torchvision_agree_at_fp32(name):
     ours = getattr(resnet_ext, name)(num_classes=50).eval()
     with torch.device("meta"):  # torchvision's own random init: seconds for the wide models, then overwritten
         theirs = getattr(torchvision.models, name)(num_classes=50)
-    theirs.load_state_dict(ours.state_dict(), assign=True)
+    theirs.load_state_dict({k: v.clone() for k, v in ours.state_dict().items()}, assign=True)  # not ours' tensors
     theirs.eval()
     x = torch.rand(1, 3, 224, 224)
     with torch.no_grad():

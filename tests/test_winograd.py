@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 
 import resnet_ext
 from resnet_ext import ops
@@ -512,7 +513,7 @@ def test_frozen_bf16_model_takes_winograd_and_stays_within_torchvisions_bf16_err
     be off by the logits' own size."""
     monkeypatch.setattr(cpu, "AMX_BF16", False)  # on an AMX CPU the plan leaves them to oneDNN: the op still runs
     torch.manual_seed(sum(shape))  # fixed draws (errors 0.49-0.78x torchvision bf16's, 0.69-1.07x oneDNN's)
-    tv = randomize_bn(tv_model(arch, num_classes=10)).eval()
+    tv = randomize_bn(getattr(torchvision.models, arch)(num_classes=10)).eval()  # the builder's draws, then x's
     x = torch.randn(*shape)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
