@@ -18,7 +18,7 @@ from PIL import Image
 
 import resnet_ext
 from conftest import tv_model
-from resnet_ext import bench, predict, report
+from resnet_ext import bench, predict
 from resnet_ext.__main__ import main as cli
 from resnet_ext.weights import WeightsFileNotFound, check_state_dict, load_state, resolve_weights
 

@@ -9,7 +9,7 @@ import torch
 
 import resnet_ext
 from resnet_ext.engine import cpu
-from conftest import randomize_bn, rel_err, tv_model
+from conftest import randomize_bn, tv_model
 
 MiB = 1 << 20
 

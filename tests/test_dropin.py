@@ -5,7 +5,6 @@ import pickle
 
 import pytest
 import torch
-from torch import nn
 
 import resnet_ext
 from resnet_ext.engine import state as ext_state
