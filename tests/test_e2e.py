@@ -184,6 +184,23 @@ def test_compile_fullgraph_train_step_matches_eager(train_mode):
     assert int(compiled.layer1[0].bn1.num_batches_tracked) == 1
 
 
+def test_compiled_train_mode_recompiles_as_often_as_torchvision():
+    """Batches whose pixels cross the eager memory reuse's threshold (`cpu.REUSE_PIXELS`) add no recompile: dynamo
+    frames per model as torchvision's."""
+    from torch._dynamo.utils import counters
+
+    frames = []
+    for model in (tv_model("resnet18"), resnet_ext.resnet18()):
+        torch._dynamo.reset()
+        counters.clear()
+        step = torch.compile(model.train(), backend="eager")
+        for n in (2, 3, 4, 5):  # at 64x64 the threshold (16,384 pixels) lies between 3 and 4
+            step(torch.randn(n, 3, 64, 64))
+        frames.append(counters["frames"]["total"])
+    torch._dynamo.reset()
+    assert frames[1] == frames[0], frames
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # examples/train.py: checks before work, signals, atomic saves, validated resume (resnet18, 32x32, fast)
 # ---------------------------------------------------------------------------------------------------------------

@@ -59,7 +59,8 @@ def enabled(m: nn.Module, x) -> bool:
     if m.training and not units.train_fused(x):
         bns = units.own_bns(m)
         if all(units.trains_stock(bn, x) for bn in bns):
-            if x.device.type == "cpu" and _state.is_model(m) and cpu.reuse_pays(x):
+            if (x.device.type == "cpu" and _state.is_model(m) and not torch.compiler.is_compiling()
+                    and cpu.reuse_pays(x)):  # (compiled, no reuse: a size guard would recompile across it)
                 return True  # the stem's unit then counts itself
             units.count("train_stock", len(bns))
             return False
