@@ -87,6 +87,8 @@ c10::StorageImpl* storage_of(const c10::TensorImpl* impl) {
   return impl->has_storage() ? impl->unsafe_storage().unsafeGetStorageImpl() : nullptr;
 }
 
+const void* data_of(const c10::StorageImpl* storage) { return storage ? storage->data_ptr().get() : nullptr; }
+
 // The tensor objects recorded by live FoldSources (FoldSources::folded; held by them, so never a reused address);
 // touched with the GIL held.
 std::unordered_multiset<const PyObject*>& recorded() {
@@ -109,7 +111,8 @@ FoldSources::FoldSources(const py::list& tensors) {
                              impl->is_conj(),
                              storage_of(impl) ? impl->unsafe_storage().getWeakStorageImpl()
                                               : WeakStorage(c10::intrusive_ptr<c10::StorageImpl>()),
-                             impl->version_counter().current_version(), impl->storage_offset(),
+                             data_of(storage_of(impl)), impl->version_counter().current_version(),
+                             impl->storage_offset(),
                              c10::SmallVector<int64_t, 5>(impl->sizes().begin(), impl->sizes().end()),
                              c10::SmallVector<int64_t, 5>(impl->strides().begin(), impl->strides().end())});
   }
@@ -133,7 +136,8 @@ bool FoldSources::holds() const {
     same &= (now == e.impl) & counter.enabled() &&
             (counter.current_version() == e.version) & (now->dtype() == e.dtype) & (now->is_neg() == e.neg) &
                 (now->is_conj() == e.conj) & (storage_of(now) == e.storage._unsafe_get_target()) &
-                (now->storage_offset() == e.offset) & now->sizes().equals(e.sizes) & now->strides().equals(e.strides);
+                (data_of(storage_of(now)) == e.data) & (now->storage_offset() == e.offset) &
+                now->sizes().equals(e.sizes) & now->strides().equals(e.strides);
   }
   return same;
 }

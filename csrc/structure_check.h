@@ -21,8 +21,9 @@ int structure_state(const pybind11::list& children, const pybind11::list& module
 
 // The frozen mode's fold sources (engine/frozen.py): the tensors its folds were made from, as Python objects (held),
 // and what each held then: its TensorImpl (`torch.utils.swap_tensors` puts another behind the object), version (an
-// in-place write: an optimizer step, copy_, fill_, nn.init), dtype, neg/conj bits, storage, offset, sizes and
-// strides (`p.data = q`, a view of the same storage included); strided tensors only (no others are folded).
+// in-place write: an optimizer step, copy_, fill_, nn.init), dtype, neg/conj bits, storage and its data pointer
+// (`share_memory_()` moves the bytes of the same storage), offset, sizes and strides (`p.data = q`, a view of the
+// same storage included); strided tensors only (no others are folded).
 // `holds()`: whether all are as recorded. Not seen: a write that moves no counter of these tensors (through
 // `.data`, numpy, or another tensor on the same storage; a train-mode BN's running statistics: frozen.py watches
 // num_batches_tracked; fused optimizer kernels: `folded` lets a hook move them). The StorageImpl is held by a weak
@@ -46,6 +47,7 @@ class __attribute__((visibility("hidden"))) FoldSources {  // hidden: as pybind1
     caffe2::TypeMeta dtype;
     bool neg, conj;
     c10::weak_intrusive_ptr<c10::StorageImpl> storage;  // null for a tensor without storage
+    const void* data;
     uint32_t version;
     int64_t offset;
     c10::SmallVector<int64_t, 5> sizes, strides;  // inline: read with the entry, not from elsewhere in the heap

@@ -1065,6 +1065,42 @@ def test_a_frozen_model_sees_writes_into_its_tensors(dtype, write):
             assert torch.equal(ours(x), y)  # and the forwards after
 
 
+def _double_a_bn_weight(model):
+    with torch.no_grad():
+        model.layer1[0].bn1.weight.mul_(2)  # 64 values: no OpenMP in the forked child
+
+
+@pytest.mark.parametrize("dtype", FROZEN_DTYPES, ids=["fp32", "bf16"])
+def test_a_frozen_model_in_shared_memory_sees_another_processs_writes(dtype):
+    """`share_memory()` after recorded and replayed frozen forwards, then another process writes into a tensor (a
+    Hogwild worker's step; this process's version counters do not move): the frozen model says it runs unfolded
+    and gives torchvision's answer, there and when frozen again."""
+    import multiprocessing
+
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
+    ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)), dtype=dtype)
+    x = x_(2, 40)
+    with torch.no_grad():
+        [ours(x) for _ in range(3)]
+    for m in (ours, tv):
+        m.share_memory()
+    with torch.no_grad(), pytest.warns(UserWarning, match="shared memory"):
+        assert torch.equal(ours(x), tv(x))  # unfolded: torchvision's bits at this size
+    for m in (ours, tv):
+        child = multiprocessing.get_context("fork").Process(target=_double_a_bn_weight, args=(m,))
+        child.start()
+        child.join(60)
+        assert child.exitcode == 0
+    with torch.no_grad():
+        ref = tv(x)
+        resnet_ext.reset_path_counts()
+        assert torch.equal(ours(x), ref)
+        assert "onednn_prepacked" not in resnet_ext.path_counts()
+        with pytest.warns(UserWarning, match="shared memory"):
+            resnet_ext.freeze(ours, dtype=dtype)
+        assert torch.equal(ours(x), ref)
+
+
 @pytest.mark.parametrize("dtype", FROZEN_DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("unit", ["conv1", "layer1.0.conv1", "layer4.0.conv2", "layer3.0.downsample.0"])
 @pytest.mark.parametrize("swap", list(WEIGHT_SWAPS))

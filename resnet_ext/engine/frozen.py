@@ -6,12 +6,14 @@ resnet_ext itself after `.to()`/`.cuda()`/`.half()`, `load_state_dict`, `train()
 frozen forward after any conv or BN tensor was written (an optimizer step in eval mode, `copy_`, `fill_`, `nn.init`,
 BN statistics in train mode, `p.data = q`, `swap_tensors`): `_C.FoldSources`, checked on every frozen forward.
 Not seen until the next `freeze(model)`: writes that move no version counter of these tensors (through `.data`,
-numpy, or another tensor on the same storage). Module swaps, hooks and tensors replaced by other objects are
+numpy, or another tensor on the same storage). A model with tensors in shared memory, which other processes may
+write, runs unfolded (`_refold`). Module swaps, hooks and tensors replaced by other objects are
 always seen: such a unit runs the default (always-correct) path. The default, unfrozen mode needs none of this:
 it folds on every forward.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Dict, Optional
 
 import torch
@@ -127,8 +129,7 @@ def freeze(model: nn.Module, *, dtype: Optional[torch.dtype] = None, cuda_graphs
         st.invalidate()
         st.frozen = dtype if dtype is not None else True
         st.cuda_graphs = cuda_graphs
-        st.sources = _sources(model)
-        st.folds = _fold(model)
+        _refold(model, st)
     return model
 
 
@@ -198,31 +199,43 @@ def folds_of(model: nn.Module) -> Optional[Dict[nn.Module, FrozenUnit]]:
         if sources is not None and sources.holds():
             return folds
         st.invalidate()  # the programs and graphs made on the folds go with them
-    elif sources is not None and sources.holds() and not _consistent(units.model_pairs(model)):
-        return None  # the last fold was refused on these same tensors, which still do not fit
+    elif sources is not None and sources.holds() and (st.shared or not _consistent(units.model_pairs(model))):
+        return None  # the last fold was refused on these same tensors: still shared, or still not fitting
     with st.lock:  # not over a concurrent freeze's folds (another compute dtype) or another forward's
         if st.folds is not None and st.sources is not None and st.sources.holds():
             return st.folds if st.frozen else None
         if not st.frozen:
             return None
-        sources = _sources(model)  # before the fold: a write during it is seen on the next forward
-        folds = _fold(model)
-        st.sources, st.folds = sources, folds
-    return folds
+        return _refold(model, st)
 
 
-def _sources(model: nn.Module):
+def _refold(model: nn.Module, st) -> Optional[Dict[nn.Module, FrozenUnit]]:
+    """Records the sources, then folds (with `st.lock` held). Another process's writes into tensors in shared
+    memory (a Hogwild worker's optimizer step) move no counter in this one: no fold of them could be trusted, so
+    such a model runs unfolded, reading its tensors on every forward, until they are replaced."""
+    tensors = _source_tensors(model)
+    st.sources = _C.FoldSources(tensors)  # before the fold: a write during it is seen on the next forward
+    st.shared = any(t.device.type == "cpu" and t.untyped_storage().is_shared() for t in tensors)
+    if st.shared:
+        warnings.warn("freeze: the model's tensors are in shared memory (share_memory(), or sent to another "
+                      "process), where another process's writes cannot be seen: it runs unfolded, as unfrozen "
+                      "(copy.deepcopy the model to freeze a private copy)", stacklevel=3)
+    st.folds = None if st.shared else _fold(model)
+    return st.folds
+
+
+def _source_tensors(model: nn.Module) -> list:
     """The tensors the folds read, as `_C.FoldSources` watches them: each conv's weight and bias, each BN's weight,
     bias and running statistics, and its num_batches_tracked, whose counter a train-mode BN moves where it writes
     the statistics without; of every unit, folded or not (a BN in train mode now has its fold made when it is back
     in eval mode and its count moved). Which objects they are is `FrozenUnit.belongs_to`'s. From the first call on,
     fused optimizer steps move the counters of what they write (`_around_step`)."""
     _watch_fused_steps()
-    return _C.FoldSources([t for conv, bn in units.model_pairs(model, foldable_only=False)
-                           for t in (getattr(conv, "weight", None), getattr(conv, "bias", None),
-                                     *(units.bn_tensors(bn) if isinstance(bn, nn.Module) else ()),
-                                     getattr(bn, "num_batches_tracked", None))
-                           if isinstance(t, Tensor)])
+    return [t for conv, bn in units.model_pairs(model, foldable_only=False)
+            for t in (getattr(conv, "weight", None), getattr(conv, "bias", None),
+                      *(units.bn_tensors(bn) if isinstance(bn, nn.Module) else ()),
+                      getattr(bn, "num_batches_tracked", None))
+            if isinstance(t, Tensor)]
 
 
 _watching = False

@@ -45,7 +45,8 @@ class ExtState:
     """`frozen`: False, True, or the compute dtype `freeze(model, dtype=...)` asked for; `cuda_graphs`: whether the
     frozen forward on CUDA replays graphs (`freeze(model, cuda_graphs=True)`). The caches: `graphs` (the
     `cuda.GraphCache`, which holds the folds' memory), `folds` (the frozen folds, `frozen.FrozenUnit` per conv),
-    `sources` (`_C.FoldSources`: the tensors the folds were made from, checked on every frozen forward),
+    `sources` (`_C.FoldSources`: the tensors the folds were made from, checked on every frozen forward), `shared`
+    (some of them were in shared memory: no folds then),
     `programs` (the frozen flat forward's per-input programs on those folds), `structure` (`structure.Structure`,
     what the flat forward recorded), `flat_plans` (the default flat forward's per-input unit kinds: chosen from
     shapes and the weights' layouts, dropped with the folds; a weight swapped through `.data` since then is checked
@@ -54,13 +55,14 @@ class ExtState:
     frozen folds are made and stored (`freeze`, a forward's refold), so that a forward folding with the settings in
     force before cannot store its folds over a concurrent `freeze`'s."""
 
-    __slots__ = ("frozen", "cuda_graphs", "folds", "sources", "programs", "graphs", "structure", "flat_plans", "memo",
-                 "lock")
+    __slots__ = ("frozen", "cuda_graphs", "folds", "sources", "shared", "programs", "graphs", "structure", "flat_plans",
+                 "memo", "lock")
 
     def __init__(self, frozen=False, cuda_graphs: bool = False):
         self.lock = threading.Lock()
         self.frozen, self.cuda_graphs = frozen, cuda_graphs
         self.folds = self.sources = self.programs = self.graphs = self.structure = None
+        self.shared = False
         self.flat_plans: dict = {}
         self.memo: dict = {}
 
@@ -69,6 +71,7 @@ class ExtState:
         them, and the default mode's plans (which unit kinds pay depends on the weights' layouts, which
         `model.to(memory_format=...)` changes)."""
         self.folds = self.sources = self.programs = self.graphs = None
+        self.shared = False
         self.flat_plans = {}
 
     def __getstate__(self):
