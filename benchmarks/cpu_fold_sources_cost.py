@@ -1,5 +1,5 @@
 """What the frozen mode's per-forward write check costs inside real forwards: `_C.FoldSources.holds()` (every
-conv and BN tensor's version counter and storage, engine/frozen.py) and `Structure.matches` (the structure check,
+conv and BN tensor's version counter and storage, engine/frozen.py) and `Structure.state` (the structure check,
 which since the same change also compares each BN's tensor objects), each timed around its call in the forward
 it guards (so cold, as at batch 1 the forward streams its weights through the cache), and the whole forward.
 Prints, per configuration and round, the medians over 20 forwards (4 at batch 8) after 3.
@@ -33,15 +33,15 @@ class Timed:
 def main() -> None:
     torch.set_num_threads(2)
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-    matches, structure_ns = structure.Structure.matches, []
+    state_of, structure_ns = structure.Structure.state, []
 
-    def timed_matches(self, model):
+    def timed_state(self, model):
         t = time.perf_counter_ns()
-        r = matches(self, model)
+        r = state_of(self, model)
         structure_ns.append(time.perf_counter_ns() - t)
         return r
 
-    structure.Structure.matches = timed_matches
+    structure.Structure.state = timed_state
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for r in range(rounds):
         for arch, n, side, dtype in CONFIGS:
@@ -61,7 +61,7 @@ def main() -> None:
             hold, struct = statistics.median(sources.ns) / 1e3, statistics.median(structure_ns) / 1e3
             print(f"round {r} {arch} {n}x3x{side}x{side} {'bf16' if dtype else 'fp32'}: forward {fwd * 1e3:.2f} ms, "
                   f"FoldSources.holds {hold:.1f} us ({hold / 1e3 / (fwd * 1e3) * 100:.2f}%), "
-                  f"Structure.matches {struct:.1f} us ({len(sources.real)} tensors watched)")
+                  f"Structure.state {struct:.1f} us ({len(sources.real)} tensors watched)")
 
 
 if __name__ == "__main__":
