@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import threading
+import warnings
 
 import pytest
 import torch
@@ -1071,10 +1072,12 @@ def _double_a_bn_weight(model):
 
 
 @pytest.mark.parametrize("dtype", FROZEN_DTYPES, ids=["fp32", "bf16"])
-def test_a_frozen_model_in_shared_memory_sees_another_processs_writes(dtype):
-    """`share_memory()` after recorded and replayed frozen forwards, then another process writes into a tensor (a
-    Hogwild worker's step; this process's version counters do not move): the frozen model says it runs unfolded
-    and gives torchvision's answer, there and when frozen again."""
+@pytest.mark.parametrize("part", ["model", "layer1"])
+def test_a_frozen_model_in_shared_memory_sees_another_processs_writes(dtype, part):
+    """`share_memory()` of the model or of a part (which moves the part's bytes without the model's `_apply`)
+    after recorded and replayed frozen forwards, then another process writes into a tensor (a Hogwild worker's
+    step; this process's version counters do not move): the frozen model says it runs unfolded and gives
+    torchvision's answer, there and when frozen again."""
     import multiprocessing
 
     tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
@@ -1083,7 +1086,7 @@ def test_a_frozen_model_in_shared_memory_sees_another_processs_writes(dtype):
     with torch.no_grad():
         [ours(x) for _ in range(3)]
     for m in (ours, tv):
-        m.share_memory()
+        (m if part == "model" else m.layer1).share_memory()
     with torch.no_grad(), pytest.warns(UserWarning, match="shared memory"):
         assert torch.equal(ours(x), tv(x))  # unfolded: torchvision's bits at this size
     for m in (ours, tv):
@@ -1099,6 +1102,22 @@ def test_a_frozen_model_in_shared_memory_sees_another_processs_writes(dtype):
         with pytest.warns(UserWarning, match="shared memory"):
             resnet_ext.freeze(ours, dtype=dtype)
         assert torch.equal(ours(x), ref)
+
+
+def test_a_frozen_model_whose_only_shared_tensors_are_batch_counts_stays_folded():
+    """num_batches_tracked is watched for its counter, its value folded nowhere: shared alone (what stays shared
+    after `share_memory()` and a cast), the model keeps its folds, without a warning."""
+    tv = randomize_bn(tv_model("resnet18", num_classes=10)).eval()
+    ours = resnet_ext.freeze(resnet_ext.from_torchvision(copy.deepcopy(tv)))
+    for m in ours.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.num_batches_tracked.share_memory_()
+    x = x_(2, 40)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resnet_ext.reset_path_counts()
+        same(ours, tv, x)
+    assert "unfolded" not in resnet_ext.path_counts(), resnet_ext.path_counts()
 
 
 @pytest.mark.parametrize("dtype", FROZEN_DTYPES, ids=["fp32", "bf16"])

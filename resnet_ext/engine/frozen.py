@@ -193,8 +193,10 @@ def folds_of(model: nn.Module) -> Optional[Dict[nn.Module, FrozenUnit]]:
     st = _state.peek(model)
     if st is None or not st.frozen:
         return None
-    # Read once: another thread's `.to()` or `freeze` may invalidate the state between two reads.
-    folds, sources = st.folds, st.sources
+    # Read once: another thread's `.to()` or `freeze` may invalidate the state between two reads. Sources first:
+    # `_refold` stores its folds after its sources, so folds read after sources are never older than them.
+    sources = st.sources
+    folds = st.folds
     if folds is not None:
         if sources is not None and sources.holds():
             return folds
@@ -213,15 +215,20 @@ def _refold(model: nn.Module, st) -> Optional[Dict[nn.Module, FrozenUnit]]:
     """Records the sources, then folds (with `st.lock` held). Another process's writes into tensors in shared
     memory (a Hogwild worker's optimizer step) move no counter in this one: no fold of them could be trusted, so
     such a model runs unfolded, reading its tensors on every forward, until they are replaced."""
+    st.folds = None  # first: no forward may pair the old folds with the new sources
     tensors = _source_tensors(model)
-    st.sources = _C.FoldSources(tensors)  # before the fold: a write during it is seen on the next forward
-    st.shared = any(t.device.type == "cpu" and t.untyped_storage().is_shared() for t in tensors)
-    if st.shared:
-        warnings.warn("freeze: the model's tensors are in shared memory (share_memory(), or sent to another "
-                      "process), where another process's writes cannot be seen: it runs unfolded, as unfrozen "
-                      "(copy.deepcopy the model to freeze a private copy)", stacklevel=3)
-    st.folds = None if st.shared else _fold(model)
-    return st.folds
+    sources = _C.FoldSources(tensors)  # before the fold: a write during it is seen on the next forward
+    # num_batches_tracked is watched for its counter only: no fold reads its value.
+    shared = any(t.device.type == "cpu" and t.layout == torch.strided and t.is_floating_point()
+                 and t.untyped_storage().is_shared() for t in tensors)
+    if shared:
+        warnings.warn("resnet_ext frozen model: its tensors are in shared memory (share_memory(), or sent to "
+                      "another process), where another process's writes cannot be seen: it runs unfolded, as "
+                      "unfrozen (copy.deepcopy the model to freeze a private copy)", stacklevel=3)
+    folds = None if shared else _fold(model)
+    st.sources, st.shared = sources, shared
+    st.folds = folds  # last: folds seen imply these sources
+    return folds
 
 
 def _source_tensors(model: nn.Module) -> list:
