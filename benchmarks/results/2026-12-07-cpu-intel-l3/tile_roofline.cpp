@@ -7,23 +7,12 @@
 #include <cstdlib>
 #include <vector>
 #include <cstring>
+// ACC: the partial sums start from y (depth-blocked: each part adds to the sums through memory).
+template <bool ACC>
 __attribute__((noinline)) void tile(const float* a, long lda, const float* b, long depth, float* y) {
   __m512 acc[6][4];
-  for (int r = 0; r < 6; ++r) for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_ps();
-  for (long i = 0; i < depth; ++i) {
-    __m512 bv[4];
-    for (int j = 0; j < 4; ++j) bv[j] = _mm512_loadu_ps(b + i * 64 + 16 * j);
-    for (int r = 0; r < 6; ++r) {
-      __m512 av = _mm512_set1_ps(a[r * lda + i]);
-      for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_fmadd_ps(av, bv[j], acc[r][j]);
-    }
-  }
-  for (int r = 0; r < 6; ++r) for (int j = 0; j < 4; ++j) _mm512_storeu_ps(y + r * 64 + 16 * j, acc[r][j]);
-}
-// partial sums through y (depth-blocked): acc loaded from y and stored back
-__attribute__((noinline)) void tile_acc(const float* a, long lda, const float* b, long depth, float* y) {
-  __m512 acc[6][4];
-  for (int r = 0; r < 6; ++r) for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_loadu_ps(y + r * 64 + 16 * j);
+  for (int r = 0; r < 6; ++r)
+    for (int j = 0; j < 4; ++j) acc[r][j] = ACC ? _mm512_loadu_ps(y + r * 64 + 16 * j) : _mm512_setzero_ps();
   for (long i = 0; i < depth; ++i) {
     __m512 bv[4];
     for (int j = 0; j < 4; ++j) bv[j] = _mm512_loadu_ps(b + i * 64 + 16 * j);
@@ -45,11 +34,12 @@ int main(int argc, char** argv) {
     for (int k = 0; k < panels; ++k) {
       const float* b = B.data() + k * C * 64;
       if (KB == 0) {
-        for (long r = 0; r + 6 <= P; r += 6) tile(A.data() + r * C, C, b, C, Y.data() + r * 64 * panels + k * 64);
+        for (long r = 0; r + 6 <= P; r += 6)
+          tile<false>(A.data() + r * C, C, b, C, Y.data() + r * 64 * panels + k * 64);
       } else {
         for (long d = 0; d < C; d += KB)
           for (long r = 0; r + 6 <= P; r += 6)
-            tile_acc(A.data() + r * C + d, C, b + d * 64, KB, Y.data() + r * 64 * panels + k * 64);
+            tile<true>(A.data() + r * C + d, C, b + d * 64, KB, Y.data() + r * 64 * panels + k * 64);
       }
     }
     t = now() - t;
