@@ -242,6 +242,28 @@ def test_no_replay_under_a_function_mode_or_for_a_tensor_subclass():
     assert forwards(model, x.as_subclass(Sub), 3)[1] == 0
 
 
+@pytest.mark.parametrize("dtype", [None] + BF16, ids=lambda d: "bf16" if d else "fp32")
+def test_a_plain_tensor_subclass_comes_back_as_torchvisions_does(dtype):
+    """A subclass without a __torch_function__ of its own runs the frozen plan (not the replay) and comes back as
+    the type torchvision's modules return: the input's class for a subclass, a plain tensor for a Parameter (the
+    bf16 mode's own cast once returned a plain tensor for both)."""
+    model, tv = frozen_pair("resnet18", dtype)
+
+    class Sub(torch.Tensor):
+        pass
+
+    x = torch.randn(1, 3, 64, 64)
+    plain = forwards(model, x, 1)[0][0]
+    for inp in (x.as_subclass(Sub), torch.nn.Parameter(x.clone(), requires_grad=False)):
+        with torch.no_grad():
+            want = type(tv(inp))
+        outs, replays = forwards(model, inp, 3)
+        assert want is (Sub if type(inp) is Sub else torch.Tensor)
+        assert replays == 0 or (type(inp) is not Sub and dtype is not None)  # the bf16 cast's plain tensor replays
+        for out in outs:
+            assert type(out) is want and torch.equal(out.as_subclass(torch.Tensor), plain)
+
+
 def test_a_failing_program_is_dropped_and_the_plan_runs(monkeypatch):
     real = _C.CpuProgram
 

@@ -833,9 +833,14 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
         # freeze(dtype=torch.bfloat16): convolutions in bf16, pool and fc in fp32. The cast checks the input as it
         # reads it (one pass over the cold input, not a check's and then ATen's cast): resnet50's frozen bf16
         # entry at batch 1, channels_last, 0.423-0.487 -> 0.368-0.393 ms (benchmarks/cpu_forward_segments.py).
+        given = x
         fc_dtype, x = x.dtype, _C.bounded_bfloat16(x, FROZEN_INPUT_LOG2)
         if x is None:
             return NOT_FINITE
+        if type(given) is not Tensor:  # a plain subclass (units.overrides): the class ATen's cast would return
+            cls = type(given[:0].to(torch.bfloat16))
+            if cls is not Tensor:
+                x = x.as_subclass(cls)
     elif not frozen_input_ok(x):
         return NOT_FINITE
     programs = cached[2]
