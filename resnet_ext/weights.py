@@ -66,26 +66,32 @@ def resolve_weights(arch: str, weights: Any) -> Any:
         return weights
     if isinstance(weights, os.PathLike) or isinstance(weights, str):
         path = os.fspath(weights)
+        # A string is an entry's name first, as torchvision's weights argument reads it (a file of that name is
+        # "./IMAGENET1K_V2"); then a path.
+        enum = qualified = None
+        if isinstance(weights, str):
+            try:
+                from torchvision.models import get_model_weights
+            except ImportError:  # the names are torchvision's: without it, a string can only be a path
+                get_model_weights = None
+            if get_model_weights is not None:
+                enum = get_model_weights(arch)
+                qualified = _QUALIFIED_NAME.match(weights)
+                name = qualified.group(2) if qualified and qualified.group(1) == enum.__name__ else weights
+                if name in enum.__members__:  # the entries and their aliases (DEFAULT)
+                    return enum[name]
         if os.path.isdir(path):
             raise ValueError(f"{path}: is a directory, not a checkpoint file")
         if os.path.isfile(path):
             return weights
-        if isinstance(weights, os.PathLike):
+        if qualified and qualified.group(1) != enum.__name__:
+            raise ValueError(f"{weights} are weights for another architecture, not {arch} "
+                             f"(use {enum.__name__}.<name>)")
+        if isinstance(weights, os.PathLike) or _looks_like_path(weights):
             raise WeightsFileNotFound(f"{path}: no such file")
-        from torchvision.models import get_model_weights
-
-        enum = get_model_weights(arch)
-        name = weights
-        qualified = _QUALIFIED_NAME.match(weights)
-        if qualified:
-            if qualified.group(1) != enum.__name__:
-                raise ValueError(f"{weights} are weights for another architecture, not {arch} "
-                                 f"(use {enum.__name__}.<name>)")
-            name = qualified.group(2)
-        if name in enum.__members__:  # the entries and their aliases (DEFAULT)
-            return enum[name]
-        if _looks_like_path(weights):
-            raise WeightsFileNotFound(f"{weights}: no such file")
+        if enum is None:
+            raise ImportError(f"weights={weights!r}: a weights name needs torchvision installed (or pass a checkpoint "
+                              f"file path)")
         known = ", ".join([e.name for e in enum] + ["DEFAULT"])  # iterating an Enum skips the DEFAULT alias
         raise UnknownWeights(f"unknown weights {weights!r} for {arch}; known: {known} (or a checkpoint file path)")
     raise TypeError(f"weights must be None, a torchvision weights entry or its name, a checkpoint path or a state "
@@ -93,7 +99,8 @@ def resolve_weights(arch: str, weights: Any) -> Any:
 
 
 def _unwrap(state: Any, source: str) -> dict:
-    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+    if (isinstance(state, Mapping) and isinstance(state.get("model"), Mapping)
+            and not any(isinstance(v, torch.Tensor) for v in state.values())):
         state = state["model"]  # examples/train.py's checkpoint (and torchvision's reference scripts')
     if not isinstance(state, Mapping) or not state:
         kind = "an empty dict" if isinstance(state, Mapping) else type(state).__name__
@@ -104,7 +111,10 @@ def _unwrap(state: Any, source: str) -> dict:
                          f"not a tensor)")
     state = OrderedDict(state)  # a copy: the prefixes are removed in place
     for prefix in ("module.", "_orig_mod.", "module."):  # DDP, torch.compile, DDP of a compiled model
-        consume_prefix_in_state_dict_if_present(state, prefix)
+        # Only a prefix that every key has (a wrapper's whole state): a dict that mixes keys with and without one
+        # goes to load_state_dict as it is, for torchvision's error, not a renamed key overwriting a real one.
+        if all(k.startswith(prefix) for k in state):
+            consume_prefix_in_state_dict_if_present(state, prefix)
     return dict(state)
 
 

@@ -185,6 +185,47 @@ def test_weights_from_path_state_dict_and_enum(tmp_path):
     assert resnet_ext.weights.resolve_weights("resnet50", "IMAGENET1K_V2") is enum
 
 
+def test_weights_never_load_a_renamed_or_nested_key_over_a_real_one(tmp_path, monkeypatch):
+    """Only a prefix every key has is removed, a "model" entry unwraps only a checkpoint without tensors of its own,
+    and a weights name is read as torchvision reads it, whatever file of that name exists (helper-52: each of these
+    once loaded the wrong weights without an error)."""
+    _, tv = pair("resnet18")
+    sd = tv.state_dict()
+    zeros = {k: torch.zeros_like(v) for k, v in sd.items()}
+    for wrapped in ({"module." + k: v for k, v in sd.items()}, {"_orig_mod." + k: v for k, v in sd.items()},
+                    {"model": {"module._orig_mod." + k: v for k, v in sd.items()}, "epoch": 3}):
+        m = resnet_ext.resnet18(weights=wrapped)
+        assert all(torch.equal(v, sd[k]) for k, v in m.state_dict().items())
+    with pytest.raises(RuntimeError, match='Unexpected key.*"module.fc.weight"'):
+        resnet_ext.resnet18(weights={**sd, "module.fc.weight": zeros["fc.weight"]})
+    with pytest.raises(RuntimeError, match="Unexpected key"):  # torchvision's error for the same dict
+        torchvision.models.resnet18().load_state_dict({**sd, "module.fc.weight": zeros["fc.weight"]})
+    with pytest.raises(ValueError, match="entry 'model' is a dict, not a tensor"):
+        resnet_ext.resnet18(weights={**sd, "model": zeros})
+    monkeypatch.chdir(tmp_path)
+    torch.save(zeros, tmp_path / "IMAGENET1K_V1")
+    enum = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    assert resnet_ext.weights.resolve_weights("resnet18", "IMAGENET1K_V1") is enum
+    assert resnet_ext.weights.resolve_weights("resnet18", "./IMAGENET1K_V1") == "./IMAGENET1K_V1"
+    torch.save(sd, tmp_path / "ResNet50_Weights.pth")  # a file named like another arch's qualified entry loads
+    m = resnet_ext.resnet18(weights="ResNet50_Weights.pth")
+    assert all(torch.equal(v, sd[k]) for k, v in m.state_dict().items())
+    with pytest.raises(ValueError, match="weights for another architecture"):
+        resnet_ext.resnet18(weights="ResNet50_Weights.IMAGENET1K_V2")
+
+
+def test_weights_without_torchvision_are_paths(tmp_path, monkeypatch):
+    """Without torchvision a string can only be a checkpoint path: a file loads, anything else is a clear error."""
+    _, tv = pair("resnet18")
+    torch.save(tv.state_dict(), tmp_path / "w.pt")
+    monkeypatch.setitem(__import__("sys").modules, "torchvision.models", None)  # `from torchvision.models` fails
+    assert resnet_ext.weights.resolve_weights("resnet18", str(tmp_path / "w.pt")) == str(tmp_path / "w.pt")
+    with pytest.raises(resnet_ext.weights.WeightsFileNotFound):
+        resnet_ext.weights.resolve_weights("resnet18", str(tmp_path / "missing.pt"))
+    with pytest.raises(ImportError, match="a weights name needs torchvision installed"):
+        resnet_ext.weights.resolve_weights("resnet18", "IMAGENET1K_V1")
+
+
 def test_deepcopy_and_pickle_keep_working():
     ours, _ = pair("resnet50")
     x = torch.randn(1, 3, 64, 64)
