@@ -1728,6 +1728,51 @@ def test_a_freeze_during_another_threads_refold_is_not_lost(monkeypatch):
     same(ours, tv, x, tol=1e-5)
 
 
+FORK_DURING_A_FREEZE = """
+import os, sys, threading, time, torch, resnet_ext
+from resnet_ext.engine import onednn_graph, state
+torch.set_num_threads(1)  # a fork after a parallel region hangs ATen's OpenMP pool, torchvision's too
+m = resnet_ext.freeze(resnet_ext.resnet18(num_classes=10).eval())
+x = torch.randn(1, 3, 32, 32)
+with torch.no_grad():
+    want = m(x)
+held, release = threading.Event(), threading.Event()
+def hold():  # another thread inside a freeze or a refold when the process forks
+    with state.of(m).lock, onednn_graph._lock:
+        held.set()
+        release.wait()
+t = threading.Thread(target=hold)
+t.start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    with torch.no_grad():
+        m.layer1[0].conv1.weight.mul_(1.0)  # a write: this forward refolds, under the model's lock
+        same = torch.equal(m(x), want)
+    os._exit(0 if same else 3)
+release.set()
+t.join()
+for _ in range(600):
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("child", os.waitstatus_to_exitcode(status))
+        break
+    time.sleep(0.1)
+else:
+    os.kill(pid, 9)
+    print("child hung")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_fork_while_another_thread_freezes_gives_a_working_child():
+    """A process forked while another of its threads held a frozen model's lock (inside `freeze` or a refold; or
+    the oneDNN Graph builder's): the child's copy of the lock stays held, and its first forward that refolded waited
+    forever (helper-50). The child gets fresh locks (`os.register_at_fork`) and the same answer."""
+    out = subprocess.run([sys.executable, "-c", FORK_DURING_A_FREEZE], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == ["child 0"], (out.stdout, out.stderr[-2000:])
+
+
 ATEN_DEFAULT_KERNELS = """
 import copy, torch, torchvision, resnet_ext
 from conftest import randomize_bn

@@ -22,6 +22,7 @@ keeps its compiled partitions.
 """
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from typing import Callable, Optional
@@ -36,6 +37,15 @@ FP32_PIXELS = 100_000  # fp32 inputs of fewer pixels (N*H*W) run as a graph (bat
 WARMUP = 3  # calls that TorchScript's profiling executor takes to specialize the graph and hand it to the fuser
 
 _lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # held by another thread of the parent at the fork: never released in the child
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def supported() -> bool:

@@ -7,7 +7,9 @@ caches are rebuilt on demand.
 """
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from typing import Optional
 
 from torch import nn
@@ -56,10 +58,11 @@ class ExtState:
     force before cannot store its folds over a concurrent `freeze`'s."""
 
     __slots__ = ("frozen", "cuda_graphs", "folds", "sources", "shared", "programs", "graphs", "structure", "flat_plans",
-                 "memo", "lock")
+                 "memo", "lock", "__weakref__")
 
     def __init__(self, frozen=False, cuda_graphs: bool = False):
         self.lock = threading.Lock()
+        _STATES.add(self)
         self.frozen, self.cuda_graphs = frozen, cuda_graphs
         self.folds = self.sources = self.programs = self.graphs = self.structure = None
         self.shared = False
@@ -82,6 +85,21 @@ class ExtState:
 
     def __deepcopy__(self, memo):
         return ExtState(self.frozen, self.cuda_graphs)
+
+
+_STATES: "weakref.WeakSet[ExtState]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A fork copies a lock that another thread held (a `freeze` or a refold under way) locked, and no thread of the
+    # child will release it: the child's first forward waited forever. What that thread left half made is dropped
+    # as after any interrupted refold (the folds are stored last): the child's forward folds again.
+    for s in list(_STATES):
+        s.lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def of(model: nn.Module) -> ExtState:
