@@ -100,8 +100,10 @@ def resolve_weights(arch: str, weights: Any) -> Any:
 
 def _unwrap(state: Any, source: str) -> dict:
     if (isinstance(state, Mapping) and isinstance(state.get("model"), Mapping)
-            and not any(isinstance(v, torch.Tensor) for v in state.values())):
-        state = state["model"]  # examples/train.py's checkpoint (and torchvision's reference scripts')
+            and (len(state) == 1 or any(not isinstance(v, torch.Tensor) for k, v in state.items() if k != "model"))):
+        # examples/train.py's checkpoint (and torchvision's reference scripts'): the model's state beside the
+        # optimizer's, the step, RNG states. Not a state dict of tensors that merely has a "model" entry too.
+        state = state["model"]
     if not isinstance(state, Mapping) or not state:
         kind = "an empty dict" if isinstance(state, Mapping) else type(state).__name__
         raise ValueError(f"{source}: not a state dict (holds {kind})")

@@ -268,6 +268,15 @@ def test_train_bad_arguments_fail_at_start_in_one_line(train, capsys, tmp_path):
     assert not os.path.exists(tmp_path / "out" / "checkpoint.pt")
 
 
+def test_weights_take_the_training_scripts_checkpoint(small_checkpoint):
+    """`weights=` (and predict's --weights) load examples/train.py's checkpoint as the README says: its model entry,
+    beside the optimizer's state, the step and the RNG states (a tensor)."""
+    ckpt, _ = small_checkpoint
+    state = torch.load(ckpt, weights_only=True)
+    m = resnet_ext.resnet18(weights=str(ckpt), num_classes=state["num_classes"])
+    assert all(torch.equal(v, state["model"][k]) for k, v in m.state_dict().items())
+
+
 def test_train_checks_a_resume_checkpoint_in_one_line(train, capsys, small_checkpoint, tmp_path):
     ckpt, stale = small_checkpoint
     assert ckpt.exists() and not any(f.exists() for f in stale)
