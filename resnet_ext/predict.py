@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import warnings
@@ -186,9 +187,10 @@ def run(args, on_result=None) -> list[dict]:
     _check_images(args.images)  # fail fast, before loading a model
     entry, source = _weights_entry(args.arch, args.weights)
     model, num_classes = _load_model(args.arch, entry, source)
-    if args.topk > num_classes:
+    topk = min(5, num_classes) if args.topk is None else args.topk  # the default: 5, or every class of fewer
+    if topk > num_classes:
         raise UserError(f"argument --topk: expected 1 to {num_classes} (the model's number of classes), "
-                        f"got {args.topk}")
+                        f"got {topk}")
     categories = entry.meta["categories"]
     if len(categories) != num_classes:
         categories = [f"class {i}" for i in range(num_classes)]
@@ -217,10 +219,10 @@ def run(args, on_result=None) -> list[dict]:
             batch = torch.stack([t for _, t in loaded]).to(device)
             with torch.inference_mode():
                 probs = model(batch).float().softmax(dim=1)
-            top = probs.topk(args.topk, dim=1)
+            top = probs.topk(topk, dim=1)
             for row, (i, _) in enumerate(loaded):
-                records[i] = {"image": paths[i], "top": [
-                    {"index": int(j), "class": categories[int(j)], "prob": float(p)}
+                records[i] = {"image": paths[i], "top": [  # NaN (a model with NaN weights) as JSON's null
+                    {"index": int(j), "class": categories[int(j)], "prob": None if math.isnan(p) else float(p)}
                     for p, j in zip(top.values[row].tolist(), top.indices[row].tolist())]}
         for rec in records:
             results.append(rec)
@@ -230,10 +232,14 @@ def run(args, on_result=None) -> list[dict]:
     return results
 
 
+def _prob_text(p) -> str:
+    return "nan" if p is None else f"{p:.4f}"
+
+
 def main(args) -> int:
     def print_text(rec):
         if "top" in rec:
-            lines = [rec["image"]] + [f"  {rank}. {t['class']:<32} {t['prob']:.4f}"
+            lines = [rec["image"]] + [f"  {rank}. {t['class']:<32} {_prob_text(t['prob'])}"
                                       for rank, t in enumerate(rec["top"], 1)]
             print("\n".join(lines), flush=True)
 
@@ -255,7 +261,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default="resnet50", choices=ARCHS)
     p.add_argument("--weights", required=True,
                    help="torchvision weights name for --arch (IMAGENET1K_V2, DEFAULT, ...) or a checkpoint path")
-    p.add_argument("--topk", type=int_at_least(1), default=5, help="classes per image, 1 to the number of classes")
+    p.add_argument("--topk", type=int_at_least(1), default=None,
+                   help="classes per image, 1 to the number of classes (default: 5, or all of fewer)")
     p.add_argument("--batch-size", type=int_at_least(1), default=32)
     p.add_argument("--device", type=device_arg, default=None,
                    help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
