@@ -82,9 +82,16 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # the optimizer's hyperpara
 ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2"]
 
 
+CREATED_DIRS: list = []  # the folders check_output_dir made for --output-dir, deepest first
+
+
 def fail(message: str, code: int = 2):
-    """One line on stderr and exit: the error is in what was asked for (or in the files it names)."""
+    """One line on stderr and exit: the error is in what was asked for (or in the files it names). Folders this run
+    made for --output-dir and left empty are removed (a failed start leaves nothing behind)."""
     print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    for d in CREATED_DIRS:
+        with contextlib.suppress(OSError):  # not empty (a saved checkpoint), or gone: kept as it is
+            os.rmdir(d)
     raise SystemExit(code)
 
 
@@ -157,10 +164,15 @@ def check_arguments(args) -> str:
 
 
 def check_output_dir(path: str) -> None:
+    missing, d = [], os.path.abspath(path)
+    while not os.path.exists(d) and d != os.path.dirname(d):
+        missing.append(d)
+        d = os.path.dirname(d)
     try:
         cli.check_output_dir(path, "argument --output-dir:")
     except cli.UserError as e:
         fail(str(e))
+    CREATED_DIRS[:] = missing
 
 
 def remove_stale_temporaries(ckpt_path: str) -> None:
@@ -255,6 +267,7 @@ class StopSignals:
 
     def __init__(self):
         self.signum = None
+        self.aborted = False
         self.previous = {}
 
     def __enter__(self):
@@ -269,8 +282,22 @@ class StopSignals:
 
     def _handle(self, signum, frame):
         if self.signum is not None:
+            self.aborted = True  # (inside torch.save the KeyboardInterrupt comes back as its writer's RuntimeError)
             raise KeyboardInterrupt  # the second signal: abort now, without a checkpoint of this step
         self.signum = signum
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker's init: SIGTERM and SIGINT sent to the whole process group (a scheduler's preemption,
+    Ctrl-C) are the main process's to act on (finish the step, save); a worker they killed made the loader raise in
+    the middle of that step. The main process's loader shuts its workers down as it exits."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def aborted(step: int) -> int:
+    print(f"{PROG}: aborted at step {step}; the last saved checkpoint (if any) is intact", file=sys.stderr)
+    return 130
 
 
 def main(argv=None) -> int:
@@ -382,16 +409,21 @@ def main(argv=None) -> int:
     ddp.train()
     t0, seen = time.perf_counter(), 0
     stop_at = min(total_steps, step + args.stop_after) if args.stop_after else total_steps
+    signals = StopSignals()
     try:
-        with StopSignals() as signals:
+        with signals:
             while step < stop_at and not stop_requested(signals):
                 epoch, skip = divmod(step, steps_per_epoch)
                 sampler.set_epoch(epoch)
                 # Mid-epoch resume: the rest of this epoch's shard, in the order an uninterrupted run would see it.
                 indices = list(sampler)[skip * args.batch_size:]
+                # Its own generator: a loader draws its workers' base seed as it starts, which from the global RNG
+                # shifted the transforms' random numbers of a run resumed mid-epoch (it starts one loader more).
+                workers = 0 if args.fake_data else args.workers
                 loader = DataLoader(dataset, batch_size=args.batch_size, sampler=indices, drop_last=True,
-                                    num_workers=0 if args.fake_data else args.workers,
-                                    pin_memory=device.type == "cuda")
+                                    num_workers=workers, pin_memory=device.type == "cuda",
+                                    worker_init_fn=ignore_stop_signals if workers else None,
+                                    generator=torch.Generator().manual_seed(args.seed + epoch))
                 for images, target in loader:
                     images = images.to(device, non_blocking=True).contiguous(memory_format=fmt)
                     target = target.to(device, non_blocking=True)
@@ -415,8 +447,7 @@ def main(argv=None) -> int:
             save()  # also on SIGTERM/SIGINT: the state after the last whole step
             stopped_by = signals.signum
     except KeyboardInterrupt:  # a second signal (or Ctrl-C outside the loop): no checkpoint of this step
-        print(f"{PROG}: aborted at step {step}; the last saved checkpoint (if any) is intact", file=sys.stderr)
-        return 130
+        return aborted(step)
     except ImageError as e:  # raised between steps, while the next batch loads: the state of the last whole step
         # (From a DataLoader worker the message carries the worker's traceback; its last line is the error.)
         what = re.sub(r"^[\w.]*ImageError: ", "", str(e).strip().splitlines()[-1])
@@ -425,6 +456,8 @@ def main(argv=None) -> int:
         fail(f"argument --data: an image cannot be read ({what})" +
              (f"; the state after step {step} is saved in {ckpt_path}" if step > 0 and rank == 0 else ""), code=1)
     except (RuntimeError, MemoryError) as e:
+        if signals.aborted:  # the second signal, inside a save
+            return aborted(step)
         if not cli.out_of_memory(e):
             raise
         fail(f"out of memory at step {step} with --batch-size {args.batch_size} --image-size {args.image_size} "
