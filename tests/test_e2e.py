@@ -469,18 +469,16 @@ def image_tree(tmp_path_factory):
     return d
 
 
-def test_imagefolder_resume_without_workers_is_bit_identical(tmp_path, image_tree):
+def test_imagefolder_resume_without_workers_is_bit_identical(train, tmp_path, image_tree):
     """ImageFolder's random crops and flips draw from the global RNG in the main process (--workers 0): a run
     resumed mid-epoch must draw what the uninterrupted one drew (each loader's start drew its workers' base seed
     from that RNG, one draw more in the resumed run: 102 tensors differed, helper-53)."""
-    cmd = [sys.executable, TRAIN, "--data", str(image_tree), "--device", "cpu", "--arch", "resnet18",
-           "--image-size", "32", "--batch-size", "2", "--workers", "0", "--steps", "40", "--log-every", "1"]
-    full = run(cmd + ["--output-dir", str(tmp_path / "full"), "--stop-after", "6"])
-    first = run(cmd + ["--output-dir", str(tmp_path / "part"), "--stop-after", "2"])
-    assert full.returncode == 0 and first.returncode == 0, full.stderr[-2000:] + first.stderr[-2000:]
+    argv = ["--data", str(image_tree), "--device", "cpu", "--arch", "resnet18", "--image-size", "32",
+            "--batch-size", "2", "--workers", "0", "--steps", "40", "--log-every", "1"]
     part = tmp_path / "part" / "checkpoint.pt"
-    second = run(cmd + ["--output-dir", str(tmp_path / "part"), "--resume", str(part), "--stop-after", "4"])
-    assert second.returncode == 0, second.stderr[-2000:]
+    assert train.main(argv + ["--output-dir", str(tmp_path / "full"), "--stop-after", "6"]) == 0
+    assert train.main(argv + ["--output-dir", str(tmp_path / "part"), "--stop-after", "2"]) == 0
+    assert train.main(argv + ["--output-dir", str(tmp_path / "part"), "--resume", str(part), "--stop-after", "4"]) == 0
     a, b = (torch.load(p, weights_only=True) for p in (tmp_path / "full" / "checkpoint.pt", part))
     assert a["step"] == b["step"] == 6  # 4 steps an epoch: resumed mid-epoch, ended in the next
     for key, v in a["model"].items():
