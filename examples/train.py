@@ -124,7 +124,7 @@ def parse_args(argv=None):
     p.add_argument("--stop-after", type=number(int, 1), default=None,
                    help="stop (with a checkpoint) after this many steps of this run, as a preempted job would")
     p.add_argument("--log-every", type=number(int, 1), default=10)
-    p.add_argument("--seed", type=number(int, 0), default=0)
+    p.add_argument("--seed", type=number(int, 0, 2 ** 32 - 1), default=0)  # (FakeImages scales it: 64 bits)
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower on GPU)")
     return p.parse_args(argv)
 

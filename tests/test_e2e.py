@@ -273,6 +273,7 @@ def test_train_bad_arguments_fail_at_start_in_one_line(train, capsys, tmp_path):
         (["--lr", "1e308"], "argument --lr: expected a number in (0, 3.40282e+38]"),  # was a run that logged lr nan
         (["--weight-decay", "1e308"], "argument --weight-decay"),  # was a traceback from the optimizer
         (["--warmup-epochs", "1e308"], "argument --warmup-epochs"),  # was an OverflowError traceback
+        (["--seed", str(2 ** 64)], "argument --seed: expected an integer in [0, 4294967295]"),  # was a traceback
         (["--image-size", "10000000"], "--image-size 10000000: one batch of images alone is"),  # was a traceback
         (["--fake-size", str(10 ** 15)], "argument --fake-size"),  # was an allocation traceback in the sampler
     ]
