@@ -92,6 +92,7 @@ def fail(message: str, code: int = 2):
     for d in CREATED_DIRS:
         with contextlib.suppress(OSError):  # not empty (a saved checkpoint), or gone: kept as it is
             os.rmdir(d)
+    CREATED_DIRS.clear()
     raise SystemExit(code)
 
 
@@ -164,9 +165,11 @@ def check_arguments(args) -> str:
 
 
 def check_output_dir(path: str) -> None:
-    missing, d = [], os.path.abspath(path)
+    # Each folder the path names that is missing (not normalized: makedirs("a/../b") makes "a" too).
+    missing, d = [], os.path.join(os.getcwd(), path)
     while not os.path.exists(d) and d != os.path.dirname(d):
-        missing.append(d)
+        if os.path.basename(d) not in ("", ".", ".."):
+            missing.append(d)
         d = os.path.dirname(d)
     try:
         cli.check_output_dir(path, "argument --output-dir:")
@@ -301,6 +304,7 @@ def aborted(step: int) -> int:
 
 
 def main(argv=None) -> int:
+    CREATED_DIRS.clear()  # (main called again in one process: not the folders of a run before)
     args = parse_args(argv)
     device_kind = check_arguments(args)
     world, rank, local_rank = setup_distributed(device_kind)

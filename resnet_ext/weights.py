@@ -51,9 +51,10 @@ def resolve_weights(arch: str, weights: Any) -> Any:
     "DEFAULT" or "ResNet50_Weights.IMAGENET1K_V2" becomes the entry); a path to an existing checkpoint file (returned
     as given); a state dict (a Mapping, returned as given).
 
-    Raises WeightsFileNotFound for a path (a PathLike, or a string with a path separator or a checkpoint suffix)
-    that does not exist, ValueError for a directory, an unknown name or another architecture's weights entry, and
-    TypeError for anything else."""
+    A string is an entry's name first (as torchvision reads it), then a path. Raises WeightsFileNotFound for a path
+    (a PathLike, or a string with a path separator or a checkpoint suffix) that does not exist, ValueError for a
+    directory, an unknown name or another architecture's weights entry, ImportError for a name without torchvision
+    installed, and TypeError for anything else."""
     if weights is None or isinstance(weights, Mapping):
         return weights
     if hasattr(weights, "get_state_dict") and hasattr(weights, "meta"):  # a torchvision WeightsEnum entry
@@ -100,9 +101,10 @@ def resolve_weights(arch: str, weights: Any) -> Any:
 
 def _unwrap(state: Any, source: str) -> dict:
     if (isinstance(state, Mapping) and isinstance(state.get("model"), Mapping)
-            and (len(state) == 1 or any(not isinstance(v, torch.Tensor) for k, v in state.items() if k != "model"))):
+            and not any(isinstance(v, torch.Tensor) and "." in str(k) for k, v in state.items() if k != "model")):
         # examples/train.py's checkpoint (and torchvision's reference scripts'): the model's state beside the
-        # optimizer's, the step, RNG states. Not a state dict of tensors that merely has a "model" entry too.
+        # optimizer's, the step, RNG states. Not a state dict that holds model tensors ("layer1.0.conv1.weight")
+        # of its own beside a "model" entry: that one is refused below, not loaded from the entry.
         state = state["model"]
     if not isinstance(state, Mapping) or not state:
         kind = "an empty dict" if isinstance(state, Mapping) else type(state).__name__

@@ -1732,6 +1732,7 @@ FORK_DURING_A_FREEZE = """
 import os, sys, threading, time, torch, resnet_ext
 from resnet_ext.engine import onednn_graph, state
 torch.set_num_threads(1)  # a fork after a parallel region hangs ATen's OpenMP pool, torchvision's too
+resnet_ext.cpu_onednn_graph(True)  # the child's refold builds a graph too: under the builder's lock
 m = resnet_ext.freeze(resnet_ext.resnet18(num_classes=10).eval())
 x = torch.randn(1, 3, 32, 32)
 with torch.no_grad():

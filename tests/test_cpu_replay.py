@@ -250,7 +250,8 @@ def test_a_plain_tensor_subclass_comes_back_as_torchvisions_does(dtype):
     model, tv = frozen_pair("resnet18", dtype)
 
     class Sub(torch.Tensor):
-        pass
+        def __getitem__(self, index):  # its own methods are the user's: the mode must not call them
+            raise TypeError("Sub: no indexing")
 
     x = torch.randn(1, 3, 64, 64)
     plain = forwards(model, x, 1)[0][0]

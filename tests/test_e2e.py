@@ -317,6 +317,20 @@ def test_train_checks_a_resume_checkpoint_in_one_line(train, capsys, small_check
     assert not (tmp_path / "out").exists()  # made for --output-dir by the failed runs, and removed again
 
 
+def test_train_a_failed_start_removes_only_the_folders_it_made(train, capsys, tmp_path):
+    """Folders made for --output-dir by a start that then fails are removed (`a/../b` made `a` too); a folder of the
+    user's, made after a failed run in the same process, is not (helper-54's review)."""
+    torch.save({"a": 1}, tmp_path / "other.pt")
+    resume = ["--steps", "2", "--resume", str(tmp_path / "other.pt")]
+    train_fails(train, capsys, SMALL + resume + ["--output-dir", str(tmp_path / "new" / ".." / "out")],
+                "not a checkpoint written by this script")
+    assert os.listdir(tmp_path) == ["other.pt"]
+    train_fails(train, capsys, SMALL + resume + ["--output-dir", str(tmp_path / "mine")], "not a checkpoint")
+    (tmp_path / "mine").mkdir()  # then the user makes it, and a run fails before it checks --output-dir
+    train_fails(train, capsys, SMALL + ["--steps", "2", "--resume", str(tmp_path / "none.pt")], "no such file")
+    assert (tmp_path / "mine").is_dir()
+
+
 def test_train_resume_says_which_optimizer_arguments_the_checkpoint_overrides(train, capsys, small_checkpoint,
                                                                               tmp_path):
     ckpt, _ = small_checkpoint

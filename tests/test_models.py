@@ -194,7 +194,8 @@ def test_weights_never_load_a_renamed_or_nested_key_over_a_real_one(tmp_path, mo
     zeros = {k: torch.zeros_like(v) for k, v in sd.items()}
     for wrapped in ({"module." + k: v for k, v in sd.items()}, {"_orig_mod." + k: v for k, v in sd.items()},
                     {"model": {"module._orig_mod." + k: v for k, v in sd.items()}, "step": 3,
-                     "rng_cpu": torch.get_rng_state()}):  # examples/train.py's checkpoint holds a tensor too
+                     "rng_cpu": torch.get_rng_state()},  # examples/train.py's checkpoint holds a tensor too
+                    {"model": sd, "epoch": torch.tensor(3)}):
         m = resnet_ext.resnet18(weights=wrapped)
         assert all(torch.equal(v, sd[k]) for k, v in m.state_dict().items())
     with pytest.raises(RuntimeError, match='Unexpected key.*"module.fc.weight"'):

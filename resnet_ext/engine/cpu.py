@@ -837,8 +837,8 @@ def forward_frozen(model: nn.Module, x: Tensor, folds: Dict[nn.Module, object]) 
         fc_dtype, x = x.dtype, _C.bounded_bfloat16(x, FROZEN_INPUT_LOG2)
         if x is None:
             return NOT_FINITE
-        if type(given) is not Tensor:  # a plain subclass (units.overrides): the class ATen's cast would return
-            cls = type(given[:0].to(torch.bfloat16))
+        if type(given) is not Tensor:  # a plain subclass (units.overrides): the class a torch function returns
+            cls = type(Tensor.to(Tensor.__getitem__(given, slice(0, 0)), torch.bfloat16))  # (not its own methods)
             if cls is not Tensor:
                 x = x.as_subclass(cls)
     elif not frozen_input_ok(x):
