@@ -236,8 +236,9 @@ def _source_tensors(model: nn.Module) -> list:
     bias and running statistics, and its num_batches_tracked, whose counter a train-mode BN moves where it writes
     the statistics without; of every unit, folded or not (a BN in train mode now has its fold made when it is back
     in eval mode and its count moved). Which objects they are is `FrozenUnit.belongs_to`'s. From the first call on,
-    fused optimizer steps move the counters of what they write (`_around_step`)."""
-    _watch_fused_steps()
+    fused optimizer steps and DDP's buffer broadcast move the counters of what they write (`_around_step`,
+    `_watch_ddp_buffer_sync`)."""
+    _watch_unversioned_writes()
     return [t for conv, bn in units.model_pairs(model, foldable_only=False)
             for t in (getattr(conv, "weight", None), getattr(conv, "bias", None),
                       *(units.bn_tensors(bn) if isinstance(bn, nn.Module) else ()),
@@ -248,12 +249,37 @@ def _source_tensors(model: nn.Module) -> list:
 _watching = False
 
 
-def _watch_fused_steps() -> None:
+def _watch_unversioned_writes() -> None:
+    """Writes into folded tensors that keep their version counters: fused optimizer steps, DDP's buffer broadcast."""
     global _watching
     if not _watching:  # before and after: a forward in another step hook may come before or after ours
         register_optimizer_step_pre_hook(_around_step)
         register_optimizer_step_post_hook(_around_step)
+        _watch_ddp_buffer_sync()
         _watching = True
+
+
+def _watch_ddp_buffer_sync() -> None:
+    """DistributedDataParallel's forward first broadcasts rank 0's buffers (broadcast_buffers=True) into every
+    rank's BN running statistics, keeping their version counters (`_unsafe_preserve_version_counter`): a frozen
+    model evaluated through DDP ran the folds of its own rank's statistics, not the broadcast ones torchvision's
+    BNs read (helper-55). Its buffer sync is wrapped to move the counters of what a frozen model folded. (A
+    private method: where a torch version has none, nothing is wrapped, and tests/test_bn_act.py fails.)"""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    sync = getattr(DDP, "_sync_buffers", None)
+    if sync is None or getattr(sync, "_resnet_ext_moves_versions", False):
+        return
+
+    def _sync_buffers(self, *args, **kwargs):
+        out = sync(self, *args, **kwargs)
+        for b in getattr(self, "modules_buffers", ()):
+            if isinstance(b, Tensor) and _C.FoldSources.folded(b):
+                torch.autograd.graph.increment_version(b)
+        return out
+
+    _sync_buffers._resnet_ext_moves_versions = True
+    DDP._sync_buffers = _sync_buffers
 
 
 def _around_step(optimizer, *args) -> None:

@@ -445,6 +445,13 @@ def unit(conv: nn.Module, bn: nn.Module, relu_mod: Optional[nn.Module], x: Tenso
         if train_fused(x) or synced:
             count("train_fused")
             out = conv(x)
+            if shortcut is not None and synced:
+                # bn's all-reduces before the downsample BN's, in torchvision's order: a rank that runs the modules
+                # (a hook there) pairs its collectives in that order, and the two BNs of one width summed each
+                # other's statistics without an error. The add and ReLU then as torchvision's block does them.
+                out = bn_act(out, bn, None, False)
+                out = out + shortcut()
+                return torch.relu(out) if relu_mod is not None else out
             if shortcut is not None:
                 residual = shortcut()
             return bn_act(out, bn, residual, relu_mod is not None)
