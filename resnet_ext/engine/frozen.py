@@ -265,8 +265,10 @@ def _watch_ddp_buffer_sync() -> None:
     model evaluated through DDP ran the folds of its own rank's statistics, not the broadcast ones torchvision's
     BNs read (helper-55). Its buffer sync is wrapped to move the counters of what a frozen model folded. (A
     private method: where a torch version has none, nothing is wrapped, and tests/test_bn_act.py fails.)"""
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
+    try:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+    except ImportError:  # a torch without torch.distributed
+        return
     sync = getattr(DDP, "_sync_buffers", None)
     if sync is None or getattr(sync, "_resnet_ext_moves_versions", False):
         return
