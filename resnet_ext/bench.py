@@ -449,7 +449,7 @@ def main(args) -> int:
         if args.frozen_bf16:
             if on_cuda or (args.dtype or "fp32") != "fp32":
                 raise UserError("--frozen-bf16 is for fp32 models on the CPU (--device cpu, --dtype fp32)")
-            if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            if not resnet_ext.ops.onednn_takes(torch.bfloat16):
                 raise UserError("--frozen-bf16: this CPU has no native bf16 (AVX512-BF16 or AMX)")
         if args.bn_optin and not resnet_ext.build_info().get("experimental"):
             raise UserError("--bn-optin: the opt-in BN kernels are only in a build made with "

@@ -767,7 +767,14 @@ def needs_grad(x: Tensor, conv: nn.Module, bn: nn.Module, residual: Optional[Ten
                    for t in (conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)))
 
 
-_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+# oneDNN's bf16 convolution needs AVX512-BW/VL/DQ or AVX-NE-CONVERT (ATen raises elsewhere, where its own
+# convolution falls back to its slow kernels): bf16 units run there as the stock conv with the bias.
+_ONEDNN_DTYPES = (torch.float32,) + ((torch.bfloat16,) if torch.ops.mkldnn._is_mkldnn_bf16_supported() else ())
+
+
+def onednn_takes(dtype: torch.dtype) -> bool:
+    """Whether ATen's oneDNN convolution and linear ops run `dtype` on this CPU."""
+    return dtype in _ONEDNN_DTYPES
 
 
 def onednn_ok(x: Tensor, w: Tensor, b: Tensor, residual: Optional[Tensor]) -> bool:
@@ -778,7 +785,7 @@ def onednn_ok(x: Tensor, w: Tensor, b: Tensor, residual: Optional[Tensor]) -> bo
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or b.requires_grad
                                     or (residual is not None and residual.requires_grad)):
         return False
-    return (x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES and w.dtype == x.dtype and x.dim() == 4
+    return (x.device.type == "cpu" and onednn_takes(x.dtype) and w.dtype == x.dtype and x.dim() == 4
             and x.numel() > 0 and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import resnet_ext
+from resnet_ext import ops
 from resnet_ext.engine import state as ext_state
 from conftest import randomize_bn, rel_err, tv_model
 
@@ -92,12 +93,35 @@ def test_cpu_eval_every_size_and_layout(arch, mode, dtype):
                     (n, size, fmt, rel_err(y, ref), tv_err)
                 if mode.endswith("modules"):
                     assert counts.get("modules") == 1 and "flat_forwards" not in counts, counts
-                    if mode == "frozen_modules" and fmt == torch.channels_last:
-                        assert counts.get("onednn_prepacked", 0) > 0, counts  # the other units from the folds
+                    if mode == "frozen_modules" and fmt == torch.channels_last:  # the other units from the folds
+                        assert counts.get("onednn_prepacked" if ops.onednn_takes(dtype) else "stock:cpu", 0) > 0, counts
                     elif mode == "frozen_modules":  # the folds' channels_last outputs would show: torchvision's
                         assert "onednn_prepacked" not in counts and counts.get("stock_blocks", 0) > 0, counts
                 else:
                     assert counts.get("flat_forwards") == 1, counts
+
+
+def test_frozen_bf16_model_where_onednn_has_no_bf16(monkeypatch):
+    """oneDNN's bf16 convolution needs AVX512-BW/VL/DQ or AVX-NE-CONVERT (ATen raises elsewhere, a Zen 3 say, where
+    torchvision's bf16 model runs ATen's own kernels): a frozen bf16 model there runs the default mode's forward,
+    with a hook the modules on the stock conv, never oneDNN."""
+    monkeypatch.setattr(ops, "_ONEDNN_DTYPES", (torch.float32,))
+    ours, tv = pair("resnet18")
+    ours.bfloat16().eval(), tv.bfloat16().eval()
+    default = copy.deepcopy(ours)
+    resnet_ext.freeze(ours)
+    x = torch.randn(2, 3, 64, 64).bfloat16().contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        resnet_ext.reset_path_counts()
+        y = ours(x)
+        assert resnet_ext.path_counts().get("flat_forwards") == 1 and "onednn_prepacked" not in resnet_ext.path_counts()
+        assert torch.equal(y, default(x))
+        ours.layer1[0].bn1.register_forward_hook(lambda mod, a, out: out * 1.0)
+        resnet_ext.reset_path_counts()
+        y = ours(x)
+        counts = resnet_ext.path_counts()
+        assert counts.get("modules") == 1 and counts.get("stock:cpu", 0) > 0 and "onednn_prepacked" not in counts
+        assert rel_err(y.double(), tv(x).double()) < 2 ** -6
 
 
 # ------------------------------------------------------------------------------------------------------------

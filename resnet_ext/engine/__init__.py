@@ -170,7 +170,7 @@ def _forward(model: nn.Module, x: Tensor) -> Tensor:
             return out
     if not model.training and x.device.type == "cpu":
         folds = frozen_folds(model)
-        if folds is not None:
+        if folds is not None and ops.onednn_takes(x.dtype):  # (a bf16 model where oneDNN has no bf16: unfolded)
             out = cpu.forward_frozen(model, x, folds)  # checks its input itself (NOT_FINITE), before anything runs
             if out is cpu.NOT_FINITE or (out is None and not torch.jit.is_tracing() and x.is_floating_point()
                                          and not frozen_input_ok(x)):

@@ -140,7 +140,7 @@ def _check_compute_dtype(model: nn.Module, dtype) -> None:
     if w.device.type != "cpu" or w.dtype != torch.float32:
         raise ValueError(f"freeze: dtype=torch.bfloat16 is for fp32 models on the CPU; this one is {w.dtype} on "
                          f"{w.device.type} (convert it instead: model.to(torch.bfloat16))")
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if not ops.onednn_takes(torch.bfloat16):
         raise ValueError("freeze: dtype=torch.bfloat16 needs a CPU with native bf16 (AVX512-BF16 or AMX); this one "
                          "has none, and emulated bf16 is slower than fp32")
 
