@@ -74,8 +74,11 @@ def test_cpu_eval_every_size_and_layout(arch, mode, dtype):
     if mode.endswith("modules"):  # a hook on one unit's BN: that unit runs through its modules, the rest fused
         for m in (ours, tv, ref_model):
             m.layer1[0].bn1.register_forward_hook(lambda mod, a, out: out * 1.0)
+    # Where oneDNN has no bf16 (AVX2 only), bf16 runs ATen's reference kernels everywhere, torchvision's included
+    # (a 224x224 resnet50 NCHW forward took 5.6 s on a Zen 3): the small sizes there.
+    emulated = dtype == torch.bfloat16 and not ops.onednn_takes(dtype)
     for n, size in SIZES:
-        if arch == "resnet50" and size == 224 and n > 1:
+        if size == 224 and (emulated or (arch == "resnet50" and n > 1)):
             continue
         x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(size))
         with torch.no_grad():
