@@ -33,12 +33,12 @@ def main() -> None:
         wins = [min(peers, key=lambda p: e[p]["times_s"][i]) for i in range(d["iters"])]
         most = max(wins.count(p) for p in peers)
         which = "/".join(FP32_PEERS[p] for p in peers if wins.count(p) == most)  # a tie names both
+        bf16 = "resnet_ext frozen bf16" in e and "openvino bf16" in e  # not on a CPU without native bf16
         g = [ratio(e["resnet_ext frozen"]["times_s"], fastest),
-             ratio(e["resnet_ext frozen bf16"]["times_s"], e["openvino bf16"]["times_s"]),
+             ratio(e["resnet_ext frozen bf16"]["times_s"], e["openvino bf16"]["times_s"]) if bf16 else None,
              ratio(e["resnet_ext"]["times_s"], e["torchvision"]["times_s"])]
-        goals.append(f"| {name} | " + " | ".join(f"{m:.3f} ({lo:.2f}-{hi:.2f})" for m, lo, hi in g[:1])
-                     + f" {which} | "
-                     + " | ".join(f"{m:.3f} ({lo:.2f}-{hi:.2f})" for m, lo, hi in g[1:]) + " |")
+        cell = lambda r: "-" if r is None else f"{r[0]:.3f} ({r[1]:.2f}-{r[2]:.2f})"
+        goals.append(f"| {name} | {cell(g[0])} {which} | {cell(g[1])} | {cell(g[2])} |")
     print("| model, batch, layout | " + " | ".join(TITLES) + " |")
     print("|---" * (len(TITLES) + 1) + "|")
     print("\n".join(rows))
