@@ -2,6 +2,9 @@
 allocations reuse blocks kept from earlier forwards. A block in use is never handed out again, nothing changes
 outside the engine's forwards, and the kept bytes stay within the limit the user sets."""
 import gc
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -284,3 +287,30 @@ def test_blocks_of_a_size_no_longer_asked_for_are_freed(frozen, limit):
     assert resnet_ext.cpu_memory_stats()["kept_bytes"] == steady
     resnet_ext.empty_cpu_cache()
     assert resnet_ext.cpu_memory_stats()["kept_bytes"] == 0
+
+
+OUTSIDE_A_FORWARD = r"""
+import resource, torch, resnet_ext
+model = resnet_ext.resnet18().eval()
+with torch.no_grad():
+    model(torch.randn(4, 3, 224, 224))
+kept = resnet_ext.cpu_memory_stats()["kept_bytes"]
+assert kept >= 32 << 20, kept
+vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")) << 10
+resource.setrlimit(resource.RLIMIT_AS, (vm + (16 << 20), resource.getrlimit(resource.RLIMIT_AS)[1]))
+big = torch.empty(kept // 2 + (16 << 20), dtype=torch.uint8)  # fits only where the kept blocks go back
+big.fill_(1)
+assert resnet_ext.cpu_memory_stats()["kept_bytes"] == 0
+print("ok")
+"""
+
+
+def test_an_allocation_outside_a_forward_gets_the_kept_blocks_back():
+    """Under a memory limit an allocation between forwards (the user's) fails where torchvision's process would have
+    the memory: the blocks kept for reuse are given back and it is tried once more, as inside a forward (helper-56:
+    a tensor allocated after a batch-64 forward failed). Every block of 64 KiB or more mmapped (glibc's threshold
+    fixed), so that a freed one gives its address space back, which RLIMIT_AS counts."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", OUTSIDE_A_FORWARD], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]

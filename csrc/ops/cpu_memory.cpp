@@ -46,7 +46,15 @@ class ReusingAllocator final : public c10::Allocator {
   explicit ReusingAllocator(c10::Allocator* next) : next_(next) {}
 
   c10::DataPtr allocate(size_t n) override {
-    if (!t_in_scope || n < kMinBytes) return next_->allocate(n);
+    if (!t_in_scope || n < kMinBytes) {
+      try {
+        return next_->allocate(n);
+      } catch (const c10::Error&) {  // out of memory outside a forward too: what is kept must not be in the way
+        if (!has_kept()) throw;
+        empty();
+        return next_->allocate(n);
+      }
+    }
     void* p = take(n);
     if (p == nullptr) {
       try {
@@ -96,6 +104,11 @@ class ReusingAllocator final : public c10::Allocator {
   }
 
   void empty() { trim(0); }
+
+  bool has_kept() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return kept_bytes_ > 0;
+  }
 
   void set_limit(size_t bytes) {
     {

@@ -32,6 +32,7 @@
 
 #include "cpu_clones.h"
 #include "cpu_gemm.h"
+#include "ops/cpu_memory.h"
 
 namespace {
 
@@ -453,8 +454,11 @@ void* workspace(int64_t bytes) {
     buffer.reset();
     capacity = 0;
     void* p = nullptr;
-    TORCH_CHECK(posix_memalign(&p, 64, static_cast<size_t>(bytes)) == 0,
-                "winograd3x3: could not allocate a workspace of ", bytes, " bytes");
+    if (posix_memalign(&p, 64, static_cast<size_t>(bytes)) != 0) {
+      resnet_ext::cpu_memory::empty_cache();  // the memory reuse's kept blocks back first, as its own allocations do
+      TORCH_CHECK(posix_memalign(&p, 64, static_cast<size_t>(bytes)) == 0,
+                  "winograd3x3: could not allocate a workspace of ", bytes, " bytes");
+    }
     buffer.reset(p);
     capacity = bytes;
   }
