@@ -111,9 +111,10 @@ def freeze(model: nn.Module, *, dtype: Optional[torch.dtype] = None, cuda_graphs
     `dtype=torch.bfloat16` (CPU, fp32 model): the frozen convolutions run in bf16 (folded in fp32, then rounded),
     for CPUs with native bf16 (AVX512-BF16, AMX); inputs and outputs stay fp32, the average pool and the fc layer
     run in fp32. A bf16 model (`model.to(torch.bfloat16)`) on a CPU where oneDNN has no bf16 (AVX2 only) runs the
-    default mode's forward: ATen's own kernels, as torchvision's model does there. Where the flat forward does not apply (hooks, swapped modules, gradients) the model runs in fp32 as
-    unfrozen; so do traced, exported and compiled programs of it (the frozen state is eager only: they record
-    torchvision's graph, or fold in their own, in the model's dtype).
+    default mode's forward: ATen's own kernels, as torchvision's model does there. Where the flat forward does not
+    apply (hooks, swapped modules, gradients) the model runs in fp32 as unfrozen; so do traced, exported and
+    compiled programs of it (the frozen state is eager only: they record torchvision's graph, or fold in their own,
+    in the model's dtype).
 
     `cuda_graphs=True` (CUDA; opt-in until verified on a GPU): each input signature's frozen forward is captured in
     a CUDA graph on its first call and replayed after (`engine.cuda`)."""
