@@ -344,7 +344,6 @@ def test_batched_backward_in_train_mode_matches_torchvision(train_mode, block, f
 
 
 def test_autocast_bf16_train_step_matches_torchvision(train_mode):
-
     """One Bottleneck per stage (every kind of unit, downsamples included; resnet50's 16 took 8.5 s per mode)."""
     import torchvision
     torch.manual_seed(0)

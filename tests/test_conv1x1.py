@@ -487,7 +487,7 @@ def test_weights_pruned_through_data_before_freeze(dtype, k, no_amx, monkeypatch
     off: the count is conv1x1's)."""
     if dtype is not None and not ops.conv1x1_supported(dtype):
         pytest.skip("this CPU does not run the op for this dtype")
-    runs_op = ops.conv1x1_supported(torch.float32)  # elsewhere (no AVX-512) every unit is oneDNN's: the answer still
+    runs_op = ops.conv1x1_supported(torch.float32)  # without AVX-512 every unit is oneDNN's (the answer still checked)
     monkeypatch.setattr(cpu, "DIRECT_1X1", False)
     tv = _prune(randomize_bn(tv_model("resnet50", num_classes=10)).eval(), 0, k)
     x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
